@@ -1,0 +1,74 @@
+# e8kv: top-level Makefile.
+#
+# Each part of the tree adds its own rules in a fragment named after it
+# (codec/codec.mk, store/store.mk, daemon/daemon.mk, clients/c/client.mk,
+# clients/cli/cli.mk, ...). A fragment appends to:
+#   LIBS        static libraries it builds        (built by `make`)
+#   BINS        programs                          (built by `make`)
+#   TEST_BINS   C test programs, run by `make test` (each prints its own summary)
+#   TEST_CMDS   other test commands (shell lines), run by `make test`
+#   FUZZ_BINS   libFuzzer targets (built by `make fuzz`, clang only)
+# Everything is built under $(BUILD) (default build/; `make asan` uses build/asan),
+# so several builds can live side by side: BUILD=build-mine make ...
+#
+# Dependencies are found with pkg-config only. `make deps` installs them.
+
+BUILD   ?= build
+CC      ?= cc
+OPT     ?= -O2 -g
+SAN     ?=
+PYTHON  ?= $(E8KV_VENV)/bin/python
+export E8KV_VENV ?= $(HOME)/.cache/e8kv-venv
+
+WARN    := -Wall -Wextra -Werror
+CSTD    := -std=c11
+CFLAGS_BASE = $(CSTD) $(WARN) $(OPT) $(SAN) -D_GNU_SOURCE -fPIC -I. -MMD -MP
+LDFLAGS_BASE = $(SAN) -pthread
+
+pc_cflags = $(shell pkg-config --cflags $(1))
+pc_libs   = $(shell pkg-config --libs $(1))
+
+# nvcc is optional: the CUDA half of the codec is built only where it exists.
+NVCC    ?= $(shell command -v nvcc 2>/dev/null)
+
+LIBS      :=
+BINS      :=
+TEST_BINS :=
+TEST_CMDS :=
+FUZZ_BINS :=
+
+.PHONY: all deps test asan tsan fuzz clean bench-codec bench-store bench-daemon \
+        bench-quality bench-gpu bench-e2e test-gpu demo
+
+all:
+
+# Fragments: every *.mk under the tree, in a fixed order (codec and store first).
+MK_FILES := $(sort $(wildcard codec/*.mk store/*.mk daemon/*.mk clients/*/*.mk tests/*.mk bench/*.mk))
+include $(MK_FILES)
+
+all: $(LIBS) $(BINS) $(TEST_BINS)
+
+deps:
+	tools/deps.sh
+
+# make test: every C test program and every test command; one summary line at the end.
+test: all
+	@tools/run-tests.sh $(BUILD) $(TEST_BINS) -- $(TEST_CMDS)
+
+# AddressSanitizer + UBSan build of everything, running the same tests.
+asan:
+	$(MAKE) BUILD=build/asan OPT="-O1 -g" \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+# ThreadSanitizer build (targets that opt in through TSAN_TEST_BINS).
+tsan:
+	$(MAKE) BUILD=build/tsan OPT="-O1 -g" SAN="-fsanitize=thread" tsan-run
+
+clean:
+	rm -rf $(BUILD)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS_$(firstword $(subst /, ,$<))) -c $< -o $@
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
