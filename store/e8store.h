@@ -1,0 +1,396 @@
+/* e8store.h: libe8store, the e8kv block store. This header is its manual.
+ *
+ * WHAT IT IS
+ *   A durable, bounded store of KV-cache *chunks* (see ../shared/DESIGN.md, Vocabulary) on one
+ *   machine. A chunk is an opaque payload (the daemon puts the codec's frames there; the store
+ *   never looks inside) addressed by a 32-byte *chunk key*, the SHA-256 chain hash of
+ *   (namespace salt, model fingerprint id, parent chunk key, this chunk's token ids).
+ *   Next to each chunk the store keeps the digest of its token ids, and every lookup checks it,
+ *   so a key collision or a foreign hash can never serve another sequence's bytes.
+ *   The store knows nothing of gRPC or of the codec.
+ *
+ * ON DISK (a data directory)
+ *   DIR/segments/NNNNNNNNNNNNNNNN.seg  append-only segment files: a 64-byte segment header, then
+ *                                      records = 64-byte record header (magic "E8SR", chunk key,
+ *                                      payload length, payload CRC32C, header CRC32C) + payload.
+ *   DIR/index/                         LMDB environment: chunks, sessions, namespaces,
+ *                                      fingerprints, segments, quarantine, LRU order.
+ *   DIR/LOCK                           flock()ed by the one read-write opener.
+ *   LMDB is the truth. A write is: payload written -> fdatasync (plus a directory fsync when the
+ *   segment is new) -> LMDB commit -> the call returns success. So the index never points at
+ *   bytes that are not on disk, and a record whose call did not return success is never visible,
+ *   now or after a crash. Bytes past the last indexed record of a segment (a crash, a failed
+ *   write) are ignored and truncated away at the next read-write open. All offsets and lengths are
+ *   64-bit: segments and payloads beyond 4 GiB work.
+ *
+ * UNITS
+ *   bytes for sizes (uint64_t), token ids are uint32_t, tokens counts are in tokens,
+ *   times are nanoseconds since the Unix epoch (CLOCK_REALTIME) unless said otherwise,
+ *   durations in milliseconds where the name ends in _ms.
+ *
+ * CAPACITY
+ *   "Used bytes" = sum over live records of (record header + payload) bytes. A store budget
+ *   (e8s_config.capacity_bytes) and a per-namespace quota bound them. When a put would exceed
+ *   either, the store evicts least-recently-used *unpinned* chunks first (same namespace first
+ *   for a quota). A chunk is pinned while a session lists it, while a reader has it open
+ *   (e8s_chunk_open .. e8s_chunk_close), and while an unexpired lookup lease holds it.
+ *   Evicted and replaced records become dead bytes in their segment; a segment with no live
+ *   record is deleted at once (when no reader uses it), a mostly dead one is rewritten by
+ *   e8s_compact(). So disk usage can exceed used bytes by dead bytes until compaction;
+ *   call e8s_maintain() periodically (the daemon: from a background thread, every few seconds).
+ *
+ * THREAD SAFETY
+ *   An e8s_store is fully thread safe: any number of threads may call any function on the same
+ *   handle at the same time. How: every mutation (put, session and namespace changes, eviction,
+ *   compaction, quarantine) runs under one writer mutex, because LMDB has one write transaction
+ *   at a time; one put call = one batch = one io_uring submission + one fdatasync + one LMDB
+ *   commit, so callers should batch. Readers (lookup, get, session get/list, stats) never take
+ *   the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each
+ *   other and with the writer; they wait only while the LMDB map is being grown (a rwlock).
+ *   Readers see only committed chunks. An e8s_chunk handle may be used by one thread at a time.
+ *   Processes: one read-write opener per data directory (others get E8S_ERR_LOCKED), plus any
+ *   number of read-only openers (E8S_OPEN_READONLY), e.g. e8kvctl inspecting a running daemon's
+ *   directory. A read-only opener sees a snapshot per call; a read that races the writer's
+ *   eviction or compaction may fail with E8S_ERR_NOTFOUND (retry the lookup).
+ *
+ * ERRORS
+ *   Every function returning int returns E8S_OK (0) or a negative e8s_err code.
+ *   e8s_error_name() names it; e8s_last_error_detail() gives a one-line human message of the
+ *   calling thread's last error (file, segment, offset, errno text). No function aborts on bad
+ *   input or on I/O failure.
+ */
+#ifndef E8STORE_H
+#define E8STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define E8S_KEY_BYTES 32           /* chunk key, fingerprint id, token digest: SHA-256 */
+#define E8S_SALT_BYTES 32          /* namespace salt */
+#define E8S_NAME_MAX 255           /* namespace and session names, bytes, without the NUL */
+#define E8S_META_MAX (64u << 10)   /* session user metadata, bytes */
+#define E8S_FP_BLOB_MAX (64u << 10) /* serialized fingerprint blob, bytes */
+#define E8S_CHUNK_TOKENS_MAX (1u << 20) /* tokens in one chunk */
+#define E8S_RECORD_HEADER_BYTES 64 /* bytes counted per record on top of its payload */
+
+/* ---------------------------------------------------------------- errors */
+typedef enum e8s_err {
+  E8S_OK = 0,
+  E8S_ERR_INVAL = -1,      /* bad argument (NULL, size out of bounds, name too long, ...) */
+  E8S_ERR_NOTFOUND = -2,   /* no such chunk, session, namespace or fingerprint */
+  E8S_ERR_EXISTS = -3,     /* create of something that exists (namespace, session) */
+  E8S_ERR_CONFLICT = -4,   /* chunk key stored with another token digest; fingerprint id with
+                              another blob; appended chunk is not a continuation */
+  E8S_ERR_DATALOSS = -5,   /* stored bytes fail their CRC: the chunk is quarantined and gone;
+                              recompute it (everything else keeps working) */
+  E8S_ERR_IO = -6,         /* I/O error (EIO, fsync failure): nothing of the call is visible */
+  E8S_ERR_NOSPC = -7,      /* disk full: nothing of the failed records is visible; free disk */
+  E8S_ERR_MAPFULL = -8,    /* LMDB map full at e8s_config.map_max_bytes: raise it */
+  E8S_ERR_FULL = -9,       /* over the store budget and every chunk is pinned */
+  E8S_ERR_QUOTA = -10,     /* over the namespace quota and every chunk of it is pinned */
+  E8S_ERR_READONLY = -11,  /* mutation on a read-only handle */
+  E8S_ERR_NOMEM = -12,     /* allocation failed */
+  E8S_ERR_LOCKED = -13,    /* another process has the directory open read-write */
+  E8S_ERR_CORRUPT = -14,   /* index or segment structure inconsistent (not a payload CRC) */
+  E8S_ERR_RANGE = -15,     /* caller's buffer too small: the needed size is reported */
+  E8S_ERR_BUSY = -16,      /* chunk is pinned (e8s_chunk_delete) */
+  E8S_ERR_UNSUPPORTED = -17 /* io_uring explicitly requested but refused by the kernel */
+} e8s_err;
+
+/* 1 if rc is an error code (rc < 0), else 0. */
+int e8s_is_error(int rc);
+/* Static name of a code, e.g. "E8S_ERR_DATALOSS"; "E8S_ERR_UNKNOWN" for others. */
+const char *e8s_error_name(int rc);
+/* One-line message about the calling thread's last error; "" if none. Valid until the same
+ * thread's next e8s_ call. */
+const char *e8s_last_error_detail(void);
+
+/* ---------------------------------------------------------------- open / close */
+typedef enum e8s_io_engine {
+  E8S_IO_AUTO = 0,   /* io_uring; the pwrite engine if io_uring setup says EPERM/ENOSYS */
+  E8S_IO_URING = 1,  /* io_uring only: open fails with E8S_ERR_UNSUPPORTED if refused */
+  E8S_IO_PWRITE = 2  /* pwritev + fdatasync */
+} e8s_io_engine;
+
+#define E8S_OPEN_READONLY 0x1u /* inspect a directory another process may be writing */
+#define E8S_OPEN_CREATE 0x2u   /* create the directory layout if missing (read-write only) */
+
+typedef struct e8s_config {
+  const char *dir;          /* data directory; copied at open */
+  uint32_t flags;           /* E8S_OPEN_* */
+  e8s_io_engine io_engine;  /* default E8S_IO_AUTO */
+  uint64_t capacity_bytes;  /* store byte budget (used bytes), 0 = unlimited; default 0 */
+  uint64_t segment_bytes;   /* a segment is sealed and a new one started past this size;
+                               default 1 GiB, min 1 MiB */
+  uint64_t map_bytes;       /* initial LMDB map size, default 64 MiB */
+  uint64_t map_max_bytes;   /* the map grows (doubling) up to this on MDB_MAP_FULL; default
+                               64 GiB; E8S_ERR_MAPFULL beyond */
+  uint32_t lease_ms;        /* lifetime of lookup pins (E8S_LOOKUP_PIN), default 30000 */
+  uint32_t uring_entries;   /* io_uring submission queue size, default 64 */
+} e8s_config;
+
+typedef struct e8s_store e8s_store;
+
+/* Fills cfg with the defaults above (dir = NULL). */
+void e8s_config_init(e8s_config *cfg);
+/* Opens (or with E8S_OPEN_CREATE creates) the store in cfg->dir. Read-write open recovers:
+ * truncates segment tails past the last indexed record, deletes segment files the index does
+ * not know. On success *out is the handle (close with e8s_close). Errors: INVAL, NOTFOUND
+ * (no store there and no CREATE), LOCKED, UNSUPPORTED, IO, CORRUPT, NOMEM. */
+int e8s_open(const e8s_config *cfg, e8s_store **out);
+/* Waits for nothing: the caller must have closed its e8s_chunk handles and stopped its threads.
+ * NULL is a no-op. */
+void e8s_close(e8s_store *st);
+/* The io engine actually in use (never E8S_IO_AUTO). */
+e8s_io_engine e8s_io_engine_used(const e8s_store *st);
+
+/* ---------------------------------------------------------------- namespaces */
+typedef struct e8s_ns_info {
+  uint32_t id;                       /* stable, assigned at creation, never 0 */
+  char name[E8S_NAME_MAX + 1];       /* NUL-terminated */
+  uint8_t salt[E8S_SALT_BYTES];      /* enters every chunk key of this namespace */
+  uint64_t quota_bytes;              /* 0 = no quota */
+  uint64_t used_bytes;               /* live record bytes of its chunks */
+  uint64_t chunks;                   /* live chunks */
+  uint64_t created_ns;
+} e8s_ns_info;
+
+/* Creates namespace `name` (1..E8S_NAME_MAX bytes, no NUL). salt: 32 bytes, or NULL for 32
+ * random bytes (OpenSSL RAND_bytes). info (may be NULL) receives the result.
+ * Errors: EXISTS (info is then filled with the existing one), INVAL, READONLY, MAPFULL, IO. */
+int e8s_ns_create(e8s_store *st, const char *name, const uint8_t *salt, uint64_t quota_bytes,
+                  e8s_ns_info *info);
+/* Looks a namespace up by name. Errors: NOTFOUND, INVAL. */
+int e8s_ns_get(e8s_store *st, const char *name, e8s_ns_info *info);
+/* Looks a namespace up by id. Errors: NOTFOUND. */
+int e8s_ns_get_by_id(e8s_store *st, uint32_t ns_id, e8s_ns_info *info);
+/* Changes the quota (0 = none). Lowering it evicts nothing now: the next put does. */
+int e8s_ns_set_quota(e8s_store *st, uint32_t ns_id, uint64_t quota_bytes);
+/* Fills out[0..max) with namespaces in id order; *n_total = number of namespaces (may be > max). */
+int e8s_ns_list(e8s_store *st, e8s_ns_info *out, size_t max, size_t *n_total);
+
+/* ---------------------------------------------------------------- fingerprints */
+/* Registers a serialized model fingerprint (opaque to the store, 1..E8S_FP_BLOB_MAX bytes)
+ * under the 32-byte id the caller computed. Idempotent for the same blob.
+ * Errors: CONFLICT (id already holds another blob), INVAL, READONLY, MAPFULL, IO. */
+int e8s_fp_register(e8s_store *st, const uint8_t fp_id[E8S_KEY_BYTES], const void *blob,
+                    size_t blob_bytes);
+/* Copies the blob into buf (cap bytes); *blob_bytes = its size. Errors: NOTFOUND,
+ * RANGE (cap too small; *blob_bytes tells the size needed). buf may be NULL with cap 0. */
+int e8s_fp_get(e8s_store *st, const uint8_t fp_id[E8S_KEY_BYTES], void *buf, size_t cap,
+               size_t *blob_bytes);
+
+/* ---------------------------------------------------------------- chunk keys */
+/* key = SHA-256 over, in order, each field as (1-byte tag, 8-byte little-endian length, bytes):
+ *   0x45 "e8kv.chunk.v1" (domain), 0x01 salt (32), 0x02 fingerprint id (32),
+ *   0x03 parent key (32, or length 0 when parent is NULL or all zero: the first chunk),
+ *   0x04 token ids (4 * n_tokens bytes, each uint32 little-endian).
+ * Pure function, thread safe. Errors: INVAL (n_tokens 0 or > E8S_CHUNK_TOKENS_MAX, NULL). */
+int e8s_chunk_key(const uint8_t salt[E8S_SALT_BYTES], const uint8_t fp_id[E8S_KEY_BYTES],
+                  const uint8_t *parent, const uint32_t *tokens, size_t n_tokens,
+                  uint8_t key_out[E8S_KEY_BYTES]);
+/* The token digest stored with a chunk: SHA-256 of fields 0x54 "e8kv.tokens.v1", 0x03 parent
+ * (as above), 0x04 token ids. Computed by e8s_put itself; exposed for tools and tests. */
+int e8s_token_digest(const uint8_t *parent, const uint32_t *tokens, size_t n_tokens,
+                     uint8_t digest_out[E8S_KEY_BYTES]);
+
+/* ---------------------------------------------------------------- put */
+typedef struct e8s_put_rec {
+  /* in */
+  uint8_t key[E8S_KEY_BYTES];     /* normally e8s_chunk_key(); may be an engine's own hash */
+  uint8_t parent[E8S_KEY_BYTES];  /* parent chunk key; all zero for the first chunk */
+  const uint32_t *tokens;         /* this chunk's token ids, n_tokens of them */
+  uint32_t n_tokens;              /* 1..E8S_CHUNK_TOKENS_MAX */
+  const void *payload;            /* opaque bytes; not retained after the call */
+  uint64_t payload_bytes;         /* 1 .. 2^40 */
+  /* out */
+  int result;                     /* E8S_OK or an e8s_err for this record */
+  int existed;                    /* 1: key already stored with the same token digest; nothing
+                                     written, the stored payload stays (first writer wins) */
+} e8s_put_rec;
+
+/* Stores a batch of chunks of namespace ns_id and fingerprint fp_id (registered before).
+ * Durable when it returns: every record with result E8S_OK is on disk, fsynced and indexed.
+ * Per record: E8S_OK (stored, or existed=1), CONFLICT (key stored with another token digest),
+ * INVAL, FULL, QUOTA, IO, NOSPC, MAPFULL. A failed record is never visible, now or after a
+ * restart; the others of the batch are unaffected (except IO from fsync, which fails them all).
+ * Returns E8S_OK if every record succeeded, else the first failing record's code
+ * (also NOTFOUND for an unknown namespace/fingerprint, READONLY: then every result is set).
+ * Eviction to make room happens inside the call, in the same LMDB transaction. */
+int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
+            e8s_put_rec *recs, size_t n_recs);
+
+/* ---------------------------------------------------------------- lookup */
+#define E8S_LOOKUP_PIN 0x1u /* pin the matched chunks under a lease (e8s_config.lease_ms) */
+
+typedef struct e8s_lookup_result {
+  size_t n_chunks;          /* matched chunks: keys[0..n_chunks) */
+  uint64_t tokens_matched;  /* tokens covered by them (a prefix of the query) */
+  uint64_t lease_id;        /* with E8S_LOOKUP_PIN and n_chunks > 0: release with
+                               e8s_lease_release; otherwise 0 */
+} e8s_lookup_result;
+
+/* Longest stored prefix of tokens[0..n_tokens) cut into chunks of chunk_tokens tokens (the last
+ * may be shorter). For each chunk in order the store computes its key from the namespace salt,
+ * fp_id and the previous key, finds it, and checks the stored token digest and token count;
+ * the first miss or mismatch ends the prefix (a mismatch is counted as a miss, never served).
+ * keys_out has room for max_keys keys; the lookup stops there. Touches matched chunks (LRU).
+ * Errors: NOTFOUND (namespace), INVAL. A prefix of 0 chunks is success. */
+int e8s_lookup(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
+               const uint32_t *tokens, size_t n_tokens, uint32_t chunk_tokens, uint32_t flags,
+               uint8_t (*keys_out)[E8S_KEY_BYTES], size_t max_keys, e8s_lookup_result *res);
+/* Releases a lookup lease before it expires. Unknown or expired ids: E8S_ERR_NOTFOUND. */
+int e8s_lease_release(e8s_store *st, uint64_t lease_id);
+
+/* ---------------------------------------------------------------- get */
+typedef struct e8s_chunk_info {
+  uint8_t key[E8S_KEY_BYTES];
+  uint8_t parent[E8S_KEY_BYTES];
+  uint8_t fp_id[E8S_KEY_BYTES];
+  uint8_t token_digest[E8S_KEY_BYTES];
+  uint32_t ns_id;
+  uint32_t n_tokens;
+  uint64_t payload_bytes;
+  uint32_t crc32c;          /* CRC32C (Castagnoli) of the payload */
+  uint32_t session_refs;    /* sessions that pin it */
+  uint64_t segment_id;
+  uint64_t offset;          /* of its record header in the segment, bytes */
+  uint64_t created_ns;
+  uint64_t last_access;     /* logical LRU clock: larger = more recently used */
+} e8s_chunk_info;
+
+typedef struct e8s_chunk e8s_chunk;  /* an open chunk: holds a read pin */
+
+/* Metadata of a chunk, no pin. Errors: NOTFOUND (also for another namespace's chunk),
+ * DATALOSS (it was quarantined). */
+int e8s_chunk_stat(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES],
+                   e8s_chunk_info *info);
+/* Opens a chunk for reading: takes a read pin (no eviction, no segment removal until
+ * e8s_chunk_close), fills info (may be NULL). Errors: NOTFOUND, DATALOSS, NOMEM. */
+int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES],
+                   e8s_chunk **out, e8s_chunk_info *info);
+/* Reads the whole payload into buf (cap >= payload_bytes) and checks its CRC32C.
+ * Errors: RANGE (cap too small), DATALOSS (CRC mismatch or short file: the chunk is quarantined,
+ * on a read-write handle), IO. */
+int e8s_chunk_read(e8s_chunk *ch, void *buf, uint64_t cap);
+/* Releases the read pin. NULL is a no-op. */
+void e8s_chunk_close(e8s_chunk *ch);
+/* open + read + close. *payload_bytes receives the size (also on RANGE). */
+int e8s_get(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES], void *buf,
+            uint64_t cap, uint64_t *payload_bytes);
+/* Removes an unpinned chunk now. Errors: NOTFOUND, BUSY (pinned), READONLY. */
+int e8s_chunk_delete(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]);
+
+/* ---------------------------------------------------------------- sessions */
+typedef struct e8s_session_info {
+  uint32_t ns_id;
+  char name[E8S_NAME_MAX + 1];
+  uint8_t fp_id[E8S_KEY_BYTES];
+  uint64_t n_tokens;        /* sum of its chunks' tokens */
+  uint64_t n_chunks;
+  uint64_t meta_bytes;
+  uint64_t created_ns;
+  uint64_t updated_ns;
+} e8s_session_info;
+
+#define E8S_SESSION_REPLACE 0x1u /* create: replace an existing session (its pins are dropped) */
+
+/* Creates an empty session (ns_id, name) for fingerprint fp_id with user metadata
+ * meta[0..meta_bytes) (0..E8S_META_MAX, copied). Errors: EXISTS (without REPLACE), NOTFOUND
+ * (namespace, fingerprint), INVAL, READONLY, MAPFULL, IO. */
+int e8s_session_create(e8s_store *st, uint32_t ns_id, const char *name,
+                       const uint8_t fp_id[E8S_KEY_BYTES], const void *meta, size_t meta_bytes,
+                       uint32_t flags);
+/* Appends chunks (stored, same namespace and fingerprint) to the session's chain and pins them.
+ * keys[0]'s parent must be the session's last key (all zero when empty), and each next key's
+ * parent the previous one. All or nothing. Errors: NOTFOUND (session or a chunk),
+ * DATALOSS (a chunk quarantined), CONFLICT (not a continuation / other fingerprint), INVAL. */
+int e8s_session_append(e8s_store *st, uint32_t ns_id, const char *name,
+                       const uint8_t (*keys)[E8S_KEY_BYTES], size_t n_keys);
+/* Replaces the user metadata. Errors: NOTFOUND, INVAL, READONLY. */
+int e8s_session_set_meta(e8s_store *st, uint32_t ns_id, const char *name, const void *meta,
+                         size_t meta_bytes);
+/* Reads a session: info (may be NULL); keys[0..max_keys) its chain (may be NULL with 0);
+ * meta[0..meta_cap) its metadata (may be NULL with 0). Errors: NOTFOUND, RANGE (a buffer too
+ * small: info is still filled and tells the sizes needed). */
+int e8s_session_get(e8s_store *st, uint32_t ns_id, const char *name, e8s_session_info *info,
+                    uint8_t (*keys)[E8S_KEY_BYTES], size_t max_keys, void *meta,
+                    size_t meta_cap);
+/* Deletes a session and drops its pins (its chunks become cache entries). Errors: NOTFOUND. */
+int e8s_session_delete(e8s_store *st, uint32_t ns_id, const char *name);
+
+typedef struct e8s_session_filter {
+  const char *name_prefix;    /* NULL or "": any */
+  const uint8_t *fp_id;       /* NULL: any fingerprint */
+  uint64_t updated_after_ns;  /* 0: any */
+} e8s_session_filter;
+
+/* Lists sessions of ns_id in name order (bytewise), after the name `after` (exclusive; NULL or
+ * "" = from the start), matching filter (may be NULL), at most max into out. *n_out = number
+ * written; *more = 1 if more may follow (pass out[*n_out - 1].name as the next `after`). */
+int e8s_session_list(e8s_store *st, uint32_t ns_id, const e8s_session_filter *filter,
+                     const char *after, e8s_session_info *out, size_t max, size_t *n_out,
+                     int *more);
+
+/* ---------------------------------------------------------------- stats, maintenance */
+typedef struct e8s_stats {
+  uint64_t used_bytes;       /* live record bytes (headers + payloads) */
+  uint64_t capacity_bytes;   /* the budget, 0 = unlimited */
+  uint64_t disk_bytes;       /* bytes of all segment files (live + dead) */
+  uint64_t chunks, sessions, namespaces, fingerprints, segments;
+  uint64_t quarantined;      /* chunks in the quarantine list */
+  uint64_t map_bytes, map_used_bytes;  /* LMDB map size and pages in use, bytes */
+  /* counters since this open (not persisted): */
+  uint64_t lookups, lookup_hit_chunks, lookup_misses; /* a miss = a lookup that ended before
+                                                         the end of its query */
+  uint64_t evictions, puts_stored, puts_existed, reads, read_bytes, crc_failures;
+  e8s_io_engine engine;
+} e8s_stats;
+
+int e8s_stats_get(e8s_store *st, e8s_stats *out);
+
+/* Called by e8s_verify/e8s_compact with (done, total) units (chunks or segments); return
+ * nonzero to stop early. May be NULL. */
+typedef int (*e8s_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+typedef struct e8s_verify_report {
+  uint64_t chunks_checked, bytes_checked;
+  uint64_t newly_quarantined;  /* CRC failures found by this scan */
+  uint64_t quarantined;        /* quarantine list size after the scan */
+} e8s_verify_report;
+/* Reads every live chunk and checks its CRC; failures are quarantined (read-write handle) or only
+ * counted (read-only). Runs beside normal traffic. */
+int e8s_verify(e8s_store *st, e8s_verify_report *rep, e8s_progress_fn fn, void *ctx);
+
+typedef struct e8s_quarantine_entry {
+  uint8_t key[E8S_KEY_BYTES];
+  uint32_t ns_id;
+  uint64_t segment_id, offset, payload_bytes;
+  uint32_t stored_crc, found_crc;
+  uint64_t when_ns;
+} e8s_quarantine_entry;
+/* Lists quarantined chunks in key order after `after` (exclusive, NULL = from the start). */
+int e8s_quarantine_list(e8s_store *st, const uint8_t *after, e8s_quarantine_entry *out,
+                        size_t max, size_t *n_out, int *more);
+
+typedef struct e8s_compact_report {
+  uint64_t segments_compacted, records_moved, bytes_moved, bytes_reclaimed;
+} e8s_compact_report;
+/* Rewrites every sealed segment whose dead fraction is >= min_dead_ratio (0..1; 0.5 is a good
+ * default) by copying its live records to the active segment, then removes it once no reader
+ * uses it. Holds the writer mutex one segment at a time. */
+int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
+                e8s_progress_fn fn, void *ctx);
+
+/* Housekeeping for a background thread: drops expired leases, writes pending LRU touches,
+ * removes fully dead segments no reader uses. Cheap; no compaction. */
+int e8s_maintain(e8s_store *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* E8STORE_H */
