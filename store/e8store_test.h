@@ -1,0 +1,32 @@
+/* e8store_test.h: test-only fault injection for libe8store. Not part of the public API: tests
+ * include it to make the io engines and the index fail on purpose, one fault kind at a time.
+ *
+ * The setting is process-wide (atomics), so set it only while no other thread of the process
+ * uses a store. After `skip` matching operations pass untouched, the next `count` fail.
+ * Matching operations: WRITE_* = one record write submission (either engine), FSYNC_EIO = one
+ * fdatasync of a segment, MAP_FULL = one LMDB write-transaction commit (acts as MDB_MAP_FULL:
+ * the store grows the map and retries), URING_EPERM = one io_uring setup (open falls back to
+ * pwrite with E8S_IO_AUTO, fails with E8S_IO_URING). */
+#ifndef E8STORE_TEST_H
+#define E8STORE_TEST_H
+
+typedef enum e8s_fault {
+  E8S_FAULT_NONE = 0,
+  E8S_FAULT_WRITE_EIO,
+  E8S_FAULT_WRITE_ENOSPC,
+  E8S_FAULT_WRITE_SHORT,  /* the write is submitted with half its length: the engine must
+                             continue it, so the record still succeeds */
+  E8S_FAULT_FSYNC_EIO,
+  E8S_FAULT_MAP_FULL,
+  E8S_FAULT_URING_EPERM
+} e8s_fault;
+
+void e8s_test_fault_set(e8s_fault kind, unsigned skip, unsigned count);
+/* New segments start their first record at this byte offset instead of 64 (the gap is a
+ * sparse hole), so tests reach offsets past 4 GiB without writing 4 GiB. 0 = normal. */
+void e8s_test_segment_start(unsigned long long offset);
+
+/* Faults injected since the last e8s_test_fault_set. */
+unsigned e8s_test_fault_hits(void);
+
+#endif

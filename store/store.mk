@@ -1,0 +1,34 @@
+# store/store.mk: libe8store (the block store) and its tests.
+#   $(BUILD)/lib/libe8store.a       the library (LMDB, liburing, isa-l, OpenSSL)
+#   $(BUILD)/tests/store/test_*     cmocka tests, each runs its suite on both io engines
+#   make bench-store [QUICK=1]      $(BUILD)/bench/store.json, store vs fio
+#   make tsan                       store tests under ThreadSanitizer (tsan-run)
+
+STORE_PC      := lmdb liburing libisal openssl
+CFLAGS_store  += $(call pc_cflags,$(STORE_PC))
+STORE_LDLIBS  := $(call pc_libs,$(STORE_PC))
+
+STORE_SRCS := $(wildcard store/*.c)
+STORE_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(STORE_SRCS))
+STORE_LIB  := $(BUILD)/lib/libe8store.a
+
+$(STORE_LIB): $(STORE_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+LIBS += $(STORE_LIB)
+
+# ---------------------------------------------------------------- tests
+STORE_TEST_DIR   := $(BUILD)/tests/store
+STORE_TEST_UTIL  := $(BUILD)/obj/tests/store/store_test_util.o
+STORE_TEST_NAMES := test_store_basic
+STORE_TESTS      := $(addprefix $(STORE_TEST_DIR)/,$(STORE_TEST_NAMES))
+STORE_TEST_OBJS  := $(patsubst %,$(BUILD)/obj/tests/store/%.o,$(STORE_TEST_NAMES)) $(STORE_TEST_UTIL)
+
+$(STORE_TEST_OBJS): CFLAGS_tests += $(call pc_cflags,cmocka openssl)
+
+$(STORE_TEST_DIR)/%: $(BUILD)/obj/tests/store/%.o $(STORE_TEST_UTIL) $(STORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) $^ -o $@ $(STORE_LDLIBS) $(call pc_libs,cmocka)
+
+TEST_BINS += $(STORE_TESTS)

@@ -1,0 +1,256 @@
+/* store_compact.c: compaction. A sealed segment whose dead fraction (bytes no index entry points
+ * at) reaches the threshold is rewritten: its live records are read (CRC checked; failures are
+ * quarantined), appended to the active segment through the io engine and fsynced, then, in one
+ * LMDB transaction, every chunk that still points at its old place is pointed at the copy.
+ * When the old segment has no live record left its index entry goes in that same transaction
+ * and its file is unlinked once no reader holds it (store_seg_retire). A crash at any point
+ * leaves either the old location indexed (the copies are an unindexed tail, cut at open) or the
+ * new one. Work is done in pieces of at most 64 MiB under the writer mutex, so puts wait at
+ * most one piece. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_int.h"
+
+#define COMPACT_PIECE_BYTES (64ull << 20)
+
+typedef struct cand { uint64_t id, end, live; } cand;
+
+static int list_candidates(e8s_store *st, double min_dead, cand **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  pthread_mutex_lock(&st->wlock);
+  uint64_t active = st->wseg ? st->wseg->id : 0;
+  pthread_mutex_unlock(&st->wlock);
+  MDB_txn *txn;
+  int e = store_rtxn_begin(st, &txn);
+  if (e) return e;
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(txn, st->db_segs, &c);
+  size_t cap = 0;
+  MDB_val k, v;
+  for (rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    store_seg_val sv;
+    if (k.mv_size != 8 || v.mv_size != sizeof sv) continue;
+    memcpy(&sv, v.mv_data, sizeof sv);
+    uint64_t id = store_rd_be64(k.mv_data);
+    uint64_t body = sv.end > STORE_SEG_HDR_BYTES ? sv.end - STORE_SEG_HDR_BYTES : 0;
+    double dead = body ? (double)(body - (sv.live < body ? sv.live : body)) / (double)body : 1.0;
+    if (id == active || dead < min_dead) continue;
+    if (*n == cap) {
+      cap = cap ? cap * 2 : 16;
+      cand *p = realloc(*out, cap * sizeof *p);
+      if (!p) {
+        e = E8S_ERR_NOMEM;
+        break;
+      }
+      *out = p;
+    }
+    (*out)[(*n)++] = (cand){id, sv.end, sv.live};
+  }
+  if (c) mdb_cursor_close(c);
+  store_rtxn_end(st, txn);
+  return e;
+}
+
+typedef struct move {
+  uint8_t key[32];
+  store_chunk_val rec;   /* where it was */
+  void *payload;
+  uint8_t hdr[E8S_RECORD_HEADER_BYTES];
+  uint64_t new_seg, new_off;
+  int written;
+} move;
+
+typedef struct piece_ctx {
+  move *m;
+  size_t n;
+  uint64_t seg_id;
+  int last;              /* drop the old segment's entry if nothing live is left */
+  store_retire_list retire;
+  uint64_t moved, moved_bytes;
+} piece_ctx;
+
+static int piece_index(e8s_store *st, MDB_txn *txn, void *vc) {
+  piece_ctx *c = vc;
+  c->retire.n = 0;
+  c->moved = c->moved_bytes = 0;
+  for (size_t i = 0; i < c->n; i++) {
+    move *m = &c->m[i];
+    if (!m->written) continue;
+    store_chunk_val v;
+    int e = store_chunk_get(txn, st, m->key, &v);
+    if (e == E8S_ERR_NOTFOUND) continue; /* evicted meanwhile: the copy is dead */
+    if (e) return e;
+    if (v.seg_id != m->rec.seg_id || v.offset != m->rec.offset) continue;
+    uint64_t retire;
+    if ((e = store_chunk_relocate(txn, st, m->key, &v, m->new_seg, m->new_off, &retire)) ||
+        (e = store_retire_add(&c->retire, retire)))
+      return e;
+    c->moved++;
+    c->moved_bytes += store_rec_bytes(v.payload_bytes);
+  }
+  if (c->last) {
+    uint8_t sk[8];
+    store_be64(sk, c->seg_id);
+    store_seg_val sv;
+    int e = store_get_fixed(txn, st->db_segs, sk, 8, &sv, sizeof sv);
+    if (e == E8S_OK && sv.live == 0) {
+      if ((e = store_del(txn, st->db_segs, sk, 8))) return e;
+      return store_retire_add(&c->retire, c->seg_id);
+    }
+    if (e != E8S_ERR_NOTFOUND) return e;
+  }
+  return E8S_OK;
+}
+
+/* Writes the piece's copies and points the index at them. */
+static int move_piece(e8s_store *st, piece_ctx *c) {
+  store_iow *w = calloc(c->n ? c->n : 1, sizeof *w);
+  if (!w) return E8S_ERR_NOMEM;
+  pthread_mutex_lock(&st->wlock);
+  int e = E8S_OK;
+  size_t nw = 0;
+  for (size_t i = 0; i < c->n && !e; i++) {
+    move *m = &c->m[i];
+    if (!m->payload) continue;
+    store_seg *seg;
+    uint64_t bytes = store_rec_bytes(m->rec.payload_bytes);
+    if ((e = store_seg_reserve(st, bytes, &seg, &m->new_off))) break;
+    m->new_seg = seg->id;
+    store_rec_hdr_encode(m->hdr, m->key, m->rec.payload_bytes, m->rec.crc, m->rec.n_tokens,
+                         m->rec.ns_id);
+    w[nw] = (store_iow){.fd = seg->fd, .off = m->new_off, .niov = 2, .len = bytes};
+    w[nw].iov[0] = (struct iovec){m->hdr, sizeof m->hdr};
+    w[nw].iov[1] = (struct iovec){m->payload, m->rec.payload_bytes};
+    nw++;
+  }
+  if (!e && nw) {
+    st->io->ops->write_batch(st->io, w, nw);
+    int fds[64], res[64];
+    size_t nf = 0;
+    for (size_t j = 0; j < nw && !e; j++) {
+      if (w[j].res) e = store_err(store_err_errno(w[j].res), "compact: write: %s",
+                                  strerror(-w[j].res));
+      size_t f = 0;
+      while (f < nf && fds[f] != w[j].fd) f++;
+      if (f == nf && nf < 64) fds[nf++] = w[j].fd;
+    }
+    if (!e) {
+      st->io->ops->sync_batch(st->io, fds, res, nf);
+      for (size_t f = 0; f < nf && !e; f++)
+        if (res[f]) e = store_err(E8S_ERR_IO, "compact: fdatasync: %s", strerror(-res[f]));
+    }
+    if (e) store_seg_seal_active(st);
+  }
+  for (size_t i = 0; i < c->n && !e; i++) c->m[i].written = c->m[i].payload != NULL;
+  if (!e) e = store_wtxn_run_locked(st, piece_index, c);
+  pthread_mutex_unlock(&st->wlock);
+  free(w);
+  if (e == E8S_OK) store_retire_apply(st, &c->retire);
+  else free(c->retire.ids);
+  memset(&c->retire, 0, sizeof c->retire);
+  return e;
+}
+
+/* Collects the live records of segment id (index scan) and moves them piece by piece. */
+static int compact_one(e8s_store *st, uint64_t id, e8s_compact_report *rep) {
+  enum { PAGE = 512 };
+  scan_item *page = malloc(PAGE * sizeof *page);
+  move *m = calloc(PAGE, sizeof *m);
+  if (!page || !m) {
+    free(page), free(m);
+    return E8S_ERR_NOMEM;
+  }
+  piece_ctx c = {.m = m, .seg_id = id};
+  uint64_t piece_bytes = 0;
+  uint8_t after[32];
+  int have_after = 0, e = E8S_OK;
+  for (;;) {
+    size_t n;
+    if ((e = store_scan_page(st, have_after ? after : NULL, page, PAGE, &n))) break;
+    int end = n == 0;
+    for (size_t i = 0; i < n && !e; i++) {
+      if (page[i].rec.seg_id != id) continue;
+      move *mv = &m[c.n];
+      memset(mv, 0, sizeof *mv);
+      memcpy(mv->key, page[i].key, 32);
+      mv->rec = page[i].rec;
+      mv->payload = malloc(mv->rec.payload_bytes);
+      if (!mv->payload) {
+        e = E8S_ERR_NOMEM;
+        break;
+      }
+      uint32_t found;
+      int r = store_seg_read_payload(st, &mv->rec, mv->key, mv->payload, &found);
+      if (r == E8S_ERR_DATALOSS) store_quarantine(st, mv->key, &mv->rec, found);
+      if (r != E8S_OK) {
+        free(mv->payload);
+        if (r != E8S_ERR_DATALOSS && r != E8S_ERR_NOTFOUND) e = r;
+        continue;
+      }
+      piece_bytes += mv->rec.payload_bytes;
+      c.n++;
+      if (c.n == PAGE || piece_bytes >= COMPACT_PIECE_BYTES) {
+        e = move_piece(st, &c);
+        rep->records_moved += c.moved;
+        rep->bytes_moved += c.moved_bytes;
+        for (size_t j = 0; j < c.n; j++) free(m[j].payload);
+        c.n = 0;
+        piece_bytes = 0;
+      }
+    }
+    if (e || end) break;
+    memcpy(after, page[n - 1].key, 32);
+    have_after = 1;
+  }
+  if (!e) {
+    c.last = 1;
+    e = move_piece(st, &c);
+    rep->records_moved += c.moved;
+    rep->bytes_moved += c.moved_bytes;
+  }
+  for (size_t j = 0; j < c.n; j++) free(m[j].payload);
+  free(page);
+  free(m);
+  return e;
+}
+
+int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
+                e8s_progress_fn fn, void *ctx) {
+  if (!st || !rep || !(min_dead_ratio >= 0.0 && min_dead_ratio <= 1.0))
+    return store_err(E8S_ERR_INVAL, "compact: bad argument");
+  memset(rep, 0, sizeof *rep);
+  if (st->readonly) return store_err(E8S_ERR_READONLY, "compact: store opened read-only");
+  cand *cs;
+  size_t n;
+  int e = list_candidates(st, min_dead_ratio, &cs, &n);
+  for (size_t i = 0; i < n && !e; i++) {
+    uint64_t before = rep->bytes_moved;
+    e = compact_one(st, cs[i].id, rep);
+    if (e) break;
+    rep->segments_compacted++;
+    uint64_t moved = rep->bytes_moved - before;
+    rep->bytes_reclaimed += cs[i].end > moved ? cs[i].end - moved : 0;
+    if (fn && fn(ctx, i + 1, n)) break;
+  }
+  free(cs);
+  return e;
+}
+
+static int noop_fn(e8s_store *st, MDB_txn *txn, void *ctx) {
+  (void)st, (void)txn, (void)ctx;
+  return E8S_OK;
+}
+
+int e8s_maintain(e8s_store *st) {
+  if (!st) return store_err(E8S_ERR_INVAL, "maintain: NULL store");
+  store_lease_expire(st, store_mono_ms());
+  if (st->readonly) return E8S_OK;
+  int e = store_wtxn_run(st, noop_fn, NULL); /* applies pending LRU touches */
+  if (e) return e;
+  /* fully dead sealed segments: compaction with nothing to move just drops them */
+  e8s_compact_report rep;
+  return e8s_compact(st, 1.0, &rep, NULL, NULL);
+}

@@ -1,0 +1,72 @@
+/* store_fault.c: fault injection hooks (see e8store_test.h). One relaxed atomic load per
+ * operation when no fault is set. */
+#include <errno.h>
+#include <stdatomic.h>
+
+#include "store/e8store_test.h"
+#include "store/store_int.h"
+
+static _Atomic int f_kind;
+static _Atomic unsigned f_skip, f_count, f_hits;
+
+void e8s_test_fault_set(e8s_fault kind, unsigned skip, unsigned count) {
+  atomic_store(&f_kind, E8S_FAULT_NONE);
+  atomic_store(&f_skip, skip);
+  atomic_store(&f_count, count);
+  atomic_store(&f_hits, 0);
+  atomic_store(&f_kind, (int)kind);
+}
+
+unsigned e8s_test_fault_hits(void) { return atomic_load(&f_hits); }
+
+/* 1 if an operation of one of the kinds [a, b] must fail now; *which = the kind. */
+static int fire(int a, int b, int *which) {
+  int k = atomic_load_explicit(&f_kind, memory_order_relaxed);
+  if (k == E8S_FAULT_NONE || k < a || k > b) return 0;
+  unsigned s = atomic_load(&f_skip);
+  while (s > 0) {
+    if (atomic_compare_exchange_weak(&f_skip, &s, s - 1)) return 0;
+  }
+  unsigned c = atomic_load(&f_count);
+  while (c > 0) {
+    if (atomic_compare_exchange_weak(&f_count, &c, c - 1)) {
+      atomic_fetch_add(&f_hits, 1);
+      *which = k;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+int store_fault_write(uint64_t *len) {
+  int k;
+  if (!fire(E8S_FAULT_WRITE_EIO, E8S_FAULT_WRITE_SHORT, &k)) return 0;
+  if (k == E8S_FAULT_WRITE_EIO) return -EIO;
+  if (k == E8S_FAULT_WRITE_ENOSPC) return -ENOSPC;
+  *len = *len > 1 ? *len / 2 : *len;
+  return 0;
+}
+
+int store_fault_fsync(void) {
+  int k;
+  return fire(E8S_FAULT_FSYNC_EIO, E8S_FAULT_FSYNC_EIO, &k) ? -EIO : 0;
+}
+
+int store_fault_map_full(void) {
+  int k;
+  return fire(E8S_FAULT_MAP_FULL, E8S_FAULT_MAP_FULL, &k);
+}
+
+int store_fault_uring_setup(void) {
+  int k;
+  return fire(E8S_FAULT_URING_EPERM, E8S_FAULT_URING_EPERM, &k) ? -EPERM : 0;
+}
+
+static _Atomic unsigned long long seg_start;
+
+void e8s_test_segment_start(unsigned long long offset) { atomic_store(&seg_start, offset); }
+
+uint64_t store_fault_segment_start(void) {
+  unsigned long long o = atomic_load(&seg_start);
+  return o > STORE_SEG_HDR_BYTES ? o : STORE_SEG_HDR_BYTES;
+}

@@ -1,0 +1,288 @@
+/* store_int.h: internals of libe8store shared by its .c files (not installed, not for users).
+ *
+ * Layout of the handle, the on-disk record and segment headers, the LMDB value layouts, and the
+ * internal function groups: errors (store_err.c), keys and CRC (store_key.c), io engines
+ * (store_io_*.c), segment table (store_seg.c), LMDB index (store_index.c), pins and leases
+ * (store_pin.c), eviction (store_evict.c), put (store_put.c), reads (store_read.c), sessions
+ * (store_session.c), namespaces and fingerprints (store_ns.c), compaction, verify, quarantine
+ * (store_compact.c, store_verify.c), open/close/recovery (store_open.c).
+ */
+#ifndef STORE_INT_H
+#define STORE_INT_H
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "store/e8store.h"
+
+/* ---------------------------------------------------------------- on-disk headers */
+#define STORE_REC_MAGIC 0x52533845u /* "E8SR" little-endian */
+#define STORE_SEG_MAGIC 0x47533845u /* "E8SG" */
+#define STORE_HDR_VERSION 1u
+#define STORE_SEG_HDR_BYTES 64u
+#define STORE_PAYLOAD_MAX (1ull << 40)
+
+/* Record header, 64 bytes, little-endian fields, written before each payload:
+ *   0 magic u32 | 4 version u16 | 6 header bytes u16 (64) | 8 payload bytes u64 | 16 key[32]
+ *   48 payload CRC32C u32 | 52 n_tokens u32 | 56 ns_id u32 | 60 CRC32C of bytes 0..59 u32 */
+void store_rec_hdr_encode(uint8_t out[E8S_RECORD_HEADER_BYTES], const uint8_t key[32],
+                          uint64_t payload_bytes, uint32_t crc, uint32_t n_tokens,
+                          uint32_t ns_id);
+/* 0 if valid (magic, version, header CRC), -1 otherwise; fills the fields. */
+int store_rec_hdr_decode(const uint8_t in[E8S_RECORD_HEADER_BYTES], uint8_t key[32],
+                         uint64_t *payload_bytes, uint32_t *crc);
+
+/* ---------------------------------------------------------------- errors */
+/* Sets the thread's detail message (printf-style) and returns rc. */
+int store_err(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int store_err_errno(int neg_errno); /* -EIO -> E8S_ERR_IO, -ENOSPC -> E8S_ERR_NOSPC, ... */
+int store_err_mdb(int mdb_rc, const char *what); /* MDB_* -> e8s_err with detail */
+#define STORE_MAPFULL_RETRY 1000 /* internal: an LMDB call said MDB_MAP_FULL; grow and retry */
+
+/* ---------------------------------------------------------------- keys, CRC, time */
+uint32_t store_crc32c(const void *buf, uint64_t len); /* CRC32C, init ~0, final ~ */
+uint32_t store_crc32c_update(uint32_t crc_state, const void *buf, uint64_t len); /* raw state */
+uint64_t store_now_ns(void);   /* CLOCK_REALTIME */
+uint64_t store_mono_ms(void);  /* CLOCK_MONOTONIC */
+int store_key_is_zero(const uint8_t k[32]);
+
+/* ---------------------------------------------------------------- fault injection */
+/* Kinds match e8store_test.h. Each returns 0 (no fault) or the injected value. */
+int store_fault_write(uint64_t *len); /* -EIO, -ENOSPC, or shortens *len (returns 0) */
+int store_fault_fsync(void);          /* -EIO */
+int store_fault_map_full(void);       /* 1 if the commit must act as MDB_MAP_FULL */
+int store_fault_uring_setup(void);    /* -EPERM */
+uint64_t store_fault_segment_start(void); /* first record offset of a new segment */
+
+/* ---------------------------------------------------------------- io engines */
+typedef struct store_iow {
+  int fd;
+  uint64_t off;          /* file offset, bytes */
+  struct iovec iov[2];   /* header, payload */
+  int niov;
+  uint64_t len;          /* sum of iov lengths */
+  uint64_t done;         /* bytes written so far (engine internal) */
+  struct iovec cur[2];   /* engine internal: the iovecs of the submission in flight */
+  int res;               /* out: 0 or -errno */
+} store_iow;
+
+typedef struct store_io store_io;
+typedef struct store_io_ops {
+  const char *name;
+  /* Writes every w[i] completely at its offset (short writes are continued), sets w[i].res. */
+  void (*write_batch)(store_io *io, store_iow *w, size_t n);
+  /* fdatasync(fd) on every fd in fds[0..n); res[i] = 0 or -errno. */
+  void (*sync_batch)(store_io *io, const int *fds, int *res, size_t n);
+  void (*destroy)(store_io *io);
+} store_io_ops;
+
+struct store_io {
+  const store_io_ops *ops;
+  e8s_io_engine kind;
+};
+
+/* Fills out[] with w->iov advanced past w->done bytes; returns the iovec count. */
+int store_iov_skip(const store_iow *w, struct iovec out[2]);
+/* -errno on failure: -EPERM/-ENOSYS mean "refused, use pwrite". */
+int store_io_uring_create(unsigned entries, store_io **out);
+int store_io_pwrite_create(store_io **out);
+/* A complete write for a single buffer at off with pwrite, continuing short writes. */
+int store_pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off);
+int store_pread_all(int fd, void *buf, uint64_t len, uint64_t off); /* -errno, or 1 on EOF */
+
+/* ---------------------------------------------------------------- LMDB values */
+typedef struct store_chunk_val {     /* db "chunks": key[32] -> this */
+  uint64_t seg_id, offset, payload_bytes, created_ns, tick;
+  uint32_t crc, n_tokens, ns_id, refs;
+  uint8_t fp[32], parent[32], digest[32];
+} store_chunk_val;
+
+typedef struct store_seg_val {       /* db "segs": seg id (be64) -> this */
+  uint64_t end;        /* bytes of the file covered by the index (truncate point at open) */
+  uint64_t live;       /* live record bytes */
+  uint64_t created_ns;
+} store_seg_val;
+
+typedef struct store_ns_val {        /* db "ns": ns id (be32) -> this; "nsname": name -> id */
+  uint8_t salt[32];
+  uint64_t quota, used, chunks, created_ns;
+  char name[E8S_NAME_MAX + 1];
+} store_ns_val;
+
+typedef struct store_sess_hdr {      /* db "sessions": ns id (be32) + name -> hdr, meta, keys */
+  uint8_t fp[32];
+  uint64_t n_tokens, n_chunks, meta_bytes, created_ns, updated_ns;
+} store_sess_hdr;
+
+typedef struct store_quar_val {      /* db "quar": key -> this */
+  store_chunk_val rec;
+  uint32_t found_crc, pad;
+  uint64_t when_ns;
+} store_quar_val;
+
+/* ---------------------------------------------------------------- segments */
+typedef struct store_seg {
+  uint64_t id;
+  int fd;              /* O_RDONLY for old segments, O_RDWR for the one being written */
+  int refs;            /* readers inside a read (under seg_mu) */
+  int retired;         /* removed from the index: unlink when refs reaches 0 */
+  struct store_seg *next;
+} store_seg;
+
+/* ---------------------------------------------------------------- pins */
+typedef struct store_pin {
+  uint8_t key[32];
+  uint32_t readers;    /* open e8s_chunk handles */
+  uint32_t leases;     /* unexpired lookup leases */
+  uint64_t lease_until_ms;
+  struct store_pin *next;
+} store_pin;
+
+typedef struct store_lease {
+  uint64_t id, until_ms;
+  size_t n;
+  uint8_t (*keys)[32];
+  struct store_lease *next;
+} store_lease;
+
+#define STORE_PIN_BUCKETS 1024
+#define STORE_TOUCH_MAX 65536
+
+typedef struct store_touch_ent { uint8_t key[32]; uint64_t tick; } store_touch_ent;
+
+/* ---------------------------------------------------------------- the handle */
+struct e8s_store {
+  e8s_config cfg;
+  char *dir, *segdir;
+  int readonly;
+  int lockfd, segdirfd;
+  store_io *io;
+
+  MDB_env *env;
+  MDB_dbi db_chunks, db_lru, db_nslru, db_sess, db_ns, db_nsname, db_fp, db_segs, db_quar,
+      db_meta;
+  pthread_rwlock_t map_lock; /* readers: rd around a read txn; map growth: wr */
+  uint64_t map_bytes;
+
+  pthread_mutex_t wlock;     /* the one writer: LMDB write txn, io engine, active segment */
+  store_seg *wseg;           /* segment being appended (NULL until the first write) */
+  uint64_t wpos;             /* next write offset in wseg */
+  uint64_t next_seg_id;
+
+  pthread_mutex_t seg_mu;    /* the segment table */
+  store_seg *segs;
+
+  pthread_mutex_t pin_mu;    /* pins, leases, touches */
+  store_pin *pins[STORE_PIN_BUCKETS];
+  store_lease *leases, *leases_tail;
+  uint64_t next_lease_id;
+  store_touch_ent *touches;
+  size_t n_touches;
+
+  _Atomic uint64_t tick;     /* logical LRU clock */
+  _Atomic uint64_t c_lookups, c_hit_chunks, c_misses, c_evictions, c_stored, c_existed,
+      c_reads, c_read_bytes, c_crc_failures;
+};
+
+/* ---------------------------------------------------------------- index (store_index.c) */
+int store_index_open(e8s_store *st);
+void store_index_close(e8s_store *st);
+/* Read transaction with the map read-lock held; end with store_rtxn_end. */
+int store_rtxn_begin(e8s_store *st, MDB_txn **txn);
+void store_rtxn_end(e8s_store *st, MDB_txn *txn);
+/* Runs fn inside a write transaction under wlock, growing the map and retrying on map full.
+ * fn returns E8S_OK to commit, an error to abort, or STORE_MAPFULL_RETRY. */
+typedef int (*store_wtxn_fn)(e8s_store *st, MDB_txn *txn, void *ctx);
+int store_wtxn_run(e8s_store *st, store_wtxn_fn fn, void *ctx);
+/* The same, with wlock already held by the caller. */
+int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx);
+/* Commit with map-full handling: E8S_OK, STORE_MAPFULL_RETRY (aborted), or error (aborted). */
+int store_txn_commit(e8s_store *st, MDB_txn *txn);
+/* Doubles the map (wlock held, no write txn open). E8S_ERR_MAPFULL at the maximum. */
+int store_map_grow(e8s_store *st);
+/* mdb_put / mdb_del with error mapping (MDB_MAP_FULL -> STORE_MAPFULL_RETRY). */
+int store_put(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, const void *v, size_t vl);
+int store_del(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl); /* NOTFOUND is OK */
+/* mdb_get into a fixed struct: E8S_OK, E8S_ERR_NOTFOUND, E8S_ERR_CORRUPT (size). */
+int store_get_fixed(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, void *v, size_t vl);
+int store_meta_get_u64(MDB_txn *txn, e8s_store *st, const char *name, uint64_t *v);
+int store_meta_put_u64(MDB_txn *txn, e8s_store *st, const char *name, uint64_t v);
+void store_be32(uint8_t out[4], uint32_t v);
+void store_be64(uint8_t out[8], uint64_t v);
+uint64_t store_rd_be64(const uint8_t in[8]);
+
+/* ---------------------------------------------------------------- segments (store_seg.c) */
+/* Reference to segment id for reading (opens its file lazily). NULL if gone or retired. */
+store_seg *store_seg_acquire(e8s_store *st, uint64_t id);
+void store_seg_release(e8s_store *st, store_seg *s);
+/* Marks a segment removed from the index; unlinks now or at the last release (read-write). */
+void store_seg_retire(e8s_store *st, uint64_t id);
+/* Writer (wlock): make sure wseg can take `bytes` more, creating a new segment if needed
+ * (file + header + fdatasync + directory fsync). */
+int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off);
+/* Writer: stop appending to the current segment (after a write or fsync failure). */
+void store_seg_seal_active(e8s_store *st);
+void store_seg_table_free(e8s_store *st);
+/* Open-time recovery (read-write): truncate indexed segments to their end, delete unknown. */
+int store_seg_recover(e8s_store *st);
+/* Reads payload of a record at (seg, off) into buf and checks header + CRC.
+ * E8S_OK, E8S_ERR_DATALOSS (with *found_crc), E8S_ERR_IO, E8S_ERR_NOTFOUND (segment gone). */
+int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint8_t key[32],
+                           void *buf, uint32_t *found_crc);
+char *store_seg_path(const e8s_store *st, uint64_t id);
+
+/* ---------------------------------------------------------------- pins (store_pin.c) */
+void store_pin_reader_add(e8s_store *st, const uint8_t key[32]);
+void store_pin_reader_drop(e8s_store *st, const uint8_t key[32]);
+int store_pin_is_pinned(e8s_store *st, const uint8_t key[32], uint64_t now_ms);
+uint64_t store_lease_create(e8s_store *st, const uint8_t (*keys)[32], size_t n);
+int store_lease_drop(e8s_store *st, uint64_t id);
+void store_lease_expire(e8s_store *st, uint64_t now_ms);
+void store_pin_free(e8s_store *st);
+/* Records a use of key (LRU), applied at the next write transaction. */
+void store_touch(e8s_store *st, const uint8_t key[32]);
+/* Applies pending touches inside the writer's transaction. */
+int store_touch_flush(e8s_store *st, MDB_txn *txn);
+
+/* ---------------------------------------------------------------- chunks, eviction */
+int store_chunk_get(MDB_txn *txn, e8s_store *st, const uint8_t key[32], store_chunk_val *v);
+/* Inserts a new chunk (LRU entries, segment, namespace and store accounting). */
+int store_chunk_insert(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
+                       const store_chunk_val *v);
+/* Removes a chunk and its accounting; retires its segment if it became empty.
+ * retire_out: set to the segment id to retire after commit (or 0). quarantine: also record it
+ * in the quarantine list with found_crc. */
+int store_chunk_remove(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
+                       const store_chunk_val *v, int quarantine, uint32_t found_crc,
+                       uint64_t *retire_out);
+/* Points a chunk at a copy of its record at (seg_id, off), moving the live-byte accounting. */
+int store_chunk_relocate(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
+                         store_chunk_val *v, uint64_t seg_id, uint64_t off,
+                         uint64_t *retire_out);
+/* Changes session refs by delta (+1/-1), moving it out of / into the LRU. */
+int store_chunk_ref(MDB_txn *txn, e8s_store *st, const uint8_t key[32], int delta);
+/* Evicts LRU unpinned chunks (of ns_id, or of the store if ns_id == 0) until `need` bytes are
+ * freed. *freed gets the bytes freed. Segment ids to retire are appended to rs. */
+typedef struct store_retire_list { uint64_t *ids; size_t n, cap; } store_retire_list;
+int store_evict(MDB_txn *txn, e8s_store *st, uint32_t ns_id, uint64_t need, uint64_t *freed,
+                store_retire_list *rs);
+int store_retire_add(store_retire_list *rs, uint64_t id);
+void store_retire_apply(e8s_store *st, store_retire_list *rs); /* after commit; frees list */
+int store_ns_load(MDB_txn *txn, e8s_store *st, uint32_t ns_id, store_ns_val *v);
+int store_ns_store(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const store_ns_val *v);
+/* Quarantines key if the index still points at rec (read-write). */
+void store_quarantine(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec,
+                      uint32_t found_crc);
+
+/* Reads up to max chunk records in key order after `after` (exclusive; NULL = first). */
+typedef struct scan_item { uint8_t key[32]; store_chunk_val rec; } scan_item;
+int store_scan_page(e8s_store *st, const uint8_t *after, scan_item *out, size_t max, size_t *n);
+
+static inline uint64_t store_rec_bytes(uint64_t payload) {
+  return payload + E8S_RECORD_HEADER_BYTES;
+}
+
+#endif /* STORE_INT_H */

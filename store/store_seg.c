@@ -1,0 +1,260 @@
+/* store_seg.c: segment files. The table of open segments (lazy opens, reader refcounts,
+ * retirement: a segment removed from the index is unlinked only when its last reader leaves),
+ * creation of a new segment for the writer (header, fdatasync, directory fsync), record reads
+ * with CRC check, and open-time recovery (LMDB is the truth: files are cut back to the end the
+ * index knows, unknown files are deleted). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/store_int.h"
+
+char *store_seg_path(const e8s_store *st, uint64_t id) {
+  size_t n = strlen(st->segdir) + 32;
+  char *p = malloc(n);
+  if (p) snprintf(p, n, "%s/%016llx.seg", st->segdir, (unsigned long long)id);
+  return p;
+}
+
+static store_seg *find(e8s_store *st, uint64_t id) {
+  for (store_seg *s = st->segs; s; s = s->next)
+    if (s->id == id) return s;
+  return NULL;
+}
+
+static void unlink_seg(e8s_store *st, store_seg *s) {
+  char *p = store_seg_path(st, s->id);
+  if (p) unlink(p);
+  free(p);
+}
+
+static void drop(e8s_store *st, store_seg *s) { /* seg_mu held */
+  store_seg **pp = &st->segs;
+  while (*pp != s) pp = &(*pp)->next;
+  *pp = s->next;
+  if (s->fd >= 0) close(s->fd);
+  if (!st->readonly) unlink_seg(st, s);
+  free(s);
+}
+
+store_seg *store_seg_acquire(e8s_store *st, uint64_t id) {
+  pthread_mutex_lock(&st->seg_mu);
+  store_seg *s = find(st, id);
+  if (s && s->retired) s = NULL;
+  else if (!s) {
+    char *p = store_seg_path(st, id);
+    int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd < 0) store_err(E8S_ERR_NOTFOUND, "segment %s: %s", p ? p : "?", strerror(errno));
+    free(p);
+    if (fd >= 0 && (s = calloc(1, sizeof *s)) == NULL) close(fd);
+    if (s) {
+      s->id = id;
+      s->fd = fd;
+      s->next = st->segs;
+      st->segs = s;
+    }
+  }
+  if (s) s->refs++;
+  pthread_mutex_unlock(&st->seg_mu);
+  return s;
+}
+
+void store_seg_release(e8s_store *st, store_seg *s) {
+  if (!s) return;
+  pthread_mutex_lock(&st->seg_mu);
+  if (--s->refs == 0 && s->retired) drop(st, s);
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+void store_seg_retire(e8s_store *st, uint64_t id) {
+  pthread_mutex_lock(&st->seg_mu);
+  store_seg *s = find(st, id);
+  if (s) {
+    s->retired = 1;
+    if (s->refs == 0 && s != st->wseg) drop(st, s);
+  } else if (!st->readonly) {
+    store_seg tmp = {.id = id};
+    unlink_seg(st, &tmp);
+  }
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+void store_seg_table_free(e8s_store *st) {
+  store_seg *s = st->segs;
+  while (s) {
+    store_seg *n = s->next;
+    if (s->fd >= 0) close(s->fd);
+    free(s);
+    s = n;
+  }
+  st->segs = NULL;
+  st->wseg = NULL;
+}
+
+void store_seg_seal_active(e8s_store *st) {
+  pthread_mutex_lock(&st->seg_mu);
+  store_seg *s = st->wseg;
+  st->wseg = NULL;
+  /* the fd stays open for readers; a sealed segment with nothing indexed is removed
+   * by recovery at the next open (its file is not in the index) */
+  if (s && s->retired && s->refs == 0) drop(st, s);
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+static int create_segment(e8s_store *st) {
+  uint64_t id = st->next_seg_id++;
+  char *p = store_seg_path(st, id);
+  if (!p) return E8S_ERR_NOMEM;
+  int fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    int rc = store_err(store_err_errno(-e), "create %s: %s", p, strerror(e));
+    free(p);
+    return rc;
+  }
+  uint8_t hdr[STORE_SEG_HDR_BYTES] = {0};
+  uint32_t magic = STORE_SEG_MAGIC;
+  memcpy(hdr, &magic, 4);
+  hdr[4] = STORE_HDR_VERSION;
+  memcpy(hdr + 8, &id, 8);
+  uint32_t crc = store_crc32c(hdr, 60);
+  memcpy(hdr + 60, &crc, 4);
+  int e = store_pwrite_all(fd, hdr, sizeof hdr, 0);
+  if (!e) e = fdatasync(fd) ? -errno : 0;
+  if (!e) e = fsync(st->segdirfd) ? -errno : 0;
+  if (e) {
+    int rc = store_err(store_err_errno(e), "new segment %s: %s", p, strerror(-e));
+    close(fd);
+    unlink(p);
+    free(p);
+    return rc;
+  }
+  free(p);
+  store_seg *s = calloc(1, sizeof *s);
+  if (!s) {
+    close(fd);
+    return E8S_ERR_NOMEM;
+  }
+  s->id = id;
+  s->fd = fd;
+  pthread_mutex_lock(&st->seg_mu);
+  s->next = st->segs;
+  st->segs = s;
+  st->wseg = s;
+  pthread_mutex_unlock(&st->seg_mu);
+  st->wpos = store_fault_segment_start();
+  return E8S_OK;
+}
+
+int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off) {
+  if (st->wseg && st->wpos > STORE_SEG_HDR_BYTES && st->wpos + bytes > st->cfg.segment_bytes)
+    store_seg_seal_active(st);
+  if (!st->wseg) {
+    int e = create_segment(st);
+    if (e) return e;
+  }
+  *seg = st->wseg;
+  *off = st->wpos;
+  st->wpos += bytes;
+  return E8S_OK;
+}
+
+int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint8_t key[32],
+                           void *buf, uint32_t *found_crc) {
+  store_seg *s = store_seg_acquire(st, rec->seg_id);
+  if (!s) return store_err(E8S_ERR_NOTFOUND, "segment %llu is gone",
+                           (unsigned long long)rec->seg_id);
+  uint8_t hdr[E8S_RECORD_HEADER_BYTES], hkey[32];
+  uint64_t plen = 0;
+  uint32_t hcrc = 0;
+  int e = store_pread_all(s->fd, hdr, sizeof hdr, rec->offset);
+  int bad_hdr = e == 0 && (store_rec_hdr_decode(hdr, hkey, &plen, &hcrc) != 0 ||
+                           memcmp(hkey, key, 32) != 0 || plen != rec->payload_bytes);
+  if (e == 0 && !bad_hdr) e = store_pread_all(s->fd, buf, rec->payload_bytes, rec->offset + sizeof hdr);
+  store_seg_release(st, s);
+  *found_crc = 0;
+  if (e < 0) return store_err(store_err_errno(e), "segment %llu offset %llu: read: %s",
+                              (unsigned long long)rec->seg_id, (unsigned long long)rec->offset,
+                              strerror(-e));
+  if (e == 1 || bad_hdr)
+    return store_err(E8S_ERR_DATALOSS, "segment %llu offset %llu: %s",
+                     (unsigned long long)rec->seg_id, (unsigned long long)rec->offset,
+                     e == 1 ? "record cut short (file ends early)" : "bad record header");
+  uint32_t crc = store_crc32c(buf, rec->payload_bytes);
+  *found_crc = crc;
+  if (crc != rec->crc)
+    return store_err(E8S_ERR_DATALOSS, "segment %llu offset %llu: payload CRC32C 0x%08x, stored "
+                     "0x%08x", (unsigned long long)rec->seg_id,
+                     (unsigned long long)rec->offset, crc, rec->crc);
+  return E8S_OK;
+}
+
+/* ---------------------------------------------------------------- recovery */
+static int parse_name(const char *n, uint64_t *id) {
+  size_t l = strlen(n);
+  if (l != 20 || strcmp(n + 16, ".seg") != 0) return -1;
+  char *end;
+  *id = strtoull(n, &end, 16);
+  return end == n + 16 ? 0 : -1;
+}
+
+int store_seg_recover(e8s_store *st) {
+  DIR *d = opendir(st->segdir);
+  if (!d) return store_err(E8S_ERR_IO, "opendir %s: %s", st->segdir, strerror(errno));
+  MDB_txn *txn;
+  int e = store_rtxn_begin(st, &txn);
+  if (e) {
+    closedir(d);
+    return e;
+  }
+  uint64_t max_id = 0;
+  int changed = 0;
+  struct dirent *de;
+  while (e == E8S_OK && (de = readdir(d)) != NULL) {
+    uint64_t id;
+    if (parse_name(de->d_name, &id) != 0) continue;
+    if (id > max_id) max_id = id;
+    uint8_t k[8];
+    store_be64(k, id);
+    store_seg_val sv;
+    int g = store_get_fixed(txn, st->db_segs, k, 8, &sv, sizeof sv);
+    char *p = store_seg_path(st, id);
+    if (!p) e = E8S_ERR_NOMEM;
+    else if (g == E8S_ERR_NOTFOUND) { /* never indexed (crash before commit): reclaim */
+      unlink(p);
+      changed = 1;
+    } else if (g == E8S_OK) {
+      struct stat sb;
+      if (stat(p, &sb) == 0 && (uint64_t)sb.st_size > sv.end) {
+        if (truncate(p, (off_t)sv.end) != 0)
+          e = store_err(E8S_ERR_IO, "truncate %s: %s", p, strerror(errno));
+        changed = 1;
+      } else if (stat(p, &sb) == 0 && (uint64_t)sb.st_size < sv.end) {
+        /* the index says more is there than the file holds: reads of those records will
+         * report data loss and quarantine them; keep serving the rest */
+      }
+    } else e = g;
+    free(p);
+  }
+  closedir(d);
+  /* the next segment id also exceeds every id the index knows */
+  MDB_cursor *c;
+  if (e == E8S_OK && mdb_cursor_open(txn, st->db_segs, &c) == 0) {
+    MDB_val k, v;
+    if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) {
+      uint64_t id = store_rd_be64(k.mv_data);
+      if (id > max_id) max_id = id;
+    }
+    mdb_cursor_close(c);
+  }
+  store_rtxn_end(st, txn);
+  st->next_seg_id = max_id + 1;
+  if (e == E8S_OK && changed && fsync(st->segdirfd) != 0)
+    e = store_err(E8S_ERR_IO, "fsync %s: %s", st->segdir, strerror(errno));
+  return e;
+}
