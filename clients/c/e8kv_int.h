@@ -1,0 +1,56 @@
+/*
+ * e8kv_int.h: libe8kv internals shared by its files (not installed).
+ *
+ * kvc_stream is the one call primitive: every RPC, unary or streaming, is
+ * open -> send* -> close_send -> recv* -> finish on its own pluck completion
+ * queue, one batch in flight at a time, so the calling thread owns the call.
+ */
+#ifndef E8KV_INT_H
+#define E8KV_INT_H
+
+#include <stdatomic.h>
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "clients/c/e8kv.h"
+
+struct e8kv_client {
+  grpc_channel *channel;
+  char *address;
+  grpc_slice auth_value;  /* "Bearer <token>", valid when has_token */
+  int has_token;
+  _Atomic uint32_t deadline_ms;
+  uint32_t stream_deadline_ms; /* 0: no deadline */
+};
+
+/* Fills err (when not NULL) with code and a printf-style message; returns code. */
+e8kv_status kvc_fail(e8kv_error *err, e8kv_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+typedef struct kvc_stream kvc_stream;
+
+enum { KVC_UNARY = 0, KVC_STREAMING = 1 };
+
+/* Starts a call of `method` ("/e8kv.v1.KVStore/Stats"), sending initial
+ * metadata (the bearer token). kind picks the deadline (unary or stream). */
+e8kv_status kvc_stream_open(e8kv_client *c, const char *method, int kind,
+                            kvc_stream **out, e8kv_error *err);
+/* Sends one request message; waits until gRPC has taken it (flow control). */
+e8kv_status kvc_stream_send(kvc_stream *s, const ProtobufCMessage *m, e8kv_error *err);
+/* Half-closes the sending side. */
+e8kv_status kvc_stream_close_send(kvc_stream *s, e8kv_error *err);
+/* Receives one reply message into *out (free with protobuf_c_message_free_unpacked).
+ * At the end of the stream returns the call's final status with *out NULL:
+ * E8KV_OK for a clean end, else the daemon's error. */
+e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
+                            ProtobufCMessage **out, e8kv_error *err);
+/* Cancels (when the call is not over), collects the final status, frees s.
+ * Returns the call's status (E8KV_OK when it ended cleanly). NULL: E8KV_OK. */
+e8kv_status kvc_stream_finish(kvc_stream *s, e8kv_error *err);
+
+/* open, send, close_send, recv exactly one reply, finish. */
+e8kv_status kvc_unary(e8kv_client *c, const char *method, const ProtobufCMessage *req,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                      e8kv_error *err);
+
+#endif /* E8KV_INT_H */

@@ -1,0 +1,56 @@
+# clients/cli/cli.mk: e8kvctl, the admin CLI ($(BUILD)/bin/e8kvctl), and the
+# tests of clients/ (sources in tests/clients/; the top Makefile includes only
+# tests/*.mk, so their rules live here).
+
+CTL_SRCS := clients/cli/ctl_main.c clients/cli/ctl_opt.c clients/cli/ctl_exit.c \
+            clients/cli/ctl_out.c clients/cli/ctl_progress.c clients/cli/ctl_xfile.c \
+            clients/cli/ctl_online.c clients/cli/ctl_export.c clients/cli/ctl_pbjson.c \
+            clients/cli/ctl_bench.c clients/cli/ctl_view.c clients/cli/ctl_offline.c
+CTL_OBJS := $(CTL_SRCS:%.c=$(BUILD)/obj/%.o)
+CTL_BIN  := $(BUILD)/bin/e8kvctl
+CTL_LDLIBS := $(KVC_LDLIBS) $(call pc_libs,jansson libcrypto libisal) -lm
+
+BINS += $(CTL_BIN)
+
+$(CTL_OBJS): | $(KVC_GEN_H)
+
+$(CTL_BIN): $(CTL_OBJS) $(KVC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $(CTL_OBJS) $(KVC_LIB) $(LDFLAGS_BASE) $(CTL_LDLIBS)
+
+.PHONY: install-e8kvctl
+install: install-e8kvctl
+install-e8kvctl: $(CTL_BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(CTL_BIN) $(DESTDIR)$(PREFIX)/bin/
+
+# ---- tests (tests/clients/) ----
+CFLAGS_tests += $(call pc_cflags,cmocka jansson grpc libprotobuf-c) -I$(KVC_GEN)
+
+KVCT_XFILE := $(BUILD)/tests/clients/test_ctl_xfile
+KVCT_OUT   := $(BUILD)/tests/clients/test_ctl_out
+KVCT_LIB   := $(BUILD)/tests/clients/test_libe8kv
+TEST_BINS += $(KVCT_XFILE) $(KVCT_OUT) $(KVCT_LIB)
+
+$(BUILD)/obj/tests/clients/%.o: | $(KVC_GEN_H)
+
+$(KVCT_XFILE): $(BUILD)/obj/tests/clients/test_ctl_xfile.o $(BUILD)/obj/clients/cli/ctl_xfile.o
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $^ $(LDFLAGS_BASE) $(call pc_libs,cmocka libcrypto libisal)
+
+$(KVCT_OUT): $(BUILD)/obj/tests/clients/test_ctl_out.o $(BUILD)/obj/clients/cli/ctl_out.o \
+             $(BUILD)/obj/clients/cli/ctl_progress.o
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $^ $(LDFLAGS_BASE) $(call pc_libs,cmocka jansson)
+
+$(KVCT_LIB): $(BUILD)/obj/tests/clients/test_libe8kv.o $(KVC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $^ $(LDFLAGS_BASE) $(call pc_libs,cmocka) $(KVC_LDLIBS)
+
+# The fuzz target of the export-file reader; its corpus also runs in `make test`.
+KVCF_XFILE := $(BUILD)/fuzz/fuzz_ctl_xfile
+FUZZ_BINS += $(KVCF_XFILE)
+$(KVCF_XFILE): tests/clients/fuzz_ctl_xfile.c clients/cli/ctl_xfile.c
+	@mkdir -p $(dir $@)
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined $^ -o $@ \
+	  $(call pc_libs,libcrypto libisal)

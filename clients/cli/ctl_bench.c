@@ -1,0 +1,226 @@
+/*
+ * ctl_bench.c: `e8kvctl bench`: put/get throughput and per-chunk latency
+ * against a daemon with a synthetic model shape. Each chunk is one PutChunks
+ * call (raw fp16 for the daemon's CPU codec to encode, as an engine without a
+ * client-side codec would send it) and one GetChunks call by key (encoded
+ * frames back), so the latencies are per chunk. Data: pseudo-random values
+ * (xorshift, roughly Gaussian), the same bytes for every chunk; token ids
+ * differ, so every chunk has its own key and is stored. The session is deleted
+ * at the end.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clients/cli/ctl_exit.h"
+#include "clients/cli/ctl_out.h"
+#include "clients/cli/ctl_progress.h"
+#include "clients/cli/ctl_runs.h"
+
+static double ctl_bench_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* IEEE binary16 bits of f, round to nearest even (finite |f| < 65504 here). */
+static uint16_t ctl_f2h(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u, absx = x & 0x7fffffffu;
+  if (absx < 0x38800000u) { /* subnormal or zero in fp16 */
+    float a = fabsf(f) * 16777216.0f; /* 2^24 */
+    return (uint16_t)(sign | (uint32_t)lrintf(a));
+  }
+  uint32_t h = ((absx - 0x38000000u) >> 13);
+  uint32_t rest = absx & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+  return (uint16_t)(sign | h);
+}
+
+static void ctl_bench_fill(uint16_t *p, size_t n) {
+  uint64_t s = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < n; i++) {
+    float acc = 0;
+    for (int k = 0; k < 4; k++) {
+      s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+      acc += (float)(s >> 40) / 16777216.0f;
+    }
+    p[i] = ctl_f2h((acc - 2.0f) * 1.7f);
+  }
+}
+
+static int ctl_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double ctl_pct(double *v, size_t n, double q) {
+  qsort(v, n, sizeof *v, ctl_cmp_double);
+  size_t i = (size_t)ceil(q * (double)n) - 1;
+  return v[i < n ? i : n - 1] * 1e3;
+}
+
+typedef struct ctl_bench_get {
+  uint64_t bytes;
+  uint32_t chunks;
+} ctl_bench_get;
+
+static int ctl_bench_on_chunk(void *arg, const e8kv_chunk *ch) {
+  ctl_bench_get *g = arg;
+  g->bytes += ch->bytes;
+  g->chunks++;
+  return 0;
+}
+
+static int ctl_bench_preset(ctl_ctx *ctx, E8kv__V1__CodecConfig *cc) {
+  const char *p = ctx->opt[CTL_O_PRESET];
+  if (p) cc->preset = (char *)p; /* the daemon checks the name (K4V4 ... K2V2) */
+  return 0;
+}
+
+int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  uint64_t L, H, D, T, N;
+  if (ctl_opt_u64(ctx, CTL_O_LAYERS, 32, 1, 512, &L) || ctl_opt_u64(ctx, CTL_O_KV_HEADS, 8, 1, 256, &H) ||
+      ctl_opt_u64(ctx, CTL_O_HEAD_DIM, 128, 8, 512, &D) ||
+      ctl_opt_u64(ctx, CTL_O_CHUNK_TOKENS, 256, 1, 65536, &T) ||
+      ctl_opt_u64(ctx, CTL_O_CHUNKS, 16, 1, 100000, &N))
+    return CTL_EXIT_USAGE;
+  if (D % 8) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--head-dim must be a multiple of 8");
+  E8kv__V1__RopeConfig rope = E8KV__V1__ROPE_CONFIG__INIT;
+  rope.theta = 10000;
+  rope.layout = E8KV__V1__ROPE_LAYOUT__ROPE_LAYOUT_SPLIT_HALF;
+  E8kv__V1__CodecConfig codec = E8KV__V1__CODEC_CONFIG__INIT;
+  if (ctl_bench_preset(ctx, &codec)) return CTL_EXIT_USAGE;
+  E8kv__V1__ModelFingerprint fp = E8KV__V1__MODEL_FINGERPRINT__INIT;
+  fp.model_id = "e8kvctl-bench";
+  fp.n_layers = (uint32_t)L;
+  fp.n_kv_heads = (uint32_t)H;
+  fp.head_dim = (uint32_t)D;
+  fp.source_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+  fp.rope = &rope;
+  fp.codec = &codec;
+  size_t elems = (size_t)(2 * L * H * D * T), raw_bytes = elems * 2;
+  uint16_t *raw = malloc(raw_bytes);
+  uint32_t *tok = malloc(T * sizeof *tok);
+  uint8_t (*keys)[32] = calloc(N, 32);
+  double *put_s = malloc(N * sizeof *put_s), *get_s = malloc(N * sizeof *get_s);
+  if (!raw || !tok || !keys || !put_s || !get_s) {
+    free(raw); free(tok); free(keys); free(put_s); free(get_s);
+    return ctl_error(ctx, CTL_EXIT_FAILURE, "nomem", "out of memory for a %zu-byte chunk", raw_bytes);
+  }
+  ctl_bench_fill(raw, elems);
+  char session[128];
+  snprintf(session, sizeof session, "e8kvctl-bench-%d-%ld", (int)getpid(), (long)time(NULL));
+  ctl_prog prog;
+  ctl_prog_begin(&prog, ctx->progress, "bench", 2 * N, 0);
+  e8kv_error err;
+  int rc = CTL_EXIT_OK;
+  uint64_t stored = 0, got_bytes = 0;
+  double put_total = 0, get_total = 0;
+  for (uint64_t i = 0; i < N && !rc; i++) {
+    for (uint64_t t = 0; t < T; t++) tok[t] = (uint32_t)((i * T + t) % 49152 + 1);
+    E8kv__V1__PutHeader h = E8KV__V1__PUT_HEADER__INIT;
+    h.fingerprint = &fp;
+    h.chunk_tokens = (uint32_t)T;
+    h.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+    h.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+    h.session = session;
+    h.create_session = i == 0;
+    double t0 = ctl_bench_now();
+    e8kv_put *p = NULL;
+    E8kv__V1__PutChunksResponse *r = NULL;
+    if (e8kv_put_begin(ctx->client, &h, &p, &err)) {
+      rc = ctl_error_e8kv(ctx, &err);
+    } else if (e8kv_put_chunk(p, tok, T, raw, raw_bytes, NULL, 0, &err)) {
+      e8kv_put_abort(p);
+      rc = ctl_error_e8kv(ctx, &err);
+    } else if (e8kv_put_finish(p, &r, &err)) {
+      rc = ctl_error_e8kv(ctx, &err);
+    } else if (r->n_chunk_keys != 1 || r->chunk_keys[0].len != 32) {
+      rc = ctl_error(ctx, CTL_EXIT_FAILURE, "E_PROTOCOL", "PutChunks: expected one 32-byte key");
+    } else {
+      put_s[i] = ctl_bench_now() - t0;
+      put_total += put_s[i];
+      memcpy(keys[i], r->chunk_keys[0].data, 32);
+      stored += r->stored_bytes;
+    }
+    e8kv_msg_free(r);
+    ctl_prog_add(&prog, 1);
+  }
+  for (uint64_t i = 0; i < N && !rc; i++) {
+    ProtobufCBinaryData key = {32, keys[i]};
+    E8kv__V1__ChunkKeys ck = E8KV__V1__CHUNK_KEYS__INIT;
+    ck.n_keys = 1;
+    ck.keys = &key;
+    E8kv__V1__GetChunksRequest req = E8KV__V1__GET_CHUNKS_REQUEST__INIT;
+    req.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_KEYS;
+    req.keys = &ck;
+    req.encoding = E8KV__V1__ENCODING__ENCODING_E8_FRAME;
+    ctl_bench_get g = {0, 0};
+    double t0 = ctl_bench_now();
+    if (e8kv_get_chunks(ctx->client, &req, ctl_bench_on_chunk, &g, &err)) {
+      rc = ctl_error_e8kv(ctx, &err);
+    } else if (g.chunks != 1) {
+      rc = ctl_error(ctx, CTL_EXIT_FAILURE, "E_PROTOCOL", "GetChunks: %u chunks for one key", g.chunks);
+    } else {
+      get_s[i] = ctl_bench_now() - t0;
+      get_total += get_s[i];
+      got_bytes += g.bytes;
+    }
+    ctl_prog_add(&prog, 1);
+  }
+  ctl_prog_end(&prog);
+  /* The throwaway session goes whatever happened (it may not exist if the first put failed). */
+  E8kv__V1__DeleteSessionRequest dreq = E8KV__V1__DELETE_SESSION_REQUEST__INIT;
+  dreq.name = session;
+  E8kv__V1__DeleteSessionResponse *dr = NULL;
+  e8kv_error derr;
+  e8kv_status ds = e8kv_delete_session(ctx->client, &dreq, &dr, &derr);
+  e8kv_msg_free(dr);
+  if (!rc && ds) rc = ctl_error_e8kv(ctx, &derr);
+  if (!rc) {
+    double tokens = (double)(N * T), fp16 = (double)raw_bytes * (double)N;
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    json_t *o = json_pack(
+        "{s:{s:I,s:I,s:I,s:I},s:I,s:I,s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:f,s:f,s:f,s:f}",
+        "shape", "layers", (json_int_t)L, "kv_heads", (json_int_t)H, "head_dim", (json_int_t)D,
+        "chunk_tokens", (json_int_t)T, "chunks", (json_int_t)N, "tokens", (json_int_t)(N * T),
+        "client_host", host, "put_encoding", "RAW fp16 (daemon encodes)",
+        "put_tokens_per_s", tokens / put_total, "get_tokens_per_s", tokens / get_total,
+        "put_raw_fp16_gb_per_s", fp16 / put_total / 1e9, "get_encoded_gb_per_s",
+        (double)got_bytes / get_total / 1e9, "get_raw_fp16_equiv_gb_per_s", fp16 / get_total / 1e9,
+        "stored_bytes", (json_int_t)stored, "bpe", (double)stored * 8.0 / ((double)elems * (double)N),
+        "put_p50_ms", ctl_pct(put_s, N, 0.50), "put_p99_ms", ctl_pct(put_s, N, 0.99),
+        "get_p50_ms", ctl_pct(get_s, N, 0.50), "get_p99_ms", ctl_pct(get_s, N, 0.99));
+    if (ctx->json) {
+      ctl_out_json(stdout, o);
+    } else {
+      static const ctl_col cols[] = {
+          {"tokens", "tokens", CTL_F_INT, 0},
+          {"put_tokens_per_s", "put tokens/s", CTL_F_FLOAT, 0},
+          {"get_tokens_per_s", "get tokens/s", CTL_F_FLOAT, 0},
+          {"put_raw_fp16_gb_per_s", "put GB/s (fp16 KV)", CTL_F_FLOAT, 0},
+          {"get_encoded_gb_per_s", "get GB/s (encoded)", CTL_F_FLOAT, 0},
+          {"get_raw_fp16_equiv_gb_per_s", "get GB/s (fp16 equiv)", CTL_F_FLOAT, 0},
+          {"bpe", "bits per element", CTL_F_FLOAT, 0},
+          {"put_p50_ms", "put p50 ms", CTL_F_FLOAT, 0},
+          {"put_p99_ms", "put p99 ms", CTL_F_FLOAT, 0},
+          {"get_p50_ms", "get p50 ms", CTL_F_FLOAT, 0},
+          {"get_p99_ms", "get p99 ms", CTL_F_FLOAT, 0},
+          {NULL, NULL, CTL_F_STR, 0}};
+      printf("shape: %llu layers x %llu kv heads x head_dim %llu, %llu tokens/chunk, %llu chunks, "
+             "client %s\n", (unsigned long long)L, (unsigned long long)H, (unsigned long long)D,
+             (unsigned long long)T, (unsigned long long)N, host);
+      ctl_out_fields(stdout, cols, o);
+    }
+    json_decref(o);
+  }
+  free(raw); free(tok); free(keys); free(put_s); free(get_s);
+  return rc;
+}

@@ -1,0 +1,215 @@
+/*
+ * ctl_main.c: e8kvctl's entry point: the option and command tables, global
+ * option handling, opening the client, dispatch, and error printing.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clients/cli/ctl_cmd.h"
+#include "clients/cli/ctl_exit.h"
+#include "clients/cli/ctl_out.h"
+#include "clients/cli/ctl_runs.h"
+
+#define CTL_VERSION "0.1.0"
+#define CTL_DEFAULT_ADDR "unix:/run/e8kv/e8kvd.sock"
+
+const ctl_optdef ctl_global_opts[] = {
+    {CTL_O_ADDR, "addr", 'a', "ADDR", "$E8KV_ADDR or " CTL_DEFAULT_ADDR,
+     "daemon address: host:port or unix:/path"},
+    {CTL_O_TOKEN_FILE, "token-file", 't', "FILE", NULL,
+     "read the bearer token from FILE (first line); else $E8KV_TOKEN"},
+    {CTL_O_NAMESPACE, "namespace", 'n', "NS", "default",
+     "offline: namespace to read (online, the token picks the namespace)"},
+    {CTL_O_DATA_DIR, "data-dir", 'd', "DIR", NULL,
+     "offline: read this data directory (read-only) instead of asking a daemon"},
+    {CTL_O_JSON, "json", 'j', NULL, NULL, "print the result as JSON (for scripts)"},
+    {CTL_O_TIMEOUT, "timeout", 0, "MS", "30000", "deadline of each unary call, milliseconds"},
+    {CTL_O_TLS, "tls", 0, NULL, NULL, "use TLS with the system's root certificates"},
+    {CTL_O_TLS_CA, "tls-ca", 0, "FILE", NULL, "use TLS, trusting the PEM roots in FILE"},
+    {CTL_O_TLS_CERT, "tls-cert", 0, "FILE", NULL, "TLS client certificate (PEM)"},
+    {CTL_O_TLS_KEY, "tls-key", 0, "FILE", NULL, "TLS client key (PEM)"},
+    {CTL_O_TLS_NAME, "tls-server-name", 0, "NAME", NULL, "expected name in the server's certificate"},
+    {CTL_O_NO_PROGRESS, "no-progress", 0, NULL, NULL, "never draw progress bars"},
+    {CTL_O_HELP, "help", 'h', NULL, NULL, "show help (of the command, after one)"},
+    {CTL_O_VERSION, "version", 'V', NULL, NULL, "print the version"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+static const ctl_optdef ctl_ls_opts[] = {
+    {CTL_O_LIMIT, "limit", 'l', "N", "100", "sessions per page (1..1000)"},
+    {CTL_O_PAGE_TOKEN, "page-token", 0, "TOKEN", NULL, "continue from a previous page"},
+    {CTL_O_ALL, "all", 0, NULL, NULL, "fetch every page"},
+    {CTL_O_MODEL, "model", 'm', "MODEL", NULL, "only sessions of this model id"},
+    {CTL_O_PREFIX, "prefix", 'p', "PREFIX", NULL, "only sessions whose name starts with PREFIX"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+static const ctl_optdef ctl_import_opts[] = {
+    {CTL_O_NAME, "name", 0, "NAME", "the exported name", "create the session under this name"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+static const ctl_optdef ctl_bench_opts[] = {
+    {CTL_O_LAYERS, "layers", 0, "N", "32", "layers of the synthetic model"},
+    {CTL_O_KV_HEADS, "kv-heads", 0, "N", "8", "KV heads"},
+    {CTL_O_HEAD_DIM, "head-dim", 0, "N", "128", "head_dim"},
+    {CTL_O_CHUNK_TOKENS, "chunk-tokens", 0, "N", "256", "tokens per chunk"},
+    {CTL_O_CHUNKS, "chunks", 'c', "N", "16", "chunks to put and get"},
+    {CTL_O_PRESET, "preset", 0, "NAME", "K3V2", "codec preset: K4V4 K4V3 K4V2 K3V3 K3V2 K2V2"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+const ctl_cmd ctl_commands[] = {
+    {"health", NULL, 0, 0, "is the daemon serving (grpc.health.v1)",
+     "Asks the daemon's standard gRPC health service whether it is SERVING.\n"
+     "Exit 0 when serving, 3 when it is not reachable or not serving.",
+     NULL, ctl_on_health, NULL},
+    {"stat", NULL, 0, 0, "usage, capacity, hit rate, chunks, sessions, namespaces",
+     "Store-wide figures: bytes used and capacity, chunks, sessions, namespaces,\n"
+     "lookup hit rate (online), and bits per element of what is stored.",
+     NULL, ctl_on_stat, ctl_off_stat},
+    {"ls", NULL, 0, 0, "list sessions (paginated; filter by namespace, model)",
+     "Lists sessions of the namespace, one page at a time (--limit, --page-token),\n"
+     "or all pages with --all. The next page token is printed last (and is\n"
+     "\"next_page_token\" in --json output).",
+     ctl_ls_opts, ctl_on_ls, ctl_off_ls},
+    {"show", "SESSION", 1, 1, "one session: fingerprint, tokens, chunks, bytes, bpe",
+     "Shows one session: model fingerprint, tokens, chunks, codec preset, stored\n"
+     "bytes, bits per element (all stored bytes x 8 / (2 x layers x kv_heads x\n"
+     "head_dim x tokens)), ratio to fp16, and when it was created and last used.",
+     NULL, ctl_on_show, ctl_off_show},
+    {"rm", "SESSION...", 1, 64, "delete sessions (their chunks become cache entries)",
+     "Deletes sessions. Their chunks stay as cache entries until evicted, unless\n"
+     "another session pins them.",
+     NULL, ctl_on_rm, NULL},
+    {"verify", NULL, 0, 0, "CRC scan of every record; lists quarantined records",
+     "Reads every stored record and checks its CRC32C. Records that fail are\n"
+     "quarantined (never served) and listed. Exit 6 when any record is bad.",
+     NULL, ctl_on_verify, ctl_off_verify},
+    {"compact", NULL, 0, 0, "copy live records out of mostly-dead segments",
+     "Asks the daemon to compact: live records of mostly-dead segments are copied\n"
+     "out and the segments freed. Prints bytes reclaimed.",
+     NULL, ctl_on_compact, NULL},
+    {"export", "SESSION FILE", 2, 2, "write a session to a portable single file",
+     "Writes the session (fingerprint, metadata, every chunk's token ids and encoded\n"
+     "frames) to FILE in the e8kv export format (clients/cli/EXPORT.md): header\n"
+     "with magic and version, CRC32C per record, SHA-256 over the file. FILE \"-\"\n"
+     "is stdout. The file is written to FILE.tmp and renamed when complete.",
+     NULL, ctl_on_export, ctl_off_export},
+    {"import", "FILE", 1, 1, "create a session from an export file",
+     "Checks FILE completely (every CRC and the SHA-256) before sending anything,\n"
+     "then creates the session and puts its chunks. A damaged file is refused with\n"
+     "exit 6 and nothing is stored.",
+     ctl_import_opts, ctl_on_import, NULL},
+    {"bench", NULL, 0, 0, "put/get throughput with a synthetic shape",
+     "Puts --chunks chunks of random KV of the given shape (raw fp16 for the daemon\n"
+     "to encode), gets them back, and reports tokens/s, GB/s and per-chunk latency\n"
+     "percentiles. Uses a throwaway session in the namespace and deletes it.",
+     ctl_bench_opts, ctl_on_bench, NULL},
+    {NULL, NULL, 0, 0, NULL, NULL, NULL, NULL, NULL}};
+
+int ctl_error(ctl_ctx *ctx, int exit_code, const char *status_name, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (ctx && ctx->json) {
+    json_t *e = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", status_name, "exit", exit_code,
+                          "message", msg);
+    if (e) ctl_out_json(stdout, e);
+    json_decref(e);
+  }
+  fprintf(stderr, "e8kvctl: %s\n", msg);
+  return exit_code;
+}
+
+int ctl_error_e8kv(ctl_ctx *ctx, const e8kv_error *err) {
+  return ctl_error(ctx, ctl_exit_from_status(err->code), e8kv_status_name(err->code), "%s",
+                   err->message);
+}
+
+/* Reads the first line of a token file into *out (malloc'd); returns an exit code. */
+static int ctl_read_token(ctl_ctx *ctx, const char *path, char **out) {
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return ctl_error(ctx, CTL_EXIT_IO, "io", "cannot open token file %s: %s", path,
+                     strerror(errno));
+  char line[4096];
+  char *ok = fgets(line, sizeof line, f);
+  fclose(f);
+  if (!ok) line[0] = '\0';
+  line[strcspn(line, "\r\n")] = '\0';
+  if (!line[0]) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "token file %s is empty", path);
+  if (!(*out = strdup(line))) return ctl_error(ctx, CTL_EXIT_FAILURE, "nomem", "out of memory");
+  return CTL_EXIT_OK;
+}
+
+static int ctl_open_client(ctl_ctx *ctx) {
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = ctx->opt[CTL_O_ADDR] ? ctx->opt[CTL_O_ADDR]
+              : getenv("E8KV_ADDR") ? getenv("E8KV_ADDR") : CTL_DEFAULT_ADDR;
+  char *token = NULL;
+  int rc;
+  if (ctx->opt[CTL_O_TOKEN_FILE] && (rc = ctl_read_token(ctx, ctx->opt[CTL_O_TOKEN_FILE], &token)))
+    return rc;
+  o.token = token ? token : getenv("E8KV_TOKEN");
+  o.tls = ctx->opt[CTL_O_TLS] != NULL;
+  o.tls_ca_file = ctx->opt[CTL_O_TLS_CA];
+  o.tls_cert_file = ctx->opt[CTL_O_TLS_CERT];
+  o.tls_key_file = ctx->opt[CTL_O_TLS_KEY];
+  o.tls_server_name = ctx->opt[CTL_O_TLS_NAME];
+  uint64_t ms;
+  if (ctl_opt_u64(ctx, CTL_O_TIMEOUT, 30000, 1, 86400000, &ms)) { free(token); return CTL_EXIT_USAGE; }
+  o.deadline_ms = (uint32_t)ms;
+  e8kv_error err;
+  e8kv_status s = e8kv_client_open(&o, &ctx->client, &err);
+  free(token);
+  return s ? ctl_error_e8kv(ctx, &err) : CTL_EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+  ctl_ctx ctx;
+  memset(&ctx, 0, sizeof ctx);
+  ctx.prog = argv[0];
+  /* Global options up to the command name. */
+  int n = ctl_parse_opts(&ctx, ctl_global_opts, NULL, argc, argv, 1);
+  if (n < 0) return CTL_EXIT_USAGE;
+  if (ctx.opt[CTL_O_VERSION]) { printf("e8kvctl %s\n", CTL_VERSION); return CTL_EXIT_OK; }
+  if (n == 0) {
+    if (ctx.opt[CTL_O_HELP]) { ctl_help_main(stdout); return CTL_EXIT_OK; }
+    ctl_help_main(stderr);
+    return CTL_EXIT_USAGE;
+  }
+  const ctl_cmd *cmd = ctl_cmd_find(argv[1]);
+  if (!cmd) {
+    ctx.json = ctx.opt[CTL_O_JSON] != NULL;
+    return ctl_error(&ctx, CTL_EXIT_USAGE, "usage", "unknown command \"%s\" (see --help)", argv[1]);
+  }
+  /* The command's options, global ones allowed too, after the command name. */
+  int cargc = n;
+  char **cargv = argv + 1;
+  int np = ctl_parse_opts(&ctx, ctl_global_opts, cmd->opts, cargc, cargv, 0);
+  if (np < 0) return CTL_EXIT_USAGE;
+  ctx.json = ctx.opt[CTL_O_JSON] != NULL;
+  if (ctx.opt[CTL_O_HELP]) { ctl_help_cmd(stdout, cmd); return CTL_EXIT_OK; }
+  if (np < cmd->min_args || np > cmd->max_args)
+    return ctl_error(&ctx, CTL_EXIT_USAGE, "usage", "%s takes %s%s (see e8kvctl %s --help)",
+                     cmd->name, cmd->args ? "arguments " : "no arguments",
+                     cmd->args ? cmd->args : "", cmd->name);
+  ctx.progress = !ctx.json && !ctx.opt[CTL_O_NO_PROGRESS] && isatty(STDOUT_FILENO);
+  ctx.mode = ctx.opt[CTL_O_DATA_DIR] ? CTL_MODE_OFFLINE : CTL_MODE_ONLINE;
+  int rc;
+  if (ctx.mode == CTL_MODE_OFFLINE) {
+    if (!cmd->run_offline)
+      return ctl_error(&ctx, CTL_EXIT_UNSUPPORTED, "unsupported",
+                       "%s needs a daemon; it cannot run on a data directory (--data-dir)",
+                       cmd->name);
+    rc = cmd->run_offline(&ctx, np, cargv + 1);
+  } else {
+    if ((rc = ctl_open_client(&ctx))) return rc;
+    rc = cmd->run_online(&ctx, np, cargv + 1);
+    e8kv_client_close(ctx.client);
+  }
+  return rc;
+}

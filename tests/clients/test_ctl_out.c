@@ -1,0 +1,112 @@
+/*
+ * test_ctl_out.c: e8kvctl's output module: tables fitted to a terminal width
+ * (shrinkable columns cut, the rest intact), value formats, and the progress
+ * bar's rendering.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "clients/cli/ctl_out.h"
+#include "clients/cli/ctl_progress.h"
+
+static char *render_table(const ctl_col *cols, json_t *rows, int width) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  ctl_out_table(f, cols, rows, width);
+  fclose(f);
+  return buf;
+}
+
+static size_t max_line(const char *s) {
+  size_t best = 0, cur = 0;
+  for (; *s; s++) {
+    if (*s == '\n') { if (cur > best) best = cur; cur = 0; }
+    else if (((unsigned char)*s & 0xC0) != 0x80) cur++;
+  }
+  return cur > best ? cur : best;
+}
+
+static const ctl_col cols[] = {{"name", "SESSION", CTL_F_STR, 1},
+                               {"n", "TOKENS", CTL_F_INT, 0},
+                               {"b", "STORED", CTL_F_BYTES, 0},
+                               {NULL, NULL, CTL_F_STR, 0}};
+
+static void test_table_fits_width(void **state) {
+  (void)state;
+  json_t *rows = json_pack("[{s:s,s:i,s:i},{s:s,s:i,s:i}]", "name",
+                           "a-very-long-session-name-that-does-not-fit-in-forty-columns", "n", 123456,
+                           "b", 1536, "name", "short", "n", 7, "b", 3 << 20);
+  char *wide = render_table(cols, rows, 0);
+  assert_non_null(strstr(wide, "a-very-long-session-name-that-does-not-fit-in-forty-columns"));
+  assert_non_null(strstr(wide, "1.5 KiB"));
+  assert_non_null(strstr(wide, "3.0 MiB"));
+  char *narrow = render_table(cols, rows, 40);
+  assert_true(max_line(narrow) <= 40);
+  assert_non_null(strstr(narrow, "~"));        /* the long name was cut */
+  assert_non_null(strstr(narrow, "123456"));   /* numbers never are */
+  assert_non_null(strstr(narrow, "short"));
+  free(wide);
+  free(narrow);
+  json_decref(rows);
+  json_t *none = json_array();
+  char *empty = render_table(cols, none, 80);
+  assert_string_equal(empty, "(none)\n");
+  free(empty);
+  json_decref(none);
+}
+
+static void test_formats(void **state) {
+  (void)state;
+  char buf[64];
+  json_t *v = json_integer(1700000000000);
+  assert_string_equal(ctl_fmt_value(v, CTL_F_TIME, buf, sizeof buf), "2023-11-14 22:13:20Z");
+  json_decref(v);
+  v = json_real(0.125);
+  assert_string_equal(ctl_fmt_value(v, CTL_F_PCT, buf, sizeof buf), "12.5%");
+  json_decref(v);
+  assert_string_equal(ctl_fmt_value(NULL, CTL_F_INT, buf, sizeof buf), "-");
+  v = json_integer(512);
+  assert_string_equal(ctl_fmt_value(v, CTL_F_BYTES, buf, sizeof buf), "512 B");
+  json_decref(v);
+  json_t *o = json_pack("{s:{s:i}}", "a", "b", 5);
+  assert_int_equal(json_integer_value(ctl_json_path(o, "a.b")), 5);
+  assert_null(ctl_json_path(o, "a.c"));
+  json_decref(o);
+  assert_int_equal(ctl_utf8_width("h\xc3\xa9llo"), 5);
+}
+
+static void test_progress_render(void **state) {
+  (void)state;
+  ctl_prog p;
+  ctl_prog_begin(&p, 0, "export", 4u << 20, 1);
+  p.done = 1u << 20;
+  char line[256];
+  ctl_prog_render(&p, p.t_start + 1.0, 80, line, sizeof line);
+  assert_true(strlen(line) <= 80);
+  assert_non_null(strstr(line, " 25%"));
+  assert_non_null(strstr(line, "1.0/4.0 MiB"));
+  assert_non_null(strstr(line, "ETA 3s"));
+  assert_non_null(strstr(line, "[#"));
+  ctl_prog_begin(&p, 0, "bench", 0, 0); /* unknown total: no bar */
+  p.done = 10;
+  ctl_prog_render(&p, p.t_start + 2.0, 80, line, sizeof line);
+  assert_null(strstr(line, "["));
+  assert_non_null(strstr(line, "5.0/s"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_table_fits_width),
+      cmocka_unit_test(test_formats),
+      cmocka_unit_test(test_progress_render),
+  };
+  return cmocka_run_group_tests_name("ctl_out", tests, NULL, NULL);
+}

@@ -1,0 +1,128 @@
+/*
+ * test_libe8kv.c: libe8kv without a daemon: the error space, argument checks
+ * of e8kv_client_open (addresses, TLS files), and calls to an address where
+ * nothing listens (UNAVAILABLE, quickly, with the address in the message).
+ * The calls against a real e8kvd are in tests/clients/test_ctl_e2e.py.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "clients/c/e8kv.h"
+
+static void test_status_names(void **state) {
+  (void)state;
+  assert_string_equal(e8kv_status_name(E8KV_OK), "OK");
+  assert_string_equal(e8kv_status_name(E8KV_NOT_FOUND), "NOT_FOUND");
+  assert_string_equal(e8kv_status_name(E8KV_UNAUTHENTICATED), "UNAUTHENTICATED");
+  assert_string_equal(e8kv_status_name(E8KV_E_PROTOCOL), "E_PROTOCOL");
+  assert_string_equal(e8kv_status_name((e8kv_status)77), "UNKNOWN_CODE");
+  assert_false(e8kv_is_error(E8KV_OK));
+  assert_true(e8kv_is_error(E8KV_DATA_LOSS));
+}
+
+static e8kv_status open_addr(const char *addr, e8kv_client **c, e8kv_error *err) {
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = addr;
+  return e8kv_client_open(&o, c, err);
+}
+
+static void test_bad_addresses(void **state) {
+  (void)state;
+  const char *bad[] = {"", "unix:", "localhost", "localhost:", "host:12x", ":80", NULL};
+  for (int i = 0; bad[i]; i++) {
+    e8kv_client *c = (e8kv_client *)1;
+    e8kv_error err;
+    assert_int_equal(open_addr(bad[i], &c, &err), E8KV_E_USAGE);
+    assert_null(c);
+    assert_int_equal(err.code, E8KV_E_USAGE);
+    assert_true(strlen(err.message) > 0);
+  }
+  e8kv_client *c = NULL;
+  assert_int_equal(e8kv_client_open(NULL, &c, NULL), E8KV_E_USAGE);
+  e8kv_options o;
+  e8kv_options_init(&o);
+  assert_int_equal(e8kv_client_open(&o, &c, NULL), E8KV_E_USAGE); /* no address */
+  e8kv_client_close(NULL);                                        /* no-op */
+}
+
+static void test_tls_files(void **state) {
+  (void)state;
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = "127.0.0.1:1";
+  o.tls_ca_file = "/nonexistent/ca.pem";
+  e8kv_client *c = NULL;
+  e8kv_error err;
+  assert_int_equal(e8kv_client_open(&o, &c, &err), E8KV_E_IO);
+  assert_non_null(strstr(err.message, "/nonexistent/ca.pem"));
+  o.tls_ca_file = NULL;
+  o.tls_key_file = "/etc/hostname";
+  assert_int_equal(e8kv_client_open(&o, &c, &err), E8KV_E_USAGE); /* key without cert */
+}
+
+static void test_no_daemon_is_unavailable(void **state) {
+  (void)state;
+  const char *addrs[] = {"unix:/nonexistent/e8kvd.sock", "127.0.0.1:1", NULL};
+  for (int i = 0; addrs[i]; i++) {
+    e8kv_client *c = NULL;
+    e8kv_error err;
+    assert_int_equal(open_addr(addrs[i], &c, &err), E8KV_OK);
+    assert_string_equal(e8kv_client_address(c), addrs[i]);
+    e8kv_client_set_deadline_ms(c, 5000);
+    time_t t0 = time(NULL);
+    E8kv__V1__GetStatsResponse *r = (E8kv__V1__GetStatsResponse *)1;
+    assert_int_equal(e8kv_get_stats(c, &r, &err), E8KV_UNAVAILABLE);
+    assert_null(r);
+    assert_non_null(strstr(err.message, addrs[i]));
+    assert_non_null(strstr(err.message, "GetStats"));
+    int serving = -1;
+    assert_int_equal(e8kv_health_check(c, "", &serving, &err), E8KV_UNAVAILABLE);
+    /* Streams fail the same way. */
+    E8kv__V1__PutHeader h = E8KV__V1__PUT_HEADER__INIT;
+    e8kv_put *p = NULL;
+    e8kv_status s = e8kv_put_begin(c, &h, &p, &err);
+    if (s == E8KV_OK) {
+      uint32_t tok = 1;
+      s = e8kv_put_chunk(p, &tok, 1, "x", 1, NULL, 0, &err);
+      E8kv__V1__PutChunksResponse *pr = NULL;
+      if (s == E8KV_OK) s = e8kv_put_finish(p, &pr, &err);
+      else e8kv_put_abort(p);
+      assert_null(pr);
+    }
+    assert_int_equal(s, E8KV_UNAVAILABLE);
+    assert_true(time(NULL) - t0 < 5); /* failed fast, not at the deadline */
+    e8kv_client_close(c);
+  }
+}
+
+static void test_null_arguments(void **state) {
+  (void)state;
+  e8kv_client *c = NULL;
+  assert_int_equal(open_addr("127.0.0.1:1", &c, NULL), E8KV_OK);
+  e8kv_error err;
+  assert_int_equal(e8kv_lookup(c, NULL, NULL, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_get_chunks(c, NULL, NULL, NULL, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_put_chunk(NULL, NULL, 0, NULL, 0, NULL, 0, &err), E8KV_E_USAGE);
+  e8kv_put_abort(NULL);
+  e8kv_msg_free(NULL);
+  e8kv_client_close(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_status_names),
+      cmocka_unit_test(test_bad_addresses),
+      cmocka_unit_test(test_tls_files),
+      cmocka_unit_test(test_no_daemon_is_unavailable),
+      cmocka_unit_test(test_null_arguments),
+  };
+  return cmocka_run_group_tests_name("libe8kv", tests, NULL, NULL);
+}
