@@ -232,6 +232,9 @@ int store_seg_recover(e8s_store *st);
  * E8S_OK, E8S_ERR_DATALOSS (with *found_crc), E8S_ERR_IO, E8S_ERR_NOTFOUND (segment gone). */
 int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint8_t key[32],
                            void *buf, uint32_t *found_crc);
+/* The same on a segment the caller holds (store_seg_acquire). */
+int store_seg_read_from(store_seg *s, const store_chunk_val *rec, const uint8_t key[32],
+                        void *buf, uint32_t *found_crc);
 char *store_seg_path(const e8s_store *st, uint64_t id);
 
 /* ---------------------------------------------------------------- pins (store_pin.c) */

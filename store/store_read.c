@@ -11,6 +11,7 @@ struct e8s_chunk {
   e8s_store *st;
   uint8_t key[32];
   store_chunk_val rec;
+  store_seg *seg;      /* held from open to close: compaction cannot remove the file */
 };
 
 static void fill_info(e8s_chunk_info *info, const uint8_t key[32], const store_chunk_val *v) {
@@ -66,13 +67,19 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
   ch->st = st;
   memcpy(ch->key, key, 32);
   /* pin first, then look: eviction that runs after the pin skips it; one that ran before is
-   * visible to our transaction as "not found" */
+   * visible to our transaction as "not found". Then hold the record's segment; if it was
+   * retired meanwhile (compacted), the record moved: look again. */
   store_pin_reader_add(st, key);
-  MDB_txn *txn;
-  int e = store_rtxn_begin(st, &txn);
-  if (e == E8S_OK) {
+  int e = E8S_OK;
+  for (int attempt = 0; attempt < 4 && !ch->seg; attempt++) {
+    MDB_txn *txn;
+    if ((e = store_rtxn_begin(st, &txn))) break;
     e = find(txn, st, ns_id, key, &ch->rec);
     store_rtxn_end(st, txn);
+    if (e) break;
+    ch->seg = store_seg_acquire(st, ch->rec.seg_id);
+    if (!ch->seg) e = store_err(E8S_ERR_NOTFOUND, "chunk's segment %llu is gone",
+                                (unsigned long long)ch->rec.seg_id);
   }
   if (e) {
     store_pin_reader_drop(st, key);
@@ -92,18 +99,7 @@ int e8s_chunk_read(e8s_chunk *ch, void *buf, uint64_t cap) {
     return store_err(E8S_ERR_RANGE, "chunk_read: buffer of %llu bytes, payload is %llu",
                      (unsigned long long)cap, (unsigned long long)ch->rec.payload_bytes);
   uint32_t found = 0;
-  int e = E8S_ERR_NOTFOUND;
-  for (int attempt = 0; attempt < 3 && e == E8S_ERR_NOTFOUND; attempt++) {
-    e = store_seg_read_payload(st, &ch->rec, ch->key, buf, &found);
-    if (e != E8S_ERR_NOTFOUND) break;
-    /* the segment was compacted away between our lookup and the read: look again */
-    MDB_txn *txn;
-    int f = store_rtxn_begin(st, &txn);
-    if (f) return f;
-    f = find(txn, st, ch->rec.ns_id, ch->key, &ch->rec);
-    store_rtxn_end(st, txn);
-    if (f) return f;
-  }
+  int e = store_seg_read_from(ch->seg, &ch->rec, ch->key, buf, &found);
   if (e == E8S_ERR_DATALOSS) {
     atomic_fetch_add(&st->c_crc_failures, 1);
     char msg[512];
@@ -120,6 +116,7 @@ int e8s_chunk_read(e8s_chunk *ch, void *buf, uint64_t cap) {
 
 void e8s_chunk_close(e8s_chunk *ch) {
   if (!ch) return;
+  store_seg_release(ch->st, ch->seg);
   store_pin_reader_drop(ch->st, ch->key);
   free(ch);
 }

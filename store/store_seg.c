@@ -169,6 +169,13 @@ int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint
   store_seg *s = store_seg_acquire(st, rec->seg_id);
   if (!s) return store_err(E8S_ERR_NOTFOUND, "segment %llu is gone",
                            (unsigned long long)rec->seg_id);
+  int e = store_seg_read_from(s, rec, key, buf, found_crc);
+  store_seg_release(st, s);
+  return e;
+}
+
+int store_seg_read_from(store_seg *s, const store_chunk_val *rec, const uint8_t key[32],
+                        void *buf, uint32_t *found_crc) {
   uint8_t hdr[E8S_RECORD_HEADER_BYTES], hkey[32];
   uint64_t plen = 0;
   uint32_t hcrc = 0;
@@ -176,7 +183,6 @@ int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint
   int bad_hdr = e == 0 && (store_rec_hdr_decode(hdr, hkey, &plen, &hcrc) != 0 ||
                            memcmp(hkey, key, 32) != 0 || plen != rec->payload_bytes);
   if (e == 0 && !bad_hdr) e = store_pread_all(s->fd, buf, rec->payload_bytes, rec->offset + sizeof hdr);
-  store_seg_release(st, s);
   *found_crc = 0;
   if (e < 0) return store_err(store_err_errno(e), "segment %llu offset %llu: read: %s",
                               (unsigned long long)rec->seg_id, (unsigned long long)rec->offset,
