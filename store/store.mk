@@ -32,3 +32,17 @@ $(STORE_TEST_DIR)/%: $(BUILD)/obj/tests/store/%.o $(STORE_TEST_UTIL) $(STORE_LIB
 	$(CC) $(LDFLAGS_BASE) $^ -o $@ $(STORE_LDLIBS) $(call pc_libs,cmocka)
 
 TEST_BINS += $(STORE_TESTS)
+
+# ---------------------------------------------------------------- ThreadSanitizer
+# `make tsan` runs `tsan-run` with BUILD=build/tsan and SAN=-fsanitize=thread. Any fragment may
+# append test programs to TSAN_TEST_BINS; the list is read when the recipe runs, so programs of
+# fragments included after this one count too. (The crash test forks and SIGKILLs, which TSan
+# does not add to; it stays out.)
+TSAN_TEST_BINS += $(addprefix $(STORE_TEST_DIR)/,test_store_concurrency test_store_basic \
+                    test_store_evict test_store_fault)
+
+.PHONY: tsan-run
+tsan-run:
+	$(MAKE) BUILD=$(BUILD) OPT="$(OPT)" SAN="$(SAN)" $(TSAN_TEST_BINS)
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)" \
+	  tools/run-tests.sh $(BUILD) $(TSAN_TEST_BINS) --
