@@ -1,0 +1,300 @@
+/* e8cu_device.cuh: device functions shared by the quantize and dequantize kernels.
+ *
+ * Data layout of one head vector in a kernel: a "group" of P lanes of one warp (P = 8, 16 or
+ * 32) holds the vector's n = 8·R elements, lane l holding the 8-blocks b = l + P·s for slots
+ * s < NB (NB = 1, or 2 when R > 32), 8 consecutive elements per block in registers. So an E8
+ * block is one thread's registers, and the Hadamard butterflies of stride 1, 2, 4 are
+ * in-thread, larger strides cross lanes (__shfl_xor_sync) or, for stride 8·P, slots.
+ *
+ * Every float operation is the one FORMAT.md writes, in its order; files including this are
+ * compiled with --fmad=false and IEEE division/sqrt, so results are bit-identical to the CPU
+ * reference (codec/e8c_ref.c). Register arrays are indexed with compile-time constants only. */
+#ifndef E8CU_DEVICE_CUH
+#define E8CU_DEVICE_CUH
+
+#include <stdint.h>
+#include <cuda_fp16.h>
+#include "codec/cuda/e8cu_internal.h"
+
+/* ----------------------------------------------------------- conversions (FORMAT §1) */
+
+__device__ __forceinline__ float e8cu_bf16_to_f32(uint16_t b) { return __uint_as_float((uint32_t)b << 16); }
+
+/* RNE on the fp32 bits, for finite input (FORMAT §4, e8c_f32_to_bf16). */
+__device__ __forceinline__ uint16_t e8cu_f32_to_bf16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float e8cu_f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+/* fp32 -> fp16 RNE; *overflow set when the result would be inf (|f| >= 65520). */
+__device__ __forceinline__ uint16_t e8cu_f32_to_f16(float f, int *overflow)
+{
+    uint16_t h = __half_as_ushort(__float2half_rn(f));
+    *overflow = (h & 0x7c00) == 0x7c00;
+    return h;
+}
+
+/* fp32 -> fp16 RNE, saturating to +-65504 (the decoder's output rule). */
+__device__ __forceinline__ uint16_t e8cu_f32_to_f16_sat(float f)
+{
+    int ovf;
+    uint16_t h = e8cu_f32_to_f16(f, &ovf);
+    return ovf ? (uint16_t)((h & 0x8000) | 0x7bff) : h;
+}
+
+/* Loads 8 consecutive elements of dtype at p (16-byte aligned) as fp32. */
+__device__ __forceinline__ void e8cu_load8(const void *p, uint32_t dtype, float x[8])
+{
+    if (dtype == E8C_DTYPE_F32) {
+        float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)p + 1);
+        x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+        x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+    } else {
+        uint4 r = __ldg((const uint4 *)p);
+        uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint16_t lo = (uint16_t)(w[i] & 0xffffu), hi = (uint16_t)(w[i] >> 16);
+            if (dtype == E8C_DTYPE_F16) { x[2 * i] = e8cu_f16_to_f32(lo); x[2 * i + 1] = e8cu_f16_to_f32(hi); }
+            else { x[2 * i] = e8cu_bf16_to_f32(lo); x[2 * i + 1] = e8cu_bf16_to_f32(hi); }
+        }
+    }
+}
+
+/* Stores 8 fp32 values at p (16-byte aligned) in dtype with the decoder's rounding. */
+__device__ __forceinline__ void e8cu_store8(void *p, uint32_t dtype, const float x[8])
+{
+    if (dtype == E8C_DTYPE_F32) {
+        ((float4 *)p)[0] = make_float4(x[0], x[1], x[2], x[3]);
+        ((float4 *)p)[1] = make_float4(x[4], x[5], x[6], x[7]);
+    } else {
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint16_t lo, hi;
+            if (dtype == E8C_DTYPE_F16) { lo = e8cu_f32_to_f16_sat(x[2 * i]); hi = e8cu_f32_to_f16_sat(x[2 * i + 1]); }
+            else { lo = e8cu_f32_to_bf16(x[2 * i]); hi = e8cu_f32_to_bf16(x[2 * i + 1]); }
+            w[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+        *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+/* ------------------------------------------------------------- E8 (FORMAT §4) */
+
+/* Conway & Sloane's nearest point of D8 to u: f gets the integer point; returns the squared
+ * distance in the fixed tree order. Mirrors e8c_ref.c d8_cand. */
+__device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8])
+{
+    float d[8];
+    long long sum = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        f[i] = rintf(u[i]);
+        d[i] = u[i] - f[i];
+        sum += (long long)f[i];
+    }
+    if (sum & 1) {
+        int k = 0;
+        float dk = fabsf(d[0]);
+#pragma unroll
+        for (int i = 1; i < 8; i++)
+            if (fabsf(d[i]) > dk) { k = i; dk = fabsf(d[i]); }
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            if (i == k) f[i] = d[i] >= 0.0f ? f[i] + 1.0f : f[i] - 1.0f;
+    }
+    float e[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float r = u[i] - f[i];
+        e[i] = r * r;
+    }
+    return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
+}
+
+/* Nearest E8 point of t, written as points2 (the point times 2). Mirrors e8c_ref_e8_block. */
+__device__ __forceinline__ void e8cu_e8_block(const float t[8], int16_t p2[8])
+{
+    float f[8], g[8], u[8];
+    float dist0 = e8cu_d8_cand(t, f);
+#pragma unroll
+    for (int i = 0; i < 8; i++) u[i] = t[i] - 0.5f;
+    float dist1 = e8cu_d8_cand(u, g);
+    if (dist1 < dist0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) p2[i] = (int16_t)(2 * (int)g[i] + 1);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) p2[i] = (int16_t)(2 * (int)f[i]);
+    }
+}
+
+/* ------------------------------------------------------- Hadamard (FORMAT §3) */
+
+/* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
+ * NB = 2 the stride 8·P between slots; then the block gain. L->bh_log2[b] is log2 of the
+ * size (in 8-blocks) of the Hadamard block holding 8-block b; L->bh_gain[k] the gain of a
+ * block of 8·2^k elements. Lanes past the vector (b >= R) hold zeros and take part in the
+ * shuffles only. */
+template <int P, int NB>
+__device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask,
+                                        const e8cu_launch &L)
+{
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+#pragma unroll
+        for (int h = 1; h < 8; h <<= 1) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                if ((i & h) == 0) {
+                    float a = x[s][i], c = x[s][i + h];
+                    x[s][i] = a + c;
+                    x[s][i + h] = a - c;
+                }
+            }
+        }
+    }
+    int lg[NB];
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        int b = lane + P * s;
+        lg[s] = b < (int)L.R ? L.bh_log2[b] : 0;
+    }
+#pragma unroll
+    for (int m = 1; m < P; m <<= 1) {
+        int upper = lane & m;
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            bool on = (1 << lg[s]) > m;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float p = __shfl_xor_sync(gmask, x[s][i], m);
+                if (on) x[s][i] = upper ? p - x[s][i] : x[s][i] + p;
+            }
+        }
+    }
+    if (NB == 2) {
+        /* stride 8·P: only a block of more than P 8-blocks (n = 512) spans both slots */
+        if ((1 << lg[0]) > P) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float a = x[0][i], c = x[NB - 1][i];
+                x[0][i] = a + c;
+                x[NB - 1][i] = a - c;
+            }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        float g = L.bh_gain[lg[s]];
+#pragma unroll
+        for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * g;
+    }
+}
+
+/* ----------------------------------------------------------------- RoPE (FORMAT §2.3) */
+
+/* Removes (restore = 0) or re-applies (restore = 1) RoPE on a group's key vector, with
+ * cos/sin rows c, s (rotary_dim/2 entries). Same products and sums as e8c_rope_remove /
+ * e8c_rope_apply: ac = a*c, bs = b*s, bc = b*c, as = a*s; remove: a' = ac + bs, b' = bc - as;
+ * apply: a' = ac - bs, b' = bc + as. Interleaved pairs live in one thread; split-half pairs
+ * with rotary_dim/2 a multiple of 8 in lanes (or slots) rotary_dim/16 apart; any other
+ * split-half goes through shared memory (smf: the group's n floats). */
+template <int P, int NB>
+__device__ __forceinline__ void e8cu_rope(float x[NB][8], int lane, int gbase, unsigned gmask,
+                                          const e8cu_launch &L, const float *c, const float *s,
+                                          int restore, float *smf)
+{
+    const int hr = (int)L.rotary_dim / 2;
+    if (L.rope_layout == E8C_ROPE_LAYOUT_INTERLEAVED) {
+#pragma unroll
+        for (int sl = 0; sl < NB; sl++) {
+            int b = lane + P * sl;
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                int i = 4 * b + p;
+                if (i < hr) {
+                    float a = x[sl][2 * p], bb = x[sl][2 * p + 1];
+                    float ci = __ldg(c + i), si = __ldg(s + i);
+                    float ac = a * ci, bs = bb * si, bc = bb * ci, as = a * si;
+                    x[sl][2 * p] = restore ? ac - bs : ac + bs;
+                    x[sl][2 * p + 1] = restore ? bc + as : bc - as;
+                }
+            }
+        }
+        return;
+    }
+    if ((hr & 7) == 0) {
+        /* gather every slot's partner values first, then rotate (slots change in place) */
+        const int hb = hr / 8;
+        float px[NB][8];
+        int role[NB], pbk[NB];
+#pragma unroll
+        for (int sl = 0; sl < NB; sl++) {
+            int b = lane + P * sl;
+            role[sl] = b < hb ? 0 : (b < 2 * hb ? 1 : 2); /* a of a pair, b of a pair, none */
+            int pb = role[sl] == 0 ? b + hb : (role[sl] == 1 ? b - hb : b);
+            pbk[sl] = pb;
+            int pl = pb % P, ps = pb / P;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float v0 = __shfl_sync(gmask, x[0][i], gbase + pl);
+                float v1 = NB == 2 ? __shfl_sync(gmask, x[NB - 1][i], gbase + pl) : v0;
+                px[sl][i] = ps == 0 ? v0 : v1;
+            }
+        }
+#pragma unroll
+        for (int sl = 0; sl < NB; sl++) {
+            if (role[sl] == 2) continue;
+            int b = lane + P * sl;
+            int i0 = 8 * (role[sl] == 0 ? b : pbk[sl]);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float ci = __ldg(c + i0 + i), si = __ldg(s + i0 + i);
+                float a = role[sl] == 0 ? x[sl][i] : px[sl][i];
+                float bb = role[sl] == 0 ? px[sl][i] : x[sl][i];
+                float ac = a * ci, bs = bb * si, bc = bb * ci, as = a * si;
+                if (role[sl] == 0) x[sl][i] = restore ? ac - bs : ac + bs;
+                else x[sl][i] = restore ? bc + as : bc - as;
+            }
+        }
+        return;
+    }
+    /* general split-half through shared memory */
+#pragma unroll
+    for (int sl = 0; sl < NB; sl++) {
+        int b = lane + P * sl;
+        if (b < (int)L.R) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) smf[8 * b + i] = x[sl][i];
+        }
+    }
+    __syncwarp(gmask);
+#pragma unroll
+    for (int sl = 0; sl < NB; sl++) {
+        int b = lane + P * sl;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int e = 8 * b + i;
+            if (e < hr) {
+                float a = x[sl][i], bb = smf[e + hr];
+                float ci = __ldg(c + e), si = __ldg(s + e);
+                float ac = a * ci, bs = bb * si;
+                x[sl][i] = restore ? ac - bs : ac + bs;
+            } else if (e < 2 * hr) {
+                float a = smf[e - hr], bb = x[sl][i];
+                float ci = __ldg(c + e - hr), si = __ldg(s + e - hr);
+                float bc = bb * ci, as = a * si;
+                x[sl][i] = restore ? bc + as : bc - as;
+            }
+        }
+    }
+    __syncwarp(gmask);
+}
+
+#endif
