@@ -277,7 +277,7 @@ int64_t e8c_preset_apply(const char *name, e8c_config *cfg);
 const char *e8c_preset_name(unsigned i);
 
 /* Fills cfg with the defaults: preset E8C_PRESET_DEFAULT, no protected
- * layers, no sinks, no recent window, decorrelation AUTO, zstd level 3,
+ * layers, no sinks, no recent window, decorrelation AUTO, zstd level 1,
  * hadamard_seed 0x6538_6b76_5f76_3031 ("e8kv_v01"). */
 void e8c_config_default(e8c_config *cfg);
 
@@ -389,9 +389,17 @@ typedef struct e8c_decode_params {
 
 /* Decodes a frame into dst ([n_kv_heads][n_tokens][head_dim], dst->dtype:
  * numeric conversion, round-to-nearest-even; values beyond fp16's range
- * saturate to +-65504 when decoding into fp16).  dp may be NULL.  Checks the
- * fingerprint id prefix against ctx.  0 or an error; dst is unspecified
- * on error. */
+ * saturate to +-65504 when decoding into fp16).  n_tokens is the number of
+ * tokens dst holds: a frame with another count is refused (E8C_ERR_SHAPE)
+ * before anything is written, so a hostile frame cannot write past dst.
+ * dp may be NULL.  Checks header and stream CRCs and the fingerprint id
+ * prefix against ctx (E8C_ERR_FINGERPRINT).  0 or an error; dst content is
+ * unspecified on error. */
+int64_t e8c_frame_decode_into(e8c_ctx *ctx, const void *frame, size_t size,
+                              const e8c_decode_params *dp,
+                              const e8c_tensor *dst, uint32_t n_tokens);
+/* Same without the token-count check: dst must hold the frame's n_tokens
+ * (read it with e8c_frame_info_get first).  Prefer e8c_frame_decode_into. */
 int64_t e8c_frame_decode(e8c_ctx *ctx, const void *frame, size_t size,
                          const e8c_decode_params *dp, const e8c_tensor *dst);
 
@@ -490,6 +498,9 @@ int64_t e8c_quantize(e8c_ctx *ctx, const e8c_frame_params *p,
                      const e8c_tensor *src, e8c_qlayer *q);
 int64_t e8c_qlayer_pack(e8c_ctx *ctx, const e8c_qlayer *q, void *dst,
                         size_t dst_size); /* returns frame bytes */
+/* unpack: on input q->n_tokens is the capacity (tokens) the caller sized
+ * q's arrays for (e8c_qlayer_size); a frame with more is refused
+ * (E8C_ERR_DST_SIZE).  On output every field describes the frame. */
 int64_t e8c_qlayer_unpack(e8c_ctx *ctx, const void *frame, size_t size,
                           e8c_qlayer *q);
 int64_t e8c_dequantize(e8c_ctx *ctx, const e8c_qlayer *q,

@@ -1,0 +1,144 @@
+/*
+ * e8c_internal.h: what the codec's .c files share (not installed, not API).
+ *
+ * The context (struct e8c_ctx) holds a validated fingerprint copy, its id,
+ * the Hadamard plan and signs, a cached RoPE cos/sin table, zstd contexts
+ * and one workspace sized by e8c_ctx_reserve (or grown on demand).
+ */
+#ifndef E8C_INTERNAL_H
+#define E8C_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <zstd.h>
+
+#include "codec/e8codec.h"
+
+#define E8C_MAX_BLOCKS 10 /* binary expansion of head_dim <= 512, blocks >= 8 */
+#define E8C_N_STREAMS 7   /* method 1 */
+#define E8C_FRAME_FIXED 52u
+#define E8C_DESC_SIZE 13u
+#define E8C_CHUNK_FIXED 64u
+#define E8C_FP_MAX 65536u
+#define E8C_MAX_ABS 18446744073709551616.0 /* 2^64 */
+
+enum { E8C_METHOD_RAW = 0, E8C_METHOD_E8 = 1 };
+enum { E8C_STREAM_SCALES, E8C_STREAM_COSETS, E8C_STREAM_COORDS,
+       E8C_STREAM_HALVES, E8C_STREAM_ESCAPES, E8C_STREAM_MODES,
+       E8C_STREAM_RAW };
+
+/* Hadamard plan for one head_dim (FORMAT.md section 3). */
+typedef struct e8c_hplan {
+    uint32_t n, pow2, nblocks;
+    uint32_t bsize[E8C_MAX_BLOCKS], boff[E8C_MAX_BLOCKS];
+    float gain[E8C_MAX_BLOCKS];
+    float sign0[E8C_MAX_HEAD_DIM], sign1[E8C_MAX_HEAD_DIM];
+    uint16_t perm[E8C_MAX_HEAD_DIM]; /* w[k] = u[perm[k]] */
+} e8c_hplan;
+
+/* Work arrays of one layer, sized for ws_tokens tokens. */
+typedef struct e8c_work {
+    uint32_t tokens;           /* capacity in tokens */
+    uint16_t *scales;          /* [H][T] */
+    int16_t *points2;          /* [H][T][n] */
+    uint8_t *raw;              /* [H][T][n] x 4 bytes */
+    int32_t *ints;             /* [T][n] one head's S or R */
+    uint8_t *sbuf[E8C_N_STREAMS + 1]; /* raw stream bytes; [7]: halves escapes */
+    size_t scap[E8C_N_STREAMS + 1];
+    float *vec;                /* scratch, 4 x E8C_MAX_HEAD_DIM floats */
+} e8c_work;
+
+struct e8c_ctx {
+    e8c_fingerprint fp;
+    uint8_t id[E8C_ID_SIZE];
+    int backend;               /* e8c_backend resolved: 1 ref, 2 scalar, 3 avx2 */
+    char err[256];
+    e8c_hplan hp;
+    /* cos/sin cache: positions first..first+n-1 at rope_seq_len L */
+    int rc_valid;
+    uint32_t rc_first, rc_n, rc_L, rc_cap;
+    float *rc_cos, *rc_sin;    /* [n][rotary_dim/2] */
+    ZSTD_CCtx *zc;
+    ZSTD_DCtx *zd;
+    e8c_work w;
+};
+
+/* errors: set ctx->err (printf style) and return code */
+int64_t e8c_fail(e8c_ctx *ctx, int64_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void e8c_msg(char *msg, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* scalar conversions (FORMAT.md section 1) */
+float e8c_f16_to_f32(uint16_t h);
+uint16_t e8c_f32_to_f16_sat(float f); /* RNE, saturate to +-65504 */
+int e8c_f32_to_f16_checked(float f, uint16_t *out); /* -1 on overflow */
+float e8c_bf16_to_f32(uint16_t b);
+uint16_t e8c_f32_to_bf16(float f);    /* RNE, finite input */
+float e8c_load(const void *base, uint32_t dtype, int64_t idx);
+void e8c_store(void *base, uint32_t dtype, int64_t idx, float v);
+uint32_t e8c_crc32c(const void *p, size_t n);
+
+/* little-endian helpers */
+static inline void e8c_put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void e8c_put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static inline void e8c_put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static inline uint32_t e8c_get16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
+static inline uint32_t e8c_get32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
+static inline uint64_t e8c_get64(const uint8_t *p) { return (uint64_t)e8c_get32(p) | ((uint64_t)e8c_get32(p + 4) << 32); }
+
+/* fingerprint helpers (e8c_fingerprint.c) */
+int e8c_layer_protected(const e8c_fingerprint *fp, uint32_t layer);
+
+/* RoPE (e8c_rope.c) */
+void e8c_sincos(float ang, float *s, float *c);
+int64_t e8c_ctx_rope_table(e8c_ctx *ctx, uint32_t first, uint32_t n, uint32_t L,
+                           const float **cos_t, const float **sin_t);
+void e8c_rope_remove(const e8c_rope *r, float *x, const float *c, const float *s);
+void e8c_rope_apply(const e8c_rope *r, float *x, const float *c, const float *s);
+
+/* Hadamard (e8c_hadamard.c) */
+void e8c_hplan_init(e8c_hplan *hp, uint32_t n, uint64_t seed);
+void e8c_hadamard_fwd(const e8c_hplan *hp, float *x, float *tmp);
+void e8c_hadamard_inv(const e8c_hplan *hp, float *y, float *tmp);
+
+/* per-vector quantizer (e8c_ref.c = reference; e8c_fast.c = fast) */
+uint16_t e8c_ref_scale(const float *y, uint32_t n, float step);
+void e8c_ref_e8_block(const float *t, int16_t *p2);
+void e8c_ref_quantize_vec(const float *y, uint32_t n, float step,
+                          uint16_t *scale, int16_t *p2);
+void e8c_ref_dequantize_vec(uint16_t scale, const int16_t *p2, uint32_t n,
+                            float *y);
+
+/* numeric layer quantize/dequantize, both backends (e8c_quant.c) */
+typedef struct e8c_layer_geom {
+    uint32_t H, n, N, first_pos, rope_seq_len, kind, layer, method;
+    uint32_t raw_head, raw_tail;
+} e8c_layer_geom;
+
+int64_t e8c_ref_quantize_layer(e8c_ctx *ctx, const e8c_layer_geom *g,
+                               const e8c_tensor *src, e8c_qlayer *q);
+int64_t e8c_ref_dequantize_layer(e8c_ctx *ctx, const e8c_qlayer *q,
+                                 const e8c_decode_params *dp,
+                                 const e8c_tensor *dst);
+int64_t e8c_fast_quantize_layer(e8c_ctx *ctx, const e8c_layer_geom *g,
+                                const e8c_tensor *src, e8c_qlayer *q);
+int64_t e8c_fast_dequantize_layer(e8c_ctx *ctx, const e8c_qlayer *q,
+                                  const e8c_decode_params *dp,
+                                  const e8c_tensor *dst);
+
+/* workspace (e8c_ctx.c) */
+int64_t e8c_work_reserve(e8c_ctx *ctx, uint32_t tokens);
+int64_t e8c_check_tensor(e8c_ctx *ctx, const e8c_tensor *t, uint32_t n_tokens);
+
+/* pack/unpack (e8c_pack.c) */
+int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap);
+int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size,
+                   e8c_qlayer *q, const e8c_frame_info *fi);
+int64_t e8c_frame_parse(const uint8_t *src, size_t size, e8c_frame_info *fi,
+                        const uint8_t **streams, uint32_t desc[][4],
+                        int check_crc);
+size_t e8c_frame_bound(const e8c_fingerprint *fp, uint32_t n_tokens);
+
+#endif

@@ -1,0 +1,398 @@
+/*
+ * e8c_pack.c: qlayer <-> frame bytes (FORMAT.md section 5): stored
+ * integers, decorrelation, zigzag with escapes, zstd, CRC32C.
+ *
+ * Shared by every backend: the byte half of a frame is pure integer work,
+ * so there is one implementation, written in the spec's order.  Parsing
+ * treats the frame as hostile: every length is checked against what the
+ * geometry implies before anything is allocated or decoded.
+ */
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zstd.h>
+#include <zstd_errors.h>
+#include <string.h>
+
+#include "codec/e8c_internal.h"
+
+static uint32_t zz(int64_t v) { return v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1); }
+static int64_t unzz(uint64_t z) { return (z & 1) ? -(int64_t)(z >> 1) - 1 : (int64_t)(z >> 1); }
+
+static size_t leb_put(uint8_t *p, uint32_t v)
+{
+    size_t k = 0;
+    while (v >= 0x80) { p[k++] = (uint8_t)(v | 0x80); v >>= 7; }
+    p[k++] = (uint8_t)v;
+    return k;
+}
+
+/* Reads one LEB128 (at most 5 bytes, value < 2^32); -1 on error. */
+static int leb_get(const uint8_t *p, size_t len, size_t *off, uint32_t *v)
+{
+    uint64_t x = 0;
+    for (int k = 0; k < 5; k++) {
+        if (*off >= len) return -1;
+        uint8_t b = p[(*off)++];
+        x |= (uint64_t)(b & 0x7f) << (7 * k);
+        if (!(b & 0x80)) {
+            if (x > 0xffffffffu) return -1;
+            *v = (uint32_t)x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Expected raw lengths of the fixed-size streams for H heads, Q tokens. */
+static void expected_lens(uint32_t H, uint32_t Q, uint32_t n, size_t out[E8C_N_STREAMS])
+{
+    size_t v = (size_t)H * Q, e = v * n;
+    out[E8C_STREAM_SCALES] = 2 * v;
+    out[E8C_STREAM_COSETS] = (e / 8 + 7) / 8;
+    out[E8C_STREAM_COORDS] = e / 8 * 7;
+    out[E8C_STREAM_HALVES] = e / 8;
+    out[E8C_STREAM_ESCAPES] = 5 * e;           /* upper bound */
+    out[E8C_STREAM_MODES] = (size_t)H * (1 + 5 * (size_t)n); /* upper bound */
+    out[E8C_STREAM_RAW] = 0;
+}
+
+size_t e8c_frame_bound(const e8c_fingerprint *fp, uint32_t N)
+{
+    size_t lens[E8C_N_STREAMS];
+    expected_lens(fp->n_kv_heads, N, fp->head_dim, lens);
+    size_t es = e8c_dtype_size((e8c_dtype)fp->src_dtype);
+    size_t raw = (size_t)fp->n_kv_heads * N * fp->head_dim * es;
+    size_t total = E8C_FRAME_FIXED + E8C_DESC_SIZE * E8C_N_STREAMS + 4;
+    /* coords+halves bytes and raw bytes never both exceed raw: a token is
+     * either quantized or raw; escapes are bounded by 3 bytes per element
+     * for the values the encoder produces (< 2^21). */
+    size_t e = (size_t)fp->n_kv_heads * N * fp->head_dim;
+    total += lens[E8C_STREAM_SCALES] + lens[E8C_STREAM_COSETS] + e + 3 * e +
+             (size_t)fp->n_kv_heads * (1 + 3 * (size_t)fp->head_dim) + raw;
+    return total;
+}
+
+/* ------------------------------------------------------------- encoder */
+
+/* Writes stream bytes (zstd if smaller) at dst+*off; fills desc. */
+static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst,
+                          size_t cap, size_t *off, uint8_t *desc)
+{
+    size_t room = cap - *off, out = 0;
+    int coded = 0;
+    if (len > 0) {
+        size_t zcap = len - 1 < room ? len - 1 : room;
+        size_t r = ZSTD_compress2(ctx->zc, dst + *off, zcap, src, len);
+        if (!ZSTD_isError(r)) { out = r; coded = 1; }
+        else if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
+            return e8c_fail(ctx, E8C_ERR_ZSTD, "zstd: %s", ZSTD_getErrorName(r));
+    }
+    if (!coded) {
+        if (room < len) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
+        if (len) memcpy(dst + *off, src, len);
+        out = len;
+    }
+    desc[0] = (uint8_t)coded;
+    e8c_put32(desc + 1, (uint32_t)len);
+    e8c_put32(desc + 5, (uint32_t)out);
+    e8c_put32(desc + 9, e8c_crc32c(dst + *off, out));
+    *off += out;
+    return 0;
+}
+
+/* S integers of one head into ints[Q][n] (FORMAT.md 5.2). */
+static void head_ints(const int16_t *p2, uint32_t Q, uint32_t n, int32_t *S)
+{
+    for (size_t b = 0; b < (size_t)Q * n; b += 8) {
+        int c = p2[b] & 1;
+        for (int i = 0; i < 7; i++) S[b + i] = (p2[b + i] - c) / 2;
+        int32_t q7 = (p2[b + 7] - c) / 2;
+        S[b + 7] = q7 >= 0 ? q7 / 2 : -((-q7 + 1) / 2); /* floor(q7 / 2) */
+    }
+}
+
+/* Picks and applies the decorrelation mode in place; M gets the means. */
+static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, int32_t *M)
+{
+    uint64_t cost[4] = {0, 0, 0, 0};
+    for (uint32_t j = 0; j < n; j++) {
+        int64_t sum = 0;
+        for (uint32_t t = 0; t < Q; t++) sum += S[(size_t)t * n + j];
+        int64_t num = sum + Q / 2, m = num >= 0 ? num / Q : -((-num + Q - 1) / Q);
+        M[j] = (int32_t)m;
+        for (uint32_t t = 0; t < Q; t++) {
+            int64_t s = S[(size_t)t * n + j];
+            cost[1] += zz(s);
+            cost[2] += zz(t ? s - S[(size_t)(t - 1) * n + j] : s);
+            cost[3] += zz(s - m);
+        }
+    }
+    uint8_t mode = (uint8_t)forced;
+    if (forced == E8C_DECOR_AUTO) {
+        mode = 1;
+        for (uint8_t k = 2; k <= 3; k++) if (cost[k] < cost[mode]) mode = k;
+    }
+    if (mode == 2)
+        for (size_t i = (size_t)Q * n; i-- > n;) S[i] -= S[i - n];
+    else if (mode == 3)
+        for (size_t i = 0; i < (size_t)Q * n; i++) S[i] -= M[i % n];
+    return mode;
+}
+
+static size_t emit(uint8_t *sym, size_t *ns, uint8_t *esc, size_t ne, int64_t v)
+{
+    uint32_t z = zz(v);
+    if (z < 255) { sym[(*ns)++] = (uint8_t)z; return ne; }
+    sym[(*ns)++] = 255;
+    return ne + leb_put(esc + ne, z - 255);
+}
+
+int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
+{
+    const e8c_fingerprint *fp = &ctx->fp;
+    uint32_t H = fp->n_kv_heads, n = fp->head_dim, N = q->n_tokens;
+    size_t es = e8c_dtype_size((e8c_dtype)fp->src_dtype);
+    uint32_t ns = q->method == E8C_METHOD_RAW ? 1 : E8C_N_STREAMS;
+    size_t hdr = E8C_FRAME_FIXED + E8C_DESC_SIZE * ns + 4;
+    if (cap < hdr) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
+    uint8_t *h = dst;
+    memcpy(h, "E8KF", 4);
+    h[4] = E8C_FORMAT_VERSION; h[5] = (uint8_t)q->kind; h[6] = (uint8_t)q->method;
+    h[7] = (uint8_t)fp->src_dtype;
+    e8c_put16(h + 8, q->layer); e8c_put16(h + 10, H); e8c_put16(h + 12, n);
+    e8c_put16(h + 14, ns);
+    e8c_put32(h + 16, N); e8c_put32(h + 20, q->first_pos); e8c_put32(h + 24, q->rope_seq_len);
+    e8c_put32(h + 28, q->n_raw_head); e8c_put32(h + 32, q->n_raw_tail);
+    e8c_put64(h + 36, fp->config.hadamard_seed);
+    memcpy(h + 44, ctx->id, 8);
+    size_t off = hdr;
+    uint8_t *desc = h + E8C_FRAME_FIXED;
+    int64_t rc;
+    if (q->method == E8C_METHOD_RAW) {
+        rc = put_stream(ctx, q->raw, (size_t)H * N * n * es, dst, cap, &off, desc);
+        if (rc) return rc;
+    } else {
+        uint32_t Q = N - q->n_raw_head - q->n_raw_tail;
+        e8c_work *w = &ctx->w;
+        size_t nv = (size_t)H * Q;
+        for (size_t v = 0; v < nv; v++) {
+            w->sbuf[E8C_STREAM_SCALES][v] = (uint8_t)(q->scales[v] >> 8);
+            w->sbuf[E8C_STREAM_SCALES][nv + v] = (uint8_t)q->scales[v];
+        }
+        size_t nb = nv * n / 8;
+        memset(w->sbuf[E8C_STREAM_COSETS], 0, (nb + 7) / 8);
+        for (size_t b = 0; b < nb; b++)
+            w->sbuf[E8C_STREAM_COSETS][b / 8] |= (uint8_t)((q->points2[8 * b] & 1) << (b % 8));
+        size_t nc = 0, nh = 0, ne = 0, ne2 = 0, nm = 0;
+        uint8_t *esc2 = w->sbuf[E8C_N_STREAMS];
+        int32_t M[E8C_MAX_HEAD_DIM];
+        for (uint32_t hh = 0; hh < H; hh++) {
+            uint8_t mode = 1;
+            if (Q > 0) {
+                head_ints(q->points2 + (size_t)hh * Q * n, Q, n, w->ints);
+                mode = decorrelate(w->ints, Q, n, fp->config.decorrelation, M);
+            }
+            w->sbuf[E8C_STREAM_MODES][nm++] = mode;
+            if (mode == 3)
+                for (uint32_t j = 0; j < n; j++) nm += leb_put(w->sbuf[E8C_STREAM_MODES] + nm, zz(M[j]));
+            for (size_t i = 0; i < (size_t)Q * n; i++) {
+                if (i % 8 == 7) ne2 = emit(w->sbuf[E8C_STREAM_HALVES], &nh, esc2, ne2, w->ints[i]);
+                else ne = emit(w->sbuf[E8C_STREAM_COORDS], &nc, w->sbuf[E8C_STREAM_ESCAPES], ne, w->ints[i]);
+            }
+        }
+        memcpy(w->sbuf[E8C_STREAM_ESCAPES] + ne, esc2, ne2);
+        size_t lens[E8C_N_STREAMS] = {2 * nv, (nb + 7) / 8, nc, nh, ne + ne2, nm,
+                                      (size_t)H * (N - Q) * n * es};
+        for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
+            const uint8_t *src = s == E8C_STREAM_RAW ? (const uint8_t *)q->raw : w->sbuf[s];
+            rc = put_stream(ctx, src, lens[s], dst, cap, &off, desc + E8C_DESC_SIZE * s);
+            if (rc) return rc;
+        }
+    }
+    e8c_put32(dst + hdr - 4, e8c_crc32c(dst, hdr - 4));
+    return (int64_t)off;
+}
+
+/* ------------------------------------------------------------- decoder */
+
+int64_t e8c_frame_parse(const uint8_t *p, size_t size, e8c_frame_info *fi,
+                        const uint8_t **streams, uint32_t desc[][4], int check_crc)
+{
+    if (size < E8C_FRAME_FIXED) return E8C_ERR_TRUNCATED;
+    if (memcmp(p, "E8KF", 4) != 0) return E8C_ERR_MAGIC;
+    if (p[4] != E8C_FORMAT_VERSION) return E8C_ERR_VERSION;
+    uint32_t ns = e8c_get16(p + 14);
+    memset(fi, 0, sizeof *fi);
+    fi->version = p[4]; fi->kind = p[5]; fi->method = p[6]; fi->src_dtype = p[7];
+    fi->layer = e8c_get16(p + 8); fi->n_kv_heads = e8c_get16(p + 10);
+    fi->head_dim = e8c_get16(p + 12); fi->n_tokens = e8c_get32(p + 16);
+    fi->first_pos = e8c_get32(p + 20); fi->rope_seq_len = e8c_get32(p + 24);
+    fi->n_raw_head = e8c_get32(p + 28); fi->n_raw_tail = e8c_get32(p + 32);
+    fi->hadamard_seed = e8c_get64(p + 36);
+    memcpy(fi->id_prefix, p + 44, 8);
+    if (ns != (fi->method == E8C_METHOD_RAW ? 1u : E8C_N_STREAMS) || fi->method > 1)
+        return E8C_ERR_CORRUPT;
+    size_t hdr = E8C_FRAME_FIXED + E8C_DESC_SIZE * ns + 4;
+    if (size < hdr) return E8C_ERR_TRUNCATED;
+    if (e8c_get32(p + hdr - 4) != e8c_crc32c(p, hdr - 4)) return E8C_ERR_CHECKSUM;
+    if (fi->kind > 1 || e8c_dtype_size((e8c_dtype)fi->src_dtype) == 0 ||
+        fi->n_kv_heads == 0 || fi->n_kv_heads > E8C_MAX_KV_HEADS || fi->head_dim < 8 ||
+        fi->head_dim % 8 || fi->head_dim > E8C_MAX_HEAD_DIM || fi->n_tokens == 0 ||
+        fi->n_tokens > E8C_MAX_TOKENS ||
+        (uint64_t)fi->first_pos + fi->n_tokens > E8C_MAX_POSITION ||
+        (uint64_t)fi->n_raw_head + fi->n_raw_tail > fi->n_tokens ||
+        (fi->method == E8C_METHOD_RAW && (fi->n_raw_head || fi->n_raw_tail)))
+        return E8C_ERR_CORRUPT;
+    size_t off = hdr;
+    for (uint32_t s = 0; s < ns; s++) {
+        const uint8_t *d = p + E8C_FRAME_FIXED + E8C_DESC_SIZE * s;
+        uint32_t coding = d[0], rl = e8c_get32(d + 1), sl = e8c_get32(d + 5);
+        if (coding > 1 || (coding == 0 && rl != sl)) return E8C_ERR_CORRUPT;
+        if (size - off < sl) return E8C_ERR_TRUNCATED;
+        if (check_crc && e8c_crc32c(p + off, sl) != e8c_get32(d + 9)) return E8C_ERR_CHECKSUM;
+        if (streams) streams[s] = p + off;
+        if (desc) { desc[s][0] = coding; desc[s][1] = rl; desc[s][2] = sl; }
+        off += sl;
+    }
+    fi->frame_size = off;
+    return 0;
+}
+
+static int64_t get_stream(e8c_ctx *ctx, const uint8_t *src, const uint32_t d[4],
+                          uint8_t *out, size_t want)
+{
+    if (d[1] != want) return e8c_fail(ctx, E8C_ERR_CORRUPT, "stream length %u, expected %zu", d[1], want);
+    if (d[0] == 0) { if (want) memcpy(out, src, want); return 0; }
+    size_t r = ZSTD_decompressDCtx(ctx->zd, out, want, src, d[2]);
+    if (ZSTD_isError(r) || r != want)
+        return e8c_fail(ctx, E8C_ERR_CORRUPT, "zstd stream does not decode to %zu bytes", want);
+    return 0;
+}
+
+static int raw_finite(const uint8_t *raw, size_t count, uint32_t dtype)
+{
+    for (size_t i = 0; i < count; i++) {
+        uint32_t u;
+        if (dtype == E8C_DTYPE_F32) { memcpy(&u, raw + 4 * i, 4); if ((u & 0x7f800000u) == 0x7f800000u) return 0; }
+        else {
+            uint32_t h = (uint32_t)raw[2 * i] | ((uint32_t)raw[2 * i + 1] << 8);
+            uint32_t m = dtype == E8C_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+            if ((h & m) == m) return 0;
+        }
+    }
+    return 1;
+}
+
+/* Undoes decorrelation and the S_7 halving for one head (in ints). */
+static int64_t head_points(e8c_ctx *ctx, int32_t *R, uint32_t Q, uint32_t n, uint8_t mode,
+                           const int32_t *M, const uint8_t *cos_bits, size_t b0, int16_t *p2)
+{
+    for (size_t t = 0; t < Q; t++)
+        for (uint32_t j = 0; j < n; j++) {
+            int64_t v = R[t * n + j];
+            if (mode == 2 && t) v += R[(t - 1) * n + j];
+            else if (mode == 3) v += M[j];
+            if (v < -16384 || v > 16383) return e8c_fail(ctx, E8C_ERR_CORRUPT, "coordinate out of range");
+            R[t * n + j] = (int32_t)v;
+        }
+    for (size_t b = 0; b < (size_t)Q * n / 8; b++) {
+        int32_t *S = R + 8 * b, par = 0;
+        int c = (cos_bits[(b0 + b) / 8] >> ((b0 + b) % 8)) & 1;
+        for (int i = 0; i < 7; i++) par += S[i];
+        int64_t q7 = 2 * (int64_t)S[7] + (par & 1);
+        for (int i = 0; i < 8; i++) {
+            int64_t qi = i < 7 ? S[i] : q7, v = 2 * qi + c;
+            if (v < -32768 || v > 32767) return e8c_fail(ctx, E8C_ERR_CORRUPT, "point out of range");
+            p2[8 * b + i] = (int16_t)v;
+        }
+    }
+    return 0;
+}
+
+int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
+                   const e8c_frame_info *fi)
+{
+    const e8c_fingerprint *fp = &ctx->fp;
+    const uint8_t *st[E8C_N_STREAMS];
+    uint32_t d[E8C_N_STREAMS][4];
+    e8c_frame_info tmp;
+    int64_t rc = e8c_frame_parse(src, size, &tmp, st, d, 1);
+    if (rc) return e8c_fail(ctx, rc, "frame header");
+    (void)fi;
+    uint32_t H = fp->n_kv_heads, n = fp->head_dim, N = tmp.n_tokens;
+    size_t es = e8c_dtype_size((e8c_dtype)fp->src_dtype);
+    if (tmp.n_kv_heads != H || tmp.head_dim != n || tmp.src_dtype != fp->src_dtype ||
+        tmp.layer >= fp->n_layers)
+        return e8c_fail(ctx, E8C_ERR_FINGERPRINT, "frame geometry %ux%u (dtype %u, layer %u) is not the model's",
+                        tmp.n_kv_heads, tmp.head_dim, tmp.src_dtype, tmp.layer);
+    if (memcmp(tmp.id_prefix, ctx->id, 8) != 0 || tmp.hadamard_seed != fp->config.hadamard_seed)
+        return e8c_fail(ctx, E8C_ERR_FINGERPRINT, "frame fingerprint id differs from the context's");
+    if (N > ctx->w.tokens && (rc = e8c_work_reserve(ctx, N))) return rc;
+    q->kind = tmp.kind; q->layer = tmp.layer; q->n_tokens = N; q->first_pos = tmp.first_pos;
+    q->rope_seq_len = tmp.rope_seq_len; q->method = tmp.method;
+    q->n_raw_head = tmp.n_raw_head; q->n_raw_tail = tmp.n_raw_tail;
+    if (tmp.method == E8C_METHOD_RAW) {
+        if ((rc = get_stream(ctx, st[0], d[0], q->raw, (size_t)H * N * n * es))) return rc;
+        if (!raw_finite(q->raw, (size_t)H * N * n, fp->src_dtype))
+            return e8c_fail(ctx, E8C_ERR_CORRUPT, "raw stream holds NaN/inf");
+        return 0;
+    }
+    uint32_t Q = N - tmp.n_raw_head - tmp.n_raw_tail;
+    e8c_work *w = &ctx->w;
+    size_t lens[E8C_N_STREAMS];
+    expected_lens(H, Q, n, lens);
+    lens[E8C_STREAM_RAW] = (size_t)H * (N - Q) * n * es;
+    if (d[E8C_STREAM_ESCAPES][1] > lens[E8C_STREAM_ESCAPES] || d[E8C_STREAM_MODES][1] > lens[E8C_STREAM_MODES])
+        return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape or mode stream too long");
+    lens[E8C_STREAM_ESCAPES] = d[E8C_STREAM_ESCAPES][1];
+    lens[E8C_STREAM_MODES] = d[E8C_STREAM_MODES][1];
+    for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
+        uint8_t *out = s == E8C_STREAM_RAW ? (uint8_t *)q->raw : w->sbuf[s];
+        if ((rc = get_stream(ctx, st[s], d[s], out, lens[s]))) return rc;
+    }
+    if (!raw_finite(q->raw, (size_t)H * (N - Q) * n, fp->src_dtype))
+        return e8c_fail(ctx, E8C_ERR_CORRUPT, "raw stream holds NaN/inf");
+    size_t nv = (size_t)H * Q;
+    for (size_t v = 0; v < nv; v++) {
+        uint16_t s = (uint16_t)((w->sbuf[E8C_STREAM_SCALES][v] << 8) | w->sbuf[E8C_STREAM_SCALES][nv + v]);
+        if (s > 0x7300) /* sign set, inf/NaN, or above 2^103: the encoder never writes it */
+            return e8c_fail(ctx, E8C_ERR_CORRUPT, "scale 0x%04x out of range", s);
+        q->scales[v] = s;
+    }
+    /* escapes: stream-2 ones first; count stream-2 escapes to find stream 3's */
+    size_t eoff = 0, eoff2 = 0, n2 = 0, nm = 0, ic = 0, ih = 0;
+    const uint8_t *E = w->sbuf[E8C_STREAM_ESCAPES], *MS = w->sbuf[E8C_STREAM_MODES];
+    size_t elen = lens[E8C_STREAM_ESCAPES], mlen = lens[E8C_STREAM_MODES];
+    for (size_t i = 0; i < nv * n / 8 * 7; i++) n2 += w->sbuf[E8C_STREAM_COORDS][i] == 255;
+    for (size_t k = 0; k < n2; k++) {
+        uint32_t v;
+        if (leb_get(E, elen, &eoff2, &v)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape stream");
+    }
+    for (uint32_t hh = 0; hh < H; hh++) {
+        if (nm >= mlen) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode stream short");
+        uint8_t mode = MS[nm++];
+        int32_t M[E8C_MAX_HEAD_DIM];
+        if (mode < 1 || mode > 3) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode %u", mode);
+        for (uint32_t j = 0; mode == 3 && j < n; j++) {
+            uint32_t z;
+            if (leb_get(MS, mlen, &nm, &z)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode stream");
+            M[j] = (int32_t)unzz(z);
+        }
+        for (size_t i = 0; i < (size_t)Q * n; i++) {
+            const uint8_t *sym = i % 8 == 7 ? &w->sbuf[E8C_STREAM_HALVES][ih++] : &w->sbuf[E8C_STREAM_COORDS][ic++];
+            uint32_t z = *sym;
+            if (z == 255) {
+                uint32_t extra;
+                size_t *eo = i % 8 == 7 ? &eoff2 : &eoff;
+                if (leb_get(E, i % 8 == 7 ? elen : elen, eo, &extra) || extra > 0x10000u)
+                    return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape stream");
+                z = 255 + extra;
+            }
+            w->ints[i] = (int32_t)unzz(z);
+        }
+        rc = head_points(ctx, w->ints, Q, n, mode, M, w->sbuf[E8C_STREAM_COSETS],
+                         (size_t)hh * Q * n / 8, q->points2 + (size_t)hh * Q * n);
+        if (rc) return rc;
+    }
+    if (nm != mlen || eoff2 != elen) return e8c_fail(ctx, E8C_ERR_CORRUPT, "trailing bytes in mode/escape stream");
+    return 0;
+}

@@ -1,0 +1,239 @@
+/*
+ * e8c_bench.c: `make bench-codec` — rate, quality and speed of every preset.
+ *
+ * For each preset and data set it encodes whole chunks (all layers, K and
+ * V, 256 tokens) through the public API, decodes the bytes back, and
+ * reports: bpe = chunk bytes * 8 / elements (every byte: chunk header,
+ * embedded fingerprint, index, frame headers, scales, CRCs); SNR of K and
+ * V in dB (K measured with RoPE applied, as the engine sees it); encode and
+ * decode GB/s of fp16 input/output on one core; memcpy GB/s of the same
+ * buffer in the same run.
+ *
+ * Data: "smollm2" = tests/data/smollm2_kv (real SmolLM2-135M KV, 4 layers x
+ * 3 KV heads x 256 tokens x head_dim 64, fp16), "gaussian" = N(0,1) at
+ * head_dim 64 and 128.  Output: build/bench/codec.json (format in issue 2)
+ * and a table on stdout.
+ *   e8c_bench [--quick] [--out FILE] [--data DIR]
+ *   e8c_bench --sweep       step sizes vs bpe/SNR (to pick presets)
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/e8codec.h"
+#include "tests/codec/e8c_testgen.h"
+
+typedef struct dataset {
+    const char *name;
+    uint32_t L, H, n, T;
+    uint16_t *raw;   /* [L][2][H][T][n] fp16 */
+    float *ref;      /* same, fp32 (the reference for SNR) */
+} dataset;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fingerprint_for(const dataset *d, e8c_fingerprint *fp)
+{
+    e8t_fingerprint(fp, d->L, d->H, d->n, E8C_ROPE_DEFAULT, 0);
+    strcpy(fp->model_id, "HuggingFaceTB/SmolLM2-135M-Instruct");
+    fp->src_dtype = E8C_DTYPE_F16;
+}
+
+static int load_smollm2(const char *dir, dataset *d)
+{
+    static const int layers[4] = {0, 1, 15, 29};
+    d->name = "smollm2"; d->L = 4; d->H = 3; d->n = 64; d->T = 256;
+    size_t per = (size_t)d->H * d->T * d->n;
+    d->raw = malloc(2 * per * 2 * d->L);
+    d->ref = malloc(4 * per * 2 * d->L);
+    if (!d->raw || !d->ref) return -1;
+    for (uint32_t l = 0; l < d->L; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            char path[1024];
+            snprintf(path, sizeof path, "%s/layer%02d.%c.f16", dir, layers[l], kv ? 'v' : 'k');
+            FILE *f = fopen(path, "rb");
+            if (!f) { perror(path); return -1; }
+            size_t got = fread(d->raw + (2 * l + kv) * per, 2, per, f);
+            fclose(f);
+            if (got != per) { fprintf(stderr, "%s: short file\n", path); return -1; }
+        }
+    /* fp32 reference = the fp16 values (what the engine holds) */
+    e8c_fingerprint fp;
+    fingerprint_for(d, &fp);
+    e8c_ctx *ctx = e8c_ctx_create(&fp, NULL);
+    for (size_t i = 0; i < per * 2 * d->L; i++) {
+        uint16_t h = d->raw[i];
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+        float v = e ? ldexpf((float)(m | 0x400), (int)e - 25) : ldexpf((float)m, -24);
+        d->ref[i] = sign ? -v : v;
+    }
+    e8c_ctx_free(ctx);
+    return 0;
+}
+
+static int make_gaussian(dataset *d, uint32_t n, uint32_t L, uint32_t T)
+{
+    d->name = "gaussian"; d->L = L; d->H = n == 64 ? 3 : 2; d->n = n; d->T = T;
+    size_t ne = (size_t)L * 2 * d->H * T * n;
+    d->raw = malloc(2 * ne);
+    d->ref = malloc(4 * ne);
+    if (!d->raw || !d->ref) return -1;
+    e8t_rng r = {n};
+    for (size_t i = 0; i < ne; i++) d->ref[i] = (float)e8t_gauss(&r);
+    e8t_convert(d->ref, d->raw, ne, E8C_DTYPE_F16);
+    for (size_t i = 0; i < ne; i++) { /* reference = the fp16 input */
+        uint16_t h = d->raw[i];
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+        float v = e ? ldexpf((float)(m | 0x400), (int)e - 25) : ldexpf((float)m, -24);
+        d->ref[i] = sign ? -v : v;
+    }
+    return 0;
+}
+
+typedef struct result { double bpe, snr_k, snr_v, enc_gbps, dec_gbps; } result;
+
+static int run(const dataset *d, float k_step, float v_step, const char *preset, int reps, result *res)
+{
+    e8c_fingerprint fp;
+    fingerprint_for(d, &fp);
+    if (preset && e8c_preset_apply(preset, &fp.config)) return -1;
+    if (!preset) { fp.config.k_step = k_step; fp.config.v_step = v_step; }
+    int64_t err;
+    e8c_ctx *ctx = e8c_ctx_create(&fp, &err);
+    if (!ctx) { fprintf(stderr, "ctx: %s\n", e8c_error_name(err)); return -1; }
+    e8c_ctx_reserve(ctx, d->T);
+    int64_t cap = e8c_chunk_max_size(ctx, d->T), rs = e8c_chunk_raw_size(ctx, 0, d->L, d->T, E8C_DTYPE_F16);
+    uint8_t *buf = malloc((size_t)cap);
+    uint16_t *out = malloc((size_t)rs);
+    e8c_chunk_params cp = {d->T, 0, 0, 0};
+    int64_t n = 0;
+    double t0 = now();
+    for (int k = 0; k < reps; k++) n = e8c_chunk_encode(ctx, &cp, d->raw, E8C_DTYPE_F16, buf, (size_t)cap);
+    double t1 = now();
+    if (n < 0) { fprintf(stderr, "encode: %s\n", e8c_ctx_last_error(ctx)); return -1; }
+    int64_t rc = 0;
+    for (int k = 0; k < reps; k++) rc |= e8c_chunk_decode(ctx, buf, (size_t)n, 0, d->L, NULL, out, E8C_DTYPE_F16, (size_t)rs);
+    double t2 = now();
+    if (rc) { fprintf(stderr, "decode: %s\n", e8c_ctx_last_error(ctx)); return -1; }
+    size_t per = (size_t)d->H * d->T * d->n;
+    double se[2] = {0, 0}, sx[2] = {0, 0};
+    for (uint32_t l = 0; l < d->L; l++)
+        for (int kv = 0; kv < 2; kv++)
+            for (size_t i = 0; i < per; i++) {
+                size_t at = (2 * l + kv) * per + i;
+                uint16_t h = out[at];
+                uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+                float v = e ? ldexpf((float)(m | 0x400), (int)e - 25) : ldexpf((float)m, -24);
+                if (h & 0x8000) v = -v;
+                double x = d->ref[at];
+                se[kv] += (x - v) * (x - v);
+                sx[kv] += x * x;
+            }
+    res->bpe = (double)n * 8 / ((double)per * 2 * d->L);
+    res->snr_k = 10 * log10(sx[0] / se[0]);
+    res->snr_v = 10 * log10(sx[1] / se[1]);
+    res->enc_gbps = (double)rs * reps / (t1 - t0) / 1e9;
+    res->dec_gbps = (double)rs * reps / (t2 - t1) / 1e9;
+    free(buf);
+    free(out);
+    e8c_ctx_free(ctx);
+    return 0;
+}
+
+static double memcpy_gbps(size_t bytes, int reps)
+{
+    uint8_t *a = malloc(bytes), *b = malloc(bytes);
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    double t0 = now();
+    for (int k = 0; k < reps; k++) { memcpy(b, a, bytes); a[k % bytes] = b[(k * 7) % bytes]; }
+    double t = now() - t0;
+    free(a);
+    free(b);
+    return (double)bytes * reps / t / 1e9;
+}
+
+static void machine_name(char *out, size_t cap)
+{
+    snprintf(out, cap, "unknown x86-64");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            char *c = strchr(line, ':');
+            if (c) { c += 2; c[strcspn(c, "\n")] = 0; snprintf(out, cap, "%s, 1 core", c); }
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, sweep = 0;
+    const char *out = "build/bench/codec.json", *dir = "tests/data/smollm2_kv";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--sweep")) sweep = 1;
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc) dir = argv[++i];
+        else { fprintf(stderr, "usage: %s [--quick] [--sweep] [--out FILE] [--data DIR]\n", argv[0]); return 2; }
+    }
+    dataset ds[3];
+    int nds = 0;
+    if (load_smollm2(dir, &ds[nds]) == 0) nds++;
+    else fprintf(stderr, "e8c_bench: no SmolLM2 fixture in %s, Gaussian data only\n", dir);
+    if (make_gaussian(&ds[nds++], 64, quick ? 4 : 8, 256) || make_gaussian(&ds[nds++], 128, quick ? 4 : 8, 256))
+        return 1;
+    int reps = quick ? 2 : 5;
+    if (sweep) {
+        static const float steps[] = {0.25f, 0.3f, 0.35f, 0.4f, 0.45f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1.0f, 1.2f, 1.4f};
+        for (int di = 0; di < nds; di++)
+            for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+                result r;
+                if (run(&ds[di], steps[s], steps[s], NULL, 1, &r)) return 1;
+                printf("%-8s hd%-3u step %.2f  bpe(K+V)/2 %.3f  snrK %.2f snrV %.2f\n", ds[di].name, ds[di].n,
+                       (double)steps[s], r.bpe, r.snr_k, r.snr_v);
+            }
+        return 0;
+    }
+    char machine[256];
+    machine_name(machine, sizeof machine);
+    double mc = memcpy_gbps((size_t)ds[0].L * 2 * ds[0].H * ds[0].T * ds[0].n * 2, quick ? 200 : 1000);
+    json_t *root = json_object(), *configs = json_array();
+    json_object_set_new(root, "machine", json_string(machine));
+    json_object_set_new(root, "memcpy_GBps", json_real(mc));
+    printf("machine: %s   memcpy %.2f GB/s (same buffer size, same run)\n", machine, mc);
+    printf("%-6s %-9s %4s %7s %8s %8s %8s %8s\n", "preset", "data", "hd", "bpe", "snrK_dB", "snrV_dB", "enc_GB/s", "dec_GB/s");
+    for (unsigned p = 0; e8c_preset_name(p); p++)
+        for (int di = 0; di < nds; di++) {
+            result r;
+            if (run(&ds[di], 0, 0, e8c_preset_name(p), reps, &r)) return 1;
+            printf("%-6s %-9s %4u %7.3f %8.2f %8.2f %8.3f %8.3f\n", e8c_preset_name(p), ds[di].name, ds[di].n,
+                   r.bpe, r.snr_k, r.snr_v, r.enc_gbps, r.dec_gbps);
+            json_t *c = json_object();
+            json_object_set_new(c, "name", json_string(e8c_preset_name(p)));
+            json_object_set_new(c, "data", json_string(ds[di].name));
+            json_object_set_new(c, "head_dim", json_integer(ds[di].n));
+            json_object_set_new(c, "bpe", json_real(r.bpe));
+            json_object_set_new(c, "snr_k_db", json_real(r.snr_k));
+            json_object_set_new(c, "snr_v_db", json_real(r.snr_v));
+            json_object_set_new(c, "encode_GBps", json_real(r.enc_gbps));
+            json_object_set_new(c, "decode_GBps", json_real(r.dec_gbps));
+            json_array_append_new(configs, c);
+        }
+    json_object_set_new(root, "configs", configs);
+    if (json_dump_file(root, out, JSON_INDENT(2))) { fprintf(stderr, "cannot write %s\n", out); return 1; }
+    printf("wrote %s\n", out);
+    json_decref(root);
+    for (int di = 0; di < nds; di++) { free(ds[di].raw); free(ds[di].ref); }
+    return 0;
+}

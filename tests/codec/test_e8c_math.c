@@ -1,0 +1,239 @@
+/*
+ * test_e8c_math.c: the numeric pieces against independent checks: E8
+ * nearest point against brute force, Hadamard orthonormality, RoPE
+ * frequencies for every variant, sincos against libm, RoPE removal then
+ * restore within fp32 rounding at positions near and past 4096, 8192,
+ * 131072.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <string.h>
+
+#include "codec/e8c_internal.h"
+#include "tests/codec/e8c_testgen.h"
+
+static int in_e8(const int16_t *p2)
+{
+    int par = p2[0] & 1, sum = 0;
+    for (int i = 0; i < 8; i++) {
+        if ((p2[i] & 1) != par) return 0;
+        sum += p2[i];
+    }
+    return (sum % 4) == 0; /* sum of the point = sum/2 must be even */
+}
+
+static double dist2(const float *t, const int16_t *p2)
+{
+    double d = 0;
+    for (int i = 0; i < 8; i++) { double e = t[i] - 0.5 * p2[i]; d += e * e; }
+    return d;
+}
+
+/* All lattice points with doubled coordinates within +-2 of 2t. */
+static double brute_best(const float *t)
+{
+    int lo[8];
+    for (int i = 0; i < 8; i++) lo[i] = (int)floor(2.0 * t[i]) - 2;
+    double best = 1e30;
+    int16_t p[8];
+    for (int idx = 0; idx < 390625; idx++) {
+        int k = idx;
+        for (int i = 0; i < 8; i++) { p[i] = (int16_t)(lo[i] + k % 5); k /= 5; }
+        if (!in_e8(p)) continue;
+        double d = dist2(t, p);
+        if (d < best) best = d;
+    }
+    return best;
+}
+
+static void test_e8_nearest_brute_force(void **state)
+{
+    (void)state;
+    e8t_rng r = {42};
+    for (int n = 0; n < 40; n++) {
+        float t[8];
+        double sc = n < 10 ? 0.7 : n < 30 ? 2.5 : 40;
+        for (int i = 0; i < 8; i++) t[i] = (float)(e8t_gauss(&r) * sc);
+        if (n == 0) for (int i = 0; i < 8; i++) t[i] = 0.5f; /* ties */
+        if (n == 1) for (int i = 0; i < 8; i++) t[i] = (float)(i % 2); /* odd sum */
+        if (n == 2) for (int i = 0; i < 8; i++) t[i] = 0.25f;
+        int16_t p[8];
+        e8c_ref_e8_block(t, p);
+        assert_true(in_e8(p));
+        double ours = dist2(t, p), best = brute_best(t);
+        assert_true(ours <= best + 1e-5 * (1 + best));
+    }
+    /* many more: lattice membership and the 8-neighbourhood check only */
+    for (int n = 0; n < 20000; n++) {
+        float t[8];
+        for (int i = 0; i < 8; i++) t[i] = (float)(e8t_gauss(&r) * 3);
+        int16_t p[8], q[8];
+        e8c_ref_e8_block(t, p);
+        assert_true(in_e8(p));
+        double d = dist2(t, p);
+        /* moving by any root of E8 (+-1 on two coords) never gets closer */
+        for (int i = 0; i < 8; i++)
+            for (int j = i + 1; j < 8; j++)
+                for (int s = 0; s < 4; s++) {
+                    memcpy(q, p, sizeof q);
+                    q[i] += (s & 1) ? 2 : -2;
+                    q[j] += (s & 2) ? 2 : -2;
+                    assert_true(dist2(t, q) >= d - 1e-5 * (1 + d));
+                }
+    }
+}
+
+static void test_hadamard_orthonormal(void **state)
+{
+    (void)state;
+    const uint32_t dims[] = {8, 16, 24, 64, 72, 80, 96, 112, 128, 192, 256, 512};
+    e8t_rng r = {7};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        uint32_t n = dims[k];
+        e8c_hplan hp;
+        e8c_hplan_init(&hp, n, 1234);
+        float x[512], y[512], tmp[512];
+        double nx = 0, ny = 0;
+        for (uint32_t j = 0; j < n; j++) { x[j] = (float)e8t_gauss(&r); nx += (double)x[j] * x[j]; }
+        memcpy(y, x, sizeof(float) * n);
+        e8c_hadamard_fwd(&hp, y, tmp);
+        for (uint32_t j = 0; j < n; j++) ny += (double)y[j] * y[j];
+        assert_true(fabs(nx - ny) < 1e-5 * nx);
+        /* a unit vector in the last block reaches every output block */
+        float e[512] = {0};
+        e[n - 1] = 1;
+        e8c_hadamard_fwd(&hp, e, tmp);
+        for (uint32_t b = 0; b < hp.nblocks; b++) {
+            double en = 0;
+            for (uint32_t j = 0; j < hp.bsize[b]; j++) en += (double)e[hp.boff[b] + j] * e[hp.boff[b] + j];
+            assert_true(en > 0.01 * hp.bsize[b] / n);
+        }
+        e8c_hadamard_inv(&hp, y, tmp);
+        for (uint32_t j = 0; j < n; j++) assert_true(fabsf(y[j] - x[j]) < 1e-5f * (1 + fabsf(x[j])));
+    }
+}
+
+static void test_sincos_vs_libm(void **state)
+{
+    (void)state;
+    e8t_rng r = {9};
+    for (int i = 0; i < 200000; i++) {
+        float a = (float)((e8t_unif(&r) - 0.5) * (i < 100000 ? 20 : 4e5));
+        float s, c;
+        e8c_sincos(a, &s, &c);
+        assert_true(fabs(s - sin((double)a)) < 2e-7);
+        assert_true(fabs(c - cos((double)a)) < 2e-7);
+    }
+}
+
+static void test_rope_inv_freq(void **state)
+{
+    (void)state;
+    e8c_fingerprint fp;
+    float inv[256], ref[256];
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_DEFAULT, 0);
+    assert_int_equal(e8c_rope_inv_freq(&fp, 100, inv), 0);
+    for (int i = 0; i < 32; i++) assert_true(fabsf(inv[i] - (float)pow(100000.0, -i / 32.0)) <= 1e-7f * inv[i]);
+    memcpy(ref, inv, sizeof ref);
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_LINEAR, 0);
+    e8c_rope_inv_freq(&fp, 100, inv);
+    for (int i = 0; i < 32; i++) assert_true(fabsf(inv[i] * 4 - ref[i]) <= 1e-6f * ref[i]);
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_DYNAMIC, 0);
+    e8c_rope_inv_freq(&fp, 4096, inv); /* L <= original: default */
+    assert_memory_equal(inv, ref, 32 * sizeof(float));
+    e8c_rope_inv_freq(&fp, 8192, inv); /* NTK: larger base, lower frequencies */
+    assert_true(inv[0] == ref[0] && inv[31] < ref[31]);
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_YARN, 0);
+    e8c_rope_inv_freq(&fp, 0, inv); /* high freqs extrapolated, low interpolated */
+    assert_true(inv[0] == ref[0] && fabsf(inv[31] * 4 - ref[31]) <= 1e-6f * ref[31]);
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_LLAMA3, 0);
+    float def[256];
+    e8c_fingerprint d = fp;
+    memset(&d.rope, 0, sizeof d.rope);
+    d.rope.type = E8C_ROPE_DEFAULT; d.rope.layout = 1; d.rope.rotary_dim = 64; d.rope.theta = 500000;
+    e8c_rope_inv_freq(&d, 0, def);
+    e8c_rope_inv_freq(&fp, 0, inv);
+    assert_true(inv[0] == def[0] && fabsf(inv[31] * 8 - def[31]) <= 1e-6f * def[31]);
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_LONGROPE, 0);
+    float lo[256];
+    e8c_rope_inv_freq(&fp, 4096, lo);
+    e8c_rope_inv_freq(&fp, 4097, inv);
+    for (int i = 0; i < 32; i++) {
+        assert_true(fabsf(lo[i] * fp.rope.short_factor[i] - ref[i]) <= 2e-6f * ref[i]);
+        assert_true(fabsf(inv[i] * fp.rope.long_factor[i] - ref[i]) <= 2e-6f * ref[i]);
+    }
+}
+
+static void test_rope_roundtrip_all_variants(void **state)
+{
+    (void)state;
+    const uint32_t types[] = {E8C_ROPE_DEFAULT, E8C_ROPE_LINEAR, E8C_ROPE_DYNAMIC, E8C_ROPE_YARN,
+                              E8C_ROPE_LLAMA3, E8C_ROPE_LONGROPE};
+    const uint32_t pos[] = {0, 1, 4095, 4096, 4097, 8191, 8192, 131071, 131072, 131073, 1000000};
+    e8t_rng r = {11};
+    for (size_t ti = 0; ti < 6; ti++)
+        for (int il = 0; il < 2; il++)
+            for (int partial = 0; partial < 2; partial++) {
+                e8c_fingerprint fp;
+                e8t_fingerprint(&fp, 2, 1, 128, types[ti], il);
+                if (partial) {
+                    fp.rope.rotary_dim = 32;
+                    if (types[ti] == E8C_ROPE_LONGROPE) {
+                        fp.rope.n_longrope = 16;
+                        for (int i = 16; i < 64; i++) fp.rope.short_factor[i] = fp.rope.long_factor[i] = 0;
+                    }
+                }
+                assert_int_equal(e8c_fingerprint_validate(&fp, NULL, 0), 0);
+                for (size_t pi = 0; pi < sizeof pos / sizeof pos[0]; pi++) {
+                    float c[64], s[64], x[128], y[128];
+                    assert_int_equal(e8c_rope_cos_sin(&fp, pos[pi] + 1, pos[pi], 1, c, s), 0);
+                    for (int j = 0; j < 128; j++) x[j] = (float)e8t_gauss(&r) * 10;
+                    memcpy(y, x, sizeof x);
+                    e8c_rope_remove(&fp.rope, y, c, s);
+                    if (partial) for (int j = 32; j < 128; j++) assert_true(y[j] == x[j]);
+                    e8c_rope_apply(&fp.rope, y, c, s);
+                    for (int j = 0; j < 128; j++) assert_true(fabsf(y[j] - x[j]) <= 4e-6f * 30);
+                }
+            }
+}
+
+/* Removal undoes the model's rotation: rotate with the HF formula in f64
+ * (split-half), remove with the codec, compare with the pre-RoPE key. */
+static void test_rope_removal_matches_hf(void **state)
+{
+    (void)state;
+    e8c_fingerprint fp;
+    e8t_fingerprint(&fp, 2, 1, 64, E8C_ROPE_DEFAULT, 0);
+    e8t_rng r = {5};
+    float inv[32];
+    e8c_rope_inv_freq(&fp, 0, inv);
+    for (uint32_t p = 0; p < 300; p += 7) {
+        float k[64], rot[64], c[32], s[32];
+        for (int j = 0; j < 64; j++) k[j] = (float)e8t_gauss(&r);
+        for (int i = 0; i < 32; i++) {
+            double a = (double)(float)(inv[i] * (float)p);
+            rot[i] = (float)(k[i] * cos(a) - k[i + 32] * sin(a));
+            rot[i + 32] = (float)(k[i + 32] * cos(a) + k[i] * sin(a));
+        }
+        e8c_rope_cos_sin(&fp, 0, p, 1, c, s);
+        e8c_rope_remove(&fp.rope, rot, c, s);
+        for (int j = 0; j < 64; j++) assert_true(fabsf(rot[j] - k[j]) < 1e-5f);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_e8_nearest_brute_force),
+        cmocka_unit_test(test_hadamard_orthonormal),
+        cmocka_unit_test(test_sincos_vs_libm),
+        cmocka_unit_test(test_rope_inv_freq),
+        cmocka_unit_test(test_rope_roundtrip_all_variants),
+        cmocka_unit_test(test_rope_removal_matches_hf),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
