@@ -1,0 +1,310 @@
+"""e8kv.Client: the gRPC client of e8kvd (service e8kv.v1.KVStore, proto/e8kv/v1/kvstore.proto).
+
+Every method is one RPC of the .proto; read the .proto for what each field means (units,
+limits, defaults). Requests are built from keyword arguments; replies are the generated
+protobuf messages (``e8kv.pb.LookupResponse`` ...), except where a method says otherwise.
+Streams are Python iterators: ``get_chunks`` yields whole chunks as :class:`Chunk`
+(pieces reassembled), ``get_chunk_pieces`` yields the raw response messages, and
+``put_chunks`` consumes any iterable of :class:`ChunkIn` lazily, cut into pieces.
+
+Errors: every failed call raises an ``e8kv.E8kvError`` subclass carrying the gRPC status
+code (``.code``) and the daemon's message (``.message``); see e8kv/errors.py. Errors of a
+stream surface while iterating it.
+
+Thread safety: a Client (one gRPC channel) may be shared by threads; iterators may not.
+"""
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import grpc
+from google.protobuf import json_format
+
+from . import errors
+from .v1 import kvstore_pb2 as pb
+from .v1 import kvstore_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20   # e8kvd's default --max-message-bytes
+DEFAULT_PIECE_BYTES = 2 << 20          # data bytes per ChunkPiece sent by put_chunks
+
+DTYPES = {"fp16": pb.DTYPE_FP16, "bf16": pb.DTYPE_BF16, "fp32": pb.DTYPE_FP32}
+ENCODINGS = {"e8": pb.ENCODING_E8_FRAME, "raw": pb.ENCODING_RAW}
+
+
+@dataclass
+class ChunkIn:
+    """One chunk to store: its token ids and its data (E8 chunk frame or raw KV bytes).
+
+    ``data`` is bytes-like (bytes, memoryview, numpy array buffer). ``alias_key``: optional
+    engine hash (1..64 bytes), never trusted without the token ids.
+    """
+    token_ids: list
+    data: object
+    alias_key: bytes = b""
+
+
+@dataclass
+class Chunk:
+    """One chunk read back by get_chunks: the fields of GetChunksResponse, data joined."""
+    index: int
+    key: bytes
+    start_token: int
+    n_tokens: int
+    layer_begin: int
+    layer_end: int
+    encoding: int
+    dtype: int
+    fingerprint_id: bytes
+    token_ids: list = field(default_factory=list)
+    data: bytes = b""
+
+
+def _enum(value, table, what):
+    """Accepts the protobuf enum number or its short name ("fp16", "raw"...)."""
+    if isinstance(value, str):
+        try:
+            return table[value.lower()]
+        except KeyError:
+            raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(table)}") from None
+    return int(value)
+
+
+def as_fingerprint(fp):
+    """A ModelFingerprint from a ModelFingerprint message or a dict of its fields."""
+    if isinstance(fp, pb.ModelFingerprint):
+        return fp
+    if isinstance(fp, dict):
+        return json_format.ParseDict(fp, pb.ModelFingerprint())
+    raise TypeError(f"fingerprint must be e8kv.pb.ModelFingerprint or dict, not {type(fp).__name__}")
+
+
+class Client:
+    """Connection to one e8kvd.
+
+    address: "host:port", "unix:/path/to/socket" (any gRPC target). token: the bearer token
+    of your namespace (sent as ``authorization: Bearer <token>``); None without a tokens
+    file on the daemon. timeout: default deadline per call in seconds (None = none).
+    credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None = plaintext.
+    """
+
+    def __init__(self, address, token=None, *, timeout=None, credentials=None,
+                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, options=()):
+        self.address = address
+        self.timeout = timeout
+        opts = [("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes), *options]
+        if credentials is not None:
+            self._channel = grpc.secure_channel(address, credentials, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        self._stub = pb_grpc.KVStoreStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        # Measured rates used by e8kv.hf's load-or-recompute decision (see hf.py).
+        self.rates = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, name, request, timeout=None):
+        try:
+            return getattr(self._stub, name)(request, timeout=timeout or self.timeout,
+                                             metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, name) from None
+
+    def wait_ready(self, timeout=10.0):
+        """Blocks until the channel connects; raises e8kv.Unavailable after ``timeout`` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE,
+                                     f"no e8kvd at {self.address} after {timeout} s") from None
+
+    def health(self, service="", timeout=None):
+        """grpc.health.v1 Check: returns "SERVING", "NOT_SERVING", ... for ``service``."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            r = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                           timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, "Health.Check") from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+    # ------------------------------------------------------------------ chunks
+    def put_chunks(self, fingerprint, chunks: Iterable[ChunkIn], *, encoding="e8",
+                   raw_dtype=None, chunk_tokens=0, session="", create_session=False,
+                   parent_key=b"", parent_end_token=0, session_start_token=None,
+                   expect_session_tokens=None, session_metadata=None,
+                   piece_bytes=DEFAULT_PIECE_BYTES, timeout=None):
+        """PutChunks: stores ``chunks`` (in sequence order) and returns PutChunksResponse.
+
+        encoding "e8": each data is a codec chunk frame; "raw": raw KV
+        [n_layers][2][n_kv_heads][n_tokens][head_dim] in ``raw_dtype`` ("fp16", "bf16",
+        "fp32") for the daemon to encode. Chunks are sent lazily in pieces of at most
+        ``piece_bytes`` data bytes, so a long sequence never sits in one message.
+        """
+        header = pb.PutHeader(
+            fingerprint=as_fingerprint(fingerprint), chunk_tokens=chunk_tokens,
+            encoding=_enum(encoding, ENCODINGS, "encoding"),
+            raw_dtype=_enum(raw_dtype, DTYPES, "dtype") if raw_dtype is not None else 0,
+            session=session, create_session=create_session, parent_key=parent_key,
+            parent_end_token=parent_end_token, session_metadata=session_metadata or {})
+        if session_start_token is not None:
+            header.session_start_token = session_start_token
+        if expect_session_tokens is not None:
+            header.expect_session_tokens = expect_session_tokens
+        if piece_bytes <= 0:
+            raise ValueError("piece_bytes must be > 0")
+
+        def requests():
+            yield pb.PutChunksRequest(header=header)
+            for c in chunks:
+                data = memoryview(c.data).cast("B") if not isinstance(c.data, bytes) else c.data
+                n = len(data)
+                off = 0
+                first = True
+                while first or off < n:
+                    end = min(n, off + piece_bytes)
+                    piece = pb.ChunkPiece(data=bytes(data[off:end]), more=end < n)
+                    if first:
+                        piece.token_ids.extend(int(t) for t in c.token_ids)
+                        if c.alias_key:
+                            piece.alias_key = c.alias_key
+                        first = False
+                    yield pb.PutChunksRequest(pieces=[piece])
+                    off = end
+        return self._call("PutChunks", requests(), timeout)
+
+    def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, timeout=None):
+        """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse."""
+        req = pb.LookupRequest(fingerprint=as_fingerprint(fingerprint), chunk_tokens=chunk_tokens,
+                               token_ids=[int(t) for t in token_ids])
+        return self._call("Lookup", req, timeout)
+
+    def _get_request(self, keys, session, start_token, end_token, layer_begin, layer_end,
+                     encoding, dtype, max_piece_bytes, expect_fingerprint_id):
+        if (keys is None) == (not session):
+            raise ValueError("give exactly one of keys= or session=")
+        req = pb.GetChunksRequest(
+            layer_begin=layer_begin, layer_end=layer_end,
+            encoding=_enum(encoding, ENCODINGS, "encoding"),
+            dtype=_enum(dtype, DTYPES, "dtype") if dtype is not None else 0,
+            max_piece_bytes=max_piece_bytes, expect_fingerprint_id=expect_fingerprint_id)
+        if keys is not None:
+            req.keys.keys.extend(keys)
+        else:
+            req.range.session = session
+            req.range.start_token = start_token
+            req.range.end_token = end_token
+        return req
+
+    def get_chunk_pieces(self, keys=None, *, session="", start_token=0, end_token=0,
+                         layer_begin=0, layer_end=0, encoding="e8", dtype=None,
+                         max_piece_bytes=0, expect_fingerprint_id=b"",
+                         timeout=None) -> Iterator:
+        """GetChunks as the daemon streams it: an iterator of GetChunksResponse pieces."""
+        req = self._get_request(keys, session, start_token, end_token, layer_begin,
+                                layer_end, encoding, dtype, max_piece_bytes,
+                                expect_fingerprint_id)
+        try:
+            stream = self._stub.GetChunks(req, timeout=timeout or self.timeout,
+                                          metadata=self._metadata)
+            for msg in stream:
+                yield msg
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, "GetChunks") from None
+
+    def get_chunks(self, keys=None, **kw) -> Iterator[Chunk]:
+        """GetChunks by ``keys`` (list of 32-byte keys) or ``session=`` (+ start_token,
+        end_token): an iterator of whole :class:`Chunk` in order. Other keywords as
+        get_chunk_pieces: layer_begin/layer_end, encoding "e8"|"raw", dtype for raw."""
+        cur, parts = None, []
+        for m in self.get_chunk_pieces(keys, **kw):
+            if cur is None or m.chunk_index != cur.index:
+                if cur is not None:
+                    raise errors.DataLoss(grpc.StatusCode.DATA_LOSS,
+                                          f"chunk {cur.index} ended without its last piece",
+                                          "GetChunks")
+                cur = Chunk(m.chunk_index, m.chunk_key, m.start_token, m.n_tokens,
+                            m.layer_begin, m.layer_end, m.encoding, m.dtype,
+                            m.fingerprint_id, list(m.token_ids))
+                parts = []
+            if m.offset != sum(len(p) for p in parts):
+                raise errors.DataLoss(grpc.StatusCode.DATA_LOSS,
+                                      f"chunk {m.chunk_index}: piece at offset {m.offset} "
+                                      "out of order", "GetChunks")
+            parts.append(m.data)
+            if m.last_piece:
+                cur.data = b"".join(parts)
+                if len(cur.data) != m.chunk_bytes:
+                    raise errors.DataLoss(grpc.StatusCode.DATA_LOSS,
+                                          f"chunk {m.chunk_index}: {len(cur.data)} bytes "
+                                          f"received, {m.chunk_bytes} announced", "GetChunks")
+                yield cur
+                cur = None
+        if cur is not None:
+            raise errors.DataLoss(grpc.StatusCode.DATA_LOSS,
+                                  f"stream ended inside chunk {cur.index}", "GetChunks")
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(self, name, fingerprint, *, chunk_tokens=0, metadata=None,
+                       if_not_exists=False, timeout=None):
+        """CreateSession; returns CreateSessionResponse (.session, .created)."""
+        req = pb.CreateSessionRequest(name=name, fingerprint=as_fingerprint(fingerprint),
+                                      chunk_tokens=chunk_tokens, metadata=metadata or {},
+                                      if_not_exists=if_not_exists)
+        return self._call("CreateSession", req, timeout)
+
+    def append_session(self, name, token_ids, *, expect_session_tokens=None, timeout=None):
+        """AppendSession: appends already-stored chunks, named by their token ids."""
+        req = pb.AppendSessionRequest(name=name, token_ids=[int(t) for t in token_ids])
+        if expect_session_tokens is not None:
+            req.expect_session_tokens = expect_session_tokens
+        return self._call("AppendSession", req, timeout)
+
+    def get_session(self, name, *, include_chunk_keys=False, timeout=None):
+        """GetSession; returns SessionInfo."""
+        req = pb.GetSessionRequest(name=name, include_chunk_keys=include_chunk_keys)
+        return self._call("GetSession", req, timeout).session
+
+    def list_sessions(self, *, page_size=0, model_id="", fingerprint_id=b"", name_prefix="",
+                      timeout=None) -> Iterator:
+        """ListSessions over every page: an iterator of SessionInfo, ordered by name."""
+        token = ""
+        while True:
+            r = self._call("ListSessions", pb.ListSessionsRequest(
+                page_size=page_size, page_token=token, model_id=model_id,
+                fingerprint_id=fingerprint_id, name_prefix=name_prefix), timeout)
+            yield from r.sessions
+            token = r.next_page_token
+            if not token:
+                return
+
+    def delete_session(self, name, *, expect_session_tokens=None, timeout=None):
+        """DeleteSession; returns DeleteSessionResponse (.chunks_unpinned)."""
+        req = pb.DeleteSessionRequest(name=name)
+        if expect_session_tokens is not None:
+            req.expect_session_tokens = expect_session_tokens
+        return self._call("DeleteSession", req, timeout)
+
+    # ------------------------------------------------------------------ admin
+    def get_stats(self, timeout=None):
+        """GetStats; returns GetStatsResponse."""
+        return self._call("GetStats", pb.GetStatsRequest(), timeout)
+
+    def verify(self, *, quarantine=False, max_bytes=0, timeout=None):
+        """Verify (admin); returns VerifyResponse."""
+        return self._call("Verify", pb.VerifyRequest(quarantine=quarantine, max_bytes=max_bytes),
+                          timeout)
+
+    def compact(self, *, min_dead_fraction=0.0, max_bytes=0, timeout=None):
+        """Compact (admin); returns CompactResponse."""
+        return self._call("Compact", pb.CompactRequest(min_dead_fraction=min_dead_fraction,
+                                                       max_bytes=max_bytes), timeout)
