@@ -248,8 +248,13 @@ int e8s_maintain(e8s_store *st) {
   if (!st) return store_err(E8S_ERR_INVAL, "maintain: NULL store");
   store_lease_expire(st, store_mono_ms());
   if (st->readonly) return E8S_OK;
-  int e = store_wtxn_run(st, noop_fn, NULL); /* applies pending LRU touches */
-  if (e) return e;
+  pthread_mutex_lock(&st->pin_mu);
+  size_t touches = st->n_touches;
+  pthread_mutex_unlock(&st->pin_mu);
+  if (touches) { /* apply pending LRU touches (no commit, no fsync when idle) */
+    int e = store_wtxn_run(st, noop_fn, NULL);
+    if (e) return e;
+  }
   /* fully dead sealed segments: compaction with nothing to move just drops them */
   e8s_compact_report rep;
   return e8s_compact(st, 1.0, &rep, NULL, NULL);

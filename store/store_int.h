@@ -92,6 +92,7 @@ int store_io_pwrite_create(store_io **out);
 /* A complete write for a single buffer at off with pwrite, continuing short writes. */
 int store_pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off);
 int store_pread_all(int fd, void *buf, uint64_t len, uint64_t off); /* -errno, or 1 on EOF */
+int store_preadv_all(int fd, struct iovec *iov, int niov, uint64_t off); /* niov <= 2 */
 
 /* ---------------------------------------------------------------- LMDB values */
 typedef struct store_chunk_val {     /* db "chunks": key[32] -> this */
@@ -171,6 +172,11 @@ struct e8s_store {
   store_seg *wseg;           /* segment being appended (NULL until the first write) */
   uint64_t wpos;             /* next write offset in wseg */
   uint64_t next_seg_id;
+
+  pthread_mutex_t gc_mu;     /* group commit queue of e8s_put calls (store_put.c) */
+  pthread_cond_t gc_cv;
+  struct put_ctx *gc_head, *gc_tail;
+  int gc_busy;               /* a leader is working */
 
   pthread_mutex_t seg_mu;    /* the segment table */
   store_seg *segs;

@@ -51,6 +51,21 @@ int store_iov_skip(const store_iow *w, struct iovec out[2]) {
   return n;
 }
 
+int store_preadv_all(int fd, struct iovec *iov, int niov, uint64_t off) {
+  store_iow w = {.fd = fd, .off = off, .niov = niov};
+  for (int i = 0; i < niov; i++) w.iov[i] = iov[i], w.len += iov[i].iov_len;
+  while (w.done < w.len) {
+    struct iovec v[2];
+    int nv = store_iov_skip(&w, v);
+    ssize_t r = preadv(fd, v, nv, (off_t)(off + w.done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -errno;
+    if (r == 0) return 1;
+    w.done += (uint64_t)r;
+  }
+  return 0;
+}
+
 static void pw_write_batch(store_io *io, store_iow *w, size_t n) {
   (void)io;
   for (size_t i = 0; i < n; i++) {

@@ -124,6 +124,8 @@ int e8s_open(const e8s_config *cfg, e8s_store **out) {
   pthread_mutex_init(&st->wlock, NULL);
   pthread_mutex_init(&st->seg_mu, NULL);
   pthread_mutex_init(&st->pin_mu, NULL);
+  pthread_mutex_init(&st->gc_mu, NULL);
+  pthread_cond_init(&st->gc_cv, NULL);
   int e = open_inner(st);
   if (e) {
     char msg[512];
@@ -154,6 +156,8 @@ void e8s_close(e8s_store *st) {
   pthread_mutex_destroy(&st->wlock);
   pthread_mutex_destroy(&st->seg_mu);
   pthread_mutex_destroy(&st->pin_mu);
+  pthread_mutex_destroy(&st->gc_mu);
+  pthread_cond_destroy(&st->gc_cv);
   free(st->dir);
   free(st->segdir);
   free(st);

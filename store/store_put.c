@@ -1,16 +1,19 @@
-/* store_put.c: e8s_put, the write path.
+/* store_put.c: e8s_put, the write path, with group commit.
  *
- * Outside the writer mutex: argument checks, token digests, payload CRC32C (the expensive
- * parts, so writer threads overlap them). Under the writer mutex, inside one LMDB write txn:
- *   1. plan: per record, existed (same key, same token digest: idempotent, first writer wins)
- *      or conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
+ * Outside any lock: argument checks, token digests, payload CRC32C (the expensive parts, so
+ * writer threads overlap them). Then the call joins a queue. One caller at a time is the
+ * leader: it takes every queued call (its own and those that arrived while the previous leader
+ * worked) and, under the writer mutex, inside one LMDB write transaction:
+ *   1. plan each call: existed (same key, same token digest: idempotent, first writer wins) or
+ *      conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
  *      namespace (quota) and of the store (budget), in this same transaction;
- *   2. write the planned records through the io engine (one batch), fdatasync every segment
- *      touched (a new segment was already fsynced with its directory when created); a record
- *      whose write or sync failed is dropped from the plan and its segment sealed;
- *   3. insert the survivors into the index and commit; then reply.
- * MDB_MAP_FULL anywhere: abort, grow the map, redo 1 and 3 (records already on disk are not
- * written again). A failed record's bytes are dead space that no index entry points at. */
+ *   2. write every planned record of the group through the io engine (one batch) and
+ *      fdatasync each segment touched once (a new segment was fsynced with its directory when
+ *      created); a record whose write or sync failed drops out and its segment is sealed;
+ *   3. insert the survivors into the index, commit, and wake the callers.
+ * So N concurrent callers share one data fdatasync and one LMDB commit. MDB_MAP_FULL anywhere:
+ * abort, grow the map, redo 1 and 3 (records already on disk are not written again). A failed
+ * record's bytes are dead space that no index entry points at. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +24,9 @@ typedef struct put_item {
   uint8_t hdr[E8S_RECORD_HEADER_BYTES];
   uint64_t bytes;     /* record bytes: header + payload */
   uint32_t crc;
-  int dup_of;         /* index of an earlier record of the batch with the same key, or -1 */
+  int dup_of;         /* index of an earlier record of the same call with the same key, or -1 */
+  struct put_item *xdup;  /* same key planned by an earlier call of the group */
+  e8s_put_rec *xdup_rec;
   int planned;        /* to be inserted in this attempt */
   int written;        /* on disk and synced */
   uint64_t seg_id, off;
@@ -34,8 +39,17 @@ typedef struct put_ctx {
   e8s_put_rec *r;
   put_item *it;
   size_t n;
-  store_retire_list retire;
+  uint64_t bytes;     /* record bytes of the call */
+  int rc;             /* call-level error (unknown namespace/fingerprint), else E8S_OK */
+  int done;
+  struct put_ctx *next;
 } put_ctx;
+
+typedef struct put_group {
+  put_ctx **c;
+  size_t n;
+  store_retire_list retire;
+} put_group;
 
 static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
   it->dup_of = -1;
@@ -52,17 +66,19 @@ static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
   return E8S_OK;
 }
 
-/* Budget check for one record given `pending` bytes already planned in this batch. */
-static int make_room(MDB_txn *txn, e8s_store *st, put_ctx *c, uint64_t bytes, uint64_t pending) {
+/* Budget check for one record of call c, given bytes already planned in this group in total
+ * (pending) and in c's namespace (pending_ns). */
+static int make_room(MDB_txn *txn, e8s_store *st, put_group *g, put_ctx *c, uint64_t bytes,
+                     uint64_t pending, uint64_t pending_ns) {
   store_ns_val ns;
   int e = store_ns_load(txn, st, c->ns_id, &ns);
   if (e) return e;
   uint64_t freed, need;
   if (ns.quota) {
     if (bytes > ns.quota) return store_err(E8S_ERR_QUOTA, "put: record larger than the quota");
-    if (ns.used + pending + bytes > ns.quota) {
-      need = ns.used + pending + bytes - ns.quota;
-      if ((e = store_evict(txn, st, c->ns_id, need, &freed, &c->retire))) return e;
+    if (ns.used + pending_ns + bytes > ns.quota) {
+      need = ns.used + pending_ns + bytes - ns.quota;
+      if ((e = store_evict(txn, st, c->ns_id, need, &freed, &g->retire))) return e;
       if (freed < need)
         return store_err(E8S_ERR_QUOTA, "namespace %s: quota %llu bytes reached, the rest is "
                          "pinned", ns.name, (unsigned long long)ns.quota);
@@ -74,7 +90,7 @@ static int make_room(MDB_txn *txn, e8s_store *st, put_ctx *c, uint64_t bytes, ui
   if ((e = store_meta_get_u64(txn, st, "used", &used))) return e;
   if (used + pending + bytes > cap) {
     need = used + pending + bytes - cap;
-    if ((e = store_evict(txn, st, 0, need, &freed, &c->retire))) return e;
+    if ((e = store_evict(txn, st, 0, need, &freed, &g->retire))) return e;
     if (freed < need)
       return store_err(E8S_ERR_FULL, "store budget %llu bytes reached, the rest is pinned",
                        (unsigned long long)cap);
@@ -82,12 +98,43 @@ static int make_room(MDB_txn *txn, e8s_store *st, put_ctx *c, uint64_t bytes, ui
   return E8S_OK;
 }
 
-static int plan(MDB_txn *txn, e8s_store *st, put_ctx *c) {
-  uint64_t pending = 0;
+static int check_owner(MDB_txn *txn, e8s_store *st, put_ctx *c) {
+  store_ns_val ns;
+  int e = store_ns_load(txn, st, c->ns_id, &ns);
+  if (e == E8S_ERR_NOTFOUND) return store_err(e, "put: namespace %u unknown", c->ns_id);
+  if (e) return e;
+  MDB_val k = {32, (void *)c->fp}, v;
+  int rc = mdb_get(txn, st->db_fp, &k, &v);
+  if (rc == MDB_NOTFOUND) return store_err(E8S_ERR_NOTFOUND, "put: fingerprint not registered");
+  return rc ? store_err_mdb(rc, "get fp") : E8S_OK;
+}
+
+/* An item of an earlier call of the group planned under the same key, or NULL. */
+static put_item *planned_before(put_group *g, size_t ci, const uint8_t key[32],
+                                e8s_put_rec **rec) {
+  for (size_t k = 0; k < ci; k++) {
+    put_ctx *o = g->c[k];
+    for (size_t i = 0; i < o->n; i++)
+      if (o->it[i].planned && memcmp(o->r[i].key, key, 32) == 0) {
+        *rec = &o->r[i];
+        return &o->it[i];
+      }
+  }
+  return NULL;
+}
+
+static int plan(MDB_txn *txn, e8s_store *st, put_group *g, size_t ci, uint64_t *pending) {
+  put_ctx *c = g->c[ci];
+  uint64_t pending_ns = 0;
+  for (size_t k = 0; k < ci; k++)
+    if (g->c[k]->ns_id == c->ns_id)
+      for (size_t i = 0; i < g->c[k]->n; i++)
+        if (g->c[k]->it[i].planned) pending_ns += g->c[k]->it[i].bytes;
   for (size_t i = 0; i < c->n; i++) {
     e8s_put_rec *r = &c->r[i];
     put_item *it = &c->it[i];
     it->planned = 0;
+    it->xdup = NULL;
     if (r->result != E8S_OK || it->dup_of >= 0) continue;
     store_chunk_val v;
     int e = store_chunk_get(txn, st, r->key, &v);
@@ -98,55 +145,66 @@ static int plan(MDB_txn *txn, e8s_store *st, put_ctx *c) {
       continue;
     }
     if (e != E8S_ERR_NOTFOUND) return e;
-    e = make_room(txn, st, c, it->bytes, pending);
+    it->xdup = planned_before(g, ci, r->key, &it->xdup_rec);
+    if (it->xdup) continue; /* settled after the commit, from the other call's result */
+    e = make_room(txn, st, g, c, it->bytes, *pending, pending_ns);
     if (e == STORE_MAPFULL_RETRY || e == E8S_ERR_CORRUPT || e == E8S_ERR_NOMEM) return e;
     if (e) {
       r->result = e;
       continue;
     }
     it->planned = 1;
-    pending += it->bytes;
+    *pending += it->bytes;
+    pending_ns += it->bytes;
   }
   return E8S_OK;
 }
 
-/* Writes and syncs planned records not yet on disk. */
-static int write_planned(e8s_store *st, put_ctx *c) {
-  store_iow *w = calloc(c->n, sizeof *w);
-  size_t *idx = calloc(c->n, sizeof *idx);
-  int *fds = calloc(c->n, sizeof *fds), *res = calloc(c->n, sizeof *res);
-  if (!w || !idx || !fds || !res) {
-    free(w), free(idx), free(fds), free(res);
+typedef struct wref { put_ctx *c; size_t i; } wref;
+
+/* Writes and syncs the group's planned records not yet on disk. */
+static int write_planned(e8s_store *st, put_group *g) {
+  size_t total = 0;
+  for (size_t k = 0; k < g->n; k++) total += g->c[k]->n;
+  store_iow *w = calloc(total ? total : 1, sizeof *w);
+  wref *ref = calloc(total ? total : 1, sizeof *ref);
+  int *fds = calloc(total ? total : 1, sizeof *fds), *res = calloc(total ? total : 1, sizeof *res);
+  if (!w || !ref || !fds || !res) {
+    free(w), free(ref), free(fds), free(res);
     return E8S_ERR_NOMEM;
   }
   size_t nw = 0, nf = 0;
-  for (size_t i = 0; i < c->n; i++) {
-    put_item *it = &c->it[i];
-    if (!it->planned || it->written) continue;
-    store_seg *seg;
-    int e = store_seg_reserve(st, it->bytes, &seg, &it->off);
-    if (e) {
-      c->r[i].result = e;
-      it->planned = 0;
-      continue;
+  for (size_t k = 0; k < g->n; k++) {
+    put_ctx *c = g->c[k];
+    for (size_t i = 0; i < c->n; i++) {
+      put_item *it = &c->it[i];
+      if (!it->planned || it->written) continue;
+      store_seg *seg;
+      int e = store_seg_reserve(st, it->bytes, &seg, &it->off);
+      if (e) {
+        c->r[i].result = e;
+        it->planned = 0;
+        continue;
+      }
+      it->seg_id = seg->id;
+      it->fd = seg->fd;
+      w[nw] = (store_iow){.fd = seg->fd, .off = it->off, .niov = 2, .len = it->bytes};
+      w[nw].iov[0] = (struct iovec){it->hdr, E8S_RECORD_HEADER_BYTES};
+      w[nw].iov[1] = (struct iovec){(void *)c->r[i].payload, c->r[i].payload_bytes};
+      ref[nw++] = (wref){c, i};
     }
-    it->seg_id = seg->id;
-    it->fd = seg->fd;
-    w[nw] = (store_iow){.fd = seg->fd, .off = it->off, .niov = 2, .len = it->bytes};
-    w[nw].iov[0] = (struct iovec){it->hdr, E8S_RECORD_HEADER_BYTES};
-    w[nw].iov[1] = (struct iovec){(void *)c->r[i].payload, c->r[i].payload_bytes};
-    idx[nw++] = i;
   }
   if (nw) st->io->ops->write_batch(st->io, w, nw);
-  int write_failed = 0;
+  int failed = 0;
   for (size_t j = 0; j < nw; j++) {
-    put_item *it = &c->it[idx[j]];
+    put_item *it = &ref[j].c->it[ref[j].i];
     if (w[j].res) {
-      c->r[idx[j]].result = store_err(store_err_errno(w[j].res), "segment %llu offset %llu: "
-                                      "write: %s", (unsigned long long)it->seg_id,
-                                      (unsigned long long)it->off, strerror(-w[j].res));
+      ref[j].c->r[ref[j].i].result =
+          store_err(store_err_errno(w[j].res), "segment %llu offset %llu: write: %s",
+                    (unsigned long long)it->seg_id, (unsigned long long)it->off,
+                    strerror(-w[j].res));
       it->planned = 0;
-      write_failed = 1;
+      failed = 1;
       continue;
     }
     size_t f = 0;
@@ -154,23 +212,23 @@ static int write_planned(e8s_store *st, put_ctx *c) {
     if (f == nf) fds[nf++] = it->fd;
   }
   if (nf) st->io->ops->sync_batch(st->io, fds, res, nf);
-  int sync_failed = 0;
   for (size_t j = 0; j < nw; j++) {
-    put_item *it = &c->it[idx[j]];
+    put_item *it = &ref[j].c->it[ref[j].i];
     if (!it->planned) continue;
     size_t f = 0;
     while (fds[f] != it->fd) f++;
     if (res[f]) { /* what the kernel dropped is unknown: nothing since the last good sync */
-      c->r[idx[j]].result = store_err(store_err_errno(res[f]) == E8S_ERR_NOSPC ? E8S_ERR_NOSPC
-                                      : E8S_ERR_IO, "segment %llu: fdatasync: %s",
-                                      (unsigned long long)it->seg_id, strerror(-res[f]));
+      int code = store_err_errno(res[f]) == E8S_ERR_NOSPC ? E8S_ERR_NOSPC : E8S_ERR_IO;
+      ref[j].c->r[ref[j].i].result = store_err(code, "segment %llu: fdatasync: %s",
+                                               (unsigned long long)it->seg_id,
+                                               strerror(-res[f]));
       it->planned = 0;
-      sync_failed = 1;
+      failed = 1;
     } else it->written = 1;
   }
   /* a failed write or sync leaves the segment's tail unknown: seal it, append elsewhere */
-  if (write_failed || sync_failed) store_seg_seal_active(st);
-  free(w), free(idx), free(fds), free(res);
+  if (failed) store_seg_seal_active(st);
+  free(w), free(ref), free(fds), free(res);
   return E8S_OK;
 }
 
@@ -193,44 +251,127 @@ static int insert_planned(MDB_txn *txn, e8s_store *st, put_ctx *c) {
   return E8S_OK;
 }
 
-static int check_owner(MDB_txn *txn, e8s_store *st, put_ctx *c) {
-  store_ns_val ns;
-  int e = store_ns_load(txn, st, c->ns_id, &ns);
-  if (e == E8S_ERR_NOTFOUND) return store_err(e, "put: namespace %u unknown", c->ns_id);
-  if (e) return e;
-  MDB_val k = {32, (void *)c->fp}, v;
-  int rc = mdb_get(txn, st->db_fp, &k, &v);
-  if (rc == MDB_NOTFOUND) return store_err(E8S_ERR_NOTFOUND, "put: fingerprint not registered");
-  return rc ? store_err_mdb(rc, "get fp") : E8S_OK;
+static int attempt(MDB_txn *txn, e8s_store *st, put_group *g) {
+  int e = store_touch_flush(st, txn);
+  uint64_t pending = 0;
+  for (size_t k = 0; k < g->n && !e; k++) {
+    put_ctx *c = g->c[k];
+    for (size_t i = 0; i < c->n; i++) c->r[i].existed = 0;
+    if (c->rc) continue;
+    int o = check_owner(txn, st, c);
+    if (o == E8S_ERR_NOTFOUND) c->rc = o;
+    else if (o) e = o;
+    else e = plan(txn, st, g, k, &pending);
+  }
+  if (!e) e = write_planned(st, g);
+  for (size_t k = 0; k < g->n && !e; k++)
+    if (!g->c[k]->rc) e = insert_planned(txn, st, g->c[k]);
+  return e;
 }
 
-static int run_locked(e8s_store *st, put_ctx *c) {
+/* The leader's work for a group; writer mutex held. */
+static int run_group(e8s_store *st, put_group *g) {
   for (;;) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) return store_err_mdb(rc, "write txn_begin");
-    int e = store_touch_flush(st, txn);
-    if (!e) e = check_owner(txn, st, c);
-    if (!e) e = plan(txn, st, c);
-    if (!e) e = write_planned(st, c);
-    if (!e) e = insert_planned(txn, st, c);
+    int e = attempt(txn, st, g);
     if (!e) e = store_txn_commit(st, txn);
     else mdb_txn_abort(txn);
     if (e == E8S_OK) return E8S_OK;
-    free(c->retire.ids);
-    memset(&c->retire, 0, sizeof c->retire);
+    free(g->retire.ids);
+    memset(&g->retire, 0, sizeof g->retire);
     if (e == STORE_MAPFULL_RETRY) e = store_map_grow(st);
-    if (e) {
-      /* the whole attempt is void: nothing it planned is visible */
-      for (size_t i = 0; i < c->n; i++) {
-        if (c->it[i].planned || (c->r[i].result == E8S_OK && !c->r[i].existed &&
-                                 c->it[i].dup_of < 0))
-          c->r[i].result = e;
-      }
-      return e;
-    }
-    for (size_t i = 0; i < c->n; i++) c->r[i].existed = 0;
+    if (e) return e; /* the whole attempt is void: nothing it planned is visible */
   }
+}
+
+/* Sets final results of call c after the group finished with group_rc. */
+static int settle(e8s_store *st, put_ctx *c, int group_rc) {
+  int first = E8S_OK;
+  for (size_t i = 0; i < c->n; i++) {
+    e8s_put_rec *r = &c->r[i];
+    put_item *it = &c->it[i];
+    if (c->rc && r->result == E8S_OK) r->result = c->rc;
+    if (group_rc && r->result == E8S_OK && !r->existed) r->result = group_rc;
+    if (it->xdup && r->result == E8S_OK) {
+      r->result = it->xdup_rec->result;
+      r->existed = r->result == E8S_OK;
+      if (r->existed && memcmp(it->xdup->digest, it->digest, 32) != 0)
+        r->result = E8S_ERR_CONFLICT, r->existed = 0;
+    }
+    if (it->dup_of >= 0 && r->result == E8S_OK) {
+      int d = it->dup_of;
+      r->result = c->r[d].result;
+      r->existed = r->result == E8S_OK;
+      if (r->existed && memcmp(c->it[d].digest, it->digest, 32) != 0)
+        r->result = E8S_ERR_CONFLICT, r->existed = 0;
+    }
+    if (r->result == E8S_OK && r->existed) {
+      store_touch(st, r->key);
+      atomic_fetch_add(&st->c_existed, 1);
+    } else if (r->result == E8S_OK) atomic_fetch_add(&st->c_stored, 1);
+    if (first == E8S_OK) first = r->result;
+  }
+  return c->rc ? c->rc : first;
+}
+
+#define GROUP_MAX_CALLS 64
+
+/* A group never holds more than a quarter of the budget, so that calls that fit the budget
+ * alone are not refused for the company they arrived in; 1 GiB without a budget. */
+static uint64_t group_bytes_max(const e8s_store *st) {
+  uint64_t cap = st->cfg.capacity_bytes;
+  return cap ? cap / 4 : (1ull << 30);
+}
+
+/* Queues c and returns when a leader (maybe this thread) has processed it. */
+static int group_commit(e8s_store *st, put_ctx *c) {
+  pthread_mutex_lock(&st->gc_mu);
+  c->next = NULL;
+  if (st->gc_tail) st->gc_tail->next = c;
+  else st->gc_head = c;
+  st->gc_tail = c;
+  while (!c->done) {
+    if (st->gc_busy) {
+      pthread_cond_wait(&st->gc_cv, &st->gc_mu);
+      continue;
+    }
+    st->gc_busy = 1; /* lead: take what is queued, up to the group limits */
+    put_group g = {0};
+    size_t n = 0;
+    uint64_t bytes = 0;
+    put_ctx *head = st->gc_head, *last = NULL;
+    for (put_ctx *p = head; p; p = p->next) {
+      if (n && (n == GROUP_MAX_CALLS || bytes + p->bytes > group_bytes_max(st))) break;
+      n++, bytes += p->bytes, last = p;
+    }
+    st->gc_head = last->next;
+    if (!st->gc_head) st->gc_tail = NULL;
+    last->next = NULL;
+    g.c = malloc(n * sizeof *g.c);
+    pthread_mutex_unlock(&st->gc_mu);
+    int e = E8S_ERR_NOMEM;
+    if (g.c) {
+      for (put_ctx *p = head; p; p = p->next) g.c[g.n++] = p;
+      pthread_mutex_lock(&st->wlock);
+      e = run_group(st, &g);
+      pthread_mutex_unlock(&st->wlock);
+      if (e == E8S_OK) store_retire_apply(st, &g.retire);
+      else free(g.retire.ids);
+    }
+    pthread_mutex_lock(&st->gc_mu);
+    for (put_ctx *p = head, *nx; p; p = nx) {
+      nx = p->next;
+      p->rc = settle(st, p, e);
+      p->done = 1;
+    }
+    free(g.c);
+    st->gc_busy = 0;
+    pthread_cond_broadcast(&st->gc_cv);
+  }
+  pthread_mutex_unlock(&st->gc_mu);
+  return c->rc;
 }
 
 int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
@@ -246,35 +387,15 @@ int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
   if (!c.it) return E8S_ERR_NOMEM;
   for (size_t i = 0; i < n_recs; i++) {
     recs[i].result = prepare(&recs[i], &c.it[i], ns_id);
+    if (recs[i].result == E8S_OK) c.bytes += c.it[i].bytes;
     for (size_t j = 0; j < i && recs[i].result == E8S_OK; j++)
-      if (c.it[j].dup_of < 0 && memcmp(recs[j].key, recs[i].key, 32) == 0) {
+      if (c.it[j].dup_of < 0 && recs[j].result == E8S_OK &&
+          memcmp(recs[j].key, recs[i].key, 32) == 0) {
         c.it[i].dup_of = (int)j;
         break;
       }
   }
-  pthread_mutex_lock(&st->wlock);
-  int e = run_locked(st, &c);
-  pthread_mutex_unlock(&st->wlock);
-  if (e == E8S_OK) store_retire_apply(st, &c.retire);
-  else free(c.retire.ids);
-  int first = E8S_OK;
-  for (size_t i = 0; i < n_recs; i++) {
-    put_item *it = &c.it[i];
-    if (e != E8S_OK && recs[i].result == E8S_OK) recs[i].result = e;
-    if (it->dup_of >= 0 && recs[i].result == E8S_OK) {
-      int d = it->dup_of;
-      recs[i].result = recs[d].result;
-      recs[i].existed = recs[d].result == E8S_OK &&
-                        memcmp(c.it[d].digest, it->digest, 32) == 0;
-      if (recs[d].result == E8S_OK && !recs[i].existed)
-        recs[i].result = E8S_ERR_CONFLICT;
-    }
-    if (recs[i].result == E8S_OK && recs[i].existed) {
-      store_touch(st, recs[i].key);
-      atomic_fetch_add(&st->c_existed, 1);
-    } else if (recs[i].result == E8S_OK) atomic_fetch_add(&st->c_stored, 1);
-    if (first == E8S_OK) first = recs[i].result;
-  }
+  int e = group_commit(st, &c);
   free(c.it);
-  return first;
+  return e;
 }

@@ -179,10 +179,10 @@ int store_seg_read_from(store_seg *s, const store_chunk_val *rec, const uint8_t 
   uint8_t hdr[E8S_RECORD_HEADER_BYTES], hkey[32];
   uint64_t plen = 0;
   uint32_t hcrc = 0;
-  int e = store_pread_all(s->fd, hdr, sizeof hdr, rec->offset);
+  struct iovec iov[2] = {{hdr, sizeof hdr}, {buf, rec->payload_bytes}};
+  int e = store_preadv_all(s->fd, iov, 2, rec->offset); /* header and payload in one call */
   int bad_hdr = e == 0 && (store_rec_hdr_decode(hdr, hkey, &plen, &hcrc) != 0 ||
                            memcmp(hkey, key, 32) != 0 || plen != rec->payload_bytes);
-  if (e == 0 && !bad_hdr) e = store_pread_all(s->fd, buf, rec->payload_bytes, rec->offset + sizeof hdr);
   *found_crc = 0;
   if (e < 0) return store_err(store_err_errno(e), "segment %llu offset %llu: read: %s",
                               (unsigned long long)rec->seg_id, (unsigned long long)rec->offset,

@@ -1,0 +1,195 @@
+/* bench_store.c: `make bench-store`. Store write and read throughput and latency for 1 MiB
+ * records, fsync per batch, against fio on the same directory with the same block size and
+ * sync pattern, in the same run. Writes $(BUILD)/bench/store.json:
+ *   {"record_bytes", "write_GBps", "read_GBps", "write_p99_ms", "read_p99_ms",
+ *    "fio_write_GBps", "fio_read_GBps", "engine"}
+ * plus a table on stdout. GB = 1e9 bytes; bytes counted are payload bytes (fio: data bytes).
+ * Write latency is per put call (one batch, acknowledged = on disk and indexed); read latency
+ * per record (e8s_get, CRC checked). Reads are cold: the segment files are dropped from the page
+ * cache first (posix_fadvise DONTNEED), as fio does for its file (invalidate=1).
+ * fio jobs: write = rw=write bs=1M fdatasync=BATCH, ioengine io_uring with iodepth=BATCH (or
+ * psync for the pwrite engine); read = rw=read bs=1M ioengine=psync (the store reads with
+ * pread, one record at a time). Buffered I/O on both sides.
+ * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] */
+#include <dirent.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store/e8store.h"
+
+#define REC (1u << 20)
+#define CT 256
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, size_t n, double p) {
+  qsort(v, n, sizeof *v, cmp_d);
+  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+  return v[i < n ? i : n - 1];
+}
+
+static void die(const char *what, int rc) {
+  fprintf(stderr, "bench_store: %s: %s %s\n", what, e8s_error_name(rc), e8s_last_error_detail());
+  exit(1);
+}
+
+static void drop_cache(const char *segdir) {
+  DIR *d = opendir(segdir);
+  char p[2048];
+  for (struct dirent *de; d && (de = readdir(d));) {
+    if (!strstr(de->d_name, ".seg")) continue;
+    snprintf(p, sizeof p, "%s/%s", segdir, de->d_name);
+    int fd = open(p, O_RDONLY);
+    if (fd >= 0) fdatasync(fd), posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), close(fd);
+  }
+  if (d) closedir(d);
+}
+
+/* Runs fio with args, returns bw_bytes of jobs[0].<rw>, or -1. */
+static double run_fio(const char *dir, const char *args, const char *rw, double *p99_ms) {
+  char out[1100], cmd[4096];
+  snprintf(out, sizeof out, "%s/fio.json", dir);
+  snprintf(cmd, sizeof cmd, "fio --name=e8s --directory=%s --filename=fio.dat %s "
+           "--output-format=json --output=%s >/dev/null 2>&1", dir, args, out);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "bench_store: fio failed: %s\n", cmd);
+    return -1;
+  }
+  json_error_t err;
+  json_t *root = json_load_file(out, 0, &err);
+  json_t *job = root ? json_array_get(json_object_get(root, "jobs"), 0) : NULL;
+  json_t *side = job ? json_object_get(job, rw) : NULL;
+  double bw = side ? (double)json_integer_value(json_object_get(side, "bw_bytes")) : -1;
+  json_t *pc = side ? json_object_get(json_object_get(json_object_get(side, "clat_ns"),
+                                                      "percentile"), "99.000000") : NULL;
+  *p99_ms = pc ? (double)json_integer_value(pc) / 1e6 : -1;
+  json_decref(root);
+  unlink(out);
+  return bw;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 5) {
+    fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite]\n");
+    return 2;
+  }
+  const char *dir = argv[1], *outp = argv[4];
+  size_t n = (size_t)atol(argv[2]), batch = (size_t)atol(argv[3]);
+  int pw = argc > 5 && strcmp(argv[5], "pwrite") == 0;
+  if (n == 0 || batch == 0 || n % batch) return fprintf(stderr, "RECORDS %% BATCH != 0\n"), 2;
+  char cmd[1200], data[1100], segdir[1200];
+  snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
+  if (system(cmd) != 0) return 1;
+  snprintf(data, sizeof data, "%s/store", dir);
+  snprintf(segdir, sizeof segdir, "%s/segments", data);
+
+  e8s_config cfg;
+  e8s_config_init(&cfg);
+  cfg.dir = data;
+  cfg.flags = E8S_OPEN_CREATE;
+  cfg.io_engine = pw ? E8S_IO_PWRITE : E8S_IO_AUTO;
+  cfg.uring_entries = (uint32_t)(batch < 64 ? 64 : batch);
+  e8s_store *st;
+  int rc = e8s_open(&cfg, &st);
+  if (rc) die("open", rc);
+  e8s_ns_info ns;
+  if ((rc = e8s_ns_create(st, "bench", NULL, 0, &ns))) die("ns", rc);
+  uint8_t fp[32] = {1};
+  if ((rc = e8s_fp_register(st, fp, "bench", 5))) die("fp", rc);
+
+  uint8_t *pay = malloc((size_t)REC * batch);
+  for (size_t i = 0; i < (size_t)REC * batch; i++) pay[i] = (uint8_t)(i * 131 + (i >> 12));
+  uint32_t *tok = malloc(n * CT * sizeof *tok);
+  for (size_t i = 0; i < n * CT; i++) tok[i] = (uint32_t)i;
+  uint8_t (*keys)[32] = malloc(n * 32);
+  e8s_put_rec *r = calloc(batch, sizeof *r);
+  double *wl = malloc(n / batch * sizeof *wl), *rl = malloc(n * sizeof *rl);
+
+  double t0 = now_s();
+  for (size_t b = 0; b < n / batch; b++) {
+    for (size_t j = 0; j < batch; j++) {
+      size_t i = b * batch + j;
+      memset(&r[j], 0, sizeof r[j]);
+      if (i) memcpy(r[j].parent, keys[i - 1], 32);
+      e8s_chunk_key(ns.salt, fp, r[j].parent, tok + i * CT, CT, keys[i]);
+      memcpy(r[j].key, keys[i], 32);
+      r[j].tokens = tok + i * CT;
+      r[j].n_tokens = CT;
+      pay[j * REC] = (uint8_t)i; /* distinct payloads */
+      r[j].payload = pay + j * REC;
+      r[j].payload_bytes = REC;
+    }
+    double a = now_s();
+    if ((rc = e8s_put(st, ns.id, fp, r, batch))) die("put", rc);
+    wl[b] = (now_s() - a) * 1e3;
+  }
+  double tw = now_s() - t0;
+  drop_cache(segdir);
+  uint8_t *buf = malloc(REC);
+  t0 = now_s();
+  for (size_t i = 0; i < n; i++) {
+    double a = now_s();
+    uint64_t got;
+    if ((rc = e8s_get(st, ns.id, keys[i], buf, REC, &got))) die("get", rc);
+    rl[i] = (now_s() - a) * 1e3;
+  }
+  double tr = now_s() - t0;
+  const char *engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
+  e8s_close(st);
+
+  double bytes = (double)n * REC;
+  double w_gbps = bytes / tw / 1e9, r_gbps = bytes / tr / 1e9;
+  double w_p50 = pct(wl, n / batch, 0.5), w_p99 = pct(wl, n / batch, 0.99);
+  double r_p50 = pct(rl, n, 0.5), r_p99 = pct(rl, n, 0.99);
+
+  char args[512];
+  double fw_p99, fr_p99;
+  snprintf(args, sizeof args, "--rw=write --bs=1M --size=%zuM --fdatasync=%zu %s", n, batch,
+           strcmp(engine, "io_uring") == 0 ? "--ioengine=io_uring --iodepth=" : "--ioengine=psync");
+  if (strcmp(engine, "io_uring") == 0) snprintf(args + strlen(args), sizeof args - strlen(args), "%zu", batch);
+  double fw = run_fio(dir, args, "write", &fw_p99);
+  snprintf(args, sizeof args, "--rw=read --bs=1M --size=%zuM --ioengine=psync --invalidate=1", n);
+  double fr = run_fio(dir, args, "read", &fr_p99);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "bench_store: could not remove %s\n", dir);
+  if (fw < 0 || fr < 0) return 1;
+
+  json_t *o = json_object();
+  json_object_set_new(o, "record_bytes", json_integer(REC));
+  json_object_set_new(o, "write_GBps", json_real(w_gbps));
+  json_object_set_new(o, "read_GBps", json_real(r_gbps));
+  json_object_set_new(o, "write_p99_ms", json_real(w_p99));
+  json_object_set_new(o, "read_p99_ms", json_real(r_p99));
+  json_object_set_new(o, "fio_write_GBps", json_real(fw / 1e9));
+  json_object_set_new(o, "fio_read_GBps", json_real(fr / 1e9));
+  json_object_set_new(o, "engine", json_string(engine));
+  if (json_dump_file(o, outp, JSON_INDENT(2)) != 0) return fprintf(stderr, "write %s\n", outp), 1;
+  json_decref(o);
+
+  printf("store bench: %zu records of %u bytes, fsync every %zu records (one put call), "
+         "engine %s, directory %s\n", n, REC, batch, engine, dir);
+  printf("%-8s %12s %12s %12s %12s %12s\n", "", "store GB/s", "fio GB/s", "store/fio",
+         "store p50 ms", "store p99 ms");
+  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per batch of %zu)\n", "write",
+         w_gbps, fw / 1e9, 100 * w_gbps / (fw / 1e9), w_p50, w_p99, batch);
+  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per record; cold cache)\n",
+         "read", r_gbps, fr / 1e9, 100 * r_gbps / (fr / 1e9), r_p50, r_p99);
+  printf("fio p99 completion latency: write %.2f ms per 1 MiB, read %.2f ms\n", fw_p99, fr_p99);
+  printf("wrote %s\n", outp);
+  free(pay), free(tok), free(keys), free(r), free(wl), free(rl), free(buf);
+  return 0;
+}
