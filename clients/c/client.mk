@@ -14,16 +14,19 @@ KVC_GEN_H    := $(KVC_GEN_C:.c=.h)
 KVC_PROTO_V1 := proto/e8kv/v1/kvstore.proto
 KVC_HEALTH   := /usr/share/grpc-proto/grpc/health/v1/health.proto
 KVC_SRCS     := clients/c/e8kv_err.c clients/c/e8kv_conn.c clients/c/e8kv_call.c \
-                clients/c/e8kv_rpc.c clients/c/e8kv_stream.c
+                clients/c/e8kv_rpc.c clients/c/e8kv_stream.c \
+                clients/c/e8kv_codec.c
 KVC_OBJS     := $(KVC_SRCS:%.c=$(BUILD)/obj/%.o) $(KVC_GEN_C:%.c=%.o)
 KVC_LIB      := $(BUILD)/lib/libe8kv.a
 KVC_SO       := $(BUILD)/lib/libe8kv.so
 KVC_PC       := $(BUILD)/lib/pkgconfig/e8kv.pc
-KVC_PKGS     := grpc libprotobuf-c
+KVC_PKGS     := grpc libprotobuf-c libzstd libisal libcrypto
+# libe8codec (codec/codec.mk builds it; installed beside libe8kv).
+KVC_CODEC    := $(BUILD)/lib/libe8codec.a
 PREFIX       ?= /usr/local
 
 CFLAGS_clients += $(call pc_cflags,$(KVC_PKGS) jansson) -I$(KVC_GEN)
-KVC_LDLIBS   := $(call pc_libs,$(KVC_PKGS))
+KVC_LDLIBS   := $(KVC_CODEC) $(call pc_libs,$(KVC_PKGS)) -lm
 
 LIBS += $(KVC_LIB) $(KVC_SO) $(KVC_PC)
 
@@ -45,26 +48,33 @@ $(KVC_LIB): $(KVC_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(KVC_SO): $(KVC_OBJS)
+$(KVC_SO): $(KVC_OBJS) $(KVC_CODEC)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libe8kv.so.0 -o $@ $^ $(LDFLAGS_BASE) $(KVC_LDLIBS)
 
+# The .pc text for a prefix ($(1)); the build tree's copy says $(PREFIX), and
+# install writes one for the PREFIX it installs to.
+kvc_pc_text = printf '%s\n' 'prefix=$(1)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+  'Name: e8kv' 'Description: C client of e8kvd, the compressed KV-cache store (e8kv.v1)' \
+  'Version: 0.1.0' 'Requires: $(KVC_PKGS)' 'Cflags: -I$${includedir}/e8kv -I$${includedir}/e8kv/gen' \
+  'Libs: -L$${libdir} -le8kv -le8codec -lm'
+
 $(KVC_PC): clients/c/client.mk
 	@mkdir -p $(dir $@)
-	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
-	  'Name: e8kv' 'Description: C client of e8kvd, the compressed KV-cache store (e8kv.v1)' \
-	  'Version: 0.1.0' 'Requires: $(KVC_PKGS)' 'Cflags: -I$${includedir} -I$${includedir}/e8kv/gen' \
-	  'Libs: -L$${libdir} -le8kv' > $@
+	$(call kvc_pc_text,$(PREFIX)) > $@
 
 .PHONY: install install-libe8kv
 install: install-libe8kv
-install-libe8kv: $(KVC_LIB) $(KVC_SO) $(KVC_PC)
+install-libe8kv: $(KVC_LIB) $(KVC_SO) $(KVC_PC) $(KVC_CODEC)
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/e8kv \
 	  $(DESTDIR)$(PREFIX)/include/e8kv/gen/e8kv/v1 $(DESTDIR)$(PREFIX)/include/e8kv/gen/grpc/health/v1
 	install -m 644 $(KVC_LIB) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(KVC_SO) $(DESTDIR)$(PREFIX)/lib/libe8kv.so.0
 	ln -sf libe8kv.so.0 $(DESTDIR)$(PREFIX)/lib/libe8kv.so
-	install -m 644 $(KVC_PC) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(call kvc_pc_text,$(PREFIX)) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/e8kv.pc
+	install -d $(DESTDIR)$(PREFIX)/include/e8kv/codec
 	install -m 644 clients/c/e8kv.h $(DESTDIR)$(PREFIX)/include/e8kv/
+	install -m 644 codec/e8codec.h $(DESTDIR)$(PREFIX)/include/e8kv/codec/
+	install -m 644 $(KVC_CODEC) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(KVC_GEN)/e8kv/v1/kvstore.pb-c.h $(DESTDIR)$(PREFIX)/include/e8kv/gen/e8kv/v1/
 	install -m 644 $(KVC_GEN)/grpc/health/v1/health.pb-c.h $(DESTDIR)$(PREFIX)/include/e8kv/gen/grpc/health/v1/

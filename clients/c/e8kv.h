@@ -11,10 +11,16 @@
  * Addresses
  *   "host:port" or "dns:///host:port"  TCP (IPv4/IPv6 literals as "[::1]:7000").
  *   "unix:/abs/path" or "unix:rel/path" a unix-domain socket.
- *   TLS is used when e8kv_options.tls is set or a CA file is given; a bearer token,
+ *   TLS is used when e8kv_options.tls is set or a TLS file is given; a bearer token,
  *   when given, is sent on every call as "authorization: Bearer <token>" metadata.
- *   (gRPC refuses to send tokens over an insecure TCP channel only if the daemon
- *   asks for it; e8kvd accepts tokens on unix sockets and plain loopback TCP.)
+ *   Without TLS the token crosses the network in clear: use TLS, a unix socket, or
+ *   loopback.
+ *
+ * Deadlines
+ *   Every unary call carries deadline_ms (default 30 s), every stream
+ *   stream_deadline_ms for its whole life (default 1 h). A call to an address
+ *   where nothing listens fails at once with E8KV_UNAVAILABLE (no waiting for
+ *   the daemon to appear: gRPC's wait-for-ready is off).
  *
  * Errors: one space (e8kv_status)
  *   Codes 0..16 are the gRPC status codes with the same numbers and meaning (what
@@ -47,6 +53,9 @@
  * installed under <includedir>/e8kv/gen. */
 #include "e8kv/v1/kvstore.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+/* libe8codec, for encoding and decoding on the caller's side (installed with
+ * libe8kv as <includedir>/e8kv/codec/e8codec.h). */
+#include "codec/e8codec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -227,6 +236,52 @@ typedef int (*e8kv_chunk_fn)(void *ctx, const e8kv_chunk *chunk);
 
 e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *req,
                             e8kv_chunk_fn fn, void *ctx, e8kv_error *err);
+
+/* ---- the codec on the caller's side (libe8codec) -----------------------------
+ * An engine that encodes its own KV (CPU here, or CUDA through codec/cuda/)
+ * sends E8 chunk frames (ENCODING_E8_FRAME) and gets them back undecoded, so
+ * the daemon never spends CPU on the codec and the wire carries ~4x fewer bytes.
+ *
+ * The fingerprint is the link: create the e8c_ctx from an e8c_fingerprint and
+ * put the same fingerprint in the PutHeader with e8kv_fingerprint_to_pb; the
+ * daemon then computes the same fingerprint id and accepts the frames (it
+ * refuses frames whose embedded id differs, FAILED_PRECONDITION/INVALID_ARGUMENT). */
+
+/* Storage for a wire fingerprint built from a codec one (no allocation; the
+ * message points into the struct, which must not move while it is used). */
+typedef struct e8kv_fingerprint_pb {
+  E8kv__V1__ModelFingerprint m; /* the message: pass &x.m */
+  E8kv__V1__RopeConfig rope;
+  E8kv__V1__CodecConfig codec;
+  char model_id[E8C_MODEL_ID_MAX];
+  char preset[E8C_PRESET_NAME_MAX];
+  uint32_t protected_layers[E8C_MAX_LAYERS];
+  double short_factor[E8C_MAX_ROPE_FACTORS];
+  double long_factor[E8C_MAX_ROPE_FACTORS];
+} e8kv_fingerprint_pb;
+
+/* Fills out with every field of fp explicit (as e8kvd reports stored
+ * fingerprints). fp should be valid (e8c_fingerprint_validate). Thread-safe. */
+void e8kv_fingerprint_to_pb(const e8c_fingerprint *fp, e8kv_fingerprint_pb *out);
+
+/* Encodes one chunk of raw KV ([n_layers][2][n_kv_heads][n_tokens][head_dim] in
+ * `dtype`, n_tokens = cp->n_tokens = n_token_ids) with ctx and sends it on the
+ * PutChunks stream p, whose header must say ENCODING_E8_FRAME and carry ctx's
+ * fingerprint. The encode buffer is allocated per call (e8c_chunk_max_size
+ * bytes) and freed before returning. Errors: E8KV_E_CODEC (message from the
+ * codec: NaN input, bad shape...), E8KV_E_NOMEM, and those of e8kv_put_chunk.
+ * ctx is used by this thread only for the call (e8c_ctx is not thread-safe). */
+e8kv_status e8kv_put_chunk_encode(e8kv_put *p, e8c_ctx *ctx, const e8c_chunk_params *cp,
+                                  const void *raw, e8c_dtype dtype, const uint32_t *token_ids,
+                                  size_t n_token_ids, e8kv_error *err);
+
+/* Decodes layers [layer_begin, layer_end) of a chunk received as an E8 frame into
+ * dst ([layer_end - layer_begin][2][n_kv_heads][n_tokens][head_dim] of dtype,
+ * dst_size bytes: see e8c_chunk_raw_size). Errors: E8KV_E_USAGE (a RAW chunk),
+ * E8KV_E_CODEC (wrong fingerprint, corrupted frame, small dst: message says). */
+e8kv_status e8kv_chunk_decode(e8c_ctx *ctx, const e8kv_chunk *chunk, uint32_t layer_begin,
+                              uint32_t layer_end, void *dst, e8c_dtype dtype, size_t dst_size,
+                              e8kv_error *err);
 
 #ifdef __cplusplus
 }

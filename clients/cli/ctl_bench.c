@@ -115,7 +115,8 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
   }
   ctl_bench_fill(raw, elems);
   char session[128];
-  snprintf(session, sizeof session, "e8kvctl-bench-%d-%ld", (int)getpid(), (long)time(NULL));
+  if (ctx->opt[CTL_O_NAME]) snprintf(session, sizeof session, "%s", ctx->opt[CTL_O_NAME]);
+  else snprintf(session, sizeof session, "e8kvctl-bench-%d-%ld", (int)getpid(), (long)time(NULL));
   ctl_prog prog;
   ctl_prog_begin(&prog, ctx->progress, "bench", 2 * N, 0);
   e8kv_error err;
@@ -131,6 +132,10 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
     h.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
     h.session = session;
     h.create_session = i == 0;
+    if (i == 0) { /* a new session: refuse to append to an existing one */
+      h.session_expect_case = E8KV__V1__PUT_HEADER__SESSION_EXPECT_EXPECT_SESSION_TOKENS;
+      h.expect_session_tokens = 0;
+    }
     double t0 = ctl_bench_now();
     e8kv_put *p = NULL;
     E8kv__V1__PutChunksResponse *r = NULL;
@@ -180,7 +185,7 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
   dreq.name = session;
   E8kv__V1__DeleteSessionResponse *dr = NULL;
   e8kv_error derr;
-  e8kv_status ds = e8kv_delete_session(ctx->client, &dreq, &dr, &derr);
+  e8kv_status ds = ctx->opt[CTL_O_NAME] ? E8KV_OK : e8kv_delete_session(ctx->client, &dreq, &dr, &derr);
   e8kv_msg_free(dr);
   if (!rc && ds) rc = ctl_error_e8kv(ctx, &derr);
   if (!rc) {

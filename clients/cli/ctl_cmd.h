@@ -3,8 +3,9 @@
  * command runs with.
  *
  * Options are data (ctl_optdef): one table of global options and one per
- * command; getopt_long (glibc) parses them and --help is printed from the
- * same tables, so help and behaviour cannot drift apart.
+ * command; getopt_long (glibc) parses them and --help (and --help-markdown,
+ * pasted in README.md) is printed from the same tables, so help, docs and
+ * behaviour cannot drift apart.
  */
 #ifndef CTL_CMD_H
 #define CTL_CMD_H
@@ -78,6 +79,8 @@ int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max
 int ctl_parse_opts(ctl_ctx *ctx, const ctl_optdef *a, const ctl_optdef *b, int argc,
                    char **argv, int stop_at_nonopt);
 void ctl_help_main(FILE *f);
+/* The command and exit-code tables in Markdown (pasted into README.md; a test compares). */
+void ctl_help_markdown(FILE *f);
 void ctl_help_cmd(FILE *f, const ctl_cmd *cmd);
 const ctl_cmd *ctl_cmd_find(const char *name);
 

@@ -425,11 +425,12 @@ int ctl_on_import(ctl_ctx *ctx, int argc, char **argv) {
                         (json_int_t)r->chunks_deduplicated, "stored_bytes",
                         (json_int_t)r->stored_bytes);
   e8kv_msg_free(r);
-  e8kv_msg_free(m);
+  e8kv_msg_free(m); /* `name` may point into m: use the copy in o from here on */
   if (ctx->json) {
     ctl_out_json(stdout, o);
   } else {
-    printf("imported %s: %lld chunks (%lld new, %lld already stored), %lld tokens\n", name,
+    printf("imported %s: %lld chunks (%lld new, %lld already stored), %lld tokens\n",
+           json_string_value(json_object_get(o, "session")),
            (long long)json_integer_value(json_object_get(o, "chunks")),
            (long long)json_integer_value(json_object_get(o, "chunks_stored")),
            (long long)json_integer_value(json_object_get(o, "chunks_deduplicated")),

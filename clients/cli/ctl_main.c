@@ -22,7 +22,7 @@ const ctl_optdef ctl_global_opts[] = {
     {CTL_O_TOKEN_FILE, "token-file", 't', "FILE", NULL,
      "read the bearer token from FILE (first line); else $E8KV_TOKEN"},
     {CTL_O_NAMESPACE, "namespace", 'n', "NS", "default",
-     "offline: namespace to read (online, the token picks the namespace)"},
+     "namespace: offline, the one to read; online, checked against the token's"},
     {CTL_O_DATA_DIR, "data-dir", 'd', "DIR", NULL,
      "offline: read this data directory (read-only) instead of asking a daemon"},
     {CTL_O_JSON, "json", 'j', NULL, NULL, "print the result as JSON (for scripts)"},
@@ -56,6 +56,7 @@ static const ctl_optdef ctl_bench_opts[] = {
     {CTL_O_CHUNK_TOKENS, "chunk-tokens", 0, "N", "256", "tokens per chunk"},
     {CTL_O_CHUNKS, "chunks", 'c', "N", "16", "chunks to put and get"},
     {CTL_O_PRESET, "preset", 0, "NAME", "K3V2", "codec preset: K4V4 K4V3 K4V2 K3V3 K3V2 K2V2"},
+    {CTL_O_NAME, "session", 's', "NAME", NULL, "put into this session and keep it (else a throwaway one)"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
 const ctl_cmd ctl_commands[] = {
@@ -67,7 +68,7 @@ const ctl_cmd ctl_commands[] = {
      "Store-wide figures: bytes used and capacity, chunks, sessions, namespaces,\n"
      "lookup hit rate (online), and bits per element of what is stored.",
      NULL, ctl_on_stat, ctl_off_stat},
-    {"ls", NULL, 0, 0, "list sessions (paginated; filter by namespace, model)",
+    {"ls", NULL, 0, 0, "list sessions of a namespace (paginated; filter by model, name prefix)",
      "Lists sessions of the namespace, one page at a time (--limit, --page-token),\n"
      "or all pages with --all. The next page token is printed last (and is\n"
      "\"next_page_token\" in --json output).",
@@ -103,7 +104,8 @@ const ctl_cmd ctl_commands[] = {
     {"bench", NULL, 0, 0, "put/get throughput with a synthetic shape",
      "Puts --chunks chunks of random KV of the given shape (raw fp16 for the daemon\n"
      "to encode), gets them back, and reports tokens/s, GB/s and per-chunk latency\n"
-     "percentiles. Uses a throwaway session in the namespace and deletes it.",
+     "percentiles. Uses a throwaway session in the namespace and deletes it, unless\n"
+     "--session names one to create and keep (e.g. sample data for export tests).",
      ctl_bench_opts, ctl_on_bench, NULL},
     {NULL, NULL, 0, 0, NULL, NULL, NULL, NULL, NULL}};
 
@@ -144,6 +146,23 @@ static int ctl_read_token(ctl_ctx *ctx, const char *path, char **out) {
   return CTL_EXIT_OK;
 }
 
+/* Online the token picks the namespace; --namespace is then an assertion, checked
+ * against the daemon's answer, never silently ignored. */
+static int ctl_check_namespace(ctl_ctx *ctx) {
+  E8kv__V1__GetStatsResponse *r = NULL;
+  e8kv_error err;
+  if (e8kv_get_stats(ctx->client, &r, &err)) return ctl_error_e8kv(ctx, &err);
+  const char *have = r->namespace_stats && r->namespace_stats->namespace_name
+                         ? r->namespace_stats->namespace_name : "";
+  int rc = CTL_EXIT_OK;
+  if (strcmp(have, ctx->opt[CTL_O_NAMESPACE]) != 0)
+    rc = ctl_error(ctx, CTL_EXIT_AUTH, "PERMISSION_DENIED",
+                   "--namespace %s: the token is for namespace \"%s\" (online, the token picks "
+                   "the namespace)", ctx->opt[CTL_O_NAMESPACE], have);
+  e8kv_msg_free(r);
+  return rc;
+}
+
 static int ctl_open_client(ctl_ctx *ctx) {
   e8kv_options o;
   e8kv_options_init(&o);
@@ -165,13 +184,21 @@ static int ctl_open_client(ctl_ctx *ctx) {
   e8kv_error err;
   e8kv_status s = e8kv_client_open(&o, &ctx->client, &err);
   free(token);
-  return s ? ctl_error_e8kv(ctx, &err) : CTL_EXIT_OK;
+  if (s) return ctl_error_e8kv(ctx, &err);
+  return ctx->opt[CTL_O_NAMESPACE] ? ctl_check_namespace(ctx) : CTL_EXIT_OK;
 }
 
 int main(int argc, char **argv) {
   ctl_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.prog = argv[0];
+  /* --json is known before parsing, so that usage errors come as JSON too. */
+  for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+    if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "-j") == 0) ctx.json = 1;
+  if (argc == 2 && strcmp(argv[1], "--help-markdown") == 0) {
+    ctl_help_markdown(stdout);
+    return CTL_EXIT_OK;
+  }
   /* Global options up to the command name. */
   int n = ctl_parse_opts(&ctx, ctl_global_opts, NULL, argc, argv, 1);
   if (n < 0) return CTL_EXIT_USAGE;
@@ -207,7 +234,10 @@ int main(int argc, char **argv) {
                        cmd->name);
     rc = cmd->run_offline(&ctx, np, cargv + 1);
   } else {
-    if ((rc = ctl_open_client(&ctx))) return rc;
+    if ((rc = ctl_open_client(&ctx))) {
+      e8kv_client_close(ctx.client); /* NULL when it did not open */
+      return rc;
+    }
     rc = cmd->run_online(&ctx, np, cargv + 1);
     e8kv_client_close(ctx.client);
   }

@@ -51,7 +51,7 @@ int ctl_parse_opts(ctl_ctx *ctx, const ctl_optdef *a, const ctl_optdef *b, int a
   char **pos = calloc((size_t)argc + 1, sizeof *pos);
   if (!pos) return -1;
   int npos = 0;
-  optind = 1;
+  optind = 0; /* 0: glibc re-reads the optstring mode (+ or -) on every scan */
   opterr = 0;
   int c, li;
   while ((c = getopt_long(argc, argv, shorts, lo, &li)) != -1) {
@@ -115,6 +115,16 @@ void ctl_help_main(FILE *f) {
   for (const ctl_exit_info *e = ctl_exit_table; e->name; e++)
     fprintf(f, "  %2d  %-12s %s\n", e->code, e->name, e->meaning);
   fprintf(f, "\n`e8kvctl COMMAND --help` shows a command's options.\n");
+}
+
+void ctl_help_markdown(FILE *f) {
+  fprintf(f, "| command | what | modes |\n| --- | --- | --- |\n");
+  for (const ctl_cmd *c = ctl_commands; c->name; c++)
+    fprintf(f, "| `%s%s%s` | %s | %s |\n", c->name, c->args ? " " : "", c->args ? c->args : "",
+            c->summary, c->run_offline ? "online, offline" : "online");
+  fprintf(f, "\n| exit | name | meaning |\n| --- | --- | --- |\n");
+  for (const ctl_exit_info *e = ctl_exit_table; e->name; e++)
+    fprintf(f, "| %d | `%s` | %s |\n", e->code, e->name, e->meaning);
 }
 
 void ctl_help_cmd(FILE *f, const ctl_cmd *cmd) {

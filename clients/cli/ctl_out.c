@@ -30,19 +30,23 @@ size_t ctl_utf8_width(const char *s) {
   return w;
 }
 
-/* Cuts s in place to at most `width` display columns, ending with "~" when cut. */
+/* Byte offset of the code point that starts display column `col` of s. */
+static size_t ctl_utf8_offset(const char *s, size_t col) {
+  size_t w = 0, i = 0;
+  for (; s[i]; i++)
+    if (((unsigned char)s[i] & 0xC0) != 0x80 && w++ == col) return i;
+  return i;
+}
+
+/* Cuts s in place to at most `width` display columns, keeping its start and its end
+ * around a "~" (names often differ only at the end: "chat-~0042"). */
 static void ctl_utf8_cut(char *s, size_t width) {
-  if (ctl_utf8_width(s) <= width || width == 0) return;
-  size_t w = 0;
-  char *p = s;
-  for (; *p; p++) {
-    if (((unsigned char)*p & 0xC0) != 0x80) {
-      if (w == width - 1) break;
-      w++;
-    }
-  }
-  p[0] = '~';
-  p[1] = '\0';
+  size_t w = ctl_utf8_width(s);
+  if (w <= width || width == 0) return;
+  size_t head = (width - 1) / 2 + (width - 1) % 2, tail = width - 1 - head;
+  size_t h = ctl_utf8_offset(s, head), t = ctl_utf8_offset(s, w - tail);
+  s[h] = '~';
+  memmove(s + h + 1, s + t, strlen(s + t) + 1);
 }
 
 json_t *ctl_json_path(const json_t *obj, const char *path) {
@@ -128,32 +132,58 @@ void ctl_out_table(FILE *f, const ctl_col *cols, const json_t *rows, int width) 
       if (cw > w[c]) w[c] = cw;
     }
   }
-  /* Shrink the widest shrinkable column until the table fits (2 spaces between columns). */
+  /* Fit the table to `width` (2 spaces between columns). */
+  int *shown = malloc(nc * sizeof *shown);
+  if (!shown) { free(cells); free(w); return; }
+  for (size_t c = 0; c < nc; c++) shown[c] = 1;
+  /* First leave out droppable columns while even the narrowest table would not fit. */
   for (;;) {
-    size_t total = 0;
-    for (size_t c = 0; c < nc; c++) total += w[c] + (c ? 2 : 0);
+    size_t min_total = 0, first = 1, drop = nc;
+    for (size_t c = 0; c < nc; c++) {
+      if (!shown[c]) continue;
+      size_t mw = cols[c].shrink == 1 && w[c] > CTL_MIN_SHRUNK ? CTL_MIN_SHRUNK : w[c];
+      min_total += mw + (first ? 0 : 2);
+      first = 0;
+      if (cols[c].shrink == 2) drop = c;
+    }
+    if (width <= 0 || min_total <= (size_t)width || drop == nc) break;
+    shown[drop] = 0;
+  }
+  /* Then cut the widest shrinkable column until the table fits. */
+  for (;;) {
+    size_t total = 0, first = 1;
+    for (size_t c = 0; c < nc; c++)
+      if (shown[c]) { total += w[c] + (first ? 0 : 2); first = 0; }
     if (width <= 0 || total <= (size_t)width) break;
     size_t best = nc;
     for (size_t c = 0; c < nc; c++)
-      if (cols[c].shrink && w[c] > CTL_MIN_SHRUNK && (best == nc || w[c] > w[best])) best = c;
+      if (shown[c] && cols[c].shrink == 1 && w[c] > CTL_MIN_SHRUNK && (best == nc || w[c] > w[best]))
+        best = c;
     if (best == nc) break;
     size_t over = total - (size_t)width;
-    w[best] = w[best] - over >= CTL_MIN_SHRUNK && over < w[best] ? w[best] - over : CTL_MIN_SHRUNK;
+    w[best] = over < w[best] - CTL_MIN_SHRUNK ? w[best] - over : CTL_MIN_SHRUNK;
   }
+  size_t last = 0;
+  for (size_t c = 0; c < nc; c++)
+    if (shown[c]) last = c;
   for (size_t r = 0; r <= nr; r++) {
+    int first = 1;
     for (size_t c = 0; c < nc; c++) {
+      if (!shown[c]) continue;
       char *s = CELL(r, c);
       ctl_utf8_cut(s, w[c]);
       size_t pad = w[c] - ctl_utf8_width(s);
       int right = r > 0 && cols[c].fmt != CTL_F_STR && cols[c].fmt != CTL_F_TIME;
-      if (c) fputs("  ", f);
+      if (!first) fputs("  ", f);
+      first = 0;
       if (right) fprintf(f, "%*s%s", (int)pad, "", s);
-      else if (c + 1 < nc) fprintf(f, "%s%*s", s, (int)pad, "");
+      else if (c != last) fprintf(f, "%s%*s", s, (int)pad, "");
       else fputs(s, f);
     }
     fputc('\n', f);
   }
 #undef CELL
+  free(shown);
   free(cells);
   free(w);
 }

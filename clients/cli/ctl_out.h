@@ -1,8 +1,9 @@
 /*
  * ctl_out.h: e8kvctl output. Every command builds its result as a JSON value;
  * --json prints it as is, otherwise it is rendered for people: a table sized
- * to the terminal (columns marked shrinkable are cut with "~" when the
- * terminal is too narrow; nothing is cut when stdout is not a terminal) or a
+ * to the terminal (shrinkable columns are cut in the middle with "~", then
+ * droppable ones left out, when the terminal is too narrow; nothing is cut
+ * when stdout is not a terminal) or a
  * list of "field: value" lines, with units (bytes as KiB/MiB/GiB, times in UTC).
  */
 #ifndef CTL_OUT_H
@@ -27,7 +28,8 @@ typedef struct ctl_col {
   const char *key;   /* JSON key; "a.b" looks inside nested objects */
   const char *title; /* column title or field label */
   ctl_fmt fmt;
-  int shrink;        /* 1: this column may be cut to fit the terminal */
+  int shrink;        /* 1: may be cut to fit the terminal; 2: may be left out when
+                        cutting the others is not enough (rightmost first); 0: never */
 } ctl_col;
 
 /* Width of the terminal on stdout; 0 when stdout is not a terminal (no limit). */

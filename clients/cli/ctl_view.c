@@ -14,7 +14,7 @@ const char *ctl_view_preset(const E8kv__V1__CodecConfig *c, char *buf, size_t n)
   else if (c && c->key_bits > 0 && c->value_bits > 0)
     snprintf(buf, n, "K%gV%g", (double)c->key_bits, (double)c->value_bits);
   else snprintf(buf, n, "K3V2");
-  if (c && (c->key_step > 0 || c->value_step > 0)) {
+  if (c && !(c->preset && c->preset[0]) && (c->key_step > 0 || c->value_step > 0)) {
     size_t l = strlen(buf);
     snprintf(buf + l, n - l, " (steps %g/%g)", (double)c->key_step, (double)c->value_step);
   }
@@ -46,8 +46,8 @@ json_t *ctl_view_session(const E8kv__V1__SessionInfo *s) {
 const ctl_col ctl_cols_ls[] = {
     {"name", "SESSION", CTL_F_STR, 1},       {"model_id", "MODEL", CTL_F_STR, 1},
     {"n_tokens", "TOKENS", CTL_F_INT, 0},    {"n_chunks", "CHUNKS", CTL_F_INT, 0},
-    {"stored_bytes", "STORED", CTL_F_BYTES, 0}, {"bpe", "BPE", CTL_F_FLOAT, 0},
-    {"updated_unix_ms", "UPDATED", CTL_F_TIME, 0}, {NULL, NULL, CTL_F_STR, 0}};
+    {"stored_bytes", "STORED", CTL_F_BYTES, 0}, {"bpe", "BPE", CTL_F_FLOAT, 2},
+    {"updated_unix_ms", "UPDATED", CTL_F_TIME, 2}, {NULL, NULL, CTL_F_STR, 0}};
 
 const ctl_col ctl_cols_show[] = {
     {"name", "session", CTL_F_STR, 0},
@@ -101,6 +101,6 @@ const ctl_col ctl_cols_verify[] = {
     {NULL, NULL, CTL_F_STR, 0}};
 
 const ctl_col ctl_cols_corrupt[] = {
-    {"chunk_key", "CHUNK KEY", CTL_F_STR, 1}, {"segment", "SEGMENT", CTL_F_STR, 1},
+    {"chunk_key", "CHUNK KEY", CTL_F_STR, 1}, {"segment", "SEGMENT", CTL_F_STR, 0},
     {"offset", "OFFSET", CTL_F_INT, 0},       {"reason", "REASON", CTL_F_STR, 1},
     {NULL, NULL, CTL_F_STR, 0}};

@@ -56,6 +56,25 @@ static void test_table_fits_width(void **state) {
   free(wide);
   free(narrow);
   json_decref(rows);
+  /* Middle cut keeps the end of names; a droppable column goes before numbers are lost. */
+  static const ctl_col cols2[] = {{"name", "SESSION", CTL_F_STR, 1},
+                                  {"n", "TOKENS", CTL_F_INT, 0},
+                                  {"t", "UPDATED", CTL_F_TIME, 2},
+                                  {NULL, NULL, CTL_F_STR, 0}};
+  json_t *rows2 = json_pack("[{s:s,s:i,s:I}]", "name", "chat-session-number-0042", "n", 99, "t",
+                            (json_int_t)1700000000000);
+  char *t2 = render_table(cols2, rows2, 24);
+  assert_true(max_line(t2) <= 24);
+  assert_non_null(strstr(t2, "0042"));
+  assert_non_null(strstr(t2, "chat"));
+  assert_non_null(strstr(t2, "99"));
+  assert_null(strstr(t2, "UPDATED"));
+  free(t2);
+  char *t3 = render_table(cols2, rows2, 0);
+  assert_non_null(strstr(t3, "UPDATED"));
+  assert_non_null(strstr(t3, "chat-session-number-0042"));
+  free(t3);
+  json_decref(rows2);
   json_t *none = json_array();
   char *empty = render_table(cols, none, 80);
   assert_string_equal(empty, "(none)\n");
