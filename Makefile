@@ -43,7 +43,7 @@ FUZZ_BINS :=
 all:
 
 # Fragments: every *.mk under the tree, in a fixed order (codec and store first).
-MK_FILES := $(sort $(wildcard codec/*.mk codec/*/*.mk store/*.mk daemon/*.mk clients/*/*.mk tests/*.mk bench/*.mk))
+MK_FILES := $(sort $(wildcard codec/*.mk codec/*/*.mk store/*.mk daemon/*.mk clients/*/*.mk tests/*.mk bench/*.mk bench/*/*.mk))
 include $(MK_FILES)
 
 all: $(LIBS) $(BINS) $(TEST_BINS)
