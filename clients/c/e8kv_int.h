@@ -53,4 +53,22 @@ e8kv_status kvc_unary(e8kv_client *c, const char *method, const ProtobufCMessage
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                       e8kv_error *err);
 
+/* Reassembly of GetChunks pieces into chunks (e8kv_stream.c; exposed for tests). */
+typedef struct kvc_asm {
+  uint8_t *buf;
+  size_t cap;
+  uint64_t have;       /* bytes of the current chunk received */
+  int open;            /* a chunk is being assembled */
+  E8kv__V1__GetChunksResponse *first; /* its first piece (fields and token ids) */
+} kvc_asm;
+
+/* Adds one piece (taking ownership of m, which must come from protobuf_c_message_unpack
+ * or be freeable by e8kv_msg_free); when it completes a chunk, calls fn. Pieces that do
+ * not continue the chunk in order (offset, sizes, chunk fields) are E8KV_E_PROTOCOL. */
+e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk_fn fn,
+                          void *ctx, e8kv_error *err);
+/* At the end of the stream: E8KV_E_PROTOCOL when a chunk is incomplete. */
+e8kv_status kvc_asm_end(kvc_asm *a, e8kv_error *err);
+void kvc_asm_free(kvc_asm *a);
+
 #endif /* E8KV_INT_H */

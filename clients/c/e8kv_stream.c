@@ -111,14 +111,6 @@ void e8kv_put_abort(e8kv_put *p) {
 
 /* ---- GetChunks ---- */
 
-typedef struct kvc_asm {
-  uint8_t *buf;
-  size_t cap;
-  uint64_t have;       /* bytes of the current chunk received */
-  int open;            /* a chunk is being assembled */
-  E8kv__V1__GetChunksResponse *first; /* its first piece (fields and token ids) */
-} kvc_asm;
-
 static int kvc_same_chunk(const E8kv__V1__GetChunksResponse *a,
                           const E8kv__V1__GetChunksResponse *b) {
   return a->chunk_index == b->chunk_index && a->chunk_bytes == b->chunk_bytes &&
@@ -127,8 +119,7 @@ static int kvc_same_chunk(const E8kv__V1__GetChunksResponse *a,
          (!a->chunk_key.len || memcmp(a->chunk_key.data, b->chunk_key.data, a->chunk_key.len) == 0);
 }
 
-/* Adds one piece; when it completes a chunk, calls fn. Takes ownership of m. */
-static e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk_fn fn,
+e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk_fn fn,
                                  void *ctx, e8kv_error *err) {
   e8kv_status st = E8KV_OK;
   if (!a->open) {
@@ -184,6 +175,19 @@ static e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8k
   return st;
 }
 
+e8kv_status kvc_asm_end(kvc_asm *a, e8kv_error *err) {
+  if (a->open)
+    return kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: the stream ended inside chunk %u",
+                    a->first->chunk_index);
+  return E8KV_OK;
+}
+
+void kvc_asm_free(kvc_asm *a) {
+  e8kv_msg_free(a->first);
+  free(a->buf);
+  memset(a, 0, sizeof *a);
+}
+
 e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *req,
                             e8kv_chunk_fn fn, void *ctx, e8kv_error *err) {
   if (!c || !req || !fn) return kvc_fail(err, E8KV_E_USAGE, "e8kv_get_chunks: NULL argument");
@@ -198,11 +202,8 @@ e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *re
     if (st || !m) break; /* error, or the end of the stream with the final status OK */
     st = kvc_asm_piece(&a, (E8kv__V1__GetChunksResponse *)m, fn, ctx, err);
   }
-  if (!st && a.open)
-    st = kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: the stream ended inside chunk %u",
-                  a.first->chunk_index);
-  e8kv_msg_free(a.first);
-  free(a.buf);
+  if (!st) st = kvc_asm_end(&a, err);
+  kvc_asm_free(&a);
   kvc_stream_finish(s, NULL);
   return st;
 }

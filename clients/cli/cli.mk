@@ -32,7 +32,8 @@ CFLAGS_tests += $(call pc_cflags,cmocka jansson grpc libprotobuf-c) -I$(KVC_GEN)
 KVCT_XFILE := $(BUILD)/tests/clients/test_ctl_xfile
 KVCT_OUT   := $(BUILD)/tests/clients/test_ctl_out
 KVCT_LIB   := $(BUILD)/tests/clients/test_libe8kv
-TEST_BINS += $(KVCT_XFILE) $(KVCT_OUT) $(KVCT_LIB)
+KVCT_ASM   := $(BUILD)/tests/clients/test_kvc_asm
+TEST_BINS += $(KVCT_XFILE) $(KVCT_OUT) $(KVCT_LIB) $(KVCT_ASM)
 
 $(BUILD)/obj/tests/clients/%.o: | $(KVC_GEN_H)
 
@@ -46,6 +47,10 @@ $(KVCT_OUT): $(BUILD)/obj/tests/clients/test_ctl_out.o $(BUILD)/obj/clients/cli/
 	$(CC) -o $@ $^ $(LDFLAGS_BASE) $(call pc_libs,cmocka jansson)
 
 $(KVCT_LIB): $(BUILD)/obj/tests/clients/test_libe8kv.o $(KVC_LIB) $(KVC_CODEC)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(call pc_libs,cmocka) $(KVC_LDLIBS)
+
+$(KVCT_ASM): $(BUILD)/obj/tests/clients/test_kvc_asm.o $(KVC_LIB) $(KVC_CODEC)
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(call pc_libs,cmocka) $(KVC_LDLIBS)
 

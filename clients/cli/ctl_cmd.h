@@ -24,7 +24,7 @@ enum {
   /* command options */
   CTL_O_LIMIT, CTL_O_PAGE_TOKEN, CTL_O_ALL, CTL_O_MODEL, CTL_O_PREFIX, CTL_O_YES,
   CTL_O_NAME, CTL_O_REPLACE, CTL_O_LAYERS, CTL_O_KV_HEADS, CTL_O_HEAD_DIM, CTL_O_CHUNK_TOKENS,
-  CTL_O_CHUNKS, CTL_O_PRESET, CTL_O_CONCURRENCY, CTL_O_MAX_SEGMENTS, CTL_O_DEEP,
+  CTL_O_CHUNKS, CTL_O_PRESET, CTL_O_MIN_DEAD, CTL_O_MAX_BYTES, CTL_O_NO_QUARANTINE,
   CTL_O_COUNT
 };
 
@@ -74,6 +74,7 @@ int ctl_error_e8kv(ctl_ctx *ctx, const e8kv_error *err);
 /* Typed option values: a missing option gives `deflt`; a malformed or
  * out-of-range value prints a usage error and returns -1 (else 0). */
 int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max, uint64_t *out);
+int ctl_opt_double(ctl_ctx *ctx, int id, double deflt, double min, double max, double *out);
 
 /* Parsing and help (ctl_opt.c). */
 int ctl_parse_opts(ctl_ctx *ctx, const ctl_optdef *a, const ctl_optdef *b, int argc,

@@ -59,6 +59,18 @@ static const ctl_optdef ctl_bench_opts[] = {
     {CTL_O_NAME, "session", 's', "NAME", NULL, "put into this session and keep it (else a throwaway one)"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
+static const ctl_optdef ctl_verify_opts[] = {
+    {CTL_O_NO_QUARANTINE, "no-quarantine", 0, NULL, NULL,
+     "online: only report corrupt records (default: quarantine them so they are never served)"},
+    {CTL_O_MAX_BYTES, "max-bytes", 0, "N", "0 = all", "online: stop after checking N record bytes"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+static const ctl_optdef ctl_compact_opts[] = {
+    {CTL_O_MIN_DEAD, "min-dead-fraction", 0, "F", "0.5",
+     "compact segments whose dead bytes are at least this fraction (0..1)"},
+    {CTL_O_MAX_BYTES, "max-bytes", 0, "N", "0 = no limit", "stop after moving N live bytes"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
 const ctl_cmd ctl_commands[] = {
     {"health", NULL, 0, 0, "is the daemon serving (grpc.health.v1)",
      "Asks the daemon's standard gRPC health service whether it is SERVING.\n"
@@ -84,12 +96,13 @@ const ctl_cmd ctl_commands[] = {
      NULL, ctl_on_rm, NULL},
     {"verify", NULL, 0, 0, "CRC scan of every record; lists quarantined records",
      "Reads every stored record and checks its CRC32C. Records that fail are\n"
-     "quarantined (never served) and listed. Exit 6 when any record is bad.",
-     NULL, ctl_on_verify, ctl_off_verify},
+     "quarantined (never served) and listed. Exit 6 when any record is bad.\n"
+     "Offline (--data-dir, read-only) bad records are counted, not quarantined.",
+     ctl_verify_opts, ctl_on_verify, ctl_off_verify},
     {"compact", NULL, 0, 0, "copy live records out of mostly-dead segments",
      "Asks the daemon to compact: live records of mostly-dead segments are copied\n"
      "out and the segments freed. Prints bytes reclaimed.",
-     NULL, ctl_on_compact, NULL},
+     ctl_compact_opts, ctl_on_compact, NULL},
     {"export", "SESSION FILE", 2, 2, "write a session to a portable single file",
      "Writes the session (fingerprint, metadata, every chunk's token ids and encoded\n"
      "frames) to FILE in the e8kv export format (clients/cli/EXPORT.md): header\n"

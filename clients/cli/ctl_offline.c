@@ -287,6 +287,8 @@ static int ctl_off_verify_progress(void *arg, uint64_t done, uint64_t total) {
 int ctl_off_verify(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
+  if (ctx->opt[CTL_O_MAX_BYTES])
+    return ctl_error(ctx, CTL_EXIT_UNSUPPORTED, "unsupported", "--max-bytes is for online verify");
   ctl_off o;
   int rc = ctl_off_open(ctx, &o, 0);
   if (rc) return rc;

@@ -174,7 +174,8 @@ int ctl_on_verify(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
   E8kv__V1__VerifyRequest req = E8KV__V1__VERIFY_REQUEST__INIT;
-  req.quarantine = 1;
+  req.quarantine = !ctx->opt[CTL_O_NO_QUARANTINE];
+  if (ctl_opt_u64(ctx, CTL_O_MAX_BYTES, 0, 0, UINT64_MAX, &req.max_bytes)) return CTL_EXIT_USAGE;
   E8kv__V1__VerifyResponse *r = NULL;
   e8kv_error err;
   /* A full scan can take long: use the stream deadline scale, not the unary one. */
@@ -193,6 +194,9 @@ int ctl_on_compact(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
   E8kv__V1__CompactRequest req = E8KV__V1__COMPACT_REQUEST__INIT;
+  if (ctl_opt_double(ctx, CTL_O_MIN_DEAD, 0.5, 0.0, 1.0, &req.min_dead_fraction) ||
+      ctl_opt_u64(ctx, CTL_O_MAX_BYTES, 0, 0, UINT64_MAX, &req.max_bytes))
+    return CTL_EXIT_USAGE;
   E8kv__V1__CompactResponse *r = NULL;
   e8kv_error err;
   e8kv_client_set_deadline_ms(ctx->client, 3600000);

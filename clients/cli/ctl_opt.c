@@ -147,15 +147,35 @@ const ctl_cmd *ctl_cmd_find(const char *name) {
   return NULL;
 }
 
+/* The long name of option id, for messages. */
+static const char *ctl_opt_name(int id) {
+  for (const ctl_optdef *d = ctl_global_opts; d->name; d++)
+    if (d->id == id) return d->name;
+  for (const ctl_cmd *c = ctl_commands; c->name; c++)
+    for (size_t i = 0; c->opts && c->opts[i].name; i++)
+      if (c->opts[i].id == id) return c->opts[i].name;
+  return "?";
+}
+
+int ctl_opt_double(ctl_ctx *ctx, int id, double deflt, double min, double max, double *out) {
+  const char *v = ctx->opt[id];
+  if (!v) { *out = deflt; return 0; }
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !(x >= min && x <= max)) {
+    ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--%s: \"%s\" is not a number in [%g, %g]",
+              ctl_opt_name(id), v, min, max);
+    return -1;
+  }
+  *out = x;
+  return 0;
+}
+
 int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max, uint64_t *out) {
   const char *v = ctx->opt[id];
   if (!v) { *out = deflt; return 0; }
-  const char *name = "?";
-  for (const ctl_optdef *d = ctl_global_opts; d->name; d++)
-    if (d->id == id) name = d->name;
-  for (const ctl_cmd *c = ctl_commands; c->name; c++)
-    for (size_t i = 0; c->opts && c->opts[i].name; i++)
-      if (c->opts[i].id == id) name = c->opts[i].name;
+  const char *name = ctl_opt_name(id);
   char *end;
   errno = 0;
   unsigned long long x = strtoull(v, &end, 10);
