@@ -75,12 +75,6 @@ static int ctl_bench_on_chunk(void *arg, const e8kv_chunk *ch) {
   return 0;
 }
 
-static int ctl_bench_preset(ctl_ctx *ctx, E8kv__V1__CodecConfig *cc) {
-  const char *p = ctx->opt[CTL_O_PRESET];
-  if (p) cc->preset = (char *)p; /* the daemon checks the name (K4V4 ... K2V2) */
-  return 0;
-}
-
 int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
@@ -91,29 +85,46 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
       ctl_opt_u64(ctx, CTL_O_CHUNKS, 16, 1, 100000, &N))
     return CTL_EXIT_USAGE;
   if (D % 8) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--head-dim must be a multiple of 8");
-  E8kv__V1__RopeConfig rope = E8KV__V1__ROPE_CONFIG__INIT;
-  rope.theta = 10000;
-  rope.layout = E8KV__V1__ROPE_LAYOUT__ROPE_LAYOUT_SPLIT_HALF;
-  E8kv__V1__CodecConfig codec = E8KV__V1__CODEC_CONFIG__INIT;
-  if (ctl_bench_preset(ctx, &codec)) return CTL_EXIT_USAGE;
-  E8kv__V1__ModelFingerprint fp = E8KV__V1__MODEL_FINGERPRINT__INIT;
-  fp.model_id = "e8kvctl-bench";
-  fp.n_layers = (uint32_t)L;
-  fp.n_kv_heads = (uint32_t)H;
-  fp.head_dim = (uint32_t)D;
-  fp.source_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
-  fp.rope = &rope;
-  fp.codec = &codec;
+  /* The fingerprint is built on the codec's side and sent with every value explicit, so
+   * RAW uploads (the daemon encodes) and E8 frames (we encode) share one fingerprint id. */
+  e8c_fingerprint cfp;
+  memset(&cfp, 0, sizeof cfp);
+  snprintf(cfp.model_id, sizeof cfp.model_id, "e8kvctl-bench");
+  cfp.n_layers = (uint32_t)L;
+  cfp.n_kv_heads = (uint32_t)H;
+  cfp.head_dim = (uint32_t)D;
+  cfp.src_dtype = E8C_DTYPE_F16;
+  cfp.rope.type = E8C_ROPE_DEFAULT;
+  cfp.rope.layout = E8C_ROPE_LAYOUT_SPLIT_HALF;
+  cfp.rope.rotary_dim = (uint32_t)D;
+  cfp.rope.theta = 10000;
+  e8c_config_default(&cfp.config);
+  const char *preset = ctx->opt[CTL_O_PRESET];
+  if (preset && e8c_is_error(e8c_preset_apply(preset, &cfp.config)))
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--preset: unknown preset \"%s\"", preset);
+  int client_encode = ctx->opt[CTL_O_CLIENT_ENCODE] != NULL;
+  int64_t cerr = 0;
+  e8c_ctx *cctx = client_encode ? e8c_ctx_create(&cfp, &cerr) : NULL;
+  if (client_encode && !cctx)
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "bench shape refused by the codec: %s",
+                     e8c_error_string(cerr));
+  e8kv_fingerprint_pb fpb;
+  e8kv_fingerprint_to_pb(&cfp, &fpb);
   size_t elems = (size_t)(2 * L * H * D * T), raw_bytes = elems * 2;
   uint16_t *raw = malloc(raw_bytes);
   uint32_t *tok = malloc(T * sizeof *tok);
   uint8_t (*keys)[32] = calloc(N, 32);
   double *put_s = malloc(N * sizeof *put_s), *get_s = malloc(N * sizeof *get_s);
-  if (!raw || !tok || !keys || !put_s || !get_s) {
-    free(raw); free(tok); free(keys); free(put_s); free(get_s);
+  double *enc_s = calloc(N, sizeof *enc_s);
+  int64_t fcap = cctx ? e8c_chunk_max_size(cctx, (uint32_t)T) : 1;
+  uint8_t *fbuf = malloc(fcap > 0 ? (size_t)fcap : 1);
+  if (!raw || !tok || !keys || !put_s || !get_s || !enc_s || !fbuf) {
+    free(raw); free(tok); free(keys); free(put_s); free(get_s); free(enc_s); free(fbuf);
+    e8c_ctx_free(cctx);
     return ctl_error(ctx, CTL_EXIT_FAILURE, "nomem", "out of memory for a %zu-byte chunk", raw_bytes);
   }
   ctl_bench_fill(raw, elems);
+  uint32_t run_salt = (uint32_t)(time(NULL) * 2654435761u) ^ ((uint32_t)getpid() << 16);
   char session[128];
   if (ctx->opt[CTL_O_NAME]) snprintf(session, sizeof session, "%s", ctx->opt[CTL_O_NAME]);
   else snprintf(session, sizeof session, "e8kvctl-bench-%d-%ld", (int)getpid(), (long)time(NULL));
@@ -121,15 +132,17 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
   ctl_prog_begin(&prog, ctx->progress, "bench", 2 * N, 0);
   e8kv_error err;
   int rc = CTL_EXIT_OK;
-  uint64_t stored = 0, got_bytes = 0;
+  uint64_t stored = 0, got_bytes = 0, wire = 0;
   double put_total = 0, get_total = 0;
   for (uint64_t i = 0; i < N && !rc; i++) {
-    for (uint64_t t = 0; t < T; t++) tok[t] = (uint32_t)((i * T + t) % 49152 + 1);
+    /* Token ids unique to this run, so no chunk is deduplicated against an earlier run
+     * (a deduplicated put writes nothing and would flatter the figures). */
+    for (uint64_t t = 0; t < T; t++) tok[t] = (uint32_t)(run_salt + i * T + t);
     E8kv__V1__PutHeader h = E8KV__V1__PUT_HEADER__INIT;
-    h.fingerprint = &fp;
+    h.fingerprint = &fpb.m;
     h.chunk_tokens = (uint32_t)T;
-    h.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-    h.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+    h.encoding = cctx ? E8KV__V1__ENCODING__ENCODING_E8_FRAME : E8KV__V1__ENCODING__ENCODING_RAW;
+    h.raw_dtype = cctx ? E8KV__V1__DTYPE__DTYPE_UNSPECIFIED : E8KV__V1__DTYPE__DTYPE_FP16;
     h.session = session;
     h.create_session = i == 0;
     if (i == 0) { /* a new session: refuse to append to an existing one */
@@ -137,11 +150,24 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
       h.expect_session_tokens = 0;
     }
     double t0 = ctl_bench_now();
+    const void *data = raw;
+    size_t data_len = raw_bytes;
+    if (cctx) { /* encode here, as an engine with the codec does; timed on its own */
+      e8c_chunk_params cp = {(uint32_t)T, (uint32_t)(i * T), (uint32_t)((i + 1) * T), 0};
+      int64_t n = e8c_chunk_encode(cctx, &cp, raw, E8C_DTYPE_F16, fbuf, (size_t)fcap);
+      if (e8c_is_error(n)) {
+        rc = ctl_error(ctx, CTL_EXIT_FAILURE, "E_CODEC", "encode: %s", e8c_ctx_last_error(cctx));
+        break;
+      }
+      data = fbuf;
+      data_len = (size_t)n;
+      enc_s[i] = ctl_bench_now() - t0;
+    }
     e8kv_put *p = NULL;
     E8kv__V1__PutChunksResponse *r = NULL;
     if (e8kv_put_begin(ctx->client, &h, &p, &err)) {
       rc = ctl_error_e8kv(ctx, &err);
-    } else if (e8kv_put_chunk(p, tok, T, raw, raw_bytes, NULL, 0, &err)) {
+    } else if (e8kv_put_chunk(p, tok, T, data, data_len, NULL, 0, &err)) {
       e8kv_put_abort(p);
       rc = ctl_error_e8kv(ctx, &err);
     } else if (e8kv_put_finish(p, &r, &err)) {
@@ -152,7 +178,7 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
       put_s[i] = ctl_bench_now() - t0;
       put_total += put_s[i];
       memcpy(keys[i], r->chunk_keys[0].data, 32);
-      stored += r->stored_bytes;
+      wire += data_len;
     }
     e8kv_msg_free(r);
     ctl_prog_add(&prog, 1);
@@ -180,6 +206,15 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
     ctl_prog_add(&prog, 1);
   }
   ctl_prog_end(&prog);
+  /* bpe from the session's stored bytes: every byte the store keeps for its chunks. */
+  if (!rc) {
+    E8kv__V1__GetSessionRequest gq = E8KV__V1__GET_SESSION_REQUEST__INIT;
+    gq.name = session;
+    E8kv__V1__GetSessionResponse *gr = NULL;
+    if (e8kv_get_session(ctx->client, &gq, &gr, &err)) rc = ctl_error_e8kv(ctx, &err);
+    else stored = gr->session ? gr->session->stored_bytes : 0;
+    e8kv_msg_free(gr);
+  }
   /* The throwaway session goes whatever happened (it may not exist if the first put failed). */
   E8kv__V1__DeleteSessionRequest dreq = E8KV__V1__DELETE_SESSION_REQUEST__INIT;
   dreq.name = session;
@@ -196,19 +231,30 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
         "{s:{s:I,s:I,s:I,s:I},s:I,s:I,s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:f,s:f,s:f,s:f}",
         "shape", "layers", (json_int_t)L, "kv_heads", (json_int_t)H, "head_dim", (json_int_t)D,
         "chunk_tokens", (json_int_t)T, "chunks", (json_int_t)N, "tokens", (json_int_t)(N * T),
-        "client_host", host, "put_encoding", "RAW fp16 (daemon encodes)",
+        "client_host", host, "put_encoding",
+        cctx ? "E8 frames (encoded here, libe8codec; put time includes it)" : "RAW fp16 (daemon encodes)",
         "put_tokens_per_s", tokens / put_total, "get_tokens_per_s", tokens / get_total,
         "put_raw_fp16_gb_per_s", fp16 / put_total / 1e9, "get_encoded_gb_per_s",
         (double)got_bytes / get_total / 1e9, "get_raw_fp16_equiv_gb_per_s", fp16 / get_total / 1e9,
         "stored_bytes", (json_int_t)stored, "bpe", (double)stored * 8.0 / ((double)elems * (double)N),
         "put_p50_ms", ctl_pct(put_s, N, 0.50), "put_p99_ms", ctl_pct(put_s, N, 0.99),
         "get_p50_ms", ctl_pct(get_s, N, 0.50), "get_p99_ms", ctl_pct(get_s, N, 0.99));
+    json_object_set_new(o, "put_wire_bytes", json_integer((json_int_t)wire));
+    if (cctx) {
+      double enc_total = 0;
+      for (uint64_t i = 0; i < N; i++) enc_total += enc_s[i];
+      json_object_set_new(o, "client_encode_tokens_per_s", json_real(tokens / enc_total));
+      json_object_set_new(o, "client_encode_p50_ms", json_real(ctl_pct(enc_s, N, 0.50)));
+    }
     if (ctx->json) {
       ctl_out_json(stdout, o);
     } else {
       static const ctl_col cols[] = {
           {"tokens", "tokens", CTL_F_INT, 0},
+          {"put_encoding", "put", CTL_F_STR, 0},
           {"put_tokens_per_s", "put tokens/s", CTL_F_FLOAT, 0},
+          {"client_encode_tokens_per_s", "encode tokens/s (here)", CTL_F_FLOAT, 0},
+          {"put_wire_bytes", "put bytes sent", CTL_F_BYTES, 0},
           {"get_tokens_per_s", "get tokens/s", CTL_F_FLOAT, 0},
           {"put_raw_fp16_gb_per_s", "put GB/s (fp16 KV)", CTL_F_FLOAT, 0},
           {"get_encoded_gb_per_s", "get GB/s (encoded)", CTL_F_FLOAT, 0},
@@ -226,6 +272,7 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
     }
     json_decref(o);
   }
-  free(raw); free(tok); free(keys); free(put_s); free(get_s);
+  free(raw); free(tok); free(keys); free(put_s); free(get_s); free(enc_s); free(fbuf);
+  e8c_ctx_free(cctx);
   return rc;
 }

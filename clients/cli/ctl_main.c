@@ -57,6 +57,8 @@ static const ctl_optdef ctl_bench_opts[] = {
     {CTL_O_CHUNKS, "chunks", 'c', "N", "16", "chunks to put and get"},
     {CTL_O_PRESET, "preset", 0, "NAME", "K3V2", "codec preset: K4V4 K4V3 K4V2 K3V3 K3V2 K2V2"},
     {CTL_O_NAME, "session", 's', "NAME", NULL, "put into this session and keep it (else a throwaway one)"},
+    {CTL_O_CLIENT_ENCODE, "client-encode", 0, NULL, NULL,
+     "encode here with libe8codec and send E8 frames (as an engine with the codec does)"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
 static const ctl_optdef ctl_verify_opts[] = {
@@ -116,7 +118,8 @@ const ctl_cmd ctl_commands[] = {
      ctl_import_opts, ctl_on_import, NULL},
     {"bench", NULL, 0, 0, "put/get throughput with a synthetic shape",
      "Puts --chunks chunks of random KV of the given shape (raw fp16 for the daemon\n"
-     "to encode), gets them back, and reports tokens/s, GB/s and per-chunk latency\n"
+     "to encode, or E8 frames encoded here with --client-encode), gets the frames\n"
+     "back, and reports tokens/s, GB/s and per-chunk latency\n"
      "percentiles. Uses a throwaway session in the namespace and deletes it, unless\n"
      "--session names one to create and keep (e.g. sample data for export tests).",
      ctl_bench_opts, ctl_on_bench, NULL},

@@ -131,6 +131,12 @@ class E2E(unittest.TestCase):
         self.assertLess(j["bpe"], 16)  # compressed
         ctl("bench", "--session", "s1", "--chunks", "1", *SHAPE, expect=REJECTED)  # exists
         ctl("bench", "--session", "other", "--chunks", "2", *SHAPE)
+        # Encoded here (libe8codec) or by the daemon: the same frames, so the same bpe.
+        a, _ = ctl("bench", "--chunks", "2", *SHAPE)
+        b, _ = ctl("bench", "--chunks", "2", "--client-encode", *SHAPE)
+        self.assertEqual(a["stored_bytes"], b["stored_bytes"])
+        self.assertLess(b["put_wire_bytes"], a["put_wire_bytes"] / 3)  # frames, not fp16
+        self.assertGreater(b["client_encode_tokens_per_s"], 0)
         ctl("bench", "--session", "mine", "--chunks", "1", *SHAPE, token=USER)  # namespace team
 
     def test_05_ls_filters_pages(self):

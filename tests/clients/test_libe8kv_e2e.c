@@ -43,6 +43,13 @@ static uint8_t *frame[NCH];    /* what we encoded */
 static size_t frame_len[NCH];
 static char sess[64];
 
+/* Fails with the library's message when a call does not return E8KV_OK. */
+#define EXPECT_OK(call)                                                                    \
+  do {                                                                                     \
+    e8kv_status s_ = (call);                                                               \
+    if (s_ != E8KV_OK) fail_msg("%s -> %s: %s", #call, e8kv_status_name(s_), err.message); \
+  } while (0)
+
 static uint32_t chunk_n(int c) { return c == NCH - 1 ? LAST : CT; }
 
 static int setup(void **state) {
@@ -98,9 +105,9 @@ static void test_health(void **state) {
   (void)state;
   int serving = 0;
   e8kv_error err;
-  assert_int_equal(e8kv_health_check(cli, "", &serving, &err), E8KV_OK);
+  EXPECT_OK(e8kv_health_check(cli, "", &serving, &err));
   assert_int_equal(serving, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
-  assert_int_equal(e8kv_health_check(cli, "e8kv.v1.KVStore", &serving, &err), E8KV_OK);
+  EXPECT_OK(e8kv_health_check(cli, "e8kv.v1.KVStore", &serving, &err));
 }
 
 static void header_for(E8kv__V1__PutHeader *h, e8kv_fingerprint_pb *fpb) {
@@ -127,7 +134,7 @@ static void test_put_encoded(void **state) {
   h.session_metadata = &mep;
   e8kv_put *p = NULL;
   e8kv_error err;
-  assert_int_equal(e8kv_put_begin(cli, &h, &p, &err), E8KV_OK);
+  EXPECT_OK(e8kv_put_begin(cli, &h, &p, &err));
   e8kv_put_set_piece_bytes(p, 4096); /* many pieces per chunk */
   for (int c = 0; c < NCH; c++) {
     /* Encode locally too, to compare with what comes back. */
@@ -137,11 +144,11 @@ static void test_put_encoded(void **state) {
     int64_t n = e8c_chunk_encode(cctx, &cp, raw[c], E8C_DTYPE_F32, frame[c], (size_t)cap);
     assert_false(e8c_is_error(n));
     frame_len[c] = (size_t)n;
-    assert_int_equal(e8kv_put_chunk_encode(p, cctx, &cp, raw[c], E8C_DTYPE_F32, tokens + c * CT,
-                                           chunk_n(c), &err), E8KV_OK);
+    EXPECT_OK(e8kv_put_chunk_encode(p, cctx, &cp, raw[c], E8C_DTYPE_F32, tokens + c * CT,
+                                           chunk_n(c), &err));
   }
   E8kv__V1__PutChunksResponse *r = NULL;
-  assert_int_equal(e8kv_put_finish(p, &r, &err), E8KV_OK);
+  EXPECT_OK(e8kv_put_finish(p, &r, &err));
   assert_int_equal(r->n_chunk_keys, NCH);
   assert_int_equal(r->tokens, NTOK);
   assert_int_equal(r->chunks_stored + r->chunks_deduplicated, NCH);
@@ -160,7 +167,7 @@ static void test_get_session_and_list(void **state) {
   req.include_chunk_keys = 1;
   E8kv__V1__GetSessionResponse *r = NULL;
   e8kv_error err;
-  assert_int_equal(e8kv_get_session(cli, &req, &r, &err), E8KV_OK);
+  EXPECT_OK(e8kv_get_session(cli, &req, &r, &err));
   E8kv__V1__SessionInfo *s = r->session;
   assert_string_equal(s->name, sess);
   assert_int_equal(s->n_tokens, NTOK);
@@ -185,7 +192,7 @@ static void test_get_session_and_list(void **state) {
   E8kv__V1__ListSessionsRequest lr = E8KV__V1__LIST_SESSIONS_REQUEST__INIT;
   lr.model_id = "libe8kv-e2e";
   E8kv__V1__ListSessionsResponse *l = NULL;
-  assert_int_equal(e8kv_list_sessions(cli, &lr, &l, &err), E8KV_OK);
+  EXPECT_OK(e8kv_list_sessions(cli, &lr, &l, &err));
   int found = 0;
   for (size_t i = 0; i < l->n_sessions; i++) found += strcmp(l->sessions[i]->name, sess) == 0;
   assert_int_equal(found, 1);
@@ -229,7 +236,7 @@ static void test_get_chunks(void **state) {
   got g;
   memset(&g, 0, sizeof g);
   e8kv_error err;
-  assert_int_equal(e8kv_get_chunks(cli, &req, on_chunk, &g, &err), E8KV_OK);
+  EXPECT_OK(e8kv_get_chunks(cli, &req, on_chunk, &g, &err));
   assert_int_equal(g.n, NCH);
   for (int c = 0; c < NCH; c++) {
     assert_true(g.same[c]);
@@ -240,7 +247,7 @@ static void test_get_chunks(void **state) {
   req.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
   req.dtype = E8KV__V1__DTYPE__DTYPE_FP16;
   req.max_piece_bytes = 0;
-  assert_int_equal(e8kv_get_chunks(cli, &req, on_chunk, &g, &err), E8KV_OK);
+  EXPECT_OK(e8kv_get_chunks(cli, &req, on_chunk, &g, &err));
   assert_int_equal(g.n, NCH);
   for (int c = 0; c < NCH; c++) {
     assert_true(g.same[c]);
@@ -249,9 +256,9 @@ static void test_get_chunks(void **state) {
     float *back = malloc(n * 4);
     e8kv_chunk ch = {.index = (uint32_t)c, .encoding = E8KV__V1__ENCODING__ENCODING_E8_FRAME,
                      .data = frame[c], .bytes = frame_len[c]};
-    assert_int_equal(e8kv_chunk_decode(cctx, &ch, 0, L, mine, E8C_DTYPE_F16, n * 2, &err), E8KV_OK);
+    EXPECT_OK(e8kv_chunk_decode(cctx, &ch, 0, L, mine, E8C_DTYPE_F16, n * 2, &err));
     assert_memory_equal(mine, g.raw16[c], n * 2);
-    assert_int_equal(e8kv_chunk_decode(cctx, &ch, 0, L, back, E8C_DTYPE_F32, n * 4, &err), E8KV_OK);
+    EXPECT_OK(e8kv_chunk_decode(cctx, &ch, 0, L, back, E8C_DTYPE_F32, n * 4, &err));
     double se = 0, ss = 0;
     for (size_t i = 0; i < n; i++) {
       se += (back[i] - raw[c][i]) * (back[i] - raw[c][i]);
@@ -288,7 +295,7 @@ static void test_lookup_append_delete(void **state) {
   lq.token_ids = tokens;
   E8kv__V1__LookupResponse *lr = NULL;
   e8kv_error err;
-  assert_int_equal(e8kv_lookup(cli, &lq, &lr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_lookup(cli, &lq, &lr, &err));
   assert_int_equal(lr->matched_tokens, NTOK);
   assert_int_equal(lr->n_chunk_keys, NCH);
   e8kv_msg_free(lr);
@@ -297,7 +304,7 @@ static void test_lookup_append_delete(void **state) {
   other[CT + 5] ^= 1; /* second chunk differs: only the first matches */
   lq.n_token_ids = 2 * CT;
   lq.token_ids = other;
-  assert_int_equal(e8kv_lookup(cli, &lq, &lr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_lookup(cli, &lq, &lr, &err));
   assert_int_equal(lr->matched_tokens, CT);
   e8kv_msg_free(lr);
 
@@ -308,7 +315,7 @@ static void test_lookup_append_delete(void **state) {
   cq.fingerprint = &fpb.m;
   cq.chunk_tokens = CT;
   E8kv__V1__CreateSessionResponse *cr = NULL;
-  assert_int_equal(e8kv_create_session(cli, &cq, &cr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_create_session(cli, &cq, &cr, &err));
   assert_true(cr->created);
   e8kv_msg_free(cr);
   assert_int_equal(e8kv_create_session(cli, &cq, &cr, &err), E8KV_ALREADY_EXISTS);
@@ -318,7 +325,7 @@ static void test_lookup_append_delete(void **state) {
   aq.n_token_ids = 2 * CT;
   aq.token_ids = tokens;
   E8kv__V1__AppendSessionResponse *ar = NULL;
-  assert_int_equal(e8kv_append_session(cli, &aq, &ar, &err), E8KV_OK);
+  EXPECT_OK(e8kv_append_session(cli, &aq, &ar, &err));
   assert_int_equal(ar->session->n_tokens, 2 * CT);
   assert_int_equal(ar->n_chunk_keys, 2);
   e8kv_msg_free(ar);
@@ -328,11 +335,11 @@ static void test_lookup_append_delete(void **state) {
   lsq.page_size = 1;
   lsq.name_prefix = sess;
   E8kv__V1__ListSessionsResponse *p1 = NULL, *p2 = NULL;
-  assert_int_equal(e8kv_list_sessions(cli, &lsq, &p1, &err), E8KV_OK);
+  EXPECT_OK(e8kv_list_sessions(cli, &lsq, &p1, &err));
   assert_int_equal(p1->n_sessions, 1);
   assert_true(p1->next_page_token[0] != '\0');
   lsq.page_token = p1->next_page_token;
-  assert_int_equal(e8kv_list_sessions(cli, &lsq, &p2, &err), E8KV_OK);
+  EXPECT_OK(e8kv_list_sessions(cli, &lsq, &p2, &err));
   assert_int_equal(p2->n_sessions, 1);
   assert_string_not_equal(p1->sessions[0]->name, p2->sessions[0]->name);
   e8kv_msg_free(p1);
@@ -341,11 +348,11 @@ static void test_lookup_append_delete(void **state) {
   E8kv__V1__DeleteSessionRequest dq = E8KV__V1__DELETE_SESSION_REQUEST__INIT;
   dq.name = name2;
   E8kv__V1__DeleteSessionResponse *dr = NULL;
-  assert_int_equal(e8kv_delete_session(cli, &dq, &dr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_delete_session(cli, &dq, &dr, &err));
   e8kv_msg_free(dr);
   assert_int_equal(e8kv_delete_session(cli, &dq, &dr, &err), E8KV_NOT_FOUND);
   dq.name = sess;
-  assert_int_equal(e8kv_delete_session(cli, &dq, &dr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_delete_session(cli, &dq, &dr, &err));
   e8kv_msg_free(dr);
 }
 
@@ -362,7 +369,7 @@ static void test_bad_input(void **state) {
   header_for(&h, &fpb);
   e8kv_put *p = NULL;
   e8kv_error err;
-  assert_int_equal(e8kv_put_begin(cli, &h, &p, &err), E8KV_OK);
+  EXPECT_OK(e8kv_put_begin(cli, &h, &p, &err));
   e8c_chunk_params cp = {CT, 0, CT, 0};
   e8kv_status s = e8kv_put_chunk_encode(p, c2, &cp, raw[0], E8C_DTYPE_F32, tokens, CT, &err);
   E8kv__V1__PutChunksResponse *r = NULL;
@@ -372,7 +379,7 @@ static void test_bad_input(void **state) {
   assert_null(r);
   e8c_ctx_free(c2);
   /* NaN input: the codec refuses it here, before anything is sent. */
-  assert_int_equal(e8kv_put_begin(cli, &h, &p, &err), E8KV_OK);
+  EXPECT_OK(e8kv_put_begin(cli, &h, &p, &err));
   float saved = raw[0][3];
   raw[0][3] = NAN;
   assert_int_equal(e8kv_put_chunk_encode(p, cctx, &cp, raw[0], E8C_DTYPE_F32, tokens, CT, &err),
@@ -385,17 +392,17 @@ static void test_stats_verify_compact(void **state) {
   (void)state;
   e8kv_error err;
   E8kv__V1__GetStatsResponse *st = NULL;
-  assert_int_equal(e8kv_get_stats(cli, &st, &err), E8KV_OK);
+  EXPECT_OK(e8kv_get_stats(cli, &st, &err));
   assert_non_null(st->namespace_stats);
   e8kv_msg_free(st);
   E8kv__V1__VerifyRequest vq = E8KV__V1__VERIFY_REQUEST__INIT;
   E8kv__V1__VerifyResponse *vr = NULL;
-  assert_int_equal(e8kv_verify(cli, &vq, &vr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_verify(cli, &vq, &vr, &err));
   assert_true(vr->complete);
   e8kv_msg_free(vr);
   E8kv__V1__CompactRequest kq = E8KV__V1__COMPACT_REQUEST__INIT;
   E8kv__V1__CompactResponse *kr = NULL;
-  assert_int_equal(e8kv_compact(cli, &kq, &kr, &err), E8KV_OK);
+  EXPECT_OK(e8kv_compact(cli, &kq, &kr, &err));
   e8kv_msg_free(kr);
 }
 
