@@ -1,0 +1,51 @@
+/* kvt_client.h: a small synchronous gRPC client over the raw gRPC C core API, used by the
+ * daemon's end-to-end tests and by the daemon benchmark (tests/daemon/kvd_bench.c).
+ * It is independent of libe8kv on purpose: the daemon tests must not depend on the client
+ * library they would otherwise be testing against.
+ *
+ * One kvt_conn = one channel (insecure; "unix:/path" or "host:port"). Calls are blocking.
+ * A kvt_stream is one call of any kind: open, send messages, half-close, read messages,
+ * finish (status). Thread safety: a kvt_conn may be shared by threads; a kvt_stream may not.
+ */
+#ifndef KVT_CLIENT_H
+#define KVT_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+typedef struct kvt_conn kvt_conn;
+typedef struct kvt_stream kvt_stream;
+
+typedef struct kvt_status {
+  int code;            /* grpc_status_code; 0 = OK */
+  char msg[1024];
+} kvt_status;
+
+/* token: bearer token sent as `authorization: Bearer <token>` (NULL = none).
+ * max_recv_bytes: receive limit of the channel (0 = gRPC default of 4 MiB). */
+kvt_conn *kvt_connect(const char *target, const char *token, long max_recv_bytes);
+void kvt_close(kvt_conn *c);
+
+/* Opens a call of `method` ("/pkg.Svc/Method") with a deadline timeout_ms from now. */
+kvt_stream *kvt_open(kvt_conn *c, const char *method, int timeout_ms);
+/* 0 on success, -1 if the call is already broken (read the status with kvt_finish). */
+int kvt_send(kvt_stream *s, const ProtobufCMessage *m);
+int kvt_send_raw(kvt_stream *s, const void *data, size_t len);
+int kvt_close_send(kvt_stream *s);
+/* 1: a message in *buf (malloc'ed, free it), 0: end of stream, -1: broken. */
+int kvt_recv(kvt_stream *s, uint8_t **buf, size_t *len);
+/* Waits for the status. Returns st->code. */
+int kvt_finish(kvt_stream *s, kvt_status *st);
+/* Cancels the call (the client goes away). */
+void kvt_cancel(kvt_stream *s);
+void kvt_free(kvt_stream *s);
+
+/* Unary helper: sends req, decodes the reply with desc into *resp (NULL on error; free with
+ * protobuf_c_message_free_unpacked). Returns the status code. */
+int kvt_unary(kvt_conn *c, const char *method, const ProtobufCMessage *req,
+              const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, kvt_status *st,
+              int timeout_ms);
+
+#endif
