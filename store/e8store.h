@@ -43,8 +43,10 @@
  *   An e8s_store is fully thread safe: any number of threads may call any function on the same
  *   handle at the same time. How: every mutation (put, session and namespace changes, eviction,
  *   compaction, quarantine) runs under one writer mutex, because LMDB has one write transaction
- *   at a time; one put call = one batch = one io_uring submission + one fdatasync + one LMDB
- *   commit, so callers should batch. Readers (lookup, get, session get/list, stats) never take
+ *   at a time. Puts use group commit: calls that arrive while a batch is being written queue up
+ *   and the next batch takes them all (up to 64 calls, a quarter of the budget), so N concurrent
+ *   callers share one io_uring submission, one fdatasync per segment and one LMDB commit; a
+ *   single caller should still batch its records into one call. Readers (lookup, get, session get/list, stats) never take
  *   the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each
  *   other and with the writer; they wait only while the LMDB map is being grown (a rwlock).
  *   Readers see only committed chunks. An e8s_chunk handle may be used by one thread at a time.
@@ -239,6 +241,8 @@ typedef struct e8s_lookup_result {
  * fp_id and the previous key, finds it, and checks the stored token digest and token count;
  * the first miss or mismatch ends the prefix (a mismatch is counted as a miss, never served).
  * keys_out has room for max_keys keys; the lookup stops there. Touches matched chunks (LRU).
+ * With E8S_LOOKUP_PIN the lease is taken just after the index read: a chunk evicted in between
+ * shows up as E8S_ERR_NOTFOUND at e8s_chunk_open (treat it as the end of the prefix).
  * Errors: NOTFOUND (namespace), INVAL. A prefix of 0 chunks is success. */
 int e8s_lookup(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
                const uint32_t *tokens, size_t n_tokens, uint32_t chunk_tokens, uint32_t flags,

@@ -59,4 +59,4 @@ $(STORE_BENCH): $(BUILD)/obj/tests/store/bench_store.o $(STORE_LIB)
 
 bench-store: $(STORE_BENCH)
 	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,1024) 8 \
-	  $(BUILD)/bench/store.json $(STORE_BENCH_ENGINE)
+	  $(BUILD)/bench/store.json $(STORE_BENCH_ENGINE) 4

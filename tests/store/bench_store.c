@@ -10,10 +10,13 @@
  * fio jobs: write = rw=write bs=1M fdatasync=BATCH, ioengine io_uring with iodepth=BATCH (or
  * psync for the pwrite engine); read = rw=read bs=1M ioengine=psync (the store reads with
  * pread, one record at a time). Buffered I/O on both sides.
- * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] */
+ * With THREADS > 1 a second write pass (not in the JSON, printed only) has THREADS callers
+ * putting their own batches at once, to show group commit (their puts share fsyncs/commits).
+ * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] */
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +85,55 @@ static double run_fio(const char *dir, const char *args, const char *rw, double 
   return bw;
 }
 
+typedef struct mt_arg {
+  e8s_store *st;
+  uint32_t ns;
+  const uint8_t *salt, *fp;
+  const uint8_t *pay;
+  size_t first, count, batch; /* records [first, first + count) */
+  int rc;
+} mt_arg;
+
+static void *mt_writer(void *vp) {
+  mt_arg *a = vp;
+  e8s_put_rec *r = calloc(a->batch, sizeof *r);
+  uint32_t *tok = malloc(a->batch * CT * sizeof *tok);
+  for (size_t b = 0; b < a->count / a->batch && !a->rc; b++) {
+    for (size_t j = 0; j < a->batch; j++) {
+      size_t i = a->first + b * a->batch + j;
+      for (size_t t = 0; t < CT; t++) tok[j * CT + t] = (uint32_t)(i * CT + t) ^ 0x5a5a0000u;
+      memset(&r[j], 0, sizeof r[j]);
+      e8s_chunk_key(a->salt, a->fp, NULL, tok + j * CT, CT, r[j].key);
+      r[j].tokens = tok + j * CT;
+      r[j].n_tokens = CT;
+      r[j].payload = a->pay + j * REC;
+      r[j].payload_bytes = REC;
+    }
+    a->rc = e8s_put(a->st, a->ns, a->fp, r, a->batch);
+  }
+  free(r);
+  free(tok);
+  return NULL;
+}
+
+/* THREADS concurrent writers, RECORDS in all; returns GB/s. */
+static double mt_write(e8s_store *st, const e8s_ns_info *ns, const uint8_t *fp,
+                       const uint8_t *pay, size_t n, size_t batch, int threads) {
+  pthread_t th[64];
+  mt_arg a[64];
+  size_t per = n / (size_t)threads / batch * batch;
+  double t0 = now_s();
+  for (int t = 0; t < threads; t++) {
+    a[t] = (mt_arg){st, ns->id, ns->salt, fp, pay, (size_t)t * per, per, batch, 0};
+    pthread_create(&th[t], NULL, mt_writer, &a[t]);
+  }
+  for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
+  double dt = now_s() - t0;
+  for (int t = 0; t < threads; t++)
+    if (a[t].rc) die("threaded put", a[t].rc);
+  return (double)per * threads * REC / dt / 1e9;
+}
+
 int main(int argc, char **argv) {
   if (argc < 5) {
     fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite]\n");
@@ -90,6 +142,8 @@ int main(int argc, char **argv) {
   const char *dir = argv[1], *outp = argv[4];
   size_t n = (size_t)atol(argv[2]), batch = (size_t)atol(argv[3]);
   int pw = argc > 5 && strcmp(argv[5], "pwrite") == 0;
+  int threads = argc > 6 ? atoi(argv[6]) : 1;
+  if (threads < 1 || threads > 64) threads = 1;
   if (n == 0 || batch == 0 || n % batch) return fprintf(stderr, "RECORDS %% BATCH != 0\n"), 2;
   char cmd[1200], data[1100], segdir[1200];
   snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
@@ -149,6 +203,8 @@ int main(int argc, char **argv) {
   }
   double tr = now_s() - t0;
   const char *engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
+  double mt_gbps = 0;
+  if (threads > 1) mt_gbps = mt_write(st, &ns, fp, pay, n, batch, threads);
   e8s_close(st);
 
   double bytes = (double)n * REC;
@@ -188,6 +244,9 @@ int main(int argc, char **argv) {
          w_gbps, fw / 1e9, 100 * w_gbps / (fw / 1e9), w_p50, w_p99, batch);
   printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per record; cold cache)\n",
          "read", r_gbps, fr / 1e9, 100 * r_gbps / (fr / 1e9), r_p50, r_p99);
+  if (threads > 1)
+    printf("%-8s %12.3f   (%d writer threads, batches of %zu each, group commit)\n", "write",
+           mt_gbps, threads, batch);
   printf("fio p99 completion latency: write %.2f ms per 1 MiB, read %.2f ms\n", fw_p99, fr_p99);
   printf("wrote %s\n", outp);
   free(pay), free(tok), free(keys), free(r), free(wl), free(rl), free(buf);
