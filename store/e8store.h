@@ -52,7 +52,8 @@
  *   Readers see only committed chunks. An e8s_chunk handle may be used by one thread at a time.
  *   Processes: one read-write opener per data directory (others get E8S_ERR_LOCKED), plus any
  *   number of read-only openers (E8S_OPEN_READONLY), e.g. e8kvctl inspecting a running daemon's
- *   directory. A read-only opener sees a snapshot per call; a read that races the writer's
+ *   directory. Open a directory at most once per process (LMDB's rule: its locks are per
+ *   process); threads share the one handle. A read-only opener sees a snapshot per call; a read that races the writer's
  *   eviction or compaction may fail with E8S_ERR_NOTFOUND (retry the lookup).
  *
  * ERRORS
@@ -203,7 +204,8 @@ int e8s_token_digest(const uint8_t *parent, const uint32_t *tokens, size_t n_tok
 /* ---------------------------------------------------------------- put */
 typedef struct e8s_put_rec {
   /* in */
-  uint8_t key[E8S_KEY_BYTES];     /* normally e8s_chunk_key(); may be an engine's own hash */
+  uint8_t key[E8S_KEY_BYTES];     /* normally e8s_chunk_key(); may be an engine's own hash;
+                                     never all zero (that means "no parent") */
   uint8_t parent[E8S_KEY_BYTES];  /* parent chunk key; all zero for the first chunk */
   const uint32_t *tokens;         /* this chunk's token ids, n_tokens of them */
   uint32_t n_tokens;              /* 1..E8S_CHUNK_TOKENS_MAX */

@@ -68,6 +68,8 @@ int store_index_open(e8s_store *st) {
   MDB_envinfo info;
   mdb_env_info(st->env, &info);
   st->map_bytes = info.me_mapsize;
+  int dead = 0; /* reader slots of crashed processes (a killed e8kvctl) would pin old pages */
+  mdb_reader_check(st->env, &dead);
   MDB_txn *txn;
   rc = mdb_txn_begin(st->env, NULL, st->readonly ? MDB_RDONLY : 0, &txn);
   if (rc) return store_err_mdb(rc, "txn_begin");
@@ -125,6 +127,8 @@ int store_map_grow(e8s_store *st) {
   MDB_envinfo info;
   mdb_env_info(st->env, &info);
   st->map_bytes = info.me_mapsize;
+  int dead = 0; /* reader slots of crashed processes (a killed e8kvctl) would pin old pages */
+  mdb_reader_check(st->env, &dead);
   pthread_rwlock_unlock(&st->map_lock);
   return rc ? store_err_mdb(rc, "set_mapsize") : E8S_OK;
 }

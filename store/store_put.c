@@ -55,6 +55,8 @@ static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
   it->dup_of = -1;
   if (!r->tokens || r->n_tokens == 0 || r->n_tokens > E8S_CHUNK_TOKENS_MAX)
     return store_err(E8S_ERR_INVAL, "put: %u tokens (1..%u)", r->n_tokens, E8S_CHUNK_TOKENS_MAX);
+  if (store_key_is_zero(r->key))
+    return store_err(E8S_ERR_INVAL, "put: all-zero key (reserved: 'no parent')");
   if (!r->payload || r->payload_bytes == 0 || r->payload_bytes > STORE_PAYLOAD_MAX)
     return store_err(E8S_ERR_INVAL, "put: payload of %llu bytes (1..2^40)",
                      (unsigned long long)r->payload_bytes);

@@ -316,6 +316,8 @@ static void test_ns_fp(void **state) {
   e8s_put_rec r = {.tokens = tok, .n_tokens = 4, .payload = "x", .payload_bytes = 1};
   assert_int_equal(e8s_put(env->st, env->ns, fp2, &r, 1), E8S_ERR_NOTFOUND);
   assert_int_equal(e8s_put(env->st, 77, env->fp, &r, 1), E8S_ERR_NOTFOUND);
+  /* the all-zero key is reserved for "no parent" */
+  assert_int_equal(e8s_put(env->st, env->ns, env->fp, &r, 1), E8S_ERR_INVAL);
   /* bad records fail alone */
   e8s_put_rec rr[2] = {r, r};
   rr[0].n_tokens = 0;
