@@ -389,6 +389,35 @@ static void test_offsets_past_4gib(void **state) {
   assert_int_equal(vr.newly_quarantined, 0);
 }
 
+/* The same key twice in one batch: the second is idempotent, a different digest conflicts. */
+static void test_batch_duplicates(void **state) {
+  tu_env *env = *state;
+  uint32_t t[CT], t2[CT];
+  tu_tokens(t, CT, 11);
+  tu_tokens(t2, CT, 12);
+  e8s_put_rec r[3];
+  memset(r, 0, sizeof r);
+  assert_int_equal(e8s_chunk_key(env->salt, env->fp, NULL, t, CT, r[0].key), 0);
+  r[0].tokens = t;
+  r[0].n_tokens = CT;
+  r[0].payload = "abc";
+  r[0].payload_bytes = 3;
+  r[1] = r[0];
+  r[2] = r[0];
+  r[2].tokens = t2;
+  assert_int_equal(e8s_put(env->st, env->ns, env->fp, r, 3), E8S_ERR_CONFLICT);
+  assert_int_equal(r[0].result, E8S_OK);
+  assert_int_equal(r[0].existed, 0);
+  assert_int_equal(r[1].result, E8S_OK);
+  assert_int_equal(r[1].existed, 1);
+  assert_int_equal(r[2].result, E8S_ERR_CONFLICT);
+  e8s_stats s;
+  assert_int_equal(e8s_stats_get(env->st, &s), 0);
+  assert_int_equal(s.chunks, 1);
+  assert_int_equal(s.used_bytes, 3 + E8S_RECORD_HEADER_BYTES);
+  assert_int_equal(e8s_maintain(env->st), E8S_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_roundtrip, tu_setup, tu_teardown),
@@ -400,6 +429,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ns_fp, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_readonly_beside_writer, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_offsets_past_4gib, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_batch_duplicates, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_basic", tests);
 }
