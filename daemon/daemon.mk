@@ -108,3 +108,6 @@ $(BUILD)/fuzz/kvd_fuzz_request: $(KVD_FUZZ_SRCS) $(KVD_GEN_C) $(BUILD)/lib/libe8
 BINS      += $(KVD_REPLAY)
 TEST_CMDS += "$(KVD_REPLAY) tests/daemon/corpus"
 FUZZ_BINS += $(BUILD)/fuzz/kvd_fuzz_request
+
+# The independent Python client (grpcio, stubs generated at test time).
+TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/daemon/test_kvd_grpcio.py"

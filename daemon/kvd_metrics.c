@@ -71,6 +71,18 @@ void kvd_metrics_add(kvd_metrics *m, kvd_counter c, uint64_t v) {
   atomic_fetch_add(&m->counters[c], v);
 }
 
+uint64_t kvd_metrics_counter(kvd_metrics *m, kvd_counter c) {
+  return atomic_load(&m->counters[c]);
+}
+
+void kvd_metrics_bytes(kvd_metrics *m, uint64_t *in, uint64_t *out) {
+  *in = *out = 0;
+  for (size_t i = 0; i < m->n + 2; i++) {
+    *in += atomic_load(&m->per[i].bytes_in);
+    *out += atomic_load(&m->per[i].bytes_out);
+  }
+}
+
 void kvd_metrics_set_in_flight(kvd_metrics *m, unsigned (*fn)(const void *), const void *ctx) {
   m->in_flight = fn;
   m->in_flight_ctx = ctx;

@@ -49,6 +49,9 @@ void kvd_metrics_free(kvd_metrics *m);
 void kvd_metrics_call(kvd_metrics *m, int method, kvd_code code, double seconds,
                       uint64_t bytes_in, uint64_t bytes_out);
 void kvd_metrics_add(kvd_metrics *m, kvd_counter c, uint64_t v);
+/* Current value of a counter; request/response bytes summed over every method. */
+uint64_t kvd_metrics_counter(kvd_metrics *m, kvd_counter c);
+void kvd_metrics_bytes(kvd_metrics *m, uint64_t *in, uint64_t *out);
 void kvd_metrics_set_in_flight(kvd_metrics *m, unsigned (*fn)(const void *), const void *ctx);
 
 /* The whole text page; free() it. */

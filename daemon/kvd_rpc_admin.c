@@ -67,6 +67,8 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
   ds.lookups = s.lookups;
   ds.lookup_hits = s.lookups - s.lookup_misses;
   ds.calls_in_flight = kvd_server_in_flight(app->server);
+  ds.lookup_matched_tokens = kvd_metrics_counter(app->metrics, KVD_M_LOOKUP_MATCHED_TOKENS);
+  kvd_metrics_bytes(app->metrics, &ds.bytes_in, &ds.bytes_out);
   r.daemon_stats = &ds;
   if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
 }

@@ -160,6 +160,9 @@ void kvt_fp_make(kvt_fp *f, const char *model, uint32_t layers, uint32_t heads, 
   f->fp.rope.rotary_dim = dim;
   f->fp.rope.theta = 100000;
   e8c_config_default(&f->fp.config);
+  /* The API's counts mean what they say (0 = none): send the codec's default explicitly. */
+  f->codec.sink_tokens = f->fp.config.sink_tokens;
+  f->codec.recent_window_tokens = f->fp.config.recent_tokens;
 }
 
 float kvt_h2f(uint16_t h) {
