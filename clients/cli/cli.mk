@@ -76,7 +76,7 @@ $(KVCT_REPLAY): $(BUILD)/obj/tests/clients/replay_ctl_xfile.o \
 	$(CC) -o $@ $^ $(LDFLAGS_BASE) $(call pc_libs,libcrypto libisal)
 
 all: $(KVCT_E2E) $(KVCT_REPLAY)
+# The CLI end to end (starts e8kvd from $(BUILD)/bin, runs test_libe8kv_e2e against it too).
 TEST_CMDS += "$(KVCT_REPLAY) tests/clients/corpus_ctl_xfile" \
-             "tests/clients/test_install.sh $(BUILD)"
-# E2E_CMD_PENDING: "python3 tests/clients/test_ctl_e2e.py $(BUILD)" joins TEST_CMDS once
-# daemon/ (e8kvd) is committed.
+             "tests/clients/test_install.sh $(BUILD)" \
+             "python3 tests/clients/test_ctl_e2e.py $(BUILD)"

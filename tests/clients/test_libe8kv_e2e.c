@@ -13,6 +13,7 @@
  *     NaN input (refused locally), a callback that stops the stream.
  */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -406,6 +407,33 @@ static void test_stats_verify_compact(void **state) {
   e8kv_msg_free(kr);
 }
 
+/* One client shared by threads (e8kv.h: thread-safe after open). */
+static void *stats_worker(void *arg) {
+  (void)arg;
+  intptr_t bad = 0;
+  for (int i = 0; i < 25; i++) {
+    E8kv__V1__GetStatsResponse *r = NULL;
+    E8kv__V1__GetSessionRequest q = E8KV__V1__GET_SESSION_REQUEST__INIT;
+    q.name = "no-such-session";
+    E8kv__V1__GetSessionResponse *g = NULL;
+    if (e8kv_get_stats(cli, &r, NULL) != E8KV_OK || !r->namespace_stats) bad++;
+    if (e8kv_get_session(cli, &q, &g, NULL) != E8KV_NOT_FOUND || g) bad++;
+    e8kv_msg_free(r);
+  }
+  return (void *)bad;
+}
+
+static void test_shared_client_threads(void **state) {
+  (void)state;
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, stats_worker, NULL), 0);
+  for (int i = 0; i < 4; i++) {
+    void *bad = NULL;
+    pthread_join(t[i], &bad);
+    assert_int_equal((intptr_t)bad, 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health),
@@ -415,6 +443,7 @@ int main(void) {
       cmocka_unit_test(test_lookup_append_delete),
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_stats_verify_compact),
+      cmocka_unit_test(test_shared_client_threads),
   };
   return cmocka_run_group_tests_name("libe8kv_e2e", tests, setup, teardown);
 }
