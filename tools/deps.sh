@@ -13,7 +13,7 @@ debs=(build-essential pkg-config clang libclang-rt-14-dev
       liblmdb-dev lmdb-utils liburing-dev
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
       protobuf-compiler-grpc grpc-proto libmicrohttpd-dev
-      fio redis-server python3 python3-venv openssl)
+      fio redis-server libhiredis-dev python3 python3-venv openssl)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
