@@ -111,12 +111,13 @@ static double cpu_run(cpu_job *J, int nthreads)
 int main(int argc, char **argv)
 {
     const char *out = "build/bench/gpu.json";
-    int reps = 5, chunk = 256;
+    int reps = 5, chunk = 256, quant_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = atoi(argv[++i]);
-        else { fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS]\n"); return 2; }
+        else if (!strcmp(argv[i], "--quant-only")) quant_only = 1;
+        else { fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS] [--quant-only]\n"); return 2; }
     }
     if (reps < 1 || chunk < 1 || T_ % chunk) { fprintf(stderr, "bad --reps/--chunk\n"); return 2; }
     struct cudaDeviceProp prop;
@@ -240,6 +241,12 @@ int main(int argc, char **argv)
         tv[r] = ms * 1e-3;
     }
     double t_qdec = median(tv + 2, reps);
+    if (quant_only) {
+        double gb = (double)bytes / 1e9;
+        printf("quant only: d2d %.1f GB/s, quant encode %.1f GB/s (%.0f%%), quant decode %.1f GB/s (%.0f%%)\n",
+               gb / t_copy, gb / t_qenc, 100 * t_copy / t_qenc, gb / t_qdec, 100 * t_copy / t_qdec);
+        return 0;
+    }
 
     /* 3. end to end */
     int ereps = reps < 3 ? reps : 3;

@@ -13,8 +13,7 @@
 #
 # Floating point: kernels are compiled with --fmad=false and IEEE division/sqrt (no fast math)
 # so that every float operation rounds exactly like the CPU reference's C code; that is what
-# makes the GPU's frames byte-identical to the CPU's (see codec/cuda/README-kernels in
-# e8cu_kernels.cu's header comment).
+# makes the GPU's frames byte-identical to the CPU's (see codec/cuda/e8cu_device.cuh).
 
 ifneq ($(strip $(NVCC)),)
 # the CPU codec (codec/codec.mk) packs and unpacks our frames: nothing here without it

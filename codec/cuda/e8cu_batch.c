@@ -153,6 +153,7 @@ static void launch_common(const e8cu_ctx *ctx, e8cu_launch *L, void *d_q)
     L->k_step = fp->config.k_step;
     L->v_step = fp->config.v_step;
     L->head_dim = fp->head_dim;
+    L->n_kv_heads = fp->n_kv_heads;
     L->R = fp->head_dim / 8;
     L->pow2 = (fp->head_dim & (fp->head_dim - 1)) == 0;
     L->rotary_dim = fp->rope.rotary_dim;
@@ -220,6 +221,20 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
             ki->method = (uint8_t)meta[k].method;
             L.n_vec += (uint64_t)ctx->fp.n_kv_heads * off[k].n_q;
             L.n_raw_blocks += (uint64_t)ctx->fp.n_kv_heads * off[k].n_raw * (ctx->fp.head_dim / 8);
+        }
+        /* uniform items: the kernels find an item by one division */
+        {
+            uint64_t v0 = L.items[0].vec_begin, r0 = L.items[0].raw_begin, nv = 0, nr = 0;
+            int uv = L.n_vec < UINT32_MAX, ur = L.n_raw_blocks < UINT32_MAX;
+            for (uint32_t k = 0; k < L.n_items; k++) {
+                uint64_t ev = k + 1 < L.n_items ? L.items[k + 1].vec_begin : L.n_vec;
+                uint64_t er = k + 1 < L.n_items ? L.items[k + 1].raw_begin : L.n_raw_blocks;
+                if (k == 0) { nv = ev - v0; nr = er - r0; }
+                if (ev - L.items[k].vec_begin != nv || nv == 0) uv = 0;
+                if (er - L.items[k].raw_begin != nr || nr == 0) ur = 0;
+            }
+            L.vec_per_item = uv ? (uint32_t)nv : 0;
+            L.raw_per_item = ur ? (uint32_t)nr : 0;
         }
         if (dir == 1) L.out_dtype = items[i].t.dtype;
         /* dequantize writes every item's own dtype: launch per run of equal dtypes */

@@ -11,20 +11,8 @@
 
 #define E8CU_THREADS 256
 
-__device__ __forceinline__ int e8cu_find_item_d(const e8cu_launch &L, uint64_t v, int raw)
-{
-    int lo = 0, hi = (int)L.n_items - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        uint64_t b = raw ? L.items[mid].raw_begin : L.items[mid].vec_begin;
-        if (b <= v) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
-template <int P, int NB>
-__global__ void __launch_bounds__(E8CU_THREADS)
+template <int P, int NB, int MB>
+__global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
 {
     extern __shared__ double e8cu_smem[];
@@ -34,22 +22,53 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
     const int gpb = E8CU_THREADS / P, grp = tid / P;
     float *smf = (float *)(e8cu_smem + (size_t)grp * (P * NB * 8));
     const int n = (int)L.head_dim, R = (int)L.R;
+    e8cu_hconst<NB> hc;
+    e8cu_hconst_init<P, NB>(hc, lane, L);
+    const uint64_t stride = (uint64_t)gridDim.x * gpb;
+    const size_t esz = L.out_dtype == E8C_DTYPE_F32 ? 4 : 2;
 
-    for (uint64_t v = (uint64_t)blockIdx.x * gpb + grp; v < L.n_vec; v += (uint64_t)gridDim.x * gpb) {
-        const e8cu_kitem &it = L.items[e8cu_find_item_d(L, v, 0)];
-        uint64_t lv = v - it.vec_begin;
-        uint32_t h = (uint32_t)(lv / it.n_q), j = (uint32_t)(lv % it.n_q);
+    /* software pipeline: the next vector's points and scale are requested first */
+    uint64_t v = (uint64_t)blockIdx.x * gpb + grp;
+    uint4 np[NB];
+    uint16_t nsc = 0;
+    int nitem = 0;
+    uint32_t nvi = 0; /* h * n_q + j: the vector's index in the qbatch arrays */
+    if (v < L.n_vec) {
+        nitem = e8cu_find_item(L, v, 0);
+        const e8cu_kitem &it = L.items[nitem];
+        nvi = (uint32_t)(v - it.vec_begin);
+        nsc = ((const uint16_t *)(L.q + it.off_scales))[nvi];
+        const int16_t *p2 = (const int16_t *)(L.q + it.off_points2) + (size_t)nvi * n;
+#pragma unroll
+        for (int s = 0; s < NB; s++)
+            if (lane + P * s < R) np[s] = __ldg((const uint4 *)(p2 + 8 * (lane + P * s)));
+    }
+    for (; v < L.n_vec; v += stride) {
+        const e8cu_kitem &it = L.items[nitem];
+        const uint32_t vi = nvi;
+        const uint16_t sc = nsc;
+        uint4 cp[NB];
+#pragma unroll
+        for (int s = 0; s < NB; s++) cp[s] = np[s];
+        if (v + stride < L.n_vec) {
+            nitem = e8cu_find_item(L, v + stride, 0);
+            const e8cu_kitem &nt = L.items[nitem];
+            nvi = (uint32_t)(v + stride - nt.vec_begin);
+            nsc = ((const uint16_t *)(L.q + nt.off_scales))[nvi];
+            const int16_t *p2 = (const int16_t *)(L.q + nt.off_points2) + (size_t)nvi * n;
+#pragma unroll
+            for (int s = 0; s < NB; s++)
+                if (lane + P * s < R) np[s] = __ldg((const uint4 *)(p2 + 8 * (lane + P * s)));
+        }
+        uint32_t h = vi / it.n_q, j = vi - h * it.n_q;
         uint32_t tok = it.n_raw_head + j;
-        uint16_t sc = ((const uint16_t *)(L.q + it.off_scales))[(size_t)h * it.n_q + j];
         float sf = e8cu_bf16_to_f32(sc);
-        const int16_t *p2 = (const int16_t *)(L.q + it.off_points2) + ((size_t)h * it.n_q + j) * n;
         float x[NB][8];
 #pragma unroll
         for (int s = 0; s < NB; s++) {
             int b = lane + P * s;
             if (b < R) {
-                uint4 w = *(const uint4 *)(p2 + 8 * b);
-                uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+                uint32_t ww[4] = {cp[s].x, cp[s].y, cp[s].z, cp[s].w};
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     x[s][2 * i] = sf * (0.5f * (float)(int16_t)(ww[i] & 0xffffu));
@@ -60,7 +79,7 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
                 for (int i = 0; i < 8; i++) x[s][i] = 0.0f;
             }
         }
-        e8cu_bh<P, NB>(x, lane, gmask, L);
+        e8cu_bh<P, NB>(x, lane, gmask, hc);
         if (!L.pow2) {
             /* tmp[perm[k]] = y[k] * sign1[k], perm[k] = (k mod R)*8 + k div R */
 #pragma unroll
@@ -70,7 +89,7 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
 #pragma unroll
                     for (int i = 0; i < 8; i++) {
                         int k = 8 * b + i;
-                        smf[(k % R) * 8 + k / R] = x[s][i] * __ldg(L.signs + n + k);
+                        smf[(k % R) * 8 + k / R] = e8cu_flip(x[s][i], hc.sg1[s], i);
                     }
                 }
             }
@@ -84,21 +103,16 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
                 }
             }
             __syncwarp(gmask);
-            e8cu_bh<P, NB>(x, lane, gmask, L);
+            e8cu_bh<P, NB>(x, lane, gmask, hc);
         }
 #pragma unroll
-        for (int s = 0; s < NB; s++) {
-            int b = lane + P * s;
-            if (b < R) {
+        for (int s = 0; s < NB; s++)
 #pragma unroll
-                for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * __ldg(L.signs + 8 * b + i);
-            }
-        }
+            for (int i = 0; i < 8; i++) x[s][i] = e8cu_flip(x[s][i], hc.sg0[s], i);
         if (L.rope_on && it.kind == E8C_K) {
             size_t row = (size_t)(it.rope_row + tok) * (L.rotary_dim / 2);
             e8cu_rope<P, NB>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 1, smf);
         }
-        size_t esz = L.out_dtype == E8C_DTYPE_F32 ? 4 : 2;
         char *dst = (char *)it.src + ((int64_t)h * it.stride_head + (int64_t)tok * it.stride_token) * (int64_t)esz;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
@@ -116,7 +130,7 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_unraw_kernel(const __grid_c
     const size_t ssz = L.src_dtype == E8C_DTYPE_F32 ? 4 : 2;
     const size_t osz = L.out_dtype == E8C_DTYPE_F32 ? 4 : 2;
     for (uint64_t g = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; g < L.n_raw_blocks; g += step) {
-        const e8cu_kitem &it = L.items[e8cu_find_item_d(L, g, 1)];
+        const e8cu_kitem &it = L.items[e8cu_find_item(L, g, 1)];
         uint64_t lb = g - it.raw_begin;
         uint32_t b = (uint32_t)(lb % L.R);
         uint64_t rv = lb / L.R;
@@ -175,14 +189,14 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_unraw_kernel(const __grid_c
     }
 }
 
-template <int P, int NB>
+template <int P, int NB, int MB>
 static cudaError_t e8cu_launch_dq(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
-    unsigned grid = (unsigned)(need < (uint64_t)sms * 8 ? need : (uint64_t)sms * 8);
-    e8cu_dequantize_kernel<P, NB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    unsigned grid = (unsigned)(need < (uint64_t)sms * MB ? need : (uint64_t)sms * MB);
+    e8cu_dequantize_kernel<P, NB, MB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
     return cudaGetLastError();
 }
 
@@ -193,11 +207,21 @@ extern "C" int e8cu_launch_dequantize(const e8cu_launch *L, cudaStream_t stream)
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     cudaError_t e = cudaSuccess;
     if (L->n_vec > 0) {
+        /* lanes per vector: two 8-blocks per lane (NB = 2) halves the per-vector work every
+         * lane repeats (locating, scale) and the shuffle stages; E8CU_NARROW=1 selects one
+         * 8-block per lane (a tuning knob; results are identical) */
         uint32_t R = L->R;
-        if (R <= 8) e = e8cu_launch_dq<8, 1>(L, stream, sms);
-        else if (R <= 16) e = e8cu_launch_dq<16, 1>(L, stream, sms);
-        else if (R <= 32) e = e8cu_launch_dq<32, 1>(L, stream, sms);
-        else e = e8cu_launch_dq<32, 2>(L, stream, sms);
+        int mb = e8cu_min_blocks("E8CU_DQ_MINBLOCKS", 4);
+        const char *nw = getenv("E8CU_NARROW");
+        if (nw && *nw == '1' && R <= 32) {
+            e = R <= 8 ? e8cu_launch_dq<8, 1, 4>(L, stream, sms)
+              : mb == 2 ? (R <= 16 ? e8cu_launch_dq<16, 1, 2>(L, stream, sms) : e8cu_launch_dq<32, 1, 2>(L, stream, sms))
+              : mb == 3 ? (R <= 16 ? e8cu_launch_dq<16, 1, 3>(L, stream, sms) : e8cu_launch_dq<32, 1, 3>(L, stream, sms))
+                        : (R <= 16 ? e8cu_launch_dq<16, 1, 4>(L, stream, sms) : e8cu_launch_dq<32, 1, 3>(L, stream, sms));
+        } else if (R <= 8) e = e8cu_launch_dq<8, 1, 4>(L, stream, sms);
+        else if (R > 32) e = e8cu_launch_dq<32, 2, 2>(L, stream, sms);
+        else if (e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2) e = R <= 16 ? e8cu_launch_dq<8, 2, 2>(L, stream, sms) : e8cu_launch_dq<16, 2, 2>(L, stream, sms);
+        else e = R <= 16 ? e8cu_launch_dq<8, 2, 3>(L, stream, sms) : e8cu_launch_dq<16, 2, 3>(L, stream, sms);
         if (e != cudaSuccess) return (int)e;
     }
     if (L->n_raw_blocks > 0) {

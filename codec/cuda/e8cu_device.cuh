@@ -13,6 +13,7 @@
 #define E8CU_DEVICE_CUH
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <cuda_fp16.h>
 #include "codec/cuda/e8cu_internal.h"
 
@@ -86,19 +87,32 @@ __device__ __forceinline__ void e8cu_store8(void *p, uint32_t dtype, const float
 
 /* ------------------------------------------------------------- E8 (FORMAT §4) */
 
+/* The stored scale (FORMAT §4, e8c_scale_code): v = fp32(rms * step), rounded to nearest even
+ * at 3 mantissa bits, kept as bf16 bits (low 4 bits zero); 0x0010 if that underflows. */
+__device__ __forceinline__ uint16_t e8cu_scale_code(double rms, float step)
+{
+    float v = (float)(rms * (double)step);
+    uint32_t u = __float_as_uint(v);
+    u = (u + 0x7ffffu + ((u >> 20) & 1u)) & 0xfff00000u;
+    uint16_t s = (uint16_t)(u >> 16);
+    return s == 0 ? (uint16_t)0x0010 : s;
+}
+
 /* Conway & Sloane's nearest point of D8 to u: f gets the integer point; returns the squared
  * distance in the fixed tree order. Mirrors e8c_ref.c d8_cand. */
 __device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8])
 {
     float d[8];
-    long long sum = 0;
+    /* the parity of the sum of the rounded coordinates; |u| < 2^24 (FORMAT §4 bounds t by
+     * sqrt(n)/step), so the float sum of integers is exact, as the CPU's integer sum */
+    float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         f[i] = rintf(u[i]);
         d[i] = u[i] - f[i];
-        sum += (long long)f[i];
+        sum += f[i];
     }
-    if (sum & 1) {
+    if (__float2int_rz(sum) & 1) {
         int k = 0;
         float dk = fabsf(d[0]);
 #pragma unroll
@@ -136,14 +150,48 @@ __device__ __forceinline__ void e8cu_e8_block(const float t[8], int16_t p2[8])
 
 /* ------------------------------------------------------- Hadamard (FORMAT §3) */
 
-/* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
- * NB = 2 the stride 8·P between slots; then the block gain. L->bh_log2[b] is log2 of the
- * size (in 8-blocks) of the Hadamard block holding 8-block b; L->bh_gain[k] the gain of a
- * block of 8·2^k elements. Lanes past the vector (b >= R) hold zeros and take part in the
- * shuffles only. */
+/* Per-thread constants of the Hadamard step, computed once per kernel: for each slot, log2 of
+ * the size (in 8-blocks) of the BH block holding the thread's 8-block, that block's gain, and
+ * the sign bits of rounds 0 and 1 for the thread's 8 elements (bit i set: multiply by -1,
+ * done as a sign-bit flip, which is exactly x * -1.0f). */
+template <int NB>
+struct e8cu_hconst {
+    int lg[NB];
+    float gain[NB];
+    uint32_t sg0[NB], sg1[NB];
+};
+
 template <int P, int NB>
-__device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask,
-                                        const e8cu_launch &L)
+__device__ __forceinline__ void e8cu_hconst_init(e8cu_hconst<NB> &hc, int lane, const e8cu_launch &L)
+{
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        int b = lane + P * s;
+        uint32_t m0 = 0, m1 = 0;
+        hc.lg[s] = 0;
+        if (b < (int)L.R) {
+            hc.lg[s] = L.bh_log2[b];
+            for (int i = 0; i < 8; i++) {
+                if (L.signs[8 * b + i] < 0.0f) m0 |= 1u << i;
+                if (!L.pow2 && L.signs[L.head_dim + 8 * b + i] < 0.0f) m1 |= 1u << i;
+            }
+        }
+        hc.gain[s] = L.bh_gain[hc.lg[s]];
+        hc.sg0[s] = m0;
+        hc.sg1[s] = m1;
+    }
+}
+
+__device__ __forceinline__ float e8cu_flip(float x, uint32_t mask, int i)
+{
+    return __uint_as_float(__float_as_uint(x) ^ (((mask >> i) & 1u) << 31));
+}
+
+/* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
+ * NB = 2 the stride 8·P between slots; then the block gain. Lanes past the vector (b >= R)
+ * hold zeros and take part in the shuffles only. */
+template <int P, int NB>
+__device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask, const e8cu_hconst<NB> &hc)
 {
 #pragma unroll
     for (int s = 0; s < NB; s++) {
@@ -159,18 +207,12 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
             }
         }
     }
-    int lg[NB];
-#pragma unroll
-    for (int s = 0; s < NB; s++) {
-        int b = lane + P * s;
-        lg[s] = b < (int)L.R ? L.bh_log2[b] : 0;
-    }
 #pragma unroll
     for (int m = 1; m < P; m <<= 1) {
         int upper = lane & m;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
-            bool on = (1 << lg[s]) > m;
+            bool on = (1 << hc.lg[s]) > m;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float p = __shfl_xor_sync(gmask, x[s][i], m);
@@ -180,7 +222,7 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
     }
     if (NB == 2) {
         /* stride 8·P: only a block of more than P 8-blocks (n = 512) spans both slots */
-        if ((1 << lg[0]) > P) {
+        if ((1 << hc.lg[0]) > P) {
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float a = x[0][i], c = x[NB - 1][i];
@@ -191,9 +233,50 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
     }
 #pragma unroll
     for (int s = 0; s < NB; s++) {
-        float g = L.bh_gain[lg[s]];
 #pragma unroll
-        for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * g;
+        for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * hc.gain[s];
+    }
+}
+
+/* Item of flat vector (raw = 0) or raw 8-block (raw = 1) index v: a division when every item
+ * of the launch has the same count, else a binary search (items sorted by begin). */
+__device__ __forceinline__ int e8cu_find_item(const e8cu_launch &L, uint64_t v, int raw)
+{
+    uint32_t per = raw ? L.raw_per_item : L.vec_per_item;
+    if (per) return (int)((uint32_t)v / per);
+    int lo = 0, hi = (int)L.n_items - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        uint64_t b = raw ? L.items[mid].raw_begin : L.items[mid].vec_begin;
+        if (b <= v) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Raw loads of 8 elements (16 bytes, or 32 for fp32), then conversion to fp32: split so that
+ * the next vector's load can be issued before the current one is processed. */
+__device__ __forceinline__ void e8cu_ld8(const void *p, uint32_t dtype, uint4 r[2])
+{
+    r[0] = __ldg((const uint4 *)p);
+    if (dtype == E8C_DTYPE_F32) r[1] = __ldg((const uint4 *)p + 1);
+}
+
+__device__ __forceinline__ void e8cu_cvt8(const uint4 r[2], uint32_t dtype, float x[8])
+{
+    if (dtype == E8C_DTYPE_F32) {
+        x[0] = __uint_as_float(r[0].x); x[1] = __uint_as_float(r[0].y);
+        x[2] = __uint_as_float(r[0].z); x[3] = __uint_as_float(r[0].w);
+        x[4] = __uint_as_float(r[1].x); x[5] = __uint_as_float(r[1].y);
+        x[6] = __uint_as_float(r[1].z); x[7] = __uint_as_float(r[1].w);
+        return;
+    }
+    uint32_t w[4] = {r[0].x, r[0].y, r[0].z, r[0].w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo = (uint16_t)(w[i] & 0xffffu), hi = (uint16_t)(w[i] >> 16);
+        if (dtype == E8C_DTYPE_F16) { x[2 * i] = e8cu_f16_to_f32(lo); x[2 * i + 1] = e8cu_f16_to_f32(hi); }
+        else { x[2 * i] = e8cu_bf16_to_f32(lo); x[2 * i + 1] = e8cu_bf16_to_f32(hi); }
     }
 }
 
@@ -253,9 +336,13 @@ __device__ __forceinline__ void e8cu_rope(float x[NB][8], int lane, int gbase, u
             if (role[sl] == 2) continue;
             int b = lane + P * sl;
             int i0 = 8 * (role[sl] == 0 ? b : pbk[sl]);
+            float4 c0 = __ldg((const float4 *)(c + i0)), c1 = __ldg((const float4 *)(c + i0 + 4));
+            float4 s0 = __ldg((const float4 *)(s + i0)), s1 = __ldg((const float4 *)(s + i0 + 4));
+            const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+            const float ss[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
             for (int i = 0; i < 8; i++) {
-                float ci = __ldg(c + i0 + i), si = __ldg(s + i0 + i);
+                float ci = cc[i], si = ss[i];
                 float a = role[sl] == 0 ? x[sl][i] : px[sl][i];
                 float bb = role[sl] == 0 ? px[sl][i] : x[sl][i];
                 float ac = a * ci, bs = bb * si, bc = bb * ci, as = a * si;
@@ -295,6 +382,16 @@ __device__ __forceinline__ void e8cu_rope(float x[NB][8], int lane, int gbase, u
         }
     }
     __syncwarp(gmask);
+}
+
+/* Kernel residency target (blocks of 256 threads per multiprocessor; the compiler caps
+ * registers to fit): `dflt`, or 2..4 from the environment variable `name` (a tuning knob for
+ * bench-gpu; results are identical for every value). */
+static inline int e8cu_min_blocks(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    int b = v ? atoi(v) : dflt;
+    return b >= 2 && b <= 4 ? b : dflt;
 }
 
 #endif

@@ -49,6 +49,7 @@ typedef struct e8cu_launch {
     const float *rope_sin2;      /* positions (rope_row2), NULL otherwise */
     float k_step, v_step;        /* lattice steps (FORMAT §4) */
     uint32_t head_dim;           /* n */
+    uint32_t n_kv_heads;         /* H */
     uint32_t R;                  /* n / 8 */
     uint32_t pow2;               /* n is a power of two: one Hadamard round */
     uint32_t rotary_dim, rope_layout;
@@ -58,6 +59,8 @@ typedef struct e8cu_launch {
     uint32_t n_items;
     uint64_t n_vec;              /* quantized vectors in the launch */
     uint64_t n_raw_blocks;       /* raw-kept 8-blocks in the launch */
+    uint32_t vec_per_item;       /* every item has this many vectors and n_vec < 2^32, else 0 */
+    uint32_t raw_per_item;       /* the same for raw 8-blocks */
     uint8_t  bh_log2[E8C_MAX_HEAD_DIM / 8]; /* per 8-block: log2(8-blocks of its BH block) */
     float    bh_gain[8];         /* gain of a BH block of 8·2^k elements: fp32(1/sqrt(m)) */
     e8cu_kitem items[E8CU_LAUNCH_ITEMS];

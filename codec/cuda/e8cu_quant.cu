@@ -4,29 +4,17 @@
  * grid-stride loop over every quantized vector of the launch (all items: layers, K/V, chunks,
  * heads, tokens). Per vector, FORMAT.md §1-§4 in order: load and check (finite, |x| <= 2^64),
  * RoPE removal (keys), sign0, BH, [permutation, sign1, BH], sum of squares in f64 (per lane l
- * of 8, sequentially over j = l + 8k, through shared memory, then the fixed tree), bf16
- * scale, E8 nearest point per 8-block, points2 and scale stores.
+ * of 8, sequentially over j = l + 8k, through shared memory, then the fixed tree), the
+ * scale code, E8 nearest point per 8-block, points2 and scale stores.
  * e8cu_raw_kernel: raw-kept tokens (sinks, recent window, protected layers): checked and
  * stored in the source dtype, bits copied when the input is already that dtype.
- * Input errors set bits in the item's status word (1: NaN/inf, 2: |x| > 2^64 or a raw value
- * that overflows the source dtype); the host turns them into E8C_ERR_NONFINITE / _RANGE. */
+ * Bad input (NaN/inf; |x| > 2^64 or a raw value that overflows the source dtype) lowers the
+ * item's status word to the key of the first bad element in the CPU path's scan order (see
+ * e8cu_batch.c); the host turns it into E8C_ERR_NONFINITE / _RANGE. */
 #include "codec/cuda/e8cu_device.cuh"
 
 #define E8CU_THREADS 256
 #define E8CU_MAX_ABS 18446744073709551616.0f /* 2^64 */
-
-/* Item holding flat index v (items sorted by begin). */
-__device__ __forceinline__ int e8cu_find_item(const e8cu_launch &L, uint64_t v, int raw)
-{
-    int lo = 0, hi = (int)L.n_items - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        uint64_t b = raw ? L.items[mid].raw_begin : L.items[mid].vec_begin;
-        if (b <= v) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
 
 __device__ __forceinline__ int e8cu_check(float x)
 {
@@ -42,8 +30,29 @@ __device__ __forceinline__ void e8cu_report(const e8cu_launch &L, const e8cu_kit
     atomicMin((unsigned long long *)(L.q + it.off_status), key);
 }
 
-template <int P, int NB>
-__global__ void __launch_bounds__(E8CU_THREADS)
+/* Where vector v of the launch lives: its item, head, quantized index and source address. */
+struct e8cu_vec {
+    int item;
+    uint32_t h, j, tok;
+    const char *src;
+};
+
+__device__ __forceinline__ e8cu_vec e8cu_locate(const e8cu_launch &L, uint64_t v)
+{
+    e8cu_vec r;
+    r.item = e8cu_find_item(L, v, 0);
+    const e8cu_kitem &it = L.items[r.item];
+    uint32_t lv = (uint32_t)(v - it.vec_begin);
+    r.h = lv / it.n_q;
+    r.j = lv - r.h * it.n_q;
+    r.tok = it.n_raw_head + r.j;
+    int64_t esz = it.dtype == E8C_DTYPE_F32 ? 4 : 2;
+    r.src = (const char *)it.src + ((int64_t)r.h * it.stride_head + (int64_t)r.tok * it.stride_token) * esz;
+    return r;
+}
+
+template <int P, int NB, int MB>
+__global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 {
     extern __shared__ double e8cu_smem[];
@@ -54,28 +63,46 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
     double *sm = e8cu_smem + (size_t)grp * (P * NB * 8);
     float *smf = (float *)sm;
     const int n = (int)L.head_dim, R = (int)L.R;
+    e8cu_hconst<NB> hc;
+    e8cu_hconst_init<P, NB>(hc, lane, L);
+    const uint64_t stride = (uint64_t)gridDim.x * gpb;
 
-    for (uint64_t v = (uint64_t)blockIdx.x * gpb + grp; v < L.n_vec; v += (uint64_t)gridDim.x * gpb) {
-        const e8cu_kitem &it = L.items[e8cu_find_item(L, v, 0)];
-        uint64_t lv = v - it.vec_begin;
-        uint32_t h = (uint32_t)(lv / it.n_q), j = (uint32_t)(lv % it.n_q);
-        uint32_t tok = it.n_raw_head + j;
-        size_t esz = it.dtype == E8C_DTYPE_F32 ? 4 : 2;
-        const char *src = (const char *)it.src +
-                          ((int64_t)h * it.stride_head + (int64_t)tok * it.stride_token) * (int64_t)esz;
+    /* software pipeline: the next vector's bytes are requested before this one is processed */
+    uint64_t v = (uint64_t)blockIdx.x * gpb + grp;
+    uint4 nraw[NB][2];
+    e8cu_vec nv = {0, 0, 0, 0, nullptr};
+    if (v < L.n_vec) {
+        nv = e8cu_locate(L, v);
+#pragma unroll
+        for (int s = 0; s < NB; s++)
+            if (lane + P * s < R)
+                e8cu_ld8(nv.src + (size_t)(lane + P * s) * 8 * (L.items[nv.item].dtype == E8C_DTYPE_F32 ? 4 : 2),
+                         L.items[nv.item].dtype, nraw[s]);
+    }
+    for (; v < L.n_vec; v += stride) {
+        const e8cu_vec cv = nv;
+        const e8cu_kitem &it = L.items[cv.item];
         float x[NB][8];
         int bad = 0;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
-            int b = lane + P * s;
-            if (b < R) {
-                e8cu_load8(src + (size_t)b * 8 * esz, it.dtype, x[s]);
+            if (lane + P * s < R) {
+                e8cu_cvt8(nraw[s], it.dtype, x[s]);
 #pragma unroll
-                for (int i = 0; i < 8; i++) bad |= e8cu_check(x[s][i]);
+                for (int i = 0; i < 8; i++) bad |= !(fabsf(x[s][i]) <= E8CU_MAX_ABS); /* NaN, inf, > 2^64 */
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; i++) x[s][i] = 0.0f;
             }
+        }
+        if (v + stride < L.n_vec) {
+            nv = e8cu_locate(L, v + stride);
+            const e8cu_kitem &nt = L.items[nv.item];
+#pragma unroll
+            for (int s = 0; s < NB; s++)
+                if (lane + P * s < R)
+                    e8cu_ld8(nv.src + (size_t)(lane + P * s) * 8 * (nt.dtype == E8C_DTYPE_F32 ? 4 : 2), nt.dtype,
+                             nraw[s]);
         }
         if (bad) {
 #pragma unroll
@@ -83,25 +110,21 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 #pragma unroll
                 for (int i = 7; i >= 0; i--) {
                     int c = e8cu_check(x[s][i]);
-                    if (c) e8cu_report(L, it, 1, ((uint64_t)h * it.n_q + j) * n + 8 * (lane + P * s) + i, c);
+                    if (c) e8cu_report(L, it, 1, ((uint64_t)cv.h * it.n_q + cv.j) * n + 8 * (lane + P * s) + i, c);
                 }
         }
 
         if (L.rope_on && it.kind == E8C_K) {
-            size_t row = (size_t)(it.rope_row + tok) * (L.rotary_dim / 2);
+            size_t row = (size_t)(it.rope_row + cv.tok) * (L.rotary_dim / 2);
             e8cu_rope<P, NB>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 0, smf);
         }
 
         /* Hadamard, FORMAT §3 */
 #pragma unroll
-        for (int s = 0; s < NB; s++) {
-            int b = lane + P * s;
-            if (b < R) {
+        for (int s = 0; s < NB; s++)
 #pragma unroll
-                for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * __ldg(L.signs + 8 * b + i);
-            }
-        }
-        e8cu_bh<P, NB>(x, lane, gmask, L);
+            for (int i = 0; i < 8; i++) x[s][i] = e8cu_flip(x[s][i], hc.sg0[s], i);
+        e8cu_bh<P, NB>(x, lane, gmask, hc);
         if (!L.pow2) {
 #pragma unroll
             for (int s = 0; s < NB; s++) {
@@ -119,12 +142,12 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 #pragma unroll
                     for (int i = 0; i < 8; i++) {
                         int k = 8 * b + i;
-                        x[s][i] = smf[(k % R) * 8 + k / R] * __ldg(L.signs + n + k);
+                        x[s][i] = e8cu_flip(smf[(k % R) * 8 + k / R], hc.sg1[s], i);
                     }
                 }
             }
             __syncwarp(gmask);
-            e8cu_bh<P, NB>(x, lane, gmask, L);
+            e8cu_bh<P, NB>(x, lane, gmask, hc);
         }
 
         /* scale, FORMAT §4: A[l] = sum over j = l + 8k ascending, then the fixed tree */
@@ -132,8 +155,11 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         for (int s = 0; s < NB; s++) {
             int b = lane + P * s;
             if (b < R) {
+                double2 *d2 = (double2 *)(sm + 8 * b);
 #pragma unroll
-                for (int i = 0; i < 8; i++) sm[8 * b + i] = (double)x[s][i] * (double)x[s][i];
+                for (int i = 0; i < 8; i += 2)
+                    d2[i / 2] = make_double2((double)x[s][i] * (double)x[s][i],
+                                             (double)x[s][i + 1] * (double)x[s][i + 1]);
             }
         }
         __syncwarp(gmask);
@@ -149,13 +175,11 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         if (T != 0.0) {
             double rms = sqrt(T / (double)n);
             float step = it.kind == E8C_K ? L.k_step : L.v_step;
-            float vv = (float)(rms * (double)step);
-            sc = e8cu_f32_to_bf16(vv);
-            if (sc == 0) sc = 1;
+            sc = e8cu_scale_code(rms, step);
         }
         float sf = e8cu_bf16_to_f32(sc);
 
-        int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)h * it.n_q + j) * n;
+        int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)cv.h * it.n_q + cv.j) * n;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
             int b = lane + P * s;
@@ -178,7 +202,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                 *(uint4 *)(p2 + 8 * b) = w;
             }
         }
-        if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)h * it.n_q + j] = sc;
+        if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)cv.h * it.n_q + cv.j] = sc;
     }
 }
 
@@ -243,14 +267,14 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_raw_kernel(const __grid_con
     }
 }
 
-template <int P, int NB>
+template <int P, int NB, int MB>
 static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
-    unsigned grid = (unsigned)(need < (uint64_t)sms * 8 ? need : (uint64_t)sms * 8);
-    e8cu_quantize_kernel<P, NB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    unsigned grid = (unsigned)(need < (uint64_t)sms * MB ? need : (uint64_t)sms * MB);
+    e8cu_quantize_kernel<P, NB, MB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
     return cudaGetLastError();
 }
 
@@ -267,11 +291,21 @@ extern "C" int e8cu_launch_quantize(const e8cu_launch *L, cudaStream_t stream)
     int sms = e8cu_sm_count();
     cudaError_t e = cudaSuccess;
     if (L->n_vec > 0) {
+        /* lanes per vector: two 8-blocks per lane (NB = 2) halves the per-vector work every
+         * lane repeats (locating, scale) and the shuffle stages; E8CU_NARROW=1 selects one
+         * 8-block per lane (a tuning knob; results are identical) */
         uint32_t R = L->R;
-        if (R <= 8) e = e8cu_launch_q<8, 1>(L, stream, sms);
-        else if (R <= 16) e = e8cu_launch_q<16, 1>(L, stream, sms);
-        else if (R <= 32) e = e8cu_launch_q<32, 1>(L, stream, sms);
-        else e = e8cu_launch_q<32, 2>(L, stream, sms);
+        int mb = e8cu_min_blocks("E8CU_Q_MINBLOCKS", 3);
+        const char *nw = getenv("E8CU_NARROW");
+        if (nw && *nw == '1' && R <= 32) {
+            e = R <= 8 ? e8cu_launch_q<8, 1, 4>(L, stream, sms)
+              : mb == 2 ? (R <= 16 ? e8cu_launch_q<16, 1, 2>(L, stream, sms) : e8cu_launch_q<32, 1, 2>(L, stream, sms))
+              : mb == 3 ? (R <= 16 ? e8cu_launch_q<16, 1, 3>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms))
+                        : (R <= 16 ? e8cu_launch_q<16, 1, 4>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms));
+        } else if (R <= 8) e = e8cu_launch_q<8, 1, 4>(L, stream, sms);
+        else if (R > 32) e = e8cu_launch_q<32, 2, 2>(L, stream, sms);
+        else if (e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2) e = R <= 16 ? e8cu_launch_q<8, 2, 2>(L, stream, sms) : e8cu_launch_q<16, 2, 2>(L, stream, sms);
+        else e = R <= 16 ? e8cu_launch_q<8, 2, 3>(L, stream, sms) : e8cu_launch_q<16, 2, 3>(L, stream, sms);
         if (e != cudaSuccess) return (int)e;
     }
     if (L->n_raw_blocks > 0) {
