@@ -7,7 +7,7 @@
 # build) but never run by `make test`. They run on a GPU machine, "build here, bundle, run there":
 #   here:       make BUILD=build/cuda gpu-bundle           # builds, packs .devbundle/ (bins + libs)
 #   GPU host:   make test-gpu  GPU_BIN=.devbundle/bin       # tests (incl. compute-sanitizer)
-#               make bench-gpu GPU_BIN=.devbundle/bin       # writes $(BUILD)/bench/gpu.json
+#               make bench-gpu GPU_BIN=.devbundle/bin       # writes build/bench/gpu.json
 # With GPU_BIN unset, test-gpu and bench-gpu build first and run from $(BUILD)/bin (a machine
 # with both a GPU and the full build dependencies).
 #
@@ -76,7 +76,7 @@ test-gpu: $(if $(GPU_BIN),,$(GPU_TEST_BINS))
 	codec/cuda/gpu-run.sh test $(GPU_RUN_BIN) $(BUILD)
 
 bench-gpu: $(if $(GPU_BIN),,$(GPU_BENCH_BIN))
-	codec/cuda/gpu-run.sh bench $(GPU_RUN_BIN) $(BUILD)
+	codec/cuda/gpu-run.sh bench $(GPU_RUN_BIN) build
 
 else
 test-gpu bench-gpu gpu-bundle:
