@@ -387,6 +387,19 @@ static void test_bad_input(void **state) {
                    E8KV_E_CODEC);
   raw[0][3] = saved;
   e8kv_put_abort(p);
+  /* An aborted stream commits nothing: the session it would have created never appears. */
+  char name[80];
+  snprintf(name, sizeof name, "%s-aborted", sess);
+  h.session = name;
+  h.create_session = 1;
+  EXPECT_OK(e8kv_put_begin(cli, &h, &p, &err));
+  cp.first_pos = 0;
+  EXPECT_OK(e8kv_put_chunk_encode(p, cctx, &cp, raw[0], E8C_DTYPE_F32, tokens, CT, &err));
+  e8kv_put_abort(p);
+  E8kv__V1__GetSessionRequest gq = E8KV__V1__GET_SESSION_REQUEST__INIT;
+  gq.name = name;
+  E8kv__V1__GetSessionResponse *gr = NULL;
+  assert_int_equal(e8kv_get_session(cli, &gq, &gr, &err), E8KV_NOT_FOUND);
 }
 
 static void test_stats_verify_compact(void **state) {
@@ -405,6 +418,40 @@ static void test_stats_verify_compact(void **state) {
   E8kv__V1__CompactResponse *kr = NULL;
   EXPECT_OK(e8kv_compact(cli, &kq, &kr, &err));
   e8kv_msg_free(kr);
+}
+
+static int slow_chunk(void *arg, const e8kv_chunk *ch) {
+  (void)ch;
+  (*(int *)arg)++;
+  usleep(400 * 1000); /* longer than the stream's whole deadline */
+  return 0;
+}
+
+/* A stream that outlives its deadline ends with DEADLINE_EXCEEDED, not a hang or a
+ * silently short answer. */
+static void test_stream_deadline(void **state) {
+  (void)state;
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = getenv("E8KV_TEST_ADDR");
+  o.token = getenv("E8KV_TEST_TOKEN");
+  o.stream_deadline_ms = 200;
+  e8kv_client *c = NULL;
+  e8kv_error err;
+  EXPECT_OK(e8kv_client_open(&o, &c, &err));
+  E8kv__V1__SessionRange range = E8KV__V1__SESSION_RANGE__INIT;
+  range.session = sess;
+  E8kv__V1__GetChunksRequest req = E8KV__V1__GET_CHUNKS_REQUEST__INIT;
+  req.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
+  req.range = &range;
+  req.encoding = E8KV__V1__ENCODING__ENCODING_RAW; /* larger: many pieces */
+  req.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
+  req.max_piece_bytes = 4096;
+  int calls = 0;
+  e8kv_status s = e8kv_get_chunks(c, &req, slow_chunk, &calls, &err);
+  assert_int_equal(s, E8KV_DEADLINE_EXCEEDED);
+  assert_true(calls >= 1 && calls < NCH);
+  e8kv_client_close(c);
 }
 
 /* One client shared by threads (e8kv.h: thread-safe after open). */
@@ -440,6 +487,7 @@ int main(void) {
       cmocka_unit_test(test_put_encoded),
       cmocka_unit_test(test_get_session_and_list),
       cmocka_unit_test(test_get_chunks),
+      cmocka_unit_test(test_stream_deadline),
       cmocka_unit_test(test_lookup_append_delete),
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_stats_verify_compact),
