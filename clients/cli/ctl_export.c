@@ -33,6 +33,9 @@ int ctl_exp_begin(ctl_ctx *ctx, ctl_exp *e, const char *path, const E8kv__V1__Se
   memset(e, 0, sizeof *e);
   e->path = path;
   if (strcmp(path, "-") == 0) {
+    if (isatty(STDOUT_FILENO))
+      return ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+                       "export to \"-\" writes binary data: redirect stdout to a file or a pipe");
     e->f = stdout;
   } else {
     if (snprintf(e->tmp, sizeof e->tmp, "%s.tmp", path) >= (int)sizeof e->tmp)

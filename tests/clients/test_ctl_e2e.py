@@ -207,6 +207,11 @@ class E2E(unittest.TestCase):
         self.assertFalse(os.path.exists(f1 + ".tmp"))
         ctl("export", "s1", f3, offline=True)  # offline reads the same bytes
         self.assertEqual(open(f1, "rb").read(), open(f3, "rb").read())
+        p = subprocess.run([CTL, "-a", "unix:" + SOCK, "export", "s1", "-"], capture_output=True,
+                           env=dict(os.environ, E8KV_TOKEN=ADMIN))  # to stdout (a pipe)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, open(f1, "rb").read())
+        self.assertEqual(open(f1, "rb").read(), open(f3, "rb").read())
         j, _ = ctl("rm", "s1")
         self.assertEqual(j["deleted"][0]["name"], "s1")
         ctl("show", "s1", expect=NOT_FOUND)
