@@ -49,7 +49,8 @@ tsan-run:
 
 # ---------------------------------------------------------------- benchmark
 # make bench-store [QUICK=1] [STORE_BENCH_ENGINE=pwrite]: 1024 (QUICK: 128) records of 1 MiB,
-# an fsync per batch of 8, store vs fio on the same directory, in one run.
+# an fsync per batch of 8, store vs fio on the same directory, in one run; medians of 3 rounds
+# (QUICK: 1) because the machine may be shared.
 STORE_BENCH := $(BUILD)/bench/bench_store
 STORE_BENCH_ENGINE ?= io_uring
 $(BUILD)/obj/tests/store/bench_store.o: CFLAGS_tests += $(call pc_cflags,jansson)
@@ -59,4 +60,4 @@ $(STORE_BENCH): $(BUILD)/obj/tests/store/bench_store.o $(STORE_LIB)
 
 bench-store: $(STORE_BENCH)
 	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,1024) 8 \
-	  $(BUILD)/bench/store.json $(STORE_BENCH_ENGINE) 4
+	  $(BUILD)/bench/store.json $(STORE_BENCH_ENGINE) 4 $(if $(QUICK),1,3)

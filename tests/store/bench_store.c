@@ -12,7 +12,10 @@
  * pread, one record at a time). Buffered I/O on both sides.
  * With THREADS > 1 a second write pass (not in the JSON, printed only) has THREADS callers
  * putting their own batches at once, to show group commit (their puts share fsyncs/commits).
- * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] */
+ * The machine may be shared and noisy: ROUNDS rounds run store write, store read, fio write,
+ * fio read back to back on fresh files; throughputs are the medians over rounds, store
+ * latency percentiles are over all samples of all rounds.
+ * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] [ROUNDS] */
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -134,23 +137,16 @@ static double mt_write(e8s_store *st, const e8s_ns_info *ns, const uint8_t *fp,
   return (double)per * threads * REC / dt / 1e9;
 }
 
-int main(int argc, char **argv) {
-  if (argc < 5) {
-    fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite]\n");
-    return 2;
-  }
-  const char *dir = argv[1], *outp = argv[4];
-  size_t n = (size_t)atol(argv[2]), batch = (size_t)atol(argv[3]);
-  int pw = argc > 5 && strcmp(argv[5], "pwrite") == 0;
-  int threads = argc > 6 ? atoi(argv[6]) : 1;
-  if (threads < 1 || threads > 64) threads = 1;
-  if (n == 0 || batch == 0 || n % batch) return fprintf(stderr, "RECORDS %% BATCH != 0\n"), 2;
-  char cmd[1200], data[1100], segdir[1200];
-  snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
-  if (system(cmd) != 0) return 1;
-  snprintf(data, sizeof data, "%s/store", dir);
-  snprintf(segdir, sizeof segdir, "%s/segments", data);
+typedef struct round_out { double w_gbps, r_gbps, mt_gbps; const char *engine; } round_out;
 
+/* One store round on a fresh directory: write n records in batches, cold read them back,
+ * then (threads > 1) a concurrent write pass. Latencies (ms) are appended to wl/rl. */
+static round_out store_round(const char *data, size_t n, size_t batch, int pw, int threads,
+                             double *wl, double *rl) {
+  char cmd[1300], segdir[1200];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", data);
+  if (system(cmd) != 0) exit(1);
+  snprintf(segdir, sizeof segdir, "%s/segments", data);
   e8s_config cfg;
   e8s_config_init(&cfg);
   cfg.dir = data;
@@ -164,15 +160,12 @@ int main(int argc, char **argv) {
   if ((rc = e8s_ns_create(st, "bench", NULL, 0, &ns))) die("ns", rc);
   uint8_t fp[32] = {1};
   if ((rc = e8s_fp_register(st, fp, "bench", 5))) die("fp", rc);
-
   uint8_t *pay = malloc((size_t)REC * batch);
   for (size_t i = 0; i < (size_t)REC * batch; i++) pay[i] = (uint8_t)(i * 131 + (i >> 12));
   uint32_t *tok = malloc(n * CT * sizeof *tok);
   for (size_t i = 0; i < n * CT; i++) tok[i] = (uint32_t)i;
   uint8_t (*keys)[32] = malloc(n * 32);
   e8s_put_rec *r = calloc(batch, sizeof *r);
-  double *wl = malloc(n / batch * sizeof *wl), *rl = malloc(n * sizeof *rl);
-
   double t0 = now_s();
   for (size_t b = 0; b < n / batch; b++) {
     for (size_t j = 0; j < batch; j++) {
@@ -191,7 +184,8 @@ int main(int argc, char **argv) {
     if ((rc = e8s_put(st, ns.id, fp, r, batch))) die("put", rc);
     wl[b] = (now_s() - a) * 1e3;
   }
-  double tw = now_s() - t0;
+  round_out o = {0};
+  o.w_gbps = (double)n * REC / (now_s() - t0) / 1e9;
   drop_cache(segdir);
   uint8_t *buf = malloc(REC);
   t0 = now_s();
@@ -201,28 +195,64 @@ int main(int argc, char **argv) {
     if ((rc = e8s_get(st, ns.id, keys[i], buf, REC, &got))) die("get", rc);
     rl[i] = (now_s() - a) * 1e3;
   }
-  double tr = now_s() - t0;
-  const char *engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
-  double mt_gbps = 0;
-  if (threads > 1) mt_gbps = mt_write(st, &ns, fp, pay, n, batch, threads);
+  o.r_gbps = (double)n * REC / (now_s() - t0) / 1e9;
+  o.engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
+  if (threads > 1) o.mt_gbps = mt_write(st, &ns, fp, pay, n, batch, threads);
   e8s_close(st);
+  if (system(cmd) != 0) exit(1);
+  free(pay), free(tok), free(keys), free(r), free(buf);
+  return o;
+}
 
-  double bytes = (double)n * REC;
-  double w_gbps = bytes / tw / 1e9, r_gbps = bytes / tr / 1e9;
-  double w_p50 = pct(wl, n / batch, 0.5), w_p99 = pct(wl, n / batch, 0.99);
-  double r_p50 = pct(rl, n, 0.5), r_p99 = pct(rl, n, 0.99);
+static double median(double *v, size_t n) { return pct(v, n, 0.5); }
 
-  char args[512];
-  double fw_p99, fr_p99;
-  snprintf(args, sizeof args, "--rw=write --bs=1M --size=%zuM --fdatasync=%zu %s", n, batch,
-           strcmp(engine, "io_uring") == 0 ? "--ioengine=io_uring --iodepth=" : "--ioengine=psync");
-  if (strcmp(engine, "io_uring") == 0) snprintf(args + strlen(args), sizeof args - strlen(args), "%zu", batch);
-  double fw = run_fio(dir, args, "write", &fw_p99);
-  snprintf(args, sizeof args, "--rw=read --bs=1M --size=%zuM --ioengine=psync --invalidate=1", n);
-  double fr = run_fio(dir, args, "read", &fr_p99);
+int main(int argc, char **argv) {
+  if (argc < 5) {
+    fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] "
+                    "[ROUNDS]\n");
+    return 2;
+  }
+  const char *dir = argv[1], *outp = argv[4];
+  size_t n = (size_t)atol(argv[2]), batch = (size_t)atol(argv[3]);
+  int pw = argc > 5 && strcmp(argv[5], "pwrite") == 0;
+  int threads = argc > 6 ? atoi(argv[6]) : 1;
+  int rounds = argc > 7 ? atoi(argv[7]) : 1;
+  if (threads < 1 || threads > 64) threads = 1;
+  if (rounds < 1 || rounds > 16) rounds = 1;
+  if (n == 0 || batch == 0 || n % batch) return fprintf(stderr, "RECORDS %% BATCH != 0\n"), 2;
+  char cmd[1200], data[1100];
+  snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
+  if (system(cmd) != 0) return 1;
+  snprintf(data, sizeof data, "%s/store", dir);
+
+  size_t nb = n / batch;
+  double *wl = malloc(rounds * nb * sizeof *wl), *rl = malloc(rounds * n * sizeof *rl);
+  double sw[16], sr[16], smt[16], fw[16], fr[16], fw_p99 = 0, fr_p99 = 0;
+  const char *engine = "pwrite";
+  for (int k = 0; k < rounds; k++) {
+    round_out o = store_round(data, n, batch, pw, threads, wl + k * nb, rl + k * n);
+    sw[k] = o.w_gbps, sr[k] = o.r_gbps, smt[k] = o.mt_gbps, engine = o.engine;
+    char args[512];
+    int ur = strcmp(engine, "io_uring") == 0;
+    snprintf(args, sizeof args, "--rw=write --bs=1M --size=%zuM --fdatasync=%zu --ioengine=%s "
+             "--iodepth=%zu", n, batch, ur ? "io_uring" : "psync", ur ? batch : (size_t)1);
+    fw[k] = run_fio(dir, args, "write", &fw_p99) / 1e9;
+    snprintf(args, sizeof args, "--rw=read --bs=1M --size=%zuM --ioengine=psync --invalidate=1", n);
+    fr[k] = run_fio(dir, args, "read", &fr_p99) / 1e9;
+    char rm[1300];
+    snprintf(rm, sizeof rm, "rm -f %s/fio.dat", dir);
+    if (system(rm) != 0) return 1;
+    if (fw[k] < 0 || fr[k] < 0) return 1;
+    fprintf(stderr, "round %d: store write %.3f read %.3f GB/s, fio write %.3f read %.3f GB/s\n",
+            k + 1, sw[k], sr[k], fw[k], fr[k]);
+  }
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd) != 0) fprintf(stderr, "bench_store: could not remove %s\n", dir);
-  if (fw < 0 || fr < 0) return 1;
+
+  double w_gbps = median(sw, rounds), r_gbps = median(sr, rounds), mt = median(smt, rounds);
+  double fwm = median(fw, rounds), frm = median(fr, rounds);
+  double w_p50 = pct(wl, rounds * nb, 0.5), w_p99 = pct(wl, rounds * nb, 0.99);
+  double r_p50 = pct(rl, rounds * n, 0.5), r_p99 = pct(rl, rounds * n, 0.99);
 
   json_t *o = json_object();
   json_object_set_new(o, "record_bytes", json_integer(REC));
@@ -230,25 +260,26 @@ int main(int argc, char **argv) {
   json_object_set_new(o, "read_GBps", json_real(r_gbps));
   json_object_set_new(o, "write_p99_ms", json_real(w_p99));
   json_object_set_new(o, "read_p99_ms", json_real(r_p99));
-  json_object_set_new(o, "fio_write_GBps", json_real(fw / 1e9));
-  json_object_set_new(o, "fio_read_GBps", json_real(fr / 1e9));
+  json_object_set_new(o, "fio_write_GBps", json_real(fwm));
+  json_object_set_new(o, "fio_read_GBps", json_real(frm));
   json_object_set_new(o, "engine", json_string(engine));
   if (json_dump_file(o, outp, JSON_INDENT(2)) != 0) return fprintf(stderr, "write %s\n", outp), 1;
   json_decref(o);
 
   printf("store bench: %zu records of %u bytes, fsync every %zu records (one put call), "
-         "engine %s, directory %s\n", n, REC, batch, engine, dir);
+         "engine %s, directory %s, median of %d round(s)\n", n, REC, batch, engine, dir, rounds);
   printf("%-8s %12s %12s %12s %12s %12s\n", "", "store GB/s", "fio GB/s", "store/fio",
          "store p50 ms", "store p99 ms");
   printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per batch of %zu)\n", "write",
-         w_gbps, fw / 1e9, 100 * w_gbps / (fw / 1e9), w_p50, w_p99, batch);
-  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per record; cold cache)\n",
-         "read", r_gbps, fr / 1e9, 100 * r_gbps / (fr / 1e9), r_p50, r_p99);
+         w_gbps, fwm, 100 * w_gbps / fwm, w_p50, w_p99, batch);
+  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per record; page cache dropped)\n",
+         "read", r_gbps, frm, 100 * r_gbps / frm, r_p50, r_p99);
   if (threads > 1)
     printf("%-8s %12.3f   (%d writer threads, batches of %zu each, group commit)\n", "write",
-           mt_gbps, threads, batch);
-  printf("fio p99 completion latency: write %.2f ms per 1 MiB, read %.2f ms\n", fw_p99, fr_p99);
+           mt, threads, batch);
+  printf("fio p99 completion latency (last round): write %.2f ms per 1 MiB, read %.2f ms\n",
+         fw_p99, fr_p99);
   printf("wrote %s\n", outp);
-  free(pay), free(tok), free(keys), free(r), free(wl), free(rl), free(buf);
+  free(wl), free(rl);
   return 0;
 }
