@@ -389,6 +389,24 @@ static void test_offsets_past_4gib(void **state) {
   assert_int_equal(vr.newly_quarantined, 0);
 }
 
+/* A batch larger than the io_uring queue (64 entries) goes in several waves. */
+static void test_batch_larger_than_ring(void **state) {
+  tu_env *env = *state;
+  enum { N = 150, T = 8 };
+  uint32_t tok[N * T];
+  tu_tokens(tok, N * T, 13);
+  uint8_t(*keys)[32] = malloc(N * 32);
+  assert_int_equal(tu_put_chain(env, tok, N, T, 1300, 777, keys), E8S_OK);
+  tu_reopen(env);
+  for (int i = 0; i < N; i++) assert_int_equal(tu_check(env, keys[i], 1300 + i, 777), 0);
+  e8s_lookup_result res;
+  uint8_t(*got)[32] = malloc(N * 32);
+  assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok, N * T, T, 0, got, N, &res), 0);
+  assert_int_equal(res.n_chunks, N);
+  free(keys);
+  free(got);
+}
+
 /* The same key twice in one batch: the second is idempotent, a different digest conflicts. */
 static void test_batch_duplicates(void **state) {
   tu_env *env = *state;
@@ -430,6 +448,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_readonly_beside_writer, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_offsets_past_4gib, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_batch_duplicates, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_batch_larger_than_ring, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_basic", tests);
 }
