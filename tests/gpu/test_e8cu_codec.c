@@ -375,6 +375,79 @@ static void test_random_shapes(void **state)
     }
 }
 
+/* Many small frames of different sizes in one call: more than one launch (192 frames each),
+ * items found by binary search, positions far apart (separate RoPE tables) and, for dynamic
+ * NTK, different rope_seq_len per frame (separate table keys). */
+static void test_many_items(void **state)
+{
+    (void)state;
+    static const uint32_t ropes[2] = {E8C_ROPE_DEFAULT, E8C_ROPE_DYNAMIC};
+    for (int r = 0; r < 2; r++) {
+        e8c_fingerprint fp;
+        e8t_fingerprint(&fp, 8, 2, 64, ropes[r], r);
+        fp.config.sink_tokens = 3;
+        e8t_rng rng = {1234 + (uint64_t)r};
+        size_t n = quick ? 200 : 420;
+        case_item *ci = calloc(n, sizeof *ci);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t N = 1 + (uint32_t)(e8t_u64(&rng) % 40);
+            uint32_t pos = (i % 7 == 3) ? 1000000000u + (uint32_t)(e8t_u64(&rng) % 1000)
+                                        : (uint32_t)(e8t_u64(&rng) % 9000);
+            ci[i].p = (e8c_frame_params){.layer = (uint32_t)(i % 8), .kind = (uint32_t)(e8t_u64(&rng) % 2),
+                                         .n_tokens = N, .first_pos = pos, .seq_len = pos + N};
+            if (ropes[r] == E8C_ROPE_DYNAMIC) ci[i].p.rope_seq_len = i % 3 ? 0 : 6000;
+            ci[i].view = (int)(i % 2);
+        }
+        e8c_decode_params dp = {1, 500, 0};
+        check_case(r ? "many items (dynamic NTK, interleaved)" : "many items (default RoPE)", &fp,
+                   E8C_DTYPE_F16, n, ci, NULL, 77 + (uint64_t)r, r ? &dp : NULL);
+        free(ci);
+    }
+}
+
+/* A frame of another model is refused with E8C_ERR_FINGERPRINT, as by the CPU decoder. */
+static void test_foreign_frame(void **state)
+{
+    (void)state;
+    e8c_fingerprint fa, fb;
+    e8t_fingerprint(&fa, 4, 2, 64, E8C_ROPE_DEFAULT, 0);
+    fb = fa;
+    fb.config.hadamard_seed ^= 1;
+    const uint32_t H = 2, N = 32, hd = 64;
+    float *x = malloc(sizeof(float) * H * N * hd);
+    e8t_rng rng = {5};
+    e8t_kv(&rng, x, H, N, hd);
+    case_item ci = {{.layer = 0, .kind = 1, .n_tokens = N}, 0};
+    batch b;
+    batch_make(&b, &fa, E8C_DTYPE_F32, 1, &ci, &x, &rng);
+    e8c_ctx *cpu = e8c_ctx_create(&fa, NULL);
+    size_t cap = (size_t)e8c_frame_max_size(cpu, N);
+    uint8_t *fr = malloc(cap);
+    e8c_tensor ht = tensor_for(b.h_in[0], E8C_DTYPE_F32, H, N, hd, 0);
+    int64_t fs = e8c_frame_encode(cpu, &b.items[0].p, &ht, fr, cap);
+    assert_true(fs > 0);
+    int64_t e;
+    e8cu_ctx *gpu = e8cu_ctx_create(&fb, 2, &e);
+    assert_non_null(gpu);
+    size_t qb;
+    assert_int_equal(e8cu_qbatch_size(gpu, 1, b.items, &qb), 0);
+    void *d_q, *h_q;
+    CK(cudaMalloc(&d_q, qb));
+    CK(cudaMallocHost(&h_q, qb));
+    const void *frames[1] = {fr};
+    size_t sizes[1] = {(size_t)fs};
+    e8cu_qmeta m;
+    assert_int_equal(e8cu_decode_async(gpu, 1, b.items, frames, sizes, NULL, &m, h_q, d_q, qb, NULL, 0),
+                     E8C_ERR_FINGERPRINT);
+    cudaFree(d_q);
+    cudaFreeHost(h_q);
+    free(fr);
+    e8cu_ctx_free(gpu);
+    e8c_ctx_free(cpu);
+    batch_free(&b);
+    free(x);
+}
+
 /* NaN, inf and out-of-range input: the same error as the CPU path; bad layouts refused. */
 static void test_errors(void **state)
 {
@@ -528,7 +601,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture),
         cmocka_unit_test(test_random_shapes),
+        cmocka_unit_test(test_many_items),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_foreign_frame),
         cmocka_unit_test(test_event_contract),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
