@@ -78,5 +78,5 @@ $(KVCT_REPLAY): $(BUILD)/obj/tests/clients/replay_ctl_xfile.o \
 all: $(KVCT_E2E) $(KVCT_REPLAY)
 # The CLI end to end (starts e8kvd from $(BUILD)/bin, runs test_libe8kv_e2e against it too).
 TEST_CMDS += "$(KVCT_REPLAY) tests/clients/corpus_ctl_xfile" \
-             "tests/clients/test_install.sh $(BUILD)" \
+             "tests/clients/test_install.sh $(BUILD) '$(SAN)'" \
              "python3 tests/clients/test_ctl_e2e.py $(BUILD)"

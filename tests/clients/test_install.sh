@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# tests/clients/test_install.sh BUILD: `make install-libe8kv` into a temporary
+# tests/clients/test_install.sh BUILD [SAN_FLAGS]: `make install-libe8kv` into a temporary
 # PREFIX, then build a program outside the tree with only
 # `pkg-config --cflags --libs e8kv` and run it (it opens a client, calls a
 # daemon that is not there, and must get UNAVAILABLE with the address named).
+# SAN_FLAGS: the sanitizer flags BUILD was compiled with (make asan), used to link too.
 set -euo pipefail
 build=$1
+san=${2:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-make -s BUILD="$build" PREFIX="$tmp/usr" install-libe8kv >/dev/null
+make -s BUILD="$build" SAN="$san" PREFIX="$tmp/usr" install-libe8kv >/dev/null
 cat > "$tmp/prog.c" <<'C'
 #include <stdio.h>
 #include <string.h>
@@ -28,12 +30,16 @@ int main(void) {
 C
 export PKG_CONFIG_PATH="$tmp/usr/lib/pkgconfig"
 pkg-config --exists e8kv
-cc -std=c11 -o "$tmp/prog" "$tmp/prog.c" $(pkg-config --cflags --libs e8kv)
+cc -std=c11 $san -o "$tmp/prog" "$tmp/prog.c" $(pkg-config --cflags --libs e8kv)
 out=$(LD_LIBRARY_PATH="$tmp/usr/lib" "$tmp/prog")   # linked against libe8kv.so
 echo "installed libe8kv works from pkg-config: $out"
 # the static archives too (pkg-config's libs with libe8kv.a and libe8codec.a named)
 libs=$(pkg-config --libs e8kv | sed -e "s|-le8kv|$tmp/usr/lib/libe8kv.a|" -e "s|-le8codec|$tmp/usr/lib/libe8codec.a|")
-cc -std=c11 -o "$tmp/prog-static" "$tmp/prog.c" $(pkg-config --cflags e8kv) $libs
+cc -std=c11 $san -o "$tmp/prog-static" "$tmp/prog.c" $(pkg-config --cflags e8kv) $libs
 "$tmp/prog-static" >/dev/null
+# C++ engines include the same header (extern "C" throughout)
+cp "$tmp/prog.c" "$tmp/prog.cc"
+c++ -std=c++17 $san -o "$tmp/prog-cxx" "$tmp/prog.cc" $(pkg-config --cflags --libs e8kv)
+LD_LIBRARY_PATH="$tmp/usr/lib" "$tmp/prog-cxx" >/dev/null
 ! ldd "$tmp/prog-static" | grep -q libe8kv
 echo "1 passed, 0 failed"
