@@ -69,7 +69,7 @@ const ctl_col ctl_cols_show[] = {
     {"bpe", "bits per element", CTL_F_FLOAT, 0},
     {"ratio_to_fp16", "ratio to fp16", CTL_F_FLOAT, 0},
     {"created_unix_ms", "created", CTL_F_TIME, 0},
-    {"updated_unix_ms", "used", CTL_F_TIME, 0},
+    {"updated_unix_ms", "updated", CTL_F_TIME, 0},
     {"metadata", "metadata", CTL_F_STR, 0},
     {NULL, NULL, CTL_F_STR, 0}};
 
