@@ -191,6 +191,16 @@ static int ctl_imp_check_chunk(ctl_ctx *ctx, const char *path, const E8kv__V1__S
   if (c->fingerprint_id.len != m->fingerprint_id.len ||
       memcmp(c->fingerprint_id.data, m->fingerprint_id.data, c->fingerprint_id.len) != 0)
     return ctl_imp_bad(ctx, path, "%schunk %llu: fingerprint id differs from the session's", "", idx);
+  /* The frame itself, as the codec reads it (every CRC, header and index): */
+  e8c_chunk_info ci;
+  int64_t r = e8c_chunk_info_get(c->data.data, c->data.len, &ci);
+  if (e8c_is_error(r))
+    return ctl_imp_bad(ctx, path, "%s: chunk %llu", e8c_error_string(r), idx);
+  if (ci.chunk_size != c->data.len || ci.n_tokens != c->n_tokens || ci.first_pos != c->start_token ||
+      c->fingerprint_id.len != E8C_ID_SIZE ||
+      memcmp(ci.fingerprint_id, c->fingerprint_id.data, E8C_ID_SIZE) != 0)
+    return ctl_imp_bad(ctx, path, "%schunk %llu: its frame disagrees with its record (size, tokens, "
+                       "position or fingerprint)", "", idx);
   return CTL_EXIT_OK;
 }
 

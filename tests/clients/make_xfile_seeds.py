@@ -30,19 +30,35 @@ def export_file(payloads):
     end += hashlib.sha256(out).digest()
     return out + record(0x7FFFFFFF, end)
 
-here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus_ctl_xfile")
-os.makedirs(here, exist_ok=True)
-valid = export_file([(1, b"meta"), (2, bytes(range(256)) * 3), (2, b"")])
-seeds = {
-    "valid-three-records": valid,
-    "valid-empty": export_file([]),
-    "bad-truncated": valid[: len(valid) - 7],
-    "bad-flipped": valid[:40] + bytes([valid[40] ^ 1]) + valid[41:],
-    "bad-junk-after-end": valid + b"x",
-    "bad-huge-length": valid[:16] + struct.pack("<IIQ", 2, 0, 1 << 40) + valid[32:],
-    "bad-magic": b"E8KVXPRU" + valid[8:],
-}
-for name, data in seeds.items():
-    with open(os.path.join(here, name), "wb") as f:
-        f.write(data)
-print("wrote", len(seeds), "seeds to", here)
+def read_records(data):
+    """(type, payload) of every record before END, from a well-formed file."""
+    out, at = [], 16
+    while True:
+        rtype, _, n = struct.unpack_from("<IIQ", data, at)
+        if rtype == 0x7FFFFFFF:
+            return out
+        out.append((rtype, data[at + 16:at + 16 + n]))
+        at += 16 + n + 4
+
+
+def main():
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus_ctl_xfile")
+    os.makedirs(here, exist_ok=True)
+    valid = export_file([(1, b"meta"), (2, bytes(range(256)) * 3), (2, b"")])
+    seeds = {
+        "valid-three-records": valid,
+        "valid-empty": export_file([]),
+        "bad-truncated": valid[: len(valid) - 7],
+        "bad-flipped": valid[:40] + bytes([valid[40] ^ 1]) + valid[41:],
+        "bad-junk-after-end": valid + b"x",
+        "bad-huge-length": valid[:16] + struct.pack("<IIQ", 2, 0, 1 << 40) + valid[32:],
+        "bad-magic": b"E8KVXPRU" + valid[8:],
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(here, name), "wb") as f:
+            f.write(data)
+    print("wrote", len(seeds), "seeds to", here)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,9 @@ import tempfile
 import time
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_xfile_seeds as xfile  # the export format written from EXPORT.md (independent writer)
+
 BUILD = None
 CTL = None
 TMP = None
@@ -236,6 +239,15 @@ class E2E(unittest.TestCase):
                  "truncated": good[:len(good) // 2],
                  "junk": good + b"\0",
                  "not-export": b"hello world, not an export file\n" * 4}
+        # A well-formed container whose chunk frame is damaged (CRCs and digest redone):
+        # caught by the codec's own checks before anything is sent.
+        recs = xfile.read_records(good)
+        self.assertEqual([t for t, _ in recs], [1, 2, 2, 2])
+        t, p = recs[1]
+        mid = len(p) // 2
+        recs[1] = (t, p[:mid] + bytes([p[mid] ^ 0x10]) + p[mid + 1:])
+        cases["frame"] = xfile.export_file(recs)
+        self.assertEqual(xfile.export_file(xfile.read_records(good)), good)  # the writers agree
         for name, data in cases.items():
             path = os.path.join(TMP, name + ".e8x")
             open(path, "wb").write(data)
