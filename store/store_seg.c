@@ -137,6 +137,7 @@ static int create_segment(e8s_store *st) {
     return rc;
   }
   free(p);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* it also serves reads */
   store_seg *s = calloc(1, sizeof *s);
   if (!s) {
     close(fd);
