@@ -111,3 +111,22 @@ FUZZ_BINS += $(BUILD)/fuzz/kvd_fuzz_request
 
 # The independent Python client (grpcio, stubs generated at test time).
 TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/daemon/test_kvd_grpcio.py"
+
+# ---------------------------------------------------------------- benchmark
+# make bench-daemon [QUICK=1] -> build/bench/daemon.json (e8kvd vs redis-server, same run).
+KVD_BENCH := $(KVD_TDIR)/kvd_bench
+$(BUILD)/obj/tests/daemon/kvd_bench.o: CFLAGS_tests := -I$(KVD_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) hiredis jansson) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/kvd_bench.o: | $(KVD_GEN_H)
+$(KVD_BENCH): $(BUILD)/obj/tests/daemon/kvd_bench.o $(KVD_TEST_HELP) $(KVD_GEN_O) \
+              $(BUILD)/lib/libe8codec.a | $(KVD_BIN)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $< $(KVD_TEST_HELP) $(KVD_TEST_LIBS) $(call pc_libs,hiredis jansson) \
+	  $(LDFLAGS_BASE)
+
+BINS += $(KVD_BENCH)
+
+bench-daemon: $(KVD_BENCH) $(KVD_BIN)
+	@mkdir -p build/bench
+	$(KVD_BENCH) --e8kvd $(KVD_BIN) --out build/bench/daemon.json $(if $(QUICK),--quick)
+	@cat build/bench/daemon.json

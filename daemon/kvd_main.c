@@ -94,6 +94,15 @@ static void store_gauges(void *ctx, FILE *f) {
   for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
     fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", g[i].name, g[i].help, g[i].name,
             g[i].name, (unsigned long long)g[i].v);
+  uint64_t calls, recs;
+  kvd_commit_stats(app->commit, &calls, &recs);
+  fprintf(f, "# HELP e8kvd_store_writes_total Store writes (one fdatasync each) made by "
+             "PutChunks; group commit merges concurrent calls.\n"
+             "# TYPE e8kvd_store_writes_total counter\ne8kvd_store_writes_total %llu\n"
+             "# HELP e8kvd_store_written_chunks_total Chunks handed to those writes.\n"
+             "# TYPE e8kvd_store_written_chunks_total counter\n"
+             "e8kvd_store_written_chunks_total %llu\n",
+          (unsigned long long)calls, (unsigned long long)recs);
 }
 
 static void on_call_done(void *ctx, int method, const char *path, const kvd_status *st,
@@ -177,6 +186,10 @@ int main(int argc, char **argv) {
   int maint_started = 0, rc = 1, port = 0;
   if (kvd_auth_load(cfg.tokens_file, &app.auth, err, sizeof err) != 0) goto out;
   if (open_store(&app, err, sizeof err) != 0) goto out;
+  if (!(app.commit = kvd_commit_create(app.store))) {
+    snprintf(err, sizeof err, "out of memory");
+    goto out;
+  }
   size_t n_methods;
   kvd_service_methods(&n_methods);
   app.metrics = kvd_metrics_create(kvd_service_method_names(), n_methods);
@@ -207,6 +220,7 @@ out:
   if (maint_started) { g_stop_maint = 1; pthread_join(maint, NULL); }
   kvd_server_destroy(app.server);
   if (app.metrics) kvd_metrics_free(app.metrics);
+  kvd_commit_free(app.commit);
   e8s_close(app.store);
   kvd_auth_free(app.auth);
   kvd_config_free(&cfg);

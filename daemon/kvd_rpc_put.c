@@ -232,7 +232,7 @@ static int put_flush(put_state *s, kvd_status *st) {
     recs[i].payload = r->payload;
     recs[i].payload_bytes = r->payload_bytes;
   }
-  int rc = e8s_put(s->app->store, s->who->ns_id, s->fp.id, recs, s->n_batch);
+  int rc = kvd_commit_put(s->app->commit, s->who->ns_id, s->fp.id, recs, s->n_batch);
   size_t first = s->n_keys - s->n_batch;
   for (size_t i = 0; rc == E8S_OK && i < s->n_batch; i++) {
     if (recs[i].existed) s->dedup++;

@@ -20,6 +20,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "daemon/kvd_auth.h"
+#include "daemon/kvd_commit.h"
 #include "daemon/kvd_config.h"
 #include "daemon/kvd_grpc.h"
 #include "daemon/kvd_metrics.h"
@@ -31,6 +32,7 @@
 typedef struct kvd_app {
   const kvd_config *cfg;
   e8s_store *store;
+  kvd_commit *commit;                 /* group commit of PutChunks batches */
   kvd_auth *auth;
   kvd_metrics *metrics;
   kvd_server *server;

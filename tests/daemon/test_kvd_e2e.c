@@ -3,6 +3,7 @@
  * frames byte-identical, raw uploads equal to the local codec's bytes and within codec error),
  * streams over 4 MiB, sessions, stats/verify/compact, metrics, clean restart, kill -9. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -536,6 +537,89 @@ static void test_parent_and_replace(void **state) {
   seq_free(&t);
 }
 
+/* Concurrent writers of different sequences: group commit merges their store writes; every
+ * chunk must come back byte-identical under its own key. */
+typedef struct cw_arg {
+  int id;
+  seq s;
+  uint8_t keys[3][32];
+  int code;
+} cw_arg;
+
+static void *cw_main(void *p) {
+  cw_arg *a = p;
+  kvt_conn *c = kvt_connect(g_d.target, NULL, 64 << 20);
+  for (int i = 0; i < 3 && !a->code; i++) {
+    E8kv__V1__PutHeader h = header(NULL, 0);
+    E8kv__V1__PutChunksResponse *r;
+    kvt_status st;
+    a->code = kvt_put(c, &h, &a->s.ch[i], 1, 0, &r, &st);
+    if (!a->code) {
+      memcpy(a->keys[i], r->chunk_keys[0].data, 32);
+      e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
+    }
+    h = header(NULL, 0); /* the next chunk continues the sequence after this one */
+  }
+  kvt_close(c);
+  return NULL;
+}
+
+static void test_concurrent_puts(void **state) {
+  (void)state;
+  enum { N = 6 };
+  static cw_arg a[N];
+  pthread_t th[N];
+  for (int i = 0; i < N; i++) {
+    a[i].id = i;
+    a[i].code = 0;
+    seq_make(&a[i].s, 3, CT, 200 + (uint32_t)i);
+    /* each chunk on its own: re-encode chunks 1, 2 as first chunks (position 0) */
+    for (int k = 1; k < 3; k++) {
+      free(a[i].s.frames[k]);
+      size_t len;
+      a[i].s.frames[k] = kvt_encode(&g_fp, a[i].s.raw[k], CT, 0, &len);
+      a[i].s.ch[k].data = a[i].s.frames[k];
+      a[i].s.ch[k].len = len;
+    }
+  }
+  for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, cw_main, &a[i]);
+  for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(a[i].code, 0);
+    E8kv__V1__GetChunksRequest gq;
+    E8kv__V1__ChunkKeys ck;
+    e8kv__v1__get_chunks_request__init(&gq);
+    e8kv__v1__chunk_keys__init(&ck);
+    ProtobufCBinaryData kb[3];
+    for (int k = 0; k < 3; k++) kb[k] = (ProtobufCBinaryData){32, a[i].keys[k]};
+    ck.keys = kb;
+    ck.n_keys = 3;
+    gq.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_KEYS;
+    gq.keys = &ck;
+    kvt_got g[3];
+    size_t n;
+    kvt_status st;
+    assert_int_equal(kvt_get(g_c, &gq, g, 3, &n, &st, 10000), 0);
+    assert_int_equal(n, 3);
+    for (int k = 0; k < 3; k++) {
+      assert_int_equal(g[k].len, a[i].s.ch[k].len);
+      assert_memory_equal(g[k].data, a[i].s.ch[k].data, g[k].len);
+      assert_memory_equal(g[k].token_ids, a[i].s.ch[k].tokens, CT * 4);
+    }
+    kvt_got_free(g, n);
+    seq_free(&a[i].s);
+  }
+  char *page = kvt_http_get(g_d.metrics_port, "/metrics");
+  assert_non_null(page);
+  const char *w = strstr(page, "\ne8kvd_store_writes_total "), *c = strstr(page, "\ne8kvd_store_written_chunks_total ");
+  assert_non_null(w);
+  assert_non_null(c);
+  long long writes = atoll(strchr(w + 1, ' ') + 1), chunks = atoll(strchr(c + 1, ' ') + 1);
+  print_message("store writes %lld for %lld chunks\n", writes, chunks);
+  assert_true(writes > 0 && writes <= chunks);
+  free(page);
+}
+
 /* ------------------------------------------------------------------ admin, metrics */
 
 static void test_stats_verify_compact(void **state) {
@@ -641,6 +725,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_raw_big),
       cmocka_unit_test(test_sessions),
       cmocka_unit_test(test_parent_and_replace),
+      cmocka_unit_test(test_concurrent_puts),
       cmocka_unit_test(test_stats_verify_compact),
       cmocka_unit_test(test_metrics),
       cmocka_unit_test(test_restart_and_kill9),

@@ -273,3 +273,18 @@ def test_tls_and_tokens(pb):
     finally:
         assert d.stop() == 0
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_watch_sees_shutdown(pb):
+    """Health/Watch reports SERVING, then NOT_SERVING once SIGTERM starts the shutdown, and the
+    daemon still exits 0."""
+    d = Daemon()
+    ch = grpc.insecure_channel(d.target())
+    w = pb.hg.HealthStub(ch).Watch(pb.h.HealthCheckRequest(service="e8kv.v1.KVStore"), timeout=20)
+    assert next(w).status == pb.h.HealthCheckResponse.SERVING
+    d.proc.send_signal(signal.SIGTERM)
+    assert next(w).status == pb.h.HealthCheckResponse.NOT_SERVING
+    assert d.proc.wait(timeout=20) == 0
+    d.proc.send_signal = lambda s: None  # already stopped
+    assert d.stop() == 0
+    ch.close()
