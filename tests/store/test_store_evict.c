@@ -184,7 +184,7 @@ static void test_quota(void **state) {
   assert_int_equal(tu_put_chain(&qe, tok, 1, CT, 77, 4 * RB, NULL), E8S_ERR_QUOTA);
   /* everything of the namespace pinned: QUOTA */
   for (int i = 2; i < 5; i++) {
-    char name[8];
+    char name[16];
     snprintf(name, sizeof name, "s%d", i);
     assert_int_equal(e8s_session_create(env->st, q.id, name, env->fp, NULL, 0, 0), 0);
     assert_int_equal(e8s_session_append(env->st, q.id, name, (const uint8_t(*)[32])qk + i, 1), 0);
