@@ -346,7 +346,8 @@ int e8s_session_list(e8s_store *st, uint32_t ns_id, const e8s_session_filter *fi
 typedef struct e8s_stats {
   uint64_t used_bytes;       /* live record bytes (headers + payloads) */
   uint64_t capacity_bytes;   /* the budget, 0 = unlimited */
-  uint64_t disk_bytes;       /* bytes of all segment files (live + dead) */
+  uint64_t disk_bytes;       /* bytes of the indexed segment files (live + dead); unindexed
+                                tails are cut at the next read-write open */
   uint64_t chunks, sessions, namespaces, fingerprints, segments;
   uint64_t quarantined;      /* chunks in the quarantine list */
   uint64_t map_bytes, map_used_bytes;  /* LMDB map size and pages in use, bytes */
@@ -388,7 +389,8 @@ typedef struct e8s_compact_report {
 } e8s_compact_report;
 /* Rewrites every sealed segment whose dead fraction is >= min_dead_ratio (0..1; 0.5 is a good
  * default) by copying its live records to the active segment, then removes it once no reader
- * uses it. Holds the writer mutex one segment at a time. */
+ * uses it. Live records are read outside the writer mutex and copied under it in pieces of at
+ * most 64 MiB, so puts wait at most one piece. */
 int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
                 e8s_progress_fn fn, void *ctx);
 
