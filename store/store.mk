@@ -1,7 +1,7 @@
 # store/store.mk: libe8store (the block store) and its tests.
 #   $(BUILD)/lib/libe8store.a       the library (LMDB, liburing, isa-l, OpenSSL)
 #   $(BUILD)/tests/store/test_*     cmocka tests, each runs its suite on both io engines
-#   make bench-store [QUICK=1]      $(BUILD)/bench/store.json, store vs fio
+#   make bench-store [QUICK=1]      build/bench/store.json (whatever BUILD is), store vs fio
 #   make tsan                       store tests under ThreadSanitizer (tsan-run)
 
 STORE_PC      := lmdb liburing libisal openssl
@@ -59,5 +59,6 @@ $(STORE_BENCH): $(BUILD)/obj/tests/store/bench_store.o $(STORE_LIB)
 	$(CC) $(LDFLAGS_BASE) $^ -o $@ $(STORE_LDLIBS) $(call pc_libs,jansson)
 
 bench-store: $(STORE_BENCH)
+	@mkdir -p build/bench
 	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,1024) 8 \
-	  $(BUILD)/bench/store.json $(STORE_BENCH_ENGINE) 4 $(if $(QUICK),1,3)
+	  build/bench/store.json $(STORE_BENCH_ENGINE) 4 $(if $(QUICK),1,3)

@@ -1,6 +1,6 @@
 /* bench_store.c: `make bench-store`. Store write and read throughput and latency for 1 MiB
  * records, fsync per batch, against fio on the same directory with the same block size and
- * sync pattern, in the same run. Writes $(BUILD)/bench/store.json:
+ * sync pattern, in the same run. `make bench-store` writes build/bench/store.json:
  *   {"record_bytes", "write_GBps", "read_GBps", "write_p99_ms", "read_p99_ms",
  *    "fio_write_GBps", "fio_read_GBps", "engine"}
  * plus a table on stdout. GB = 1e9 bytes; bytes counted are payload bytes (fio: data bytes).
