@@ -5,6 +5,9 @@
  * AVX2 where the CPU has it.
  */
 #include <pthread.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #define E8C_SFX base
 #include "codec/e8c_fast_body.h"
@@ -26,11 +29,20 @@ const float *e8c_f16_table(void)
     return e8c_f16_tab;
 }
 
+/* AVX2 and F16C by cpuid, and the OS saving YMM state (xgetbv). */
 int e8c_cpu_has_avx2(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? 1 : 0;
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int f16c = (c >> 29) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!f16c || !osxsave || !avx) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 6) != 6) return 0;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 5) & 1;
 #else
     return 0;
 #endif

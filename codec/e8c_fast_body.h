@@ -55,11 +55,26 @@ static void FN(bh)(const e8c_hplan *hp, float *v)
     for (uint32_t b = 0; b < hp->nblocks; b++) {
         float *x = v + hp->boff[b];
         uint32_t m = hp->bsize[b];
+#ifdef __AVX2__
+        /* strides 1, 2, 4 inside one register: lane i gets a + c or a - c
+         * with the same operands as the scalar butterfly */
+        for (uint32_t j = 0; j < m; j += 8) {
+            __m256 v = _mm256_loadu_ps(x + j), y;
+            y = _mm256_permute_ps(v, 0xB1);
+            v = _mm256_blend_ps(_mm256_add_ps(v, y), _mm256_sub_ps(y, v), 0xAA);
+            y = _mm256_permute_ps(v, 0x4E);
+            v = _mm256_blend_ps(_mm256_add_ps(v, y), _mm256_sub_ps(y, v), 0xCC);
+            y = _mm256_permute2f128_ps(v, v, 1);
+            v = _mm256_blend_ps(_mm256_add_ps(v, y), _mm256_sub_ps(y, v), 0xF0);
+            _mm256_storeu_ps(x + j, v);
+        }
+#else
         for (uint32_t j = 0; j < m; j += 2) { float a = x[j], c = x[j + 1]; x[j] = a + c; x[j + 1] = a - c; }
         for (uint32_t j = 0; j < m; j += 4)
             for (uint32_t k = 0; k < 2; k++) { float a = x[j + k], c = x[j + k + 2]; x[j + k] = a + c; x[j + k + 2] = a - c; }
         for (uint32_t j = 0; j < m; j += 8)
             for (uint32_t k = 0; k < 4; k++) { float a = x[j + k], c = x[j + k + 4]; x[j + k] = a + c; x[j + k + 4] = a - c; }
+#endif
         for (uint32_t hs = 8; hs < m; hs <<= 1)
             for (uint32_t j = 0; j < m; j += 2 * hs)
                 for (uint32_t k = 0; k < hs; k++) {
@@ -126,9 +141,7 @@ static uint16_t FN(scale)(const float *y, uint32_t n, float step)
         for (int l = 0; l < 8; l++) A[l] = A[l] + (double)y[j + l] * (double)y[j + l];
     double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
     if (T == 0) return 0;
-    float v = (float)(sqrt(T / n) * (double)step);
-    uint16_t s = e8c_f32_to_bf16(v);
-    return s == 0 ? 1 : s;
+    return e8c_scale_code(sqrt(T / n), step);
 }
 
 #ifdef __AVX2__

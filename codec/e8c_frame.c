@@ -49,7 +49,7 @@ e8c_ctx *e8c_ctx_create(const e8c_fingerprint *fp, int64_t *err)
 
 static void work_free(e8c_work *w)
 {
-    free(w->scales); free(w->points2); free(w->raw); free(w->ints);
+    free(w->scales); free(w->points2); free(w->raw); free(w->ints); free(w->rtmp); free(w->rtmp2);
     for (int s = 0; s <= E8C_N_STREAMS; s++) free(w->sbuf[s]);
 }
 
@@ -78,9 +78,11 @@ int64_t e8c_work_reserve(e8c_ctx *ctx, uint32_t T)
     nw.points2 = malloc(2 * e);
     nw.raw = malloc(4 * e);
     nw.ints = malloc(4 * (size_t)T * n);
-    size_t caps[E8C_N_STREAMS + 1] = {2 * H * T, e / 64 + 8, e, e / 8 + 8, 3 * e + 16,
+    size_t caps[E8C_N_STREAMS + 1] = {H * T, H * T, e / 64 + 8, e, e / 8 + 8, 3 * e + 16,
                                       H * (1 + 3 * n) + 16, 8, 3 * e / 8 + 16};
-    int bad = !nw.scales || !nw.points2 || !nw.raw || !nw.ints;
+    nw.rtmp = malloc(e + 64);
+    nw.rtmp2 = malloc(e + 64);
+    int bad = !nw.scales || !nw.points2 || !nw.raw || !nw.ints || !nw.rtmp || !nw.rtmp2;
     for (int s = 0; s <= E8C_N_STREAMS; s++) {
         nw.sbuf[s] = malloc(caps[s]);
         bad |= !nw.sbuf[s];

@@ -16,7 +16,7 @@
 #include "codec/e8codec.h"
 
 #define E8C_MAX_BLOCKS 10 /* binary expansion of head_dim <= 512, blocks >= 8 */
-#define E8C_N_STREAMS 7   /* method 1 */
+#define E8C_N_STREAMS 8   /* method 1 */
 #define E8C_FRAME_FIXED 52u
 #define E8C_DESC_SIZE 13u
 #define E8C_CHUNK_FIXED 64u
@@ -24,9 +24,10 @@
 #define E8C_MAX_ABS 18446744073709551616.0 /* 2^64 */
 
 enum { E8C_METHOD_RAW = 0, E8C_METHOD_E8 = 1 };
-enum { E8C_STREAM_SCALES, E8C_STREAM_COSETS, E8C_STREAM_COORDS,
-       E8C_STREAM_HALVES, E8C_STREAM_ESCAPES, E8C_STREAM_MODES,
-       E8C_STREAM_RAW };
+enum { E8C_STREAM_SCALES_HI, E8C_STREAM_SCALES_LO, E8C_STREAM_COSETS,
+       E8C_STREAM_COORDS, E8C_STREAM_HALVES, E8C_STREAM_ESCAPES,
+       E8C_STREAM_MODES, E8C_STREAM_RAW };
+enum { E8C_CODING_STORED = 0, E8C_CODING_ZSTD = 1, E8C_CODING_RANS = 2 };
 
 /* Hadamard plan for one head_dim (FORMAT.md section 3). */
 typedef struct e8c_hplan {
@@ -44,7 +45,8 @@ typedef struct e8c_work {
     int16_t *points2;          /* [H][T][n] */
     uint8_t *raw;              /* [H][T][n] x 4 bytes */
     int32_t *ints;             /* [T][n] one head's S or R */
-    uint8_t *sbuf[E8C_N_STREAMS + 1]; /* raw stream bytes; [7]: halves escapes */
+    uint8_t *sbuf[E8C_N_STREAMS + 1]; /* raw stream bytes; [8]: halves escapes */
+    uint8_t *rtmp, *rtmp2;     /* rANS encoder scratch, rANS output */
     size_t scap[E8C_N_STREAMS + 1];
     float *vec;                /* scratch, 4 x E8C_MAX_HEAD_DIM floats */
 } e8c_work;
@@ -131,6 +133,11 @@ int64_t e8c_fast_dequantize_layer(e8c_ctx *ctx, const e8c_qlayer *q,
 /* workspace (e8c_ctx.c) */
 int64_t e8c_work_reserve(e8c_ctx *ctx, uint32_t tokens);
 int64_t e8c_check_tensor(e8c_ctx *ctx, const e8c_tensor *t, uint32_t n_tokens);
+
+/* rANS (e8c_rans.c) */
+size_t e8c_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap, uint8_t *tmp);
+int e8c_rans_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
+uint16_t e8c_scale_code(double rms, float step);
 
 /* pack/unpack (e8c_pack.c) */
 int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap);

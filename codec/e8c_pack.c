@@ -46,7 +46,8 @@ static int leb_get(const uint8_t *p, size_t len, size_t *off, uint32_t *v)
 static void expected_lens(uint32_t H, uint32_t Q, uint32_t n, size_t out[E8C_N_STREAMS])
 {
     size_t v = (size_t)H * Q, e = v * n;
-    out[E8C_STREAM_SCALES] = 2 * v;
+    out[E8C_STREAM_SCALES_HI] = v;
+    out[E8C_STREAM_SCALES_LO] = v;
     out[E8C_STREAM_COSETS] = (e / 8 + 7) / 8;
     out[E8C_STREAM_COORDS] = e / 8 * 7;
     out[E8C_STREAM_HALVES] = e / 8;
@@ -66,25 +67,32 @@ size_t e8c_frame_bound(const e8c_fingerprint *fp, uint32_t N)
      * either quantized or raw; escapes are bounded by 3 bytes per element
      * for the values the encoder produces (< 2^21). */
     size_t e = (size_t)fp->n_kv_heads * N * fp->head_dim;
-    total += lens[E8C_STREAM_SCALES] + lens[E8C_STREAM_COSETS] + e + 3 * e +
+    total += 2 * lens[E8C_STREAM_SCALES_HI] + lens[E8C_STREAM_COSETS] + e + 3 * e +
              (size_t)fp->n_kv_heads * (1 + 3 * (size_t)fp->head_dim) + raw;
     return total;
 }
 
 /* ------------------------------------------------------------- encoder */
 
-/* Writes stream bytes (zstd if smaller) at dst+*off; fills desc. */
+/* Writes stream bytes at dst+*off: the smallest of zstd, rANS (lattice
+ * streams only) and stored; ties keep the earlier of stored, zstd, rANS.
+ * Fills desc. */
 static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst,
-                          size_t cap, size_t *off, uint8_t *desc)
+                          size_t cap, size_t *off, uint8_t *desc, int rans)
 {
     size_t room = cap - *off, out = 0;
     int coded = 0;
     if (len > 0) {
         size_t zcap = len - 1 < room ? len - 1 : room;
         size_t r = ZSTD_compress2(ctx->zc, dst + *off, zcap, src, len);
-        if (!ZSTD_isError(r)) { out = r; coded = 1; }
+        if (!ZSTD_isError(r)) { out = r; coded = E8C_CODING_ZSTD; }
         else if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
             return e8c_fail(ctx, E8C_ERR_ZSTD, "zstd: %s", ZSTD_getErrorName(r));
+        if (rans) {
+            size_t rcap = coded ? out - 1 : zcap;
+            size_t k = rcap ? e8c_rans_encode(src, len, ctx->w.rtmp2, rcap, ctx->w.rtmp) : 0;
+            if (k) { memcpy(dst + *off, ctx->w.rtmp2, k); out = k; coded = E8C_CODING_RANS; }
+        }
     }
     if (!coded) {
         if (room < len) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
@@ -110,22 +118,36 @@ static void head_ints(const int16_t *p2, uint32_t Q, uint32_t n, int32_t *S)
     }
 }
 
-/* Picks and applies the decorrelation mode in place; M gets the means. */
+/* zigzag for the encoder's value range (|v| < 2^30) */
+static inline uint32_t zz32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31); }
+
+/* Picks and applies the decorrelation mode in place; M gets the means.
+ * Row-major passes so the inner loops vectorize. */
 static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, int32_t *M)
 {
     uint64_t cost[4] = {0, 0, 0, 0};
+    int64_t col[E8C_MAX_HEAD_DIM];
+    for (uint32_t j = 0; j < n; j++) col[j] = 0;
+    for (uint32_t t = 0; t < Q; t++)
+        for (uint32_t j = 0; j < n; j++) col[j] += S[(size_t)t * n + j];
     for (uint32_t j = 0; j < n; j++) {
-        int64_t sum = 0;
-        for (uint32_t t = 0; t < Q; t++) sum += S[(size_t)t * n + j];
-        int64_t num = sum + Q / 2, m = num >= 0 ? num / Q : -((-num + Q - 1) / Q);
-        M[j] = (int32_t)m;
-        for (uint32_t t = 0; t < Q; t++) {
-            int64_t s = S[(size_t)t * n + j];
-            cost[1] += zz(s);
-            cost[2] += zz(t ? s - S[(size_t)(t - 1) * n + j] : s);
-            cost[3] += zz(s - m);
-        }
+        int64_t num = col[j] + Q / 2;
+        M[j] = (int32_t)(num >= 0 ? num / Q : -((-num + Q - 1) / Q));
     }
+    uint64_t c1 = 0, c2 = 0, c3 = 0;
+    for (uint32_t j = 0; j < n; j++) { c1 += zz32(S[j]); c3 += zz32(S[j] - M[j]); }
+    c2 = c1;
+    for (uint32_t t = 1; t < Q; t++) {
+        const int32_t *row = S + (size_t)t * n, *prev = row - n;
+        uint32_t a1 = 0, a2 = 0, a3 = 0; /* per row: n * 2^17 < 2^32 */
+        for (uint32_t j = 0; j < n; j++) {
+            a1 += zz32(row[j]);
+            a2 += zz32(row[j] - prev[j]);
+            a3 += zz32(row[j] - M[j]);
+        }
+        c1 += a1; c2 += a2; c3 += a3;
+    }
+    cost[1] = c1; cost[2] = c2; cost[3] = c3;
     uint8_t mode = (uint8_t)forced;
     if (forced == E8C_DECOR_AUTO) {
         mode = 1;
@@ -138,9 +160,9 @@ static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, 
     return mode;
 }
 
-static size_t emit(uint8_t *sym, size_t *ns, uint8_t *esc, size_t ne, int64_t v)
+static inline size_t emit(uint8_t *sym, size_t *ns, uint8_t *esc, size_t ne, int32_t v)
 {
-    uint32_t z = zz(v);
+    uint32_t z = zz32(v);
     if (z < 255) { sym[(*ns)++] = (uint8_t)z; return ne; }
     sym[(*ns)++] = 255;
     return ne + leb_put(esc + ne, z - 255);
@@ -168,15 +190,15 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
     uint8_t *desc = h + E8C_FRAME_FIXED;
     int64_t rc;
     if (q->method == E8C_METHOD_RAW) {
-        rc = put_stream(ctx, q->raw, (size_t)H * N * n * es, dst, cap, &off, desc);
+        rc = put_stream(ctx, q->raw, (size_t)H * N * n * es, dst, cap, &off, desc, 0);
         if (rc) return rc;
     } else {
         uint32_t Q = N - q->n_raw_head - q->n_raw_tail;
         e8c_work *w = &ctx->w;
         size_t nv = (size_t)H * Q;
         for (size_t v = 0; v < nv; v++) {
-            w->sbuf[E8C_STREAM_SCALES][v] = (uint8_t)(q->scales[v] >> 8);
-            w->sbuf[E8C_STREAM_SCALES][nv + v] = (uint8_t)q->scales[v];
+            w->sbuf[E8C_STREAM_SCALES_HI][v] = (uint8_t)(q->scales[v] >> 8);
+            w->sbuf[E8C_STREAM_SCALES_LO][v] = (uint8_t)q->scales[v];
         }
         size_t nb = nv * n / 8;
         memset(w->sbuf[E8C_STREAM_COSETS], 0, (nb + 7) / 8);
@@ -194,17 +216,21 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
             w->sbuf[E8C_STREAM_MODES][nm++] = mode;
             if (mode == 3)
                 for (uint32_t j = 0; j < n; j++) nm += leb_put(w->sbuf[E8C_STREAM_MODES] + nm, zz(M[j]));
-            for (size_t i = 0; i < (size_t)Q * n; i++) {
-                if (i % 8 == 7) ne2 = emit(w->sbuf[E8C_STREAM_HALVES], &nh, esc2, ne2, w->ints[i]);
-                else ne = emit(w->sbuf[E8C_STREAM_COORDS], &nc, w->sbuf[E8C_STREAM_ESCAPES], ne, w->ints[i]);
+            uint8_t *cs = w->sbuf[E8C_STREAM_COORDS], *hs = w->sbuf[E8C_STREAM_HALVES];
+            uint8_t *es1 = w->sbuf[E8C_STREAM_ESCAPES];
+            for (size_t b = 0; b < (size_t)Q * n; b += 8) {
+                const int32_t *R = w->ints + b;
+                for (int i = 0; i < 7; i++) ne = emit(cs, &nc, es1, ne, R[i]);
+                ne2 = emit(hs, &nh, esc2, ne2, R[7]);
             }
         }
         memcpy(w->sbuf[E8C_STREAM_ESCAPES] + ne, esc2, ne2);
-        size_t lens[E8C_N_STREAMS] = {2 * nv, (nb + 7) / 8, nc, nh, ne + ne2, nm,
+        size_t lens[E8C_N_STREAMS] = {nv, nv, (nb + 7) / 8, nc, nh, ne + ne2, nm,
                                       (size_t)H * (N - Q) * n * es};
         for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
             const uint8_t *src = s == E8C_STREAM_RAW ? (const uint8_t *)q->raw : w->sbuf[s];
-            rc = put_stream(ctx, src, lens[s], dst, cap, &off, desc + E8C_DESC_SIZE * s);
+            rc = put_stream(ctx, src, lens[s], dst, cap, &off, desc + E8C_DESC_SIZE * s,
+                            s <= E8C_STREAM_HALVES);
             if (rc) return rc;
         }
     }
@@ -246,7 +272,7 @@ int64_t e8c_frame_parse(const uint8_t *p, size_t size, e8c_frame_info *fi,
     for (uint32_t s = 0; s < ns; s++) {
         const uint8_t *d = p + E8C_FRAME_FIXED + E8C_DESC_SIZE * s;
         uint32_t coding = d[0], rl = e8c_get32(d + 1), sl = e8c_get32(d + 5);
-        if (coding > 1 || (coding == 0 && rl != sl)) return E8C_ERR_CORRUPT;
+        if (coding > E8C_CODING_RANS || (coding == 0 && rl != sl)) return E8C_ERR_CORRUPT;
         if (size - off < sl) return E8C_ERR_TRUNCATED;
         if (check_crc && e8c_crc32c(p + off, sl) != e8c_get32(d + 9)) return E8C_ERR_CHECKSUM;
         if (streams) streams[s] = p + off;
@@ -261,7 +287,12 @@ static int64_t get_stream(e8c_ctx *ctx, const uint8_t *src, const uint32_t d[4],
                           uint8_t *out, size_t want)
 {
     if (d[1] != want) return e8c_fail(ctx, E8C_ERR_CORRUPT, "stream length %u, expected %zu", d[1], want);
-    if (d[0] == 0) { if (want) memcpy(out, src, want); return 0; }
+    if (d[0] == E8C_CODING_STORED) { if (want) memcpy(out, src, want); return 0; }
+    if (d[0] == E8C_CODING_RANS) {
+        if (want == 0 || e8c_rans_decode(src, d[2], out, want))
+            return e8c_fail(ctx, E8C_ERR_CORRUPT, "rANS stream does not decode to %zu bytes", want);
+        return 0;
+    }
     size_t r = ZSTD_decompressDCtx(ctx->zd, out, want, src, d[2]);
     if (ZSTD_isError(r) || r != want)
         return e8c_fail(ctx, E8C_ERR_CORRUPT, "zstd stream does not decode to %zu bytes", want);
@@ -353,7 +384,7 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
         return e8c_fail(ctx, E8C_ERR_CORRUPT, "raw stream holds NaN/inf");
     size_t nv = (size_t)H * Q;
     for (size_t v = 0; v < nv; v++) {
-        uint16_t s = (uint16_t)((w->sbuf[E8C_STREAM_SCALES][v] << 8) | w->sbuf[E8C_STREAM_SCALES][nv + v]);
+        uint16_t s = (uint16_t)((w->sbuf[E8C_STREAM_SCALES_HI][v] << 8) | w->sbuf[E8C_STREAM_SCALES_LO][v]);
         if (s > 0x7300) /* sign set, inf/NaN, or above 2^103: the encoder never writes it */
             return e8c_fail(ctx, E8C_ERR_CORRUPT, "scale 0x%04x out of range", s);
         q->scales[v] = s;
@@ -367,6 +398,7 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
         uint32_t v;
         if (leb_get(E, elen, &eoff2, &v)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape stream");
     }
+    size_t e3 = eoff2; /* stream-3 escapes start here */
     for (uint32_t hh = 0; hh < H; hh++) {
         if (nm >= mlen) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode stream short");
         uint8_t mode = MS[nm++];
@@ -377,22 +409,22 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
             if (leb_get(MS, mlen, &nm, &z)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode stream");
             M[j] = (int32_t)unzz(z);
         }
+        const uint8_t *cs = w->sbuf[E8C_STREAM_COORDS], *hs = w->sbuf[E8C_STREAM_HALVES];
         for (size_t i = 0; i < (size_t)Q * n; i++) {
-            const uint8_t *sym = i % 8 == 7 ? &w->sbuf[E8C_STREAM_HALVES][ih++] : &w->sbuf[E8C_STREAM_COORDS][ic++];
-            uint32_t z = *sym;
+            int half = (i & 7) == 7;
+            uint32_t z = half ? hs[ih++] : cs[ic++];
             if (z == 255) {
                 uint32_t extra;
-                size_t *eo = i % 8 == 7 ? &eoff2 : &eoff;
-                if (leb_get(E, i % 8 == 7 ? elen : elen, eo, &extra) || extra > 0x10000u)
+                if (leb_get(E, elen, half ? &eoff2 : &eoff, &extra) || extra > 0x10000u)
                     return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape stream");
                 z = 255 + extra;
             }
-            w->ints[i] = (int32_t)unzz(z);
+            w->ints[i] = (int32_t)((z >> 1) ^ (0u - (z & 1)));
         }
         rc = head_points(ctx, w->ints, Q, n, mode, M, w->sbuf[E8C_STREAM_COSETS],
                          (size_t)hh * Q * n / 8, q->points2 + (size_t)hh * Q * n);
         if (rc) return rc;
     }
-    if (nm != mlen || eoff2 != elen) return e8c_fail(ctx, E8C_ERR_CORRUPT, "trailing bytes in mode/escape stream");
+    if (nm != mlen || eoff2 != elen || eoff != e3) return e8c_fail(ctx, E8C_ERR_CORRUPT, "trailing bytes in mode/escape stream");
     return 0;
 }

@@ -16,10 +16,19 @@ uint16_t e8c_ref_scale(const float *y, uint32_t n, float step)
     for (uint32_t j = 0; j < n; j++) A[j % 8] = A[j % 8] + (double)y[j] * (double)y[j];
     double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
     if (T == 0) return 0;
-    double rms = sqrt(T / n);
+    return e8c_scale_code(sqrt(T / n), step);
+}
+
+/* FORMAT.md section 4: v = fp32(rms * step) rounded to nearest even at 3
+ * mantissa bits, as bf16 bits (low 4 bits zero); 0x0010 if it underflows. */
+uint16_t e8c_scale_code(double rms, float step)
+{
     float v = (float)(rms * (double)step);
-    uint16_t s = e8c_f32_to_bf16(v);
-    return s == 0 ? 1 : s;
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x7ffffu + ((u >> 20) & 1u)) & 0xfff00000u;
+    uint16_t s = (uint16_t)(u >> 16);
+    return s == 0 ? 0x0010 : s;
 }
 
 /* Conway & Sloane's nearest point of D8 (+ offset): f gets the integer

@@ -277,8 +277,10 @@ int64_t e8c_preset_apply(const char *name, e8c_config *cfg);
 const char *e8c_preset_name(unsigned i);
 
 /* Fills cfg with the defaults: preset E8C_PRESET_DEFAULT, no protected
- * layers, no sinks, no recent window, decorrelation AUTO, zstd level 1,
- * hadamard_seed 0x6538_6b76_5f76_3031 ("e8kv_v01"). */
+ * layers, sink_tokens 1 (the attention sink, token 0, kept raw: on
+ * SmolLM2-135M at K3V2 it halves the KL divergence for about 16 bits per
+ * KV element of one token), no recent window, decorrelation AUTO, zstd
+ * level 1, hadamard_seed 0x6538_6b76_5f76_3031 ("e8kv_v01"). */
 void e8c_config_default(e8c_config *cfg);
 
 /* ---------------------------------------------------------------- context */

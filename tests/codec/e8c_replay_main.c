@@ -45,7 +45,7 @@ static int write_corpus(const char *dir)
             int64_t n = e8t_random_frame(ctx, &r, 12, buf, sizeof buf);
             if (n < 0) return -1;
             snprintf(name, sizeof name, "frame-%u-%d", w, k);
-            if (write_file(dir, name, (uint8_t)(w | (k << 2)), buf, (size_t)n)) return -1;
+            if (write_file(dir, name, (uint8_t)(w | (k << 2) | (k == 1 ? 0x40 : 0)), buf, (size_t)n)) return -1;
         }
         if (w == 2) {
             float x[4 * 2 * 2 * 5 * 64];

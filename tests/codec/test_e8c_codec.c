@@ -166,6 +166,7 @@ static void test_quality_floor(void **state)
     e8c_fingerprint fp;
     e8t_fingerprint(&fp, 2, 2, 64, E8C_ROPE_DEFAULT, 0);
     fp.src_dtype = E8C_DTYPE_F32;
+    fp.config.sink_tokens = 0; /* the quantizer alone */
     e8c_ctx *ctx = e8c_ctx_create(&fp, NULL);
     e8t_rng r = {3};
     uint32_t T = 128;
@@ -182,8 +183,8 @@ static void test_quality_floor(void **state)
         for (size_t i = 0; i < ne; i++) { se += (double)(x[i] - y[i]) * (x[i] - y[i]); sx += (double)x[i] * x[i]; }
         double snr = 10 * log10(sx / se), bpe = n * 8.0 / ne;
         print_message("kind %u: %.2f dB at %.3f bits/element\n", kind, snr, bpe);
-        assert_true(snr > (kind == E8C_K ? 14.0 : 8.0));
-        assert_true(bpe < (kind == E8C_K ? 3.5 : 2.85));
+        assert_true(snr > (kind == E8C_K ? 16.5 : 9.5));
+        assert_true(bpe < (kind == E8C_K ? 3.25 : 2.25));
     }
     free(x); free(y);
     e8c_ctx_free(ctx);
@@ -241,7 +242,9 @@ static void test_special_values(void **state)
     n = e8c_frame_encode(ctx, &p2, &t, g_a, BUF);
     assert_true(n > 0);
     assert_int_equal(e8c_frame_decode_into(ctx, g_a, (size_t)n, NULL, &o, T), 0);
-    for (int i = 0; i < 256; i++) assert_true(fabsf(y[i] - x[i]) < 1e-9f);
+    double se = 0, sx = 0;
+    for (int i = 0; i < 256; i++) { se += pow(y[i] - x[i], 2); sx += pow(x[i], 2); }
+    assert_true(sx > 0 && se < 0.2 * sx);
     e8c_ctx_free(ctx);
 }
 
@@ -324,7 +327,7 @@ static void test_hostile_frames(void **state)
     /* hostile but checksummed: random header fields with a valid CRC */
     for (int it = 0; it < 3000; it++) {
         memcpy(g_b, g_a, (size_t)n);
-        size_t hdr = E8C_FRAME_FIXED + E8C_DESC_SIZE * 7 + 4;
+        size_t hdr = E8C_FRAME_FIXED + E8C_DESC_SIZE * E8C_N_STREAMS + 4;
         size_t at = e8t_u64(&r) % (hdr - 4);
         g_b[at] = (uint8_t)e8t_u64(&r);
         e8c_put32(g_b + hdr - 4, e8c_crc32c(g_b, hdr - 4));
