@@ -76,20 +76,25 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     runs = result.get("runs") or [result]
-    fig = plt.figure(figsize=(19, 6.5 * len(runs)))
+    fig = plt.figure(figsize=(17, 6.2 * len(runs)))
     for r, run in enumerate(runs):
-        ax = fig.add_axes([0.05, 1 - (r + 1) / len(runs) + 0.08 / len(runs), 0.38,
-                           0.82 / len(runs)])
+        ax = fig.add_axes([0.05, 1 - (r + 1) / len(runs) + 0.09 / len(runs), 0.42,
+                           0.8 / len(runs)])
         pts = [p for p in run["points"] if p["codec"] != "identity"]
-        for fam in sorted({p["codec"] for p in pts}, key=lambda f: f != "e8"):
-            fp = sorted((p for p in pts if p["codec"] == fam), key=lambda p: p["bpe"])
+        fams = {}
+        for p in pts:                          # one curve per codec (and per KIVI window)
+            fam = p["codec"] + (" r32" if p["codec"] == "kivi" and "r32" in p["config"] else "")
+            fams.setdefault(fam, []).append(p)
+        for fam in sorted(fams, key=lambda f: (f != "e8", f)):
+            fp = sorted(fams[fam], key=lambda p: p["bpe"])
+            base = fam.split(" ")[0]
             ax.plot([p["bpe"] for p in fp], [max(p["kl_mean"], 1e-9) for p in fp],
-                    marker=MARKERS.get(fam, "o"), color=COLORS.get(fam), label=fam,
-                    lw=2.5 if fam == "e8" else 1.3, ms=7)
+                    marker=MARKERS.get(base, "o"), color=COLORS.get(base), label=fam,
+                    lw=2.6 if fam == "e8" else 1.3, ms=7, ls="--" if " r32" in fam else "-")
             for p in fp:
                 ax.annotate(p["config"].split(" ")[0], (p["bpe"], max(p["kl_mean"], 1e-9)),
                             textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=COLORS.get(fam))
+                            color=COLORS.get(base))
         ax.set_yscale("log")
         ax.axvspan(2.0, 4.5, color="#f3f3f3", zorder=0)
         ax.set_xlabel("bits per element (measured: all stored bytes x 8 / elements)")
@@ -98,7 +103,7 @@ def plot(result, path):
                      f"P={run['prefix_tokens']} prefix + {run['continuation_tokens']} scored")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="upper right")
-        tx = fig.add_axes([0.45, 1 - (r + 1) / len(runs) + 0.05 / len(runs), 0.54,
+        tx = fig.add_axes([0.5, 1 - (r + 1) / len(runs) + 0.05 / len(runs), 0.49,
                            0.88 / len(runs)])
         tx.axis("off")
         lines = table_lines(run["points"])
@@ -113,6 +118,10 @@ def plot(result, path):
                          ("e8 lowest KL everywhere" if not losses else
                           f"{len(losses)} comparisons where a baseline is lower: " +
                           ", ".join(sorted({c['other'] for c in losses}))))
+        lines += ["", "KL: mean per-token KL(base || codec) over the scored continuation;",
+                  "dPPL: PPL change, 95% paired bootstrap CI over windows; top1: argmax",
+                  "agreement with the base; retr: top-1 on a repeated random span (probe,",
+                  f"base {run.get('retrieval_base_acc') or float('nan'):.3f}); shaded: 2..4.5 bpe."]
         tx.text(0, 1, "\n".join(lines), family="monospace", fontsize=8.2, va="top")
     fig.savefig(path, dpi=110)
     plt.close(fig)

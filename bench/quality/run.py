@@ -119,7 +119,8 @@ def main(argv=None):
     ap.add_argument("--continuation", type=int, default=256)
     ap.add_argument("--probes", type=int, help="retrieval probes per prefix length (full: 16)")
     ap.add_argument("--no-e8", action="store_true", help="baselines only (says so in the JSON)")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("E8KV_THREADS", "2")))
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("E8KV_THREADS", "1")),
+                    help="torch threads (default 1: fastest on a few shared cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-cache", help="directory for the dequantized model (made once)")
     ap.add_argument("--out", default="build/bench/quality.json")
