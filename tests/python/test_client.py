@@ -1,0 +1,197 @@
+"""e8kv.Client against a real e8kvd: round trips, prefix lookup, sessions, errors, auth."""
+import grpc
+import numpy as np
+import pytest
+
+import e8kv
+from conftest import Daemon
+
+L, H, D = 2, 3, 64          # a small model: 2 layers, 3 KV heads, head_dim 64
+C = 16                      # chunk_tokens of these tests
+
+
+def fingerprint(model_id="test-model", **codec):
+    return {"model_id": model_id, "n_layers": L, "n_kv_heads": H, "head_dim": D,
+            "source_dtype": "DTYPE_FP32",
+            "rope": {"theta": 10000.0, "layout": "ROPE_LAYOUT_SPLIT_HALF"},
+            "codec": codec}
+
+
+def kv(n_tokens, seed=0):
+    """Raw KV [L][2][H][n][D] fp32, Gaussian."""
+    return np.random.default_rng(seed).standard_normal((L, 2, H, n_tokens, D)).astype(np.float32)
+
+
+def put_raw(client, fp, tokens, data, **kw):
+    chunks = [e8kv.ChunkIn(tokens[s:s + C], np.ascontiguousarray(data[:, :, :, s:s + C]))
+              for s in range(0, len(tokens), C)]
+    return client.put_chunks(fp, chunks, encoding="raw", raw_dtype="fp32", chunk_tokens=C, **kw)
+
+
+def get_raw(client, keys, dtype="fp32"):
+    out = []
+    for ch in client.get_chunks(keys, encoding="raw", dtype=dtype):
+        a = np.frombuffer(ch.data, dtype=np.float32 if dtype == "fp32" else np.float16)
+        out.append(a.reshape(L, 2, H, ch.n_tokens, D))
+    return np.concatenate(out, axis=3)
+
+
+def rel_err(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
+
+
+def test_health_and_stats(client):
+    assert client.health() == "SERVING"
+    assert client.health("e8kv.v1.KVStore") == "SERVING"
+    s = client.get_stats()
+    assert s.namespace_stats.namespace_name == "default"
+
+
+def test_raw_round_trip_within_codec_error(client):
+    fp = fingerprint(preset="K4V4")
+    tokens = list(range(1000, 1000 + 3 * C + 5))          # 3 full chunks and a short one
+    data = kv(len(tokens))
+    r = put_raw(client, fp, tokens, data)
+    assert r.tokens == len(tokens) and len(r.chunk_keys) == 4
+    assert r.chunks_stored + r.chunks_deduplicated == 4
+    assert r.raw_fp16_bytes == 2 * L * H * D * 2 * len(tokens)
+    back = get_raw(client, list(r.chunk_keys))
+    assert back.shape == data.shape
+    err = rel_err(back, data)
+    assert 0 < err < 0.12, f"K4V4 relative RMS error {err}"
+    # the same chunks again: all deduplicated, same keys
+    r2 = put_raw(client, fp, tokens, data)
+    assert r2.chunks_deduplicated == 4 and r2.chunks_stored == 0
+    assert list(r2.chunk_keys) == list(r.chunk_keys)
+
+
+def test_get_pieces_stream_reassembles(client):
+    fp = fingerprint(preset="K3V2")
+    tokens = list(range(5000, 5000 + 2 * C))
+    r = put_raw(client, fp, tokens, kv(len(tokens), seed=3))
+    pieces = list(client.get_chunk_pieces(list(r.chunk_keys), encoding="raw", dtype="fp32",
+                                          max_piece_bytes=4096))
+    raw_bytes = L * 2 * H * C * D * 4
+    assert len(pieces) >= 2 * (raw_bytes // 4096)
+    assert all(len(p.data) <= 4096 for p in pieces)
+    assert [p.chunk_index for p in pieces] == sorted(p.chunk_index for p in pieces)
+    whole = list(client.get_chunks(list(r.chunk_keys), encoding="raw", dtype="fp32",
+                                   max_piece_bytes=4096))
+    assert [len(c.data) for c in whole] == [raw_bytes, raw_bytes]
+    assert whole[0].token_ids == tokens[:C] and whole[1].start_token == C
+
+
+def test_encoded_frames_come_back_byte_identical(client):
+    fp = fingerprint(preset="K3V2")
+    tokens = list(range(7000, 7000 + C))
+    r = put_raw(client, fp, tokens, kv(C, seed=5))
+    frame = next(client.get_chunks(list(r.chunk_keys), encoding="e8")).data
+    assert len(frame) < L * 2 * H * C * D * 2 // 2          # far smaller than fp16
+    # store the frame again as an encoded chunk under a new prefix position: same bytes back
+    r2 = client.put_chunks(fp, [e8kv.ChunkIn(tokens, frame)], encoding="e8", chunk_tokens=C)
+    assert list(r2.chunk_keys) == list(r.chunk_keys) and r2.chunks_deduplicated == 1
+    assert next(client.get_chunks(list(r2.chunk_keys), encoding="e8")).data == frame
+
+
+def test_lookup_longest_shared_prefix(client):
+    fp = fingerprint(preset="K3V2")
+    a = list(range(20000, 20000 + 3 * C))
+    put_raw(client, fp, a, kv(len(a), seed=7))
+    b = a[:2 * C] + [1, 2, 3] + a[2 * C + 3:]            # diverges inside chunk 3
+    lk = client.lookup(fp, b, chunk_tokens=C)
+    assert lk.matched_tokens == 2 * C and len(lk.chunk_keys) == 2
+    assert list(lk.chunk_token_counts) == [C, C]
+    assert client.lookup(fp, a + [9, 9], chunk_tokens=C).matched_tokens == 3 * C
+    assert client.lookup(fp, [5] + a, chunk_tokens=C).matched_tokens == 0
+    # another fingerprint (other preset) never sees these chunks
+    assert client.lookup(fingerprint(preset="K4V4"), a, chunk_tokens=C).matched_tokens == 0
+    # a parent_key continues the chain: the continuation of b is found after b's prefix
+    r = put_raw(client, fp, b[2 * C:3 * C], kv(C, seed=8), parent_key=lk.chunk_keys[-1],
+                parent_end_token=2 * C)
+    assert client.lookup(fp, b, chunk_tokens=C).matched_tokens == 3 * C
+    assert len(r.chunk_keys) == 1
+
+
+def test_sessions_create_append_get_list_delete(client):
+    fp = fingerprint(preset="K3V2")
+    toks = list(range(30000, 30000 + 2 * C))
+    c = client.create_session("py/s1", fp, chunk_tokens=C, metadata={"user": "ada"})
+    assert c.created and c.session.n_tokens == 0
+    assert not client.create_session("py/s1", fp, chunk_tokens=C, if_not_exists=True).created
+    with pytest.raises(e8kv.AlreadyExists):
+        client.create_session("py/s1", fp, chunk_tokens=C)
+    r = put_raw(client, fp, toks[:C], kv(C, seed=9), session="py/s1")
+    assert r.session.n_tokens == C
+    # the second chunk stored without the session, then appended by token ids only
+    put_raw(client, fp, toks[C:], kv(C, seed=10), parent_key=r.chunk_keys[0],
+            parent_end_token=C)
+    a = client.append_session("py/s1", toks[C:], expect_session_tokens=C)
+    assert a.session.n_tokens == 2 * C and len(a.chunk_keys) == 1
+    s = client.get_session("py/s1", include_chunk_keys=True)
+    assert s.n_chunks == 2 and s.metadata["user"] == "ada" and len(s.chunk_keys) == 2
+    got = list(client.get_chunks(session="py/s1", encoding="raw", dtype="fp32"))
+    assert [g.start_token for g in got] == [0, C] and got[1].token_ids == toks[C:]
+    # a session range inside the second chunk returns that whole chunk
+    got = list(client.get_chunks(session="py/s1", start_token=C + 1, end_token=C + 2))
+    assert len(got) == 1 and got[0].start_token == C
+    for i in range(5):
+        client.create_session(f"py/list/{i}", fp, chunk_tokens=C)
+    names = [x.name for x in client.list_sessions(page_size=2, name_prefix="py/list/")]
+    assert names == [f"py/list/{i}" for i in range(5)]
+    with pytest.raises(e8kv.FailedPrecondition):
+        client.delete_session("py/s1", expect_session_tokens=1)
+    client.delete_session("py/s1")
+    with pytest.raises(e8kv.NotFound) as ei:
+        client.get_session("py/s1")
+    assert ei.value.code == grpc.StatusCode.NOT_FOUND and ei.value.message
+
+
+def test_errors_carry_status_and_message(client):
+    fp = fingerprint()
+    with pytest.raises(e8kv.NotFound):
+        client.get_session("no-such-session")
+    with pytest.raises(e8kv.InvalidArgument):
+        client.lookup(fp, [])                                      # empty token list
+    bad = fingerprint()
+    bad["head_dim"] = 60                                           # not a multiple of 8
+    with pytest.raises(e8kv.InvalidArgument) as ei:
+        client.lookup(bad, [1, 2, 3])
+    assert "head_dim" in ei.value.message or "60" in ei.value.message
+    with pytest.raises(e8kv.InvalidArgument):                     # raw data of the wrong length
+        client.put_chunks(fp, [e8kv.ChunkIn(list(range(C)), b"\0" * 100)], encoding="raw",
+                          raw_dtype="fp32", chunk_tokens=C)
+    with pytest.raises(e8kv.InvalidArgument):                     # garbage as an encoded frame
+        client.put_chunks(fp, [e8kv.ChunkIn(list(range(C)), b"\x01" * 4096)], encoding="e8",
+                          chunk_tokens=C)
+    with pytest.raises(e8kv.NotFound):
+        list(client.get_chunks([b"\x07" * 32]))
+    client.create_session("py/err", fp, chunk_tokens=C, if_not_exists=True)
+    with pytest.raises(e8kv.NotFound):                            # append of chunks never stored
+        client.append_session("py/err", [424242] * C)
+    with pytest.raises(ValueError):                               # neither keys nor session
+        next(client.get_chunks(None))
+    with pytest.raises(e8kv.Unavailable):
+        e8kv.Client("unix:/nonexistent/e8kvd.sock", timeout=2).lookup(fp, [1])
+
+
+def test_namespaces_and_tokens(tmp_path):
+    (tmp_path / "tokens").write_text("token-aaaaaaaaaaaaaaaa team-a\ntoken-bbbbbbbbbbbbbbbb team-b\n")
+    d = Daemon(tmp_path, "--tokens-file", str(tmp_path / "tokens"))
+    try:
+        fp = fingerprint()
+        toks = list(range(40000, 40000 + C))
+        with e8kv.Client(d.address, token="token-aaaaaaaaaaaaaaaa", timeout=30) as a, \
+                e8kv.Client(d.address, token="token-bbbbbbbbbbbbbbbb", timeout=30) as b, \
+                e8kv.Client(d.address, timeout=30) as anon, \
+                e8kv.Client(d.address, token="wrong-wrong-wrong-wrong", timeout=30) as wrong:
+            put_raw(a, fp, toks, kv(C))
+            assert a.lookup(fp, toks, chunk_tokens=C).matched_tokens == C
+            assert b.lookup(fp, toks, chunk_tokens=C).matched_tokens == 0
+            assert a.get_stats().namespace_stats.namespace_name == "team-a"
+            for c in (anon, wrong):
+                with pytest.raises(e8kv.Unauthenticated):
+                    c.lookup(fp, toks, chunk_tokens=C)
+            with pytest.raises(e8kv.PermissionDenied):
+                a.verify()
+    finally:
+        assert d.stop() == 0
