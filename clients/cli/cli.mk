@@ -35,7 +35,8 @@ KVCT_LIB   := $(BUILD)/tests/clients/test_libe8kv
 KVCT_ASM   := $(BUILD)/tests/clients/test_kvc_asm
 TEST_BINS += $(KVCT_XFILE) $(KVCT_OUT) $(KVCT_LIB) $(KVCT_ASM)
 
-$(BUILD)/obj/tests/clients/%.o: | $(KVC_GEN_H)
+# (An explicit object list: a recipe-less pattern rule would add no prerequisite.)
+$(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/clients/*.c)): | $(KVC_GEN_H)
 
 $(KVCT_XFILE): $(BUILD)/obj/tests/clients/test_ctl_xfile.o $(BUILD)/obj/clients/cli/ctl_xfile.o
 	@mkdir -p $(dir $@)
