@@ -248,6 +248,11 @@ int kvd_call_recv(kvd_call *c, const uint8_t **data, size_t *len) {
   return 1;
 }
 
+void kvd_call_recv_release(kvd_call *c) {
+  if (c->have_rx) grpc_slice_unref(c->rx);
+  c->have_rx = 0;
+}
+
 int kvd_call_send(kvd_call *c, const ProtobufCMessage *msg) {
   size_t len;
   grpc_byte_buffer *bb = pack_message(msg, &len);

@@ -88,6 +88,9 @@ unsigned kvd_server_in_flight(const kvd_server *srv);
  * of the handler), 0 at the end of the request stream, -1 when the call is broken (cancelled,
  * deadline, oversized message, shutdown): then set *st from kvd_call_check and return. */
 int kvd_call_recv(kvd_call *call, const uint8_t **data, size_t *len);
+/* Releases the last received message early (after decoding it), so a call holds one copy of
+ * a large message, not two. The pointers kvd_call_recv gave become invalid. */
+void kvd_call_recv_release(kvd_call *call);
 /* Serializes and sends one response message. 0 on success, -1 when the call is broken. */
 int kvd_call_send(kvd_call *call, const ProtobufCMessage *msg);
 /* Request metadata value of `key` (lowercase), NULL if absent; *len = its length. */

@@ -380,6 +380,17 @@ static int put_piece(put_state *s, const E8kv__V1__ChunkPiece *p, kvd_status *st
     return kvd_error(st, KVD_INVALID, "chunk %zu: token_ids may only be on its first piece",
                      idx);
   }
+  if (s->len == 0 && !p->more && p->data.len) { /* a whole chunk in one piece: take its bytes */
+    free(s->buf);
+    s->buf = p->data.data;
+    s->cap = s->len = p->data.len;
+    ((E8kv__V1__ChunkPiece *)p)->data = (ProtobufCBinaryData){0, NULL}; /* now ours */
+    if (s->len > s->app->cfg->max_chunk_bytes)
+      return kvd_error(st, KVD_RESOURCE, "chunk %zu: data of %zu bytes is over "
+                                         "--max-chunk-bytes = %llu bytes", idx, s->len,
+                       (unsigned long long)s->app->cfg->max_chunk_bytes);
+    return put_chunk_done(s, st);
+  }
   if (s->len + p->data.len > s->app->cfg->max_chunk_bytes)
     return kvd_error(st, KVD_RESOURCE, "chunk %zu: data of %zu+ bytes is over "
                                        "--max-chunk-bytes = %llu bytes", idx,
@@ -503,6 +514,7 @@ static int put_read_stream(put_state *s, E8kv__V1__PutHeader **hdr, kvd_status *
     if (r < 0) { kvd_call_check(s->call, st); return -1; }
     if (r == 0) break;
     E8kv__V1__PutChunksRequest *m = e8kv__v1__put_chunks_request__unpack(NULL, n, d);
+    kvd_call_recv_release(s->call); /* keep one copy of a large message, not two */
     if (!m) return kvd_error(st, KVD_INVALID, "message %zu: malformed PutChunksRequest (%zu "
                                               "bytes that do not decode as protobuf)",
                              n_msgs, n);

@@ -52,6 +52,7 @@ ProtobufCMessage *kvd_recv_request(kvd_call *call, const ProtobufCMessageDescrip
     return NULL;
   }
   ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, n, d);
+  kvd_call_recv_release(call);
   if (!m) kvd_fail(st, KVD_INVALID, "malformed %s: %zu bytes that do not decode as protobuf",
                    desc->name, n);
   return m;
