@@ -15,5 +15,5 @@ QUALITY_ARGS := --out $(BUILD)/bench/quality.json --plot $(BUILD)/bench/quality_
 bench-quality: $(BUILD)/lib/libe8codec.so
 	$(QUALITY_ENV) $(PYTHON) -m bench.quality.run $(if $(QUICK),--quick) $(QUALITY_ARGS)
 
-TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_codec_abi.py tests/python/test_codec_roundtrip.py tests/python/test_codec_fixture.py"
+TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_codec_abi.py tests/python/test_codec_roundtrip.py tests/python/test_codec_fixture.py tests/python/test_codec_baselines.py"
 TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m bench.quality.run --quick $(QUALITY_ARGS)"
