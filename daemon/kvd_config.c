@@ -79,6 +79,9 @@ static const kvd_crow g_table[] = {
      "(logged)."},
     {"shutdown-grace-ms", CT_U32, OFF(shutdown_grace_ms), 0, "ms", "10000", 0, 3600000, NULL,
      "After SIGTERM/SIGINT, in-flight calls may finish this long; then they are cancelled."},
+    {"max-call-ms", CT_U32, OFF(max_call_ms), 0, "ms", "600000", 1000, 86400000, NULL,
+     "Hard limit on one call's duration (besides the client's deadline): a call still running "
+     "then, e.g. a reader that stopped reading, is cancelled with DEADLINE_EXCEEDED."},
     {"io-engine", CT_STR, OFF(io_engine), CAP(io_engine), "engine", "auto", 0, 0,
      "auto|uring|pwrite", "Store write engine: io_uring, pwrite+fdatasync, or auto (io_uring "
      "when the kernel allows it)."},

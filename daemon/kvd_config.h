@@ -35,6 +35,7 @@ typedef struct kvd_config {
   char log_level[16];             /* error | warn | info | debug */
   char metrics_listen[256];       /* host:port of the Prometheus endpoint; "" = off */
   uint32_t shutdown_grace_ms;     /* in-flight calls may finish this long after SIGTERM */
+  uint32_t max_call_ms;           /* hard limit on one call's duration */
   char io_engine[16];             /* auto | uring | pwrite */
 } kvd_config;
 

@@ -55,6 +55,8 @@ struct kvd_call {
   int have_rx;
   uint64_t bytes_in, bytes_out;
   char *peer;
+  gpr_timespec hard_limit;     /* start + max_call_ms (monotonic) */
+  int limit_hit;
 };
 
 typedef struct kvd_watch {     /* one Health/Watch stream (or a pending request for one) */
@@ -185,11 +187,19 @@ static void slot_release(kvd_slot *s) {
   if (!s->rm) grpc_call_details_destroy(&s->details);
 }
 
-/* Waits on the call's private queue for `tag`; absorbs the close notification on the way. */
+/* Waits on the call's private queue for `tag`; absorbs the close notification on the way.
+ * A call still running at its hard limit (--max-call-ms from its start) is cancelled with
+ * DEADLINE_EXCEEDED, so a client that stops reading cannot hold a worker forever. */
 static int call_wait(kvd_call *c, void *tag) {
   for (;;) {
-    grpc_event ev =
-        grpc_completion_queue_next(c->slot->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    gpr_timespec until = c->limit_hit ? gpr_inf_future(GPR_CLOCK_MONOTONIC) : c->hard_limit;
+    grpc_event ev = grpc_completion_queue_next(c->slot->cq, until, NULL);
+    if (ev.type == GRPC_QUEUE_TIMEOUT) {
+      c->limit_hit = 1;
+      grpc_call_cancel_with_status(c->slot->call, kvd_grpc_status_of(KVD_DEADLINE),
+                                   "call ran longer than the server's --max-call-ms", NULL);
+      continue;
+    }
     if (ev.type != GRPC_OP_COMPLETE) return -1;
     if (ev.tag == (void *)&c->closed) {
       c->closed = 1;
@@ -293,6 +303,10 @@ int kvd_call_check(kvd_call *c, kvd_status *st) {
     kvd_fail(st, KVD_DEADLINE, "deadline exceeded");
     return -1;
   }
+  if (c->limit_hit || gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), c->hard_limit) >= 0) {
+    kvd_fail(st, KVD_DEADLINE, "call ran longer than the server's --max-call-ms");
+    return -1;
+  }
   if (c->closed || c->broken) {
     kvd_fail(st, KVD_CANCELLED, "call cancelled or broken (client gone, message over the "
                                 "size limit, or daemon shutting down)");
@@ -337,6 +351,7 @@ static void serve_call(kvd_slot *s) {
   kvd_server *srv = s->srv;
   static const kvd_method unknown = {"", KVD_RPC_UNARY, NULL};
   kvd_call c = {.slot = s, .m = s->method >= 0 ? &srv->all_methods[s->method] : &unknown};
+  c.hard_limit = after_ms((long)srv->o.max_call_ms);
   kvd_status st;
   double t0 = now_s();
   atomic_fetch_add(&srv->in_flight, 1);

@@ -62,6 +62,7 @@ typedef struct kvd_server_opts {
   const char *tls_key_pem;
   uint64_t max_message_bytes;    /* receive and send limit per message */
   unsigned threads;              /* worker threads, >= 1 */
+  uint32_t max_call_ms;          /* a call running longer is cancelled (DEADLINE_EXCEEDED) */
   const kvd_method *methods;     /* the table; must outlive the server */
   size_t n_methods;
   void *app;                     /* passed to handlers */

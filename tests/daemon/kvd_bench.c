@@ -160,7 +160,7 @@ static void redis_run(worker *w) {
     char key[64];
     /* two keys per client, overwritten: Redis memory stays bounded */
     snprintf(key, sizeof key, "kv:%s:%d:%d", raw ? "raw" : "enc", w->id, i % 2);
-    int p = (w->id + i) % b->n_pool;
+    int p = (w->id + i % 2) % b->n_pool; /* what this key holds */
     const void *data = raw ? (const void *)b->raws[p] : b->frames[p];
     size_t len = raw ? b->raw_len : b->frame_len[p];
     double t0 = now_s();

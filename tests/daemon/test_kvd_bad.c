@@ -399,6 +399,72 @@ static void test_bad_clients(void **state) {
   kvt_daemon_cleanup(&d);
 }
 
+/* A writer that stalls and a reader that stops reading are cut at --max-call-ms. */
+static void test_max_call_ms(void **state) {
+  (void)state;
+  kvt_daemon d;
+  assert_int_equal(kvt_daemon_init(&d), 0);
+  const char *extra[] = {"--max-call-ms=1000", NULL};
+  assert_int_equal(kvt_daemon_start(&d, 0, extra), 0);
+  kvt_conn *c = kvt_connect(d.target, NULL, 0);
+  kvt_status st;
+  one_chunk c0;
+  chunk_make(&c0, &g_fp, 41, 0);
+  E8kv__V1__PutHeader h = header(&g_fp, "slow", 1);
+  E8kv__V1__PutChunksResponse *r;
+  assert_int_equal(kvt_put(c, &h, &c0.ch, 1, 0, &r, &st), 0);
+  e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
+  time_t t0 = time(NULL);
+  kvt_stream *s = put_open_partial(c, &h, &c0); /* and then nothing */
+  assert_int_equal(kvt_finish(s, &st), 4 /* DEADLINE_EXCEEDED */);
+  assert_non_null(strstr(st.msg, "--max-call-ms"));
+  assert_true(time(NULL) - t0 <= 5);
+  kvt_free(s);
+  /* a reader that takes one piece and then stops reading */
+  kvt_fp big;
+  kvt_fp_make(&big, "test/slow-reader", 8, 4, 128);
+  uint32_t tok[256];
+  kvt_tokens(tok, 256, 42, 0);
+  size_t rl;
+  uint16_t *raw = kvt_kv_make(&big, 256, 42, &rl);
+  kvt_chunk ch = {tok, 256, (uint8_t *)raw, rl};
+  E8kv__V1__PutHeader hb = header(&big, "slow-read", 1);
+  hb.chunk_tokens = 256;
+  hb.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+  hb.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+  assert_int_equal(kvt_put(c, &hb, &ch, 1, 0, &r, &st), 0);
+  e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
+  E8kv__V1__GetChunksRequest gq;
+  E8kv__V1__SessionRange sr;
+  e8kv__v1__get_chunks_request__init(&gq);
+  e8kv__v1__session_range__init(&sr);
+  sr.session = "slow-read";
+  gq.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
+  gq.range = &sr;
+  gq.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+  gq.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
+  gq.max_piece_bytes = 4096; /* 4096 pieces: far more than the flow-control window */
+  s = kvt_open(c, KVT_SVC "GetChunks", 30000);
+  kvt_send(s, &gq.base);
+  kvt_close_send(s);
+  uint8_t *b;
+  size_t len;
+  assert_int_equal(kvt_recv(s, &b, &len), 1);
+  free(b);
+  sleep(3);
+  assert_int_equal(kvt_finish(s, &st), 4);
+  kvt_free(s);
+  /* the workers are free again */
+  uint64_t n;
+  assert_int_equal(session_tokens(c, "slow", &n), 0);
+  assert_int_equal(n, CT);
+  free(raw);
+  chunk_free(&c0);
+  kvt_close(c);
+  assert_int_equal(kvt_daemon_stop(&d), 0);
+  kvt_daemon_cleanup(&d);
+}
+
 int main(int argc, char **argv) {
   (void)argc;
   kvt_set_binary_from_argv0(argv[0]);
@@ -408,6 +474,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_limits_and_malformed),
       cmocka_unit_test(test_fingerprints_and_frames),
       cmocka_unit_test(test_bad_clients),
+      cmocka_unit_test(test_max_call_ms),
   };
   return cmocka_run_group_tests_name("e8kvd bad input", tests, NULL, NULL);
 }
