@@ -23,7 +23,7 @@
 const float *e8c_f16_table(void);
 
 /* Loads head vector (contiguous or strided) into x; checks range. */
-static int FN(load)(const e8c_tensor *src, int64_t base, uint32_t n, float *x)
+static int FN(load)(const e8c_tensor *src, int64_t base, uint32_t n, float *restrict x)
 {
     const uint8_t *d = src->data;
     if (src->stride_dim == 1 && src->dtype == E8C_DTYPE_F16) {
@@ -50,7 +50,7 @@ static int FN(load)(const e8c_tensor *src, int64_t base, uint32_t n, float *x)
     return ok;
 }
 
-static void FN(bh)(const e8c_hplan *hp, float *v)
+static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
 {
     for (uint32_t b = 0; b < hp->nblocks; b++) {
         float *x = v + hp->boff[b];
@@ -87,7 +87,7 @@ static void FN(bh)(const e8c_hplan *hp, float *v)
     }
 }
 
-static void FN(hfwd)(const e8c_hplan *hp, float *x, float *tmp)
+static void FN(hfwd)(const e8c_hplan *restrict hp, float *restrict x, float *restrict tmp)
 {
     uint32_t n = hp->n;
     for (uint32_t j = 0; j < n; j++) x[j] = x[j] * hp->sign0[j];
@@ -98,7 +98,7 @@ static void FN(hfwd)(const e8c_hplan *hp, float *x, float *tmp)
     memcpy(x, tmp, sizeof(float) * n);
 }
 
-static void FN(hinv)(const e8c_hplan *hp, float *y, float *tmp)
+static void FN(hinv)(const e8c_hplan *restrict hp, float *restrict y, float *restrict tmp)
 {
     uint32_t n = hp->n;
     if (!hp->pow2) {
@@ -110,7 +110,8 @@ static void FN(hinv)(const e8c_hplan *hp, float *y, float *tmp)
     for (uint32_t j = 0; j < n; j++) y[j] = y[j] * hp->sign0[j];
 }
 
-static void FN(rope)(const e8c_rope *r, float *x, const float *c, const float *s, int apply)
+static void FN(rope)(const e8c_rope *r, float *restrict x, const float *restrict c,
+                     const float *restrict s, int apply)
 {
     uint32_t h = r->rotary_dim / 2;
     if (r->layout == E8C_ROPE_LAYOUT_SPLIT_HALF) {
@@ -134,7 +135,7 @@ static void FN(rope)(const e8c_rope *r, float *x, const float *c, const float *s
     }
 }
 
-static uint16_t FN(scale)(const float *y, uint32_t n, float step)
+static uint16_t FN(scale)(const float *restrict y, uint32_t n, float step)
 {
     double A[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (uint32_t j = 0; j < n; j += 8)
@@ -238,7 +239,7 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
     return 0;
 }
 
-static void FN(store)(const e8c_tensor *dst, int64_t base, uint32_t n, const float *x)
+static void FN(store)(const e8c_tensor *dst, int64_t base, uint32_t n, const float *restrict x)
 {
     uint8_t *d = dst->data;
     if (dst->stride_dim != 1) {
