@@ -238,6 +238,16 @@ def test_hf_smollm2_multi_turn_extends_chain(lm, text_ids, client):
                         session="py-chat-1", fingerprint=fp, chunk_tokens=C)
     assert client.get_session("py-chat-1").n_tokens == 180
 
+    # without a session the chain grows the same way (parent key from the lookup)
+    fp2 = fp_of(model, "K3V2", "turns-nosession")
+    assert hf.store_prefix(client, model, t1, exact_cache(model, t1), fingerprint=fp2,
+                           chunk_tokens=C)[0]["chunks_written"] == 2
+    r4 = hf.store_prefix(client, model, t2, exact_cache(model, t2), fingerprint=fp2,
+                         chunk_tokens=C)[0]
+    assert r4["skipped_tokens"] == 64 and r4["chunks_written"] == 2
+    lk = client.lookup(fp2, t2.tolist(), chunk_tokens=C)
+    assert lk.matched_tokens == 180 and list(lk.chunk_keys) == r4["chunk_keys"]
+
 
 def test_hf_smollm2_load_or_recompute_decision(lm, text_ids, client):
     _, model = lm
