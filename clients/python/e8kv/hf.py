@@ -26,6 +26,12 @@ Positions. The codec removes RoPE from keys at their positions, taken to be 0..n
 n real tokens of a row: compute padded batches with position_ids from the attention mask
 (as ``model.generate`` and :func:`prefill` do).
 
+Limits. Dynamic-NTK models whose prefill went past original_max_position_embeddings use
+frequencies that depend on the prefill's length; chunks are encoded with their own end as
+that length, so RoPE removal is exact only within the original context there. Sliding-
+window and hybrid (linear-attention) caches are not handled: every layer must be a full
+attention layer holding every token.
+
 Padding. With ``attention_mask`` (batch [B, T], left or right padding), each row's pad
 positions are dropped before anything is chunked: pad tokens never enter a chunk key or
 a chunk. A restored batch holds the same number of cached tokens for every row; its
