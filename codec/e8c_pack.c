@@ -156,7 +156,8 @@ static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, 
     if (mode == 2)
         for (size_t i = (size_t)Q * n; i-- > n;) S[i] -= S[i - n];
     else if (mode == 3)
-        for (size_t i = 0; i < (size_t)Q * n; i++) S[i] -= M[i % n];
+        for (uint32_t t = 0; t < Q; t++)
+            for (uint32_t j = 0; j < n; j++) S[(size_t)t * n + j] -= M[j];
     return mode;
 }
 
