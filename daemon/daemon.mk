@@ -130,3 +130,15 @@ bench-daemon: $(KVD_BENCH) $(KVD_BIN)
 	@mkdir -p build/bench
 	$(KVD_BENCH) --e8kvd $(KVD_BIN) --out build/bench/daemon.json $(if $(QUICK),--quick)
 	@cat build/bench/daemon.json
+
+# Unit tests of parsers and validators (no server): links the daemon library itself.
+KVD_UNITS := $(KVD_TDIR)/test_kvd_units
+$(BUILD)/obj/tests/daemon/test_kvd_units.o: CFLAGS_tests := -I$(KVD_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) cmocka) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/test_kvd_units.o: | $(KVD_GEN_H)
+$(KVD_UNITS): $(BUILD)/obj/tests/daemon/test_kvd_units.o $(KVD_LIB) $(KVD_GEN_O) \
+              $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $< $(KVD_LIB) $(KVD_GEN_O) $(KVD_FUZZ_LIBS) $(call pc_libs,cmocka) \
+	  $(LDFLAGS_BASE)
+TEST_BINS += $(KVD_UNITS)

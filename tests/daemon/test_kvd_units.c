@@ -1,0 +1,250 @@
+/* test_kvd_units.c: unit tests of the daemon's parsers and validators, without a server:
+ * the configuration table (sizes, bounds, cross-field rules), the tokens file and bearer
+ * checks, fingerprint resolution (errors name the field; wire <-> codec round trip keeps the
+ * id), session names and metadata, and the stored payload's token trailer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "daemon/kvd_auth.h"
+#include "daemon/kvd_config.h"
+#include "daemon/kvd_payload.h"
+#include "daemon/kvd_session.h"
+
+static void test_sizes(void **state) {
+  (void)state;
+  uint64_t v;
+  assert_int_equal(kvd_config_parse_size("64M", &v), 0);
+  assert_int_equal(v, 64ull << 20);
+  assert_int_equal(kvd_config_parse_size("1GiB", &v), 0);
+  assert_int_equal(v, 1ull << 30);
+  assert_int_equal(kvd_config_parse_size("4096", &v), 0);
+  assert_int_equal(v, 4096);
+  assert_int_equal(kvd_config_parse_size("2kb", &v), 0);
+  assert_int_equal(v, 2048);
+  const char *bad[] = {"", "-1", "12Q", "M", "1.5G", "99999999999999999999", "17179869184T"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    assert_int_equal(kvd_config_parse_size(bad[i], &v), -1);
+}
+
+static kvd_config_action parse(kvd_config *c, const char *a, const char *b) {
+  char *argv[] = {"e8kvd", (char *)a, (char *)b, NULL};
+  FILE *devnull = fopen("/dev/null", "w");
+  kvd_config_action r = kvd_config_parse(c, b ? 3 : a ? 2 : 1, argv, devnull, devnull);
+  fclose(devnull);
+  return r;
+}
+
+static void test_config(void **state) {
+  (void)state;
+  kvd_config c;
+  assert_int_equal(parse(&c, NULL, NULL), KVD_CONFIG_RUN);
+  assert_int_equal(c.max_message_bytes, 64ull << 20);
+  assert_int_equal(c.threads, 8);
+  assert_int_equal(c.n_listen, 1);
+  kvd_config_free(&c);
+  assert_int_equal(parse(&c, "--threads=16", "--listen=unix:/tmp/a.sock,127.0.0.1:0"),
+                   KVD_CONFIG_RUN);
+  assert_int_equal(c.threads, 16);
+  assert_int_equal(c.n_listen, 2);
+  assert_string_equal(c.listen_addrs[1], "127.0.0.1:0");
+  kvd_config_free(&c);
+  assert_int_equal(parse(&c, "--threads", "0"), KVD_CONFIG_EXIT_ERR);       /* bounds */
+  assert_int_equal(parse(&c, "--threads=1K", NULL), KVD_CONFIG_EXIT_ERR);   /* not a size */
+  assert_int_equal(parse(&c, "--no-such-flag", NULL), KVD_CONFIG_EXIT_ERR);
+  assert_int_equal(parse(&c, "--log-level=loud", NULL), KVD_CONFIG_EXIT_ERR);
+  assert_int_equal(parse(&c, "--tls-cert=/x.pem", NULL), KVD_CONFIG_EXIT_ERR); /* no key */
+  assert_int_equal(parse(&c, "--max-message-bytes=1M", NULL), KVD_CONFIG_EXIT_ERR); /* piece */
+  assert_int_equal(parse(&c, "--listen=,", NULL), KVD_CONFIG_EXIT_ERR);
+  assert_int_equal(parse(&c, "stray", NULL), KVD_CONFIG_EXIT_ERR);
+  assert_int_equal(parse(&c, "--help", NULL), KVD_CONFIG_EXIT_OK);
+}
+
+static char *write_tmp(const char *text) {
+  static char path[64];
+  snprintf(path, sizeof path, "/tmp/kvd_units.XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void test_auth(void **state) {
+  (void)state;
+  char err[256];
+  kvd_auth *a;
+  const char *bad[] = {"short ns\n", "token-0123456789abcdef bad/ns\n",
+                       "token-0123456789abcdef ns root\n", "token-0123456789abcdef\n",
+                       "token-0123456789abcdef a\ntoken-0123456789abcdef b\n", "# nothing\n"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char *p = write_tmp(bad[i]);
+    assert_int_equal(kvd_auth_load(p, &a, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    unlink(p);
+  }
+  char *p = write_tmp("# tenants\ntoken-aaaaaaaaaaaaaaaa alpha\n\ntoken-bbbbbbbbbbbbbbbb beta admin\n");
+  assert_int_equal(kvd_auth_load(p, &a, err, sizeof err), 0);
+  unlink(p);
+  assert_int_equal(kvd_auth_n_namespaces(a), 2);
+  kvd_principal who;
+  kvd_status st;
+  const char *ok = "Bearer token-bbbbbbbbbbbbbbbb";
+  assert_int_equal(kvd_auth_check(a, ok, strlen(ok), &who, &st), 0);
+  assert_string_equal(who.ns, "beta");
+  assert_true(who.admin);
+  const char *lower = "bearer token-aaaaaaaaaaaaaaaa";
+  assert_int_equal(kvd_auth_check(a, lower, strlen(lower), &who, &st), 0);
+  assert_false(who.admin);
+  const char *wrong[] = {"Bearer token-cccccccccccccccc", "token-aaaaaaaaaaaaaaaa",
+                         "Bearer token-aaaaaaaaaaaaaaa", "Bearer "};
+  for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+    assert_int_equal(kvd_auth_check(a, wrong[i], strlen(wrong[i]), &who, &st), -1);
+    assert_int_equal(st.code, KVD_UNAUTHENTICATED);
+  }
+  assert_int_equal(kvd_auth_check(a, NULL, 0, &who, &st), -1);
+  kvd_auth_free(a);
+  assert_int_equal(kvd_auth_load("", &a, err, sizeof err), 0); /* open mode */
+  assert_int_equal(kvd_auth_check(a, NULL, 0, &who, &st), 0);
+  assert_string_equal(who.ns, "default");
+  assert_true(who.admin);
+  kvd_auth_free(a);
+}
+
+static void fp_make(E8kv__V1__ModelFingerprint *f, E8kv__V1__RopeConfig *r,
+                    E8kv__V1__CodecConfig *c) {
+  e8kv__v1__model_fingerprint__init(f);
+  e8kv__v1__rope_config__init(r);
+  e8kv__v1__codec_config__init(c);
+  f->model_id = "m";
+  f->n_layers = 30;
+  f->n_kv_heads = 3;
+  f->head_dim = 64;
+  f->source_dtype = E8KV__V1__DTYPE__DTYPE_BF16;
+  r->theta = 100000;
+  r->layout = E8KV__V1__ROPE_LAYOUT__ROPE_LAYOUT_SPLIT_HALF;
+  f->rope = r;
+  f->codec = c;
+}
+
+static void expect_invalid(E8kv__V1__ModelFingerprint *f, const char *word) {
+  kvd_fp fp;
+  kvd_status st;
+  assert_int_equal(kvd_fp_resolve(f, &fp, &st), -1);
+  assert_int_equal(st.code, KVD_INVALID);
+  if (!strstr(st.msg, word)) print_error("message '%s' lacks '%s'\n", st.msg, word);
+  assert_non_null(strstr(st.msg, word));
+}
+
+static void test_fingerprints(void **state) {
+  (void)state;
+  E8kv__V1__ModelFingerprint f;
+  E8kv__V1__RopeConfig r;
+  E8kv__V1__CodecConfig c;
+  fp_make(&f, &r, &c);
+  kvd_fp a, b;
+  kvd_status st;
+  assert_int_equal(kvd_fp_resolve(&f, &a, &st), 0);
+  kvd_fp_pb pb; /* codec -> wire -> codec keeps the id */
+  kvd_fp_to_pb(&a.fp, &pb);
+  assert_int_equal(kvd_fp_resolve(&pb.m, &b, &st), 0);
+  assert_memory_equal(a.id, b.id, 32);
+  c.preset = "K3V2"; /* the default preset, spelled out: same id */
+  assert_int_equal(kvd_fp_resolve(&f, &b, &st), 0);
+  assert_memory_equal(a.id, b.id, 32);
+  c.preset = "";
+  c.key_bits = 4;
+  c.value_bits = 2; /* another rate: another id */
+  assert_int_equal(kvd_fp_resolve(&f, &b, &st), 0);
+  assert_memory_not_equal(a.id, b.id, 32);
+  c.key_bits = 3.5f;
+  expect_invalid(&f, "key_bits");
+  c.key_bits = c.value_bits = 0;
+  c.preset = "K9V9";
+  expect_invalid(&f, "preset");
+  c.preset = "";
+  uint32_t layers[] = {30};
+  c.protected_layers = layers;
+  c.n_protected_layers = 1;
+  expect_invalid(&f, "protected_layers");
+  c.n_protected_layers = 0;
+  f.rope = NULL;
+  expect_invalid(&f, "rope");
+  f.rope = &r;
+  r.layout = E8KV__V1__ROPE_LAYOUT__ROPE_LAYOUT_UNSPECIFIED;
+  expect_invalid(&f, "layout");
+  r.layout = E8KV__V1__ROPE_LAYOUT__ROPE_LAYOUT_SPLIT_HALF;
+  f.head_dim = 60;
+  expect_invalid(&f, "head_dim");
+  f.head_dim = 64;
+  f.model_id = "";
+  expect_invalid(&f, "model_id");
+  f.model_id = "m";
+  f.source_dtype = E8KV__V1__DTYPE__DTYPE_UNSPECIFIED;
+  expect_invalid(&f, "source_dtype");
+  f.source_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+  c.format_version = 7;
+  expect_invalid(&f, "format_version");
+  c.format_version = 0;
+  expect_invalid(NULL, "required");
+}
+
+static void test_sessions_and_payload(void **state) {
+  (void)state;
+  kvd_status st;
+  assert_int_equal(kvd_sess_name_check("chat/42:a@b+c=d-e.f_g", &st), 0);
+  assert_int_equal(kvd_sess_name_check("", &st), -1);
+  assert_int_equal(kvd_sess_name_check("has space", &st), -1);
+  char longname[300];
+  memset(longname, 'a', sizeof longname - 1);
+  longname[299] = 0;
+  assert_int_equal(kvd_sess_name_check(longname, &st), -1);
+  uint32_t ct;
+  assert_int_equal(kvd_sess_chunk_tokens(0, &ct, &st), 0);
+  assert_int_equal(ct, 256);
+  assert_int_equal(kvd_sess_chunk_tokens(65537, &ct, &st), -1);
+  char *k[] = {"a", "b", "a"}, *v[] = {"1", "2", "3"};
+  uint8_t *blob;
+  size_t len;
+  assert_int_equal(kvd_sess_meta_pack(128, NULL, 3, k, v, &blob, &len, &st), 0);
+  E8kv__V1__SessionInfo *si = e8kv__v1__session_info__unpack(NULL, len, blob);
+  assert_non_null(si);
+  assert_int_equal(si->chunk_tokens, 128);
+  assert_int_equal(si->n_metadata, 2); /* "a" replaced, not duplicated */
+  assert_string_equal(si->metadata[0]->value, "3");
+  e8kv__v1__session_info__free_unpacked(si, NULL);
+  free(blob);
+  char *empty[] = {""};
+  assert_int_equal(kvd_sess_meta_check(1, empty, v, &st), -1);
+  uint32_t tok[3] = {7, 0xffffffffu, 42};
+  uint8_t p[10 + 20];
+  memset(p, 0x5a, 10);
+  kvd_trailer_write(p + 10, tok, 3);
+  size_t cb;
+  const uint8_t *tl;
+  uint32_t nt;
+  assert_int_equal(kvd_payload_split(p, sizeof p, &cb, &tl, &nt), 0);
+  assert_int_equal(cb, 10);
+  assert_int_equal(nt, 3);
+  assert_int_equal(kvd_token_at(tl, 1), 0xffffffffu);
+  p[sizeof p - 1] = 'X';
+  assert_int_equal(kvd_payload_split(p, sizeof p, &cb, &tl, &nt), -1);
+  assert_int_equal(kvd_payload_split(p, 4, &cb, &tl, &nt), -1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sizes),
+      cmocka_unit_test(test_config),
+      cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_fingerprints),
+      cmocka_unit_test(test_sessions_and_payload),
+  };
+  return cmocka_run_group_tests_name("e8kvd units", tests, NULL, NULL);
+}
