@@ -327,6 +327,28 @@ static kvt_stream *put_open_partial(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return s;
 }
 
+/* Waits (up to 10 s) until a call holds session `name`'s write lock, probing with a delete
+ * whose expectation can never match: ABORTED while locked, FAILED_PRECONDITION otherwise
+ * (and nothing is deleted either way). */
+static void wait_session_locked(kvt_conn *c, const char *name) {
+  E8kv__V1__DeleteSessionRequest q;
+  e8kv__v1__delete_session_request__init(&q);
+  q.name = (char *)name;
+  q.session_expect_case = E8KV__V1__DELETE_SESSION_REQUEST__SESSION_EXPECT_EXPECT_SESSION_TOKENS;
+  q.expect_session_tokens = 999999999;
+  for (int i = 0; i < 200; i++) {
+    ProtobufCMessage *r = NULL;
+    kvt_status st;
+    int code = kvt_unary(c, KVT_SVC "DeleteSession", &q.base,
+                         &e8kv__v1__delete_session_response__descriptor, &r, &st, 5000);
+    if (r) protobuf_c_message_free_unpacked(r, NULL);
+    if (code == 10) return;
+    assert_int_equal(code, 9);
+    usleep(50 * 1000);
+  }
+  fail_msg("session %s never became locked", name);
+}
+
 static void test_bad_clients(void **state) {
   (void)state;
   kvt_daemon d;
@@ -343,7 +365,7 @@ static void test_bad_clients(void **state) {
   e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
   /* concurrent writers of one session: the second gets ABORTED at once */
   kvt_stream *s1 = put_open_partial(c, &h, &c1);
-  usleep(200 * 1000); /* the daemon has read the header and holds the session */
+  wait_session_locked(c, "w"); /* the daemon has read the header and holds the session */
   assert_int_equal(kvt_put(c, &h, &c1.ch, 1, 0, &r, &st), 10 /* ABORTED */);
   assert_non_null(strstr(st.msg, "another call"));
   /* the first writer disconnects mid-chunk: nothing is committed */
@@ -353,8 +375,13 @@ static void test_bad_clients(void **state) {
   uint64_t n = 0;
   assert_int_equal(session_tokens(c, "w", &n), 0);
   assert_int_equal(n, CT);
-  /* and the lock went with it */
-  assert_int_equal(kvt_put(c, &h, &c1.ch, 1, 0, &r, &st), 0);
+  /* and the lock went with it (the daemon may take a moment to see the cancellation) */
+  int code = 10;
+  for (int i = 0; i < 100 && code == 10; i++) {
+    code = kvt_put(c, &h, &c1.ch, 1, 0, &r, &st);
+    if (code == 10) usleep(50 * 1000);
+  }
+  assert_int_equal(code, 0);
   assert_int_equal(r->session->n_tokens, 2 * CT);
   e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
   /* a reader that goes away after the first piece */
@@ -387,7 +414,7 @@ static void test_bad_clients(void **state) {
   kvt_got_free(got, ng);
   /* SIGTERM with a call in flight: the daemon waits (grace 3 s), cancels it, exits 0 */
   kvt_stream *s2 = put_open_partial(c, &h, &c1);
-  usleep(200 * 1000);
+  wait_session_locked(c, "w"); /* the call is in flight in the daemon */
   time_t t0 = time(NULL);
   assert_int_equal(kvt_daemon_stop(&d), 0);
   assert_true(time(NULL) - t0 <= 8);
