@@ -18,7 +18,9 @@ E8C_LIB     := $(BUILD)/lib/libe8codec.a
 E8C_SO      := $(BUILD)/lib/libe8codec.so
 E8C_LDLIBS  := $(E8C_LIB) $(call pc_libs,$(E8C_PKGS)) -lm -pthread
 
-CFLAGS_codec += $(call pc_cflags,$(E8C_PKGS)) -O3 -ffp-contract=off -fno-fast-math
+CFLAGS_codec += $(call pc_cflags,$(E8C_PKGS)) -ffp-contract=off -fno-fast-math
+# -O3 for libe8codec's own objects only (same bytes as -O2; codec/cuda keeps its flags)
+$(E8C_OBJS): CFLAGS_codec += -O3
 CFLAGS_tests += $(call pc_cflags,cmocka)
 $(BUILD)/obj/codec/e8c_fast_avx2.o: CFLAGS_codec += -mavx2 -mf16c
 
