@@ -124,7 +124,7 @@ $(KVD_BENCH): $(BUILD)/obj/tests/daemon/kvd_bench.o $(KVD_TEST_HELP) $(KVD_GEN_O
 	$(CC) -o $@ $< $(KVD_TEST_HELP) $(KVD_TEST_LIBS) $(call pc_libs,hiredis jansson) \
 	  $(LDFLAGS_BASE)
 
-BINS += $(KVD_BENCH)
+# (built by bench-daemon only, so `make test` never needs hiredis)
 
 bench-daemon: $(KVD_BENCH) $(KVD_BIN)
 	@mkdir -p build/bench
