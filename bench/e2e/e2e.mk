@@ -1,0 +1,43 @@
+# bench/e2e/e2e.mk: the end-to-end benchmark (issue 9) and the CUDA codec's shared library.
+#
+#   $(BUILD)/lib/libe8codec_cuda.so  libe8codec_cuda.a + libe8codec.a as one shared library, for
+#                                    the Python binding e8kv.cuda (ctypes); built where nvcc exists
+#   make bench-e2e                   TTFT recompute vs restore through e8kvd (bench/e2e/README.md):
+#                                    build/bench/e2e.json, e2e_ttft.png, e2e_detail.json
+#   make e2e-bundle                  here: e8kvd + both codec libraries + the shared libraries the
+#                                    GPU machine lacks + generated gRPC stubs (+ wheels from
+#                                    $(BUILD)/wheels if present) into $(BUILD)/bundle
+#   GPU host: make bench-e2e E2E_BUNDLE=build/e2e/bundle   (runs from the bundle, builds nothing)
+#
+# Literal paths below: this fragment is read before codec/ (the fragments are sorted by path).
+
+E2E_BUNDLE ?=
+E2E_ARGS   ?=
+E2E_NEEDS  := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so
+
+ifneq ($(strip $(NVCC)),)
+E2E_CUDA_SO := $(BUILD)/lib/libe8codec_cuda.so
+LIBS        += $(E2E_CUDA_SO)
+E2E_NEEDS   += $(E2E_CUDA_SO)
+
+# cudart is linked statically (as in codec/cuda/cuda.mk); the objects are all -fPIC.
+$(E2E_CUDA_SO): $(BUILD)/lib/libe8codec_cuda.a $(BUILD)/lib/libe8codec.a
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDFLAGS_BASE) -o $@ -Wl,--whole-archive $^ -Wl,--no-whole-archive \
+	  $(call pc_libs,libzstd libisal libcrypto) -L$(patsubst %/bin/nvcc,%,$(NVCC))/lib64 \
+	  -lcudart_static -ldl -lrt -lstdc++ -lm -pthread
+endif
+
+.PHONY: e2e-bundle
+e2e-bundle: $(E2E_NEEDS)
+	rm -rf $(BUILD)/bundle
+	../shared/tools/device-bundle $(BUILD)/bundle $^
+	$(PYTHON) clients/python/e8kv/_protogen.py proto $(BUILD)/bundle/py
+	if [ -d $(BUILD)/wheels ]; then cp -r $(BUILD)/wheels $(BUILD)/bundle/whl; fi
+	du -sh $(BUILD)/bundle
+
+bench-e2e: $(if $(E2E_BUNDLE),,$(E2E_NEEDS))
+	bench/e2e/run.sh "$(if $(E2E_BUNDLE),$(E2E_BUNDLE),$(BUILD))" build/bench $(E2E_ARGS)
+
+# CPU test: a tiny Llama through e8kvd (unix socket and TCP), CPU codec, the decision included.
+TEST_CMDS += "bench/e2e/run.sh $(BUILD) $(BUILD)/e2e-test --cpu-test"
