@@ -41,3 +41,5 @@ bench-e2e: $(if $(E2E_BUNDLE),,$(E2E_NEEDS))
 
 # CPU test: a tiny Llama through e8kvd (unix socket and TCP), CPU codec, the decision included.
 TEST_CMDS += "bench/e2e/run.sh $(BUILD) $(BUILD)/e2e-test --cpu-test"
+# e8kv.cuda's host-side parts (chunk container, item records) on the CPU
+TEST_CMDS += "PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/python/gen E8KV_LIB=$(abspath $(BUILD))/lib/libe8codec.so $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider bench/e2e/test_e2e_cuda_glue.py"

@@ -1,0 +1,88 @@
+"""CPU tests of e8kv.cuda's host-side parts (no GPU needed): the chunk container assembled from
+frames is byte-identical to libe8codec's e8c_chunk_encode, parse_chunk refuses damaged chunks,
+and the e8cu_item records point at the right bytes with the right strides.
+The CUDA calls themselves run on the GPU machine (make bench-e2e: roundtrip_check)."""
+import ctypes
+
+import pytest
+import torch
+
+from e8kv import _lib as L
+from e8kv import codec, cuda
+
+FP = codec.Fingerprint(
+    model_id="e2e-test", n_layers=3, n_kv_heads=2, head_dim=32, src_dtype="bfloat16",
+    rope=codec.Rope(theta=500000.0, type="llama3", factor=8.0, low_freq_factor=1.0,
+                    high_freq_factor=4.0, original_max_pos=1024),
+    config=codec.Config("K3V2"))
+
+
+def _fp_bytes():
+    cf = FP.to_c()
+    lib = L.lib()
+    n = lib.e8c_fingerprint_serialize(ctypes.byref(cf), None, 0)
+    b = ctypes.create_string_buffer(n)
+    assert lib.e8c_fingerprint_serialize(ctypes.byref(cf), b, n) == n
+    return cf.src_dtype, b.raw[:n], FP.id()
+
+
+@pytest.mark.parametrize("n_tokens,first_pos", [(256, 0), (100, 256), (1, 7)])
+def test_assemble_equals_library_chunk(n_tokens, first_pos):
+    c = codec.Codec(FP)
+    raw = torch.randn(3, 2, 2, n_tokens, 32, generator=torch.Generator().manual_seed(n_tokens))
+    raw = raw.to(torch.bfloat16)
+    ref = c.encode_chunk(raw, first_pos=first_pos)
+    frames = [c.encode_frame(raw[li, k], layer=li, kind="kv"[k], first_pos=first_pos)
+              for li in range(3) for k in range(2)]
+    src, fpb, fid = _fp_bytes()
+    got = cuda.assemble_chunk(frames, src_dtype=src, n_layers=3, n_kv_heads=2, head_dim=32,
+                              n_tokens=n_tokens, first_pos=first_pos, fingerprint_id=fid,
+                              fingerprint_bytes=fpb)
+    assert got == ref
+    h = cuda.parse_chunk(ref)
+    assert (h["n_tokens"], h["first_pos"], h["n_layers"], h["fingerprint_id"]) == \
+        (n_tokens, first_pos, 3, fid)
+    assert [ref[o:o + s] for o, s in h["frames"]] == frames
+
+
+def test_parse_refuses_damage():
+    c = codec.Codec(FP)
+    ref = c.encode_chunk(torch.randn(3, 2, 2, 16, 32).to(torch.bfloat16))
+    h = cuda.parse_chunk(ref)
+    for bad, what in [(b"XXXX" + ref[4:], "magic"), (ref[:40], "shorter"),
+                      (ref[:h["hdr_size"] + 10], "truncated"),
+                      (ref[:20] + bytes([ref[20] ^ 1]) + ref[21:], "CRC")]:
+        with pytest.raises(ValueError, match=what):
+            cuda.parse_chunk(bad)
+    with pytest.raises(ValueError, match="frames for"):
+        cuda.assemble_chunk([b"x"], src_dtype=2, n_layers=3, n_kv_heads=2, head_dim=32,
+                            n_tokens=1, first_pos=0, fingerprint_id=b"\0" * 32,
+                            fingerprint_bytes=b"")
+
+
+def test_crc32c_check_value():
+    assert cuda.crc32c(b"123456789") == 0xE3069283
+
+
+def test_items_point_at_each_frames_tokens():
+    K = [torch.zeros(1, 2, 1000, 32, dtype=torch.bfloat16) for _ in range(3)]
+    V = [torch.zeros(1, 2, 1000, 32, dtype=torch.bfloat16) for _ in range(3)]
+    layers = [(k[0], v[0]) for k, v in zip(K, V)]
+    spans = [(0, 0, 256), (256, 256, 256), (512, 600, 100)]
+    it = cuda.CudaCodec._items(None, layers, torch.bfloat16, spans)
+    assert len(it) == 3 * 3 * 2 and it.dtype.itemsize == ctypes.sizeof(cuda.Item)
+    i = 0
+    for t0, p0, n in spans:
+        for li, kv in enumerate(layers):
+            for kind, x in enumerate(kv):
+                r = it[i]
+                assert (r["layer"], r["kind"], r["n_tokens"], r["first_pos"]) == (li, kind, n, p0)
+                assert r["data"] == x[:, t0:].data_ptr()
+                assert (r["stride_head"], r["stride_token"], r["stride_dim"]) == x.stride()
+                assert r["dtype"] == L.DTYPE_BF16
+                i += 1
+    # a [tokens, heads, dim] cache seen as [heads, tokens, dim]
+    T = torch.zeros(1000, 2, 32, dtype=torch.float16).transpose(0, 1)
+    it = cuda.CudaCodec._items(None, [(T, T)] * 3, torch.float16, [(10, 10, 5)])
+    assert it[0]["data"] == T[:, 10:].data_ptr()
+    assert (it[0]["stride_head"], it[0]["stride_token"]) == (32, 64)
