@@ -417,7 +417,9 @@ static void test_bad_clients(void **state) {
   wait_session_locked(c, "w"); /* the call is in flight in the daemon */
   time_t t0 = time(NULL);
   assert_int_equal(kvt_daemon_stop(&d), 0);
-  assert_true(time(NULL) - t0 <= 8);
+  /* well before the in-flight call's own 30 s deadline: the grace ended it, not the
+   * deadline (a bound near the 3 s grace fails on a loaded 2-core CI machine) */
+  assert_true(time(NULL) - t0 <= 20);
   assert_int_not_equal(kvt_finish(s2, &st), 0);
   kvt_free(s2);
   chunk_free(&c0);
