@@ -48,6 +48,9 @@ include $(MK_FILES)
 
 all: $(LIBS) $(BINS) $(TEST_BINS)
 
+# libFuzzer targets of every part (clang); each part's corpus is replayed by `make test`.
+fuzz: $(FUZZ_BINS)
+
 deps:
 	tools/deps.sh
 
