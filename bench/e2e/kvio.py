@@ -132,80 +132,112 @@ class Decider:
 
 # ------------------------------------------------------------------------------ store
 
-def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=8):
-    """Stores the KV of ``tokens`` (token t at layers[l][0/1][:, t]) as chunks in e8kvd;
-    chunks already stored (Lookup) are not sent again. Encoding (main thread) overlaps the
-    upload (a gRPC stream fed from a queue). Returns a dict of counts and seconds."""
-    C, n = chunk_tokens, len(tokens)
-    t0 = time.perf_counter()
-    lk = client.lookup(fp_pb, tokens, chunk_tokens=C)
-    counts, keys = list(lk.chunk_token_counts), list(lk.chunk_keys)
-    full = 0
-    while full < len(counts) and counts[full] == C:
-        full += 1
-    F = full * C
-    res = dict(tokens=n, skipped_tokens=F, chunks_written=0, encoded_bytes=0, stored_bytes=0,
-               encode_s=0.0)
-    if lk.matched_tokens == n:
-        res.update(skipped_tokens=n, store_s=time.perf_counter() - t0)
-        return res
-    starts = list(range(F, n, C))
-    sizes = [min(C, n - s) for s in starts]
-    q = queue.Queue(maxsize=4)
-    box, over = {}, threading.Event()
+class StoreJob:
+    """A store whose upload runs on in a background thread (store_prefix(background=True)).
 
+    ``engine`` (dict, set when store_prefix returns): what the caller's thread was blocked
+    for: lookup_s, encode_s (encode of every chunk: on the GPU path the quantize kernels, the
+    D2H copy of the compact qbatch and the host entropy stage), engine_s (from the start to
+    the return of store_prefix). ``result()`` waits for PutChunks' reply (every chunk on disk)
+    and returns the full dict: the above plus upload_s (PutChunks from its first request to
+    its reply, overlapping the encoding), upload_tail_s (from the return of store_prefix to
+    the reply: the part of the upload that overlapped the caller's next work) and store_s
+    (from the start of store_prefix to the reply)."""
+
+    def __init__(self, res, t0):
+        self.res, self.t0 = res, t0
+        self.thread, self.box = None, {}
+        self.t_engine = None
+
+    def done(self):
+        return self.thread is None or not self.thread.is_alive()
+
+    def result(self, timeout=None):
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise TimeoutError(f"PutChunks still running after {timeout} s")
+        if "e" in self.box:
+            raise self.box["e"]
+        return self.res
+
+
+def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
+    """PutChunks fed from q (items ChunkIn, then None); fills job.res when it replies."""
     def chunks():
         while True:
             item = q.get()
             if item is None:
                 return
             yield item
+    t0 = time.perf_counter()
+    try:
+        r = client.put_chunks(fp_pb, chunks(), encoding="e8", chunk_tokens=C,
+                              parent_key=parent_key, parent_end_token=parent_end)
+        t1 = time.perf_counter()
+        job.res.update(chunks_written=r.chunks_stored, stored_bytes=r.stored_bytes,
+                       upload_s=t1 - t0, store_s=t1 - job.t0,
+                       upload_tail_s=max(0.0, t1 - (job.t_engine or t1)))
+    except BaseException as e:          # noqa: BLE001 -- re-raised by StoreJob.result
+        job.box["e"] = e
+    finally:
+        over.set()
 
-    def put():
-        try:
-            box["r"] = client.put_chunks(fp_pb, chunks(), encoding="e8", chunk_tokens=C,
-                                         parent_key=keys[full - 1] if full else b"",
-                                         parent_end_token=F)
-        except BaseException as e:      # noqa: BLE001 -- re-raised in the caller's thread
-            box["e"] = e
-        finally:
-            over.set()
 
-    def offer(item):
-        """Queues item unless the call is over; False when it is."""
-        while not over.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-    th = threading.Thread(target=put, daemon=True)
-    th.start()
+def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=8,
+                 background=False):
+    """Stores the KV of ``tokens`` (token t at layers[l][0/1][:, t]) as chunks in e8kvd;
+    chunks already stored (Lookup) are not sent again. The caller's thread encodes (a group
+    of chunks per codec call) and queues the frames; a background thread streams them with
+    PutChunks as they come (the queue holds compressed bytes only, never waits on the
+    upload, so encoding never stalls on the network). background=False: waits for the reply
+    and returns the dict of StoreJob.result(); True: returns the StoreJob right after the
+    last chunk is encoded (its KV tensors are no longer read: the caller may free or
+    overwrite them)."""
+    C, n = chunk_tokens, len(tokens)
+    t0 = time.perf_counter()
+    lk = client.lookup(fp_pb, tokens, chunk_tokens=C)
+    t_lookup = time.perf_counter() - t0
+    counts, keys = list(lk.chunk_token_counts), list(lk.chunk_keys)
+    full = 0
+    while full < len(counts) and counts[full] == C:
+        full += 1
+    F = full * C
+    res = dict(tokens=n, skipped_tokens=F, chunks_written=0, encoded_bytes=0, stored_bytes=0,
+               lookup_s=t_lookup, encode_s=0.0, upload_s=0.0, upload_tail_s=0.0)
+    job = StoreJob(res, t0)
+    if lk.matched_tokens == n:
+        now = time.perf_counter()
+        res.update(skipped_tokens=n, engine_s=now - t0, store_s=now - t0)
+        job.engine = dict(lookup_s=t_lookup, encode_s=0.0, engine_s=now - t0)
+        job.t_engine = now
+        return job if background else job.result()
+    starts = list(range(F, n, C))
+    sizes = [min(C, n - s) for s in starts]
+    q = queue.Queue()                   # unbounded: compressed frames only
+    over = threading.Event()
+    job.thread = threading.Thread(target=_put_thread, daemon=True, args=(
+        client, fp_pb, q, job, over, C, keys[full - 1] if full else b"", F))
+    job.thread.start()
     try:
         for i in range(0, len(starts), group):
-            if over.is_set():
+            if over.is_set():           # the call failed early: result() says why
                 break
             te = time.perf_counter()
             datas = kvc.encode_chunks(layers, starts[i:i + group], sizes[i:i + group])
             res["encode_s"] += time.perf_counter() - te
             for s, m, d in zip(starts[i:i + group], sizes[i:i + group], datas):
                 res["encoded_bytes"] += len(d)
-                if not offer(ChunkIn(tokens[s:s + m], d)):
-                    break
-    finally:
-        offer(None)
-        th.join()
-        try:
-            q.put_nowait(None)          # releases a request reader still waiting
-        except queue.Full:
-            pass
-    if "e" in box:
-        raise box["e"]
-    r = box["r"]
-    res.update(chunks_written=r.chunks_stored, stored_bytes=r.stored_bytes,
-               store_s=time.perf_counter() - t0)
-    return res
+                q.put(ChunkIn(tokens[s:s + m], d))
+    except BaseException:
+        q.put(None)                     # ends the request stream (the daemon keeps what it
+        job.thread.join()               # got: a valid prefix of the chain), then re-raise
+        raise
+    q.put(None)
+    job.t_engine = time.perf_counter()
+    res["engine_s"] = job.t_engine - t0
+    job.engine = dict(lookup_s=t_lookup, encode_s=res["encode_s"], engine_s=res["engine_s"])
+    return job if background else job.result()
 
 
 # ------------------------------------------------------------------------------ restore
@@ -256,11 +288,119 @@ def _sync(device):
         torch.cuda.current_stream(device).synchronize()
 
 
+class Fetcher:
+    """Parallel GetChunks: ``streams`` calls at a time, each on its own gRPC channel (its own
+    TCP or unix-socket connection: grpc.use_local_subchannel_pool keeps channels to the same
+    address from sharing one), each reading a contiguous slice of the chunk list in a thread.
+    Whole chunks (bytes) go to one bounded queue in the order they complete, so the consumer
+    decodes slice k's chunks while the other slices are still arriving. One Fetcher per
+    daemon address; the channels are made once and reused (one per stream)."""
+
+    def __init__(self, address, streams=4, *, timeout=600, token=None):
+        import e8kv
+        self.address, self.streams = address, max(1, int(streams))
+        self.clients = [e8kv.Client(address, token, timeout=timeout,
+                                    options=[("grpc.use_local_subchannel_pool", 1)])
+                        for _ in range(self.streams)]
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+
+    @staticmethod
+    def slices(n, k):
+        """k contiguous [begin, end) ranges covering range(n), sizes differing by <= 1."""
+        k = max(1, min(k, n))
+        b = [n * i // k for i in range(k + 1)]
+        return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
+
+    def start(self, keys, *, max_piece_bytes=16 << 20, queue_chunks=32, streams=None):
+        """Starts fetching ``keys``; returns a FetchRun (iterate it for chunk bytes)."""
+        return FetchRun(self.clients[:streams or self.streams], list(keys), max_piece_bytes,
+                        queue_chunks)
+
+
+class FetchRun:
+    """The chunks of one parallel fetch: iterate for bytes (any order; an error of any stream
+    is raised by the iteration), close() to stop early (cancels the streams)."""
+
+    def __init__(self, clients, keys, max_piece_bytes, queue_chunks):
+        self.q = queue.Queue(maxsize=max(queue_chunks, len(clients)))
+        self.stop = threading.Event()
+        self.errors = []
+        self.bytes = 0
+        self.threads = []
+        for c, (b, e) in zip(clients, Fetcher.slices(len(keys), len(clients))):
+            th = threading.Thread(target=self._one, args=(c, keys[b:e], max_piece_bytes),
+                                  daemon=True)
+            th.start()
+            self.threads.append(th)
+        self.live = len(self.threads)
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _one(self, client, keys, max_piece_bytes):
+        it = client.get_chunks(keys, encoding="e8", max_piece_bytes=max_piece_bytes)
+        try:
+            for ch in it:
+                if not self._put(ch.data):
+                    break
+        except BaseException as e:      # noqa: BLE001 -- raised by the consumer
+            self.errors.append(e)
+            self.stop.set()
+        finally:
+            it.close()                  # cancels the call if it was left early
+            self.q.put(None)            # never blocks for long: the consumer drains
+
+    def get(self, block=True):
+        """Next chunk's bytes; None when every stream is over; queue.Empty if not block and
+        none is ready. Raises the first stream error."""
+        while self.live:
+            x = self.q.get(block)
+            if x is None:
+                self.live -= 1
+                continue
+            if self.errors:
+                break
+            self.bytes += len(x)
+            return x
+        if self.errors:
+            self.close()
+            raise self.errors[0]
+        return None
+
+    def __iter__(self):
+        while True:
+            x = self.get()
+            if x is None:
+                return
+            yield x
+
+    def close(self):
+        """Stops every stream and waits for their threads."""
+        self.stop.set()
+        while self.live:
+            if self.q.get() is None:
+                self.live -= 1
+        for th in self.threads:
+            th.join()
+
+
 def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_tokens=256,
-            max_piece_bytes=16 << 20):
+            max_piece_bytes=16 << 20, fetcher=None, batch_chunks=8):
     """Looks up ``tokens``; per the decision, fetches the stored prefix (at least one token is
-    left to compute) and decodes it into new cache tensors on the model's device. Fetching
-    (a thread reading the gRPC stream) overlaps decoding. Returns a Restore."""
+    left to compute) and decodes it into new cache tensors on the model's device, allocated
+    once at their final size. ``fetcher`` (a Fetcher for the same daemon; default: one
+    GetChunks on ``client``) runs the fetch in threads; decoding starts with the first chunk
+    to arrive and takes up to ``batch_chunks`` ready chunks per codec call, so fetching and
+    decoding overlap. Returns a Restore."""
     C = chunk_tokens
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
@@ -292,63 +432,48 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
            torch.empty((1, H, got, D), dtype=dtype, device=device))
           for _ in range(fp_pb.n_layers)]
     views = [(k[0], v[0]) for k, v in kv]
-    qch = queue.Queue(maxsize=64)
-    box = {}
-
-    def fetch():
-        it = client.get_chunks(need, encoding="e8", max_piece_bytes=max_piece_bytes)
-        try:
-            for ch in it:
-                if box.get("stop"):
-                    break
-                qch.put(ch.data)
-        except BaseException as e:      # noqa: BLE001 -- re-raised in the caller's thread
-            box["e"] = e
-        finally:
-            it.close()                  # cancels the stream if it was left early
-            qch.put(None)
     t1 = time.perf_counter()
-    th = threading.Thread(target=fetch, daemon=True)
-    th.start()
+    run = fetcher.start(need, max_piece_bytes=max_piece_bytes) if fetcher is not None else \
+        FetchRun([client], need, max_piece_bytes, 64)
     decided = policy == "restore" or per_tok is not None
-    done_tok = 0
-    while True:
-        first = qch.get()
-        if first is None:
-            break
-        batch = [first]
-        if not decided:                 # the first chunk timed alone: decide from it
+    done_tok, t_first, wait_s, n_calls = 0, None, 0.0, 0
+    try:
+        while True:
+            tw = time.perf_counter()
+            first = run.get()
+            wait_s += time.perf_counter() - tw
+            if first is None:
+                break
+            if t_first is None:
+                t_first = time.perf_counter() - t1
+            batch = [first]
+            if not decided:             # the first chunk timed alone: decide from it
+                done_tok += kvc.decode_chunks_into(batch, views)
+                kvc.synchronize()
+                _sync(device)
+                per_tok = (time.perf_counter() - t1) / done_tok
+                decided = True
+                if policy == "auto" and t_lookup + n * per_tok >= est_c:
+                    run.close()
+                    decider.add_restore(done_tok, time.perf_counter() - t1)
+                    return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
+                                   reason=f"predicted restore {t_lookup + n * per_tok:.4f} s >= "
+                                          f"recompute {est_c:.4f} s (first chunk timed)")
+                continue
+            while len(batch) < batch_chunks:
+                try:
+                    x = run.get(block=False)
+                except queue.Empty:
+                    break
+                if x is None:
+                    break
+                batch.append(x)
             done_tok += kvc.decode_chunks_into(batch, views)
-            kvc.synchronize()
-            _sync(device)
-            per_tok = (time.perf_counter() - t1) / done_tok
-            decided = True
-            if policy == "auto" and t_lookup + n * per_tok >= est_c:
-                box["stop"] = True
-                while qch.get() is not None:
-                    pass
-                th.join()
-                decider.add_restore(done_tok, time.perf_counter() - t1)
-                return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
-                               reason=f"predicted restore {t_lookup + n * per_tok:.4f} s >= "
-                                      f"recompute {est_c:.4f} s (first chunk timed)")
-            continue
-        end = False
-        while len(batch) < 8:
-            try:
-                x = qch.get_nowait()
-            except queue.Empty:
-                break
-            if x is None:
-                end = True
-                break
-            batch.append(x)
-        done_tok += kvc.decode_chunks_into(batch, views)
-        if end:
-            break
-    th.join()
-    if "e" in box:
-        raise box["e"]
+            n_calls += 1
+    except BaseException:
+        run.close()
+        raise
+    run.close()
     kvc.synchronize()
     _sync(device)
     t_restore = time.perf_counter() - t1
@@ -359,7 +484,9 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
     if got > n:
         kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
     cache = new_cache(model, kv)
-    tm.update(fetch_decode_s=t_restore, restore_s=t_lookup + t_restore)
+    tm.update(fetch_decode_s=t_restore, restore_s=t_lookup + t_restore, fetched_bytes=run.bytes,
+              first_chunk_s=t_first, wait_for_data_s=wait_s, decode_calls=n_calls,
+              fetch_streams=len(run.threads))
     reason = "policy" if policy == "restore" else \
         f"predicted restore {t_lookup + n * per_tok:.4f} s < recompute {est_c:.4f} s"
     return Restore(decision="restore", reason=reason, n_cached=n, cache=cache, timings=tm)

@@ -1,0 +1,181 @@
+"""bench/e2e/e2e_cputest.py: make test's checks of the e2e bench (run.sh BUILD OUT --cpu-test).
+
+After the tiny model's CPU run (e2e_bench.py, 3 layers, CPU codec, a real e8kvd on TCP and a
+unix socket) this checks its results, then the fetch and store paths on their own against
+the same daemon:
+  * every variant ran, the numbers are positive, the issue's fields plus store_engine_s and
+    store_upload_s are there, the round trip through the CPU codec is exact and the restored
+    KV close to the original, the decision taken;
+  * the store's time split: engine_s (encode, the caller blocked) <= store_s, upload_s > 0,
+    decode steps timed after the upload's reply;
+  * parallel GetChunks (kvio.Fetcher, 3 streams over 8 chunks: uneven slices) returns the
+    very bytes of one GetChunks; a restore through it fills the cache tensors exactly as a
+    restore through one stream; a missing key fails every stream's run with NOT_FOUND
+    (no hang, no partial result); closing a run early stops its streams;
+  * a background store whose PutChunks the daemon refuses (chunks of another fingerprint)
+    raises INVALID_ARGUMENT from StoreJob.result().
+"""
+import time
+
+import torch
+
+import e8kv
+import kvio
+
+CHUNK = 256
+
+
+def _fields_and_numbers(bench, fails):
+    runs = bench.runs
+    want = {(L, t) for L in (256, 1024, 2048) for t in ("tcp", "unix")}
+    have = {(r["prefix_tokens"], r["transport"]) for r in runs}
+    if want - have:
+        fails.append(f"missing runs {sorted(want - have)}")
+    for r in runs:
+        if set(r) != {"model", "prefix_tokens", "transport", "cache", "recompute_ttft_s",
+                      "restore_ttft_s", "store_s", "store_engine_s", "store_upload_s",
+                      "decision"}:
+            fails.append(f"run fields {sorted(r)}")
+        for k in ("recompute_ttft_s", "restore_ttft_s", "store_s", "store_engine_s",
+                  "store_upload_s"):
+            if not (isinstance(r.get(k), float) and r[k] > 0):
+                fails.append(f"{k} = {r.get(k)!r}")
+        if r.get("store_engine_s", 0) > r.get("store_s", 0):
+            fails.append(f"store_engine_s {r['store_engine_s']} > store_s {r['store_s']}")
+        if r["decision"] not in ("restore", "recompute"):
+            fails.append(f"decision {r['decision']!r}")
+
+
+def _details(bench, fails):
+    for d in bench.detail:
+        L = d["prefix_tokens"]
+        if d["restore"]["n_cached"] != L:
+            fails.append(f"restored {d['restore']['n_cached']} of {L} tokens")
+        tm = d["restore"]["timings"]
+        want_streams = min(bench.a.fetch_streams, -(-L // CHUNK))
+        if tm.get("fetch_streams") != want_streams:
+            fails.append(f"L={L}: restore used {tm.get('fetch_streams')} streams, "
+                         f"expected {want_streams}")
+        if not tm.get("fetched_bytes"):
+            fails.append(f"L={L}: fetched_bytes {tm.get('fetched_bytes')!r}")
+        chk = d["roundtrip_check"]
+        if chk is not None:
+            if not (chk["encoded_bytes_equal_cpu"] and chk["decoded_equal_cpu"]):
+                fails.append(f"round trip differs from the CPU codec: {chk}")
+            if not (chk["k_rel_rmse"] < 0.3 and chk["v_rel_rmse"] < 0.5):
+                fails.append(f"restored KV too far from the original: {chk}")
+        sto = d["store"]
+        if sto["skipped_tokens"] != 0 and L > CHUNK:
+            fails.append(f"store skipped {sto['skipped_tokens']} tokens of a new prefix")
+        if not (0 < sto["encode_s"] <= sto["engine_s"] <= sto["store_s"]
+                and sto["upload_s"] > 0 and sto["chunks_written"] == -(-L // CHUNK)):
+            fails.append(f"L={L}: store times/counts inconsistent: {sto}")
+        ov = d.get("decode_overlap")
+        if ov is None or ov["steps_after_upload"] != 4 or not ov["step_ms_after_upload"]:
+            fails.append(f"L={L}: decode_overlap {ov!r}")
+        bd = d.get("breakdown")
+        if bd is not None:
+            for t in bench.a.transports:
+                for k in (1, bench.a.fetch_streams):
+                    if not bd.get(f"fetch_{t}_{k}streams_GBps", 0) > 0:
+                        fails.append(f"L={L}: breakdown lacks fetch_{t}_{k}streams_GBps: {bd}")
+
+
+def _fetch_and_store(bench, fails):
+    """The fetch and store paths alone, on random KV of the tiny model's shape."""
+    import e2e_bench
+    dev = torch.device("cpu")
+    model = e2e_bench.build_model("tiny", dev, torch.float32)
+    fp = e2e_bench.ehf.model_fingerprint(model, model_id="e2e-cputest/fetch", preset="K3V2")
+    kvc = kvio.CpuCodec(fp, threads=2)
+    H, D, NL = fp.n_kv_heads, fp.head_dim, fp.n_layers
+    n = 8 * CHUNK - 40                       # 7 full chunks + a short one
+    g = torch.Generator().manual_seed(7)
+    layers = [(torch.randn(H, n, D, generator=g), torch.randn(H, n, D, generator=g))
+              for _ in range(NL)]
+    tokens = torch.randint(0, 1000, (n,), generator=g).tolist()
+    try:
+        for t in bench.a.transports:
+            client, fetcher = bench.clients[t], bench.fetchers[t]
+            tokens[0] = 1000 + len(t)             # a new chain per transport
+            job = kvio.store_prefix(client, fp, layers, tokens[:n], kvc, chunk_tokens=CHUNK,
+                                    background=True)
+            if job.engine["engine_s"] <= 0 or job.engine["encode_s"] <= 0:
+                fails.append(f"{t}: StoreJob.engine {job.engine}")
+            res = job.result(timeout=120)
+            if res["chunks_written"] != 8 or res["stored_bytes"] <= 0:
+                fails.append(f"{t}: background store wrote {res}")
+            lk = client.lookup(fp, tokens[:n], chunk_tokens=CHUNK)
+            keys = list(lk.chunk_keys)
+            if lk.matched_tokens != n or len(keys) != 8:
+                fails.append(f"{t}: lookup after store: {lk.matched_tokens} tokens, "
+                             f"{len(keys)} keys")
+                continue
+            one = [c.data for c in client.get_chunks(keys, encoding="e8")]
+            par = list(fetcher.start(keys))
+            if sorted(par) != sorted(one) or len(par) != 8:
+                fails.append(f"{t}: parallel fetch ({len(par)} chunks) differs from one "
+                             "GetChunks")
+            kv = {}
+            for name, f in (("one", None), ("par", fetcher)):
+                dec = kvio.Decider()
+                dec.add_prefill(CHUNK, 1.0)
+                r = kvio.restore(client, model, fp, kvc, tokens[:n], dec, policy="restore",
+                                 chunk_tokens=CHUNK, fetcher=f)
+                kv[name] = [(k.clone(), v.clone()) for k, v in
+                            e2e_bench.ehf.cache_layers(r.cache)]
+                if r.n_cached != n - 1:          # one token is always left to compute
+                    fails.append(f"{t} {name}: restored {r.n_cached} of {n - 1} tokens")
+            same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                       for a, b in zip(kv["one"], kv["par"]))
+            if not same:
+                fails.append(f"{t}: restore through {fetcher.streams} streams differs from "
+                             "one stream")
+            err = None
+            t0 = time.monotonic()
+            try:
+                list(fetcher.start(keys[:5] + [b"\x01" * 32] + keys[5:]))
+            except e8kv.E8kvError as e:
+                err = e
+            if err is None or "NOT_FOUND" not in str(err.code):
+                fails.append(f"{t}: fetch of a missing key gave {err!r}")
+            if time.monotonic() - t0 > 60:
+                fails.append(f"{t}: the failed fetch took {time.monotonic() - t0:.0f} s")
+            run = fetcher.start(keys, queue_chunks=1)
+            first = run.get()
+            run.close()
+            if first is None or any(th.is_alive() for th in run.threads):
+                fails.append(f"{t}: early close left streams running")
+        # chunks encoded for another fingerprint: the daemon refuses them during the upload
+        other = kvio.CpuCodec(e2e_bench.ehf.model_fingerprint(
+            model, model_id="e2e-cputest/other", preset="K3V2"), threads=2)
+        tokens[0] = 999
+        try:
+            job = kvio.store_prefix(bench.clients[bench.a.transports[0]], fp, layers,
+                                    tokens[:n], other, chunk_tokens=CHUNK, background=True)
+            job.result(timeout=120)
+            fails.append("chunks of another fingerprint were stored")
+        except e8kv.E8kvError as e:
+            if "INVALID_ARGUMENT" not in str(e.code):
+                fails.append(f"foreign chunks refused with {e!r}")
+        finally:
+            other.close()
+    finally:
+        kvc.close()
+
+
+def run(bench):
+    """All checks; prints them, returns the exit status (0: every check passed)."""
+    fails = []
+    _fields_and_numbers(bench, fails)
+    _details(bench, fails)
+    try:
+        _fetch_and_store(bench, fails)
+    except Exception as e:              # noqa: BLE001 -- a failure of the test itself
+        import traceback
+        traceback.print_exc()
+        fails.append(f"fetch/store checks raised {type(e).__name__}: {e}")
+    for f in fails:
+        print("FAIL:", f)
+    print(f"e2e cpu test: {'FAILED' if fails else 'ok'} ({len(bench.runs)} runs)")
+    return 1 if fails else 0
