@@ -28,12 +28,27 @@ $(E2E_CUDA_SO): $(BUILD)/lib/libe8codec_cuda.a $(BUILD)/lib/libe8codec.a
 	  -lcudart_static -ldl -lrt -lstdc++ -lm -pthread
 endif
 
-.PHONY: e2e-bundle
-e2e-bundle: $(E2E_NEEDS)
+# bench/e2e/wheels.txt: wheels for the GPU machine's Python 3.12, downloaded when missing
+E2E_WHEEL_TAGS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
+
+.PHONY: e2e-bundle e2e-wheels
+e2e-wheels:
+	@mkdir -p $(BUILD)/wheels
+	sed -e 's/#.*//' bench/e2e/wheels.txt | while read -r req; do \
+	  [ -n "$$req" ] || continue; n=$${req%%==*}; v=$${req##*==}; \
+	  ls $(BUILD)/wheels/$$n-$$v-*.whl >/dev/null 2>&1 || \
+	  $(PYTHON) -m pip download -q --no-deps --only-binary=:all: $(E2E_WHEEL_TAGS) \
+	    -d $(BUILD)/wheels "$$req" || exit 1; done
+
+e2e-bundle: $(E2E_NEEDS) e2e-wheels
 	rm -rf $(BUILD)/bundle
-	../shared/tools/device-bundle $(BUILD)/bundle $^
+	../shared/tools/device-bundle $(BUILD)/bundle $(E2E_NEEDS)
 	$(PYTHON) clients/python/e8kv/_protogen.py proto $(BUILD)/bundle/py
-	if [ -d $(BUILD)/wheels ]; then cp -r $(BUILD)/wheels $(BUILD)/bundle/whl; fi
+	mkdir -p $(BUILD)/bundle/whl
+	sed -e 's/#.*//' bench/e2e/wheels.txt | while read -r req; do \
+	  [ -n "$$req" ] || continue; n=$${req%%==*}; v=$${req##*==}; \
+	  cp $(BUILD)/wheels/$$n-$$v-*.whl $(BUILD)/bundle/whl/ || exit 1; done
 	du -sh $(BUILD)/bundle
 
 bench-e2e: $(if $(E2E_BUNDLE),,$(E2E_NEEDS))

@@ -51,7 +51,7 @@ CHUNK = 256
 class Daemon:
     """e8kvd on DATA_DIR, listening on a unix socket and an ephemeral TCP loopback port."""
 
-    def __init__(self, exe, root):
+    def __init__(self, exe, root, threads=8):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sock = self.root / "kvd.sock"
@@ -60,7 +60,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [str(exe), "--data-dir", str(self.root / "data"),
              "--listen", f"unix:{self.sock},127.0.0.1:0", "--metrics-listen", "",
-             "--threads", "8", "--log-level", "info"],
+             "--threads", str(threads), "--log-level", "info"],
             stdout=self.log, stderr=subprocess.STDOUT, env=kvd_env())
         self.tcp = None
         deadline = time.monotonic() + 30
@@ -542,7 +542,9 @@ def real_weights_check(client, gguf, text_path, n_prefix, n_gen, preset, cache_d
     uncompressed cache, for the first n_gen generated tokens."""
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     t0 = time.monotonic()
-    tok, model = ehf.load_gguf(gguf, cache_dir=cache_dir, dtype=dtype)
+    # one load per GPU machine: converting straight is faster than converting + saving
+    tok, model = ehf.load_gguf(gguf, cache_dir=None if device.type == "cuda" else cache_dir,
+                               dtype=dtype)
     model = model.to(device)
     t_load = time.monotonic() - t0
     text = Path(text_path).read_text()
@@ -610,7 +612,7 @@ def run_real_check(a, bench, device):
         try:
             a.real_result = real_weights_check(
                 bench.clients[a.transports[0]], g, text, a.real_prefix, 16, a.preset,
-                Path(a.out).resolve().parent / "e2e-models", device, a.codec)
+                a.work_dir / "e2e-models", device, a.codec)
             a.real_result["check_s"] = time.monotonic() - t0
             print("real-weights check:", json.dumps({k: v for k, v in a.real_result.items()
                                                      if not k.startswith("text")}), flush=True)
@@ -651,7 +653,9 @@ def main():
     ap.add_argument("--e8kvd", required=True)
     ap.add_argument("--out", default="build/bench")
     ap.add_argument("--data-dir", default=None, help="e8kvd's data directory (default: a new "
-                    "directory under build/, i.e. local disk)")
+                    "directory under --work-dir)")
+    ap.add_argument("--work-dir", default=None, help="local-disk directory for e8kvd's data "
+                    "and the converted GGUF model (default: the parent of --out)")
     ap.add_argument("--models", default="llama3-8b,smollm2-135m")
     ap.add_argument("--prefixes", default="256,8192,32768,131072")
     ap.add_argument("--plan", default="llama3-8b:256,8192,32768;smollm2-135m:256,8192,32768;"
@@ -690,8 +694,10 @@ def main():
         a.fetch_streams, a.overlap_tokens = 3, 2
         torch.set_num_threads(1)
     device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu_test else "cpu")
-    root = Path(a.data_dir) if a.data_dir else Path(tempfile.mkdtemp(
-        prefix="e2e-kvd-", dir=Path(a.out).resolve().parent))
+    a.work_dir = Path(a.work_dir or Path(a.out).resolve().parent).resolve()
+    a.work_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(a.data_dir) if a.data_dir else Path(tempfile.mkdtemp(prefix="e2e-kvd-",
+                                                                     dir=a.work_dir))
     daemon = Daemon(a.e8kvd, root)
     bench = Bench(a, daemon, device)
     rc = 0

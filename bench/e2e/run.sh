@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/e2e/run.sh BASE OUT_DIR [e2e_bench.py options]
 #
-# Runs bench/e2e/e2e_bench.py with e8kvd and the codec libraries of BASE, which is either a
+# Runs bench/e2e/e2e_bench.py (or, with --fetch-bench, bench/e2e/fetch_bench.py) with e8kvd and the codec libraries of BASE, which is either a
 # build directory (BASE/bin/e8kvd, BASE/lib/libe8codec*.so; the e8kv package in-tree) or a
 # bundle made by `make e2e-bundle` (the same, plus BASE/lib holding the shared libraries the
 # machine lacks, BASE/py the generated gRPC stubs and BASE/whl wheels to install first).
@@ -30,6 +30,7 @@ for l in libzstd.so.1 libisal.so.2; do
 done
 export LD_LIBRARY_PATH="$tmp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_DISABLE_PROGRESS_BARS=1   # no progress bars in a log read through its tail
 if [ -d "$base/py" ]; then
   # bundle: the package with its stubs inside (no grpcio-tools needed), wheels first
   mkdir -p "$tmp/pkg/e8kv"
@@ -46,4 +47,6 @@ else
   export PYTHONPATH="$here/clients/python:$here${PYTHONPATH:+:$PYTHONPATH}"
   export E8KV_PY_GEN="$base/python/gen" E8KV_BUILD="$base"
 fi
-"$py" "$here/bench/e2e/e2e_bench.py" --e8kvd "$base/bin/e8kvd" --out "$out" "$@"
+script=e2e_bench.py
+for x in "$@"; do [ "$x" = --fetch-bench ] && script=fetch_bench.py; done
+"$py" "$here/bench/e2e/$script" --e8kvd "$base/bin/e8kvd" --out "$out" "$@"

@@ -86,3 +86,27 @@ def test_items_point_at_each_frames_tokens():
     it = cuda.CudaCodec._items(None, [(T, T)] * 3, torch.float16, [(10, 10, 5)])
     assert it[0]["data"] == T[:, 10:].data_ptr()
     assert (it[0]["stride_head"], it[0]["stride_token"]) == (32, 64)
+
+
+def test_chunk_versions():
+    """A chunk takes its frames' format version (1 or 2); mixed or unknown ones are refused."""
+    c = codec.Codec(FP)
+    raw = torch.randn(3, 2, 2, 16, 32).to(torch.bfloat16)
+    ref = c.encode_chunk(raw)
+    h = cuda.parse_chunk(ref)
+    assert h["version"] == ref[4] and h["version"] in cuda.CHUNK_VERSIONS
+    frames = [ref[o:o + s] for o, s in h["frames"]]
+    assert all(f[4] == ref[4] for f in frames)
+    src, fpb, fid = _fp_bytes()
+    kw = dict(src_dtype=src, n_layers=3, n_kv_heads=2, head_dim=32, n_tokens=16, first_pos=0,
+              fingerprint_id=fid, fingerprint_bytes=fpb)
+    other = 3 - ref[4]                      # the other known version
+    mixed = [frames[0][:4] + bytes([other]) + frames[0][5:]] + frames[1:]
+    with pytest.raises(ValueError, match="versions"):
+        cuda.assemble_chunk(mixed, **kw)
+    bad = bytearray(ref)
+    bad[4] = 3
+    hdr = h["hdr_size"]
+    bad[hdr - 4:hdr] = cuda.crc32c(bad, 0, hdr - 4).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="version 3 unsupported"):
+        cuda.parse_chunk(bytes(bad))

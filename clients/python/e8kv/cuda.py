@@ -52,6 +52,7 @@ __all__ = ["CudaCodecError", "CudaCodec", "library_path", "available", "parse_ch
 ERR_CUDA = -100
 CHUNK_MAGIC = b"E8KC"
 CHUNK_FIXED = 64
+CHUNK_VERSIONS = (1, 2)     # FORMAT.md v2: a chunk carries its frames' version
 _TORCH_CODES = None     # torch dtype -> E8C dtype code (filled on first use)
 
 
@@ -196,8 +197,8 @@ def parse_chunk(data):
     if bytes(data[:4]) != CHUNK_MAGIC:
         raise ValueError("not an e8kv chunk (bad magic)")
     ver, src, nl, nh, hd, nt, p0, sl, rsl = struct.unpack_from("<BBHHHIIII", data, 4)
-    if ver != 1:
-        raise ValueError(f"chunk format version {ver} unsupported (1)")
+    if ver not in CHUNK_VERSIONS:
+        raise ValueError(f"chunk format version {ver} unsupported {CHUNK_VERSIONS}")
     fid = bytes(data[28:60])
     (flen,) = struct.unpack_from("<I", data, 60)
     hdr = CHUNK_FIXED + flen + 16 * nl + 4
@@ -213,18 +214,23 @@ def parse_chunk(data):
         raise ValueError("chunk frame index is corrupt or the chunk is truncated")
     if nt == 0 or sl < p0 + nt:
         raise ValueError(f"chunk positions corrupt (n_tokens {nt}, first_pos {p0}, seq {sl})")
-    return dict(src_dtype=src, n_layers=nl, n_kv_heads=nh, head_dim=hd, n_tokens=nt,
+    return dict(version=ver, src_dtype=src, n_layers=nl, n_kv_heads=nh, head_dim=hd, n_tokens=nt,
                 first_pos=p0, seq_len=sl, rope_seq_len=rsl, fingerprint_id=fid, hdr_size=hdr,
                 frames=[(hdr + int(o), int(s)) for o, s in zip(offs, sizes)])
 
 
 def assemble_chunk(frames, *, src_dtype, n_layers, n_kv_heads, head_dim, n_tokens, first_pos,
                    fingerprint_id, fingerprint_bytes, seq_len=0, rope_seq_len=0):
-    """A chunk frame (FORMAT.md section 7) from its 2 * n_layers frames (K then V per layer)."""
+    """A chunk frame (FORMAT.md section 7) from its 2 * n_layers frames (K then V per layer).
+    The chunk's version is its frames' (byte 4 of a frame: 2, or 1 for entropy v1)."""
     if len(frames) != 2 * n_layers:
         raise ValueError(f"{len(frames)} frames for {n_layers} layers (need {2 * n_layers})")
+    ver = frames[0][4] if len(frames[0]) > 4 else 0
+    if ver not in CHUNK_VERSIONS or any(len(f) <= 4 or f[4] != ver for f in frames):
+        raise ValueError(f"frames of format versions {sorted({f[4] for f in frames if len(f) > 4})}"
+                         f": need one of {CHUNK_VERSIONS} for all")
     seq = seq_len or first_pos + n_tokens
-    head = struct.pack("<4sBBHHHIIII", CHUNK_MAGIC, 1, src_dtype, n_layers, n_kv_heads,
+    head = struct.pack("<4sBBHHHIIII", CHUNK_MAGIC, ver, src_dtype, n_layers, n_kv_heads,
                        head_dim, n_tokens, first_pos, seq, rope_seq_len or seq)
     idx, off = [], 0
     for f in frames:
