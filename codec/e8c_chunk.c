@@ -8,7 +8,7 @@
 #include "codec/e8c_internal.h"
 
 typedef struct chunk_hdr {
-    uint32_t src_dtype, n_layers, H, n, N, first_pos, seq_len, rope_seq_len, fp_len;
+    uint32_t version, src_dtype, n_layers, H, n, N, first_pos, seq_len, rope_seq_len, fp_len;
     const uint8_t *id, *fp, *index;
     size_t hdr_size, payload_size;
 } chunk_hdr;
@@ -17,7 +17,8 @@ static int64_t chunk_parse(const uint8_t *p, size_t size, chunk_hdr *c)
 {
     if (size < E8C_CHUNK_FIXED) return E8C_ERR_TRUNCATED;
     if (memcmp(p, "E8KC", 4) != 0) return E8C_ERR_MAGIC;
-    if (p[4] != E8C_FORMAT_VERSION) return E8C_ERR_VERSION;
+    if (p[4] < E8C_FORMAT_VERSION_MIN || p[4] > E8C_FORMAT_VERSION) return E8C_ERR_VERSION;
+    c->version = p[4];
     c->src_dtype = p[5]; c->n_layers = e8c_get16(p + 6); c->H = e8c_get16(p + 8);
     c->n = e8c_get16(p + 10); c->N = e8c_get32(p + 12); c->first_pos = e8c_get32(p + 16);
     c->seq_len = e8c_get32(p + 20); c->rope_seq_len = e8c_get32(p + 24);
@@ -110,7 +111,7 @@ int64_t e8c_chunk_encode(e8c_ctx *ctx, const e8c_chunk_params *p, const void *ra
     }
     uint32_t seq = p->seq_len ? p->seq_len : p->first_pos + N;
     memcpy(o, "E8KC", 4);
-    o[4] = E8C_FORMAT_VERSION; o[5] = (uint8_t)fp->src_dtype;
+    o[4] = fp->config.entropy == E8C_ENTROPY_V1 ? 1 : E8C_FORMAT_VERSION; o[5] = (uint8_t)fp->src_dtype;
     e8c_put16(o + 6, L); e8c_put16(o + 8, H); e8c_put16(o + 10, n);
     e8c_put32(o + 12, N); e8c_put32(o + 16, p->first_pos); e8c_put32(o + 20, seq);
     e8c_put32(o + 24, p->rope_seq_len ? p->rope_seq_len : seq);
@@ -150,7 +151,7 @@ int64_t e8c_chunk_info_get(const void *chunk, size_t size, e8c_chunk_info *info)
         if ((rc = chunk_frame(chunk, &c, i, &f, &fs, 1))) return rc;
     }
     memset(info, 0, sizeof *info);
-    info->version = E8C_FORMAT_VERSION;
+    info->version = c.version;
     memcpy(info->fingerprint_id, c.id, E8C_ID_SIZE);
     info->n_layers = c.n_layers; info->n_kv_heads = c.H; info->head_dim = c.n;
     info->src_dtype = c.src_dtype; info->n_tokens = c.N; info->first_pos = c.first_pos;

@@ -54,6 +54,7 @@ void e8c_config_default(e8c_config *cfg)
     cfg->decorrelation = E8C_DECOR_AUTO;
     cfg->zstd_level = 1;
     cfg->hadamard_seed = 0x65386b765f763031ull;
+    cfg->entropy = E8C_ENTROPY_RANS32;
 }
 
 int e8c_layer_protected(const e8c_fingerprint *fp, uint32_t layer)
@@ -178,6 +179,10 @@ static int64_t config_validate(const e8c_fingerprint *fp, char *msg, size_t ms)
         e8c_msg(msg, ms, "config.decorrelation %u unknown", c->decorrelation);
         return E8C_ERR_CONFIG;
     }
+    if (c->entropy > E8C_ENTROPY_V1) {
+        e8c_msg(msg, ms, "config.entropy %u unknown (0 rans32, 1 best, 2 v1)", c->entropy);
+        return E8C_ERR_CONFIG;
+    }
     if (c->zstd_level < -7 || c->zstd_level > 19 || c->zstd_level == 0) {
         e8c_msg(msg, ms, "config.zstd_level %d: must be in [-7, 19], not 0", c->zstd_level);
         return E8C_ERR_CONFIG;
@@ -253,7 +258,10 @@ static void fp_write(const e8c_fingerprint *fp, wbuf *w)
 {
     const e8c_rope *r = &fp->rope;
     const e8c_config *c = &fp->config;
-    w_u32(w, 0, 1);
+    /* format 1 (E8C_ENTROPY_V1) has no field 43: its bytes, and so its id,
+     * are exactly those of version-1 libraries */
+    int v1 = c->entropy == E8C_ENTROPY_V1;
+    w_u32(w, 0, v1 ? 1 : 2);
     w_field(w, 1, fp->model_id, strlen(fp->model_id));
     w_u32(w, 2, fp->n_layers); w_u32(w, 3, fp->n_kv_heads);
     w_u32(w, 4, fp->head_dim); w_u32(w, 5, fp->src_dtype);
@@ -274,6 +282,7 @@ static void fp_write(const e8c_fingerprint *fp, wbuf *w)
     w_u32(w, 38, c->sink_tokens); w_u32(w, 39, c->recent_tokens);
     w_u32(w, 40, c->decorrelation); w_u32(w, 41, (uint32_t)c->zstd_level);
     w_u64(w, 42, c->hadamard_seed);
+    if (!v1) w_u32(w, 43, c->entropy);
 }
 
 int64_t e8c_fingerprint_serialize(const e8c_fingerprint *fp, void *buf, size_t size)
@@ -328,7 +337,8 @@ int64_t e8c_fingerprint_parse(const void *buf, size_t size, e8c_fingerprint *fp)
     rbuf r = {buf, size, 0, 0};
     e8c_rope *ro = &fp->rope;
     e8c_config *c = &fp->config;
-    if (r_u32(&r, 0) != 1) return r.bad ? E8C_ERR_CORRUPT : E8C_ERR_VERSION;
+    uint32_t format = r_u32(&r, 0);
+    if (format != 1 && format != 2) return r.bad ? E8C_ERR_CORRUPT : E8C_ERR_VERSION;
     r_str(&r, 1, fp->model_id, sizeof fp->model_id);
     fp->n_layers = r_u32(&r, 2); fp->n_kv_heads = r_u32(&r, 3);
     fp->head_dim = r_u32(&r, 4); fp->src_dtype = r_u32(&r, 5);
@@ -352,6 +362,8 @@ int64_t e8c_fingerprint_parse(const void *buf, size_t size, e8c_fingerprint *fp)
     c->sink_tokens = r_u32(&r, 38); c->recent_tokens = r_u32(&r, 39);
     c->decorrelation = r_u32(&r, 40); c->zstd_level = (int32_t)r_u32(&r, 41);
     c->hadamard_seed = r_u64(&r, 42);
+    if (format == 1) c->entropy = E8C_ENTROPY_V1;
+    else if ((c->entropy = r_u32(&r, 43)) == E8C_ENTROPY_V1) r.bad = 1; /* not canonical */
     if (r.bad || r.off != size) return E8C_ERR_CORRUPT;
     int64_t v = e8c_fingerprint_validate(fp, NULL, 0);
     return v ? v : 0;

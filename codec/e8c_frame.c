@@ -80,7 +80,7 @@ int64_t e8c_work_reserve(e8c_ctx *ctx, uint32_t T)
     nw.ints = malloc(4 * (size_t)T * n);
     size_t caps[E8C_N_STREAMS + 1] = {H * T, H * T, e / 64 + 8, e, e / 8 + 8, 3 * e + 16,
                                       H * (1 + 3 * n) + 16, 8, 3 * e / 8 + 16};
-    nw.rtmp = malloc(e + 64);
+    nw.rtmp = malloc(2 * e + 64);
     nw.rtmp2 = malloc(e + 64);
     int bad = !nw.scales || !nw.points2 || !nw.raw || !nw.ints || !nw.rtmp || !nw.rtmp2;
     for (int s = 0; s <= E8C_N_STREAMS; s++) {

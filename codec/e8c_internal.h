@@ -27,7 +27,7 @@ enum { E8C_METHOD_RAW = 0, E8C_METHOD_E8 = 1 };
 enum { E8C_STREAM_SCALES_HI, E8C_STREAM_SCALES_LO, E8C_STREAM_COSETS,
        E8C_STREAM_COORDS, E8C_STREAM_HALVES, E8C_STREAM_ESCAPES,
        E8C_STREAM_MODES, E8C_STREAM_RAW };
-enum { E8C_CODING_STORED = 0, E8C_CODING_ZSTD = 1, E8C_CODING_RANS = 2 };
+enum { E8C_CODING_STORED = 0, E8C_CODING_ZSTD = 1, E8C_CODING_RANS = 2, E8C_CODING_RANS32 = 3 };
 
 /* Hadamard plan for one head_dim (FORMAT.md section 3). */
 typedef struct e8c_hplan {
@@ -46,7 +46,8 @@ typedef struct e8c_work {
     uint8_t *raw;              /* [H][T][n] x 4 bytes */
     int32_t *ints;             /* [T][n] one head's S or R */
     uint8_t *sbuf[E8C_N_STREAMS + 1]; /* raw stream bytes; [8]: halves escapes */
-    uint8_t *rtmp, *rtmp2;     /* rANS encoder scratch, rANS output */
+    uint8_t *rtmp, *rtmp2;     /* rANS encoder scratch (2 bytes per element),
+                                  rANS output (1 byte per element) */
     size_t scap[E8C_N_STREAMS + 1];
     float *vec;                /* scratch, 4 x E8C_MAX_HEAD_DIM floats */
 } e8c_work;
@@ -63,6 +64,7 @@ struct e8c_ctx {
     float *rc_cos, *rc_sin;    /* [n][rotary_dim/2] */
     ZSTD_CCtx *zc;
     ZSTD_DCtx *zd;
+    uint32_t r32tab[4096];     /* rans32 decoder slot table */
     e8c_work w;
 };
 
@@ -138,6 +140,17 @@ int64_t e8c_check_tensor(e8c_ctx *ctx, const e8c_tensor *t, uint32_t n_tokens);
 size_t e8c_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap, uint8_t *tmp);
 int e8c_rans_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
 uint16_t e8c_scale_code(double rms, float step);
+void e8c_rans_normalize(const uint32_t cnt[256], size_t n, uint32_t f[256]);
+
+/* rans32, coding 3 (e8c_rans32.c): encoders return the stream size, or 0
+ * if it does not fit in cap bytes; decoders 0 or -1 (corrupt). */
+uint32_t e8c_rans32_lanes(size_t n);
+size_t e8c_rans32_encode_ref(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap,
+                             uint16_t *words /* n entries */);
+int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
+size_t e8c_rans32_encode(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap);
+int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
+                      uint32_t *tab /* 4096 entries */);
 
 /* pack/unpack (e8c_pack.c) */
 int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap);

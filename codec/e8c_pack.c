@@ -74,35 +74,49 @@ size_t e8c_frame_bound(const e8c_fingerprint *fp, uint32_t N)
 
 /* ------------------------------------------------------------- encoder */
 
-/* Writes stream bytes at dst+*off: the smallest of zstd, rANS (lattice
- * streams only) and stored; ties keep the earlier of stored, zstd, rANS.
- * Fills desc. */
+/* Writes stream bytes at dst+*off with the coding FORMAT.md 5.2 picks for
+ * the config's entropy mode; lattice = streams 0-4.  Fills desc. */
 static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst,
-                          size_t cap, size_t *off, uint8_t *desc, int rans)
+                          size_t cap, size_t *off, uint8_t *desc, int lattice)
 {
-    size_t room = cap - *off, out = 0;
-    int coded = 0;
-    if (len > 0) {
+    size_t room = cap - *off, out = len;
+    uint32_t ent = ctx->fp.config.entropy;
+    int coded = E8C_CODING_STORED, ref = ctx->backend == 1;
+    uint8_t *o = dst + *off, *tmp = ctx->w.rtmp2;
+    if (len > 0 && ent == E8C_ENTROPY_RANS32 && lattice) {
+        /* the default: coding 3 if smaller than the raw bytes, else stored */
+        size_t c3 = len - 1 < room ? len - 1 : room, k;
+        k = !c3 ? 0 : ref ? e8c_rans32_encode_ref(src, len, o, c3, (uint16_t *)(void *)ctx->w.rtmp)
+                          : e8c_rans32_encode(src, len, o, c3);
+        if (k) { out = k; coded = E8C_CODING_RANS32; }
+    } else if (len > 0 && ent != E8C_ENTROPY_RANS32) {
+        /* best / v1: the smallest, ties to the earlier of stored, zstd,
+         * rANS, rans32 (v1: no rans32) */
         size_t zcap = len - 1 < room ? len - 1 : room;
-        size_t r = ZSTD_compress2(ctx->zc, dst + *off, zcap, src, len);
+        size_t r = ZSTD_compress2(ctx->zc, o, zcap, src, len);
         if (!ZSTD_isError(r)) { out = r; coded = E8C_CODING_ZSTD; }
         else if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
             return e8c_fail(ctx, E8C_ERR_ZSTD, "zstd: %s", ZSTD_getErrorName(r));
-        if (rans) {
-            size_t rcap = coded ? out - 1 : zcap;
-            size_t k = rcap ? e8c_rans_encode(src, len, ctx->w.rtmp2, rcap, ctx->w.rtmp) : 0;
-            if (k) { memcpy(dst + *off, ctx->w.rtmp2, k); out = k; coded = E8C_CODING_RANS; }
+        size_t best = coded ? out : zcap + 1; /* a coding must fit in best - 1 */
+        if (lattice && best > 1) {
+            size_t k = e8c_rans_encode(src, len, tmp, best - 1, ctx->w.rtmp);
+            if (k) { memcpy(o, tmp, k); out = best = k; coded = E8C_CODING_RANS; }
+        }
+        if (lattice && ent == E8C_ENTROPY_BEST && best > 1) {
+            size_t k = ref ? e8c_rans32_encode_ref(src, len, tmp, best - 1, (uint16_t *)(void *)ctx->w.rtmp)
+                           : e8c_rans32_encode(src, len, tmp, best - 1);
+            if (k) { memcpy(o, tmp, k); out = k; coded = E8C_CODING_RANS32; }
         }
     }
     if (!coded) {
         if (room < len) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
-        if (len) memcpy(dst + *off, src, len);
+        if (len) memcpy(o, src, len);
         out = len;
     }
     desc[0] = (uint8_t)coded;
     e8c_put32(desc + 1, (uint32_t)len);
     e8c_put32(desc + 5, (uint32_t)out);
-    e8c_put32(desc + 9, e8c_crc32c(dst + *off, out));
+    e8c_put32(desc + 9, e8c_crc32c(o, out));
     *off += out;
     return 0;
 }
@@ -179,7 +193,7 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
     if (cap < hdr) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
     uint8_t *h = dst;
     memcpy(h, "E8KF", 4);
-    h[4] = E8C_FORMAT_VERSION; h[5] = (uint8_t)q->kind; h[6] = (uint8_t)q->method;
+    h[4] = fp->config.entropy == E8C_ENTROPY_V1 ? 1 : E8C_FORMAT_VERSION; h[5] = (uint8_t)q->kind; h[6] = (uint8_t)q->method;
     h[7] = (uint8_t)fp->src_dtype;
     e8c_put16(h + 8, q->layer); e8c_put16(h + 10, H); e8c_put16(h + 12, n);
     e8c_put16(h + 14, ns);
@@ -246,7 +260,7 @@ int64_t e8c_frame_parse(const uint8_t *p, size_t size, e8c_frame_info *fi,
 {
     if (size < E8C_FRAME_FIXED) return E8C_ERR_TRUNCATED;
     if (memcmp(p, "E8KF", 4) != 0) return E8C_ERR_MAGIC;
-    if (p[4] != E8C_FORMAT_VERSION) return E8C_ERR_VERSION;
+    if (p[4] < E8C_FORMAT_VERSION_MIN || p[4] > E8C_FORMAT_VERSION) return E8C_ERR_VERSION;
     uint32_t ns = e8c_get16(p + 14);
     memset(fi, 0, sizeof *fi);
     fi->version = p[4]; fi->kind = p[5]; fi->method = p[6]; fi->src_dtype = p[7];
@@ -273,7 +287,8 @@ int64_t e8c_frame_parse(const uint8_t *p, size_t size, e8c_frame_info *fi,
     for (uint32_t s = 0; s < ns; s++) {
         const uint8_t *d = p + E8C_FRAME_FIXED + E8C_DESC_SIZE * s;
         uint32_t coding = d[0], rl = e8c_get32(d + 1), sl = e8c_get32(d + 5);
-        if (coding > E8C_CODING_RANS || (coding == 0 && rl != sl)) return E8C_ERR_CORRUPT;
+        uint32_t maxc = fi->version == 1 ? E8C_CODING_RANS : E8C_CODING_RANS32;
+        if (coding > maxc || (coding == 0 && rl != sl)) return E8C_ERR_CORRUPT;
         if (size - off < sl) return E8C_ERR_TRUNCATED;
         if (check_crc && e8c_crc32c(p + off, sl) != e8c_get32(d + 9)) return E8C_ERR_CHECKSUM;
         if (streams) streams[s] = p + off;
@@ -289,6 +304,12 @@ static int64_t get_stream(e8c_ctx *ctx, const uint8_t *src, const uint32_t d[4],
 {
     if (d[1] != want) return e8c_fail(ctx, E8C_ERR_CORRUPT, "stream length %u, expected %zu", d[1], want);
     if (d[0] == E8C_CODING_STORED) { if (want) memcpy(out, src, want); return 0; }
+    if (d[0] == E8C_CODING_RANS32) {
+        int bad = want == 0 || (ctx->backend == 1 ? e8c_rans32_decode_ref(src, d[2], out, want)
+                                                  : e8c_rans32_decode(src, d[2], out, want, ctx->r32tab));
+        if (bad) return e8c_fail(ctx, E8C_ERR_CORRUPT, "rans32 stream does not decode to %zu bytes", want);
+        return 0;
+    }
     if (d[0] == E8C_CODING_RANS) {
         if (want == 0 || e8c_rans_decode(src, d[2], out, want))
             return e8c_fail(ctx, E8C_ERR_CORRUPT, "rANS stream does not decode to %zu bytes", want);

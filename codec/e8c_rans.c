@@ -22,8 +22,9 @@
 #define RANS_M (1u << RANS_BITS)
 #define RANS_L (1u << 23)
 
-/* FORMAT.md 5.3: counts -> frequencies summing to 4096, deterministic. */
-static void normalize(const uint32_t cnt[256], size_t n, uint32_t f[256])
+/* FORMAT.md 5.3: counts -> frequencies summing to 4096, deterministic.
+ * Shared with coding 3 (e8c_rans32.c). */
+void e8c_rans_normalize(const uint32_t cnt[256], size_t n, uint32_t f[256])
 {
     uint32_t sum = 0;
     for (int s = 0; s < 256; s++) {
@@ -64,7 +65,7 @@ size_t e8c_rans_encode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap, u
 {
     uint32_t cnt[256] = {0}, f[256], start[256];
     for (size_t i = 0; i < n; i++) cnt[src[i]]++;
-    normalize(cnt, n, f);
+    e8c_rans_normalize(cnt, n, f);
     size_t h = 2, nsym = 0;
     uint8_t table[256 * 3];
     for (int s = 0, acc = 0; s < 256; s++) {

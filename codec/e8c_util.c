@@ -52,7 +52,7 @@ const char *e8c_error_string(int64_t r)
     return r >= 0 ? "success" : "unknown error";
 }
 
-const char *e8c_version(void) { return "e8codec 1.0 (format 1)"; }
+const char *e8c_version(void) { return "e8codec 2.0 (writes format 2; reads format 1 and 2)"; }
 
 void e8c_msg(char *msg, size_t size, const char *fmt, ...)
 {

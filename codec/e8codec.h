@@ -15,9 +15,12 @@
  *        re-rounds the coordinate with the largest rounding residual;
  *     5. writes coset bits and integer coordinates (with an escape for large
  *        ones, never clamped), optionally decorrelated across tokens, then
- *        zstd, then CRC32C per stream and over every header.
+ *        entropy-codes them (config.entropy: 32-lane interleaved rANS by
+ *        default, "rans32"; or the best of zstd / rANS / rans32), then
+ *        CRC32C per stream and over every header.
  *   Decoding inverts 5..1 and re-applies RoPE at the stored positions or at
- *   new positions.  The byte format is codec/FORMAT.md (version 1).
+ *   new positions.  The byte format is codec/FORMAT.md (version 2; version 1
+ *   frames and chunks are read too).
  *
  * UNITS AND WORDS
  *   element   one scalar of K or V.  bpe = stored bytes * 8 / elements, with
@@ -59,9 +62,10 @@
  *   thread.  Functions without an e8c_ctx argument are thread-safe.
  *
  * DETERMINISM
- *   For the same input, fingerprint and libzstd version, every backend (the
- *   plain reference, the vectorized CPU path, the CUDA kernels in
- *   codec/cuda/) produces the same frame bytes.  FORMAT.md fixes every
+ *   For the same input and fingerprint, every backend (the plain reference,
+ *   the vectorized CPU path, the CUDA kernels in codec/cuda/) produces the
+ *   same frame bytes (entropy best and v1 use zstd: the same libzstd version
+ *   too; the CUDA codec supports rans32 only).  FORMAT.md fixes every
  *   floating-point operation and its order for that reason.
  *
  * LIMITS (inputs beyond them are refused with E8C_ERR_LIMIT or
@@ -77,7 +81,9 @@
 extern "C" {
 #endif
 
-#define E8C_FORMAT_VERSION      1u
+#define E8C_FORMAT_VERSION      2u     /* version this library writes
+                                          (1 for E8C_ENTROPY_V1 configs) */
+#define E8C_FORMAT_VERSION_MIN  1u     /* oldest version it reads */
 #define E8C_MAX_LAYERS          512u   /* n_layers */
 #define E8C_MAX_KV_HEADS        256u   /* n_kv_heads */
 #define E8C_MAX_HEAD_DIM        512u   /* head_dim: a multiple of 8, 8..512 */
@@ -200,6 +206,24 @@ typedef enum e8c_decor {
     E8C_DECOR_MEAN  = 3, /* minus the per-coordinate mean over the tokens */
 } e8c_decor;
 
+/* Entropy coding of a frame's streams (FORMAT.md section 5.2, "Coding of
+ * each stream").  Lossless: it changes the bytes and the speed, never the
+ * decoded values. */
+typedef enum e8c_entropy {
+    E8C_ENTROPY_RANS32 = 0, /* default: 32-lane interleaved rANS (coding 3)
+                               on the lattice streams, everything else
+                               stored; no zstd, one attempt per stream.
+                               The CUDA codec writes the same bytes. */
+    E8C_ENTROPY_BEST   = 1, /* CPU only: the smallest of stored, zstd, rANS
+                               (coding 2) and rans32 (coding 3) per stream;
+                               a few % smaller on repetitive KV, several
+                               times slower to encode */
+    E8C_ENTROPY_V1     = 2, /* legacy: format 1's rule (stored, zstd, rANS),
+                               version-1 frames and chunks, and format 1's
+                               fingerprint bytes (so fingerprints parsed
+                               from version-1 data keep their id) */
+} e8c_entropy;
+
 /* What the encoder does.  Everything here is part of the fingerprint. */
 typedef struct e8c_config {
     char     preset[E8C_PRESET_NAME_MAX]; /* informative: "K3V2", or "" */
@@ -217,6 +241,8 @@ typedef struct e8c_config {
     uint32_t decorrelation; /* e8c_decor */
     int32_t  zstd_level;    /* 1..19 (negative fast levels allowed, >= -7) */
     uint64_t hadamard_seed; /* signs of the randomized Hadamard rotation */
+    uint32_t entropy;       /* e8c_entropy (format 2; last so that format
+                               1 layouts stay a prefix) */
 } e8c_config;
 /* "Kept raw" / "unquantized" means stored bit-exactly in the model's source
  * dtype (fp16 for an fp16 model, bf16 for a bf16 model), not converted. */
@@ -280,7 +306,8 @@ const char *e8c_preset_name(unsigned i);
  * layers, sink_tokens 1 (the attention sink, token 0, kept raw: on
  * SmolLM2-135M at K3V2 it halves the KL divergence for about 16 bits per
  * KV element of one token), no recent window, decorrelation AUTO, zstd
- * level 1, hadamard_seed 0x6538_6b76_5f76_3031 ("e8kv_v01"). */
+ * level 1 (used only by E8C_ENTROPY_BEST / _V1), hadamard_seed
+ * 0x6538_6b76_5f76_3031 ("e8kv_v01"), entropy E8C_ENTROPY_RANS32. */
 void e8c_config_default(e8c_config *cfg);
 
 /* ---------------------------------------------------------------- context */
@@ -525,7 +552,7 @@ int64_t e8c_rope_cos_sin(const e8c_fingerprint *fp, uint32_t rope_seq_len,
 void e8c_hadamard_signs(uint64_t seed, uint32_t head_dim, unsigned r,
                         float *signs);
 
-/* Library version string, e.g. "e8codec 1.0 (format 1)". */
+/* Library version string, e.g. "e8codec 2.0 (writes format 2; reads format 1 and 2)". */
 const char *e8c_version(void);
 
 #ifdef __cplusplus

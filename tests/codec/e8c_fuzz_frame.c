@@ -2,9 +2,11 @@
  * e8c_fuzz_frame.c: libFuzzer target for every decoder of untrusted bytes:
  * frame info, frame decode, qlayer unpack, chunk info, chunk fingerprint,
  * chunk decode (whole and a layer range).  The first input byte picks the
- * context's geometry (bits 0-1), chunk mode (bit 7), and (bit 6) whether
+ * context's geometry (bits 0-1), its entropy config (bits 4-5: rans32,
+ * best, v1, rans32), the reference decoders instead of the fast ones
+ * (bit 3), chunk mode (bit 7), and (bit 6) whether
  * the frame's CRCs are recomputed first, so mutations reach the stream
- * decoders (rANS, zstd, escapes, modes) instead of stopping at a CRC.  Built with clang by
+ * decoders (rans32, rANS, zstd, escapes, modes) instead of stopping at a CRC.  Built with clang by
  * `make fuzz`; its corpus (tests/codec/corpus) is replayed by
  * e8c_replay_main.c in `make test`.
  */
@@ -17,27 +19,31 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static e8c_ctx *fuzz_ctx(unsigned which)
+static e8c_ctx *fuzz_ctx(unsigned sel)
 {
-    static e8c_ctx *ctx[4];
-    if (!ctx[which]) {
+    static e8c_ctx *ctx[16];
+    unsigned which = sel & 3, ent = (sel >> 4) & 3;
+    if (!ctx[4 * ent + which]) {
         static const uint32_t hd[4] = {64, 80, 64, 16};
         static const uint32_t rope[4] = {E8C_ROPE_DEFAULT, E8C_ROPE_YARN, E8C_ROPE_NONE, E8C_ROPE_LONGROPE};
         e8c_fingerprint fp;
         e8t_fingerprint(&fp, 4, 2, hd[which], rope[which], which == 2 ? 0 : (int)(which & 1));
         if (which == 2) { fp.config.sink_tokens = 2; fp.config.recent_tokens = 3; fp.config.protect_first = 1; }
-        ctx[which] = e8c_ctx_create(&fp, NULL);
-        if (!ctx[which]) abort();
+        fp.config.entropy = ent == 3 ? E8C_ENTROPY_RANS32 : ent;
+        ctx[4 * ent + which] = e8c_ctx_create(&fp, NULL);
+        if (!ctx[4 * ent + which]) abort();
     }
-    return ctx[which];
+    return ctx[4 * ent + which];
 }
 
-static void decode_frame(e8c_ctx *ctx, const uint8_t *d, size_t n)
+static void decode_frame(e8c_ctx *ctx, int ref, const uint8_t *d, size_t n)
 {
     e8c_frame_info fi;
     if (e8c_frame_info_get(d, n, &fi) != 0) return;
     const e8c_fingerprint *fp = e8c_ctx_fingerprint(ctx);
     if (fi.n_tokens > 4096) return;
+    /* the reference decoders are fuzzed too (selector bit 3) */
+    e8c_ctx_set_backend(ctx, ref ? E8C_BACKEND_REF : E8C_BACKEND_AUTO);
     size_t ne = (size_t)fp->n_kv_heads * fi.n_tokens * fp->head_dim;
     float *out = malloc(ne * sizeof(float));
     uint16_t *scales = malloc(2 * (size_t)fp->n_kv_heads * fi.n_tokens);
@@ -103,12 +109,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     unsigned sel = data[0];
     if (sel & 0x80) { decode_chunk(data + 1, size - 1); return 0; }
-    if (!(sel & 0x40)) { decode_frame(fuzz_ctx(sel & 3), data + 1, size - 1); return 0; }
+    if (!(sel & 0x40)) { decode_frame(fuzz_ctx(sel), sel & 8, data + 1, size - 1); return 0; }
     uint8_t *copy = malloc(size);
     if (!copy) return 0;
     memcpy(copy, data + 1, size - 1);
     fix_crcs(copy, size - 1);
-    decode_frame(fuzz_ctx(sel & 3), copy, size - 1);
+    decode_frame(fuzz_ctx(sel), sel & 8, copy, size - 1);
     free(copy);
     return 0;
 }

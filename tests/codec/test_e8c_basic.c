@@ -105,6 +105,7 @@ static void test_fingerprint_refusals(void **state)
     EXPECT_INVALID(E8C_ERR_CONFIG, fp.config.v_step = 100);
     EXPECT_INVALID(E8C_ERR_CONFIG, fp.config.zstd_level = 0);
     EXPECT_INVALID(E8C_ERR_CONFIG, fp.config.decorrelation = 9);
+    EXPECT_INVALID(E8C_ERR_CONFIG, fp.config.entropy = 3);
     EXPECT_INVALID(E8C_ERR_CONFIG, fp.config.protect_mask[0] = 1u << 5); /* layer 5 of 4 */
     EXPECT_INVALID(E8C_ERR_DTYPE, fp.src_dtype = 7);
     EXPECT_INVALID(E8C_ERR_LIMIT, fp.n_kv_heads = 0);
@@ -130,9 +131,10 @@ static void test_fingerprint_serialize_roundtrip(void **state)
     (void)state;
     e8c_fingerprint fp, back;
     uint8_t buf[8192], id1[32], id2[32];
-    for (size_t i = 0; i < sizeof rope_types / sizeof rope_types[0]; i++) {
-        e8t_fingerprint(&fp, 30, 3, 64, rope_types[i], (int)(i & 1));
+    for (size_t i = 0; i < 3 * sizeof rope_types / sizeof rope_types[0]; i++) {
+        e8t_fingerprint(&fp, 30, 3, 64, rope_types[i % 7], (int)(i & 1));
         fp.config.protect_mask[0] = 0x5;
+        fp.config.entropy = (uint32_t)(i / 7); /* rans32, best, v1 */
         int64_t n = e8c_fingerprint_serialize(&fp, NULL, 0);
         assert_true(n > 0);
         assert_int_equal(e8c_fingerprint_serialize(&fp, buf, (size_t)n - 1), E8C_ERR_DST_SIZE);
@@ -146,6 +148,47 @@ static void test_fingerprint_serialize_roundtrip(void **state)
             assert_true(e8c_is_error(e8c_fingerprint_parse(buf, (size_t)k, &back)));
         assert_true(e8c_is_error(e8c_fingerprint_parse(buf, (size_t)n + 1, &back)));
     }
+}
+
+/* entropy v1 serializes as format 1 (no field 43: version 1's bytes and
+ * id); rans32 and best as format 2 with field 43; a format-2 serialization
+ * naming v1 is refused. */
+static void test_fingerprint_entropy_formats(void **state)
+{
+    (void)state;
+    e8c_fingerprint fp, back;
+    uint8_t b1[8192], b2[8192], ids[3][32];
+    e8t_fingerprint(&fp, 30, 3, 64, E8C_ROPE_DEFAULT, 0);
+    assert_int_equal(fp.config.entropy, E8C_ENTROPY_RANS32); /* the default */
+    int64_t n2 = e8c_fingerprint_serialize(&fp, b2, sizeof b2);
+    assert_true(n2 > 0);
+    assert_int_equal(b2[0], 0);
+    assert_int_equal(e8c_get32(b2 + 5), 2);            /* format 2 */
+    assert_int_equal(b2[n2 - 9], 43);                  /* last field: entropy */
+    assert_int_equal(e8c_get32(b2 + n2 - 4), E8C_ENTROPY_RANS32);
+    for (uint32_t e = 0; e < 3; e++) {
+        fp.config.entropy = e;
+        assert_int_equal(e8c_fingerprint_id(&fp, ids[e]), 0);
+    }
+    assert_memory_not_equal(ids[0], ids[1], 32);
+    assert_memory_not_equal(ids[0], ids[2], 32);
+    fp.config.entropy = E8C_ENTROPY_V1;
+    int64_t n1 = e8c_fingerprint_serialize(&fp, b1, sizeof b1);
+    assert_int_equal(n1, n2 - 9);
+    assert_int_equal(e8c_get32(b1 + 5), 1);            /* format 1 */
+    assert_memory_equal(b1 + 9, b2 + 9, (size_t)n1 - 9); /* the same fields 1..42 */
+    assert_int_equal(e8c_fingerprint_parse(b1, (size_t)n1, &back), 0);
+    assert_int_equal(back.config.entropy, E8C_ENTROPY_V1);
+    /* format 2 naming v1: not canonical */
+    e8c_put32(b2 + n2 - 4, E8C_ENTROPY_V1);
+    assert_int_equal(e8c_fingerprint_parse(b2, (size_t)n2, &back), E8C_ERR_CORRUPT);
+    e8c_put32(b2 + n2 - 4, 7);
+    assert_int_equal(e8c_fingerprint_parse(b2, (size_t)n2, &back), E8C_ERR_CONFIG);
+    e8c_put32(b2 + 5, 3);                                /* format 3: unknown */
+    assert_int_equal(e8c_fingerprint_parse(b2, (size_t)n2, &back), E8C_ERR_VERSION);
+    /* format 1 followed by a field 43 is refused (trailing bytes) */
+    memcpy(b1 + n1, b2 + n2 - 9, 9);
+    assert_true(e8c_is_error(e8c_fingerprint_parse(b1, (size_t)n1 + 9, &back)));
 }
 
 static void test_fingerprint_id_sensitivity(void **state)
@@ -203,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_fingerprint_valid_all_rope),
         cmocka_unit_test(test_fingerprint_refusals),
         cmocka_unit_test(test_fingerprint_serialize_roundtrip),
+        cmocka_unit_test(test_fingerprint_entropy_formats),
         cmocka_unit_test(test_fingerprint_id_sensitivity),
         cmocka_unit_test(test_presets),
     };

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,7 +32,7 @@ typedef struct tcase {
     uint32_t n, H, T, rope, il, first, kind, layer;
     e8c_dtype dt;
     int strided;      /* input as [T][H][n] instead of [H][T][n] */
-    uint32_t sinks, recent, protect, decor;
+    uint32_t sinks, recent, protect, decor, entropy;
 } tcase;
 
 static void make_ctxs(const tcase *c, e8c_ctx *ctx[3])
@@ -42,6 +43,7 @@ static void make_ctxs(const tcase *c, e8c_ctx *ctx[3])
     fp.config.recent_tokens = c->recent;
     fp.config.protect_first = c->protect;
     fp.config.decorrelation = c->decor;
+    fp.config.entropy = c->entropy;
     for (int b = 0; b < 3; b++) {
         int64_t err;
         ctx[b] = e8c_ctx_create(&fp, &err);
@@ -154,12 +156,144 @@ static void test_ref_equals_fast_random(void **state)
         c.recent = (k % 7 == 2) ? 5 : 0;
         c.protect = (k % 11 == 3) ? 2 : 0;
         c.decor = (uint32_t)(e8t_u64(&r) % 4);
+        c.entropy = (uint32_t)(k % 3); /* rans32, best, v1 */
+        if (k % 10 == 9) c.T = 150 + (uint32_t)(e8t_u64(&r) % 100); /* rans32 with 8 lanes */
         if (c.sinks) c.first = (uint32_t)(e8t_u64(&r) % 3);
         run_case(&c, &r);
     }
 }
 
 /* Gaussian K/V at the default preset: quality floor through the bytes. */
+/* FORMAT.md 5.2: which coding each stream gets under each entropy config,
+ * the version byte, and that best is never larger than rans32 or v1. */
+static void test_entropy_selection(void **state)
+{
+    (void)state;
+    size_t size[3];
+    for (uint32_t e = 0; e < 3; e++) {
+        e8c_fingerprint fp;
+        e8t_fingerprint(&fp, 2, 3, 64, E8C_ROPE_DEFAULT, 0);
+        fp.config.entropy = e;
+        fp.config.sink_tokens = 2;
+        e8c_ctx *ctx = e8c_ctx_create(&fp, NULL);
+        assert_non_null(ctx);
+        e8t_rng r = {21};
+        uint32_t T = 256;
+        size_t ne = 3 * (size_t)T * 64;
+        float *x = malloc(4 * ne);
+        uint16_t *h = malloc(2 * ne);
+        e8t_kv(&r, x, 3, T, 64);
+        for (size_t i = 64 * 50; i < 64 * 60; i++) x[i] = x[i - 64]; /* a repeat for zstd */
+        e8t_convert(x, h, ne, E8C_DTYPE_F16);
+        e8c_tensor t = e8c_tensor_contiguous(h, E8C_DTYPE_F16, T, 64);
+        e8c_frame_params p = {0, E8C_K, T, 0, 0, 0};
+        int64_t n = e8c_frame_encode(ctx, &p, &t, g_a, BUF);
+        assert_true(n > 0);
+        size[e] = (size_t)n;
+        assert_int_equal(g_a[4], e == E8C_ENTROPY_V1 ? 1 : 2);
+        int seen3 = 0, seen_zstd_or_2 = 0;
+        for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
+            const uint8_t *d = g_a + E8C_FRAME_FIXED + E8C_DESC_SIZE * s;
+            uint32_t coding = d[0], rl = e8c_get32(d + 1), sl = e8c_get32(d + 5);
+            if (coding) assert_true(sl < rl);
+            if (rl == 0) assert_int_equal(coding, 0);
+            seen3 |= coding == 3;
+            seen_zstd_or_2 |= coding == 1 || coding == 2;
+            if (e == E8C_ENTROPY_RANS32) {
+                if (s >= E8C_STREAM_ESCAPES) assert_int_equal(coding, 0);
+                else assert_true(coding == 0 || coding == 3);
+                if (s == E8C_STREAM_COORDS) { /* 3 x 254 x 56 symbols: 8 lanes */
+                    assert_int_equal(coding, 3);
+                    assert_int_equal(g_a[E8C_FRAME_FIXED + E8C_DESC_SIZE * 8 + 4 +
+                                         e8c_get32(g_a + E8C_FRAME_FIXED + 5) +
+                                         e8c_get32(g_a + E8C_FRAME_FIXED + 13 + 5) +
+                                         e8c_get32(g_a + E8C_FRAME_FIXED + 26 + 5)], 8);
+                }
+            }
+            if (e == E8C_ENTROPY_V1) assert_true(coding <= 2);
+        }
+        if (e == E8C_ENTROPY_RANS32) assert_true(seen3 && !seen_zstd_or_2);
+        if (e == E8C_ENTROPY_V1) assert_true(!seen3);
+        float *y = malloc(4 * ne);
+        e8c_tensor o = e8c_tensor_contiguous(y, E8C_DTYPE_F32, T, 64);
+        for (int b = 0; b < 3; b++) {
+            e8c_ctx_set_backend(ctx, (e8c_backend)b);
+            assert_int_equal(e8c_frame_decode_into(ctx, g_a, (size_t)n, NULL, &o, T), 0);
+        }
+        e8c_frame_info fi;
+        assert_int_equal(e8c_frame_info_get(g_a, (size_t)n, &fi), 0);
+        assert_int_equal(fi.version, e == E8C_ENTROPY_V1 ? 1 : 2);
+        /* coding 3 in a version-1 frame is refused */
+        if (e == E8C_ENTROPY_RANS32) {
+            memcpy(g_b, g_a, (size_t)n);
+            g_b[4] = 1;
+            size_t hdr = E8C_FRAME_FIXED + E8C_DESC_SIZE * E8C_N_STREAMS + 4;
+            e8c_put32(g_b + hdr - 4, e8c_crc32c(g_b, hdr - 4));
+            assert_int_equal(e8c_frame_info_get(g_b, (size_t)n, &fi), E8C_ERR_CORRUPT);
+        }
+        free(x); free(h); free(y);
+        e8c_ctx_free(ctx);
+    }
+    print_message("frame bytes: rans32 %zu, best %zu, v1 %zu\n", size[0], size[1], size[2]);
+    assert_true(size[1] <= size[0] && size[1] <= size[2]);
+}
+
+/* Version-1 data: the seeds in tests/codec/corpus/v1-* are the bytes the
+ * version-1 library wrote (the same generator, run before format 2).  An
+ * entropy = v1 config writes them again byte for byte and decodes them, and
+ * a version-1 chunk's own fingerprint (format 1) recreates its id. */
+static void test_version1_compat(void **state)
+{
+    (void)state;
+    FILE *f = fopen("tests/codec/corpus/v1-frame-0-0", "rb");
+    assert_non_null(f);
+    size_t n = fread(g_b, 1, BUF, f);
+    fclose(f);
+    e8c_fingerprint fp;
+    e8t_fingerprint(&fp, 4, 2, 64, E8C_ROPE_DEFAULT, 0);
+    fp.config.entropy = E8C_ENTROPY_V1;
+    e8c_ctx *ctx = e8c_ctx_create(&fp, NULL);
+    e8t_rng r = {2026};
+    int64_t m = e8t_random_frame(ctx, &r, 12, g_a, BUF);
+    assert_int_equal(m, (int64_t)n - 1);
+    assert_memory_equal(g_a, g_b + 1, n - 1);
+    assert_int_equal(g_a[4], 1);
+    e8c_frame_info fi;
+    assert_int_equal(e8c_frame_info_get(g_a, (size_t)m, &fi), 0);
+    float *y = malloc(4 * 2 * 64 * (size_t)fi.n_tokens);
+    e8c_tensor o = e8c_tensor_contiguous(y, E8C_DTYPE_F32, fi.n_tokens, 64);
+    for (int b = 0; b < 3; b++) {
+        e8c_ctx_set_backend(ctx, (e8c_backend)b);
+        assert_int_equal(e8c_frame_decode_into(ctx, g_a, (size_t)m, NULL, &o, fi.n_tokens), 0);
+    }
+    /* the default (rans32) context is another fingerprint */
+    e8c_fingerprint fd = fp;
+    fd.config.entropy = E8C_ENTROPY_RANS32;
+    e8c_ctx *c2 = e8c_ctx_create(&fd, NULL);
+    assert_int_equal(e8c_frame_decode_into(c2, g_a, (size_t)m, NULL, &o, fi.n_tokens), E8C_ERR_FINGERPRINT);
+    e8c_ctx_free(c2);
+    free(y);
+    e8c_ctx_free(ctx);
+    /* a version-1 chunk decodes from its own bytes */
+    f = fopen("tests/codec/corpus/v1-chunk-0", "rb");
+    assert_non_null(f);
+    n = fread(g_b, 1, BUF, f);
+    fclose(f);
+    e8c_chunk_info ci;
+    assert_int_equal(e8c_chunk_info_get(g_b + 1, n - 1, &ci), 0);
+    assert_int_equal(ci.version, 1);
+    e8c_fingerprint fc;
+    assert_int_equal(e8c_chunk_fingerprint(g_b + 1, n - 1, &fc), 0);
+    assert_int_equal(fc.config.entropy, E8C_ENTROPY_V1);
+    e8c_ctx *c3 = e8c_ctx_create(&fc, NULL);
+    assert_memory_equal(e8c_ctx_id(c3), ci.fingerprint_id, 32);
+    int64_t rs = e8c_chunk_raw_size(c3, 0, fc.n_layers, ci.n_tokens, E8C_DTYPE_F16);
+    uint8_t *out = malloc((size_t)rs);
+    assert_int_equal(e8c_chunk_decode(c3, g_b + 1, n - 1, 0, fc.n_layers, NULL, out, E8C_DTYPE_F16, (size_t)rs), 0);
+    free(out);
+    e8c_ctx_free(c3);
+}
+
 static void test_quality_floor(void **state)
 {
     (void)state;
@@ -420,6 +554,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_equals_fast_random),
+        cmocka_unit_test(test_entropy_selection),
+        cmocka_unit_test(test_version1_compat),
         cmocka_unit_test(test_quality_floor),
         cmocka_unit_test(test_special_values),
         cmocka_unit_test(test_raw_policies_exact),

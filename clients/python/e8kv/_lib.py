@@ -10,7 +10,7 @@ import ctypes
 import os
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_LAYERS = 512
 MAX_KV_HEADS = 256
 MAX_HEAD_DIM = 512
@@ -28,6 +28,7 @@ LAYOUT_SPLIT_HALF, LAYOUT_INTERLEAVED = 1, 2
 DECOR_AUTO, DECOR_NONE, DECOR_DELTA, DECOR_MEAN = 0, 1, 2, 3
 KIND_K, KIND_V = 0, 1
 BACKEND_AUTO, BACKEND_REF, BACKEND_FAST_SCALAR = 0, 1, 2
+ENTROPY_RANS32, ENTROPY_BEST, ENTROPY_V1 = 0, 1, 2
 
 u32, i32, u64, i64, f32, f64 = (ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64,
                                 ctypes.c_int64, ctypes.c_float, ctypes.c_double)
@@ -46,7 +47,7 @@ class Config(ctypes.Structure):
                 ("protect_first", u32), ("protect_last", u32),
                 ("protect_mask", u64 * (MAX_LAYERS // 64)), ("sink_tokens", u32),
                 ("recent_tokens", u32), ("decorrelation", u32), ("zstd_level", i32),
-                ("hadamard_seed", u64)]
+                ("hadamard_seed", u64), ("entropy", u32)]
 
 
 class Fingerprint(ctypes.Structure):

@@ -1,0 +1,300 @@
+/*
+ * e8c_rans32.c: coding 3, 32-lane interleaved rANS ("rans32", FORMAT.md
+ * section 5.4): the plain reference encoder/decoder, written like the spec,
+ * and the fast scalar ones (same bytes; tests compare them).
+ *
+ * rANS: J. Duda, "Asymmetric numeral systems", arXiv:0902.0271 (2009);
+ * interleaved states and 16-bit renormalization as described by F. Giesen,
+ * "Interleaved entropy coders", arXiv:1402.3392 (2014).  Here: K
+ * independent 32-bit states (symbol i uses lane i mod K), state interval
+ * [2^16, 2^32), 12-bit frequencies, one 16-bit word per renormalization, so
+ * every step is branch-free and lanes map onto SIMD lanes or warp lanes.
+ *
+ * Fast encoder: x / f exactly as (x * ceil(2^44 / f)) >> 44 in 64 bits.
+ * Proof: x < f * 2^20 at that point (renormalization), m = ceil(2^44/f) =
+ * (2^44 + e) / f with 0 <= e < f, so x*m / 2^44 = x/f + x*e/(f*2^44) and
+ * x*e < f^2 * 2^20 <= 2^44 (f <= 4096): the error stays below 1/f and the
+ * floor is exact; x*m < 2^64 for the same reason.
+ * Fast decoder: one 4096-entry slot table (symbol, f, slot - start) packed
+ * in a u32; whole rounds run without bounds checks while at least K words
+ * are left, the tail checks every word.
+ */
+#include <string.h>
+
+#include "codec/e8c_internal.h"
+
+#define R32_M 4096u
+#define R32_L 0x10000u
+
+uint32_t e8c_rans32_lanes(size_t n)
+{
+    return n >= 65536 ? 32 : n >= 8192 ? 8 : 1;
+}
+
+/* ----------------------------------------------------------- tables */
+
+/* u16 n_sym, then (u8 symbol, LEB128 f) for each f[s] > 0, ascending. */
+static size_t table_put(const uint32_t f[256], uint8_t *dst)
+{
+    size_t h = 2, nsym = 0;
+    for (int s = 0; s < 256; s++) {
+        if (!f[s]) continue;
+        dst[h++] = (uint8_t)s;
+        uint32_t v = f[s];
+        while (v >= 0x80) { dst[h++] = (uint8_t)(v | 0x80); v >>= 7; }
+        dst[h++] = (uint8_t)v;
+        nsym++;
+    }
+    e8c_put16(dst, (uint32_t)nsym);
+    return h;
+}
+
+/* Parses the table at src[*off..len): f and start of every symbol; the
+ * frequencies must be >= 1 and sum to 4096.  Returns n_sym or -1. */
+static int table_get(const uint8_t *src, size_t len, size_t *off, uint32_t f[256],
+                     uint32_t start[256])
+{
+    if (len - *off < 2) return -1;
+    uint32_t nsym = e8c_get16(src + *off), acc = 0;
+    int last = -1;
+    *off += 2;
+    if (nsym == 0 || nsym > 256) return -1;
+    memset(f, 0, 256 * sizeof f[0]);
+    for (uint32_t k = 0; k < nsym; k++) {
+        if (*off >= len) return -1;
+        int s = src[(*off)++];
+        if (s <= last) return -1;
+        last = s;
+        uint32_t v = 0;
+        for (int sh = 0;; sh += 7) {
+            if (*off >= len || sh > 14) return -1;
+            uint8_t b = src[(*off)++];
+            v |= (uint32_t)(b & 0x7f) << sh;
+            if (!(b & 0x80)) break;
+        }
+        if (v == 0 || v > R32_M - acc) return -1;
+        f[s] = v;
+        start[s] = acc;
+        acc += v;
+    }
+    return acc == R32_M ? (int)nsym : -1;
+}
+
+static void freqs(const uint8_t *src, size_t n, uint32_t f[256], uint32_t start[256])
+{
+    uint32_t cnt[256] = {0};
+    for (size_t i = 0; i < n; i++) cnt[src[i]]++;
+    e8c_rans_normalize(cnt, n, f);
+    for (uint32_t s = 0, acc = 0; s < 256; s++) { start[s] = acc; acc += f[s]; }
+}
+
+/* ------------------------------------------------------- reference */
+
+/* FORMAT.md 5.4 encoder, line by line.  words: n u16 of scratch.  Returns
+ * the stream size, or 0 if it would not fit in cap bytes. */
+size_t e8c_rans32_encode_ref(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap,
+                             uint16_t *words)
+{
+    uint32_t f[256], start[256], x[32];
+    uint8_t hdr[1 + 2 + 256 * 3];
+    if (N == 0) return 0;
+    freqs(sym, N, f, start);
+    uint32_t K = e8c_rans32_lanes(N);
+    size_t R = (N + K - 1) / K, W = 0, end = N; /* words fill words[end - W .. end) */
+    hdr[0] = (uint8_t)K;
+    size_t h = 1 + table_put(f, hdr + 1);
+    for (uint32_t l = 0; l < K; l++) x[l] = R32_L;
+    for (size_t r = R; r-- > 0;)
+        for (uint32_t l = K; l-- > 0;) {
+            size_t i = r * K + l;
+            if (i >= N) continue;
+            uint32_t s = sym[i];
+            if ((uint64_t)x[l] >= (uint64_t)f[s] << 20) {
+                words[end - ++W] = (uint16_t)(x[l] & 0xFFFF);
+                x[l] >>= 16;
+            }
+            x[l] = (x[l] / f[s]) * R32_M + (x[l] % f[s]) + start[s];
+        }
+    size_t total = h + 4 * (size_t)K + 2 * W;
+    if (total > cap) return 0;
+    memcpy(dst, hdr, h);
+    for (uint32_t l = 0; l < K; l++) e8c_put32(dst + h + 4 * l, x[l]);
+    for (size_t k = 0; k < W; k++) e8c_put16(dst + h + 4 * K + 2 * k, words[end - W + k]);
+    return total;
+}
+
+/* FORMAT.md 5.4 decoder, line by line: exactly N symbols from src[0..len).
+ * 0, or -1 if the stream is corrupt. */
+int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *out, size_t N)
+{
+    uint32_t f[256], start[256], x[32];
+    if (len < 1 || N == 0) return -1;
+    uint32_t K = src[0];
+    size_t off = 1;
+    if (K < 1 || K > 32) return -1;
+    if (table_get(src, len, &off, f, start) < 0) return -1;
+    if (len - off < 4 * (size_t)K) return -1;
+    for (uint32_t l = 0; l < K; l++) {
+        x[l] = e8c_get32(src + off + 4 * l);
+        if (x[l] < R32_L) return -1;
+    }
+    off += 4 * (size_t)K;
+    if ((len - off) % 2) return -1;
+    size_t W = (len - off) / 2, p = 0;
+    for (size_t i = 0; i < N; i++) {
+        uint32_t l = (uint32_t)(i % K), slot = x[l] & (R32_M - 1), s = 0;
+        while (!(f[s] && start[s] <= slot && slot < start[s] + f[s])) s++;
+        out[i] = (uint8_t)s;
+        x[l] = f[s] * (x[l] >> 12) + slot - start[s];
+        if (x[l] < R32_L) {
+            if (p >= W) return -1;
+            x[l] = (x[l] << 16) | e8c_get16(src + off + 2 * p++);
+        }
+    }
+    if (p != W) return -1;
+    for (uint32_t l = 0; l < K; l++)
+        if (x[l] != R32_L) return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------ fast */
+
+typedef struct r32_esym {
+    uint64_t xmax; /* renormalize when x >= xmax = f << 20 */
+    uint64_t rcp;  /* ceil(2^44 / f) */
+    uint32_t cmpl; /* 4096 - f */
+    uint32_t start;
+} r32_esym;
+
+static inline uint32_t r32_put(uint32_t x, const r32_esym *e, uint8_t **wp)
+{
+    if (x >= e->xmax) { /* taken for a fraction of symbols: a branch is cheaper than cmov chains */
+        *wp -= 2;
+        e8c_put16(*wp, x & 0xFFFF);
+        x >>= 16;
+    }
+    uint32_t q = (uint32_t)(((uint64_t)x * e->rcp) >> 44);
+    return x + e->start + q * e->cmpl;
+}
+
+/* Same bytes as e8c_rans32_encode_ref, without scratch: the words are
+ * written backwards from dst + cap, then moved behind the states. */
+size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
+{
+    uint32_t f[256], start[256], x[32];
+    r32_esym es[256];
+    uint8_t hdr[1 + 2 + 256 * 3];
+    if (N == 0) return 0;
+    freqs(sym, N, f, start);
+    uint32_t K = e8c_rans32_lanes(N);
+    hdr[0] = (uint8_t)K;
+    size_t h = 1 + table_put(f, hdr + 1), fixed = h + 4 * (size_t)K;
+    if (fixed > cap) return 0;
+    for (int s = 0; s < 256; s++) {
+        uint32_t fs = f[s] ? f[s] : 1;
+        es[s].xmax = (uint64_t)fs << 20;
+        es[s].rcp = ((1ull << 44) + fs - 1) / fs;
+        es[s].cmpl = R32_M - fs;
+        es[s].start = start[s];
+    }
+    for (uint32_t l = 0; l < K; l++) x[l] = R32_L;
+    uint8_t *end = dst + cap, *wp = end;
+    /* symbol i, from N-1 down: round descending, lane descending.  Words
+     * may run down over the header's place (written last); fewer than 2K
+     * bytes left below them means the total exceeds cap (fixed > 2K). */
+    size_t full = N / K * K, i = N;
+    while (i > full) { i--; x[i % K] = r32_put(x[i % K], &es[sym[i]], &wp); }
+    if (K == 1) {
+        uint32_t x0 = x[0];
+        while (i > 0) {
+            if (wp - dst < 2) return 0;
+            i--;
+            x0 = r32_put(x0, &es[sym[i]], &wp);
+        }
+        x[0] = x0;
+    } else {
+        while (i > 0) {
+            if (wp - dst < (ptrdiff_t)(2 * K)) return 0;
+            i -= K;
+            for (uint32_t l = K; l-- > 0;) x[l] = r32_put(x[l], &es[sym[i + l]], &wp);
+        }
+    }
+    size_t W2 = (size_t)(end - wp);
+    if (fixed + W2 > cap) return 0;
+    memmove(dst + fixed, wp, W2);
+    memcpy(dst, hdr, h);
+    for (uint32_t l = 0; l < K; l++) e8c_put32(dst + h + 4 * l, x[l]);
+    return fixed + W2;
+}
+
+/* One decoding step of lane state x (slot table entry: sym << 24 |
+ * f << 12 | slot - start, f <= 4095). */
+#define R32_STEP(x, o)                                                        \
+    do {                                                                      \
+        uint32_t e_ = tab[(x) & (R32_M - 1)];                                 \
+        (o) = (uint8_t)(e_ >> 24);                                            \
+        (x) = ((e_ >> 12) & 0xFFF) * ((x) >> 12) + (e_ & 0xFFF);              \
+    } while (0)
+
+int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, uint32_t *tab)
+{
+    uint32_t f[256], start[256], x[32];
+    if (len < 1 || N == 0) return -1;
+    uint32_t K = src[0];
+    size_t off = 1;
+    if (K < 1 || K > 32) return -1;
+    int nsym = table_get(src, len, &off, f, start);
+    if (nsym < 0 || len - off < 4 * (size_t)K) return -1;
+    for (uint32_t l = 0; l < K; l++) {
+        x[l] = e8c_get32(src + off + 4 * l);
+        if (x[l] < R32_L) return -1;
+    }
+    off += 4 * (size_t)K;
+    if ((len - off) % 2) return -1;
+    const uint8_t *wd = src + off;
+    size_t W = (len - off) / 2, p = 0;
+    if (nsym == 1) { /* f = 4096: states never change, no words */
+        int s = 0;
+        while (!f[s]) s++;
+        memset(out, s, N);
+        for (uint32_t l = 0; l < K; l++)
+            if (x[l] != R32_L) return -1;
+        return W == 0 ? 0 : -1;
+    }
+    for (int s = 0; s < 256; s++)
+        for (uint32_t k = 0; k < f[s]; k++)
+            tab[start[s] + k] = ((uint32_t)s << 24) | (f[s] << 12) | k;
+    size_t i = 0, full = N / K * K;
+    if (K == 1) {
+        uint32_t x0 = x[0];
+        for (; i < N && p < W; i++) {
+            R32_STEP(x0, out[i]);
+            uint32_t need = x0 < R32_L;
+            uint32_t w = e8c_get16(wd + 2 * p);
+            x0 = need ? (x0 << 16) | w : x0;
+            p += need;
+        }
+        x[0] = x0;
+    } else {
+        for (; i < full && W - p >= K; i += K)
+            for (uint32_t l = 0; l < K; l++) {
+                R32_STEP(x[l], out[i + l]);
+                uint32_t need = x[l] < R32_L;
+                uint32_t w = e8c_get16(wd + 2 * p);
+                x[l] = need ? (x[l] << 16) | w : x[l];
+                p += need;
+            }
+    }
+    for (; i < N; i++) { /* tail: every word checked */
+        uint32_t l = (uint32_t)(i % K);
+        R32_STEP(x[l], out[i]);
+        if (x[l] < R32_L) {
+            if (p >= W) return -1;
+            x[l] = (x[l] << 16) | e8c_get16(wd + 2 * p++);
+        }
+    }
+    if (p != W) return -1;
+    for (uint32_t l = 0; l < K; l++)
+        if (x[l] != R32_L) return -1;
+    return 0;
+}

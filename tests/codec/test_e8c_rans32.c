@@ -1,0 +1,202 @@
+/*
+ * test_e8c_rans32.c: coding 3 (FORMAT.md 5.4) on its own.
+ *  - the fast encoder writes the reference's bytes, for every lane count
+ *    (N around 8192 and 65536), skewed, uniform and one-symbol streams,
+ *    and tight output capacities;
+ *  - both decoders return the symbols;
+ *  - hostile streams: bad K, malformed tables, truncations, states below
+ *    2^16, odd and leftover words, missing words, flipped bits; the fast
+ *    decoder accepts exactly what the reference accepts.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/e8c_internal.h"
+#include "tests/codec/e8c_testgen.h"
+
+#define MAXN 140000u
+static uint8_t *g_sym, *g_a, *g_b, *g_out, *g_out2;
+static uint16_t *g_words;
+static uint32_t g_tab[4096];
+
+static int setup(void **state)
+{
+    (void)state;
+    g_sym = malloc(MAXN); g_a = malloc(2 * MAXN + 1024); g_b = malloc(2 * MAXN + 1024);
+    g_out = malloc(MAXN); g_out2 = malloc(MAXN); g_words = malloc(2 * MAXN);
+    return !g_sym || !g_a || !g_b || !g_out || !g_out2 || !g_words;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    free(g_sym); free(g_a); free(g_b); free(g_out); free(g_out2); free(g_words);
+    return 0;
+}
+
+/* kind 0: lattice-like (zigzag of a rounded Gaussian), 1: uniform bytes,
+ * 2: one symbol, 3: two symbols, one rare */
+static void fill(e8t_rng *r, uint8_t *s, size_t n, int kind, double sigma)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (kind == 1) { s[i] = (uint8_t)e8t_u64(r); continue; }
+        if (kind == 2) { s[i] = 42; continue; }
+        if (kind == 3) { s[i] = e8t_u64(r) % 5000 == 0 ? 7 : 3; continue; }
+        long v = lround(e8t_gauss(r) * sigma);
+        uint32_t z = v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1);
+        s[i] = (uint8_t)(z > 255 ? 255 : z);
+    }
+}
+
+static size_t encode_both(size_t n, size_t cap)
+{
+    size_t a = e8c_rans32_encode_ref(g_sym, n, g_a, cap, g_words);
+    size_t b = e8c_rans32_encode(g_sym, n, g_b, cap);
+    assert_int_equal(a, b);
+    if (a) assert_memory_equal(g_a, g_b, a);
+    return a;
+}
+
+static void test_ref_equals_fast(void **state)
+{
+    (void)state;
+    static const size_t ns[] = {1, 2, 3, 31, 100, 4097, 8191, 8192, 8193, 8199, 20000,
+                                65535, 65536, 65537, 65567, 100003, 131072};
+    e8t_rng r = {11};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++)
+        for (int kind = 0; kind < 4; kind++) {
+            size_t n = ns[k];
+            fill(&r, g_sym, n, kind, 0.3 + (double)(k % 5));
+            size_t len = encode_both(n, 2 * n + 1024);
+            assert_true(len > 0);
+            assert_int_equal(g_a[0], e8c_rans32_lanes(n));
+            assert_int_equal(g_a[0], n >= 65536 ? 32 : n >= 8192 ? 8 : 1);
+            memset(g_out, 0xAA, n);
+            assert_int_equal(e8c_rans32_decode_ref(g_a, len, g_out, n), 0);
+            assert_memory_equal(g_out, g_sym, n);
+            memset(g_out2, 0x55, n);
+            assert_int_equal(e8c_rans32_decode(g_a, len, g_out2, n, g_tab), 0);
+            assert_memory_equal(g_out2, g_sym, n);
+            /* tight capacities: both fail or both write the same bytes */
+            for (size_t cap = len - 3; cap <= len + 1; cap++) {
+                size_t got = encode_both(n, cap);
+                assert_int_equal(got, cap >= len ? len : 0);
+            }
+            if (kind == 2) assert_int_equal(len, 1 + 2 + 3 + 4 * (size_t)g_a[0]); /* no words */
+        }
+}
+
+/* Both decoders agree on a (possibly hostile) stream: same verdict and, on
+ * success, the same symbols.  Returns the verdict. */
+static int agree(const uint8_t *s, size_t len, size_t n)
+{
+    int a = e8c_rans32_decode_ref(s, len, g_out, n);
+    int b = e8c_rans32_decode(s, len, g_out2, n, g_tab);
+    assert_int_equal(a, b);
+    if (a == 0) assert_memory_equal(g_out, g_out2, n);
+    return a;
+}
+
+static void test_hostile_streams(void **state)
+{
+    (void)state;
+    e8t_rng r = {12};
+    static const size_t ns[] = {300, 9000, 70000};
+    for (size_t k = 0; k < 3; k++) {
+        size_t n = ns[k];
+        fill(&r, g_sym, n, 0, 1.5);
+        size_t len = encode_both(n, 2 * n + 1024);
+        uint32_t K = g_a[0];
+        size_t nsym = e8c_get16(g_a + 1), tab_end = 3;
+        for (size_t s = 0; s < nsym; s++) { tab_end++; while (g_a[tab_end] & 0x80) tab_end++; tab_end++; }
+        size_t states = tab_end, words = states + 4 * (size_t)K;
+        assert_true(len > words + 4);
+        assert_int_equal(agree(g_a, len, n), 0);
+        /* bad K */
+        static const uint8_t badk[] = {0, 33, 255};
+        for (int b = 0; b < 3; b++) {
+            memcpy(g_b, g_a, len);
+            g_b[0] = badk[b];
+            assert_int_equal(agree(g_b, len, n), -1);
+        }
+        /* another valid K with these states and words does not decode */
+        memcpy(g_b, g_a, len);
+        g_b[0] = (uint8_t)(K == 1 ? 2 : K - 1);
+        assert_int_equal(agree(g_b, len, n), -1);
+        /* every truncation (dense near the header, sparse in the words) */
+        for (size_t t = 0; t < len; t += t < words + 64 ? 1 : 1 + t / 50)
+            assert_int_equal(agree(g_a, t, n), -1);
+        /* leftover words, an odd byte */
+        memcpy(g_b, g_a, len);
+        g_b[len] = 0x12; g_b[len + 1] = 0x34;
+        assert_int_equal(agree(g_b, len + 2, n), -1);
+        assert_int_equal(agree(g_b, len + 1, n), -1);
+        /* one symbol too many or too few */
+        assert_int_equal(agree(g_a, len, n + 1), -1);
+        assert_int_equal(agree(g_a, len, n - 1), -1);
+        /* states below 2^16, or another state in range */
+        for (uint32_t l = 0; l < K; l++) {
+            memcpy(g_b, g_a, len);
+            e8c_put32(g_b + states + 4 * l, 0xFFFF);
+            assert_int_equal(agree(g_b, len, n), -1);
+            e8c_put32(g_b + states + 4 * l, 0);
+            assert_int_equal(agree(g_b, len, n), -1);
+            memcpy(g_b, g_a, len);
+            e8c_put32(g_b + states + 4 * l, e8c_get32(g_a + states + 4 * l) ^ 0x40000);
+            agree(g_b, len, n);
+        }
+        /* malformed tables: zero symbols, a zero frequency, sum != 4096,
+         * symbols not ascending */
+        memcpy(g_b, g_a, len);
+        e8c_put16(g_b + 1, 0);
+        assert_int_equal(agree(g_b, len, n), -1);
+        memcpy(g_b, g_a, len);
+        e8c_put16(g_b + 1, 300);
+        assert_int_equal(agree(g_b, len, n), -1);
+        if (nsym >= 2) {
+            memcpy(g_b, g_a, len);
+            g_b[3] = g_a[3 + 1 + (g_a[4] & 0x80 ? 2 : 1)]; /* first symbol = second */
+            assert_int_equal(agree(g_b, len, n), -1);
+        }
+        memcpy(g_b, g_a, len);
+        g_b[4] ^= 1; /* first frequency +-1: sum != 4096 */
+        assert_int_equal(agree(g_b, len, n), -1);
+        /* flipped bits anywhere: the two decoders agree, nothing crashes */
+        for (int it = 0; it < 400; it++) {
+            memcpy(g_b, g_a, len);
+            size_t at = it < 200 ? e8t_u64(&r) % (words + 8) : e8t_u64(&r) % len;
+            g_b[at] ^= (uint8_t)(1u << (e8t_u64(&r) % 8));
+            agree(g_b, len, n);
+        }
+        /* a dropped word in the middle */
+        memcpy(g_b, g_a, len);
+        size_t mid = words + 2 * ((len - words) / 4);
+        memmove(g_b + mid, g_b + mid + 2, len - mid - 2);
+        assert_int_equal(agree(g_b, len - 2, n), -1);
+    }
+    /* one-symbol table with a word or a state off 2^16 */
+    memset(g_sym, 9, 100);
+    size_t len = encode_both(100, 1000);
+    assert_int_equal(agree(g_a, len, 100), 0);
+    memcpy(g_b, g_a, len);
+    g_b[len] = 1; g_b[len + 1] = 0;
+    assert_int_equal(agree(g_b, len + 2, 100), -1);
+    e8c_put32(g_b + len - 4, 0x10001);
+    assert_int_equal(agree(g_b, len, 100), -1);
+    assert_int_equal(agree(g_a, len, 0), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ref_equals_fast),
+        cmocka_unit_test(test_hostile_streams),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
