@@ -276,7 +276,10 @@ class Bench:
             self.write()
             print(f"[{kind}] L={L}: step took {time.monotonic() - t_step:.1f} s; "
                   f"{self.left():.0f} s left", flush=True)
-        for st in states.values():
+        for kind, st in states.items():
+            if getattr(st["kvc"], "pack_fallback", None):
+                self.notes.append(f"{kind}: GPU entropy stage not used: "
+                                  f"{st['kvc'].pack_fallback}")
             st["kvc"].close()
 
     @torch.no_grad()
@@ -351,6 +354,8 @@ class Bench:
                             "auto", r)["reason"],
                         recompute_ttft_runs_s=rec, restore=r, store=sto, cache_bytes=cache_bytes,
                         bpe=bpe, codec=getattr(kvc, "name", "cuda"),
+                        codec_pack=getattr(kvc, "pack_path", None),
+                        codec_pack_fallback=getattr(kvc, "pack_fallback", None),
                         first_token_recompute=tok_ref, first_token_restore=r["first_token"],
                         roundtrip_check=check, breakdown=bd, decode_overlap=overlap))
                     print(f"[{kind}] L={L:>6} {t:4} {cache_state:4} recompute {rec_s:8.4f} s  "

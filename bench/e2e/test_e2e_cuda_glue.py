@@ -39,6 +39,16 @@ def test_assemble_equals_library_chunk(n_tokens, first_pos):
                               n_tokens=n_tokens, first_pos=first_pos, fingerprint_id=fid,
                               fingerprint_bytes=fpb)
     assert got == ref
+    # the same from the frames back to back (what e8cu_pack_frames returns)
+    assert cuda.assemble_chunk_payload(
+        b"".join(frames), [len(f) for f in frames], src_dtype=src, n_layers=3, n_kv_heads=2,
+        head_dim=32, n_tokens=n_tokens, first_pos=first_pos, fingerprint_id=fid,
+        fingerprint_bytes=fpb) == ref
+    with pytest.raises(ValueError, match="payload of"):
+        cuda.assemble_chunk_payload(
+            b"".join(frames)[:-1], [len(f) for f in frames], src_dtype=src, n_layers=3,
+            n_kv_heads=2, head_dim=32, n_tokens=n_tokens, first_pos=first_pos,
+            fingerprint_id=fid, fingerprint_bytes=fpb)
     h = cuda.parse_chunk(ref)
     assert (h["n_tokens"], h["first_pos"], h["n_layers"], h["fingerprint_id"]) == \
         (n_tokens, first_pos, 3, fid)

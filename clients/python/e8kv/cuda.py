@@ -118,6 +118,14 @@ _PROTOTYPES = {
     "e8c_fingerprint_serialize": (_i64, [_P(L.Fingerprint), _vp, _sz]),
     "e8c_fingerprint_id": (_i64, [_P(L.Fingerprint), _P(ctypes.c_uint8)]),
 }
+# Entry points of newer libraries, used when the library has them (older ones keep working):
+# e8cu_pack_frames: the entropy stage on the GPU, frames back to back in one host buffer.
+_OPTIONAL = {
+    "e8cu_pack_frames": (_i64, [_vp, _sz, _vp, _vp, _vp, _sz, _vp, _sz, _vp, _vp, _P(_sz),
+                                _vp]),
+}
+# E8C_ERR_* codes (codec/e8codec.h) this module acts on
+ERR_CONFIG, ERR_NONFINITE, ERR_RANGE, ERR_DST_SIZE, ERR_CORRUPT = -6, -7, -8, -9, -14
 _handle = None
 _crc = None
 
@@ -147,6 +155,10 @@ def _cu():
         for name, (res, args) in _PROTOTYPES.items():
             fn = getattr(h, name)
             fn.restype, fn.argtypes = res, args
+        for name, (res, args) in _OPTIONAL.items():
+            fn = getattr(h, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = res, args
         _handle = h
     return _handle
 
@@ -225,20 +237,39 @@ def assemble_chunk(frames, *, src_dtype, n_layers, n_kv_heads, head_dim, n_token
     The chunk's version is its frames' (byte 4 of a frame: 2, or 1 for entropy v1)."""
     if len(frames) != 2 * n_layers:
         raise ValueError(f"{len(frames)} frames for {n_layers} layers (need {2 * n_layers})")
-    ver = frames[0][4] if len(frames[0]) > 4 else 0
-    if ver not in CHUNK_VERSIONS or any(len(f) <= 4 or f[4] != ver for f in frames):
-        raise ValueError(f"frames of format versions {sorted({f[4] for f in frames if len(f) > 4})}"
-                         f": need one of {CHUNK_VERSIONS} for all")
+    vers = {f[4] if len(f) > 4 else None for f in frames}
+    if len(vers) != 1 or not vers <= set(CHUNK_VERSIONS):
+        raise ValueError(f"frames of format versions {sorted(map(str, vers))}: need one of "
+                         f"{CHUNK_VERSIONS} for all")
+    return assemble_chunk_payload(b"".join(frames), [len(f) for f in frames],
+                                  src_dtype=src_dtype, n_layers=n_layers, n_kv_heads=n_kv_heads,
+                                  head_dim=head_dim, n_tokens=n_tokens, first_pos=first_pos,
+                                  fingerprint_id=fingerprint_id,
+                                  fingerprint_bytes=fingerprint_bytes, seq_len=seq_len,
+                                  rope_seq_len=rope_seq_len)
+
+
+def assemble_chunk_payload(payload, sizes, *, src_dtype, n_layers, n_kv_heads, head_dim,
+                           n_tokens, first_pos, fingerprint_id, fingerprint_bytes, seq_len=0,
+                           rope_seq_len=0):
+    """A chunk frame from its payload: the 2 * n_layers frames back to back (bytes-like),
+    sizes[i] bytes each. The version is the first frame's (byte 4 of the payload)."""
+    if len(sizes) != 2 * n_layers:
+        raise ValueError(f"{len(sizes)} frames for {n_layers} layers (need {2 * n_layers})")
+    if sum(sizes) != len(payload) or min(sizes) <= 4:
+        raise ValueError(f"payload of {len(payload)} bytes, frames of {sum(sizes)}")
+    ver = payload[4]
+    if ver not in CHUNK_VERSIONS:
+        raise ValueError(f"frame format version {ver}: need one of {CHUNK_VERSIONS}")
     seq = seq_len or first_pos + n_tokens
     head = struct.pack("<4sBBHHHIIII", CHUNK_MAGIC, ver, src_dtype, n_layers, n_kv_heads,
                        head_dim, n_tokens, first_pos, seq, rope_seq_len or seq)
-    idx, off = [], 0
-    for f in frames:
-        idx.append(struct.pack("<II", off, len(f)))
-        off += len(f)
+    idx = np.zeros((len(sizes), 2), dtype="<u4")
+    idx[:, 1] = sizes
+    idx[1:, 0] = np.cumsum(idx[:-1, 1], dtype=np.uint64)
     h = b"".join([head, fingerprint_id, struct.pack("<I", len(fingerprint_bytes)),
-                  fingerprint_bytes, *idx])
-    return b"".join([h, struct.pack("<I", crc32c(h)), *frames])
+                  fingerprint_bytes, idx.tobytes()])
+    return b"".join([h, struct.pack("<I", crc32c(h)), payload])
 
 
 # ------------------------------------------------------------------------------ the codec
@@ -312,6 +343,12 @@ class CudaCodec:
         self._events = [None, None]
         self._next_slot = 0               # decode buffer to use next (alternates across calls)
         self._reserved = 0
+        self._frames_buf = None           # pinned host buffer of e8cu_pack_frames
+        # entropy stage of encode: "gpu" (e8cu_pack_frames) where the library has it, else or
+        # after a refusal "host" (e8cu_pack); E8KV_CUDA_PACK=host forces the host packer
+        self.pack_fallback = None
+        self.pack_path = "gpu" if hasattr(lib, "e8cu_pack_frames") and \
+            os.environ.get("E8KV_CUDA_PACK", "auto") != "host" else "host"
 
     # -- plumbing
     def close(self):
@@ -439,6 +476,22 @@ class CudaCodec:
             self._check(lib.e8cu_quantize_async(self._ctx, len(items), items.ctypes.data, meta,
                                                 d_q.data_ptr(), qb, None, s_ptr),
                         "e8cu_quantize_async")
+            if self.pack_path == "gpu":
+                try:
+                    chunks = self._pack_frames(items, meta, d_q, qb, group, s_ptr)
+                except CudaCodecError as e:
+                    if e.code in (ERR_NONFINITE, ERR_RANGE):
+                        raise               # bad input: the caller's error, as e8cu_pack says
+                    chunks, self.pack_path, self.pack_fallback = None, "host", str(e)
+                except Exception as e:      # noqa: BLE001 -- recorded; the host packer goes on
+                    chunks, self.pack_path = None, "host"
+                    self.pack_fallback = f"e8cu_pack_frames path: {type(e).__name__}: {e}"
+                if chunks is not None:
+                    out.extend(chunks)
+                    continue
+                self._check(lib.e8cu_quantize_async(self._ctx, len(items), items.ctypes.data,
+                                                    meta, d_q.data_ptr(), qb, None, s_ptr),
+                            "e8cu_quantize_async")
             caps = np.array([self._check(lib.e8c_frame_max_size(self._cpu, int(n)),
                                          "frame max size") for n in items["n_tokens"]],
                             dtype=np.uint64)
@@ -458,6 +511,53 @@ class CudaCodec:
                     n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=n, first_pos=p0,
                     fingerprint_id=self.fingerprint_id,
                     fingerprint_bytes=self.fingerprint_bytes))
+        return out
+
+    def _pack_frames(self, items, meta, d_q, qb, group, s_ptr):
+        """Entropy stage on the GPU (e8cu_pack_frames) for quantized items: the chunks of
+        ``group``, or None after switching this codec to the host packer for good (the
+        library refused the config, or failed: pack_fallback says why; the caller quantizes
+        again and packs on the host). Bad input (NaN/inf, out of range) raises."""
+        import torch
+        lib, n = _cu(), len(items)
+        offs = np.zeros(n, dtype=np.uint64)
+        sizes = np.zeros(n, dtype=np.uint64)
+        total = _sz(0)
+        want = qb                       # frames are smaller than their qbatch but for
+        for attempt in (0, 1):          # rare incompressible cases: then grow and redo
+            if self._frames_buf is None or self._frames_buf.numel() < want:
+                self._frames_buf = None
+                self._frames_buf = torch.empty(want, dtype=torch.uint8, pin_memory=True)
+            cap = self._frames_buf.numel()
+            rc = lib.e8cu_pack_frames(self._ctx, n, items.ctypes.data, meta, d_q.data_ptr(), qb,
+                                      self._frames_buf.data_ptr(), cap, offs.ctypes.data,
+                                      sizes.ctypes.data, ctypes.byref(total), s_ptr)
+            if rc == ERR_DST_SIZE and total.value > cap and attempt == 0:
+                want = int(total.value * 1.25)
+                self._check(lib.e8cu_quantize_async(self._ctx, n, items.ctypes.data, meta,
+                                                    d_q.data_ptr(), qb, None, s_ptr),
+                            "e8cu_quantize_async")
+                continue
+            break
+        if rc < 0:
+            detail = (lib.e8cu_ctx_last_error(self._ctx) or b"").decode()
+            if rc in (ERR_NONFINITE, ERR_RANGE):
+                raise CudaCodecError(rc, "e8cu_pack_frames", detail)
+            self.pack_path = "host"
+            self.pack_fallback = f"e8cu_pack_frames: {CudaCodecError(rc, 'failed', detail)}"
+            return None
+        buf = self._frames_buf.numpy()
+        fp, nf, out = self.fingerprint, 2 * self.fingerprint.n_layers, []
+        for c, (_, p0, ntok) in enumerate(group):
+            o, z = offs[c * nf:(c + 1) * nf], sizes[c * nf:(c + 1) * nf]
+            if np.any(o[1:] != o[:-1] + z[:-1]) or int(o[-1] + z[-1]) > total.value:
+                raise CudaCodecError(ERR_CORRUPT, "e8cu_pack_frames",
+                                     f"frames of chunk {c} are not back to back")
+            out.append(assemble_chunk_payload(
+                buf[int(o[0]):int(o[-1] + z[-1])].tobytes(), z.tolist(),
+                src_dtype=self._c_fp.src_dtype, n_layers=fp.n_layers,
+                n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=ntok, first_pos=p0,
+                fingerprint_id=self.fingerprint_id, fingerprint_bytes=self.fingerprint_bytes))
         return out
 
     # -- decode
