@@ -151,6 +151,19 @@ int64_t e8cu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qm
                   const void *d_q, void *h_q, size_t qbatch_bytes, void *const *dsts,
                   const size_t *dst_caps, size_t *sizes, cudaStream_t stream);
 
+/* Entropy stage on the GPU into one host buffer (entropy = rans32 configs only; others:
+ * E8C_ERR_CONFIG, use e8cu_pack): waits for `stream`, codes every item's streams on the device
+ * (layout, decorrelation, coding 3), copies the frames back in one transfer, back to back in
+ * item order (frame i at h_out + offsets[i], sizes[i] bytes: a chunk payload, FORMAT §7), and
+ * writes their headers and CRC32Cs on the worker threads. h_out: out_cap bytes, pinned
+ * (cudaMallocHost) for full speed. *total = the bytes the frames need, also when they do not
+ * fit (E8C_ERR_DST_SIZE; call again with a larger h_out after a new quantize). offsets may be
+ * NULL. Errors as e8cu_pack. The context keeps a device workspace for this stage, about
+ * 2.5 bytes per quantized element of the largest batch seen (freed with the context). */
+int64_t e8cu_pack_frames(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
+                         const void *d_q, size_t qbatch_bytes, void *h_out, size_t out_cap,
+                         uint64_t *offsets, size_t *sizes, size_t *total, cudaStream_t stream);
+
 /* ------------------------------------------------------------------ decode */
 
 /* Host half of decoding: checks frames[i] (frame_sizes[i] bytes: header and stream CRCs,

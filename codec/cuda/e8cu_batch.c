@@ -20,7 +20,6 @@
 
 #define A16(x) (((x) + 15u) & ~(size_t)15u)
 
-typedef struct e8cu_off { size_t scales, points2, raw, end; uint32_t n_q, n_raw; } e8cu_off;
 
 static size_t esize(uint32_t dtype) { return dtype == E8C_DTYPE_F32 ? 4 : 2; }
 
@@ -84,7 +83,7 @@ static void policy(const e8cu_ctx *ctx, const e8c_frame_params *p, uint32_t seq,
 }
 
 /* Offsets of every item's arrays for the given metas; returns the bytes used. */
-static size_t layout(const e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, e8cu_off *off)
+size_t e8cu_layout(const e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, e8cu_off *off)
 {
     size_t H = ctx->fp.n_kv_heads, hd = ctx->fp.head_dim, ss = esize(ctx->fp.src_dtype);
     size_t cur = A16(8 * n);
@@ -276,7 +275,7 @@ int64_t e8cu_quantize_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items, e8c
     }
     e8cu_off *off = malloc(n * sizeof *off);
     if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
-    size_t used = layout(ctx, n, items, meta, off);
+    size_t used = e8cu_layout(ctx, n, items, meta, off);
     int64_t rc = 0;
     if (used > qbatch_bytes)
         rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
@@ -331,6 +330,104 @@ static int64_t pack_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t ms
     return 0;
 }
 
+/* Status words of the quantize kernels (bad input), copied to h_q[0..8n): 0 or the lowest
+ * failing item's error. */
+static int64_t check_status(e8cu_ctx *ctx, size_t n, const void *d_q, void *h_q, cudaStream_t stream)
+{
+    int e = cudaMemcpyAsync(h_q, d_q, 8 * n, cudaMemcpyDeviceToHost, stream);
+    if (!e) e = cudaStreamSynchronize(stream);
+    if (e) return e8cu_cuda_fail(ctx, e, "status copy to the host");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t st;
+        memcpy(&st, (unsigned char *)h_q + 8 * i, 8);
+        if (st == UINT64_MAX) continue;
+        uint64_t el = (st & ((UINT64_C(1) << 62) - 1)) >> 1;
+        return e8cu_fail(ctx, (st & 1) ? E8C_ERR_RANGE : E8C_ERR_NONFINITE, "item %zu: %s element %llu %s", i,
+                         (st >> 62) ? "quantized" : "raw-kept", (unsigned long long)el,
+                         (st & 1) ? "is out of range (|x| > 2^64, or beyond the source dtype)" : "is NaN or inf");
+    }
+    return 0;
+}
+
+typedef struct {
+    e8cu_ctx *ctx;
+    const e8cu_item *items;
+    const e8cu_qmeta *meta;
+    uint8_t *h_out;
+    void *const *dsts;
+    const size_t *caps;
+    size_t *sizes;
+} e8cu_hjob;
+
+static int64_t header_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t msg_size)
+{
+    (void)wctx;
+    const e8cu_hjob *J = arg;
+    uint64_t fo;
+    uint32_t fs;
+    e8cu_gpu_header(J->ctx, i, &J->items[i], &J->meta[i], J->h_out);
+    e8cu_gpu_frame_at(J->ctx, i, &fo, &fs);
+    if (J->sizes) J->sizes[i] = fs;
+    if (!J->dsts) return 0;
+    if (J->caps[i] < fs) {
+        snprintf(msg, msg_size, "frame of %u bytes, buffer of %zu", fs, J->caps[i]);
+        return E8C_ERR_DST_SIZE;
+    }
+    memcpy(J->dsts[i], J->h_out + fo, fs);
+    return 0;
+}
+
+/* e8cu_pack on the GPU: 0, an error (< 0), or 1 when the frames do not fit h_q. */
+static int64_t gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
+                        const e8cu_off *off, const void *d_q, void *h_q, size_t qbatch_bytes, void *const *dsts,
+                        const size_t *dst_caps, size_t *sizes, cudaStream_t stream)
+{
+    uint64_t total;
+    int64_t rc = check_status(ctx, n, d_q, h_q, stream);
+    if (!rc) rc = e8cu_gpu_encode(ctx, n, items, meta, off, d_q, stream, &total);
+    if (rc) return rc;
+    if (total > qbatch_bytes) return 1;
+    if ((rc = e8cu_gpu_fetch(ctx, h_q, total, stream))) return rc;
+    e8cu_hjob J = {ctx, items, meta, h_q, dsts, dst_caps, sizes};
+    return e8cu_run_jobs(ctx, n, header_job, &J, "frame headers");
+}
+
+int64_t e8cu_pack_frames(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
+                         const void *d_q, size_t qbatch_bytes, void *h_out, size_t out_cap,
+                         uint64_t *offsets, size_t *sizes, size_t *total, cudaStream_t stream)
+{
+    if (!ctx) return E8C_ERR_ARG;
+    ctx->err[0] = 0;
+    if (!total) return e8cu_fail(ctx, E8C_ERR_ARG, "NULL argument");
+    *total = 0;
+    if (n == 0) return 0;
+    if (!items || !meta || !d_q || !h_out || !sizes) return e8cu_fail(ctx, E8C_ERR_ARG, "NULL argument");
+    if (!ctx->gpu_entropy)
+        return e8cu_fail(ctx, E8C_ERR_CONFIG, "e8cu_pack_frames codes on the GPU: the fingerprint's entropy "
+                         "config is not rans32 (or E8CU_GPU_ENTROPY=0): use e8cu_pack");
+    e8cu_off *off = malloc(n * sizeof *off);
+    if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
+    size_t used = e8cu_layout(ctx, n, items, meta, off);
+    uint64_t t = 0;
+    int64_t rc = 0;
+    if (used > qbatch_bytes) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
+    if (!rc && out_cap < 8 * n) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "output of %zu bytes < 8 x items", out_cap);
+    if (!rc) rc = check_status(ctx, n, d_q, h_out, stream);
+    if (!rc) rc = e8cu_gpu_encode(ctx, n, items, meta, off, d_q, stream, &t);
+    free(off);
+    if (rc) return rc;
+    *total = t;
+    if (t > out_cap) return e8cu_fail(ctx, E8C_ERR_DST_SIZE, "frames need %llu bytes, %zu given", (unsigned long long)t, out_cap);
+    if ((rc = e8cu_gpu_fetch(ctx, h_out, t, stream))) return rc;
+    e8cu_hjob J = {ctx, items, meta, h_out, NULL, NULL, sizes};
+    rc = e8cu_run_jobs(ctx, n, header_job, &J, "frame headers");
+    for (size_t i = 0; !rc && offsets && i < n; i++) {
+        uint32_t fs;
+        e8cu_gpu_frame_at(ctx, i, &offsets[i], &fs);
+    }
+    return rc;
+}
+
 int64_t e8cu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, const void *d_q,
                   void *h_q, size_t qbatch_bytes, void *const *dsts, const size_t *dst_caps, size_t *sizes,
                   cudaStream_t stream)
@@ -342,9 +439,17 @@ int64_t e8cu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qm
         return e8cu_fail(ctx, E8C_ERR_ARG, "NULL argument");
     e8cu_off *off = malloc(n * sizeof *off);
     if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
-    size_t used = layout(ctx, n, items, meta, off);
+    size_t used = e8cu_layout(ctx, n, items, meta, off);
     int64_t rc = 0;
     if (used > qbatch_bytes) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
+    if (!rc && ctx->gpu_entropy) {
+        int64_t r = gpu_pack(ctx, n, items, meta, off, d_q, h_q, qbatch_bytes, dsts, dst_caps, sizes, stream);
+        if (r <= 0) {
+            free(off);
+            return r;
+        }
+        /* r > 0: the coded frames do not fit h_q: the host packer below (same bytes) */
+    }
     int e = rc ? 0 : cudaMemcpyAsync(h_q, d_q, used, cudaMemcpyDeviceToHost, stream);
     if (!rc && !e) e = cudaStreamSynchronize(stream);
     if (!rc && e) rc = e8cu_cuda_fail(ctx, e, "qbatch copy to the host");
@@ -419,7 +524,7 @@ int64_t e8cu_unpack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const void 
     e8cu_job J = {ctx, items, meta, off, h_q, NULL, NULL, NULL, frames, frame_sizes};
     int64_t rc = e8cu_run_jobs(ctx, n, info_job, &J, "frame check");
     if (!rc) {
-        size_t used = layout(ctx, n, items, meta, off);
+        size_t used = e8cu_layout(ctx, n, items, meta, off);
         if (used > qbatch_bytes) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
     }
     if (!rc) rc = e8cu_run_jobs(ctx, n, unpack_job, &J, "unpack");
@@ -448,7 +553,7 @@ int64_t e8cu_dequantize_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items, c
     }
     e8cu_off *off = malloc(n * sizeof *off);
     if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
-    size_t used = layout(ctx, n, items, meta, off);
+    size_t used = e8cu_layout(ctx, n, items, meta, off);
     int64_t rc = 0;
     if (used > qbatch_bytes) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
     if (!rc) rc = wait_for(ctx, wait_event, stream);
@@ -461,11 +566,25 @@ int64_t e8cu_decode_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const
                           const size_t *frame_sizes, const e8c_decode_params *dp, e8cu_qmeta *meta, void *h_q,
                           void *d_q, size_t qbatch_bytes, cudaEvent_t wait_event, cudaStream_t stream)
 {
+    if (ctx && ctx->gpu_entropy && n > 0 && items && frames && frame_sizes && meta && h_q && d_q) {
+        ctx->err[0] = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t seq, rl;
+            int64_t rc = check_item(ctx, i, &items[i], &seq, &rl);
+            if (rc) return rc;
+            if (!frames[i]) return e8cu_fail(ctx, E8C_ERR_ARG, "frame %zu NULL", i);
+        }
+        int64_t r = wait_for(ctx, wait_event, stream);
+        if (!r) r = e8cu_gpu_decode(ctx, n, items, frames, frame_sizes, meta, h_q, d_q, qbatch_bytes, stream);
+        if (r == 0) return e8cu_dequantize_async(ctx, n, items, meta, dp, d_q, qbatch_bytes, NULL, stream);
+        if (r < 0) return r;
+        /* r == 1: frames the GPU path does not decode (other codings): the host path */
+    }
     int64_t rc = e8cu_unpack(ctx, n, items, frames, frame_sizes, meta, h_q, qbatch_bytes);
     if (rc || n == 0) return rc;
     e8cu_off *off = malloc(n * sizeof *off);
     if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
-    size_t used = layout(ctx, n, items, meta, off);
+    size_t used = e8cu_layout(ctx, n, items, meta, off);
     free(off);
     if (!d_q) return e8cu_fail(ctx, E8C_ERR_ARG, "d_q NULL");
     int e = cudaMemcpyAsync(d_q, h_q, used, cudaMemcpyHostToDevice, stream);

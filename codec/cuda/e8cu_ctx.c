@@ -54,6 +54,7 @@ void e8cu_ctx_free(e8cu_ctx *ctx)
 {
     if (!ctx) return;
     free_tables(ctx);
+    e8cu_entropy_free(ctx);
     cudaFree(ctx->d_signs);
     for (unsigned i = 0; i < ctx->n_workers; i++) e8c_ctx_free(ctx->workers[i]);
     free(ctx->workers);
@@ -74,6 +75,21 @@ static int64_t init_device(e8cu_ctx *ctx)
     for (int i = 0; e == cudaSuccess && i < E8CU_TABLES; i++)
         e = cudaEventCreateWithFlags(&ctx->tab[i].used, cudaEventDisableTiming);
     return e == cudaSuccess ? 0 : e8cu_cuda_fail(ctx, e, "context device tables");
+}
+
+/* The GPU codes frames itself when the format's entropy coder is rans32 (FORMAT v2: the same
+ * bytes on CPU and GPU); other configs (entropy = best: zstd and the v1 coders) keep the host
+ * packer. E8CU_GPU_ENTROPY=0 forces the host packer (a tuning/diagnostic switch; bytes equal). */
+static int e8cu_entropy_on_gpu(const e8c_fingerprint *fp)
+{
+    const char *v = getenv("E8CU_GPU_ENTROPY");
+    if (v && *v == '0') return 0;
+#if E8C_FORMAT_VERSION >= 2
+    return fp->config.entropy == E8C_ENTROPY_RANS32;
+#else
+    (void)fp;
+    return v && *v == '1'; /* before FORMAT v2 in the CPU library: test switch only */
+#endif
 }
 
 /* Hadamard block structure (FORMAT §3): the binary expansion of n, largest block first. */
@@ -110,6 +126,10 @@ e8cu_ctx *e8cu_ctx_create(const e8c_fingerprint *fp, unsigned n_threads, int64_t
     }
     if (e == 0) {
         init_blocks(ctx);
+        e = e8c_fingerprint_id(fp, ctx->id);
+        ctx->gpu_entropy = e8cu_entropy_on_gpu(fp);
+    }
+    if (e == 0) {
         e = init_device(ctx);
     }
     if (e && ctx) {

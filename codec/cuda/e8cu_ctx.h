@@ -20,6 +20,17 @@ typedef struct e8cu_table {
     int has_event;
 } e8cu_table;
 
+/* Where item i's arrays sit in a qbatch (bytes from its start), for the actual policy. */
+typedef struct e8cu_off { size_t scales, points2, raw, end; uint32_t n_q, n_raw; } e8cu_off;
+
+/* Device and host workspace of the GPU entropy stage (e8cu_entropy.c), grown on demand. */
+typedef struct e8cu_ews {
+    void *d_fr, *d_hd, *d_M, *d_hist, *d_ws, *d_cw, *d_out, *d_total;
+    size_t c_fr, c_hd, c_M, c_hist, c_ws, c_cw, c_out;
+    void *h_fr, *h_hd;   /* host copies of the frame and head records */
+    size_t hc_fr, hc_hd;
+} e8cu_ews;
+
 struct e8cu_ctx {
     e8c_fingerprint fp;
     char err[320];
@@ -32,7 +43,36 @@ struct e8cu_ctx {
     uint64_t tick;
     float *h_cos, *h_sin;/* host staging for table builds */
     size_t h_cells;
+    uint8_t id[E8C_ID_SIZE]; /* fingerprint id (frame headers carry its first 8 bytes) */
+    int gpu_entropy;     /* 1: e8cu_pack codes on the GPU (entropy = rans32) */
+    e8cu_ews ews;
 };
+
+/* GPU entropy stage (e8cu_entropy.c). */
+void e8cu_entropy_free(e8cu_ctx *ctx);
+uint32_t e8cu_crc32c(const void *p, size_t n);
+/* Workspace growth: device (cudaMalloc, a little more than need) and host (realloc). */
+int64_t e8cu_grow_dev(e8cu_ctx *ctx, void **p, size_t *cap, size_t need, const char *what);
+int64_t e8cu_grow_host(e8cu_ctx *ctx, void **p, size_t *cap, size_t need);
+/* Decode on the GPU (e8cu_dentropy.c): checks the frames, stages them in h_q, copies them to the
+ * device and decodes them into d_q, filling meta; waits for the decode kernels. 0, an error, or
+ * 1: this batch needs the host path (a coding other than 0 and 3, or h_q too small). */
+int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const void *const *frames,
+                        const size_t *frame_sizes, e8cu_qmeta *meta, void *h_q, void *d_q, size_t qbatch_bytes,
+                        cudaStream_t stream);
+/* Codes the quantized items of d_q on the GPU (after the work on stream), frames back to back in
+ * the device output; waits for it; *total = their bytes. 0 or an error. */
+int64_t e8cu_gpu_encode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
+                        const e8cu_off *off, const void *d_q, cudaStream_t stream, uint64_t *total);
+/* Copies the total bytes of e8cu_gpu_encode's output to h_out (waits). */
+int64_t e8cu_gpu_fetch(e8cu_ctx *ctx, void *h_out, uint64_t total, cudaStream_t stream);
+/* Writes frame i's header and CRCs in place in h_out (the fetched output); thread-safe. */
+void e8cu_gpu_header(const e8cu_ctx *ctx, size_t i, const e8cu_item *it, const e8cu_qmeta *m, uint8_t *h_out);
+/* Frame i's offset and size in the output of the last e8cu_gpu_encode. */
+void e8cu_gpu_frame_at(const e8cu_ctx *ctx, size_t i, uint64_t *off, uint32_t *size);
+
+/* Fills off[0..n) and returns the qbatch bytes used (e8cu_batch.c). */
+size_t e8cu_layout(const e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, e8cu_off *off);
 
 int64_t e8cu_fail(e8cu_ctx *ctx, int64_t code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int64_t e8cu_cuda_fail(e8cu_ctx *ctx, int e, const char *what);
