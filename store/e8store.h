@@ -41,13 +41,17 @@
  *
  * THREAD SAFETY
  *   An e8s_store is fully thread safe: any number of threads may call any function on the same
- *   handle at the same time. How: every mutation (put, session and namespace changes, eviction,
- *   compaction, quarantine) runs under one writer mutex, because LMDB has one write transaction
- *   at a time. Puts use group commit: calls that arrive while a batch is being written queue up
- *   and the next batch takes them all (up to 64 calls, a quarter of the budget), so N concurrent
- *   callers share one io_uring submission, one fdatasync per segment and one LMDB commit; a
- *   single caller should still batch its records into one call. Readers (lookup, get, session get/list, stats) never take
- *   the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each
+ *   handle at the same time. How: every index mutation (put, session and namespace changes,
+ *   eviction, compaction, quarantine) runs under one writer mutex, because LMDB has one write
+ *   transaction at a time. Puts use group commit and a three-stage pipeline (store_put.c):
+ *   calls that arrive while a group is being written queue up and the next group takes them
+ *   all (up to 64 calls, a quarter of the budget), so N concurrent callers share one io_uring
+ *   submission, one fdatasync per segment and one LMDB commit; and while group n waits for its
+ *   fdatasync or its LMDB commit, group n+1 is already being written (the order payload ->
+ *   fdatasync -> LMDB commit -> return holds for each). Concurrent callers therefore get more
+ *   throughput than one (the daemon: serve puts from several threads); a single caller should
+ *   still batch its records into one call. Readers (lookup, get, session get/list, stats) never
+ *   take the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each
  *   other and with the writer; they wait only while the LMDB map is being grown (a rwlock).
  *   Readers see only committed chunks. An e8s_chunk handle may be used by one thread at a time.
  *   Processes: one read-write opener per data directory (others get E8S_ERR_LOCKED), plus any

@@ -29,4 +29,15 @@ void e8s_test_segment_start(unsigned long long offset);
 /* Faults injected since the last e8s_test_fault_set. */
 unsigned e8s_test_fault_hits(void);
 
+/* Where e8s_put's time went since open (sums over calls/groups, CLOCK_MONOTONIC ns), for
+ * benchmarks: prep = argument checks, token digests and payload CRC32C (in the callers'
+ * threads); write = data stage (waiting for the data stage, space, writes, writeback start);
+ * sync = fdatasync stage (excluding the wait for its turn); index = LMDB stage (waiting for the
+ * writer mutex, plan, insert, commit). groups = groups led, group_calls = calls in them. */
+typedef struct e8s_test_put_times {
+  unsigned long long prep_ns, write_ns, sync_ns, index_ns, groups, group_calls;
+} e8s_test_put_times;
+struct e8s_store;
+void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out);
+
 #endif

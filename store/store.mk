@@ -48,9 +48,10 @@ tsan-run:
 	  tools/run-tests.sh $(BUILD) $(TSAN_TEST_BINS) --
 
 # ---------------------------------------------------------------- benchmark
-# make bench-store [QUICK=1] [STORE_BENCH_ENGINE=pwrite]: 1024 (QUICK: 128) records of 1 MiB,
-# an fsync per batch of 8, store vs fio on the same directory, in one run; medians of 3 rounds
-# (QUICK: 1) because the machine may be shared.
+# make bench-store [QUICK=1] [STORE_BENCH_ENGINE=pwrite]: 512 (QUICK: 128) records of 1 MiB, one
+# fdatasync per put of 8, by 1 writer and by 2 writers, store vs the fio jobs of
+# bench/store/store.fio on the same directory, in one run; medians of 5 rounds (QUICK: 1)
+# because the machine and its disk are shared. Table on stdout, build/bench/store.json.
 STORE_BENCH := $(BUILD)/bench/bench_store
 STORE_BENCH_ENGINE ?= io_uring
 $(BUILD)/obj/tests/store/bench_store.o: CFLAGS_tests += $(call pc_cflags,jansson)
@@ -60,5 +61,5 @@ $(STORE_BENCH): $(BUILD)/obj/tests/store/bench_store.o $(STORE_LIB)
 
 bench-store: $(STORE_BENCH)
 	@mkdir -p build/bench
-	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,1024) 8 \
-	  build/bench/store.json $(STORE_BENCH_ENGINE) 4 $(if $(QUICK),1,3)
+	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,512) 8 \
+	  build/bench/store.json $(STORE_BENCH_ENGINE) 2 $(if $(QUICK),1,5) bench/store/store.fio

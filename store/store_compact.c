@@ -19,9 +19,6 @@ typedef struct cand { uint64_t id, end, live; } cand;
 static int list_candidates(e8s_store *st, double min_dead, cand **out, size_t *n) {
   *out = NULL;
   *n = 0;
-  pthread_mutex_lock(&st->wlock);
-  uint64_t active = st->wseg ? st->wseg->id : 0;
-  pthread_mutex_unlock(&st->wlock);
   MDB_txn *txn;
   int e = store_rtxn_begin(st, &txn);
   if (e) return e;
@@ -37,7 +34,7 @@ static int list_candidates(e8s_store *st, double min_dead, cand **out, size_t *n
     uint64_t id = store_rd_be64(k.mv_data);
     uint64_t body = sv.end > STORE_SEG_HDR_BYTES ? sv.end - STORE_SEG_HDR_BYTES : 0;
     double dead = body ? (double)(body - (sv.live < body ? sv.live : body)) / (double)body : 1.0;
-    if (id == active || dead < min_dead) continue;
+    if (dead < min_dead || store_seg_busy(st, id)) continue; /* appended or pending */
     if (*n == cap) {
       cap = cap ? cap * 2 : 16;
       cand *p = realloc(*out, cap * sizeof *p);
@@ -105,49 +102,44 @@ static int piece_index(e8s_store *st, MDB_txn *txn, void *vc) {
   return E8S_OK;
 }
 
-/* Writes the piece's copies and points the index at them. */
+/* Writes the piece's copies (write pipeline) and points the index at them. */
 static int move_piece(e8s_store *st, piece_ctx *c) {
-  store_iow *w = calloc(c->n ? c->n : 1, sizeof *w);
-  if (!w) return E8S_ERR_NOMEM;
+  store_wrec *w = calloc(c->n ? c->n : 1, sizeof *w);
+  size_t *map = calloc(c->n ? c->n : 1, sizeof *map);
+  if (!w || !map) {
+    free(w), free(map);
+    return E8S_ERR_NOMEM;
+  }
   pthread_mutex_lock(&st->wlock);
   int e = E8S_OK;
   size_t nw = 0;
-  for (size_t i = 0; i < c->n && !e; i++) {
+  for (size_t i = 0; i < c->n; i++) {
     move *m = &c->m[i];
     if (!m->payload) continue;
-    store_seg *seg;
-    uint64_t bytes = store_rec_bytes(m->rec.payload_bytes);
-    if ((e = store_seg_reserve(st, bytes, &seg, &m->new_off))) break;
-    m->new_seg = seg->id;
     store_rec_hdr_encode(m->hdr, m->key, m->rec.payload_bytes, m->rec.crc, m->rec.n_tokens,
                          m->rec.ns_id);
-    w[nw] = (store_iow){.fd = seg->fd, .off = m->new_off, .niov = 2, .len = bytes};
     w[nw].iov[0] = (struct iovec){m->hdr, sizeof m->hdr};
     w[nw].iov[1] = (struct iovec){m->payload, m->rec.payload_bytes};
-    nw++;
+    w[nw].bytes = store_rec_bytes(m->rec.payload_bytes);
+    map[nw++] = i;
   }
-  if (!e && nw) {
-    st->io->ops->write_batch(st->io, w, nw);
-    int fds[64], res[64];
-    size_t nf = 0;
-    for (size_t j = 0; j < nw && !e; j++) {
-      if (w[j].res) e = store_err(store_err_errno(w[j].res), "compact: write: %s",
-                                  strerror(-w[j].res));
-      size_t f = 0;
-      while (f < nf && fds[f] != w[j].fd) f++;
-      if (f == nf && nf < 64) fds[nf++] = w[j].fd;
+  if (nw) {
+    uint64_t t = store_wp_write(st, w, nw);
+    store_wp_sync(st, t, w, nw);
+  }
+  for (size_t j = 0; j < nw && !e; j++) {
+    if (w[j].err) {
+      e = w[j].err; /* the detail was set in this thread */
+      break;
     }
-    if (!e) {
-      st->io->ops->sync_batch(st->io, fds, res, nf);
-      for (size_t f = 0; f < nf && !e; f++)
-        if (res[f]) e = store_err(E8S_ERR_IO, "compact: fdatasync: %s", strerror(-res[f]));
-    }
-    if (e) store_seg_seal_active(st);
+    c->m[map[j]].new_seg = w[j].seg_id;
+    c->m[map[j]].new_off = w[j].off;
   }
   for (size_t i = 0; i < c->n && !e; i++) c->m[i].written = c->m[i].payload != NULL;
   if (!e) e = store_wtxn_run_locked(st, piece_index, c);
   pthread_mutex_unlock(&st->wlock);
-  free(w);
+  store_wp_release(st, w, nw);
+  free(w), free(map);
   if (e == E8S_OK) store_retire_apply(st, &c->retire);
   else free(c->retire.ids);
   memset(&c->retire, 0, sizeof c->retire);

@@ -92,11 +92,12 @@ static int account(MDB_txn *txn, e8s_store *st, const store_chunk_val *v, int si
   return seg_account(txn, st, v->seg_id, v->offset, bytes, sign, seg_empty);
 }
 
-/* Drops segment seg_id from the index if it is empty and not being appended. */
+/* Drops segment seg_id from the index if it is empty, not being appended and holds no record
+ * of the write pipeline waiting for its index stage. */
 static int seg_maybe_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id, int empty,
                           uint64_t *retire_out) {
   *retire_out = 0;
-  if (!empty || (st->wseg && st->wseg->id == seg_id)) return E8S_OK;
+  if (!empty || store_seg_busy(st, seg_id)) return E8S_OK;
   uint8_t sk[8];
   store_be64(sk, seg_id);
   *retire_out = seg_id;

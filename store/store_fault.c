@@ -70,3 +70,12 @@ uint64_t store_fault_segment_start(void) {
   unsigned long long o = atomic_load(&seg_start);
   return o > STORE_SEG_HDR_BYTES ? o : STORE_SEG_HDR_BYTES;
 }
+
+void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out) {
+  out->prep_ns = atomic_load(&st->t_prep_ns);
+  out->write_ns = atomic_load(&st->t_write_ns);
+  out->sync_ns = atomic_load(&st->t_sync_ns);
+  out->index_ns = atomic_load(&st->t_index_ns);
+  out->groups = atomic_load(&st->n_groups);
+  out->group_calls = atomic_load(&st->n_group_calls);
+}

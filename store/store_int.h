@@ -88,6 +88,8 @@ struct store_io {
 int store_iov_skip(const store_iow *w, struct iovec out[2]);
 /* -errno on failure: -EPERM/-ENOSYS mean "refused, use pwrite". */
 int store_io_uring_create(unsigned entries, store_io **out);
+/* A second ring for the sync stage of the write pipeline (no setup fault hook). */
+int store_io_uring_create_sync(unsigned entries, store_io **out);
 int store_io_pwrite_create(store_io **out);
 /* A complete write for a single buffer at off with pwrite, continuing short writes. */
 int store_pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off);
@@ -128,8 +130,10 @@ typedef struct store_quar_val {      /* db "quar": key -> this */
 typedef struct store_seg {
   uint64_t id;
   int fd;              /* O_RDONLY for old segments, O_RDWR for the one being written */
-  int refs;            /* readers inside a read (under seg_mu) */
+  int refs;            /* readers inside a read, and pending records (under seg_mu) */
   int retired;         /* removed from the index: unlink when refs reaches 0 */
+  int pending;         /* records written by the pipeline, not yet indexed or given up */
+  int sync_failed;     /* an fdatasync of this file failed: sealed, nothing more indexed */
   struct store_seg *next;
 } store_seg;
 
@@ -168,10 +172,19 @@ struct e8s_store {
   pthread_rwlock_t map_lock; /* readers: rd around a read txn; map growth: wr */
   uint64_t map_bytes;
 
-  pthread_mutex_t wlock;     /* the one writer: LMDB write txn, io engine, active segment */
-  store_seg *wseg;           /* segment being appended (NULL until the first write) */
-  uint64_t wpos;             /* next write offset in wseg */
+  pthread_mutex_t wlock;     /* the one LMDB writer: write transactions */
+  pthread_mutex_t dlock;     /* data stage (store_wpipe.c): io engine, space in wseg, tickets */
+  store_seg *wseg;           /* segment being appended (NULL until the first write); the
+                                pointer changes under dlock + seg_mu */
+  uint64_t wpos;             /* next write offset in wseg (dlock) */
+  uint64_t wprealloc;        /* wseg is allocated (fallocate) up to here (dlock) */
   uint64_t next_seg_id;
+  uint64_t wp_next_ticket;   /* dlock: order of data batches */
+  pthread_mutex_t sync_mu;   /* sync stage: one batch's fdatasyncs at a time, in ticket order */
+  pthread_cond_t sync_cv;
+  uint64_t wp_serving;       /* sync_mu: ticket whose fdatasyncs run now */
+  store_io *sio;             /* sync stage's io engine (same kind as io) */
+  _Atomic uint64_t t_prep_ns, t_write_ns, t_sync_ns, t_index_ns, n_groups, n_group_calls;
 
   pthread_mutex_t gc_mu;     /* group commit queue of e8s_put calls (store_put.c) */
   pthread_cond_t gc_cv;
@@ -220,6 +233,31 @@ void store_be32(uint8_t out[4], uint32_t v);
 void store_be64(uint8_t out[8], uint64_t v);
 uint64_t store_rd_be64(const uint8_t in[8]);
 
+/* ---------------------------------------------------------------- write pipeline (store_wpipe.c)
+ * A batch of records goes through three stages: data (store_wp_write, under dlock: space in
+ * the active segment, writes through the io engine, writeback started), sync (store_wp_sync:
+ * fdatasync of every segment touched, one batch at a time in the order of the data stage) and
+ * index (the caller's LMDB transaction under wlock). Different batches can be in different
+ * stages at once (puts of batch n+1 are written while batch n is fsynced and committed).
+ * Failure rule: a failed fdatasync marks its segment sync_failed (sealed at the next reserve);
+ * every record of that segment whose sync stage comes at or after the failure fails too, so
+ * nothing written after the last good fdatasync of a segment is ever indexed. A record holds
+ * its segment (pending) from reserve to store_wp_release: the segment is not removed from the
+ * index, compacted or dropped meanwhile. */
+typedef struct store_wrec {
+  struct iovec iov[2];    /* in: header, payload */
+  uint64_t bytes;         /* in: sum of the two */
+  store_seg *seg;         /* out: where it went (NULL if it failed before a reserve) */
+  uint64_t seg_id, off;   /* out */
+  int err;                /* out: 0, or an E8S_ERR_* (detail set in the thread that saw it) */
+} store_wrec;
+/* Data stage: returns the batch's ticket for store_wp_sync. Records with err set are skipped. */
+uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n);
+/* Sync stage of ticket (every ticket must pass here exactly once, in any thread). */
+void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n);
+/* The records no longer hold their segments (after the index commit, or on giving up). */
+void store_wp_release(e8s_store *st, store_wrec *r, size_t n);
+
 /* ---------------------------------------------------------------- segments (store_seg.c) */
 /* Reference to segment id for reading (opens its file lazily). NULL if gone or retired. */
 store_seg *store_seg_acquire(e8s_store *st, uint64_t id);
@@ -231,6 +269,13 @@ void store_seg_retire(e8s_store *st, uint64_t id);
 int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off);
 /* Writer: stop appending to the current segment (after a write or fsync failure). */
 void store_seg_seal_active(e8s_store *st);
+/* 1 if segment id is being appended or holds pending records: not to be dropped/compacted. */
+int store_seg_busy(e8s_store *st, uint64_t id);
+/* pending +1 / -1 (with a reference) on a segment the pipeline wrote to. */
+void store_seg_pending_add(e8s_store *st, store_seg *s);
+void store_seg_pending_done(e8s_store *st, store_seg *s);
+void store_seg_set_sync_failed(e8s_store *st, store_seg *s);
+int store_seg_sync_failed(e8s_store *st, store_seg *s);
 void store_seg_table_free(e8s_store *st);
 /* Open-time recovery (read-write): truncate indexed segments to their end, delete unknown. */
 int store_seg_recover(e8s_store *st);

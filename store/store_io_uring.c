@@ -138,9 +138,7 @@ static void ur_destroy(store_io *io) {
 
 static const store_io_ops ur_ops = {"io_uring", ur_write_batch, ur_sync_batch, ur_destroy};
 
-int store_io_uring_create(unsigned entries, store_io **out) {
-  int f = store_fault_uring_setup();
-  if (f) return f;
+static int create(unsigned entries, store_io **out) {
   uring_io *u = calloc(1, sizeof *u);
   if (!u) return -ENOMEM;
   int rc = io_uring_queue_init(entries, &u->ring, 0);
@@ -154,3 +152,10 @@ int store_io_uring_create(unsigned entries, store_io **out) {
   *out = &u->base;
   return 0;
 }
+
+int store_io_uring_create(unsigned entries, store_io **out) {
+  int f = store_fault_uring_setup();
+  return f ? f : create(entries, out);
+}
+
+int store_io_uring_create_sync(unsigned entries, store_io **out) { return create(entries, out); }

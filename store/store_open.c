@@ -79,13 +79,21 @@ static int pick_engine(e8s_store *st) {
   return rc ? E8S_ERR_NOMEM : E8S_OK;
 }
 
+/* The engine the write pipeline's sync stage uses: the same kind as the data stage's. */
+static int pick_sync_engine(e8s_store *st) {
+  if (st->readonly) return E8S_OK;
+  int rc = st->io->kind == E8S_IO_URING ? store_io_uring_create_sync(8, &st->sio)
+                                        : store_io_pwrite_create(&st->sio);
+  return rc ? store_err(store_err_errno(rc), "sync engine: %s", strerror(-rc)) : E8S_OK;
+}
+
 static int open_inner(e8s_store *st) {
   int e = make_dirs(st);
   if (e) return e;
   st->segdirfd = open(st->segdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (st->segdirfd < 0) return store_err(E8S_ERR_IO, "%s: %s", st->segdir, strerror(errno));
   if (!st->readonly && (e = take_lock(st))) return e;
-  if ((e = pick_engine(st))) return e;
+  if ((e = pick_engine(st)) || (e = pick_sync_engine(st))) return e;
   if ((e = store_index_open(st))) return e;
   if (!st->readonly && (e = store_seg_recover(st))) return e;
   MDB_txn *txn;
@@ -122,6 +130,9 @@ int e8s_open(const e8s_config *cfg, e8s_store **out) {
   snprintf(st->segdir, n, "%s/segments", cfg->dir);
   pthread_rwlock_init(&st->map_lock, NULL);
   pthread_mutex_init(&st->wlock, NULL);
+  pthread_mutex_init(&st->dlock, NULL);
+  pthread_mutex_init(&st->sync_mu, NULL);
+  pthread_cond_init(&st->sync_cv, NULL);
   pthread_mutex_init(&st->seg_mu, NULL);
   pthread_mutex_init(&st->pin_mu, NULL);
   pthread_mutex_init(&st->gc_mu, NULL);
@@ -148,12 +159,16 @@ void e8s_close(e8s_store *st) {
   }
   store_index_close(st);
   if (st->io) st->io->ops->destroy(st->io);
+  if (st->sio) st->sio->ops->destroy(st->sio);
   store_seg_table_free(st);
   store_pin_free(st);
   if (st->segdirfd >= 0) close(st->segdirfd);
   if (st->lockfd >= 0) close(st->lockfd);
   pthread_rwlock_destroy(&st->map_lock);
   pthread_mutex_destroy(&st->wlock);
+  pthread_mutex_destroy(&st->dlock);
+  pthread_mutex_destroy(&st->sync_mu);
+  pthread_cond_destroy(&st->sync_cv);
   pthread_mutex_destroy(&st->seg_mu);
   pthread_mutex_destroy(&st->pin_mu);
   pthread_mutex_destroy(&st->gc_mu);

@@ -1,21 +1,30 @@
-/* store_put.c: e8s_put, the write path, with group commit.
+/* store_put.c: e8s_put, the write path, with group commit and a three-stage pipeline.
  *
  * Outside any lock: argument checks, token digests, payload CRC32C (the expensive parts, so
  * writer threads overlap them). Then the call joins a queue. One caller at a time is the
- * leader: it takes every queued call (its own and those that arrived while the previous leader
- * worked) and, under the writer mutex, inside one LMDB write transaction:
- *   1. plan each call: existed (same key, same token digest: idempotent, first writer wins) or
- *      conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
- *      namespace (quota) and of the store (budget), in this same transaction;
- *   2. write every planned record of the group through the io engine (one batch) and
- *      fdatasync each segment touched once (a new segment was fsynced with its directory when
- *      created); a record whose write or sync failed drops out and its segment is sealed;
- *   3. insert the survivors into the index, commit, and wake the callers.
- * So N concurrent callers share one data fdatasync and one LMDB commit. MDB_MAP_FULL anywhere:
- * abort, grow the map, redo 1 and 3 (records already on disk are not written again). A failed
- * record's bytes are dead space that no index entry points at. */
+ * data leader: it takes every queued call (its own and those that arrived meanwhile), up to
+ * the group limits, and
+ *   1. data stage: in a read transaction, picks the records to write (not already indexed, not
+ *      a duplicate of an earlier record of the group, namespace and fingerprint known), and
+ *      writes them through the write pipeline (store_wpipe.c: space in the active segment,
+ *      io engine, writeback started). Then it hands the data stage to the next leader, so the
+ *      next group's bytes are copied while this group waits for the disk;
+ *   2. sync stage: fdatasync of each segment touched, in data-stage order;
+ *   3. index stage, under the writer mutex, in one LMDB write transaction: plan each call:
+ *      existed (same key, same token digest: idempotent, first writer wins) or conflict (same
+ *      key, other digest), else make room: evict LRU unpinned chunks of the namespace (quota)
+ *      and of the store (budget), in this same transaction; a planned record that the data
+ *      stage skipped (it was indexed then, and evicted since) is written and synced now;
+ *      insert, commit, wake the callers.
+ * So N concurrent callers share one fdatasync and one LMDB commit, and up to three groups are
+ * in flight, one per stage. The order payload written -> fdatasync -> LMDB commit -> reply
+ * holds for every record. MDB_MAP_FULL in stage 3: abort, grow the map, redo stage 3 (records
+ * already on disk are not written again). A record that was written but is not indexed (the
+ * key was indexed meanwhile, the budget said no, a later failure) is dead space that no index
+ * entry points at, reclaimed by compaction or cut at open. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store/store_int.h"
 
@@ -30,7 +39,6 @@ typedef struct put_item {
   int planned;        /* to be inserted in this attempt */
   int written;        /* on disk and synced */
   uint64_t seg_id, off;
-  int fd;
 } put_item;
 
 typedef struct put_ctx {
@@ -45,10 +53,15 @@ typedef struct put_ctx {
   struct put_ctx *next;
 } put_ctx;
 
+typedef struct wref { put_ctx *c; size_t i; } wref;
+
 typedef struct put_group {
   put_ctx **c;
   size_t n;
   store_retire_list retire;
+  store_wrec *wr;     /* records written for the group (data stage, then stragglers) */
+  wref *ref;          /* wr[k] is ref[k].c->it[ref[k].i] */
+  size_t nwr, cap;
 } put_group;
 
 static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
@@ -162,76 +175,70 @@ static int plan(MDB_txn *txn, e8s_store *st, put_group *g, size_t ci, uint64_t *
   return E8S_OK;
 }
 
-typedef struct wref { put_ctx *c; size_t i; } wref;
+/* Adds record i of call c to the group's write list. */
+static void wr_add(put_group *g, put_ctx *c, size_t i) {
+  put_item *it = &c->it[i];
+  store_wrec *w = &g->wr[g->nwr];
+  memset(w, 0, sizeof *w);
+  w->iov[0] = (struct iovec){it->hdr, E8S_RECORD_HEADER_BYTES};
+  w->iov[1] = (struct iovec){(void *)c->r[i].payload, c->r[i].payload_bytes};
+  w->bytes = it->bytes;
+  g->ref[g->nwr++] = (wref){c, i};
+}
 
-/* Writes and syncs the group's planned records not yet on disk. */
-static int write_planned(e8s_store *st, put_group *g) {
-  size_t total = 0;
-  for (size_t k = 0; k < g->n; k++) total += g->c[k]->n;
-  store_iow *w = calloc(total ? total : 1, sizeof *w);
-  wref *ref = calloc(total ? total : 1, sizeof *ref);
-  int *fds = calloc(total ? total : 1, sizeof *fds), *res = calloc(total ? total : 1, sizeof *res);
-  if (!w || !ref || !fds || !res) {
-    free(w), free(ref), free(fds), free(res);
-    return E8S_ERR_NOMEM;
-  }
-  size_t nw = 0, nf = 0;
-  for (size_t k = 0; k < g->n; k++) {
-    put_ctx *c = g->c[k];
-    for (size_t i = 0; i < c->n; i++) {
-      put_item *it = &c->it[i];
-      if (!it->planned || it->written) continue;
-      store_seg *seg;
-      int e = store_seg_reserve(st, it->bytes, &seg, &it->off);
-      if (e) {
-        c->r[i].result = e;
-        it->planned = 0;
-        continue;
-      }
-      it->seg_id = seg->id;
-      it->fd = seg->fd;
-      w[nw] = (store_iow){.fd = seg->fd, .off = it->off, .niov = 2, .len = it->bytes};
-      w[nw].iov[0] = (struct iovec){it->hdr, E8S_RECORD_HEADER_BYTES};
-      w[nw].iov[1] = (struct iovec){(void *)c->r[i].payload, c->r[i].payload_bytes};
-      ref[nw++] = (wref){c, i};
-    }
-  }
-  if (nw) st->io->ops->write_batch(st->io, w, nw);
-  int failed = 0;
-  for (size_t j = 0; j < nw; j++) {
-    put_item *it = &ref[j].c->it[ref[j].i];
-    if (w[j].res) {
-      ref[j].c->r[ref[j].i].result =
-          store_err(store_err_errno(w[j].res), "segment %llu offset %llu: write: %s",
-                    (unsigned long long)it->seg_id, (unsigned long long)it->off,
-                    strerror(-w[j].res));
+/* Results of the write list from index `from` on, after the sync stage. */
+static void wr_settle(put_group *g, size_t from) {
+  for (size_t k = from; k < g->nwr; k++) {
+    put_ctx *c = g->ref[k].c;
+    put_item *it = &c->it[g->ref[k].i];
+    if (g->wr[k].err) {
+      c->r[g->ref[k].i].result = g->wr[k].err;
       it->planned = 0;
-      failed = 1;
       continue;
     }
-    size_t f = 0;
-    while (f < nf && fds[f] != it->fd) f++;
-    if (f == nf) fds[nf++] = it->fd;
+    it->written = 1;
+    it->seg_id = g->wr[k].seg_id;
+    it->off = g->wr[k].off;
   }
-  if (nf) st->io->ops->sync_batch(st->io, fds, res, nf);
-  for (size_t j = 0; j < nw; j++) {
-    put_item *it = &ref[j].c->it[ref[j].i];
-    if (!it->planned) continue;
-    size_t f = 0;
-    while (fds[f] != it->fd) f++;
-    if (res[f]) { /* what the kernel dropped is unknown: nothing since the last good sync */
-      int code = store_err_errno(res[f]) == E8S_ERR_NOSPC ? E8S_ERR_NOSPC : E8S_ERR_IO;
-      ref[j].c->r[ref[j].i].result = store_err(code, "segment %llu: fdatasync: %s",
-                                               (unsigned long long)it->seg_id,
-                                               strerror(-res[f]));
-      it->planned = 0;
-      failed = 1;
-    } else it->written = 1;
-  }
-  /* a failed write or sync leaves the segment's tail unknown: seal it, append elsewhere */
-  if (failed) store_seg_seal_active(st);
-  free(w), free(ref), free(fds), free(res);
+}
+
+/* Index stage: writes and syncs the group's planned records not yet on disk (the data stage
+ * found them indexed; they were evicted since). Rare. */
+static int write_planned(e8s_store *st, put_group *g) {
+  if (!g->wr) return E8S_ERR_NOMEM;
+  size_t from = g->nwr;
+  for (size_t k = 0; k < g->n; k++)
+    for (size_t i = 0; i < g->c[k]->n; i++)
+      if (g->c[k]->it[i].planned && !g->c[k]->it[i].written && g->nwr < g->cap)
+        wr_add(g, g->c[k], i);
+  if (g->nwr == from) return E8S_OK;
+  uint64_t t = store_wp_write(st, g->wr + from, g->nwr - from);
+  store_wp_sync(st, t, g->wr + from, g->nwr - from);
+  wr_settle(g, from);
   return E8S_OK;
+}
+
+/* Data stage, in a read transaction: picks the records worth writing now. */
+static void pick(e8s_store *st, put_group *g) {
+  MDB_txn *txn;
+  if (!g->wr || store_rtxn_begin(st, &txn) != E8S_OK) return;
+  for (size_t k = 0; k < g->n; k++) {
+    put_ctx *c = g->c[k];
+    if (check_owner(txn, st, c) != E8S_OK) continue; /* the index stage says why */
+    for (size_t i = 0; i < c->n; i++) {
+      e8s_put_rec *r = &c->r[i];
+      put_item *it = &c->it[i];
+      if (r->result != E8S_OK || it->dup_of >= 0) continue;
+      store_chunk_val v;
+      if (store_chunk_get(txn, st, r->key, &v) != E8S_ERR_NOTFOUND) continue;
+      int dup = 0;
+      for (size_t q = 0; q < g->nwr && !dup; q++)
+        dup = memcmp(g->ref[q].c->r[g->ref[q].i].key, r->key, 32) == 0;
+      if (dup) continue;
+      wr_add(g, c, i);
+    }
+  }
+  store_rtxn_end(st, txn);
 }
 
 static int insert_planned(MDB_txn *txn, e8s_store *st, put_ctx *c) {
@@ -327,6 +334,45 @@ static uint64_t group_bytes_max(const e8s_store *st) {
   return cap ? cap / 4 : (1ull << 30);
 }
 
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Takes the queued calls that fit one group (gc_mu held, queue not empty). */
+static put_ctx *take_group(e8s_store *st, size_t *n_out, size_t *recs_out) {
+  size_t n = 0, recs = 0;
+  uint64_t bytes = 0;
+  put_ctx *head = st->gc_head, *last = NULL;
+  for (put_ctx *p = head; p; p = p->next) {
+    if (n && (n == GROUP_MAX_CALLS || bytes + p->bytes > group_bytes_max(st))) break;
+    n++, bytes += p->bytes, recs += p->n, last = p;
+  }
+  st->gc_head = last->next;
+  if (!st->gc_head) st->gc_tail = NULL;
+  last->next = NULL;
+  *n_out = n;
+  *recs_out = recs;
+  return head;
+}
+
+/* Stages 2 and 3 for a group whose data stage took `ticket`; returns the group's result. */
+static int finish_group(e8s_store *st, put_group *g, uint64_t ticket) {
+  store_wp_sync(st, ticket, g->wr, g->nwr);
+  wr_settle(g, 0);
+  if (!g->c) return E8S_ERR_NOMEM;
+  uint64_t t0 = mono_ns();
+  pthread_mutex_lock(&st->wlock);
+  int e = run_group(st, g);
+  pthread_mutex_unlock(&st->wlock);
+  atomic_fetch_add(&st->t_index_ns, mono_ns() - t0);
+  store_wp_release(st, g->wr, g->nwr);
+  if (e == E8S_OK) store_retire_apply(st, &g->retire);
+  else free(g->retire.ids);
+  return e;
+}
+
 /* Queues c and returns when a leader (maybe this thread) has processed it. */
 static int group_commit(e8s_store *st, put_ctx *c) {
   pthread_mutex_lock(&st->gc_mu);
@@ -335,41 +381,41 @@ static int group_commit(e8s_store *st, put_ctx *c) {
   else st->gc_head = c;
   st->gc_tail = c;
   while (!c->done) {
-    if (st->gc_busy) {
+    if (st->gc_busy || !st->gc_head) { /* c is queued behind a leader, or in flight */
       pthread_cond_wait(&st->gc_cv, &st->gc_mu);
       continue;
     }
-    st->gc_busy = 1; /* lead: take what is queued, up to the group limits */
-    put_group g = {0};
-    size_t n = 0;
-    uint64_t bytes = 0;
-    put_ctx *head = st->gc_head, *last = NULL;
-    for (put_ctx *p = head; p; p = p->next) {
-      if (n && (n == GROUP_MAX_CALLS || bytes + p->bytes > group_bytes_max(st))) break;
-      n++, bytes += p->bytes, last = p;
-    }
-    st->gc_head = last->next;
-    if (!st->gc_head) st->gc_tail = NULL;
-    last->next = NULL;
-    g.c = malloc(n * sizeof *g.c);
+    st->gc_busy = 1; /* lead the data stage of what is queued, up to the group limits */
+    size_t n, recs;
+    put_ctx *head = take_group(st, &n, &recs);
     pthread_mutex_unlock(&st->gc_mu);
-    int e = E8S_ERR_NOMEM;
-    if (g.c) {
+    put_group g = {0};
+    g.c = malloc(n * sizeof *g.c);
+    g.wr = malloc((recs ? recs : 1) * sizeof *g.wr);
+    g.ref = malloc((recs ? recs : 1) * sizeof *g.ref);
+    if (!g.c || !g.wr || !g.ref) {
+      free(g.c), free(g.wr), free(g.ref);
+      g.c = NULL, g.wr = NULL, g.ref = NULL;
+    } else {
+      g.cap = recs;
       for (put_ctx *p = head; p; p = p->next) g.c[g.n++] = p;
-      pthread_mutex_lock(&st->wlock);
-      e = run_group(st, &g);
-      pthread_mutex_unlock(&st->wlock);
-      if (e == E8S_OK) store_retire_apply(st, &g.retire);
-      else free(g.retire.ids);
+      pick(st, &g);
     }
+    uint64_t ticket = store_wp_write(st, g.wr, g.nwr);
+    pthread_mutex_lock(&st->gc_mu); /* the next group may start its data stage */
+    st->gc_busy = 0;
+    pthread_cond_broadcast(&st->gc_cv);
+    pthread_mutex_unlock(&st->gc_mu);
+    int e = finish_group(st, &g, ticket);
     pthread_mutex_lock(&st->gc_mu);
     for (put_ctx *p = head, *nx; p; p = nx) {
       nx = p->next;
       p->rc = settle(st, p, e);
       p->done = 1;
     }
-    free(g.c);
-    st->gc_busy = 0;
+    atomic_fetch_add(&st->n_groups, 1);
+    atomic_fetch_add(&st->n_group_calls, n);
+    free(g.c), free(g.wr), free(g.ref);
     pthread_cond_broadcast(&st->gc_cv);
   }
   pthread_mutex_unlock(&st->gc_mu);
@@ -387,6 +433,7 @@ int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
   put_ctx c = {.ns_id = ns_id, .fp = fp_id, .r = recs, .n = n_recs};
   c.it = calloc(n_recs ? n_recs : 1, sizeof *c.it);
   if (!c.it) return E8S_ERR_NOMEM;
+  uint64_t t0 = mono_ns();
   for (size_t i = 0; i < n_recs; i++) {
     recs[i].result = prepare(&recs[i], &c.it[i], ns_id);
     if (recs[i].result == E8S_OK) c.bytes += c.it[i].bytes;
@@ -397,6 +444,7 @@ int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
         break;
       }
   }
+  atomic_fetch_add(&st->t_prep_ns, mono_ns() - t0);
   int e = group_commit(st, &c);
   free(c.it);
   return e;

@@ -99,6 +99,9 @@ void store_seg_table_free(e8s_store *st) {
 }
 
 void store_seg_seal_active(e8s_store *st) {
+  /* give back the preallocated tail (the records all lie below wpos) */
+  if (st->wseg && st->wprealloc > st->wpos) (void)ftruncate(st->wseg->fd, (off_t)st->wpos);
+  st->wprealloc = 0;
   pthread_mutex_lock(&st->seg_mu);
   store_seg *s = st->wseg;
   st->wseg = NULL;
@@ -151,16 +154,70 @@ static int create_segment(e8s_store *st) {
   st->wseg = s;
   pthread_mutex_unlock(&st->seg_mu);
   st->wpos = store_fault_segment_start();
+  st->wprealloc = 0;
   return E8S_OK;
 }
 
+/* Allocates the active segment ahead of the writes, STORE_PREALLOC_STEP bytes at a time (up
+ * to segment_bytes, or `need`): appending into allocated blocks inside the file size spares
+ * each fdatasync the block allocation and size update of a growing file (measured on ext4: a
+ * 1 MiB buffered append costs 0.4-6 ms into a growing file, 0.2-0.3 ms into an allocated one).
+ * The file is longer than its records meanwhile; the tail is cut at seal and at open. A
+ * refusal (ENOSPC, EOPNOTSUPP) just means appending to a growing file. */
+#define STORE_PREALLOC_STEP (64ull << 20)
+static void prealloc(e8s_store *st, uint64_t need) {
+  uint64_t from = st->wprealloc > st->wpos ? st->wprealloc : st->wpos;
+  uint64_t to = from + STORE_PREALLOC_STEP;
+  if (to > st->cfg.segment_bytes) to = st->cfg.segment_bytes;
+  if (to < need) to = need;
+  if (fallocate(st->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) st->wprealloc = to;
+  else st->wprealloc = need; /* don't retry for every record */
+}
+
+int store_seg_busy(e8s_store *st, uint64_t id) {
+  pthread_mutex_lock(&st->seg_mu);
+  store_seg *s = find(st, id);
+  int busy = (st->wseg && st->wseg->id == id) || (s && s->pending > 0);
+  pthread_mutex_unlock(&st->seg_mu);
+  return busy;
+}
+
+void store_seg_pending_add(e8s_store *st, store_seg *s) {
+  pthread_mutex_lock(&st->seg_mu);
+  s->pending++;
+  s->refs++;
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+void store_seg_pending_done(e8s_store *st, store_seg *s) {
+  pthread_mutex_lock(&st->seg_mu);
+  s->pending--;
+  if (--s->refs == 0 && s->retired && s != st->wseg) drop(st, s);
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+void store_seg_set_sync_failed(e8s_store *st, store_seg *s) {
+  pthread_mutex_lock(&st->seg_mu);
+  s->sync_failed = 1;
+  pthread_mutex_unlock(&st->seg_mu);
+}
+
+int store_seg_sync_failed(e8s_store *st, store_seg *s) {
+  pthread_mutex_lock(&st->seg_mu);
+  int f = s->sync_failed;
+  pthread_mutex_unlock(&st->seg_mu);
+  return f;
+}
+
 int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off) {
-  if (st->wseg && st->wpos > STORE_SEG_HDR_BYTES && st->wpos + bytes > st->cfg.segment_bytes)
+  if (st->wseg && (store_seg_sync_failed(st, st->wseg) ||
+                   (st->wpos > STORE_SEG_HDR_BYTES && st->wpos + bytes > st->cfg.segment_bytes)))
     store_seg_seal_active(st);
   if (!st->wseg) {
     int e = create_segment(st);
     if (e) return e;
   }
+  if (st->wpos + bytes > st->wprealloc) prealloc(st, st->wpos + bytes);
   *seg = st->wseg;
   *off = st->wpos;
   st->wpos += bytes;

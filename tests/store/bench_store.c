@@ -1,21 +1,25 @@
-/* bench_store.c: `make bench-store`. Store write and read throughput and latency for 1 MiB
- * records, fsync per batch, against fio on the same directory with the same block size and
- * sync pattern, in the same run. `make bench-store` writes build/bench/store.json:
- *   {"record_bytes", "write_GBps", "read_GBps", "write_p99_ms", "read_p99_ms",
- *    "fio_write_GBps", "fio_read_GBps", "engine"}
- * plus a table on stdout. GB = 1e9 bytes; bytes counted are payload bytes (fio: data bytes).
- * Write latency is per put call (one batch, acknowledged = on disk and indexed); read latency
- * per record (e8s_get, CRC checked). Reads are cold: the segment files are dropped from the page
- * cache first (posix_fadvise DONTNEED), as fio does for its file (invalidate=1).
- * fio jobs: write = rw=write bs=1M fdatasync=BATCH, ioengine io_uring with iodepth=BATCH (or
- * psync for the pwrite engine); read = rw=read bs=1M ioengine=psync (the store reads with
- * pread, one record at a time). Buffered I/O on both sides.
- * With THREADS > 1 a second write pass (not in the JSON, printed only) has THREADS callers
- * putting their own batches at once, to show group commit (their puts share fsyncs/commits).
- * The machine may be shared and noisy: ROUNDS rounds run store write, store read, fio write,
- * fio read back to back on fresh files; throughputs are the medians over rounds, store
- * latency percentiles are over all samples of all rounds.
- * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] [ROUNDS] */
+/* bench_store.c: `make bench-store`. The store's write and read throughput and latency for
+ * 1 MiB records, one fdatasync per put call of BATCH records, against fio on the same
+ * directory with the same pattern, in the same run. The fio jobs are bench/store/store.fio,
+ * whose header puts each store pattern next to its fio job:
+ *   write, 1 writer : 1 caller of e8s_put(BATCH)      vs fio write-1 (psync, fdatasync=BATCH)
+ *   write, W writers: W callers of e8s_put(BATCH)     vs fio write-W (W psync jobs) and
+ *                     (group commit, pipeline)           fio write-uring (io_uring, iodepth=BATCH)
+ *   read            : e8s_get, one record at a time   vs fio read-1 (psync, 1 MiB)
+ * Reads are cold: the segment files are dropped from the page cache first (posix_fadvise
+ * DONTNEED), as fio does for its file (invalidate=1).
+ * build/bench/store.json: {"record_bytes", "write_GBps", "read_GBps", "write_p99_ms",
+ * "read_p99_ms", "fio_write_GBps", "fio_read_GBps", "engine"} where write_* is the W-writer
+ * store run and fio_write_GBps the fio job with the same parallelism that writes fastest
+ * (write-W or write-uring); the other pairs are there too under their own names ("write1_*",
+ * "fio_write1_GBps", "fio_writeW_GBps", "fio_write_uring_GBps", "writers", "batch",
+ * "rounds", "load1"). GB = 1e9 bytes of payload (fio: data bytes).
+ * Write latency is per put call (acknowledged = on disk and indexed); read latency per record.
+ * The machine is shared and noisy: ROUNDS rounds run every pair back to back, store first, on
+ * fresh files; throughputs are medians over rounds (per-round ratios printed), latency
+ * percentiles are over all samples of all rounds. The store's time is broken down by stage
+ * (e8s_test_put_times_get).
+ * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [WRITERS] [ROUNDS] [FIO_JOB] */
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -27,9 +31,11 @@
 #include <unistd.h>
 
 #include "store/e8store.h"
+#include "store/e8store_test.h"
 
 #define REC (1u << 20)
 #define CT 256
+#define MAXR 16
 
 static double now_s(void) {
   struct timespec ts;
@@ -43,6 +49,7 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 static double pct(double *v, size_t n, double p) {
+  if (!n) return 0;
   qsort(v, n, sizeof *v, cmp_d);
   size_t i = (size_t)(p * (double)(n - 1) + 0.5);
   return v[i < n ? i : n - 1];
@@ -51,6 +58,13 @@ static double pct(double *v, size_t n, double p) {
 static void die(const char *what, int rc) {
   fprintf(stderr, "bench_store: %s: %s %s\n", what, e8s_error_name(rc), e8s_last_error_detail());
   exit(1);
+}
+
+static void sh(const char *cmd) {
+  if (system(cmd) != 0) {
+    fprintf(stderr, "bench_store: failed: %s\n", cmd);
+    exit(1);
+  }
 }
 
 static void drop_cache(const char *segdir) {
@@ -65,87 +79,92 @@ static void drop_cache(const char *segdir) {
   if (d) closedir(d);
 }
 
-/* Runs fio with args, returns bw_bytes of jobs[0].<rw>, or -1. */
-static double run_fio(const char *dir, const char *args, const char *rw, double *p99_ms) {
-  char out[1100], cmd[4096];
-  snprintf(out, sizeof out, "%s/fio.json", dir);
-  snprintf(cmd, sizeof cmd, "fio --name=e8s --directory=%s --filename=fio.dat %s "
-           "--output-format=json --output=%s >/dev/null 2>&1", dir, args, out);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "bench_store: fio failed: %s\n", cmd);
-    return -1;
-  }
+/* ---------------------------------------------------------------- fio */
+typedef struct fio_cfg { const char *dir, *job; size_t mb, batch; int writers; } fio_cfg;
+
+/* Runs one section of the job file; returns its (group) bandwidth in GB/s, or exits. */
+static double run_fio(const fio_cfg *f, const char *section, const char *rw, size_t mb) {
+  char out[1100], cmd[4096], v[64];
+  snprintf(out, sizeof out, "%s/fio.json", f->dir);
+  setenv("E8S_FIO_DIR", f->dir, 1);
+  snprintf(v, sizeof v, "%zu", mb);
+  setenv("E8S_FIO_MB", v, 1);
+  snprintf(v, sizeof v, "%zu", f->batch);
+  setenv("E8S_FIO_BATCH", v, 1);
+  snprintf(v, sizeof v, "%d", f->writers);
+  setenv("E8S_FIO_WRITERS", v, 1);
+  snprintf(cmd, sizeof cmd, "fio --section=%s %s --output-format=json --output=%s >/dev/null",
+           section, f->job, out);
+  sh(cmd);
   json_error_t err;
   json_t *root = json_load_file(out, 0, &err);
   json_t *job = root ? json_array_get(json_object_get(root, "jobs"), 0) : NULL;
   json_t *side = job ? json_object_get(job, rw) : NULL;
   double bw = side ? (double)json_integer_value(json_object_get(side, "bw_bytes")) : -1;
-  json_t *pc = side ? json_object_get(json_object_get(json_object_get(side, "clat_ns"),
-                                                      "percentile"), "99.000000") : NULL;
-  *p99_ms = pc ? (double)json_integer_value(pc) / 1e6 : -1;
   json_decref(root);
   unlink(out);
-  return bw;
+  if (bw <= 0) {
+    fprintf(stderr, "bench_store: no %s bandwidth in fio's output (%s)\n", rw, section);
+    exit(1);
+  }
+  return bw / 1e9;
 }
 
-typedef struct mt_arg {
+/* ---------------------------------------------------------------- store */
+typedef struct wctx {
   e8s_store *st;
-  uint32_t ns;
-  const uint8_t *salt, *fp;
-  const uint8_t *pay;
+  const e8s_ns_info *ns;
+  const uint8_t *fp;
+  uint8_t *pay;          /* BATCH records of this writer */
   size_t first, count, batch; /* records [first, first + count) */
+  double *lat;           /* ms per put call */
   int rc;
-} mt_arg;
+} wctx;
 
-static void *mt_writer(void *vp) {
-  mt_arg *a = vp;
+/* One writer: chains of records (each record's parent is the previous one of this writer). */
+static void *writer(void *vp) {
+  wctx *a = vp;
   e8s_put_rec *r = calloc(a->batch, sizeof *r);
   uint32_t *tok = malloc(a->batch * CT * sizeof *tok);
+  uint8_t parent[32] = {0};
   for (size_t b = 0; b < a->count / a->batch && !a->rc; b++) {
     for (size_t j = 0; j < a->batch; j++) {
       size_t i = a->first + b * a->batch + j;
-      for (size_t t = 0; t < CT; t++) tok[j * CT + t] = (uint32_t)(i * CT + t) ^ 0x5a5a0000u;
+      for (size_t t = 0; t < CT; t++) tok[j * CT + t] = (uint32_t)(i * CT + t);
       memset(&r[j], 0, sizeof r[j]);
-      e8s_chunk_key(a->salt, a->fp, NULL, tok + j * CT, CT, r[j].key);
+      memcpy(r[j].parent, parent, 32);
+      e8s_chunk_key(a->ns->salt, a->fp, parent, tok + j * CT, CT, r[j].key);
+      memcpy(parent, r[j].key, 32);
       r[j].tokens = tok + j * CT;
       r[j].n_tokens = CT;
+      memcpy(a->pay + j * REC, &i, sizeof i); /* distinct payloads */
       r[j].payload = a->pay + j * REC;
       r[j].payload_bytes = REC;
     }
-    a->rc = e8s_put(a->st, a->ns, a->fp, r, a->batch);
+    double t = now_s();
+    a->rc = e8s_put(a->st, a->ns->id, a->fp, r, a->batch);
+    a->lat[b] = (now_s() - t) * 1e3;
   }
   free(r);
   free(tok);
   return NULL;
 }
 
-/* THREADS concurrent writers, RECORDS in all; returns GB/s. */
-static double mt_write(e8s_store *st, const e8s_ns_info *ns, const uint8_t *fp,
-                       const uint8_t *pay, size_t n, size_t batch, int threads) {
-  pthread_t th[64];
-  mt_arg a[64];
-  size_t per = n / (size_t)threads / batch * batch;
-  double t0 = now_s();
-  for (int t = 0; t < threads; t++) {
-    a[t] = (mt_arg){st, ns->id, ns->salt, fp, pay, (size_t)t * per, per, batch, 0};
-    pthread_create(&th[t], NULL, mt_writer, &a[t]);
-  }
-  for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
-  double dt = now_s() - t0;
-  for (int t = 0; t < threads; t++)
-    if (a[t].rc) die("threaded put", a[t].rc);
-  return (double)per * threads * REC / dt / 1e9;
-}
+typedef struct store_out {
+  double w_gbps, r_gbps;
+  e8s_test_put_times pt;
+  const char *engine;
+} store_out;
 
-typedef struct round_out { double w_gbps, r_gbps, mt_gbps; const char *engine; } round_out;
+static uint8_t key_fp[32] = {1};
 
-/* One store round on a fresh directory: write n records in batches, cold read them back,
- * then (threads > 1) a concurrent write pass. Latencies (ms) are appended to wl/rl. */
-static round_out store_round(const char *data, size_t n, size_t batch, int pw, int threads,
-                             double *wl, double *rl) {
+/* Fresh store in data/: `writers` threads put n records in batches (latencies to wl), then, if
+ * rl, every record is read back cold in write order (latencies to rl). */
+static store_out store_run(const char *data, size_t n, size_t batch, int pw, int writers,
+                           double *wl, double *rl) {
   char cmd[1300], segdir[1200];
   snprintf(cmd, sizeof cmd, "rm -rf %s", data);
-  if (system(cmd) != 0) exit(1);
+  sh(cmd);
   snprintf(segdir, sizeof segdir, "%s/segments", data);
   e8s_config cfg;
   e8s_config_init(&cfg);
@@ -158,128 +177,174 @@ static round_out store_round(const char *data, size_t n, size_t batch, int pw, i
   if (rc) die("open", rc);
   e8s_ns_info ns;
   if ((rc = e8s_ns_create(st, "bench", NULL, 0, &ns))) die("ns", rc);
-  uint8_t fp[32] = {1};
-  if ((rc = e8s_fp_register(st, fp, "bench", 5))) die("fp", rc);
-  uint8_t *pay = malloc((size_t)REC * batch);
-  for (size_t i = 0; i < (size_t)REC * batch; i++) pay[i] = (uint8_t)(i * 131 + (i >> 12));
-  uint32_t *tok = malloc(n * CT * sizeof *tok);
-  for (size_t i = 0; i < n * CT; i++) tok[i] = (uint32_t)i;
-  uint8_t (*keys)[32] = malloc(n * 32);
-  e8s_put_rec *r = calloc(batch, sizeof *r);
+  if ((rc = e8s_fp_register(st, key_fp, "bench", 5))) die("fp", rc);
+  pthread_t th[MAXR];
+  wctx a[MAXR];
+  size_t per = n / (size_t)writers / batch * batch, nb = per / batch;
+  for (int t = 0; t < writers; t++) {
+    uint8_t *pay = malloc((size_t)REC * batch);
+    for (size_t i = 0; i < (size_t)REC * batch; i++) pay[i] = (uint8_t)(i * 131 + (i >> 12) + t);
+    a[t] = (wctx){st, &ns, key_fp, pay, (size_t)t * per, per, batch, wl + (size_t)t * nb, 0};
+  }
   double t0 = now_s();
-  for (size_t b = 0; b < n / batch; b++) {
-    for (size_t j = 0; j < batch; j++) {
-      size_t i = b * batch + j;
-      memset(&r[j], 0, sizeof r[j]);
-      if (i) memcpy(r[j].parent, keys[i - 1], 32);
-      e8s_chunk_key(ns.salt, fp, r[j].parent, tok + i * CT, CT, keys[i]);
-      memcpy(r[j].key, keys[i], 32);
-      r[j].tokens = tok + i * CT;
-      r[j].n_tokens = CT;
-      pay[j * REC] = (uint8_t)i; /* distinct payloads */
-      r[j].payload = pay + j * REC;
-      r[j].payload_bytes = REC;
+  for (int t = 0; t < writers; t++) pthread_create(&th[t], NULL, writer, &a[t]);
+  for (int t = 0; t < writers; t++) pthread_join(th[t], NULL);
+  store_out o = {0};
+  o.w_gbps = (double)per * (double)writers * REC / (now_s() - t0) / 1e9;
+  for (int t = 0; t < writers; t++) {
+    if (a[t].rc) die("put", a[t].rc);
+    free(a[t].pay);
+  }
+  e8s_test_put_times_get(st, &o.pt);
+  if (rl) {
+    drop_cache(segdir);
+    uint8_t *buf = malloc(REC), parent[32] = {0}, key[32];
+    uint32_t tok[CT];
+    t0 = now_s();
+    for (size_t i = 0; i < per; i++) { /* writer 0's chain, in order */
+      for (size_t t = 0; t < CT; t++) tok[t] = (uint32_t)(i * CT + t);
+      e8s_chunk_key(ns.salt, key_fp, parent, tok, CT, key);
+      memcpy(parent, key, 32);
+      double s = now_s();
+      uint64_t got;
+      if ((rc = e8s_get(st, ns.id, key, buf, REC, &got))) die("get", rc);
+      rl[i] = (now_s() - s) * 1e3;
     }
-    double a = now_s();
-    if ((rc = e8s_put(st, ns.id, fp, r, batch))) die("put", rc);
-    wl[b] = (now_s() - a) * 1e3;
+    o.r_gbps = (double)per * REC / (now_s() - t0) / 1e9;
+    free(buf);
   }
-  round_out o = {0};
-  o.w_gbps = (double)n * REC / (now_s() - t0) / 1e9;
-  drop_cache(segdir);
-  uint8_t *buf = malloc(REC);
-  t0 = now_s();
-  for (size_t i = 0; i < n; i++) {
-    double a = now_s();
-    uint64_t got;
-    if ((rc = e8s_get(st, ns.id, keys[i], buf, REC, &got))) die("get", rc);
-    rl[i] = (now_s() - a) * 1e3;
-  }
-  o.r_gbps = (double)n * REC / (now_s() - t0) / 1e9;
   o.engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
-  if (threads > 1) o.mt_gbps = mt_write(st, &ns, fp, pay, n, batch, threads);
   e8s_close(st);
-  if (system(cmd) != 0) exit(1);
-  free(pay), free(tok), free(keys), free(r), free(buf);
+  sh(cmd);
   return o;
 }
 
-static double median(double *v, size_t n) { return pct(v, n, 0.5); }
+static void print_times(const char *what, const e8s_test_put_times *p, double gbps, size_t n) {
+  double wall = (double)n * REC / (gbps * 1e9) * 1e3;
+  printf("  %-10s per GiB: prep (CRC, digests) %6.1f ms | data stage %6.1f | fdatasync %6.1f | "
+         "LMDB stage %6.1f | wall %6.1f ms; %llu groups, %.2f calls/group\n", what,
+         (double)p->prep_ns / 1e6 * 1024 / (double)n, (double)p->write_ns / 1e6 * 1024 / (double)n,
+         (double)p->sync_ns / 1e6 * 1024 / (double)n, (double)p->index_ns / 1e6 * 1024 / (double)n,
+         wall * 1024 / (double)n, p->groups, p->groups ? (double)p->group_calls / (double)p->groups : 0);
+}
+
+static double median(const double *v, int n) {
+  double c[MAXR];
+  memcpy(c, v, (size_t)n * sizeof *v);
+  return pct(c, (size_t)n, 0.5);
+}
+
+static double load1(void) {
+  double l = -1;
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f && fscanf(f, "%lf", &l) != 1) l = -1;
+  if (f) fclose(f);
+  return l;
+}
 
 int main(int argc, char **argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [THREADS] "
-                    "[ROUNDS]\n");
+    fprintf(stderr, "usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [WRITERS] "
+                    "[ROUNDS] [FIO_JOB]\n");
     return 2;
   }
   const char *dir = argv[1], *outp = argv[4];
   size_t n = (size_t)atol(argv[2]), batch = (size_t)atol(argv[3]);
   int pw = argc > 5 && strcmp(argv[5], "pwrite") == 0;
-  int threads = argc > 6 ? atoi(argv[6]) : 1;
+  int writers = argc > 6 ? atoi(argv[6]) : 2;
   int rounds = argc > 7 ? atoi(argv[7]) : 1;
-  if (threads < 1 || threads > 64) threads = 1;
-  if (rounds < 1 || rounds > 16) rounds = 1;
-  if (n == 0 || batch == 0 || n % batch) return fprintf(stderr, "RECORDS %% BATCH != 0\n"), 2;
+  const char *job = argc > 8 ? argv[8] : "bench/store/store.fio";
+  if (writers < 1 || writers > MAXR) writers = 2;
+  if (rounds < 1 || rounds > MAXR) rounds = 1;
+  if (n == 0 || batch == 0 || n % ((size_t)writers * batch))
+    return fprintf(stderr, "RECORDS must be a multiple of WRITERS * BATCH\n"), 2;
+  if (access(job, R_OK) != 0) return fprintf(stderr, "no fio job file %s\n", job), 2;
   char cmd[1200], data[1100];
   snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);
-  if (system(cmd) != 0) return 1;
+  sh(cmd);
   snprintf(data, sizeof data, "%s/store", dir);
+  fio_cfg fc = {dir, job, n, batch, writers};
 
   size_t nb = n / batch;
-  double *wl = malloc(rounds * nb * sizeof *wl), *rl = malloc(rounds * n * sizeof *rl);
-  double sw[16], sr[16], smt[16], fw[16], fr[16], fw_p99 = 0, fr_p99 = 0;
+  double *wl1 = malloc(rounds * nb * sizeof *wl1), *wlw = malloc(rounds * nb * sizeof *wlw);
+  double *rl = malloc(rounds * n * sizeof *rl);
+  double s1[MAXR], sw[MAXR], sr[MAXR], f1[MAXR], fw[MAXR], fu[MAXR], fr[MAXR], ld[MAXR];
+  e8s_test_put_times pt1 = {0}, ptw = {0};
   const char *engine = "pwrite";
+  double lmax = 0;
   for (int k = 0; k < rounds; k++) {
-    round_out o = store_round(data, n, batch, pw, threads, wl + k * nb, rl + k * n);
-    sw[k] = o.w_gbps, sr[k] = o.r_gbps, smt[k] = o.mt_gbps, engine = o.engine;
-    char args[512];
-    int ur = strcmp(engine, "io_uring") == 0;
-    snprintf(args, sizeof args, "--rw=write --bs=1M --size=%zuM --fdatasync=%zu --ioengine=%s "
-             "--iodepth=%zu", n, batch, ur ? "io_uring" : "psync", ur ? batch : (size_t)1);
-    fw[k] = run_fio(dir, args, "write", &fw_p99) / 1e9;
-    snprintf(args, sizeof args, "--rw=read --bs=1M --size=%zuM --ioengine=psync --invalidate=1", n);
-    fr[k] = run_fio(dir, args, "read", &fr_p99) / 1e9;
-    char rm[1300];
-    snprintf(rm, sizeof rm, "rm -f %s/fio.dat", dir);
-    if (system(rm) != 0) return 1;
-    if (fw[k] < 0 || fr[k] < 0) return 1;
-    fprintf(stderr, "round %d: store write %.3f read %.3f GB/s, fio write %.3f read %.3f GB/s\n",
-            k + 1, sw[k], sr[k], fw[k], fr[k]);
+    ld[k] = load1();
+    if (ld[k] > lmax) lmax = ld[k];
+    store_out o = store_run(data, n, batch, pw, 1, wl1 + k * nb, rl + k * n);
+    s1[k] = o.w_gbps, sr[k] = o.r_gbps, engine = o.engine;
+    if (k == rounds / 2) pt1 = o.pt;
+    f1[k] = run_fio(&fc, "write-1", "write", n);
+    fr[k] = run_fio(&fc, "read-1", "read", n);
+    snprintf(cmd, sizeof cmd, "rm -f %s/fio.*", dir);
+    sh(cmd);
+    o = store_run(data, n, batch, pw, writers, wlw + k * nb, NULL);
+    sw[k] = o.w_gbps;
+    if (k == rounds / 2) ptw = o.pt;
+    fw[k] = run_fio(&fc, "write-W", "write", n / (size_t)writers);
+    sh(cmd);
+    fu[k] = run_fio(&fc, "write-uring", "write", n);
+    sh(cmd);
+    fprintf(stderr, "round %d (load %.1f): write 1 writer store %.3f fio %.3f (%.0f%%) | %d writers "
+            "store %.3f fio psync %.3f (%.0f%%) fio io_uring %.3f (%.0f%%) | read store %.3f fio "
+            "%.3f (%.0f%%) GB/s\n", k + 1, ld[k], s1[k], f1[k], 100 * s1[k] / f1[k], writers,
+            sw[k], fw[k], 100 * sw[k] / fw[k], fu[k], 100 * sw[k] / fu[k], sr[k], fr[k],
+            100 * sr[k] / fr[k]);
   }
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) fprintf(stderr, "bench_store: could not remove %s\n", dir);
+  sh(cmd);
 
-  double w_gbps = median(sw, rounds), r_gbps = median(sr, rounds), mt = median(smt, rounds);
-  double fwm = median(fw, rounds), frm = median(fr, rounds);
-  double w_p50 = pct(wl, rounds * nb, 0.5), w_p99 = pct(wl, rounds * nb, 0.99);
+  double m1 = median(s1, rounds), mw = median(sw, rounds), mr = median(sr, rounds);
+  double mf1 = median(f1, rounds), mfw = median(fw, rounds), mfu = median(fu, rounds);
+  double mfr = median(fr, rounds), mfbest = mfw > mfu ? mfw : mfu;
+  double w1_p50 = pct(wl1, rounds * nb, 0.5), w1_p99 = pct(wl1, rounds * nb, 0.99);
+  double ww_p50 = pct(wlw, rounds * nb, 0.5), ww_p99 = pct(wlw, rounds * nb, 0.99);
   double r_p50 = pct(rl, rounds * n, 0.5), r_p99 = pct(rl, rounds * n, 0.99);
 
   json_t *o = json_object();
   json_object_set_new(o, "record_bytes", json_integer(REC));
-  json_object_set_new(o, "write_GBps", json_real(w_gbps));
-  json_object_set_new(o, "read_GBps", json_real(r_gbps));
-  json_object_set_new(o, "write_p99_ms", json_real(w_p99));
+  json_object_set_new(o, "write_GBps", json_real(mw));
+  json_object_set_new(o, "read_GBps", json_real(mr));
+  json_object_set_new(o, "write_p99_ms", json_real(ww_p99));
   json_object_set_new(o, "read_p99_ms", json_real(r_p99));
-  json_object_set_new(o, "fio_write_GBps", json_real(fwm));
-  json_object_set_new(o, "fio_read_GBps", json_real(frm));
+  json_object_set_new(o, "fio_write_GBps", json_real(mfbest));
+  json_object_set_new(o, "fio_read_GBps", json_real(mfr));
   json_object_set_new(o, "engine", json_string(engine));
+  json_object_set_new(o, "writers", json_integer(writers));
+  json_object_set_new(o, "batch", json_integer((json_int_t)batch));
+  json_object_set_new(o, "rounds", json_integer(rounds));
+  json_object_set_new(o, "fio_writeW_GBps", json_real(mfw));
+  json_object_set_new(o, "fio_write_uring_GBps", json_real(mfu));
+  json_object_set_new(o, "write1_GBps", json_real(m1));
+  json_object_set_new(o, "write1_p99_ms", json_real(w1_p99));
+  json_object_set_new(o, "fio_write1_GBps", json_real(mf1));
+  json_object_set_new(o, "load1_max", json_real(lmax));
   if (json_dump_file(o, outp, JSON_INDENT(2)) != 0) return fprintf(stderr, "write %s\n", outp), 1;
   json_decref(o);
 
-  printf("store bench: %zu records of %u bytes, fsync every %zu records (one put call), "
-         "engine %s, directory %s, median of %d round(s)\n", n, REC, batch, engine, dir, rounds);
-  printf("%-8s %12s %12s %12s %12s %12s\n", "", "store GB/s", "fio GB/s", "store/fio",
+  printf("store bench: %zu records of %u bytes, one fdatasync per put of %zu records, engine %s, "
+         "directory %s, medians of %d round(s), 1-min load %.1f..%.1f\n", n, REC, batch, engine,
+         dir, rounds, ld[0], lmax);
+  printf("%-24s %10s %10s %9s %12s %12s\n", "", "store GB/s", "fio GB/s", "store/fio",
          "store p50 ms", "store p99 ms");
-  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per batch of %zu)\n", "write",
-         w_gbps, fwm, 100 * w_gbps / fwm, w_p50, w_p99, batch);
-  printf("%-8s %12.3f %12.3f %11.0f%% %12.2f %12.2f   (latency per record; page cache dropped)\n",
-         "read", r_gbps, frm, 100 * r_gbps / frm, r_p50, r_p99);
-  if (threads > 1)
-    printf("%-8s %12.3f   (%d writer threads, batches of %zu each, group commit)\n", "write",
-           mt, threads, batch);
-  printf("fio p99 completion latency (last round): write %.2f ms per 1 MiB, read %.2f ms\n",
-         fw_p99, fr_p99);
+  printf("%-24s %10.3f %10.3f %8.0f%% %12.2f %12.2f   fio write-1\n", "write, 1 writer", m1, mf1,
+         100 * m1 / mf1, w1_p50, w1_p99);
+  printf("%-22s%2d %10.3f %10.3f %8.0f%% %12.2f %12.2f   fio write-W (%d psync jobs)\n",
+         "write, writers:", writers, mw, mfw, 100 * mw / mfw, ww_p50, ww_p99, writers);
+  printf("%-22s%2d %10.3f %10.3f %8.0f%%                             fio write-uring "
+         "(iodepth %zu)\n", "write, writers:", writers, mw, mfu, 100 * mw / mfu, batch);
+  printf("%-24s %10.3f %10.3f %8.0f%% %12.2f %12.2f   fio read-1 (per record; cold)\n", "read",
+         mr, mfr, 100 * mr / mfr, r_p50, r_p99);
+  printf("store time by stage (middle round; stages overlap with several writers):\n");
+  print_times("1 writer", &pt1, s1[rounds / 2], n);
+  char lbl[32];
+  snprintf(lbl, sizeof lbl, "%d writers", writers);
+  print_times(lbl, &ptw, sw[rounds / 2], n);
   printf("wrote %s\n", outp);
-  free(wl), free(rl);
+  free(wl1), free(wlw), free(rl);
   return 0;
 }

@@ -7,8 +7,12 @@
  *   - every chunk the index shows (acknowledged or not) reads back byte-identical, and a full
  *     verify finds no CRC failure: nothing unacknowledged is visible as corrupt and the index
  *     never points past written data.
- * E8S_CRASH_KILLS (default 110) kills per io engine, so >= 200 per run. */
+ * E8S_CRASH_KILLS (default 110) kills per io engine, so >= 200 per run. A second test does the
+ * same with 3 writer threads in the child (E8S_CRASH_KILLS_MT, default 40 per engine): their
+ * puts share groups and go through the write pipeline's stages at the same time (group
+ * commit), and every put any of them saw acknowledged must survive the kill. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,13 +35,21 @@ static void key_of(tu_env *env, uint32_t i, uint32_t tok[CT], uint8_t key[32]) {
   e8s_chunk_key(env->salt, env->fp, NULL, tok, CT, key);
 }
 
-static void child(tu_env *env, uint32_t base, int wfd, unsigned seed) {
+typedef struct child_arg {
+  tu_env *env;
   e8s_store *st;
-  if (e8s_open(&env->cfg, &st) != E8S_OK) _exit(3);
-  uint32_t next = base, acked[PER_RUN];
+  uint32_t first, end; /* this writer's chunk indexes */
+  int wfd, maint;      /* maint: this writer also deletes and compacts */
+  unsigned seed;
+} child_arg;
+
+static void *child_writer(void *vp) {
+  child_arg *a = vp;
+  tu_env *env = a->env;
+  uint32_t next = a->first, acked[PER_RUN];
   size_t n_acked = 0;
-  for (int batch = 0; next + 8 < base + PER_RUN; batch++) {
-    int n = 1 + (int)(rand_r(&seed) % 6);
+  for (int batch = 0; next + 8 < a->end; batch++) {
+    int n = 1 + (int)(rand_r(&a->seed) % 6);
     e8s_put_rec r[8];
     uint32_t tok[8][CT], idx[8];
     uint8_t *pl[8];
@@ -52,29 +64,46 @@ static void child(tu_env *env, uint32_t base, int wfd, unsigned seed) {
       r[j].payload = pl[j];
       r[j].payload_bytes = pbytes(idx[j]);
     }
-    e8s_put(st, env->ns, env->fp, r, (size_t)n);
+    e8s_put(a->st, env->ns, env->fp, r, (size_t)n);
     uint32_t msg[8];
     int m = 0;
     for (int j = 0; j < n; j++) {
       if (r[j].result == E8S_OK) msg[m++] = idx[j], acked[n_acked++] = idx[j];
       free(pl[j]);
     }
-    if (m && write(wfd, msg, (size_t)m * 4) != (ssize_t)m * 4) _exit(4);
-    if (batch % 4 == 3 && n_acked > 4) { /* delete two of ours, announced first */
+    /* at most 32 bytes: one atomic pipe write, whichever thread */
+    if (m && write(a->wfd, msg, (size_t)m * 4) != (ssize_t)m * 4) _exit(4);
+    if (a->maint && batch % 4 == 3 && n_acked > 4) { /* delete two of ours, announced first */
       for (int d = 0; d < 2; d++) {
-        uint32_t v = acked[rand_r(&seed) % n_acked], note = v | DEL_FLAG;
+        uint32_t v = acked[rand_r(&a->seed) % n_acked], note = v | DEL_FLAG;
         uint8_t key[32];
         uint32_t t[CT];
-        if (write(wfd, &note, 4) != 4) _exit(4);
+        if (write(a->wfd, &note, 4) != 4) _exit(4);
         key_of(env, v, t, key);
-        e8s_chunk_delete(st, env->ns, key);
+        e8s_chunk_delete(a->st, env->ns, key);
       }
     }
-    if (batch % 8 == 7) {
+    if (a->maint && batch % 8 == 7) {
       e8s_compact_report rep;
-      e8s_compact(st, 0.3, &rep, NULL, NULL);
+      e8s_compact(a->st, 0.3, &rep, NULL, NULL);
     }
   }
+  return NULL;
+}
+
+/* threads writers, each on its own slice of [base, base + PER_RUN). */
+static void child(tu_env *env, uint32_t base, int wfd, unsigned seed, int threads) {
+  e8s_store *st;
+  if (e8s_open(&env->cfg, &st) != E8S_OK) _exit(3);
+  child_arg a[4];
+  pthread_t th[4];
+  uint32_t per = PER_RUN / (uint32_t)threads;
+  for (int t = 0; t < threads; t++) {
+    a[t] = (child_arg){env, st, base + (uint32_t)t * per, base + (uint32_t)(t + 1) * per, wfd,
+                       t == 0, seed + (unsigned)t * 7919u};
+    if (pthread_create(&th[t], NULL, child_writer, &a[t]) != 0) _exit(5);
+  }
+  for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
   e8s_close(st);
   _exit(0);
 }
@@ -114,16 +143,14 @@ static void check(tu_env *env, uint8_t *status, uint32_t base, uint32_t end) {
   free(want);
 }
 
-static void test_crash_kill(void **state) {
-  tu_env *env = *state;
-  const char *ks = getenv("E8S_CRASH_KILLS");
-  int kills = ks ? atoi(ks) : 110;
+static void crash_kill(tu_env *env, int kills, int threads) {
   env->cfg.segment_bytes = 1 << 20;
   e8s_close(env->st); /* the parent holds no handle while a child writes */
   env->st = NULL;
   uint8_t *status = calloc((size_t)kills * PER_RUN, 1);
   unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
-  fprintf(stderr, "crash: seed %u, %d kills, engine %d\n", seed, kills, (int)tu_engine);
+  fprintf(stderr, "crash: seed %u, %d kills, %d writer thread(s), engine %d\n", seed, kills,
+          threads, (int)tu_engine);
   long total_acked = 0;
   for (int k = 0; k < kills; k++) {
     int fds[2];
@@ -134,7 +161,7 @@ static void test_crash_kill(void **state) {
     assert_true(pid >= 0);
     if (pid == 0) {
       close(fds[0]);
-      child(env, base, fds[1], cseed);
+      child(env, base, fds[1], cseed, threads);
     }
     close(fds[1]);
     struct timespec ts = {0, (long)(rand_r(&seed) % 80000) * 1000L};
@@ -165,9 +192,21 @@ static void test_crash_kill(void **state) {
   free(status);
 }
 
+static int env_int(const char *name, int def) {
+  const char *v = getenv(name);
+  return v ? atoi(v) : def;
+}
+
+static void test_crash_kill(void **state) { crash_kill(*state, env_int("E8S_CRASH_KILLS", 110), 1); }
+
+static void test_crash_kill_threads(void **state) {
+  crash_kill(*state, env_int("E8S_CRASH_KILLS_MT", 40), 3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_crash_kill, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_crash_kill_threads, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_crash", tests);
 }

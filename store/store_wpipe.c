@@ -1,0 +1,150 @@
+/* store_wpipe.c: the write pipeline shared by puts and compaction (see store_int.h).
+ *
+ * Data stage (dlock): space is reserved in the active segment (a new segment is created, with
+ * its header fdatasynced and the directory fsynced, when needed), every record is written
+ * through the io engine (io_uring: one wave of WRITEV SQEs; pwrite: pwritev per record), then
+ * writeback of the bytes just written is started (sync_file_range WRITE: it only queues I/O,
+ * waits for nothing and reports nothing; durability comes from the fdatasync of the sync
+ * stage). The batch takes the next ticket and leaves dlock, so the next batch can be written
+ * while this one waits for the disk.
+ *
+ * Sync stage (sync_mu, in ticket order): one fdatasync per touched segment through the sync
+ * io engine. Serialising the fdatasyncs of one file matters for errors: Linux reports a
+ * writeback error to one fdatasync only, and pages are shared between neighbouring records
+ * (records are not page aligned), so a failure is recorded on the segment (sync_failed) and
+ * every later sync stage fails the records it has in that segment. The index stage belongs to
+ * the caller, who then calls store_wp_release. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/store_int.h"
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Starts writeback of [off, off + len) of fd; a hint, so errors are ignored. */
+static void kick_writeback(int fd, uint64_t off, uint64_t len) {
+  (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
+/* Starts writeback of each contiguous run of the records that were written (same fd). */
+static void kick_all(const store_wrec *r, const store_iow *w, const size_t *map, size_t nw) {
+  size_t j = 0;
+  while (j < nw) {
+    size_t k = j;
+    uint64_t lo = w[j].off, hi = w[j].off + w[j].len;
+    while (k + 1 < nw && w[k + 1].fd == w[j].fd && w[k + 1].off == hi) hi += w[++k].len;
+    int ok = 1;
+    for (size_t q = j; q <= k; q++) ok &= r[map[q]].err == 0;
+    if (ok) kick_writeback(w[j].fd, lo, hi - lo);
+    j = k + 1;
+  }
+}
+
+uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n) {
+  uint64_t t0 = mono_ns();
+  store_iow *w = calloc(n ? n : 1, sizeof *w);
+  size_t *map = calloc(n ? n : 1, sizeof *map);
+  pthread_mutex_lock(&st->dlock);
+  size_t nw = 0;
+  for (size_t i = 0; i < n; i++) {
+    r[i].seg = NULL;
+    if (r[i].err) continue;
+    if (!w || !map) {
+      r[i].err = E8S_ERR_NOMEM;
+      continue;
+    }
+    store_seg *seg;
+    int e = store_seg_reserve(st, r[i].bytes, &seg, &r[i].off);
+    if (e) {
+      r[i].err = e;
+      continue;
+    }
+    store_seg_pending_add(st, seg);
+    r[i].seg = seg;
+    r[i].seg_id = seg->id;
+    w[nw] = (store_iow){.fd = seg->fd, .off = r[i].off, .niov = 2, .len = r[i].bytes};
+    w[nw].iov[0] = r[i].iov[0];
+    w[nw].iov[1] = r[i].iov[1];
+    map[nw++] = i;
+  }
+  if (nw) st->io->ops->write_batch(st->io, w, nw);
+  int failed = 0;
+  for (size_t j = 0; j < nw; j++) {
+    store_wrec *x = &r[map[j]];
+    if (!w[j].res) continue;
+    x->err = store_err(store_err_errno(w[j].res), "segment %llu offset %llu: write: %s",
+                       (unsigned long long)x->seg_id, (unsigned long long)x->off,
+                       strerror(-w[j].res));
+    failed = 1;
+  }
+  /* a failed write leaves the segment's tail unknown: seal it, append elsewhere */
+  if (failed) store_seg_seal_active(st);
+  else kick_all(r, w, map, nw);
+  uint64_t ticket = st->wp_next_ticket++;
+  pthread_mutex_unlock(&st->dlock);
+  free(w);
+  free(map);
+  atomic_fetch_add(&st->t_write_ns, mono_ns() - t0);
+  return ticket;
+}
+
+/* The index of r's segment in segs[0..nf), or nf. */
+static size_t seg_slot(store_seg *const *segs, size_t nf, const store_seg *s) {
+  size_t f = 0;
+  while (f < nf && segs[f] != s) f++;
+  return f;
+}
+
+void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n) {
+  size_t cap = n ? n : 1;
+  int *fds = malloc(cap * sizeof *fds), *res = malloc(cap * sizeof *res);
+  store_seg **segs = malloc(cap * sizeof *segs);
+  pthread_mutex_lock(&st->sync_mu);
+  while (st->wp_serving != ticket) pthread_cond_wait(&st->sync_cv, &st->sync_mu);
+  uint64_t t0 = mono_ns();
+  size_t nf = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (r[i].err || !r[i].seg) continue;
+    if (!fds || !res || !segs) {
+      r[i].err = E8S_ERR_NOMEM;
+      continue;
+    }
+    if (seg_slot(segs, nf, r[i].seg) == nf) segs[nf] = r[i].seg, fds[nf++] = r[i].seg->fd;
+  }
+  if (nf) st->sio->ops->sync_batch(st->sio, fds, res, nf);
+  for (size_t f = 0; f < nf; f++)
+    if (res[f]) store_seg_set_sync_failed(st, segs[f]);
+  for (size_t i = 0; i < n; i++) {
+    if (r[i].err || !r[i].seg) continue;
+    size_t f = seg_slot(segs, nf, r[i].seg);
+    if (res[f]) { /* what the kernel dropped is unknown: nothing since the last good sync */
+      int code = store_err_errno(res[f]) == E8S_ERR_NOSPC ? E8S_ERR_NOSPC : E8S_ERR_IO;
+      r[i].err = store_err(code, "segment %llu: fdatasync: %s",
+                           (unsigned long long)r[i].seg_id, strerror(-res[f]));
+    } else if (store_seg_sync_failed(st, r[i].seg)) {
+      r[i].err = store_err(E8S_ERR_IO, "segment %llu: an earlier fdatasync of this segment "
+                           "failed after this record was written",
+                           (unsigned long long)r[i].seg_id);
+    }
+  }
+  st->wp_serving++;
+  pthread_cond_broadcast(&st->sync_cv);
+  pthread_mutex_unlock(&st->sync_mu);
+  atomic_fetch_add(&st->t_sync_ns, mono_ns() - t0);
+  free(fds), free(res), free(segs);
+}
+
+void store_wp_release(e8s_store *st, store_wrec *r, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (r[i].seg) {
+      store_seg_pending_done(st, r[i].seg);
+      r[i].seg = NULL;
+    }
+}
