@@ -189,6 +189,7 @@ class Bench:
         self.runs, self.detail = [], []
         self.t_start = time.monotonic()
         self.notes = []
+        self.non_torch_bytes()          # the baseline: CUDA context, nothing of the codec yet
 
     def left(self):
         return self.a.deadline - (time.monotonic() - self.t_start)
@@ -204,6 +205,18 @@ class Bench:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - base
         return None
+
+    def non_torch_bytes(self):
+        """Device memory in use outside torch's allocator (the CUDA context, the codec
+        library's own cudaMalloc workspaces), over its value when the bench started: what
+        torch's peak statistics cannot see. None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        free, total = torch.cuda.mem_get_info(self.device)
+        other = total - free - torch.cuda.memory_reserved(self.device)
+        if not hasattr(self, "_other0"):
+            self._other0 = other
+        return other - self._other0
 
     @torch.no_grad()
     def setup(self, kind, preset):
@@ -388,6 +401,7 @@ class Bench:
                     n_cached=r.n_cached, timings=r.timings,
                     forward_rest_s=ttft - r.timings["restore_s"],
                     peak_gpu_bytes_restore=peak_restore, peak_gpu_bytes_ttft=peak_ttft,
+                    codec_device_bytes=self.non_torch_bytes(),
                     cache_bytes_after_forward=restored_bytes)
 
     def breakdown(self, model, fp, kvc, tokens, L):

@@ -30,7 +30,7 @@ for l in libzstd.so.1 libisal.so.2; do
 done
 export LD_LIBRARY_PATH="$tmp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export HF_HUB_DISABLE_PROGRESS_BARS=1   # no progress bars in a log read through its tail
+export HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1   # no progress bars in a log read by its tail
 if [ -d "$base/py" ]; then
   # bundle: the package with its stubs inside (no grpcio-tools needed), wheels first
   mkdir -p "$tmp/pkg/e8kv"
