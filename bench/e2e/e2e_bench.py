@@ -280,7 +280,12 @@ class Bench:
                     traceback.print_exc()
                     self.notes.append(f"{kind} {L} tokens, codec {st['kvc'].name}: "
                                       f"failed: {type(e).__name__}: {e}")
-                    if attempt or isinstance(st["kvc"], kvio.CpuCodec):
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    # the CPU codec only when the CUDA codec itself failed (not for an out of
+                    # memory or a daemon error: those would fail again, only slower)
+                    if attempt or isinstance(st["kvc"], kvio.CpuCodec) or not (
+                            type(e).__name__ == "CudaCodecError" or isinstance(e, OSError)):
                         break
                     st["kvc"] = kvio.CpuCodec(st["fp"], threads=16)
                     self.notes.append(f"{kind}: switched to the CPU codec after that failure")
@@ -317,7 +322,14 @@ class Bench:
                                    chunk_tokens=CHUNK, background=True)
             sync(dev)
             # the upload runs on while the engine decodes: greedy steps timed meanwhile
-            overlap = self.decode_while(model, cache, tok_ref, job) if a.overlap_tokens else None
+            overlap = None
+            if a.overlap_tokens:
+                try:
+                    overlap = self.decode_while(model, cache, tok_ref, job)
+                except Exception as e:  # noqa: BLE001 -- a side measurement: recorded
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    overlap = dict(error=f"{type(e).__name__}: {e}")
             sto = job.result()
             check = self.check_roundtrip(fp, kvc, layers, L) if a.check else None
             del layers, cache
