@@ -184,7 +184,8 @@ class Bench:
     def __init__(self, args, daemon, device):
         self.a, self.d, self.device = args, daemon, device
         self.clients = {t: e8kv.Client(daemon.address(t), timeout=600) for t in args.transports}
-        self.fetchers = {t: kvio.Fetcher(daemon.address(t), args.fetch_streams, timeout=600)
+        self.fetchers = {t: kvio.Fetcher(daemon.address(t), args.fetch_streams, timeout=600,
+                                         max_streams=2 * args.fetch_streams)
                          for t in args.transports}
         self.runs, self.detail = [], []
         self.t_start = time.monotonic()
@@ -425,7 +426,7 @@ class Bench:
         keys = list(lk.chunk_keys[:n_chunks])
         datas = None
         for t in self.a.transports:
-            for k in sorted({1, self.a.fetch_streams}):
+            for k in sorted({1, self.a.fetch_streams, 2 * self.a.fetch_streams}):
                 t0 = time.perf_counter()
                 got = list(self.fetchers[t].start(keys, streams=k))
                 sec = time.perf_counter() - t0

@@ -296,12 +296,12 @@ class Fetcher:
     decodes slice k's chunks while the other slices are still arriving. One Fetcher per
     daemon address; the channels are made once and reused (one per stream)."""
 
-    def __init__(self, address, streams=4, *, timeout=600, token=None):
+    def __init__(self, address, streams=4, *, timeout=600, token=None, max_streams=None):
         import e8kv
         self.address, self.streams = address, max(1, int(streams))
         self.clients = [e8kv.Client(address, token, timeout=timeout,
                                     options=[("grpc.use_local_subchannel_pool", 1)])
-                        for _ in range(self.streams)]
+                        for _ in range(max(self.streams, max_streams or 0))]
 
     def close(self):
         for c in self.clients:
@@ -315,7 +315,8 @@ class Fetcher:
         return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
 
     def start(self, keys, *, max_piece_bytes=16 << 20, queue_chunks=32, streams=None):
-        """Starts fetching ``keys``; returns a FetchRun (iterate it for chunk bytes)."""
+        """Starts fetching ``keys`` over ``streams`` channels (default: the Fetcher's;
+        at most its channel count); returns a FetchRun (iterate it for chunk bytes)."""
         return FetchRun(self.clients[:streams or self.streams], list(keys), max_piece_bytes,
                         queue_chunks)
 

@@ -4,6 +4,7 @@ and the e8cu_item records point at the right bytes with the right strides.
 The CUDA calls themselves run on the GPU machine (make bench-e2e: roundtrip_check)."""
 import ctypes
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,8 +41,9 @@ def test_assemble_equals_library_chunk(n_tokens, first_pos):
                               fingerprint_bytes=fpb)
     assert got == ref
     # the same from the frames back to back (what e8cu_pack_frames returns)
+    pinned_like = np.frombuffer(b"".join(frames), dtype=np.uint8)    # as from a host buffer
     assert cuda.assemble_chunk_payload(
-        b"".join(frames), [len(f) for f in frames], src_dtype=src, n_layers=3, n_kv_heads=2,
+        memoryview(pinned_like), [len(f) for f in frames], src_dtype=src, n_layers=3, n_kv_heads=2,
         head_dim=32, n_tokens=n_tokens, first_pos=first_pos, fingerprint_id=fid,
         fingerprint_bytes=fpb) == ref
     with pytest.raises(ValueError, match="payload of"):

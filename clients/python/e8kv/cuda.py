@@ -252,8 +252,9 @@ def assemble_chunk(frames, *, src_dtype, n_layers, n_kv_heads, head_dim, n_token
 def assemble_chunk_payload(payload, sizes, *, src_dtype, n_layers, n_kv_heads, head_dim,
                            n_tokens, first_pos, fingerprint_id, fingerprint_bytes, seq_len=0,
                            rope_seq_len=0):
-    """A chunk frame from its payload: the 2 * n_layers frames back to back (bytes-like),
-    sizes[i] bytes each. The version is the first frame's (byte 4 of the payload)."""
+    """A chunk frame (bytes) from its payload: the 2 * n_layers frames back to back (any
+    bytes-like object; copied once, into the result), sizes[i] bytes each. The version is the
+    first frame's (byte 4 of the payload)."""
     if len(sizes) != 2 * n_layers:
         raise ValueError(f"{len(sizes)} frames for {n_layers} layers (need {2 * n_layers})")
     if sum(sizes) != len(payload) or min(sizes) <= 4:
@@ -553,8 +554,8 @@ class CudaCodec:
             if np.any(o[1:] != o[:-1] + z[:-1]) or int(o[-1] + z[-1]) > total.value:
                 raise CudaCodecError(ERR_CORRUPT, "e8cu_pack_frames",
                                      f"frames of chunk {c} are not back to back")
-            out.append(assemble_chunk_payload(
-                buf[int(o[0]):int(o[-1] + z[-1])].tobytes(), z.tolist(),
+            out.append(assemble_chunk_payload(     # one copy: pinned buffer -> the chunk
+                memoryview(buf[int(o[0]):int(o[-1] + z[-1])]), z.tolist(),
                 src_dtype=self._c_fp.src_dtype, n_layers=fp.n_layers,
                 n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=ntok, first_pos=p0,
                 fingerprint_id=self.fingerprint_id, fingerprint_bytes=self.fingerprint_bytes))
