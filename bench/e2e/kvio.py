@@ -12,6 +12,13 @@ torch.cat the result before moving it to the device (a second full-size copy); t
 needs them to take a codec and decode into preallocated cache tensors. The hook e8kv.hf
 would need is described in bench/e2e/README.md.
 
+Transfer (the engine's thread never waits on the network longer than it must):
+  * store_prefix(background=True) returns a StoreJob as soon as the last chunk is encoded;
+    PutChunks streams the compressed chunks from a queue in a thread meanwhile and after;
+  * Fetcher runs N GetChunks calls at once, one gRPC channel (connection) each, over
+    contiguous slices of the chunk list; restore() decodes whatever chunks have arrived, so
+    decoding of early chunks overlaps the fetch of later ones.
+
 Decision (Decider): restore when the predicted restore time of the n cached tokens
 (this request's measured lookup + n x the per-token restore time measured on this client's
 earlier restores, or, before any, on the first chunk of this one) is below the predicted

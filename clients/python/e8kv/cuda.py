@@ -363,6 +363,7 @@ class CudaCodec:
             lib.e8c_ctx_free(self._cpu)
             self._cpu = None
         self._ws = [None, None]
+        self._frames_buf = None
 
     def __enter__(self):
         return self
