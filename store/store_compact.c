@@ -124,8 +124,8 @@ static int move_piece(e8s_store *st, piece_ctx *c) {
     map[nw++] = i;
   }
   if (nw) {
-    uint64_t t = store_wp_write(st, w, nw);
-    store_wp_sync(st, t, w, nw);
+    uint64_t t = store_wp_write(st, 0, w, nw);
+    store_wp_sync(st, 0, t, w, nw);
   }
   for (size_t j = 0; j < nw && !e; j++) {
     if (w[j].err) {

@@ -158,13 +158,31 @@ typedef struct store_lease {
 
 typedef struct store_touch_ent { uint8_t key[32]; uint64_t tick; } store_touch_ent;
 
+/* ---------------------------------------------------------------- write lanes */
+/* A lane is one active segment with its own data and sync stages (store_wpipe.c): two lanes
+ * let two groups' fdatasyncs run at once, on two files, each file's fdatasyncs still one at a
+ * time (so a writeback error is always seen by the sync stage of the records it hit). */
+#define STORE_LANES 2
+typedef struct store_lane {
+  pthread_mutex_t dlock;     /* data stage: io engine, space in wseg, tickets */
+  store_seg *wseg;           /* segment being appended (NULL until the first write); the
+                                pointer changes under dlock + seg_mu */
+  uint64_t wpos;             /* next write offset in wseg (dlock) */
+  uint64_t wprealloc;        /* wseg is allocated (fallocate) up to here (dlock) */
+  uint64_t next_ticket;      /* dlock: order of data batches */
+  pthread_mutex_t sync_mu;   /* sync stage: one batch's fdatasyncs at a time, in ticket order */
+  pthread_cond_t sync_cv;
+  uint64_t serving;          /* sync_mu: ticket whose fdatasyncs run now */
+  store_io *io, *sio;        /* data stage's and sync stage's io engines (same kind) */
+  int led;                   /* gc_mu: a put group's data stage holds the lane */
+} store_lane;
+
 /* ---------------------------------------------------------------- the handle */
 struct e8s_store {
   e8s_config cfg;
   char *dir, *segdir;
   int readonly;
   int lockfd, segdirfd;
-  store_io *io;
 
   MDB_env *env;
   MDB_dbi db_chunks, db_lru, db_nslru, db_sess, db_ns, db_nsname, db_fp, db_segs, db_quar,
@@ -173,23 +191,16 @@ struct e8s_store {
   uint64_t map_bytes;
 
   pthread_mutex_t wlock;     /* the one LMDB writer: write transactions */
-  pthread_mutex_t dlock;     /* data stage (store_wpipe.c): io engine, space in wseg, tickets */
-  store_seg *wseg;           /* segment being appended (NULL until the first write); the
-                                pointer changes under dlock + seg_mu */
-  uint64_t wpos;             /* next write offset in wseg (dlock) */
-  uint64_t wprealloc;        /* wseg is allocated (fallocate) up to here (dlock) */
-  uint64_t next_seg_id;
-  uint64_t wp_next_ticket;   /* dlock: order of data batches */
-  pthread_mutex_t sync_mu;   /* sync stage: one batch's fdatasyncs at a time, in ticket order */
-  pthread_cond_t sync_cv;
-  uint64_t wp_serving;       /* sync_mu: ticket whose fdatasyncs run now */
-  store_io *sio;             /* sync stage's io engine (same kind as io) */
+  store_lane lanes[STORE_LANES]; /* write pipeline lanes (store_wpipe.c); lanes[0].io is the
+                                    engine reported by e8s_io_engine_used */
+  uint64_t next_seg_id;      /* seg_mu */
   _Atomic uint64_t t_prep_ns, t_write_ns, t_sync_ns, t_index_ns, n_groups, n_group_calls;
 
   pthread_mutex_t gc_mu;     /* group commit queue of e8s_put calls (store_put.c) */
   pthread_cond_t gc_cv;
   struct put_ctx *gc_head, *gc_tail;
-  int gc_busy;               /* a leader is working */
+  struct put_group *ix_head, *ix_tail; /* gc_mu: synced groups waiting for the index stage */
+  int ix_busy;               /* gc_mu: a thread runs the index stage */
 
   pthread_mutex_t seg_mu;    /* the segment table */
   store_seg *segs;
@@ -252,9 +263,9 @@ typedef struct store_wrec {
   int err;                /* out: 0, or an E8S_ERR_* (detail set in the thread that saw it) */
 } store_wrec;
 /* Data stage: returns the batch's ticket for store_wp_sync. Records with err set are skipped. */
-uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n);
-/* Sync stage of ticket (every ticket must pass here exactly once, in any thread). */
-void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n);
+uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n);
+/* Sync stage of the lane's ticket (every ticket must pass here exactly once, in any thread). */
+void store_wp_sync(e8s_store *st, int lane, uint64_t ticket, store_wrec *r, size_t n);
 /* The records no longer hold their segments (after the index commit, or on giving up). */
 void store_wp_release(e8s_store *st, store_wrec *r, size_t n);
 
@@ -266,9 +277,10 @@ void store_seg_release(e8s_store *st, store_seg *s);
 void store_seg_retire(e8s_store *st, uint64_t id);
 /* Writer (wlock): make sure wseg can take `bytes` more, creating a new segment if needed
  * (file + header + fdatasync + directory fsync). */
-int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off);
+int store_seg_reserve(e8s_store *st, store_lane *l, uint64_t bytes, store_seg **seg,
+                      uint64_t *off);
 /* Writer: stop appending to the current segment (after a write or fsync failure). */
-void store_seg_seal_active(e8s_store *st);
+void store_seg_seal_active(e8s_store *st, store_lane *l);
 /* 1 if segment id is being appended or holds pending records: not to be dropped/compacted. */
 int store_seg_busy(e8s_store *st, uint64_t id);
 /* pending +1 / -1 (with a reference) on a segment the pipeline wrote to. */

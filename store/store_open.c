@@ -67,7 +67,7 @@ static int pick_engine(e8s_store *st) {
   if (st->readonly) return E8S_OK;
   int rc = -ENOSYS;
   if (st->cfg.io_engine != E8S_IO_PWRITE) {
-    rc = store_io_uring_create(st->cfg.uring_entries, &st->io);
+    rc = store_io_uring_create(st->cfg.uring_entries, &st->lanes[0].io);
     if (rc == 0) return E8S_OK;
     if (st->cfg.io_engine == E8S_IO_URING)
       return store_err(rc == -EPERM || rc == -ENOSYS ? E8S_ERR_UNSUPPORTED : store_err_errno(rc),
@@ -75,16 +75,22 @@ static int pick_engine(e8s_store *st) {
     if (rc != -EPERM && rc != -ENOSYS)
       return store_err(store_err_errno(rc), "io_uring setup: %s", strerror(-rc));
   }
-  rc = store_io_pwrite_create(&st->io);
+  rc = store_io_pwrite_create(&st->lanes[0].io);
   return rc ? E8S_ERR_NOMEM : E8S_OK;
 }
 
-/* The engine the write pipeline's sync stage uses: the same kind as the data stage's. */
-static int pick_sync_engine(e8s_store *st) {
+/* The other engines of the write lanes (data stage of lanes 1.., every sync stage): the same
+ * kind as lanes[0].io. */
+static int pick_lane_engines(e8s_store *st) {
   if (st->readonly) return E8S_OK;
-  int rc = st->io->kind == E8S_IO_URING ? store_io_uring_create_sync(8, &st->sio)
-                                        : store_io_pwrite_create(&st->sio);
-  return rc ? store_err(store_err_errno(rc), "sync engine: %s", strerror(-rc)) : E8S_OK;
+  int uring = st->lanes[0].io->kind == E8S_IO_URING, rc = 0;
+  for (int i = 0; i < STORE_LANES && !rc; i++) {
+    store_lane *l = &st->lanes[i];
+    if (!l->io) rc = uring ? store_io_uring_create_sync(st->cfg.uring_entries, &l->io)
+                           : store_io_pwrite_create(&l->io);
+    if (!rc) rc = uring ? store_io_uring_create_sync(8, &l->sio) : store_io_pwrite_create(&l->sio);
+  }
+  return rc ? store_err(store_err_errno(rc), "io engine: %s", strerror(-rc)) : E8S_OK;
 }
 
 static int open_inner(e8s_store *st) {
@@ -93,7 +99,7 @@ static int open_inner(e8s_store *st) {
   st->segdirfd = open(st->segdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (st->segdirfd < 0) return store_err(E8S_ERR_IO, "%s: %s", st->segdir, strerror(errno));
   if (!st->readonly && (e = take_lock(st))) return e;
-  if ((e = pick_engine(st)) || (e = pick_sync_engine(st))) return e;
+  if ((e = pick_engine(st)) || (e = pick_lane_engines(st))) return e;
   if ((e = store_index_open(st))) return e;
   if (!st->readonly && (e = store_seg_recover(st))) return e;
   MDB_txn *txn;
@@ -130,9 +136,11 @@ int e8s_open(const e8s_config *cfg, e8s_store **out) {
   snprintf(st->segdir, n, "%s/segments", cfg->dir);
   pthread_rwlock_init(&st->map_lock, NULL);
   pthread_mutex_init(&st->wlock, NULL);
-  pthread_mutex_init(&st->dlock, NULL);
-  pthread_mutex_init(&st->sync_mu, NULL);
-  pthread_cond_init(&st->sync_cv, NULL);
+  for (int i = 0; i < STORE_LANES; i++) {
+    pthread_mutex_init(&st->lanes[i].dlock, NULL);
+    pthread_mutex_init(&st->lanes[i].sync_mu, NULL);
+    pthread_cond_init(&st->lanes[i].sync_cv, NULL);
+  }
   pthread_mutex_init(&st->seg_mu, NULL);
   pthread_mutex_init(&st->pin_mu, NULL);
   pthread_mutex_init(&st->gc_mu, NULL);
@@ -158,17 +166,22 @@ void e8s_close(e8s_store *st) {
     }
   }
   store_index_close(st);
-  if (st->io) st->io->ops->destroy(st->io);
-  if (st->sio) st->sio->ops->destroy(st->sio);
+  for (int i = 0; i < STORE_LANES; i++) {
+    store_lane *l = &st->lanes[i];
+    if (l->io) l->io->ops->destroy(l->io);
+    if (l->sio) l->sio->ops->destroy(l->sio);
+  }
   store_seg_table_free(st);
   store_pin_free(st);
   if (st->segdirfd >= 0) close(st->segdirfd);
   if (st->lockfd >= 0) close(st->lockfd);
   pthread_rwlock_destroy(&st->map_lock);
   pthread_mutex_destroy(&st->wlock);
-  pthread_mutex_destroy(&st->dlock);
-  pthread_mutex_destroy(&st->sync_mu);
-  pthread_cond_destroy(&st->sync_cv);
+  for (int i = 0; i < STORE_LANES; i++) {
+    pthread_mutex_destroy(&st->lanes[i].dlock);
+    pthread_mutex_destroy(&st->lanes[i].sync_mu);
+    pthread_cond_destroy(&st->lanes[i].sync_cv);
+  }
   pthread_mutex_destroy(&st->seg_mu);
   pthread_mutex_destroy(&st->pin_mu);
   pthread_mutex_destroy(&st->gc_mu);
@@ -179,7 +192,7 @@ void e8s_close(e8s_store *st) {
 }
 
 e8s_io_engine e8s_io_engine_used(const e8s_store *st) {
-  return st && st->io ? st->io->kind : E8S_IO_AUTO;
+  return st && st->lanes[0].io ? st->lanes[0].io->kind : E8S_IO_AUTO;
 }
 
 static uint64_t entries(MDB_txn *txn, MDB_dbi dbi) {

@@ -1,27 +1,29 @@
 /* store_put.c: e8s_put, the write path, with group commit and a three-stage pipeline.
  *
  * Outside any lock: argument checks, token digests, payload CRC32C (the expensive parts, so
- * writer threads overlap them). Then the call joins a queue. One caller at a time is the
- * data leader: it takes every queued call (its own and those that arrived meanwhile), up to
- * the group limits, and
+ * writer threads overlap them). Then the call joins a queue. A caller that finds a write lane
+ * free (store_int.h: STORE_LANES lanes, each an active segment with its own data and sync
+ * stages) leads a group: every queued call, up to the group limits, and
  *   1. data stage: in a read transaction, picks the records to write (not already indexed, not
  *      a duplicate of an earlier record of the group, namespace and fingerprint known), and
- *      writes them through the write pipeline (store_wpipe.c: space in the active segment,
- *      io engine, writeback started). Then it hands the data stage to the next leader, so the
- *      next group's bytes are copied while this group waits for the disk;
- *   2. sync stage: fdatasync of each segment touched, in data-stage order;
- *   3. index stage, under the writer mutex, in one LMDB write transaction: plan each call:
- *      existed (same key, same token digest: idempotent, first writer wins) or conflict (same
- *      key, other digest), else make room: evict LRU unpinned chunks of the namespace (quota)
- *      and of the store (budget), in this same transaction; a planned record that the data
- *      stage skipped (it was indexed then, and evicted since) is written and synced now;
- *      insert, commit, wake the callers.
- * So N concurrent callers share one fdatasync and one LMDB commit, and up to three groups are
- * in flight, one per stage. The order payload written -> fdatasync -> LMDB commit -> reply
- * holds for every record. MDB_MAP_FULL in stage 3: abort, grow the map, redo stage 3 (records
- * already on disk are not written again). A record that was written but is not indexed (the
- * key was indexed meanwhile, the budget said no, a later failure) is dead space that no index
- * entry points at, reclaimed by compaction or cut at open. */
+ *      writes them through the lane's write pipeline (store_wpipe.c: space in the active
+ *      segment, io engine, writeback started). Then it frees the lane for the next leader, so
+ *      the next group's bytes are copied while this group waits for the disk;
+ *   2. sync stage: fdatasync of each segment touched, in the lane's data-stage order;
+ *   3. index stage: the group joins the index queue; one thread at a time takes the queued
+ *      groups (up to the group limits) into one LMDB write transaction under the writer mutex:
+ *      plan each call: existed (same key, same token digest: idempotent, first writer wins) or
+ *      conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
+ *      namespace (quota) and of the store (budget), in this same transaction; a planned record
+ *      that the data stage skipped (it was indexed then, and evicted since) is written and
+ *      synced now (lane 0); insert, commit, wake the callers.
+ * So concurrent callers share fdatasyncs and LMDB commits, and several groups are in flight at
+ * once (one per lane in the data stage, one per lane in the sync stage, one in the index
+ * stage). The order payload written -> fdatasync -> LMDB commit -> reply holds for every
+ * record. MDB_MAP_FULL in stage 3: abort, grow the map, redo stage 3 (records already on disk
+ * are not written again). A record that was written but is not indexed (the key was indexed
+ * meanwhile, the budget said no, a later failure) is dead space that no index entry points at,
+ * reclaimed by compaction or cut at open. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -62,6 +64,9 @@ typedef struct put_group {
   store_wrec *wr;     /* records written for the group (data stage, then stragglers) */
   wref *ref;          /* wr[k] is ref[k].c->it[ref[k].i] */
   size_t nwr, cap;
+  uint64_t bytes;     /* record bytes of its calls */
+  struct put_group *next; /* index stage queue (gc_mu) */
+  int ix_rc, ix_done;
 } put_group;
 
 static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
@@ -212,8 +217,8 @@ static int write_planned(e8s_store *st, put_group *g) {
       if (g->c[k]->it[i].planned && !g->c[k]->it[i].written && g->nwr < g->cap)
         wr_add(g, g->c[k], i);
   if (g->nwr == from) return E8S_OK;
-  uint64_t t = store_wp_write(st, g->wr + from, g->nwr - from);
-  store_wp_sync(st, t, g->wr + from, g->nwr - from);
+  uint64_t t = store_wp_write(st, 0, g->wr + from, g->nwr - from);
+  store_wp_sync(st, 0, t, g->wr + from, g->nwr - from);
   wr_settle(g, from);
   return E8S_OK;
 }
@@ -303,12 +308,6 @@ static int settle(e8s_store *st, put_ctx *c, int group_rc) {
     put_item *it = &c->it[i];
     if (c->rc && r->result == E8S_OK) r->result = c->rc;
     if (group_rc && r->result == E8S_OK && !r->existed) r->result = group_rc;
-    if (it->xdup && r->result == E8S_OK) {
-      r->result = it->xdup_rec->result;
-      r->existed = r->result == E8S_OK;
-      if (r->existed && memcmp(it->xdup->digest, it->digest, 32) != 0)
-        r->result = E8S_ERR_CONFLICT, r->existed = 0;
-    }
     if (it->dup_of >= 0 && r->result == E8S_OK) {
       int d = it->dup_of;
       r->result = c->r[d].result;
@@ -341,7 +340,7 @@ static uint64_t mono_ns(void) {
 }
 
 /* Takes the queued calls that fit one group (gc_mu held, queue not empty). */
-static put_ctx *take_group(e8s_store *st, size_t *n_out, size_t *recs_out) {
+static put_ctx *take_group(e8s_store *st, size_t *n_out, size_t *recs_out, uint64_t *bytes_out) {
   size_t n = 0, recs = 0;
   uint64_t bytes = 0;
   put_ctx *head = st->gc_head, *last = NULL;
@@ -354,22 +353,114 @@ static put_ctx *take_group(e8s_store *st, size_t *n_out, size_t *recs_out) {
   last->next = NULL;
   *n_out = n;
   *recs_out = recs;
+  *bytes_out = bytes;
   return head;
 }
 
-/* Stages 2 and 3 for a group whose data stage took `ticket`; returns the group's result. */
-static int finish_group(e8s_store *st, put_group *g, uint64_t ticket) {
-  store_wp_sync(st, ticket, g->wr, g->nwr);
+/* Records whose key an earlier call of the same index transaction planned take that record's
+ * outcome (existed, or its error; CONFLICT for another token digest). Done by the index
+ * stage's thread while every call of the transaction is still waiting. */
+static void settle_xdups(put_group *m, int group_rc) {
+  for (size_t k = 0; k < m->n; k++) {
+    put_ctx *c = m->c[k];
+    for (size_t i = 0; i < c->n; i++) {
+      e8s_put_rec *r = &c->r[i];
+      put_item *it = &c->it[i];
+      if (!it->xdup) continue;
+      if (r->result == E8S_OK) {
+        e8s_put_rec *o = it->xdup_rec;
+        int src = o->result;
+        if (src == E8S_OK && group_rc && !o->existed) src = group_rc;
+        r->result = src;
+        r->existed = src == E8S_OK;
+        if (r->existed && memcmp(it->xdup->digest, it->digest, 32) != 0)
+          r->result = E8S_ERR_CONFLICT, r->existed = 0;
+      }
+      it->xdup = NULL;
+    }
+  }
+}
+
+/* Takes the head of the index queue: groups up to the group limits (gc_mu held). */
+static put_group *take_index_groups(e8s_store *st) {
+  put_group *head = st->ix_head, *last = head;
+  size_t calls = head->n;
+  uint64_t bytes = head->bytes;
+  while (last->next && calls + last->next->n <= GROUP_MAX_CALLS &&
+         bytes + last->next->bytes <= group_bytes_max(st)) {
+    last = last->next;
+    calls += last->n, bytes += last->bytes;
+  }
+  st->ix_head = last->next;
+  if (!st->ix_head) st->ix_tail = NULL;
+  last->next = NULL;
+  return head;
+}
+
+/* Index stage for the groups of list `head`, merged into one LMDB transaction (they all waited
+ * for the writer mutex meanwhile: one commit instead of several). */
+static int index_groups(e8s_store *st, put_group *head) {
+  size_t calls = 0, recs = 0;
+  for (put_group *g = head; g; g = g->next)
+    for (size_t k = 0; k < g->n; k++) calls++, recs += g->c[k]->n;
+  put_group m = {0};
+  m.c = malloc((calls ? calls : 1) * sizeof *m.c);
+  m.wr = malloc((recs ? recs : 1) * sizeof *m.wr); /* room for stragglers */
+  m.ref = malloc((recs ? recs : 1) * sizeof *m.ref);
+  int e = E8S_ERR_NOMEM;
+  if (m.c && m.wr && m.ref) {
+    m.cap = recs;
+    for (put_group *g = head; g; g = g->next)
+      for (size_t k = 0; k < g->n; k++) m.c[m.n++] = g->c[k];
+    pthread_mutex_lock(&st->wlock);
+    e = run_group(st, &m);
+    pthread_mutex_unlock(&st->wlock);
+    store_wp_release(st, m.wr, m.nwr);
+    settle_xdups(&m, e);
+  }
+  if (e == E8S_OK) store_retire_apply(st, &m.retire);
+  else free(m.retire.ids);
+  free(m.c), free(m.wr), free(m.ref);
+  return e;
+}
+
+/* Stages 2 and 3 for a group whose data stage took `ticket` of `lane`; returns the group's
+ * result. Stage 3: the group joins the index queue; one thread at a time takes the whole
+ * queue into one transaction. */
+static int finish_group(e8s_store *st, put_group *g, int lane, uint64_t ticket) {
+  store_wp_sync(st, lane, ticket, g->wr, g->nwr);
   wr_settle(g, 0);
-  if (!g->c) return E8S_ERR_NOMEM;
+  int e = E8S_ERR_NOMEM;
   uint64_t t0 = mono_ns();
-  pthread_mutex_lock(&st->wlock);
-  int e = run_group(st, g);
-  pthread_mutex_unlock(&st->wlock);
+  if (g->c) {
+    pthread_mutex_lock(&st->gc_mu);
+    g->next = NULL;
+    if (st->ix_tail) st->ix_tail->next = g;
+    else st->ix_head = g;
+    st->ix_tail = g;
+    while (!g->ix_done) {
+      if (st->ix_busy) {
+        pthread_cond_wait(&st->gc_cv, &st->gc_mu);
+        continue;
+      }
+      st->ix_busy = 1;
+      put_group *head = take_index_groups(st);
+      pthread_mutex_unlock(&st->gc_mu);
+      int r = index_groups(st, head);
+      pthread_mutex_lock(&st->gc_mu);
+      for (put_group *p = head, *nx; p; p = nx) { /* p's owner may return once done is set */
+        nx = p->next;
+        p->ix_rc = r;
+        p->ix_done = 1;
+      }
+      st->ix_busy = 0;
+      pthread_cond_broadcast(&st->gc_cv);
+    }
+    e = g->ix_rc;
+    pthread_mutex_unlock(&st->gc_mu);
+  }
   atomic_fetch_add(&st->t_index_ns, mono_ns() - t0);
   store_wp_release(st, g->wr, g->nwr);
-  if (e == E8S_OK) store_retire_apply(st, &g->retire);
-  else free(g->retire.ids);
   return e;
 }
 
@@ -381,15 +472,18 @@ static int group_commit(e8s_store *st, put_ctx *c) {
   else st->gc_head = c;
   st->gc_tail = c;
   while (!c->done) {
-    if (st->gc_busy || !st->gc_head) { /* c is queued behind a leader, or in flight */
+    int lane = 0;
+    while (lane < STORE_LANES && st->lanes[lane].led) lane++;
+    if (lane == STORE_LANES || !st->gc_head) { /* queued behind the leaders, or in flight */
       pthread_cond_wait(&st->gc_cv, &st->gc_mu);
       continue;
     }
-    st->gc_busy = 1; /* lead the data stage of what is queued, up to the group limits */
+    st->lanes[lane].led = 1; /* lead a data stage: what is queued, up to the group limits */
     size_t n, recs;
-    put_ctx *head = take_group(st, &n, &recs);
+    uint64_t bytes;
+    put_ctx *head = take_group(st, &n, &recs, &bytes);
     pthread_mutex_unlock(&st->gc_mu);
-    put_group g = {0};
+    put_group g = {.bytes = bytes};
     g.c = malloc(n * sizeof *g.c);
     g.wr = malloc((recs ? recs : 1) * sizeof *g.wr);
     g.ref = malloc((recs ? recs : 1) * sizeof *g.ref);
@@ -401,12 +495,12 @@ static int group_commit(e8s_store *st, put_ctx *c) {
       for (put_ctx *p = head; p; p = p->next) g.c[g.n++] = p;
       pick(st, &g);
     }
-    uint64_t ticket = store_wp_write(st, g.wr, g.nwr);
-    pthread_mutex_lock(&st->gc_mu); /* the next group may start its data stage */
-    st->gc_busy = 0;
+    uint64_t ticket = store_wp_write(st, lane, g.wr, g.nwr);
+    pthread_mutex_lock(&st->gc_mu); /* the next group may start its data stage here */
+    st->lanes[lane].led = 0;
     pthread_cond_broadcast(&st->gc_cv);
     pthread_mutex_unlock(&st->gc_mu);
-    int e = finish_group(st, &g, ticket);
+    int e = finish_group(st, &g, lane, ticket);
     pthread_mutex_lock(&st->gc_mu);
     for (put_ctx *p = head, *nx; p; p = nx) {
       nx = p->next;

@@ -21,6 +21,13 @@ char *store_seg_path(const e8s_store *st, uint64_t id) {
   return p;
 }
 
+/* 1 if s is some lane's active segment (seg_mu held). */
+static int active(const e8s_store *st, const store_seg *s) {
+  for (int i = 0; i < STORE_LANES; i++)
+    if (st->lanes[i].wseg == s) return 1;
+  return 0;
+}
+
 static store_seg *find(e8s_store *st, uint64_t id) {
   for (store_seg *s = st->segs; s; s = s->next)
     if (s->id == id) return s;
@@ -78,7 +85,7 @@ void store_seg_retire(e8s_store *st, uint64_t id) {
   store_seg *s = find(st, id);
   if (s) {
     s->retired = 1;
-    if (s->refs == 0 && s != st->wseg) drop(st, s);
+    if (s->refs == 0 && !active(st, s)) drop(st, s);
   } else if (!st->readonly) {
     store_seg tmp = {.id = id};
     unlink_seg(st, &tmp);
@@ -95,24 +102,26 @@ void store_seg_table_free(e8s_store *st) {
     s = n;
   }
   st->segs = NULL;
-  st->wseg = NULL;
+  for (int i = 0; i < STORE_LANES; i++) st->lanes[i].wseg = NULL;
 }
 
-void store_seg_seal_active(e8s_store *st) {
+void store_seg_seal_active(e8s_store *st, store_lane *l) {
   /* give back the preallocated tail (the records all lie below wpos) */
-  if (st->wseg && st->wprealloc > st->wpos) (void)ftruncate(st->wseg->fd, (off_t)st->wpos);
-  st->wprealloc = 0;
+  if (l->wseg && l->wprealloc > l->wpos) (void)ftruncate(l->wseg->fd, (off_t)l->wpos);
+  l->wprealloc = 0;
   pthread_mutex_lock(&st->seg_mu);
-  store_seg *s = st->wseg;
-  st->wseg = NULL;
+  store_seg *s = l->wseg;
+  l->wseg = NULL;
   /* the fd stays open for readers; a sealed segment with nothing indexed is removed
    * by recovery at the next open (its file is not in the index) */
   if (s && s->retired && s->refs == 0) drop(st, s);
   pthread_mutex_unlock(&st->seg_mu);
 }
 
-static int create_segment(e8s_store *st) {
+static int create_segment(e8s_store *st, store_lane *l) {
+  pthread_mutex_lock(&st->seg_mu);
   uint64_t id = st->next_seg_id++;
+  pthread_mutex_unlock(&st->seg_mu);
   char *p = store_seg_path(st, id);
   if (!p) return E8S_ERR_NOMEM;
   int fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -151,10 +160,10 @@ static int create_segment(e8s_store *st) {
   pthread_mutex_lock(&st->seg_mu);
   s->next = st->segs;
   st->segs = s;
-  st->wseg = s;
+  l->wseg = s;
   pthread_mutex_unlock(&st->seg_mu);
-  st->wpos = store_fault_segment_start();
-  st->wprealloc = 0;
+  l->wpos = store_fault_segment_start();
+  l->wprealloc = 0;
   return E8S_OK;
 }
 
@@ -165,19 +174,19 @@ static int create_segment(e8s_store *st) {
  * The file is longer than its records meanwhile; the tail is cut at seal and at open. A
  * refusal (ENOSPC, EOPNOTSUPP) just means appending to a growing file. */
 #define STORE_PREALLOC_STEP (64ull << 20)
-static void prealloc(e8s_store *st, uint64_t need) {
-  uint64_t from = st->wprealloc > st->wpos ? st->wprealloc : st->wpos;
+static void prealloc(e8s_store *st, store_lane *l, uint64_t need) {
+  uint64_t from = l->wprealloc > l->wpos ? l->wprealloc : l->wpos;
   uint64_t to = from + STORE_PREALLOC_STEP;
   if (to > st->cfg.segment_bytes) to = st->cfg.segment_bytes;
   if (to < need) to = need;
-  if (fallocate(st->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) st->wprealloc = to;
-  else st->wprealloc = need; /* don't retry for every record */
+  if (fallocate(l->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) l->wprealloc = to;
+  else l->wprealloc = need; /* don't retry for every record */
 }
 
 int store_seg_busy(e8s_store *st, uint64_t id) {
   pthread_mutex_lock(&st->seg_mu);
   store_seg *s = find(st, id);
-  int busy = (st->wseg && st->wseg->id == id) || (s && s->pending > 0);
+  int busy = (s && (active(st, s) || s->pending > 0));
   pthread_mutex_unlock(&st->seg_mu);
   return busy;
 }
@@ -192,7 +201,7 @@ void store_seg_pending_add(e8s_store *st, store_seg *s) {
 void store_seg_pending_done(e8s_store *st, store_seg *s) {
   pthread_mutex_lock(&st->seg_mu);
   s->pending--;
-  if (--s->refs == 0 && s->retired && s != st->wseg) drop(st, s);
+  if (--s->refs == 0 && s->retired && !active(st, s)) drop(st, s);
   pthread_mutex_unlock(&st->seg_mu);
 }
 
@@ -209,18 +218,19 @@ int store_seg_sync_failed(e8s_store *st, store_seg *s) {
   return f;
 }
 
-int store_seg_reserve(e8s_store *st, uint64_t bytes, store_seg **seg, uint64_t *off) {
-  if (st->wseg && (store_seg_sync_failed(st, st->wseg) ||
-                   (st->wpos > STORE_SEG_HDR_BYTES && st->wpos + bytes > st->cfg.segment_bytes)))
-    store_seg_seal_active(st);
-  if (!st->wseg) {
-    int e = create_segment(st);
+int store_seg_reserve(e8s_store *st, store_lane *l, uint64_t bytes, store_seg **seg,
+                      uint64_t *off) {
+  if (l->wseg && (store_seg_sync_failed(st, l->wseg) ||
+                  (l->wpos > STORE_SEG_HDR_BYTES && l->wpos + bytes > st->cfg.segment_bytes)))
+    store_seg_seal_active(st, l);
+  if (!l->wseg) {
+    int e = create_segment(st, l);
     if (e) return e;
   }
-  if (st->wpos + bytes > st->wprealloc) prealloc(st, st->wpos + bytes);
-  *seg = st->wseg;
-  *off = st->wpos;
-  st->wpos += bytes;
+  if (l->wpos + bytes > l->wprealloc) prealloc(st, l, l->wpos + bytes);
+  *seg = l->wseg;
+  *off = l->wpos;
+  l->wpos += bytes;
   return E8S_OK;
 }
 

@@ -1,6 +1,8 @@
 /* store_wpipe.c: the write pipeline shared by puts and compaction (see store_int.h).
  *
- * Data stage (dlock): space is reserved in the active segment (a new segment is created, with
+ * Each lane (store_int.h) has its own active segment, data stage and sync stage; puts use
+ * whichever lane is free, compaction and the index stage's rare stragglers use lane 0.
+ * Data stage (the lane's dlock): space is reserved in the lane's active segment (a new segment is created, with
  * its header fdatasynced and the directory fsynced, when needed), every record is written
  * through the io engine (io_uring: one wave of WRITEV SQEs; pwrite: pwritev per record), then
  * writeback of the bytes just written is started (sync_file_range WRITE: it only queues I/O,
@@ -8,7 +10,7 @@
  * stage). The batch takes the next ticket and leaves dlock, so the next batch can be written
  * while this one waits for the disk.
  *
- * Sync stage (sync_mu, in ticket order): one fdatasync per touched segment through the sync
+ * Sync stage (the lane's sync_mu, in ticket order): one fdatasync per touched segment through the sync
  * io engine. Serialising the fdatasyncs of one file matters for errors: Linux reports a
  * writeback error to one fdatasync only, and pages are shared between neighbouring records
  * (records are not page aligned), so a failure is recorded on the segment (sync_failed) and
@@ -47,11 +49,12 @@ static void kick_all(const store_wrec *r, const store_iow *w, const size_t *map,
   }
 }
 
-uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n) {
+uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
+  store_lane *l = &st->lanes[lane];
   uint64_t t0 = mono_ns();
   store_iow *w = calloc(n ? n : 1, sizeof *w);
   size_t *map = calloc(n ? n : 1, sizeof *map);
-  pthread_mutex_lock(&st->dlock);
+  pthread_mutex_lock(&l->dlock);
   size_t nw = 0;
   for (size_t i = 0; i < n; i++) {
     r[i].seg = NULL;
@@ -61,7 +64,7 @@ uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n) {
       continue;
     }
     store_seg *seg;
-    int e = store_seg_reserve(st, r[i].bytes, &seg, &r[i].off);
+    int e = store_seg_reserve(st, l, r[i].bytes, &seg, &r[i].off);
     if (e) {
       r[i].err = e;
       continue;
@@ -74,7 +77,7 @@ uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n) {
     w[nw].iov[1] = r[i].iov[1];
     map[nw++] = i;
   }
-  if (nw) st->io->ops->write_batch(st->io, w, nw);
+  if (nw) l->io->ops->write_batch(l->io, w, nw);
   int failed = 0;
   for (size_t j = 0; j < nw; j++) {
     store_wrec *x = &r[map[j]];
@@ -85,10 +88,10 @@ uint64_t store_wp_write(e8s_store *st, store_wrec *r, size_t n) {
     failed = 1;
   }
   /* a failed write leaves the segment's tail unknown: seal it, append elsewhere */
-  if (failed) store_seg_seal_active(st);
+  if (failed) store_seg_seal_active(st, l);
   else kick_all(r, w, map, nw);
-  uint64_t ticket = st->wp_next_ticket++;
-  pthread_mutex_unlock(&st->dlock);
+  uint64_t ticket = l->next_ticket++;
+  pthread_mutex_unlock(&l->dlock);
   free(w);
   free(map);
   atomic_fetch_add(&st->t_write_ns, mono_ns() - t0);
@@ -102,12 +105,13 @@ static size_t seg_slot(store_seg *const *segs, size_t nf, const store_seg *s) {
   return f;
 }
 
-void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n) {
+void store_wp_sync(e8s_store *st, int lane, uint64_t ticket, store_wrec *r, size_t n) {
+  store_lane *l = &st->lanes[lane];
   size_t cap = n ? n : 1;
   int *fds = malloc(cap * sizeof *fds), *res = malloc(cap * sizeof *res);
   store_seg **segs = malloc(cap * sizeof *segs);
-  pthread_mutex_lock(&st->sync_mu);
-  while (st->wp_serving != ticket) pthread_cond_wait(&st->sync_cv, &st->sync_mu);
+  pthread_mutex_lock(&l->sync_mu);
+  while (l->serving != ticket) pthread_cond_wait(&l->sync_cv, &l->sync_mu);
   uint64_t t0 = mono_ns();
   size_t nf = 0;
   for (size_t i = 0; i < n; i++) {
@@ -118,7 +122,7 @@ void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n) {
     }
     if (seg_slot(segs, nf, r[i].seg) == nf) segs[nf] = r[i].seg, fds[nf++] = r[i].seg->fd;
   }
-  if (nf) st->sio->ops->sync_batch(st->sio, fds, res, nf);
+  if (nf) l->sio->ops->sync_batch(l->sio, fds, res, nf);
   for (size_t f = 0; f < nf; f++)
     if (res[f]) store_seg_set_sync_failed(st, segs[f]);
   for (size_t i = 0; i < n; i++) {
@@ -134,9 +138,9 @@ void store_wp_sync(e8s_store *st, uint64_t ticket, store_wrec *r, size_t n) {
                            (unsigned long long)r[i].seg_id);
     }
   }
-  st->wp_serving++;
-  pthread_cond_broadcast(&st->sync_cv);
-  pthread_mutex_unlock(&st->sync_mu);
+  l->serving++;
+  pthread_cond_broadcast(&l->sync_cv);
+  pthread_mutex_unlock(&l->sync_mu);
   atomic_fetch_add(&st->t_sync_ns, mono_ns() - t0);
   free(fds), free(res), free(segs);
 }
