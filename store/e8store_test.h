@@ -33,9 +33,11 @@ unsigned e8s_test_fault_hits(void);
  * benchmarks: prep = argument checks, token digests and payload CRC32C (in the callers'
  * threads); write = data stage (waiting for the data stage, space, writes, writeback start);
  * sync = fdatasync stage (excluding the wait for its turn); index = LMDB stage (waiting for the
- * writer mutex, plan, insert, commit). groups = groups led, group_calls = calls in them. */
+ * writer mutex, plan, insert, commit). groups = groups led (data stages), group_calls = calls
+ * in them, index_commits = LMDB transactions of the index stage (groups waiting for it are
+ * merged into one). */
 typedef struct e8s_test_put_times {
-  unsigned long long prep_ns, write_ns, sync_ns, index_ns, groups, group_calls;
+  unsigned long long prep_ns, write_ns, sync_ns, index_ns, groups, group_calls, index_commits;
 } e8s_test_put_times;
 struct e8s_store;
 void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out);

@@ -78,4 +78,5 @@ void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out) {
   out->index_ns = atomic_load(&st->t_index_ns);
   out->groups = atomic_load(&st->n_groups);
   out->group_calls = atomic_load(&st->n_group_calls);
+  out->index_commits = atomic_load(&st->n_index_commits);
 }

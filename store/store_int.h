@@ -194,7 +194,8 @@ struct e8s_store {
   store_lane lanes[STORE_LANES]; /* write pipeline lanes (store_wpipe.c); lanes[0].io is the
                                     engine reported by e8s_io_engine_used */
   uint64_t next_seg_id;      /* seg_mu */
-  _Atomic uint64_t t_prep_ns, t_write_ns, t_sync_ns, t_index_ns, n_groups, n_group_calls;
+  _Atomic uint64_t t_prep_ns, t_write_ns, t_sync_ns, t_index_ns, n_groups, n_group_calls,
+      n_index_commits;
 
   pthread_mutex_t gc_mu;     /* group commit queue of e8s_put calls (store_put.c) */
   pthread_cond_t gc_cv;

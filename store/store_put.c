@@ -415,6 +415,7 @@ static int index_groups(e8s_store *st, put_group *head) {
     pthread_mutex_lock(&st->wlock);
     e = run_group(st, &m);
     pthread_mutex_unlock(&st->wlock);
+    atomic_fetch_add(&st->n_index_commits, 1);
     store_wp_release(st, m.wr, m.nwr);
     settle_xdups(&m, e);
   }
