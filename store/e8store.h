@@ -21,7 +21,10 @@
  *   bytes that are not on disk, and a record whose call did not return success is never visible,
  *   now or after a crash. Bytes past the last indexed record of a segment (a crash, a failed
  *   write) are ignored and truncated away at the next read-write open. All offsets and lengths are
- *   64-bit: segments and payloads beyond 4 GiB work.
+ *   64-bit: segments and payloads beyond 4 GiB work. Puts append to up to two active segments at
+ *   once (write lanes, see THREAD SAFETY), each allocated (fallocate) up to 64 MiB ahead of its
+ *   last record; the allocated tail is cut when the segment is sealed and at open, and is not
+ *   counted in e8s_stats.disk_bytes.
  *
  * UNITS
  *   bytes for sizes (uint64_t), token ids are uint32_t, tokens counts are in tokens,
@@ -47,8 +50,10 @@
  *   calls that arrive while a group is being written queue up and the next group takes them
  *   all (up to 64 calls, a quarter of the budget), so N concurrent callers share one io_uring
  *   submission, one fdatasync per segment and one LMDB commit; and while group n waits for its
- *   fdatasync or its LMDB commit, group n+1 is already being written (the order payload ->
- *   fdatasync -> LMDB commit -> return holds for each). Concurrent callers therefore get more
+ *   fdatasync or its LMDB commit, group n+1 is already being written, into a second active
+ *   segment (two write lanes: two groups' fdatasyncs in flight at once), and groups that wait
+ *   for the LMDB stage together share one commit (the order payload -> fdatasync -> LMDB
+ *   commit -> return holds for each). Concurrent callers therefore get more
  *   throughput than one (the daemon: serve puts from several threads); a single caller should
  *   still batch its records into one call. Readers (lookup, get, session get/list, stats) never
  *   take the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each
