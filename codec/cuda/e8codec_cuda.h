@@ -2,29 +2,44 @@
  * e8codec_cuda.h: libe8codec_cuda, the E8 KV codec on NVIDIA GPUs.
  *
  * WHAT IT IS
- *   The numeric half of libe8codec (codec/e8codec.h) as CUDA kernels, so that an inference
- *   engine compresses its KV cache where it lives, in device memory, and restores it there:
+ *   libe8codec (codec/e8codec.h) as CUDA kernels, so that an inference engine compresses its KV
+ *   cache where it lives, in device memory, and restores it there:
  *     encode:  device tensor --quantize kernels--> device "qbatch" (E8 points x 2, scales as
- *              bf16 bits, raw-kept tokens: the e8c_qlayer arrays) --one compact copy--> host
- *              --pack on host threads (e8c_qlayer_pack: layout, decorrelation, entropy coding,
- *              CRC32C)--> frames;
- *     decode:  frames --unpack on host threads (e8c_qlayer_unpack)--> pinned host qbatch
- *              --one copy--> device --dequantize kernels--> device tensor.
+ *              bf16 bits, raw-kept tokens: the e8c_qlayer arrays) --entropy kernels (FORMAT v2
+ *              layout: scales, coset bits, zigzag symbols with escapes, the decorrelation choice
+ *              per KV head, modes; coding 3 "rans32", one warp per stream)--> the frames' stream
+ *              bytes, back to back --one compact copy--> host --headers, descriptors, CRC32C
+ *              on host threads--> frames;
+ *     decode:  frames --header and CRC checks on host threads, one compact copy--> device
+ *              --rans32 decode, layout undone into the qbatch--> --dequantize kernels--> device
+ *              tensor.
  *   The kernels do RoPE removal/restore (every variant e8codec.h names: the cos/sin tables come
  *   from e8c_rope_cos_sin), the randomized Hadamard rotation (signs from e8c_hadamard_signs),
  *   the per-vector scale and the strict E8 nearest point (Conway & Sloane, IEEE Trans. IT
  *   28(2), 1982: both cosets, parity fixed on the coordinate with the largest rounding
- *   residual), following codec/FORMAT.md operation by operation. Frames are therefore
- *   BYTE-IDENTICAL to the CPU library's (e8c_frame_encode) for the same input, and decoding
- *   gives the same values as e8c_frame_decode; tests/gpu/ checks both.
- *   The entropy stage runs on host threads through the CPU library's own packer (libzstd and
- *   the format's other coders: the same code as the CPU path, which keeps the bytes identical).
+ *   residual), following codec/FORMAT.md operation by operation, and the byte format of
+ *   FORMAT.md §5 (rANS: J. Duda, arXiv:0902.0271, 2009; K interleaved states, F. Giesen,
+ *   arXiv:1402.3392, 2014). Frames are therefore BYTE-IDENTICAL to the CPU library's
+ *   (e8c_frame_encode) for the same input, and decoding gives the same values as
+ *   e8c_frame_decode, also for damaged frames (the same error); tests/gpu/ checks all three.
+ *   ENTROPY CONFIGS: the GPU codes frames itself for config.entropy = E8C_ENTROPY_RANS32 (the
+ *   default). For E8C_ENTROPY_BEST and _V1 (zstd: libzstd's bytes cannot be made on the GPU)
+ *   e8cu_pack falls back to the host packer (e8c_qlayer_pack on the worker threads: the CPU
+ *   path's own code, so the bytes are still the CPU's) and e8cu_pack_frames refuses with
+ *   E8C_ERR_CONFIG; decoding frames that use zstd or coding 2 goes through the host unpacker
+ *   the same way. E8CU_GPU_ENTROPY=0 in the environment forces the host paths (same bytes).
  *
  * PERFORMANCE (H200, make bench-gpu: 32 layers x 8 KV heads x head_dim 128 x 32K tokens,
  * fp16, frames of 256 tokens; device copy 2.1 TB/s counted as bytes copied per second)
- *   quantize ~350 GB/s and dequantize ~800 GB/s of fp16 KV on the device; end to end the host
- *   entropy stage bounds it (~1 GB/s encode, ~2 GB/s decode with 16 host threads), i.e. the
- *   CPU packer's speed: see bench/gpu/e8cu_bench.c for the measured numbers of a run.
+ *   quantize ~335 GB/s and dequantize ~700 GB/s of fp16 KV on the device; end to end with
+ *   the entropy stage 67 GB/s encode (e8cu_pack_frames) and 70 GB/s decode in one pass (first
+ *   version of that path), 104 / 139 GB/s with the experimental grouped pipeline
+ *   (E8CU_GROUP_ELEMS, off by default), against
+ *   ~1.1-2.5 GB/s for the CPU path on 16 cores: bench/gpu/NOTES.md has the measured table.
+ *   Tuning variables (environment; results never change): E8CU_GROUP_ELEMS (elements per
+ *   group of the pipelined entropy stage; unset: one group), E8CU_STREAMS=1 (groups on the
+ *   caller's stream only), E8CU_DEC_LANE1=0 (one-lane rans32 streams decoded by the warp
+ *   kernel), E8CU_PROFILE=1 (per-stage times on stderr; serializes).
  *
  * BATCHES
  *   One call covers many frames (layers, K and V, chunks): an array of e8cu_item, each one
@@ -46,8 +61,11 @@
  *   The caller owns every buffer. Ask sizes first: e8cu_qbatch_size (device qbatch, and the
  *   same size of pinned host staging for e8cu_pack / e8cu_unpack). Device pointers are named
  *   d_*, pinned host pointers h_*. The context owns small device tables (Hadamard signs; RoPE
- *   cos/sin for the positions last used, grown on demand by a synchronous upload) and one
- *   e8c_ctx per host worker thread.
+ *   cos/sin for the positions last used, grown on demand by a synchronous upload), one e8c_ctx
+ *   per host worker thread, and the entropy stage's device workspace (about 2.5 bytes per
+ *   quantized element of the largest batch seen; grown by cudaMalloc when a larger batch
+ *   comes, which synchronizes the device; freed with the context). When a batch's coded frames
+ *   (or, decoding, its stream bytes) do not fit the h_q staging, that call takes the host path.
  *
  * ERRORS
  *   The CPU library's error space (E8C_ERR_*, e8c_error_name) plus E8CU_ERR_CUDA for a failed
@@ -141,10 +159,12 @@ int64_t e8cu_quantize_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items, e8c
                             void *d_q, size_t qbatch_bytes, cudaEvent_t wait_event,
                             cudaStream_t stream);
 
-/* Entropy stage: waits for `stream`, copies the used part of d_q into the pinned h_q in one
- * transfer, then writes frame i into dsts[i] (dst_caps[i] bytes; e8c_frame_max_size(n_tokens)
- * always suffices) on the worker threads: e8c_qlayer_pack (layout, decorrelation, zstd,
- * CRC32C), the very code of the CPU path. sizes[i] receives frame i's size. Returns 0, or the
+/* Entropy stage: waits for `stream`; with entropy = rans32 codes the frames on the GPU (see
+ * e8cu_pack_frames), copies them back compact into the pinned h_q and from there into dsts[i];
+ * otherwise copies the used part of d_q into h_q in one transfer and packs on the worker
+ * threads with e8c_qlayer_pack (layout, decorrelation, zstd, CRC32C), the very code of the CPU
+ * path. Frame i goes to dsts[i] (dst_caps[i] bytes; e8c_frame_max_size(n_tokens) always
+ * suffices); sizes[i] receives its size. Returns 0, or the
  * error of the lowest failing item (E8C_ERR_NONFINITE / _RANGE for bad input, as
  * e8c_frame_encode reports it; E8C_ERR_DST_SIZE; E8CU_ERR_CUDA), its index in the message. */
 int64_t e8cu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
@@ -185,9 +205,15 @@ int64_t e8cu_dequantize_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items,
                               const void *d_q, size_t qbatch_bytes, cudaEvent_t wait_event,
                               cudaStream_t stream);
 
-/* Whole decode: e8cu_unpack into h_q, one host-to-device copy h_q -> d_q on `stream`, then
- * e8cu_dequantize_async. Returns once the work is enqueued; h_q and d_q stay in use until the
- * stream has passed it. 0 or an error of either half. */
+/* Whole decode. Frames whose streams are stored or coding 3 (every frame of an entropy =
+ * rans32 encoder): header and CRC checks on the worker threads (as e8c_frame_decode makes
+ * them), the frames' stream bytes staged in h_q and copied to the device in one transfer,
+ * rans32 decoding and the layout undone on the GPU into d_q (waits for these kernels: a
+ * damaged stream is reported here, E8C_ERR_CORRUPT, as the CPU decoder reports it), then
+ * e8cu_dequantize_async. Other frames (zstd, coding 2): e8cu_unpack into h_q, one copy h_q ->
+ * d_q, e8cu_dequantize_async. Returns once the dequantize work is enqueued; h_q and d_q stay
+ * in use until the stream has passed it. 0 or an error of either half (host checks of all
+ * frames come before the device's). */
 int64_t e8cu_decode_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items,
                           const void *const *frames, const size_t *frame_sizes,
                           const e8c_decode_params *dp, e8cu_qmeta *meta, void *h_q, void *d_q,

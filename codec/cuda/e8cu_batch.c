@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "codec/cuda/e8cu_ctx.h"
+#include "codec/cuda/e8cu_entropy.h"
 
 #define A16(x) (((x) + 15u) & ~(size_t)15u)
 
@@ -85,9 +86,14 @@ static void policy(const e8cu_ctx *ctx, const e8c_frame_params *p, uint32_t seq,
 /* Offsets of every item's arrays for the given metas; returns the bytes used. */
 size_t e8cu_layout(const e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, e8cu_off *off)
 {
+    return e8cu_layout_range(ctx, 0, n, A16(8 * n), items, meta, off);
+}
+
+size_t e8cu_layout_range(const e8cu_ctx *ctx, size_t i0, size_t i1, size_t cur, const e8cu_item *items,
+                         const e8cu_qmeta *meta, e8cu_off *off)
+{
     size_t H = ctx->fp.n_kv_heads, hd = ctx->fp.head_dim, ss = esize(ctx->fp.src_dtype);
-    size_t cur = A16(8 * n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = i0; i < i1; i++) {
         uint32_t N = items[i].p.n_tokens;
         uint32_t nr = meta[i].method == 0 ? N : meta[i].n_raw_head + meta[i].n_raw_tail;
         off[i].n_raw = nr;
@@ -349,47 +355,18 @@ static int64_t check_status(e8cu_ctx *ctx, size_t n, const void *d_q, void *h_q,
     return 0;
 }
 
-typedef struct {
-    e8cu_ctx *ctx;
-    const e8cu_item *items;
-    const e8cu_qmeta *meta;
-    uint8_t *h_out;
-    void *const *dsts;
-    const size_t *caps;
-    size_t *sizes;
-} e8cu_hjob;
-
-static int64_t header_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t msg_size)
-{
-    (void)wctx;
-    const e8cu_hjob *J = arg;
-    uint64_t fo;
-    uint32_t fs;
-    e8cu_gpu_header(J->ctx, i, &J->items[i], &J->meta[i], J->h_out);
-    e8cu_gpu_frame_at(J->ctx, i, &fo, &fs);
-    if (J->sizes) J->sizes[i] = fs;
-    if (!J->dsts) return 0;
-    if (J->caps[i] < fs) {
-        snprintf(msg, msg_size, "frame of %u bytes, buffer of %zu", fs, J->caps[i]);
-        return E8C_ERR_DST_SIZE;
-    }
-    memcpy(J->dsts[i], J->h_out + fo, fs);
-    return 0;
-}
-
 /* e8cu_pack on the GPU: 0, an error (< 0), or 1 when the frames do not fit h_q. */
 static int64_t gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
                         const e8cu_off *off, const void *d_q, void *h_q, size_t qbatch_bytes, void *const *dsts,
                         const size_t *dst_caps, size_t *sizes, cudaStream_t stream)
 {
     uint64_t total;
+    e8cu_prof(NULL, stream);
     int64_t rc = check_status(ctx, n, d_q, h_q, stream);
-    if (!rc) rc = e8cu_gpu_encode(ctx, n, items, meta, off, d_q, stream, &total);
+    e8cu_prof("enc quantize+st", stream);
     if (rc) return rc;
-    if (total > qbatch_bytes) return 1;
-    if ((rc = e8cu_gpu_fetch(ctx, h_q, total, stream))) return rc;
-    e8cu_hjob J = {ctx, items, meta, h_q, dsts, dst_caps, sizes};
-    return e8cu_run_jobs(ctx, n, header_job, &J, "frame headers");
+    return e8cu_gpu_pack(ctx, n, items, meta, off, d_q, h_q, qbatch_bytes, dsts, dst_caps, sizes, NULL, &total,
+                         stream);
 }
 
 int64_t e8cu_pack_frames(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
@@ -412,19 +389,14 @@ int64_t e8cu_pack_frames(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const 
     int64_t rc = 0;
     if (used > qbatch_bytes) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
     if (!rc && out_cap < 8 * n) rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "output of %zu bytes < 8 x items", out_cap);
+    e8cu_prof(NULL, stream);
     if (!rc) rc = check_status(ctx, n, d_q, h_out, stream);
-    if (!rc) rc = e8cu_gpu_encode(ctx, n, items, meta, off, d_q, stream, &t);
+    e8cu_prof("enc quantize+st", stream);
+    if (!rc) rc = e8cu_gpu_pack(ctx, n, items, meta, off, d_q, h_out, out_cap, NULL, NULL, sizes, offsets, &t, stream);
     free(off);
-    if (rc) return rc;
     *total = t;
-    if (t > out_cap) return e8cu_fail(ctx, E8C_ERR_DST_SIZE, "frames need %llu bytes, %zu given", (unsigned long long)t, out_cap);
-    if ((rc = e8cu_gpu_fetch(ctx, h_out, t, stream))) return rc;
-    e8cu_hjob J = {ctx, items, meta, h_out, NULL, NULL, sizes};
-    rc = e8cu_run_jobs(ctx, n, header_job, &J, "frame headers");
-    for (size_t i = 0; !rc && offsets && i < n; i++) {
-        uint32_t fs;
-        e8cu_gpu_frame_at(ctx, i, &offsets[i], &fs);
-    }
+    if (rc == 1)
+        return e8cu_fail(ctx, E8C_ERR_DST_SIZE, "frames need %llu bytes, %zu given", (unsigned long long)t, out_cap);
     return rc;
 }
 
@@ -576,7 +548,11 @@ int64_t e8cu_decode_async(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const
         }
         int64_t r = wait_for(ctx, wait_event, stream);
         if (!r) r = e8cu_gpu_decode(ctx, n, items, frames, frame_sizes, meta, h_q, d_q, qbatch_bytes, stream);
-        if (r == 0) return e8cu_dequantize_async(ctx, n, items, meta, dp, d_q, qbatch_bytes, NULL, stream);
+        if (r == 0) {
+            r = e8cu_dequantize_async(ctx, n, items, meta, dp, d_q, qbatch_bytes, NULL, stream);
+            e8cu_prof("dec dequantize", stream);
+            return r;
+        }
         if (r < 0) return r;
         /* r == 1: frames the GPU path does not decode (other codings): the host path */
     }

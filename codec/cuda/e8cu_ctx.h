@@ -23,12 +23,18 @@ typedef struct e8cu_table {
 /* Where item i's arrays sit in a qbatch (bytes from its start), for the actual policy. */
 typedef struct e8cu_off { size_t scales, points2, raw, end; uint32_t n_q, n_raw; } e8cu_off;
 
+#define E8CU_MAX_GROUPS 8
+#define E8CU_PIPE_EVENTS (2 + E8CU_MAX_GROUPS)
+
 /* Device and host workspace of the GPU entropy stage (e8cu_entropy.c), grown on demand. */
 typedef struct e8cu_ews {
     void *d_fr, *d_hd, *d_M, *d_hist, *d_ws, *d_cw, *d_out, *d_total;
-    size_t c_fr, c_hd, c_M, c_hist, c_ws, c_cw, c_out;
-    void *h_fr, *h_hd;   /* host copies of the frame and head records */
+    size_t c_fr, c_hd, c_M, c_hist, c_ws, c_cw, c_out, c_total;
+    void *h_fr, *h_hd;   /* host copies of the frame (pinned) and head records */
     size_t hc_fr, hc_hd;
+    cudaStream_t copy;   /* frames between host and device while groups are coded */
+    cudaStream_t aux;    /* a second kernel stream: two groups are coded at once */
+    cudaEvent_t ev[E8CU_PIPE_EVENTS]; /* [0, 1]: copies (and setup), [2, 2 + groups): group kernels */
 } e8cu_ews;
 
 struct e8cu_ctx {
@@ -54,25 +60,33 @@ uint32_t e8cu_crc32c(const void *p, size_t n);
 /* Workspace growth: device (cudaMalloc, a little more than need) and host (realloc). */
 int64_t e8cu_grow_dev(e8cu_ctx *ctx, void **p, size_t *cap, size_t need, const char *what);
 int64_t e8cu_grow_host(e8cu_ctx *ctx, void **p, size_t *cap, size_t need);
+int64_t e8cu_grow_pinned(e8cu_ctx *ctx, void **p, size_t *cap, size_t need); /* cudaMallocHost */
 /* Decode on the GPU (e8cu_dentropy.c): checks the frames, stages them in h_q, copies them to the
  * device and decodes them into d_q, filling meta; waits for the decode kernels. 0, an error, or
  * 1: this batch needs the host path (a coding other than 0 and 3, or h_q too small). */
 int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const void *const *frames,
                         const size_t *frame_sizes, e8cu_qmeta *meta, void *h_q, void *d_q, size_t qbatch_bytes,
                         cudaStream_t stream);
-/* Codes the quantized items of d_q on the GPU (after the work on stream), frames back to back in
- * the device output; waits for it; *total = their bytes. 0 or an error. */
-int64_t e8cu_gpu_encode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta,
-                        const e8cu_off *off, const void *d_q, cudaStream_t stream, uint64_t *total);
-/* Copies the total bytes of e8cu_gpu_encode's output to h_out (waits). */
-int64_t e8cu_gpu_fetch(e8cu_ctx *ctx, void *h_out, uint64_t total, cudaStream_t stream);
-/* Writes frame i's header and CRCs in place in h_out (the fetched output); thread-safe. */
+/* Codes the quantized items of d_q on the GPU (after the work on stream): frames back to back
+ * into h_out (h_cap bytes, pinned), their headers and CRCs written on the worker threads;
+ * sizes[i] (and offsets[i], if not NULL) set; with dsts, frame i is also copied to dsts[i]
+ * (caps[i] bytes, else E8C_ERR_DST_SIZE). *total = the bytes the frames need. 0; 1 when they do
+ * not fit h_cap (h_out then holds nothing valid); or an error. */
+int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, const e8cu_off *off,
+                      const void *d_q, void *h_out, size_t h_cap, void *const *dsts, const size_t *caps, size_t *sizes,
+                      uint64_t *offsets, uint64_t *total, cudaStream_t stream);
+/* Streams and events of the group pipeline (created once); the kernel stream of group g. */
+int64_t e8cu_pipe_init(e8cu_ctx *ctx);
+cudaStream_t e8cu_group_stream(const e8cu_ctx *ctx, size_t g, cudaStream_t stream);
+/* Writes frame i's header and CRCs in place in h_out (after e8cu_gpu_pack's copy); thread-safe. */
 void e8cu_gpu_header(const e8cu_ctx *ctx, size_t i, const e8cu_item *it, const e8cu_qmeta *m, uint8_t *h_out);
-/* Frame i's offset and size in the output of the last e8cu_gpu_encode. */
-void e8cu_gpu_frame_at(const e8cu_ctx *ctx, size_t i, uint64_t *off, uint32_t *size);
 
 /* Fills off[0..n) and returns the qbatch bytes used (e8cu_batch.c). */
 size_t e8cu_layout(const e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, e8cu_off *off);
+/* The same for items [i0, i1) only, continuing from byte offset cur (the first item's start:
+ * A16(8 n) for i0 = 0, else the previous item's end). Returns the end. */
+size_t e8cu_layout_range(const e8cu_ctx *ctx, size_t i0, size_t i1, size_t cur, const e8cu_item *items,
+                         const e8cu_qmeta *meta, e8cu_off *off);
 
 int64_t e8cu_fail(e8cu_ctx *ctx, int64_t code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int64_t e8cu_cuda_fail(e8cu_ctx *ctx, int e, const char *what);

@@ -21,7 +21,8 @@ __global__ void __launch_bounds__(32 * E8CU_DW) e8cu_rdec_kernel(const __grid_co
     const unsigned lt = (1u << lane) - 1u;
     const uint64_t njobs = (uint64_t)L.n_frames * 5;
     for (uint64_t job = (uint64_t)blockIdx.x * E8CU_DW + w; job < njobs; job += (uint64_t)gridDim.x * E8CU_DW) {
-        const uint32_t fi = (uint32_t)(job / 5), s = (uint32_t)(job % 5);
+        /* longest streams first (coords, halves, cosets, scales): they start in the first wave */
+        const uint32_t s = e8cu_stream_order(job / L.n_frames), fi = (uint32_t)(job % L.n_frames);
         e8cu_dframe &f = L.fr[fi];
         if (f.method == 0) continue;
         const uint32_t N = f.raw_len[s], len = f.stored_len[s];
@@ -31,6 +32,7 @@ __global__ void __launch_bounds__(32 * E8CU_DW) e8cu_rdec_kernel(const __grid_co
             for (uint32_t i = lane; i < N; i += 32) out[i] = src[i];
             continue;
         }
+        if (L.lane1 && len >= 1 && src[0] == 1) continue; /* one lane: e8cu_rdec1_kernel */
         /* coding 3: header parsed by lane 0 (table: as coding 2's, FORMAT §5.3) */
         if (lane == 0) {
             uint32_t ok = 0, off = 0, K = 0;
@@ -109,7 +111,98 @@ __global__ void __launch_bounds__(32 * E8CU_DW) e8cu_rdec_kernel(const __grid_co
     }
 }
 
+/* rans32 streams of one lane (K byte 1): one thread each, 32 streams per warp; symbols found by
+ * binary search over the table's starts (column l of the shared arrays belongs to lane l). */
+__global__ void __launch_bounds__(32) e8cu_rdec1_kernel(const __grid_constant__ e8cu_dlaunch L)
+{
+    __shared__ uint16_t sst[257][32];
+    __shared__ unsigned char ssy[256][32];
+    const uint32_t lane = threadIdx.x;
+    const uint64_t njobs = (uint64_t)L.n_frames * 5;
+    for (uint64_t job = (uint64_t)blockIdx.x * 32 + lane; job < njobs; job += (uint64_t)gridDim.x * 32) {
+        const uint32_t s = (uint32_t)(job / L.n_frames), fi = (uint32_t)(job % L.n_frames);
+        e8cu_dframe &f = L.fr[fi];
+        if (f.method == 0 || f.coding[s] != E8CU_CODING_RANS32) continue;
+        const uint32_t N = f.raw_len[s], len = f.stored_len[s];
+        const unsigned char *src = L.st + f.st[s];
+        if (len < 1 || src[0] != 1) continue; /* the warp kernel's */
+        unsigned char *out = L.ws + f.ws[s];
+        /* table, as the warp kernel checks it */
+        uint32_t off = 3, acc = 0, nsym = 0;
+        bool ok = N > 0 && len >= 3;
+        if (ok) {
+            nsym = src[1] | ((uint32_t)src[2] << 8);
+            ok = nsym >= 1 && nsym <= 256;
+        }
+        int last = -1;
+        for (uint32_t k = 0; ok && k < nsym; k++) {
+            if (off >= len) { ok = false; break; }
+            int sy = src[off++];
+            if (sy <= last) { ok = false; break; }
+            last = sy;
+            uint32_t v = 0;
+            for (int sh = 0;; sh += 7) {
+                if (off >= len || sh > 14) { ok = false; break; }
+                uint8_t b = src[off++];
+                v |= (uint32_t)(b & 0x7f) << sh;
+                if (!(b & 0x80)) break;
+            }
+            if (!ok || v == 0 || v > 4096u - acc) { ok = false; break; }
+            sst[k][lane] = (uint16_t)acc;
+            ssy[k][lane] = (unsigned char)sy;
+            acc += v;
+        }
+        if (ok && (acc != 4096u || len - off < 4 || (len - off - 4) % 2)) ok = false;
+        uint32_t x = 0, p = 0, W = 0;
+        const unsigned char *words = src + off + 4;
+        if (ok) {
+            sst[nsym][lane] = 4096;
+            x = src[off] | ((uint32_t)src[off + 1] << 8) | ((uint32_t)src[off + 2] << 16) | ((uint32_t)src[off + 3] << 24);
+            W = (len - off - 4) / 2;
+            ok = x >= 65536u;
+        }
+        for (uint32_t i = 0; ok && i < N; i++) {
+            const uint32_t slot = x & 4095u;
+            uint32_t lo = 0, hi = nsym - 1;
+            while (lo < hi) {
+                uint32_t mid = (lo + hi + 1) >> 1;
+                if (sst[mid][lane] <= slot) lo = mid; else hi = mid - 1;
+            }
+            const uint32_t st = sst[lo][lane], fk = sst[lo + 1][lane] - st;
+            out[i] = ssy[lo][lane];
+            x = fk * (x >> 12) + slot - st;
+            if (x < 65536u) {
+                if (p >= W) { ok = false; break; }
+                x = (x << 16) | words[2 * p] | ((uint32_t)words[2 * p + 1] << 8);
+                p++;
+            }
+        }
+        if (!ok || p != W || x != 65536u) e8cu_bad(f, E8CU_DERR_RANS);
+    }
+}
+
 /* ------------------------------------------------------------ parse (block per frame) */
+
+/* This thread's share of the count of 255 bytes in p[0..len), by 16-byte aligned loads (the
+ * bytes around the range that they touch belong to the same workspace allocation). */
+__device__ __forceinline__ uint32_t e8cu_count255(const unsigned char *p, uint64_t len)
+{
+    const uintptr_t lo = (uintptr_t)p, hi = lo + len;
+    uint32_t c = 0;
+    for (uintptr_t a = (lo & ~(uintptr_t)15) + 16 * (uintptr_t)threadIdx.x; a < hi; a += 16 * (uintptr_t)blockDim.x) {
+        const uint4 w = *(const uint4 *)a;
+        const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uintptr_t wa = a + 4 * k;
+            const uintptr_t b0 = lo > wa ? lo - wa : 0, b1 = hi < wa + 4 ? hi - wa : 4;
+            if (b0 >= b1) continue;
+            const uint32_t valid = (uint32_t)(((1ull << (8 * b1)) - 1) & ~((1ull << (8 * b0)) - 1));
+            c += __popc(__vcmpeq4(ws[k], 0xffffffffu) & valid) / 8;
+        }
+    }
+    return c;
+}
 
 __device__ __forceinline__ int e8cu_finite_bits(const unsigned char *p, uint64_t i, uint32_t dtype)
 {
@@ -210,9 +303,9 @@ __global__ void __launch_bounds__(E8CU_ET) e8cu_parse_kernel(const __grid_consta
         if (Q > 0) {
             for (uint32_t h = 0; h < H; h++) {
                 const uint64_t e7 = (uint64_t)Q * R8 * 7, e1 = (uint64_t)Q * R8;
-                unsigned long long c = 0; /* low half: stream 3's, high half: stream 4's */
-                for (uint64_t k = tid; k < e7; k += E8CU_ET) c += cs[h * e7 + k] == 255;
-                for (uint64_t k = tid; k < e1; k += E8CU_ET) c += (unsigned long long)(hs[h * e1 + k] == 255) << 32;
+                /* low half: stream 3's, high half: stream 4's */
+                unsigned long long c = e8cu_count255(cs + h * e7, e7) |
+                                       ((unsigned long long)e8cu_count255(hs + h * e1, e1) << 32);
                 unsigned long long t = e8cu_block_sum(c, sm);
                 if (tid == 0) {
                     e8cu_dhead &hd = L.hd[f.head0 + h];
@@ -348,16 +441,25 @@ static unsigned e8cu_dgrid(uint64_t need, unsigned cap) { return (unsigned)(need
 extern "C" int e8cu_launch_entropy_decode(const e8cu_dlaunch *L, cudaStream_t stream)
 {
     if (L->n_frames == 0) return 0;
+    e8cu_prof(NULL, stream);
     e8cu_rdec_kernel<<<e8cu_dgrid(((uint64_t)L->n_frames * 5 + E8CU_DW - 1) / E8CU_DW, 65535), 32 * E8CU_DW, 0,
                        stream>>>(*L);
     cudaError_t e = cudaGetLastError();
+    e8cu_prof("dec rans32", stream);
+    if (e == cudaSuccess && L->lane1) {
+        e8cu_rdec1_kernel<<<e8cu_dgrid(((uint64_t)L->n_frames * 5 + 31) / 32, 65535), 32, 0, stream>>>(*L);
+        e = cudaGetLastError();
+        e8cu_prof("dec rans32 1-lane", stream);
+    }
     if (e == cudaSuccess) {
         e8cu_parse_kernel<<<e8cu_dgrid(L->n_frames, 65535), E8CU_ET, 0, stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("dec parse", stream);
     }
     if (e == cudaSuccess && L->n_heads) {
         e8cu_unlay_kernel<<<e8cu_dgrid(L->n_heads, 65535), E8CU_ET, 0, stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("dec unlayout", stream);
     }
     return (int)e;
 }

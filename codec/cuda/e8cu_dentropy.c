@@ -27,15 +27,17 @@ typedef struct {
     e8cu_qmeta *meta;
     e8cu_dframe *fr;
     int host_only;      /* set by a job: a coding the GPU does not decode */
-    const e8cu_off *off;
+    const uint64_t *slot; /* frame i is staged at h_st + slot[i] (prefix sums of frame_sizes) */
     unsigned char *h_st;
+    size_t i0;          /* jobs are frames i0 + k */
 } e8cu_djob;
 
 /* Header checks of frame i (CPU order: e8c_frame_info_get, item, fingerprint, lengths). */
-static int64_t check_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t msg_size)
+static int64_t check_job(void *arg, size_t k, e8c_ctx *wctx, char *msg, size_t msg_size)
 {
     (void)wctx;
     e8cu_djob *J = arg;
+    const size_t i = J->i0 + k;
     const e8c_fingerprint *fp = &J->ctx->fp;
     const uint8_t *p = J->frames[i];
     e8c_frame_info fi;
@@ -93,22 +95,18 @@ static int64_t check_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t m
             snprintf(msg, msg_size, "stream %u length %u, expected %llu", s, f->raw_len[s], (unsigned long long)want[s]);
             return E8C_ERR_CORRUPT;
         }
-    (void)hdr;
+    /* staged whole at its slot: stream s at slot + hdr + the stored lengths before it */
+    uint64_t o = J->slot[i] + hdr;
+    for (uint32_t s = 0; s < ns; s++) {
+        f->st[s] = o;
+        o += f->stored_len[s];
+    }
+    memcpy(J->h_st + J->slot[i], p, fi.frame_size);
     return 0;
 }
 
-static int64_t stage_job(void *arg, size_t i, e8c_ctx *wctx, char *msg, size_t msg_size)
-{
-    (void)wctx, (void)msg, (void)msg_size;
-    e8cu_djob *J = arg;
-    const e8cu_dframe *f = &J->fr[i];
-    uint32_t hdr = f->method == 0 ? E8CU_HDR_RAW : E8CU_HDR_E8, ns = f->method == 0 ? 1 : E8CU_NS;
-    size_t body = 0;
-    for (uint32_t s = 0; s < ns; s++) body += f->stored_len[s];
-    memcpy(J->h_st + f->st[0], (const uint8_t *)J->frames[i] + hdr, body);
-    return 0;
-}
-
+/* Pipelined over groups of frames: group g is checked and staged on the worker threads while
+ * group g-1 travels to the device (a second stream) and group g-2 is decoded. */
 int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const void *const *frames,
                         const size_t *frame_sizes, e8cu_qmeta *meta, void *h_q, void *d_q, size_t qbatch_bytes,
                         cudaStream_t stream)
@@ -117,74 +115,129 @@ int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const v
     e8cu_ews *w = &ctx->ews;
     const size_t H = fp->n_kv_heads, hd = fp->head_dim;
     int64_t rc = 0;
-    if ((rc = e8cu_grow_host(ctx, &w->h_fr, &w->hc_fr, n * sizeof(e8cu_dframe)))) return rc;
-    e8cu_dframe *fr = w->h_fr;
-    e8cu_djob J = {ctx, items, frames, frame_sizes, meta, fr, 0, NULL, NULL};
-    if ((rc = e8cu_run_jobs(ctx, n, check_job, &J, "frame check"))) return rc;
-    if (J.host_only) return 1;
+    size_t nh_max = 0, ws_max = 0, st_all = 0, el = 0;
+    uint64_t *slot = malloc((n + 1) * sizeof *slot);
     e8cu_off *off = malloc(n * sizeof *off);
-    if (!off) return e8cu_fail(ctx, E8C_ERR_NOMEM, "layout of %zu items", n);
-    size_t used = e8cu_layout(ctx, n, items, meta, off);
-    if (used > qbatch_bytes) {
+    if (!slot || !off) {
+        free(slot);
         free(off);
-        return e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs %zu bytes, %zu given", used, qbatch_bytes);
+        return e8cu_fail(ctx, E8C_ERR_NOMEM, "decode records of %zu items", n);
     }
-    size_t nh = 0, st = 0, ws = 0, ev = 0;
-    for (size_t i = 0; i < n; i++) {
-        e8cu_dframe *f = &fr[i];
-        f->off_scales = off[i].scales;
-        f->off_points2 = off[i].points2;
-        f->off_raw = off[i].raw;
-        f->n_raw = off[i].n_raw;
-        uint32_t ns = f->method == 0 ? 1 : E8CU_NS;
-        for (uint32_t s = 0; s < ns; s++) {
-            f->st[s] = st;
-            st += f->stored_len[s];
+    for (size_t i = 0; i < n; i++) { /* bounds from the geometry: every token quantized */
+        uint64_t v = (uint64_t)H * items[i].p.n_tokens, e = v * hd;
+        slot[i] = st_all;
+        st_all += frame_sizes[i];
+        ws_max += 2 * A16(v) + A16((e / 8 + 7) / 8) + A16(e / 8 * 7) + A16(e / 8);
+        nh_max += H;
+        el += e;
+    }
+    slot[n] = st_all;
+    if (st_all > qbatch_bytes) { /* the frames do not fit h_q: the host path */
+        free(slot);
+        free(off);
+        return 1;
+    }
+    int e = 0;
+    if ((rc = e8cu_grow_pinned(ctx, &w->h_fr, &w->hc_fr, n * sizeof(e8cu_dframe))) ||
+        (rc = e8cu_grow_host(ctx, &w->h_hd, &w->hc_hd, nh_max * sizeof(e8cu_dhead))) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_fr, &w->c_fr, n * sizeof(e8cu_dframe), "decode frame records")) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_hd, &w->c_hd, nh_max * sizeof(e8cu_dhead), "decode head records")) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_M, &w->c_M, nh_max * hd * sizeof(int32_t), "decode means")) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_ws, &w->c_ws, ws_max + 16, "decode stream workspace")) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_cw, &w->c_cw, st_all + 16, "decode staging")) ||
+        (rc = e8cu_grow_dev(ctx, &w->d_out, &w->c_out, 4 * st_all + 16, "decode escape values"))) {
+        free(slot);
+        free(off);
+        return rc;
+    }
+    if ((rc = e8cu_pipe_init(ctx))) {
+        free(slot);
+        free(off);
+        return rc;
+    }
+    /* the copy stream and the second kernel stream start after the caller's earlier work */
+    e = cudaEventRecord(w->ev[2], stream);
+    if (!e) e = cudaStreamWaitEvent(w->copy, w->ev[2], 0);
+    if (!e) e = cudaStreamWaitEvent(w->aux, w->ev[2], 0);
+    if (e) {
+        free(slot);
+        free(off);
+        return e8cu_cuda_fail(ctx, e, "decode streams");
+    }
+    e8cu_dframe *fr = w->h_fr;
+    e8cu_dhead *hr = w->h_hd;
+    e8cu_djob J = {ctx, items, frames, frame_sizes, meta, fr, 0, slot, h_q, 0};
+    size_t ng = e8cu_groups(el, n);
+    const char *l1 = getenv("E8CU_DEC_LANE1");
+    size_t cur = ((8 * n) + 15) & ~(size_t)15, ws = 0, ev = 0, nh = 0, i0 = 0;
+    e8cu_prof(NULL, stream);
+    for (size_t g = 0; g < ng && !rc; g++) {
+        size_t i1 = g + 1 == ng ? n : n * (g + 1) / ng, h0 = nh;
+        if (i1 <= i0) continue;
+        J.i0 = i0;
+        if ((rc = e8cu_run_jobs(ctx, i1 - i0, check_job, &J, "frame check"))) break;
+        if (J.host_only) { rc = 1; break; }
+        cur = e8cu_layout_range(ctx, i0, i1, cur, items, meta, off);
+        if (cur > qbatch_bytes) {
+            rc = e8cu_fail(ctx, E8C_ERR_DST_SIZE, "qbatch needs more than %zu bytes", qbatch_bytes);
+            break;
         }
-        if (f->method == 0) continue;
-        for (int s = 0; s < 5; s++) {
-            f->ws[s] = ws;
-            ws += A16(f->raw_len[s]);
+        for (size_t i = i0; i < i1; i++) {
+            e8cu_dframe *f = &fr[i];
+            f->off_scales = off[i].scales;
+            f->off_points2 = off[i].points2;
+            f->off_raw = off[i].raw;
+            f->n_raw = off[i].n_raw;
+            if (f->method == 0) continue;
+            for (int s = 0; s < 5; s++) {
+                f->ws[s] = ws;
+                ws += A16(f->raw_len[s]);
+            }
+            f->ev = ev;
+            ev += f->raw_len[5];
+            f->head0 = (uint32_t)(nh - h0);
+            if (f->n_q)
+                for (uint32_t h = 0; h < H; h++, nh++) {
+                    memset(&hr[nh], 0, sizeof hr[nh]);
+                    hr[nh].frame = (uint32_t)(i - i0);
+                    hr[nh].h = h;
+                }
         }
-        f->ev = ev;
-        ev += f->raw_len[5];
-        f->head0 = (uint32_t)nh;
-        if (f->n_q) nh += H;
+        e8cu_prof("dec check+stage", stream);
+        /* group g to the device on the copy stream; its kernels on stream after that copy */
+        cudaEvent_t evg = w->ev[g & 1];
+        e = cudaMemcpyAsync((uint8_t *)w->d_cw + slot[i0], (uint8_t *)h_q + slot[i0], slot[i1] - slot[i0],
+                            cudaMemcpyHostToDevice, w->copy);
+        if (!e) e = cudaMemcpyAsync((e8cu_dframe *)w->d_fr + i0, fr + i0, (i1 - i0) * sizeof *fr,
+                                    cudaMemcpyHostToDevice, w->copy);
+        if (!e && nh > h0) e = cudaMemcpyAsync((e8cu_dhead *)w->d_hd + h0, hr + h0, (nh - h0) * sizeof *hr,
+                                               cudaMemcpyHostToDevice, w->copy);
+        cudaStream_t sg = e8cu_group_stream(ctx, g, stream);
+        if (!e) e = cudaEventRecord(evg, w->copy);
+        if (!e) e = cudaStreamWaitEvent(sg, evg, 0);
+        if (e) { rc = e8cu_cuda_fail(ctx, e, "frames copy to the device"); break; }
+        e8cu_dlaunch L = {
+            .q = d_q, .fr = (e8cu_dframe *)w->d_fr + i0, .hd = (e8cu_dhead *)w->d_hd + h0,
+            .M = (int32_t *)w->d_M + h0 * hd, .st = w->d_cw, .ws = w->d_ws, .ev = w->d_out,
+            .n_frames = (uint32_t)(i1 - i0), .n_heads = (uint32_t)(nh - h0), .H = (uint32_t)H, .n = (uint32_t)hd,
+            .src_dtype = fp->src_dtype, .lane1 = !(l1 && *l1 == '0'),
+        };
+        if ((e = e8cu_launch_entropy_decode(&L, sg))) { rc = e8cu_cuda_fail(ctx, e, "entropy decode kernels"); break; }
+        i0 = i1;
     }
     free(off);
-    if (st > qbatch_bytes) return 1; /* the staged bytes do not fit h_q: host path */
-    if ((rc = e8cu_grow_host(ctx, &w->h_hd, &w->hc_hd, (nh ? nh : 1) * sizeof(e8cu_dhead)))) return rc;
-    e8cu_dhead *hr = w->h_hd;
-    for (size_t i = 0, k = 0; i < n; i++)
-        if (fr[i].method == 1 && fr[i].n_q)
-            for (uint32_t h = 0; h < H; h++, k++) {
-                memset(&hr[k], 0, sizeof hr[k]);
-                hr[k].frame = (uint32_t)i;
-                hr[k].h = h;
-            }
-    J.h_st = h_q;
-    if ((rc = e8cu_run_jobs(ctx, n, stage_job, &J, "stage"))) return rc;
-    /* workspace: d_cw holds the staged bytes, d_out the escape values */
-    if ((rc = e8cu_grow_dev(ctx, &w->d_fr, &w->c_fr, n * sizeof(e8cu_dframe), "decode frame records")) ||
-        (rc = e8cu_grow_dev(ctx, &w->d_hd, &w->c_hd, (nh ? nh : 1) * sizeof(e8cu_dhead), "decode head records")) ||
-        (rc = e8cu_grow_dev(ctx, &w->d_M, &w->c_M, (nh ? nh : 1) * hd * sizeof(int32_t), "decode means")) ||
-        (rc = e8cu_grow_dev(ctx, &w->d_ws, &w->c_ws, ws + 16, "decode stream workspace")) ||
-        (rc = e8cu_grow_dev(ctx, &w->d_cw, &w->c_cw, st + 16, "decode staging")) ||
-        (rc = e8cu_grow_dev(ctx, &w->d_out, &w->c_out, 4 * ev + 16, "decode escape values")))
+    /* every group decoded (both kernel streams) before the statuses are read and h_q goes back */
+    int e2 = cudaStreamSynchronize(w->copy), e3 = cudaStreamSynchronize(w->aux);
+    free(slot);
+    if (rc) {
+        cudaStreamSynchronize(stream);
         return rc;
-    int e = cudaMemcpyAsync(w->d_fr, fr, n * sizeof *fr, cudaMemcpyHostToDevice, stream);
-    if (!e && nh) e = cudaMemcpyAsync(w->d_hd, hr, nh * sizeof *hr, cudaMemcpyHostToDevice, stream);
-    if (!e && st) e = cudaMemcpyAsync(w->d_cw, h_q, st, cudaMemcpyHostToDevice, stream);
-    if (e) return e8cu_cuda_fail(ctx, e, "frames copy to the device");
-    e8cu_dlaunch L = {
-        .q = d_q, .fr = w->d_fr, .hd = w->d_hd, .M = w->d_M, .st = w->d_cw, .ws = w->d_ws, .ev = w->d_out,
-        .n_frames = (uint32_t)n, .n_heads = (uint32_t)nh, .H = (uint32_t)H, .n = (uint32_t)hd,
-        .src_dtype = fp->src_dtype,
-    };
-    if ((e = e8cu_launch_entropy_decode(&L, stream))) return e8cu_cuda_fail(ctx, e, "entropy decode kernels");
-    e = cudaMemcpyAsync(fr, w->d_fr, n * sizeof *fr, cudaMemcpyDeviceToHost, stream);
+    }
+    e = e2 ? e2 : e3;
+    if (!e) e = cudaMemcpyAsync(fr, w->d_fr, n * sizeof *fr, cudaMemcpyDeviceToHost, stream);
     if (!e) e = cudaStreamSynchronize(stream);
     if (e) return e8cu_cuda_fail(ctx, e, "decode status copy");
+    e8cu_prof("dec kernels+status", stream);
     static const char *why[] = {"", "rans32 stream does not decode", "mode stream", "escape stream",
                                 "scale out of range", "raw stream holds NaN/inf", "coordinate or point out of range"};
     for (size_t i = 0; i < n; i++)

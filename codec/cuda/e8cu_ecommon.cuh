@@ -111,6 +111,9 @@ __device__ __forceinline__ unsigned long long e8cu_block_sum(unsigned long long 
     return t;
 }
 
+/* The q-th stream of the rANS kernels' job order: 3, 4, 2, 0, 1 (longest first). */
+__device__ __forceinline__ uint32_t e8cu_stream_order(uint64_t q) { return (0x10243u >> (4 * q)) & 15u; }
+
 /* Byte copy by all threads of a block. */
 __device__ __forceinline__ void e8cu_block_copy(unsigned char *dst, const unsigned char *src, uint64_t len)
 {

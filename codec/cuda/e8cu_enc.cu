@@ -45,16 +45,38 @@ __global__ void __launch_bounds__(E8CU_ET) e8cu_scos_kernel(const __grid_constan
 
 /* ------------------------------------------------------------ heads: modes, streams 3-4 */
 
+/* Histogram of small symbols in registers: byte counters of symbols 0-7 (lo) and 8-15 (hi);
+ * larger ones go straight to shared memory. Flushed (warp sums, one atomic per bin and warp)
+ * before a counter can pass 255. */
+__device__ __forceinline__ void e8cu_hcount(uint32_t z, unsigned long long &lo, unsigned long long &hi, uint32_t *h)
+{
+    if (z < 8u) lo += 1ull << (8 * z);
+    else if (z < 16u) hi += 1ull << (8 * (z - 8));
+    else atomicAdd(&h[z < 255u ? z : 255u], 1u);
+}
+
+__device__ __forceinline__ void e8cu_hflush(unsigned long long &lo, unsigned long long &hi, uint32_t *h)
+{
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        uint32_t v = (uint32_t)(((k < 8 ? lo : hi) >> (8 * (k & 7))) & 255u);
+        v = __reduce_add_sync(0xffffffffu, v);
+        if ((threadIdx.x & 31) == 0 && v) atomicAdd(&h[k], v);
+    }
+    lo = hi = 0;
+}
+
+/* One block per KV head. Thread (g, b): 8-block column b (16-byte loads of 8 points), rows of
+ * group g: [Q·g/G, Q·(g+1)/G) in the statistics passes, row t0 + g of each tile when emitting. */
 __global__ void __launch_bounds__(E8CU_ET) e8cu_heads_kernel(const __grid_constant__ e8cu_elaunch L)
 {
-    __shared__ long long colsum[512];
+    __shared__ int32_t colsum[512];
     __shared__ int32_t Ms[512];
     __shared__ uint32_t h3[256], h4[256];
     __shared__ unsigned long long red[E8CU_ET / 32 + 1];
     __shared__ uint32_t mode_s;
-    const uint32_t n = L.n, tid = threadIdx.x;
-    const uint32_t ncol = n < E8CU_ET ? n : E8CU_ET, G = E8CU_ET / ncol, g = tid / ncol, c = tid % ncol;
-    const uint32_t R8 = n / 8, TR = E8CU_ET / R8, used = TR * R8;
+    const uint32_t n = L.n, tid = threadIdx.x, R8 = n / 8;
+    const uint32_t G = E8CU_ET / R8, g = tid / R8, cb = tid % R8, on_col = tid < G * R8;
     for (uint32_t hi = blockIdx.x; hi < L.n_heads; hi += gridDim.x) {
         e8cu_ehead &hd = L.hd[hi];
         const e8cu_eframe &f = L.fr[hd.frame];
@@ -63,47 +85,55 @@ __global__ void __launch_bounds__(E8CU_ET) e8cu_heads_kernel(const __grid_consta
         for (uint32_t j = tid; j < n; j += E8CU_ET) colsum[j] = 0;
         for (uint32_t k = tid; k < 256; k += E8CU_ET) { h3[k] = 0; h4[k] = 0; }
         __syncthreads();
-        /* pass 1: column sums, costs of modes 1 and 2, their escape bytes */
+        /* pass 1: column sums (|sum| <= 2^30), costs of modes 1 and 2, their escape bytes */
         unsigned long long c1 = 0, c2 = 0, c3 = 0;
         uint32_t e31 = 0, e41 = 0, e32 = 0, e42 = 0, e33 = 0, e43 = 0;
         const uint32_t r0 = (uint32_t)((uint64_t)Q * g / G), r1 = (uint32_t)((uint64_t)Q * (g + 1) / G);
-        if (g < G) {
-            for (uint32_t j = c; j < n; j += ncol) {
-                const int half = (j & 7u) == 7u;
-                long long cs = 0;
-                int32_t prev = r0 > 0 ? e8cu_S_at(p2, r0 - 1, n, j) : 0;
+        if (on_col) {
+            int32_t cs[8] = {0, 0, 0, 0, 0, 0, 0, 0}, P[8];
+            if (r0 > 0) e8cu_S8(*(const uint4 *)(p2 + (size_t)(r0 - 1) * n + 8 * cb), P);
+            for (uint32_t t = r0; t < r1; t++) {
+                int32_t S[8];
+                e8cu_S8(*(const uint4 *)(p2 + (size_t)t * n + 8 * cb), S);
                 uint32_t a1 = 0, a2 = 0;
-                for (uint32_t t = r0; t < r1; t++) {
-                    int32_t s = e8cu_S_at(p2, t, n, j);
-                    cs += s;
-                    uint32_t z1 = e8cu_zz(s), z2 = e8cu_zz(t ? s - prev : s);
-                    c1 += z1;
-                    c2 += z2;
-                    a1 += e8cu_esc_len(z1);
-                    a2 += e8cu_esc_len(z2);
-                    prev = s;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    cs[i] += S[i];
+                    uint32_t z1 = e8cu_zz(S[i]), z2 = e8cu_zz(t ? S[i] - P[i] : S[i]);
+                    a1 += z1;
+                    a2 += z2;
+                    if (i < 7) { e31 += e8cu_esc_len(z1); e32 += e8cu_esc_len(z2); }
+                    else { e41 += e8cu_esc_len(z1); e42 += e8cu_esc_len(z2); }
+                    P[i] = S[i];
                 }
-                if (half) { e41 += a1; e42 += a2; } else { e31 += a1; e32 += a2; }
-                atomicAdd((unsigned long long *)&colsum[j], (unsigned long long)cs);
+                c1 += a1;
+                c2 += a2;
             }
+#pragma unroll
+            for (int i = 0; i < 8; i++) atomicAdd(&colsum[8 * cb + i], cs[i]);
         }
         __syncthreads();
         for (uint32_t j = tid; j < n; j += E8CU_ET) {
-            long long num = colsum[j] + Q / 2;
+            long long num = (long long)colsum[j] + Q / 2;
             Ms[j] = (int32_t)(num >= 0 ? num / Q : -((-num + Q - 1) / Q));
         }
         __syncthreads();
         /* pass 2: cost of mode 3 and its escape bytes */
-        if (g < G) {
-            for (uint32_t j = c; j < n; j += ncol) {
-                const int half = (j & 7u) == 7u;
+        if (on_col) {
+            int32_t M8[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) M8[i] = Ms[8 * cb + i];
+            for (uint32_t t = r0; t < r1; t++) {
+                int32_t S[8];
+                e8cu_S8(*(const uint4 *)(p2 + (size_t)t * n + 8 * cb), S);
                 uint32_t a3 = 0;
-                for (uint32_t t = r0; t < r1; t++) {
-                    uint32_t z = e8cu_zz(e8cu_S_at(p2, t, n, j) - Ms[j]);
-                    c3 += z;
-                    a3 += e8cu_esc_len(z);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    uint32_t z = e8cu_zz(S[i] - M8[i]);
+                    a3 += z;
+                    if (i < 7) e33 += e8cu_esc_len(z); else e43 += e8cu_esc_len(z);
                 }
-                if (half) e43 += a3; else e33 += a3;
+                c3 += a3;
             }
         }
         unsigned long long cost[4];
@@ -131,29 +161,32 @@ __global__ void __launch_bounds__(E8CU_ET) e8cu_heads_kernel(const __grid_consta
         }
         for (uint32_t j = tid; j < n; j += E8CU_ET) L.M[(size_t)hi * n + j] = Ms[j];
         __syncthreads();
-        /* pass 3: symbols of streams 3 and 4, in stream order (row-major tiles) */
+        /* pass 3: symbols of streams 3 and 4, in stream order (tiles of G rows) */
         const uint32_t mode = mode_s;
         unsigned char *cst = L.ws + f.ws[3] + (size_t)hd.h * Q * R8 * 7;
         unsigned char *hst = L.ws + f.ws[4] + (size_t)hd.h * Q * R8;
-        for (uint32_t t0 = 0; t0 < Q; t0 += TR) {
-            uint32_t t = t0 + tid / R8, b = tid % R8;
-            if (tid < used && t < Q) {
+        unsigned long long l3 = 0, u3 = 0, l4 = 0, u4 = 0;
+        uint32_t tile = 0;
+        for (uint32_t t0 = 0; t0 < Q; t0 += G, tile++) {
+            const uint32_t t = t0 + g;
+            if (on_col && t < Q) {
                 int32_t R[8];
-                e8cu_R8(p2, n, t, b, mode, Ms, R);
-                unsigned char *o = cst + ((size_t)t * R8 + b) * 7;
+                e8cu_R8(p2, n, t, cb, mode, Ms, R);
+                unsigned char *o = cst + ((size_t)t * R8 + cb) * 7;
 #pragma unroll
                 for (int i = 0; i < 7; i++) {
                     uint32_t z = e8cu_zz(R[i]);
-                    uint32_t sym = z < 255u ? z : 255u;
-                    o[i] = (unsigned char)sym;
-                    atomicAdd(&h3[sym], 1u);
+                    o[i] = (unsigned char)(z < 255u ? z : 255u);
+                    e8cu_hcount(z, l3, u3, h3);
                 }
                 uint32_t z = e8cu_zz(R[7]);
-                uint32_t sym = z < 255u ? z : 255u;
-                hst[(size_t)t * R8 + b] = (unsigned char)sym;
-                atomicAdd(&h4[sym], 1u);
+                hst[(size_t)t * R8 + cb] = (unsigned char)(z < 255u ? z : 255u);
+                e8cu_hcount(z, l4, u4, h4);
             }
+            if ((tile & 31u) == 31u) { e8cu_hflush(l3, u3, h3); e8cu_hflush(l4, u4, h4); }
         }
+        e8cu_hflush(l3, u3, h3);
+        e8cu_hflush(l4, u4, h4);
         __syncthreads();
         uint32_t *gh = L.hist + (size_t)hd.frame * 5 * 256;
         for (uint32_t k = tid; k < 256; k += E8CU_ET) {
@@ -233,7 +266,8 @@ __global__ void __launch_bounds__(32 * E8CU_RW) e8cu_rans_kernel(const __grid_co
     const unsigned lt = (1u << lane) - 1u;
     const uint64_t njobs = (uint64_t)L.n_frames * 5;
     for (uint64_t job = (uint64_t)blockIdx.x * E8CU_RW + w; job < njobs; job += (uint64_t)gridDim.x * E8CU_RW) {
-        const uint32_t fi = (uint32_t)(job / 5), s = (uint32_t)(job % 5);
+        /* longest streams first (coords, halves, cosets, scales): they start in the first wave */
+        const uint32_t s = e8cu_stream_order(job / L.n_frames), fi = (uint32_t)(job % L.n_frames);
         e8cu_eframe &f = L.fr[fi];
         const uint32_t N = f.raw_len[s];
         if (f.method == 0) continue;
@@ -497,9 +531,11 @@ extern "C" int e8cu_launch_entropy_place(const e8cu_elaunch *L, cudaStream_t str
 {
     e8cu_place_kernel<<<e8cu_grid(L->n_frames, 65535), E8CU_ET, 0, stream>>>(*L);
     cudaError_t e = cudaGetLastError();
+    e8cu_prof("enc place", stream);
     if (e == cudaSuccess && L->n_heads) {
         e8cu_escape_kernel<<<e8cu_grid(L->n_heads, 65535), E8CU_ET, 0, stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("enc escapes", stream);
     }
     return (int)e;
 }
@@ -507,20 +543,25 @@ extern "C" int e8cu_launch_entropy_place(const e8cu_elaunch *L, cudaStream_t str
 extern "C" int e8cu_launch_entropy_encode(const e8cu_elaunch *L, cudaStream_t stream)
 {
     if (L->n_frames == 0) return 0;
+    e8cu_prof(NULL, stream);
     e8cu_scos_kernel<<<e8cu_grid(L->n_frames, 65535), E8CU_ET, 0, stream>>>(*L);
     cudaError_t e = cudaGetLastError();
+    e8cu_prof("enc scales/cosets", stream);
     if (e == cudaSuccess && L->n_heads) {
         e8cu_heads_kernel<<<e8cu_grid(L->n_heads, 65535), E8CU_ET, 0, stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("enc heads", stream);
     }
     if (e == cudaSuccess) {
         e8cu_rans_kernel<<<e8cu_grid(((uint64_t)L->n_frames * 5 + E8CU_RW - 1) / E8CU_RW, 65535), 32 * E8CU_RW, 0,
                            stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("enc rans32", stream);
     }
     if (e == cudaSuccess) {
         e8cu_scan_kernel<<<1, E8CU_ET, 0, stream>>>(*L);
         e = cudaGetLastError();
+        e8cu_prof("enc scan", stream);
     }
     if (e == cudaSuccess) e = (cudaError_t)e8cu_launch_entropy_place(L, stream);
     return (int)e;

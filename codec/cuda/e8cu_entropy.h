@@ -107,9 +107,20 @@ typedef struct e8cu_dlaunch {
     unsigned char *ws;     /* decoded streams 0-4 */
     uint32_t *ev;          /* escape values */
     uint32_t n_frames, n_heads, H, n, src_dtype;
+    uint32_t lane1;        /* 1: one-lane streams (K = 1) by e8cu_rdec1_kernel, 0: by the warp kernel */
 } e8cu_dlaunch;
 
 int e8cu_launch_entropy_decode(const e8cu_dlaunch *L, cudaStream_t stream);
+
+/* Profiling (E8CU_PROFILE=1 in the environment; off otherwise, at no cost but a flag test):
+ * waits for stream and prints to stderr the time since the previous mark, labelled what
+ * (what NULL: only sets the mark). For tuning: it serializes the pipeline. */
+void e8cu_prof(const char *what, cudaStream_t stream);
+
+/* Groups a batch of el elements is cut into for the host/device pipeline: 1 to 8, of about
+ * E8CU_GROUP_ELEMS elements each (environment). Unset: one group (the default: the grouped
+ * pipeline is experimental, bench/gpu/NOTES.md says why). */
+size_t e8cu_groups(size_t el, size_t n);
 
 /* Enqueues the encode kernels above on stream (cudaError_t). The host must have zeroed hist. */
 int e8cu_launch_entropy_encode(const e8cu_elaunch *L, cudaStream_t stream);

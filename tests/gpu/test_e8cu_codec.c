@@ -183,6 +183,21 @@ static void gpu_out_free(gpu_out *g, size_t n)
 
 static void compare_frames(const char *what, const batch *b, uint8_t **cf, const size_t *cs, const gpu_out *g)
 {
+    const char *dump = getenv("E8CU_TEST_DUMP"); /* a directory: every frame of a failing batch */
+    for (size_t i = 0; dump && i < b->n; i++)
+        if (cs[i] != g->fs[i] || memcmp(cf[i], g->fr[i], cs[i]) != 0) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/frames_%zu", dump, b->n);
+            FILE *fh = fopen(path, "wb");
+            for (size_t k = 0; fh && k < b->n; k++) {
+                uint64_t sz[2] = {cs[k], g->fs[k]};
+                fwrite(sz, 8, 2, fh);
+                fwrite(cf[k], 1, cs[k], fh);
+                fwrite(g->fr[k], 1, g->fs[k], fh);
+            }
+            if (fh) fclose(fh);
+            break;
+        }
     for (size_t i = 0; i < b->n; i++) {
         if (cs[i] != g->fs[i] || memcmp(cf[i], g->fr[i], cs[i]) != 0) {
             size_t k = 0;

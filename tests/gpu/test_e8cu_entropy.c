@@ -118,6 +118,16 @@ static void same_frames(const char *what, const tcase *c)
         if (c->cs[i] != c->gs[i] || memcmp(c->cf[i], c->gf[i], c->cs[i]) != 0) {
             size_t k = 0;
             while (k < c->cs[i] && k < c->gs[i] && c->cf[i][k] == c->gf[i][k]) k++;
+            const char *dump = getenv("E8CU_TEST_DUMP"); /* a directory: both frames go there */
+            if (dump) {
+                char path[512];
+                snprintf(path, sizeof path, "%s/cpu_frame", dump);
+                FILE *fh = fopen(path, "wb");
+                if (fh) { fwrite(c->cf[i], 1, c->cs[i], fh); fclose(fh); }
+                snprintf(path, sizeof path, "%s/gpu_frame", dump);
+                fh = fopen(path, "wb");
+                if (fh) { fwrite(c->gf[i], 1, c->gs[i], fh); fclose(fh); }
+            }
             fail_msg("%s: item %zu (layer %u kind %u, %u tokens): CPU %zu bytes, GPU %zu, first difference at %zu",
                      what, i, c->items[i].p.layer, c->items[i].p.kind, c->items[i].p.n_tokens, c->cs[i], c->gs[i], k);
         }
