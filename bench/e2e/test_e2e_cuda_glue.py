@@ -122,3 +122,81 @@ def test_chunk_versions():
     bad[hdr - 4:hdr] = cuda.crc32c(bad, 0, hdr - 4).to_bytes(4, "little")
     with pytest.raises(ValueError, match="version 3 unsupported"):
         cuda.parse_chunk(bytes(bad))
+
+
+class _FakePackLib:
+    """Stands in for libe8codec_cuda's e8cu_pack_frames / e8cu_quantize_async on the CPU: writes
+    the CPU codec's frames of the given chunks back to back into h_out, as the GPU does."""
+
+    def __init__(self, frames, first_rc=0):
+        self.frames, self.first_rc, self.calls, self.quantized = frames, first_rc, 0, 0
+
+    def e8cu_quantize_async(self, *args):
+        self.quantized += 1
+        return 0
+
+    def e8cu_ctx_last_error(self, ctx):
+        return b"fake library message"
+
+    def e8cu_pack_frames(self, ctx, n, items, meta, d_q, qb, h_out, cap, offs, sizes, total,
+                         stream):
+        self.calls += 1
+        need = sum(len(f) for f in self.frames)
+        ctypes.cast(total, ctypes.POINTER(ctypes.c_size_t))[0] = need
+        if self.calls == 1 and self.first_rc:
+            return self.first_rc
+        if need > cap:
+            return cuda.ERR_DST_SIZE
+        o = ctypes.cast(offs, ctypes.POINTER(ctypes.c_uint64))
+        z = ctypes.cast(sizes, ctypes.POINTER(ctypes.c_size_t))
+        at = 0
+        for i, f in enumerate(self.frames):
+            ctypes.memmove(h_out + at, f, len(f))
+            o[i], z[i] = at, len(f)
+            at += len(f)
+        return 0
+
+
+def _fake_codec(monkeypatch, lib, buf_bytes):
+    """A CudaCodec shell (no GPU) whose _pack_frames runs against lib."""
+    src, fpb, fid = _fp_bytes()
+    cc = cuda.CudaCodec.__new__(cuda.CudaCodec)
+    cc.fingerprint, cc._c_fp, cc._ctx = codec._as_fingerprint(FP), FP.to_c(), None
+    cc.fingerprint_id, cc.fingerprint_bytes = fid, fpb
+    cc._frames_buf = torch.zeros(buf_bytes, dtype=torch.uint8)
+    cc.pack_path, cc.pack_fallback = "gpu", None
+    monkeypatch.setattr(cuda, "_cu", lambda: lib)
+    monkeypatch.setattr(cuda.CudaCodec, "_pinned",
+                        staticmethod(lambda n: torch.zeros(n, dtype=torch.uint8)))
+    return cc
+
+
+@pytest.mark.parametrize("qb", [1 << 20, 1000])
+def test_pack_frames_path_builds_the_library_chunks(monkeypatch, qb):
+    """Two chunks packed "on the GPU" come out as libe8codec's chunks; a too small buffer is
+    grown and the batch quantized and packed again."""
+    c = codec.Codec(FP)
+    raws = [torch.randn(3, 2, 2, n, 32, generator=torch.Generator().manual_seed(n)).to(
+        torch.bfloat16) for n in (256, 40)]
+    refs = [c.encode_chunk(raws[0], first_pos=0), c.encode_chunk(raws[1], first_pos=256)]
+    frames = [r[o:o + s] for r in refs for o, s in cuda.parse_chunk(r)["frames"]]
+    lib = _FakePackLib(frames)
+    cc = _fake_codec(monkeypatch, lib, 16)
+    items = np.zeros(len(frames), dtype=cuda.ITEM_DTYPE)
+    # the output buffer starts at the qbatch's size: 1000 bytes is too small for these frames
+    got = cc._pack_frames(items, None, torch.zeros(8), qb, [(0, 0, 256), (256, 256, 40)], None)
+    assert got == refs and cc.pack_path == "gpu"
+    assert (lib.calls, lib.quantized) == ((1, 0) if qb > 1000 else (2, 1))
+    assert cc._frames_buf.numel() >= sum(len(f) for f in frames)
+
+
+def test_pack_frames_refusal_falls_back_to_the_host_packer(monkeypatch):
+    lib = _FakePackLib([b"x"], first_rc=cuda.ERR_CONFIG)
+    cc = _fake_codec(monkeypatch, lib, 1 << 16)
+    items = np.zeros(6, dtype=cuda.ITEM_DTYPE)
+    assert cc._pack_frames(items, None, torch.zeros(8), 1 << 16, [(0, 0, 16)], None) is None
+    assert cc.pack_path == "host" and "fake library message" in cc.pack_fallback
+    lib = _FakePackLib([b"x"], first_rc=cuda.ERR_NONFINITE)
+    cc = _fake_codec(monkeypatch, lib, 1 << 16)
+    with pytest.raises(cuda.CudaCodecError):
+        cc._pack_frames(items, None, torch.zeros(8), 1 << 16, [(0, 0, 16)], None)

@@ -403,6 +403,12 @@ class CudaCodec:
             self._ws[slot] = cur
         return cur
 
+    @staticmethod
+    def _pinned(nbytes):
+        """A pinned (page-locked) host uint8 tensor of nbytes (cudaMallocHost through torch)."""
+        import torch
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
     def reserve_positions(self, n_positions, first_pos=0):
         """Uploads RoPE tables for positions [first_pos, first_pos + n) ahead of use."""
         if first_pos + n_positions > self._reserved:
@@ -520,7 +526,6 @@ class CudaCodec:
         ``group``, or None after switching this codec to the host packer for good (the
         library refused the config, or failed: pack_fallback says why; the caller quantizes
         again and packs on the host). Bad input (NaN/inf, out of range) raises."""
-        import torch
         lib, n = _cu(), len(items)
         offs = np.zeros(n, dtype=np.uint64)
         sizes = np.zeros(n, dtype=np.uint64)
@@ -529,7 +534,7 @@ class CudaCodec:
         for attempt in (0, 1):          # rare incompressible cases: then grow and redo
             if self._frames_buf is None or self._frames_buf.numel() < want:
                 self._frames_buf = None
-                self._frames_buf = torch.empty(want, dtype=torch.uint8, pin_memory=True)
+                self._frames_buf = self._pinned(want)
             cap = self._frames_buf.numel()
             rc = lib.e8cu_pack_frames(self._ctx, n, items.ctypes.data, meta, d_q.data_ptr(), qb,
                                       self._frames_buf.data_ptr(), cap, offs.ctypes.data,
