@@ -67,6 +67,8 @@ typedef struct store_iow {
   uint64_t done;         /* bytes written so far (engine internal) */
   struct iovec cur[2];   /* engine internal: the iovecs of the submission in flight */
   int res;               /* out: 0 or -errno */
+  int kick;              /* in: start writeback of the record once written (a hint: the
+                            engine may skip it; durability comes from the fdatasync) */
 } store_iow;
 
 typedef struct store_io store_io;

@@ -2,6 +2,7 @@
  * fdatasync per segment. Used where io_uring is refused, or by E8S_IO_PWRITE. Also the
  * synchronous pread/pwrite helpers every path uses. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -100,6 +101,10 @@ static void pw_write_batch(store_io *io, store_iow *w, size_t n) {
       }
       w[i].done += (uint64_t)r;
     }
+    /* start writeback of the record now (a hint, errors ignored): the disk works on it while
+     * the next records are copied */
+    if (w[i].kick && !w[i].res) (void)sync_file_range(w[i].fd, (off_t)w[i].off, (off_t)w[i].len,
+                                                      SYNC_FILE_RANGE_WRITE);
   }
 }
 

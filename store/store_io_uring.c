@@ -1,9 +1,11 @@
 /* store_io_uring.c: the io_uring engine (liburing). A batch of record writes is submitted as
- * IORING_OP_WRITEV operations, up to the ring size at a time, in one io_uring_enter per wave;
- * completions that wrote less than asked are resubmitted for the rest; then one fsync SQE
- * (IORING_FSYNC_DATASYNC) per touched segment. Used only under the store's writer mutex, so the
- * ring needs no locking of its own. */
+ * IORING_OP_WRITEV operations (each linked to a SYNC_FILE_RANGE_WRITE that starts its
+ * writeback), up to the ring size at a time, in one io_uring_enter per wave; completions that
+ * wrote less than asked are resubmitted for the rest. A sync batch is one fsync SQE
+ * (IORING_FSYNC_DATASYNC) per segment. Each ring is used by one thread at a time (a write
+ * lane's data stage or sync stage holds its mutex), so it needs no locking of its own. */
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,12 @@ typedef struct uring_io {
   unsigned entries;
 } uring_io;
 
-/* Queues op i; returns 1 if an SQE was used, 0 if it failed before submission. */
+#define KICK_TAG (1ull << 63) /* user_data of a writeback-start SQE (never counted) */
+
+/* Queues op i; returns 1 if a write SQE was used, 0 if it failed before submission. A whole
+ * record written for the first time with w->kick and room in the ring gets a linked
+ * SYNC_FILE_RANGE_WRITE (no CQE on success): writeback of record i starts, in io_uring's
+ * worker, while the next records are still being copied. A short write cancels it. */
 static int queue_write(uring_io *u, store_iow *w, size_t i) {
   int nv = store_iov_skip(w, w->cur);
   uint64_t want = w->len - w->done;
@@ -33,9 +40,18 @@ static int queue_write(uring_io *u, store_iow *w, size_t i) {
       w->cur[1].iov_len = want - w->cur[0].iov_len;
     }
   }
+  int kick = w->kick && w->done == 0 && want == w->len && w->len <= 0xffffffffu &&
+             io_uring_sq_space_left(&u->ring) >= 2;
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
   io_uring_prep_writev(sqe, w->fd, w->cur, (unsigned)nv, w->off + w->done);
   io_uring_sqe_set_data64(sqe, i);
+  if (kick) {
+    sqe->flags |= IOSQE_IO_LINK;
+    struct io_uring_sqe *k = io_uring_get_sqe(&u->ring);
+    io_uring_prep_sync_file_range(k, w->fd, (unsigned)w->len, w->off, SYNC_FILE_RANGE_WRITE);
+    k->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(k, KICK_TAG | i);
+  }
   return 1;
 }
 
@@ -76,9 +92,11 @@ static void ur_write_batch(store_io *io, store_iow *w, size_t n) {
         fail_all(w, n, wr);
         goto out;
       }
-      size_t i = (size_t)io_uring_cqe_get_data64(cqe);
+      uint64_t ud = io_uring_cqe_get_data64(cqe);
       int res = cqe->res;
       io_uring_cqe_seen(&u->ring, cqe);
+      if (ud & KICK_TAG) continue; /* a writeback start that failed or was cancelled: a hint */
+      size_t i = (size_t)ud;
       got++;
       if (res == -EINTR || res == -EAGAIN) redo[n_redo++] = i;
       else if (res < 0) w[i].res = res;

@@ -4,10 +4,11 @@
  * whichever lane is free, compaction and the index stage's rare stragglers use lane 0.
  * Data stage (the lane's dlock): space is reserved in the lane's active segment (a new segment is created, with
  * its header fdatasynced and the directory fsynced, when needed), every record is written
- * through the io engine (io_uring: one wave of WRITEV SQEs; pwrite: pwritev per record), then
- * writeback of the bytes just written is started (sync_file_range WRITE: it only queues I/O,
- * waits for nothing and reports nothing; durability comes from the fdatasync of the sync
- * stage). The batch takes the next ticket and leaves dlock, so the next batch can be written
+ * through the io engine (io_uring: one wave of WRITEV SQEs; pwrite: pwritev per record), each
+ * followed by the start of its writeback (sync_file_range WRITE; io_uring: a linked SQE that
+ * io_uring's worker runs while the next records are copied), so the disk already works on a
+ * record while the next ones are copied. It is a hint: it waits for nothing and reports
+ * nothing; durability comes from the fdatasync of the sync stage. The batch takes the next ticket and leaves dlock, so the next batch can be written
  * while this one waits for the disk.
  *
  * Sync stage (the lane's sync_mu, in ticket order): one fdatasync per touched segment through the sync
@@ -28,25 +29,6 @@ static uint64_t mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Starts writeback of [off, off + len) of fd; a hint, so errors are ignored. */
-static void kick_writeback(int fd, uint64_t off, uint64_t len) {
-  (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
-}
-
-/* Starts writeback of each contiguous run of the records that were written (same fd). */
-static void kick_all(const store_wrec *r, const store_iow *w, const size_t *map, size_t nw) {
-  size_t j = 0;
-  while (j < nw) {
-    size_t k = j;
-    uint64_t lo = w[j].off, hi = w[j].off + w[j].len;
-    while (k + 1 < nw && w[k + 1].fd == w[j].fd && w[k + 1].off == hi) hi += w[++k].len;
-    int ok = 1;
-    for (size_t q = j; q <= k; q++) ok &= r[map[q]].err == 0;
-    if (ok) kick_writeback(w[j].fd, lo, hi - lo);
-    j = k + 1;
-  }
 }
 
 uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
@@ -72,7 +54,7 @@ uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
     store_seg_pending_add(st, seg);
     r[i].seg = seg;
     r[i].seg_id = seg->id;
-    w[nw] = (store_iow){.fd = seg->fd, .off = r[i].off, .niov = 2, .len = r[i].bytes};
+    w[nw] = (store_iow){.fd = seg->fd, .off = r[i].off, .niov = 2, .len = r[i].bytes, .kick = 1};
     w[nw].iov[0] = r[i].iov[0];
     w[nw].iov[1] = r[i].iov[1];
     map[nw++] = i;
@@ -89,7 +71,6 @@ uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
   }
   /* a failed write leaves the segment's tail unknown: seal it, append elsewhere */
   if (failed) store_seg_seal_active(st, l);
-  else kick_all(r, w, map, nw);
   uint64_t ticket = l->next_ticket++;
   pthread_mutex_unlock(&l->dlock);
   free(w);
