@@ -56,6 +56,8 @@ def parse_args():
                     help="continuation tokens scored on both caches (default 128)")
     ap.add_argument("--gen", type=int, default=32, help="tokens generated greedily (default 32)")
     ap.add_argument("--preset", default=None, help="codec preset (default: the codec's, K3V2)")
+    ap.add_argument("--fetch-streams", type=int, default=None,
+                    help="concurrent GetChunks calls of the restore (default: e8kv.hf's)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("E8KV_TORCH_THREADS", 0)),
                     help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="JSON output (default BUILD/demo.json)")
@@ -63,12 +65,13 @@ def parse_args():
 
 
 class Daemon:
-    def __init__(self, binary, tmp):
+    def __init__(self, binary, tmp, *args):
         self.address = f"unix:{tmp}/e8kvd.sock"
         self.log_path = Path(tmp) / "e8kvd.log"
         self.proc = subprocess.Popen(
             [str(binary), "--data-dir", f"{tmp}/data", "--listen", self.address,
-             "--metrics-listen", ""], stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+             "--metrics-listen", "", *args], stdout=open(self.log_path, "w"),
+            stderr=subprocess.STDOUT)
         with e8kv.Client(self.address, timeout=5) as c:
             t_end = time.monotonic() + 30
             while True:
@@ -215,13 +218,14 @@ def run_requests(a, model, tok, client, fp, prompt1, prompt2):
     # Request 2 shares the prefix. The prefill rate for the decision is measured once.
     rate = e8kv.hf.measure_prefill_rate(client, model, 256, fp)
     t = time.perf_counter()
-    r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp)
+    fkw = {} if a.fetch_streams is None else dict(fetch_streams=a.fetch_streams)
+    r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp, **fkw)
     restore_s = time.perf_counter() - t
     decision, reason = r.decision, r.reason
     if decision != "restore":          # still measure the codec's quality on this prompt
         t = time.perf_counter()
         r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp,
-                                   policy="restore")
+                                   policy="restore", **fkw)
         restore_s = time.perf_counter() - t
     n = r.n_cached
     print(f"request 2: {len(prompt2)} tokens, {n} restored in {restore_s:.3f} s "

@@ -2,7 +2,6 @@
 numpy and torch, strided views, RoPE at new positions, and every kind of bad input."""
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -210,27 +209,24 @@ def test_corrupted_truncated_and_foreign_frames():
 
 
 def test_fingerprint_from_proto_follows_the_daemon_rules():
-    rope = types.SimpleNamespace(theta=100000.0, rotary_dim=0, layout=1, scaling=0, factor=0.0,
-                                 original_max_position_embeddings=0, low_freq_factor=0.0,
-                                 high_freq_factor=0.0, beta_fast=0.0, beta_slow=0.0,
-                                 attention_factor=0.0, short_factor=[], long_factor=[],
-                                 yarn_no_truncate=False)
-    cfg = types.SimpleNamespace(preset="", key_bits=3.0, value_bits=2.0, protected_layers=[],
-                                sink_tokens=0, recent_window_tokens=0, hadamard_seed=0,
-                                format_version=0, key_step=0.0, value_step=0.0,
-                                protect_first_layers=0, protect_last_layers=0, decorrelation=0,
-                                zstd_level=0)
-    pb = types.SimpleNamespace(model_id="HuggingFaceTB/SmolLM2-135M-Instruct", n_layers=30,
-                               n_kv_heads=3, head_dim=64, source_dtype=3, rope=rope, codec=cfg)
-    fp = C.fingerprint_from_proto(pb)
+    """The wire's default rule (codec unset = the default configuration); see also
+    tests/python/test_fingerprint_parity.py, which compares the ids with a running e8kvd."""
+    from e8kv import pb
+    m = pb.ModelFingerprint(model_id="HuggingFaceTB/SmolLM2-135M-Instruct", n_layers=30,
+                            n_kv_heads=3, head_dim=64, source_dtype=pb.DTYPE_FP32,
+                            rope=pb.RopeConfig(theta=100000.0, layout=pb.ROPE_LAYOUT_SPLIT_HALF))
+    m.codec.key_bits, m.codec.value_bits, m.codec.sink_tokens = 3, 2, 1
+    fp = C.fingerprint_from_proto(m)
     assert fp.rope.rotary_dim == 64 and fp.rope.type == "default"
     assert fp.config.preset == "K3V2"
-    assert fp.id() == fingerprint("K3V2").id()
-    rope.theta = 0.0
-    assert C.fingerprint_from_proto(pb).rope.type == "none"
-    cfg.key_bits = 2.5
+    assert fp.id() == fingerprint("K3V2", sink_tokens=1).id()
+    m.ClearField("codec")                       # unset: the default configuration
+    assert C.fingerprint_from_proto(m).id() == fingerprint(None).id()
+    m.rope.theta = 0.0
+    assert C.fingerprint_from_proto(m).rope.type == "none"
+    m.codec.key_bits = 2.5
     with pytest.raises(ValueError, match="key_bits"):
-        C.fingerprint_from_proto(pb)
+        C.fingerprint_from_proto(m)
 
 
 def test_rope_from_hf_config():

@@ -91,8 +91,15 @@ def test_hf_fingerprint_differs_by_dtype_preset_and_rope():
     a = hf.model_fingerprint(m, model_id="x")
     assert hf.model_fingerprint(m.to(torch.bfloat16), model_id="x").source_dtype == \
         e8kv.pb.DTYPE_BF16
-    assert hf.model_fingerprint(m, model_id="x", preset="K4V4").codec.preset == "K4V4"
-    assert a.codec.preset == ""                  # the codec's default (K3V2) is the daemon's
+    k4 = hf.model_fingerprint(m, model_id="x", preset="K4V4")
+    assert k4.codec.preset == "K4V4"
+    assert k4.codec.sink_tokens == codec.default_config().sink_tokens == 1   # default sink kept
+    assert not a.HasField("codec")               # unset: the daemon's default configuration
+    assert codec.fingerprint_from_proto(a).id() == codec.Fingerprint(
+        model_id="x", n_layers=2, n_kv_heads=1, head_dim=32, src_dtype="float32",
+        rope=codec.Rope(theta=10000.0)).id()
+    own = hf.model_fingerprint(m, model_id="x", codec={"sink_tokens": 0, "preset": "K2V2"})
+    assert own.codec.sink_tokens == 0 and own.codec.preset == "K2V2"
     with pytest.raises(ValueError, match="not supported"):
         hf.model_fingerprint(m.to(torch.float64), model_id="x")
 

@@ -27,8 +27,9 @@ Thread safety: a Codec holds one e8c_ctx (workspace, last error), so use one Cod
 The module-level ``encode_chunk`` / ``decode_chunk`` keep one Codec per (thread, fingerprint).
 
 The fingerprint may also be given as an ``e8kv.v1.ModelFingerprint`` protobuf message; it is
-converted with exactly the rules of daemon/kvd_fp.c (so the fingerprint id, which every chunk
-carries, is the daemon's).
+converted with the wire's default rule (proto/e8kv/v1/kvstore.proto), so the fingerprint id,
+which every chunk carries, is the daemon's (tests/python/test_fingerprint_parity.py). ``Config()`` with nothing set is
+the library's (and the daemon's) default configuration.
 """
 import ctypes
 import math
@@ -42,7 +43,7 @@ from . import _lib as L
 
 __all__ = ["CodecError", "Rope", "Config", "Fingerprint", "Codec", "presets", "version",
            "frame_info", "chunk_info", "chunk_fingerprint", "encode_chunk", "decode_chunk",
-           "fingerprint_from_proto"]
+           "fingerprint_from_proto", "default_config"]
 
 DTYPES = {"float16": L.DTYPE_F16, "bfloat16": L.DTYPE_BF16, "float32": L.DTYPE_F32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -51,8 +52,11 @@ ROPE_TYPES = {"none": L.ROPE_NONE, "default": L.ROPE_DEFAULT, "linear": L.ROPE_L
               "dynamic": L.ROPE_DYNAMIC, "yarn": L.ROPE_YARN, "llama3": L.ROPE_LLAMA3,
               "longrope": L.ROPE_LONGROPE}
 LAYOUTS = {"split_half": L.LAYOUT_SPLIT_HALF, "interleaved": L.LAYOUT_INTERLEAVED}
+ROPE_NAMES = {v: k for k, v in ROPE_TYPES.items()}
+LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
 DECORS = {"auto": L.DECOR_AUTO, "none": L.DECOR_NONE, "delta": L.DECOR_DELTA,
           "mean": L.DECOR_MEAN}
+DECOR_NAMES = {v: k for k, v in DECORS.items()}
 KINDS = {"k": L.KIND_K, "v": L.KIND_V, 0: L.KIND_K, 1: L.KIND_V}
 
 
@@ -147,63 +151,52 @@ class Rope:
         return r
 
     @classmethod
+    def from_c(cls, r: L.Rope) -> "Rope":
+        """Every value of a C e8c_rope, explicit."""
+        kind = ROPE_NAMES.get(r.type, r.type)
+        if kind == "none":
+            return cls(type="none")
+        n = r.n_longrope
+        return cls(theta=r.theta, type=kind, layout=LAYOUT_NAMES.get(r.layout, r.layout),
+                   rotary_dim=r.rotary_dim, original_max_pos=r.original_max_pos,
+                   factor=r.factor, low_freq_factor=r.low_freq_factor,
+                   high_freq_factor=r.high_freq_factor, beta_fast=r.beta_fast,
+                   beta_slow=r.beta_slow, attention_factor=r.attention_factor,
+                   yarn_no_truncate=bool(r.yarn_no_truncate),
+                   short_factor=list(r.short_factor[:n]), long_factor=list(r.long_factor[:n]))
+
+    @classmethod
     def from_hf_config(cls, config, layout: str = "split_half") -> "Rope":
-        """From a transformers config (rope_theta + rope_scaling, or transformers 5's
-        rope_parameters). HF's Llama-family models use split_half."""
+        """From a transformers config: e8kv.hfrope's reading of it (every rope_type HF
+        defines, partial_rotary_factor), resolved by the daemon's conversion. HF's
+        Llama-family models use split_half."""
+        from . import hfrope
+        from .v1 import kvstore_pb2 as pb
         head_dim = getattr(config, "head_dim", None) or \
             config.hidden_size // config.num_attention_heads
-        params = getattr(config, "rope_parameters", None)
-        d = dict(params) if isinstance(params, dict) else {}
-        if not d:
-            d = dict(getattr(config, "rope_scaling", None) or {})
-            d.setdefault("rope_theta", getattr(config, "rope_theta", None))
-        kind = d.get("rope_type", d.get("type", "default")) or "default"
-        theta = d.get("rope_theta") or getattr(config, "rope_theta", None)
-        if theta is None:
-            raise ValueError("the config names no rope_theta")
-        prf = d.get("partial_rotary_factor") or getattr(config, "partial_rotary_factor",
-                                                        None) or 1.0
-        orig = d.get("original_max_position_embeddings") or \
-            getattr(config, "original_max_position_embeddings", None) or 0
-        max_pos = getattr(config, "max_position_embeddings", 0) or 0
-        r = cls(theta=float(theta), type=kind, layout=layout,
-                rotary_dim=int(head_dim * float(prf)))
-        if kind in ("linear", "dynamic", "yarn", "llama3"):
-            r.factor = float(d.get("factor") or 0)
-        if kind in ("dynamic", "yarn", "llama3", "longrope"):
-            r.original_max_pos = int(orig or max_pos)
-        if kind == "llama3":
-            r.low_freq_factor = float(d["low_freq_factor"])
-            r.high_freq_factor = float(d["high_freq_factor"])
-        if kind == "yarn":
-            r.beta_fast = float(d.get("beta_fast") or 32)
-            r.beta_slow = float(d.get("beta_slow") or 1)
-            att = d.get("attention_factor")
-            r.attention_factor = float(att if att else 0.1 * math.log(r.factor) + 1.0)
-            r.yarn_no_truncate = d.get("truncate", True) is False
-        if kind == "longrope":
-            r.short_factor, r.long_factor = list(d["short_factor"]), list(d["long_factor"])
-            att = d.get("attention_factor")
-            if not att:
-                f = max_pos / r.original_max_pos if r.original_max_pos else 1.0
-                att = 1.0 if f <= 1 else math.sqrt(1 + math.log(f) / math.log(r.original_max_pos))
-            r.attention_factor = float(att)
-        return r
+        m = pb.ModelFingerprint(model_id="rope", n_layers=1, n_kv_heads=1, head_dim=head_dim,
+                                source_dtype=pb.DTYPE_FP32,
+                                rope=hfrope.rope_config(config, head_dim, layout))
+        return fingerprint_from_proto(m).rope
 
 
 @dataclass
 class Config:
-    """Codec configuration (e8c_config). preset names the key/value steps; k_step/v_step
-    override them; None fields take the library's defaults (e8c_config_default)."""
-    preset: str = "K3V2"
+    """Codec configuration (e8c_config). Every field left None takes the library's default
+    (e8c_config_default: preset K3V2, sink_tokens 1, ...), which is also what e8kvd uses
+    for a fingerprint whose codec is unset: ``Config()`` is the daemon's default
+    configuration and gets its fingerprint id. ``preset`` names the key/value steps;
+    k_step/v_step override them; the counts (protect_*, sink_tokens, recent_tokens) mean
+    what they say, 0 = none."""
+    preset: Optional[str] = None
     k_step: Optional[float] = None
     v_step: Optional[float] = None
-    protect_first: int = 0
-    protect_last: int = 0
+    protect_first: Optional[int] = None
+    protect_last: Optional[int] = None
     protect_layers: Sequence[int] = ()
-    sink_tokens: int = 0
-    recent_tokens: int = 0
-    decorrelation: str = "auto"          # auto none delta mean
+    sink_tokens: Optional[int] = None
+    recent_tokens: Optional[int] = None
+    decorrelation: Optional[str] = None      # auto none delta mean
     zstd_level: Optional[int] = None
     hadamard_seed: Optional[int] = None
 
@@ -211,11 +204,12 @@ class Config:
         lib = L.lib()
         c = L.Config()
         lib.e8c_config_default(ctypes.byref(c))
-        if self.preset:
+        if self.preset is not None:
             if not isinstance(self.preset, str):
                 raise TypeError(f"config.preset must be a str, got {type(self.preset).__name__}")
-            rc = lib.e8c_preset_apply(self.preset.encode(), ctypes.byref(c))
-            if rc < 0:
+            if self.preset == "":
+                c.preset = b""                       # no name (custom steps)
+            elif lib.e8c_preset_apply(self.preset.encode(), ctypes.byref(c)) < 0:
                 raise ValueError(f"config.preset {self.preset!r} unknown (one of {presets()})")
         if self.k_step is not None:
             c.k_step = self.k_step
@@ -223,22 +217,43 @@ class Config:
             c.v_step = self.v_step
         for name in ("protect_first", "protect_last", "sink_tokens", "recent_tokens"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 0:
+            if v is None:
+                continue
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"config.{name} must be an int >= 0, got {v!r}")
             setattr(c, name, int(v))
         for layer in self.protect_layers:
             if not 0 <= layer < n_layers:
                 raise ValueError(f"config.protect_layers: layer {layer} not in [0, {n_layers})")
             c.protect_mask[layer // 64] |= 1 << (layer % 64)
-        if self.decorrelation not in DECORS:
-            raise ValueError(f"config.decorrelation {self.decorrelation!r} unknown "
-                             f"({sorted(DECORS)})")
-        c.decorrelation = DECORS[self.decorrelation]
+        if self.decorrelation is not None:
+            if self.decorrelation not in DECORS:
+                raise ValueError(f"config.decorrelation {self.decorrelation!r} unknown "
+                                 f"({sorted(DECORS)})")
+            c.decorrelation = DECORS[self.decorrelation]
         if self.zstd_level is not None:
             c.zstd_level = int(self.zstd_level)
         if self.hadamard_seed is not None:
             c.hadamard_seed = int(self.hadamard_seed)
         return c
+
+    @classmethod
+    def from_c(cls, c: L.Config, n_layers: int) -> "Config":
+        """Every value of a C e8c_config, explicit."""
+        return cls(preset=c.preset.decode(), k_step=c.k_step, v_step=c.v_step,
+                   protect_first=c.protect_first, protect_last=c.protect_last,
+                   protect_layers=[i for i in range(n_layers)
+                                   if c.protect_mask[i // 64] >> (i % 64) & 1],
+                   sink_tokens=c.sink_tokens, recent_tokens=c.recent_tokens,
+                   decorrelation=DECOR_NAMES.get(c.decorrelation, c.decorrelation),
+                   zstd_level=c.zstd_level, hadamard_seed=c.hadamard_seed)
+
+
+def default_config(n_layers: int = L.MAX_LAYERS) -> Config:
+    """The library's default configuration (e8c_config_default), every field explicit."""
+    c = L.Config()
+    L.lib().e8c_config_default(ctypes.byref(c))
+    return Config.from_c(c, n_layers)
 
 
 @dataclass
@@ -281,6 +296,13 @@ class Fingerprint:
                              f"({L.lib().e8c_error_name(rc).decode()})")
         return f
 
+    @classmethod
+    def from_c(cls, f: L.Fingerprint) -> "Fingerprint":
+        """Every value of a C e8c_fingerprint, explicit."""
+        return cls(model_id=f.model_id.decode(), n_layers=f.n_layers, n_kv_heads=f.n_kv_heads,
+                   head_dim=f.head_dim, src_dtype=DTYPE_NAMES[f.src_dtype],
+                   rope=Rope.from_c(f.rope), config=Config.from_c(f.config, f.n_layers))
+
     def id(self) -> bytes:
         """The 32-byte fingerprint id (SHA-256 of the canonical serialization)."""
         out = (ctypes.c_uint8 * L.ID_SIZE)()
@@ -293,9 +315,14 @@ _PB_DTYPE = {1: "float16", 2: "bfloat16", 3: "float32"}
 
 
 def fingerprint_from_proto(pb) -> Fingerprint:
-    """Fingerprint from an e8kv.v1.ModelFingerprint message, with daemon/kvd_fp.c's rules
-    (theta 0 = no RoPE, rotary_dim 0 = head_dim, factor 0 = 1 where a factor is used,
-    preset from key_bits/value_bits when the name is empty, 0 = library default)."""
+    """The codec fingerprint of an e8kv.v1.ModelFingerprint message with the wire's rules
+    (proto/e8kv/v1/kvstore.proto, "THE DEFAULT RULE"): codec unset = the default
+    configuration (Config()); in a set CodecConfig a field documented "0 = default" takes
+    the default when 0 and the counts mean what they say; theta 0 = no RoPE, rotary_dim
+    0 = head_dim, factor 0 = 1 where a factor is used. ValueError naming the field."""
+    if not hasattr(pb, "SerializeToString"):
+        raise TypeError(f"expected an e8kv.v1.ModelFingerprint message, got "
+                        f"{type(pb).__name__}")
     if pb.source_dtype not in _PB_DTYPE:
         raise ValueError("fingerprint.source_dtype must be FP16, BF16 or FP32")
     r = pb.rope
@@ -317,23 +344,32 @@ def fingerprint_from_proto(pb) -> Fingerprint:
                     beta_fast=r.beta_fast, beta_slow=r.beta_slow,
                     attention_factor=r.attention_factor, yarn_no_truncate=r.yarn_no_truncate,
                     short_factor=list(r.short_factor), long_factor=list(r.long_factor))
-    c = pb.codec
-    preset = c.preset
-    if not preset and (c.key_bits or c.value_bits):
-        kb, vb = c.key_bits, c.value_bits
-        if kb != int(kb) or vb != int(vb) or not (2 <= kb <= 4 and 2 <= vb <= 4):
-            raise ValueError(f"fingerprint.codec: key_bits {kb} / value_bits {vb} must be "
-                             "whole numbers in 2..4")
-        preset = f"K{int(kb)}V{int(vb)}"
-    if c.format_version not in (0, L.FORMAT_VERSION):
-        raise ValueError(f"fingerprint.codec.format_version {c.format_version} unsupported")
-    cfg = Config(preset=preset or "", k_step=c.key_step or None, v_step=c.value_step or None,
-                 protect_first=c.protect_first_layers, protect_last=c.protect_last_layers,
-                 protect_layers=list(c.protected_layers), sink_tokens=c.sink_tokens,
-                 recent_tokens=c.recent_window_tokens,
-                 decorrelation=["auto", "none", "delta", "mean"][c.decorrelation]
-                 if c.decorrelation < 4 else "?",
-                 zstd_level=c.zstd_level or None, hadamard_seed=c.hadamard_seed or None)
+    cfg = Config()
+    if pb.HasField("codec"):
+        c = pb.codec
+        preset = c.preset
+        if not preset and (c.key_bits or c.value_bits):
+            kb, vb = c.key_bits, c.value_bits
+            if kb != int(kb) or vb != int(vb) or not (2 <= kb <= 4 and 2 <= vb <= 4):
+                raise ValueError(f"fingerprint.codec: key_bits {kb} / value_bits {vb} must "
+                                 "be whole numbers in 2..4")
+            preset = f"K{int(kb)}V{int(vb)}"
+        for layer in c.protected_layers:
+            if layer >= pb.n_layers:
+                raise ValueError(f"fingerprint.codec.protected_layers: layer {layer} is not "
+                                 f"below n_layers {pb.n_layers}")
+        if c.decorrelation >= len(DECOR_NAMES):
+            raise ValueError(f"fingerprint.codec.decorrelation {c.decorrelation} is unknown")
+        if c.format_version not in (0, L.FORMAT_VERSION):
+            raise ValueError(f"fingerprint.codec.format_version {c.format_version} "
+                             "unsupported")
+        cfg = Config(preset=preset or None, k_step=c.key_step or None,
+                     v_step=c.value_step or None, protect_first=c.protect_first_layers,
+                     protect_last=c.protect_last_layers,
+                     protect_layers=list(c.protected_layers), sink_tokens=c.sink_tokens,
+                     recent_tokens=c.recent_window_tokens,
+                     decorrelation=DECOR_NAMES[c.decorrelation],
+                     zstd_level=c.zstd_level or None, hadamard_seed=c.hadamard_seed or None)
     return Fingerprint(model_id=pb.model_id, n_layers=pb.n_layers, n_kv_heads=pb.n_kv_heads,
                        head_dim=pb.head_dim, src_dtype=_PB_DTYPE[pb.source_dtype], rope=rope,
                        config=cfg)

@@ -27,8 +27,10 @@ n real tokens of a row: compute padded batches with position_ids from the attent
 (as ``model.generate`` and :func:`prefill` do).
 
 Limits. Dynamic-NTK models whose prefill went past original_max_position_embeddings use
-frequencies that depend on the prefill's length; chunks are encoded with their own end as
-that length, so RoPE removal is exact only within the original context there. Sliding-
+frequencies that depend on the prefill's length; chunks are encoded with the stored
+sequence's length as that length (exact for that prefill; a chunk stored by an earlier,
+shorter request keeps that request's length). A fingerprint's recent window likewise
+keeps the last tokens of the stored sequence raw. Sliding-
 window and hybrid (linear-attention) caches are not handled: every layer must be a full
 attention layer holding every token.
 
@@ -38,9 +40,13 @@ a chunk. A restored batch holds the same number of cached tokens for every row; 
 ``input_ids`` / ``attention_mask`` put those first, then each row's padding, then the
 tokens left to compute (position ids from the mask stay right).
 
-Data path. Chunks are encoded on the client with ``e8kv.codec`` (libe8codec) when that
-module is available, else uploaded raw in the model's dtype for the daemon to encode;
-restore mirrors it (client decode, or the daemon decodes to the model's dtype).
+Data path. Chunks are coded on the client by a KV codec (e8kv.kvcodec: ``encode_chunks``
+from the cache tensors, ``decode_chunks_into`` preallocated cache tensors on the model's
+device): ``kv_codec=`` (e.g. e8kv.cuda.CudaCodec for a model on a GPU), else
+e8kv.kvcodec.CpuKVCodec (libe8codec). Without libe8codec, KV travels raw in the model's
+dtype and the daemon encodes / decodes it. Restore fetches with several GetChunks calls
+at once and decodes chunks as they arrive; the DynamicCache takes the decoded tensors
+without a copy.
 
 Load or recompute. :func:`restore_prefix` restores only when fetching + decoding the
 cached tokens is expected to take less time than recomputing them, from measured rates
@@ -53,208 +59,20 @@ result says which it chose (``.decision``, ``.reason``), also logged on logger "
 """
 import inspect
 import logging
-import math
+import queue
 import time
 
-import numpy as np
 import torch
 
 from . import errors
 from .client import ChunkIn
+from .hfmodel import (_TORCH_DTYPES, _text_config, load_gguf, model_fingerprint,  # noqa: F401
+                      rope_config)
 from .v1 import kvstore_pb2 as pb
 
 log = logging.getLogger("e8kv.hf")
 
 DEFAULT_CHUNK_TOKENS = 256
-_TORCH_DTYPES = {torch.float16: (pb.DTYPE_FP16, "fp16", np.float16),
-                 torch.bfloat16: (pb.DTYPE_BF16, "bf16", None),
-                 torch.float32: (pb.DTYPE_FP32, "fp32", np.float32)}
-_SCALING = {"default": pb.ROPE_SCALING_NONE, "linear": pb.ROPE_SCALING_LINEAR,
-            "dynamic": pb.ROPE_SCALING_DYNAMIC, "yarn": pb.ROPE_SCALING_YARN,
-            "llama3": pb.ROPE_SCALING_LLAMA3, "longrope": pb.ROPE_SCALING_LONGROPE}
-
-
-# ----------------------------------------------------------------------------- fingerprint
-
-def _rope_params(config):
-    """HF rope parameters as one dict with rope_theta and rope_type (any transformers version)."""
-    if hasattr(config, "standardize_rope_params"):
-        config.standardize_rope_params()
-    rp = getattr(config, "rope_parameters", None)
-    if isinstance(rp, dict) and "rope_theta" in rp:
-        d = dict(rp)
-    else:
-        d = dict(getattr(config, "rope_scaling", None) or {})
-        d.setdefault("rope_theta", getattr(config, "rope_theta", None))
-    d["rope_type"] = d.get("rope_type") or d.get("type") or "default"
-    if d.get("partial_rotary_factor") is None:
-        d["partial_rotary_factor"] = getattr(config, "partial_rotary_factor", None) or 1.0
-    if d["rope_theta"] is None:
-        raise ValueError("model.config has no rope_theta: cannot describe its RoPE")
-    return d
-
-
-def _yarn_mscale(scale, mscale=1.0):
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
-
-
-def rope_config(config, head_dim, layout="split_half"):
-    """The RopeConfig message for a transformers config (every rope_type HF defines)."""
-    d = _rope_params(config)
-    kind = d["rope_type"]
-    if kind not in _SCALING:
-        raise ValueError(f"RoPE type {kind!r} is not supported by e8kv "
-                         f"(supported: {sorted(_SCALING)})")
-    rotary_dim = int(head_dim * float(d["partial_rotary_factor"]))
-    if rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
-        raise ValueError(f"rotary_dim {rotary_dim} (head_dim {head_dim} x partial_rotary_factor "
-                         f"{d['partial_rotary_factor']}) must be even and in [2, head_dim]")
-    layouts = {"split_half": pb.ROPE_LAYOUT_SPLIT_HALF, "interleaved": pb.ROPE_LAYOUT_INTERLEAVED}
-    r = pb.RopeConfig(theta=float(d["rope_theta"]),
-                      rotary_dim=rotary_dim if rotary_dim != head_dim else 0,
-                      layout=layouts[layout], scaling=_SCALING[kind])
-    max_pos = getattr(config, "max_position_embeddings", 0) or 0
-    orig = d.get("original_max_position_embeddings") or \
-        getattr(config, "original_max_position_embeddings", None)
-    if kind == "linear":
-        r.factor = float(d["factor"])
-    elif kind == "dynamic":
-        r.factor = float(d["factor"])
-        r.original_max_position_embeddings = int(orig or max_pos)
-    elif kind == "llama3":
-        r.factor = float(d["factor"])
-        r.low_freq_factor = float(d["low_freq_factor"])
-        r.high_freq_factor = float(d["high_freq_factor"])
-        r.original_max_position_embeddings = int(d["original_max_position_embeddings"])
-    elif kind == "yarn":
-        orig = int(orig or max_pos)
-        factor = d.get("factor") or max_pos / orig
-        att = d.get("attention_factor")
-        if att is None:
-            ms, msa = d.get("mscale"), d.get("mscale_all_dim")
-            att = (_yarn_mscale(factor, ms) / _yarn_mscale(factor, msa)) if ms and msa \
-                else _yarn_mscale(factor)
-        r.factor = float(factor)
-        r.original_max_position_embeddings = orig
-        r.beta_fast = float(d.get("beta_fast") or 32)
-        r.beta_slow = float(d.get("beta_slow") or 1)
-        r.attention_factor = float(att)
-        r.yarn_no_truncate = d.get("truncate", True) is False
-    elif kind == "longrope":
-        orig = int(orig)
-        att = d.get("attention_factor")
-        if att is None:
-            factor = d.get("factor") or max_pos / orig
-            att = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
-        r.original_max_position_embeddings = orig
-        r.attention_factor = float(att)
-        r.short_factor.extend(float(x) for x in d["short_factor"])
-        r.long_factor.extend(float(x) for x in d["long_factor"])
-    return r
-
-
-def _text_config(model):
-    c = model.config
-    return c.get_text_config(decoder=True) if hasattr(c, "get_text_config") else c
-
-
-def model_fingerprint(model, *, model_id=None, preset=None, codec=None, rope_layout="split_half",
-                      dtype=None):
-    """The ModelFingerprint of a transformers model (see the module doc).
-
-    model_id: defaults to ``config.name_or_path`` (its last 127 bytes); give the hub name
-    when the model was loaded from a local path, so that every machine agrees.
-    preset: codec preset ("K4V4" ... "K2V2"; None = the codec default, K3V2).
-    codec: other CodecConfig fields as a dict. dtype: the KV dtype (default model.dtype).
-    """
-    c = _text_config(model)
-    n_heads = c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // n_heads
-    n_kv = getattr(c, "num_key_value_heads", None) or n_heads
-    dt = dtype or next(model.parameters()).dtype
-    if dt not in _TORCH_DTYPES:
-        raise ValueError(f"KV dtype {dt} not supported (fp16, bf16, fp32)")
-    mid = model_id or getattr(c, "name_or_path", "") or getattr(model, "name_or_path", "")
-    mid = mid.encode()[-127:].decode(errors="ignore") or "unnamed-model"
-    fp = pb.ModelFingerprint(model_id=mid, n_layers=c.num_hidden_layers, n_kv_heads=n_kv,
-                             head_dim=head_dim, source_dtype=_TORCH_DTYPES[dt][0],
-                             rope=rope_config(c, head_dim, rope_layout))
-    fp.codec.SetInParent()          # explicit defaults (e8kvd gives an unset codec another id)
-    if preset:
-        fp.codec.preset = preset
-    for k, v in (codec or {}).items():
-        if isinstance(v, (list, tuple)):
-            getattr(fp.codec, k).extend(v)
-        else:
-            setattr(fp.codec, k, v)
-    return fp
-
-
-# ----------------------------------------------------------------------------- loading
-
-def load_gguf(gguf_path, *, cache_dir=None, dtype=torch.float32):
-    """(tokenizer, model) from a GGUF file through transformers (``gguf_file=``), offline.
-
-    transformers parses a GGUF's metadata in pure Python (about a minute for SmolLM2 on a
-    busy CPU); with ``cache_dir`` the converted tokenizer and model are saved there once
-    (safetensors, keyed by the GGUF's path, size and mtime) and loaded from there after.
-    """
-    import fcntl
-    import hashlib
-    import os
-    from pathlib import Path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    g = Path(gguf_path).resolve()
-    st = g.stat()
-
-    def from_gguf():
-        tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
-        model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=dtype)
-        return tok, model
-    if cache_dir is None:
-        tok, model = from_gguf()
-    else:
-        tag = hashlib.sha256(f"{g}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
-        d = Path(cache_dir) / f"{g.stem}-{tag}"
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(cache_dir) / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (d / "done").exists():
-                tok, model = from_gguf()
-                _save_converted(tok, model, d)
-                (d / "done").write_text(str(g) + "\n")
-        tok, model = _load_converted(d, dtype)
-        model.config.name_or_path = str(g)
-    model.eval()
-    return tok, model
-
-
-def _save_converted(tok, model, d):
-    """Tokenizer, config and weights of a GGUF-loaded model (its weights are dequantized
-    already; save_pretrained refuses models that carry the gguf quantizer)."""
-    import copy as _copy
-    from safetensors.torch import save_model
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(d)
-    cfg = _copy.deepcopy(model.config)
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    cfg.save_pretrained(d)
-    model.generation_config.save_pretrained(d)
-    save_model(model, str(d / "model.safetensors"))
-
-
-def _load_converted(d, dtype):
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(d)), dtype=dtype)
-    load_model(model, str(d / "model.safetensors"))
-    from transformers import GenerationConfig
-    model.generation_config = GenerationConfig.from_pretrained(str(d))
-    return tok, model
-
 
 # ----------------------------------------------------------------------------- cache helpers
 
@@ -282,8 +100,20 @@ def cache_layers(cache):
 
 
 def new_cache(model, layers):
-    """A DynamicCache holding ``layers`` = [(K, V)] ([B, H, T, D] each)."""
+    """A DynamicCache holding ``layers`` = [(K, V)] ([B, H, T, D] each).
+
+    The tensors become the cache's own, not copied, where this transformers version keeps
+    them in DynamicCache.layers as plain DynamicLayer objects (transformers >= 4.56; checked
+    with the installed 5.x); otherwise (other layer types, older versions) they go in
+    through update(), which copies each once. The next forward appends to them (update()
+    concatenates), so views of a larger allocation are fine."""
     from transformers import DynamicCache
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:
+        cache = DynamicCache()
+    if layers and _adopt(cache, layers):
+        return cache
     try:
         cache = DynamicCache(config=model.config)
     except TypeError:
@@ -291,6 +121,24 @@ def new_cache(model, layers):
     for i, (k, v) in enumerate(layers):
         cache.update(k, v, i)
     return cache
+
+
+def _adopt(cache, layers):
+    """Puts layers into cache's DynamicLayer objects by reference; False if it cannot."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return False
+    own = getattr(cache, "layers", None)
+    if own is None or len(own) != len(layers) or any(type(ly) is not DynamicLayer for ly in own):
+        return False
+    for ly, (k, v) in zip(own, layers):
+        try:
+            ly.lazy_initialization(k, v)
+        except TypeError:                       # transformers 4.56: (key_states) only
+            ly.lazy_initialization(k)
+        ly.keys, ly.values = k, v
+    return cache.get_seq_length() == layers[0][0].shape[2] and own[0].keys is layers[0][0]
 
 
 def positions_from_mask(attention_mask):
@@ -338,19 +186,88 @@ def _rows(input_ids, attention_mask):
 # ----------------------------------------------------------------------------- codec glue
 
 def _codec_module():
-    """e8kv.codec when it is importable and can encode chunks, else None (raw path)."""
+    """e8kv.codec when it is importable and its library loads, else None (raw path)."""
     try:
         from . import codec
-    except Exception:       # missing module or missing libe8codec.so: use the raw path
+        codec.version()
+    except Exception:       # noqa: BLE001 -- missing libe8codec.so: the raw path, said below
         return None
-    return codec if hasattr(codec, "encode_chunk") and hasattr(codec, "decode_chunk") else None
+    return codec
+
+
+class _Coder:
+    """The KV codec of one store/restore call: the caller's ``kv_codec`` (explicit: a
+    fingerprint mismatch is an error), else a CpuKVCodec made here (a mismatch falls back
+    to raw transfers with a warning), else None (no libe8codec: raw transfers)."""
+
+    def __init__(self, fp, kv_codec, encoding):
+        self.explicit = kv_codec is not None
+        self.own = False
+        self.kvc = kv_codec
+        if self.explicit and encoding == "raw":
+            raise ValueError("kv_codec= encodes chunks: it cannot be combined with "
+                             "encoding='raw'")
+        if not self.explicit and encoding != "raw":
+            cmod = _codec_module()
+            if cmod is None and encoding == "e8":
+                raise RuntimeError("encoding='e8' needs e8kv.codec (libe8codec), which is "
+                                   "unavailable")
+            if cmod is not None:
+                from .kvcodec import CpuKVCodec
+                try:
+                    cfp = cmod.fingerprint_from_proto(fp)
+                except OSError as e:      # libe8kv.so missing: the daemon codes (raw path)
+                    if encoding == "e8":
+                        raise
+                    log.warning("e8kv.codec cannot resolve fingerprints (%s): transferring "
+                                "raw KV", e)
+                else:
+                    self.kvc, self.own = CpuKVCodec(cfp), True
+        self.id = None
+        self.needs_seq_len = False
+        if self.kvc is not None:
+            from .kvcodec import fingerprint_id
+            self.id = fingerprint_id(self.kvc)
+            # The stored sequence's length matters for a recent window (its last tokens
+            # are kept raw) and for dynamic-NTK RoPE (frequencies of the prefill's length).
+            self.needs_seq_len = fp.codec.recent_window_tokens > 0 or \
+                (fp.rope.theta > 0 and fp.rope.scaling == pb.ROPE_SCALING_DYNAMIC)
+
+    def agree(self, daemon_id, model_id):
+        """False (raw path) or ValueError when the codec's fingerprint id is not the
+        daemon's for this request's fingerprint."""
+        if self.kvc is None or self.id == daemon_id:
+            return self.kvc is not None
+        if self.explicit:
+            raise ValueError(f"kv_codec codes for fingerprint {self.id.hex()[:16]}, e8kvd "
+                             f"resolves this request's fingerprint to {daemon_id.hex()[:16]}: "
+                             "make the codec from the same fingerprint")
+        log.warning("e8kv.codec computes another fingerprint id than e8kvd for %s; "
+                    "transferring raw KV (the daemon encodes/decodes)", model_id)
+        self.close()
+        self.kvc = None
+        return False
+
+    def close(self):
+        if self.own and self.kvc is not None:
+            self.kvc.close()
+        self.own = False
 
 
 def _chunk_raw(layers, b, cols, dtype):
-    """The raw layout [L][2][H][t][D] (numpy, contiguous) of row b's tokens at ``cols``."""
+    """The raw layout [L][2][H][t][D] (torch, CPU, contiguous) of row b's tokens at ``cols``."""
     per = [torch.stack((k[b, :, cols, :], v[b, :, cols, :])) for k, v in layers]
-    t = torch.stack(per).to("cpu", dtype).contiguous()
-    return t
+    return torch.stack(per).to("cpu", dtype).contiguous()
+
+
+def _row_layers(layers, b, cols):
+    """(row b's [(K, V)] as [H, T, D] tensors, index of its first real token): views when
+    the row's real tokens are contiguous columns (no padding, or padding on one side),
+    else a gathered copy."""
+    c0, n = int(cols[0]), len(cols)
+    if int(cols[-1]) - c0 + 1 == n:
+        return [(k[b], v[b]) for k, v in layers], c0
+    return [(k[b][:, cols], v[b][:, cols]) for k, v in layers], 0
 
 
 # ----------------------------------------------------------------------------- store
@@ -360,10 +277,13 @@ class StoreResult(list):
     skipped_tokens: tokens already stored and not sent again)."""
 
 
+ENCODE_GROUP = 8        # chunks per kv_codec.encode_chunks call while a put streams
+
+
 def store_prefix(client, model, input_ids, past_key_values, session=None, *,
                  attention_mask=None, chunk_tokens=DEFAULT_CHUNK_TOKENS, model_id=None,
                  preset=None, codec=None, fingerprint=None, encoding=None,
-                 session_metadata=None):
+                 session_metadata=None, kv_codec=None):
     """Stores the KV cache of ``input_ids`` ([T] or [B, T]) from ``past_key_values``.
 
     The cache must hold at least the tokens of ``input_ids`` (position j of the cache is
@@ -372,6 +292,8 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     the session is created if missing and grows to hold the whole sequence; its current
     tokens must be a prefix of the sequence (else ValueError). ``encoding``: None = e8 frames
     encoded here when e8kv.codec is available, else "raw"; "raw" or "e8" force one.
+    ``kv_codec``: a KV codec (e8kv.kvcodec interface, e.g. e8kv.cuda.CudaCodec for this
+    fingerprint) that encodes straight from the cache tensors; default: e8kv.kvcodec.CpuKVCodec.
     Returns a StoreResult (one dict per row).
     """
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
@@ -390,26 +312,26 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
         raise ValueError(f"{len(sessions)} session names for {len(rows)} rows")
     if len(rows) > 1 and isinstance(session, str):
         raise ValueError("one session name for several rows: give one name per row")
-    cmod = _codec_module() if encoding in (None, "e8") else None
-    if encoding == "e8" and cmod is None:
-        raise RuntimeError("encoding='e8' needs e8kv.codec (libe8codec), which is unavailable")
-    result = StoreResult()
-    for b, (tokens, cols) in enumerate(rows):
-        result.append(_store_row(client, fp, layers, b, tokens, cols, sessions[b], chunk_tokens,
-                                 cmod, session_metadata))
-    return result
+    if encoding not in (None, "e8", "raw"):
+        raise ValueError(f"encoding must be None, 'e8' or 'raw', not {encoding!r}")
+    coder = _Coder(fp, kv_codec, encoding)
+    try:
+        result = StoreResult()
+        for b, (tokens, cols) in enumerate(rows):
+            result.append(_store_row(client, fp, layers, b, tokens, cols, sessions[b],
+                                     chunk_tokens, coder, session_metadata))
+        return result
+    finally:
+        coder.close()
 
 
-def _store_row(client, fp, layers, b, tokens, cols, session, C, cmod, session_metadata):
+def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_metadata):
     n = len(tokens)
     if n == 0:
         raise ValueError(f"row {b} has no tokens (all padding)")
     lk = client.lookup(fp, tokens, chunk_tokens=C)
     counts, keys, M = list(lk.chunk_token_counts), list(lk.chunk_keys), lk.matched_tokens
-    if cmod is not None and cmod.fingerprint_from_proto(fp).id() != lk.fingerprint_id:
-        log.warning("e8kv.codec computes another fingerprint id than e8kvd for %s; "
-                    "uploading raw KV for the daemon to encode", fp.model_id)
-        cmod = None
+    use_codec = coder.agree(lk.fingerprint_id, fp.model_id)
     full = 0                                   # leading matched chunks that are full
     while full < len(counts) and counts[full] == C:
         full += 1
@@ -437,19 +359,26 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, cmod, session_me
         put_kw = dict(parent_key=keys[full - 1] if full else b"", parent_end_token=F)
 
     dt = [t for t, v in _TORCH_DTYPES.items() if v[0] == fp.source_dtype][0]
+    spans = [(s, min(n, s + C) - s) for s in range(start, n, C)]
 
-    def chunks():
-        for s in range(start, n, C):
-            e = min(n, s + C)
-            raw = _chunk_raw(layers, b, cols[s:e], dt)
-            if cmod is not None:
-                data = cmod.encode_chunk(fp, raw, first_pos=s)
-            else:
-                data = raw.view(torch.uint8).numpy() if dt == torch.bfloat16 else raw.numpy()
-            yield ChunkIn(tokens[s:e], data)
-    enc = "e8" if cmod is not None else "raw"
-    r = client.put_chunks(fp, chunks(), encoding=enc,
-                          raw_dtype=None if enc == "e8" else _TORCH_DTYPES[dt][1],
+    def encoded():
+        row, base = _row_layers(layers, b, cols)
+        kw = dict(seq_len=n) if coder.needs_seq_len else {}
+        for g in range(0, len(spans), ENCODE_GROUP):
+            grp = spans[g:g + ENCODE_GROUP]
+            datas = coder.kvc.encode_chunks(row, [base + s for s, _ in grp],
+                                            [m for _, m in grp], pos_offset=-base, **kw)
+            for (s, m), data in zip(grp, datas):
+                yield ChunkIn(tokens[s:s + m], data)
+
+    def raw():
+        for s, m in spans:
+            t = _chunk_raw(layers, b, cols[s:s + m], dt)
+            yield ChunkIn(tokens[s:s + m],
+                          t.view(torch.int16).numpy() if dt == torch.bfloat16 else t.numpy())
+    r = client.put_chunks(fp, encoded() if use_codec else raw(),
+                          encoding="e8" if use_codec else "raw",
+                          raw_dtype=None if use_codec else _TORCH_DTYPES[dt][1],
                           chunk_tokens=C, **put_kw)
     return dict(tokens=n, chunks_written=r.chunks_stored, chunks_deduplicated=r.chunks_deduplicated,
                 stored_bytes=r.stored_bytes, chunk_keys=keys[:start // C] + list(r.chunk_keys),
@@ -523,38 +452,54 @@ def measure_prefill_rate(client, model, n_tokens=DEFAULT_CHUNK_TOKENS, fingerpri
     return rate
 
 
-def _decode_chunk(ch, fp, dt, cmod):
-    """torch tensor [L][2][H][t][D] of a fetched chunk."""
-    if cmod is not None and ch.encoding == pb.ENCODING_E8_FRAME:
-        return cmod.decode_chunk(fp, ch.data, dtype=dt)
+DEFAULT_FETCH_STREAMS = 2     # concurrent GetChunks per row (README "Python": measured)
+DECODE_BATCH = 8              # most chunks per decode_chunks_into call
+
+
+def _copy_raw(ch, views, fp, dt):
+    """Writes a raw-fetched chunk (dtype dt) into views at its start token."""
     np_dt = _TORCH_DTYPES[dt][2]
     shape = (fp.n_layers, 2, fp.n_kv_heads, ch.n_tokens, fp.head_dim)
     if np_dt is None:                          # bf16: numpy has none, go through int16
-        a = np.frombuffer(ch.data, dtype=np.int16).reshape(shape)
-        return torch.from_numpy(a.copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.frombuffer(ch.data, dtype=np_dt).reshape(shape).copy())
-
-
-def _fetch(client, fp, keys, dt, cmod):
-    """Iterator of decoded chunks for ``keys``: (Chunk, tensor [L][2][H][t][D])."""
-    if cmod is not None:
-        it = client.get_chunks(list(keys), encoding="e8")
+        t = torch.frombuffer(bytearray(ch.data), dtype=torch.int16).view(torch.bfloat16)
     else:
-        it = client.get_chunks(list(keys), encoding="raw", dtype=_TORCH_DTYPES[dt][1])
-    for ch in it:
-        yield ch, _decode_chunk(ch, fp, dt, cmod)
+        t = torch.frombuffer(bytearray(ch.data), dtype=dt)
+    t = t.reshape(shape)
+    t0 = ch.start_token
+    for li, (k, v) in enumerate(views):
+        k[:, t0:t0 + ch.n_tokens].copy_(t[li, 0])
+        v[:, t0:t0 + ch.n_tokens].copy_(t[li, 1])
+    return ch.n_tokens
+
+
+def _needed(lk, n):
+    """The chunk keys of lk that cover its first n tokens, and the tokens they hold."""
+    keys, got = [], 0
+    counts = list(lk.chunk_token_counts)
+    while got < n:
+        keys.append(lk.chunk_keys[len(keys)])
+        got += counts[len(keys) - 1]
+    return keys, got
 
 
 def restore_prefix(client, model, input_ids, *, attention_mask=None,
                    chunk_tokens=DEFAULT_CHUNK_TOKENS, model_id=None, preset=None, codec=None,
-                   fingerprint=None, policy="auto"):
+                   fingerprint=None, policy="auto", kv_codec=None,
+                   fetch_streams=DEFAULT_FETCH_STREAMS):
     """Restores the longest stored prefix of ``input_ids`` ([T] or [B, T]) into a DynamicCache.
 
     Returns a :class:`Restored`: ``cache, n_cached = restore_prefix(...)``. The cache is on
-    the model's device in its dtype and holds ``n_cached`` tokens of every row; at least one
-    token of every row is left to compute. policy: "auto" (measured load-or-recompute
-    decision), "restore" (always restore what is stored), "recompute" (look up only).
-    With decision "recompute" or "miss" the cache is empty and n_cached is 0.
+    the model's device in the fingerprint's source dtype and holds ``n_cached`` tokens of
+    every row; at least one token of every row is left to compute. policy: "auto" (measured
+    load-or-recompute decision), "restore" (always restore what is stored), "recompute"
+    (look up only). With decision "recompute" or "miss" the cache is empty and n_cached 0.
+
+    Data path: the cache tensors are allocated once, at their final size, on the model's
+    device; chunks are fetched by ``fetch_streams`` concurrent GetChunks calls (separate
+    connections) and decoded into those tensors as they arrive, by ``kv_codec`` (the
+    e8kv.kvcodec interface, e.g. e8kv.cuda.CudaCodec for a CUDA model; default: CpuKVCodec),
+    or copied from raw chunks the daemon decoded when no codec library is available. The
+    DynamicCache then takes the tensors without copying them (see :func:`new_cache`).
     """
     if policy not in ("auto", "restore", "recompute"):
         raise ValueError(f"policy must be auto, restore or recompute, not {policy!r}")
@@ -566,8 +511,7 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     lks = [client.lookup(fp, tokens, chunk_tokens=chunk_tokens) for tokens, _ in rows]
     t_lookup = time.perf_counter() - t0
     # Every row gets the same number of cached tokens; each keeps >= 1 token to compute.
-    n = min(min(lk.matched_tokens, len(tok) - 1) for lk, (tok, _) in zip(lks, rows))
-    n = max(n, 0)
+    n = max(0, min(min(lk.matched_tokens, len(tok) - 1) for lk, (tok, _) in zip(lks, rows)))
     timings = dict(lookup_s=t_lookup)
 
     def result(cache, n_cached, decision, reason):
@@ -585,48 +529,74 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
         return result(new_cache(model, []), 0, "recompute", "policy=recompute")
     if policy == "auto" and "prefill_tok_s" not in rates:
         measure_prefill_rate(client, model, chunk_tokens, fp)
-    cmod = _codec_module()
-    if cmod is not None and cmod.fingerprint_from_proto(fp).id() != lks[0].fingerprint_id:
-        cmod = None                    # ids disagree: let the daemon decode (raw fetch)
-    n_chunks = [math.ceil(n / chunk_tokens)] * len(rows)
-    per_row = [[] for _ in rows]
-    t1 = time.perf_counter()
-    fetched = 0
     decided = policy == "restore" or "restore_tok_s" in rates
     if policy == "auto" and decided:
         est_r, est_c = n / rates["restore_tok_s"], n / rates["prefill_tok_s"]
         if est_r >= est_c:
             return result(new_cache(model, []), 0, "recompute",
                           f"estimated restore {est_r:.3f} s >= recompute {est_c:.3f} s")
-    for b, lk in enumerate(lks):
-        keys = list(lk.chunk_keys[:n_chunks[b]])
-        for ch, t in _fetch(client, fp, keys, dt, cmod):
-            per_row[b].append(t)
-            fetched += ch.n_tokens
-            if not decided:             # first chunk ever: decide from its measured rate
-                decided = True
-                rate = ch.n_tokens / (time.perf_counter() - t1)
-                est_r, est_c = n / rate, n / rates["prefill_tok_s"]
-                if est_r >= est_c:
-                    rates["restore_tok_s"] = rate
-                    return result(new_cache(model, []), 0, "recompute",
-                                  f"estimated restore {est_r:.3f} s >= recompute {est_c:.3f} s "
-                                  f"(first chunk measured)")
-    layers = []
-    for li in range(fp.n_layers):
-        ks, vs = [], []
-        for b in range(len(rows)):
-            kv = torch.cat([t[li] for t in per_row[b]], dim=2)[:, :, :n]   # [2, H, n, D]
-            ks.append(kv[0])
-            vs.append(kv[1])
-        layers.append((torch.stack(ks).to(device), torch.stack(vs).to(device)))
-    cache = new_cache(model, layers)
+    coder = _Coder(fp, kv_codec, None)
+    try:
+        use_codec = coder.agree(lks[0].fingerprint_id, fp.model_id)
+        need = [_needed(lk, n) for lk in lks]
+        G = max(got for _, got in need)
+        shape = (len(rows), fp.n_kv_heads, G, fp.head_dim)
+        kv = [(torch.empty(shape, dtype=dt, device=device),
+               torch.empty(shape, dtype=dt, device=device)) for _ in range(fp.n_layers)]
+        t1 = time.perf_counter()
+        fetched = 0
+        for b, (keys, got) in enumerate(need):
+            views = [(k[b], v[b]) for k, v in kv]
+            get_kw = dict(encoding="e8") if use_codec else \
+                dict(encoding="raw", dtype=_TORCH_DTYPES[dt][1])
+            run = client.get_chunks_parallel(keys, streams=fetch_streams, **get_kw)
+            try:
+                while True:
+                    ch = run.get()
+                    if ch is None:
+                        break
+                    batch = [ch]
+                    while decided and len(batch) < DECODE_BATCH:
+                        try:
+                            more = run.get(block=False)
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            break
+                        batch.append(more)
+                    if use_codec:
+                        fetched += coder.kvc.decode_chunks_into([c.data for c in batch], views,
+                                                                pos_offset=0)
+                    else:
+                        fetched += sum(_copy_raw(c, views, fp, dt) for c in batch)
+                    if not decided:     # first chunk ever: decide from its measured rate
+                        decided = True
+                        if use_codec:
+                            coder.kvc.synchronize()
+                        rate = fetched / (time.perf_counter() - t1)
+                        est_r, est_c = n / rate, n / rates["prefill_tok_s"]
+                        if est_r >= est_c:
+                            rates["restore_tok_s"] = rate
+                            return result(new_cache(model, []), 0, "recompute",
+                                          f"estimated restore {est_r:.3f} s >= recompute "
+                                          f"{est_c:.3f} s (first chunk measured)")
+            finally:
+                run.close()
+        if use_codec:
+            coder.kvc.synchronize()
+    finally:
+        coder.close()
+    if G > n:
+        kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
+    cache = new_cache(model, kv)
     dt_restore = time.perf_counter() - t1
     rate = fetched / dt_restore
     rates["restore_tok_s"] = rate if "restore_tok_s" not in rates \
         else 0.5 * rates["restore_tok_s"] + 0.5 * rate
     timings.update(restore_s=dt_restore, restore_tok_s=rate,
-                   prefill_tok_s=rates.get("prefill_tok_s"))
+                   prefill_tok_s=rates.get("prefill_tok_s"), fetch_streams=fetch_streams,
+                   codec=getattr(coder.kvc, "name", type(coder.kvc).__name__)
+                   if use_codec else "raw (daemon decodes)")
     if policy == "restore":
         reason = "policy=restore"
     else:

@@ -1,0 +1,223 @@
+"""e8kv.hf's KV codec hook (kv_codec=), e8kv.kvcodec.CpuKVCodec, the DynamicCache that takes
+restored tensors without copying, and Client.get_chunks_parallel, against a real e8kvd.
+
+A tiny random Llama (2 layers, 1 KV head, head_dim 32) keeps these fast; the GPU codec
+(e8kv.cuda.CudaCodec) has the same interface and is run by bench/e2e on the device.
+"""
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import e8kv
+import e8kv.hf as hf
+from e8kv import codec
+from e8kv.kvcodec import CpuKVCodec
+
+C = 16
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=1,
+                      num_hidden_layers=2, intermediate_size=64, vocab_size=64,
+                      max_position_embeddings=512, rope_theta=10000.0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def ids_of(n, seed):
+    return torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a, b):
+    return float(((a - b).pow(2).mean() / b.pow(2).mean()).sqrt())
+
+
+class Recording:
+    """A KV codec (the e8kv.kvcodec interface) that records what e8kv.hf hands it and
+    delegates to CpuKVCodec."""
+
+    def __init__(self, fp):
+        self.inner = CpuKVCodec(fp, threads=2)
+        self.fingerprint = self.inner.fingerprint
+        self.encodes, self.decodes, self.syncs = [], [], 0
+
+    def encode_chunks(self, layers, starts, n_tokens, *, pos_offset=0):
+        self.encodes.append(([(k.data_ptr(), v.data_ptr()) for k, v in layers], list(starts),
+                             list(n_tokens), pos_offset))
+        return self.inner.encode_chunks(layers, starts, n_tokens, pos_offset=pos_offset)
+
+    def decode_chunks_into(self, chunks, layers, *, pos_offset=0):
+        self.decodes.append(([(k.data_ptr(), v.data_ptr()) for k, v in layers], len(chunks),
+                             pos_offset, layers[0][0].device, layers[0][0].dtype))
+        return self.inner.decode_chunks_into(chunks, layers, pos_offset=pos_offset)
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def test_hf_kvcodec_store_encodes_from_the_cache_tensors(tiny, client):
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-store")
+    p = ids_of(70, 1)                                    # 4 full chunks + 6 tokens
+    _, cache = hf.prefill(tiny, p[None])
+    rec = Recording(codec.fingerprint_from_proto(fp))
+    r = hf.store_prefix(client, tiny, p, cache, fingerprint=fp, chunk_tokens=C,
+                        kv_codec=rec)[0]
+    assert r["chunks_written"] == 5
+    layers = hf.cache_layers(cache)
+    ptrs, starts, counts, off = rec.encodes[0]
+    assert ptrs == [(k[0].data_ptr(), v[0].data_ptr()) for k, v in layers]   # no copy first
+    assert starts == [0, 16, 32, 48, 64] and counts == [16, 16, 16, 16, 6] and off == 0
+    # the bytes stored are e8kv.codec.encode_chunk's for the same KV
+    got = [c.data for c in client.get_chunks(r["chunk_keys"], encoding="e8")]
+    want = [codec.encode_chunk(codec.fingerprint_from_proto(fp), hf._chunk_raw(
+        layers, 0, torch.arange(s, min(70, s + C)), torch.float32), first_pos=s)
+        for s in range(0, 70, C)]
+    assert got == want
+
+
+def test_hf_kvcodec_restore_decodes_into_the_cache_tensors(tiny, client):
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-restore")
+    p = ids_of(64, 2)                                    # 4 full chunks
+    _, cache = hf.prefill(tiny, p[None])
+    hf.store_prefix(client, tiny, p, cache, fingerprint=fp, chunk_tokens=C)
+    q = torch.cat([p, ids_of(5, 3)])
+    rec = Recording(codec.fingerprint_from_proto(fp))
+    r = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C, policy="restore",
+                          kv_codec=rec, fetch_streams=3)
+    assert r.n_cached == 64 and r.decision == "restore" and rec.decodes and rec.syncs >= 1
+    assert sum(d[1] for d in rec.decodes) == 4           # every chunk through the hook
+    restored = hf.cache_layers(r.cache)
+    # decoded straight into the tensors the DynamicCache holds (no copy after the decode)
+    assert rec.decodes[0][0] == [(k[0].data_ptr(), v[0].data_ptr()) for k, v in restored]
+    assert rec.decodes[0][3] == torch.device("cpu") and rec.decodes[0][4] == torch.float32
+    # the same values as the default path (CpuKVCodec made inside e8kv.hf), one stream
+    d = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C, policy="restore",
+                          fetch_streams=1)
+    assert d.timings["codec"] == "cpu" and d.timings["fetch_streams"] == 1
+    for (ka, va), (kb, vb) in zip(restored, hf.cache_layers(d.cache)):
+        assert torch.equal(ka, kb) and torch.equal(va, vb)
+    # and close to the exact cache (K3V2 through real bytes)
+    for (ka, va), (ke, ve) in zip(restored, hf.cache_layers(cache)):
+        assert 0 < rel_err(ka, ke) < 0.3 and 0 < rel_err(va, ve) < 0.5
+
+
+def test_hf_kvcodec_left_padding_and_errors(tiny, client):
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-pad")
+    a, b = ids_of(40, 4), ids_of(20, 5)
+    ids = torch.zeros((2, 40), dtype=torch.long)
+    mask = torch.zeros((2, 40), dtype=torch.long)
+    ids[0], mask[0] = a, 1
+    ids[1, 20:], mask[1, 20:] = b, 1                     # left padding: row 1 starts at col 20
+    _, cache = hf.prefill(tiny, ids, attention_mask=mask)
+    rec = Recording(codec.fingerprint_from_proto(fp))
+    hf.store_prefix(client, tiny, ids, cache, attention_mask=mask, fingerprint=fp,
+                    chunk_tokens=C, kv_codec=rec)
+    _, starts, counts, off = rec.encodes[1]
+    assert starts == [20, 36] and counts == [16, 4] and off == -20   # positions 0.., no pad
+    alone = hf.cache_layers(hf.prefill(tiny, b[None])[1])
+    back = hf.restore_prefix(client, tiny, torch.cat([b, ids_of(3, 6)]), fingerprint=fp,
+                             chunk_tokens=C, policy="restore", kv_codec=rec)
+    assert back.n_cached == 16                           # whole chunks: [16, 20) is short
+    for (k, _), (ke, _) in zip(hf.cache_layers(back.cache), alone):
+        assert rel_err(k, ke[:, :, :16]) < 0.3
+    # a codec made for another fingerprint is refused before anything is written
+    other = CpuKVCodec(codec.fingerprint_from_proto(
+        hf.model_fingerprint(tiny, model_id="kvcodec-pad", preset="K4V4")))
+    q = ids_of(50, 7)
+    with pytest.raises(ValueError, match="kv_codec codes for fingerprint"):
+        hf.store_prefix(client, tiny, q, hf.prefill(tiny, q[None])[1], fingerprint=fp,
+                        chunk_tokens=C, kv_codec=other)
+    assert client.lookup(fp, q.tolist(), chunk_tokens=C).matched_tokens == 0
+    with pytest.raises(ValueError, match="kv_codec codes for fingerprint"):
+        hf.restore_prefix(client, tiny, torch.cat([a, b]), fingerprint=fp, chunk_tokens=C,
+                          policy="restore", kv_codec=other)
+    with pytest.raises(ValueError, match="encoding='raw'"):
+        hf.store_prefix(client, tiny, q, hf.prefill(tiny, q[None])[1], fingerprint=fp,
+                        chunk_tokens=C, kv_codec=other, encoding="raw")
+    other.close()
+
+
+def test_cpu_kvcodec_checks_before_touching_tensors():
+    fpc = codec.Fingerprint(model_id="kvc-check", n_layers=2, n_kv_heads=1, head_dim=32,
+                            src_dtype="float16", rope=codec.Rope(theta=10000.0))
+    kvc = CpuKVCodec(fpc, threads=1)
+    g = torch.Generator().manual_seed(0)
+    layers = [(torch.randn(1, 40, 32, generator=g), torch.randn(1, 40, 32, generator=g))
+              for _ in range(2)]
+    chunks = kvc.encode_chunks(layers, [0, 16], [16, 24], pos_offset=100)
+    assert [codec.chunk_info(c)["first_pos"] for c in chunks] == [100, 116]
+    raw = torch.stack([torch.stack((k[:, 16:], v[:, 16:])) for k, v in layers]).half()
+    assert chunks[1] == codec.encode_chunk(fpc, raw, first_pos=116)
+    out = [(torch.zeros(1, 40, 32), torch.zeros(1, 40, 32)) for _ in range(2)]
+    assert kvc.decode_chunks_into(chunks[::-1], out, pos_offset=100) == 40
+    assert 0 < rel_err(out[1][0], layers[1][0]) < 0.3       # K3V2 on Gaussian data
+    with pytest.raises(ValueError, match="does not fit"):
+        kvc.decode_chunks_into(chunks, out, pos_offset=0)
+    with pytest.raises(ValueError, match="layers"):
+        kvc.decode_chunks_into(chunks, out[:1], pos_offset=100)
+    with pytest.raises(ValueError, match="shape"):
+        kvc.encode_chunks([(k[:, :, :16], v) for k, v in layers], [0], [16])
+    with pytest.raises(TypeError, match="tensor on"):
+        kvc.encode_chunks([(layers[0][0], layers[0][1].half()), layers[1]], [0], [16])
+    with pytest.raises(ValueError, match="outside"):
+        kvc.encode_chunks(layers, [30], [16])
+    foreign = CpuKVCodec(codec.Fingerprint(model_id="other", n_layers=2, n_kv_heads=1,
+                                           head_dim=32, rope=codec.Rope(theta=10000.0)), 1)
+    with pytest.raises(ValueError, match="another fingerprint"):
+        foreign.decode_chunks_into(chunks, out, pos_offset=100)
+    kvc.close()
+    foreign.close()
+
+
+def test_new_cache_takes_the_tensors_without_copying(tiny):
+    p = ids_of(30, 8)
+    _, exact = hf.prefill(tiny, p[None])
+    layers = [(k.clone(), v.clone()) for k, v in hf.cache_layers(exact)]
+    cache = hf.new_cache(tiny, layers)
+    assert cache.get_seq_length() == 30
+    for (k, v), (ck, cv) in zip(layers, hf.cache_layers(cache)):
+        assert ck.data_ptr() == k.data_ptr() and cv.data_ptr() == v.data_ptr()
+    # a view of a larger allocation works too, and generation matches the exact cache
+    big = [(torch.cat([k, k], 2)[:, :, :30], torch.cat([v, v], 2)[:, :, :30])
+           for k, v in hf.cache_layers(exact)]
+    nxt = ids_of(4, 9)
+    with torch.no_grad():
+        want = tiny(input_ids=nxt[None], use_cache=True,
+                    **{hf.cache_kwarg(tiny): copy.deepcopy(exact)}).logits
+        got = tiny(input_ids=nxt[None], use_cache=True,
+                   **{hf.cache_kwarg(tiny): hf.new_cache(tiny, big)}).logits
+    assert torch.allclose(want, got, atol=1e-5)
+    assert hf.new_cache(tiny, []).get_seq_length() == 0
+
+
+def test_get_chunks_parallel_same_chunks_errors_and_early_close(client):
+    fp = {"model_id": "parallel-fetch", "n_layers": 2, "n_kv_heads": 1, "head_dim": 32,
+          "source_dtype": "DTYPE_FP32", "rope": {"theta": 10000.0,
+                                                 "layout": "ROPE_LAYOUT_SPLIT_HALF"}}
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(2, 2, 1, 7 * C, 32, generator=g)
+    tokens = list(range(300, 300 + 7 * C))
+    r = client.put_chunks(fp, [e8kv.ChunkIn(tokens[s:s + C],
+                                            data[:, :, :, s:s + C].contiguous().numpy())
+                               for s in range(0, 7 * C, C)],
+                          encoding="raw", raw_dtype="fp32", chunk_tokens=C)
+    keys = list(r.chunk_keys)
+    one = [(c.index, c.start_token, c.data) for c in client.get_chunks(keys, encoding="e8")]
+    for streams in (1, 3, 16):
+        run = client.get_chunks_parallel(keys, streams=streams, encoding="e8")
+        got = sorted((c.index, c.start_token, c.data) for c in run)
+        assert got == one and run.streams == min(streams, 7)
+        assert run.bytes == sum(len(x[2]) for x in one)
+    # an unknown key in one slice: the error reaches the caller, with its status
+    bad = keys[:5] + [b"\x01" * 32] + keys[5:]
+    with pytest.raises(e8kv.NotFound):
+        list(client.get_chunks_parallel(bad, streams=3, encoding="e8"))
+    # leaving early cancels the other calls and returns
+    run = client.get_chunks_parallel(keys, streams=2, encoding="e8", queue_chunks=1)
+    assert run.get() is not None
+    run.close()
+    assert all(not th.is_alive() for th in run._threads)
+    assert list(client.get_chunks_parallel([], streams=4)) == []
