@@ -42,12 +42,27 @@ class E8(Codec):
         self.c = C.Codec(fp)
         self.config = label or preset
 
-    def encode_cache(self, kv, pos0: int):
-        raw = np.stack([np.stack([k, v]) for k, v in kv])        # [L, 2, H, T, D]
+    def encode_raw(self, raw: np.ndarray, pos0: int):
+        """raw [L, 2, H, T, D] float32 -> chunk byte strings of CHUNK_TOKENS tokens each."""
         t = raw.shape[3]
         return [self.c.encode_chunk(raw[:, :, :, s:s + CHUNK_TOKENS], first_pos=pos0 + s,
                                     seq_len=pos0 + t)
                 for s in range(0, t, CHUNK_TOKENS)]
+
+    def decode_raw(self, blobs, shape) -> np.ndarray:
+        """Chunks -> [L, 2, H, T, D] float32, decoded from the bytes only."""
+        out = np.empty(shape, np.float32)
+        s = 0
+        for b in blobs:
+            part = self.c.decode_chunk(bytes(b), dtype="float32")
+            out[:, :, :, s:s + part.shape[3]] = part
+            s += part.shape[3]
+        if s != shape[3]:
+            raise ValueError(f"chunks hold {s} tokens, expected {shape[3]}")
+        return out
+
+    def encode_cache(self, kv, pos0: int):
+        return self.encode_raw(np.stack([np.stack([k, v]) for k, v in kv]), pos0)
 
     def decode_cache(self, blobs):
         parts = [self.c.decode_chunk(b, dtype="float32") for b in blobs]

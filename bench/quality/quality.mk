@@ -17,3 +17,23 @@ bench-quality: $(BUILD)/lib/libe8codec.so
 
 TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_codec_abi.py tests/python/test_codec_roundtrip.py tests/python/test_codec_fixture.py tests/python/test_codec_baselines.py"
 TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m bench.quality.run --quick $(QUALITY_ARGS)"
+
+# The full run on the GPU machine (bench/quality/device-run.sh, README "Full run on the GPU"):
+# libe8codec.so with the two libraries it needs that the machine may lack (libzstd, libisal;
+# its libcrypto is the machine's own), the gguf wheel, and WikiText-2 (../shared does not travel).
+GGUF_VERSION = $(shell $(PYTHON) -c "import importlib.metadata as m; print(m.version('gguf'))" 2>/dev/null)
+.PHONY: quality-bundle
+quality-bundle: $(BUILD)/lib/libe8codec.so
+	rm -rf $(BUILD)/bundle
+	../shared/tools/device-bundle $(BUILD)/bundle $<
+	find $(BUILD)/bundle/lib -type f ! -name libe8codec.so ! -name libzstd.so.1 ! -name libisal.so.2 -delete
+	strip --strip-debug $(BUILD)/bundle/lib/libe8codec.so
+	mkdir -p $(BUILD)/bundle/whl $(BUILD)/wheels
+	ls $(BUILD)/wheels/gguf-$(GGUF_VERSION)-*.whl >/dev/null 2>&1 || \
+	  $(PYTHON) -m pip download -q --no-deps gguf==$(GGUF_VERSION) -d $(BUILD)/wheels
+	cp $(BUILD)/wheels/gguf-$(GGUF_VERSION)-*.whl $(BUILD)/bundle/whl/
+	gzip -9 -c ../shared/data/wikitext-2-raw-test.txt > $(BUILD)/bundle/wikitext-2-raw-test.txt.gz
+	du -sh $(BUILD)/bundle
+
+# The device run's code path (torch codecs, worker threads, batched scoring) on the CPU, tiny.
+TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m bench.quality.fastrun --device cpu --windows 1 --prefix 64 --continuation 8 --probes 1 --workers 2 --zstd22-windows 1 --strict-bytes --model-cache $(BUILD)/cache/smollm2-f32 --out $(BUILD)/bench/fastrun-cpu/quality.json --plot $(BUILD)/bench/fastrun-cpu/quality_rd.png"

@@ -64,20 +64,28 @@ def run_one(model, tok_ids, rope, codecs, P, C, W, n_probes, seed):
         probe_base[0] += ok
         probe_base[1] += tot
         log(f"P={P} probe {i + 1}/{n_probes}: base {ok}/{tot}")
-    out = []
-    for label, pt in points.items():
-        ci = metrics.bootstrap_ci(base_nll, pt.nll, seed=seed)
-        out.append({
-            "codec": pt.codec.codec, "config": pt.codec.config, "bpe": pt.bpe(),
-            "kl_mean": pt.kl_sum / pt.tokens, "dppl_pct": ci["dppl_pct"],
-            "dppl_ci95": ci["dppl_ci95"], "top1_agree": pt.agree / pt.tokens,
-            "dnll": ci["dnll"], "dnll_ci95": ci["dnll_ci95"],
-            "kl_window_max": max(pt.kl_windows),
-            "retrieval_acc": (pt.probe_correct / pt.probe_total) if pt.probe_total else None,
-            "stored_bytes": pt.bytes, "elements": pt.elements,
-            "encode_s": pt.encode_s, "decode_s": pt.decode_s,
-            "layers": pt.layers.summary(),
-        })
+    return run_dict(points, base_nll, probe_base, W, P, C, n_probes, notes, seed)
+
+
+def point_dict(pt, base_nll, seed) -> dict:
+    """One codec configuration's figures (issue 3's point fields and the harness's extras)."""
+    ci = metrics.bootstrap_ci(base_nll, pt.nll, seed=seed)
+    return {
+        "codec": pt.codec.codec, "config": pt.codec.config, "bpe": pt.bpe(),
+        "kl_mean": pt.kl_sum / pt.tokens, "dppl_pct": ci["dppl_pct"],
+        "dppl_ci95": ci["dppl_ci95"], "top1_agree": pt.agree / pt.tokens,
+        "dnll": ci["dnll"], "dnll_ci95": ci["dnll_ci95"],
+        "kl_window_max": max(pt.kl_windows),
+        "retrieval_acc": (pt.probe_correct / pt.probe_total) if pt.probe_total else None,
+        "stored_bytes": pt.bytes, "elements": pt.elements,
+        "encode_s": pt.encode_s, "decode_s": pt.decode_s,
+        "layers": pt.layers.summary(),
+    }
+
+
+def run_dict(points, base_nll, probe_base, W, P, C, n_probes, notes, seed) -> dict:
+    """One prefix length's result: its points, base PPL, probes and the matched-bpe check."""
+    out = [point_dict(pt, base_nll, seed) for pt in points.values()]
     run = {"windows": W, "prefix_tokens": P, "continuation_tokens": C,
            "base_nll": float(np.mean(base_nll)), "base_ppl": float(np.exp(np.mean(base_nll))),
            "retrieval_probes": n_probes,
@@ -85,6 +93,37 @@ def run_one(model, tok_ids, rope, codecs, P, C, W, n_probes, seed):
            "points": out, "notes": notes}
     run["comparison"] = report.compare(out)
     return run
+
+
+def result_dict(runs, quick, with_e8, t0) -> dict:
+    """quality.json: issue 3's top-level fields from the longest prefix, every run, summary."""
+    head = runs[-1]
+    result = {"model": M.MODEL_ID, "windows": head["windows"],
+              "prefix_tokens": head["prefix_tokens"], "points": head["points"],
+              "runs": runs, "quick": quick, "e8": with_e8,
+              "summary": {}, "machine": {"cpu": platform.processor() or platform.machine(),
+                                         "torch_threads": torch.get_num_threads(),
+                                         "torch": torch.__version__},
+              "elapsed_s": None}
+    for run in runs:
+        best = report.closest_e8(run["points"])
+        if best:
+            result["summary"][f"P{run['prefix_tokens']}"] = {
+                "e8_closest_to_2.75_bpe": best["config"], "bpe": best["bpe"],
+                "dppl_pct": best["dppl_pct"], "dppl_ci95": best["dppl_ci95"]}
+    result["elapsed_s"] = time.time() - t0
+    return result
+
+
+def print_tables(result) -> None:
+    for run in result["runs"]:
+        print(f"\nP={run['prefix_tokens']}, {run['windows']} windows, base PPL "
+              f"{run['base_ppl']:.3f}, retrieval base acc {run['retrieval_base_acc']}")
+        print("\n".join(report.table_lines(run["points"])))
+        losses = [c for c in run["comparison"] if not c["e8_wins"]]
+        for c in losses:
+            print(f"  baseline lower at matched bpe: {c['other']} KL {c['other_kl']:.3e} vs "
+                  f"e8 {c['e8_kl']:.3e} at {c['bpe']:.3f} bpe ({c['at']})")
 
 
 def check(result, with_e8):
@@ -145,33 +184,12 @@ def main(argv=None):
     except H.HarnessError as e:
         print(f"quality: FAILED: {e}", file=sys.stderr)
         return 1
-    head = runs[-1]
-    result = {"model": M.MODEL_ID, "windows": head["windows"],
-              "prefix_tokens": head["prefix_tokens"], "points": head["points"],
-              "runs": runs, "quick": a.quick, "e8": not a.no_e8,
-              "summary": {}, "machine": {"cpu": platform.processor() or platform.machine(),
-                                         "torch_threads": torch.get_num_threads(),
-                                         "torch": torch.__version__},
-              "elapsed_s": None}
-    for run in runs:
-        best = report.closest_e8(run["points"])
-        if best:
-            result["summary"][f"P{run['prefix_tokens']}"] = {
-                "e8_closest_to_2.75_bpe": best["config"], "bpe": best["bpe"],
-                "dppl_pct": best["dppl_pct"], "dppl_ci95": best["dppl_ci95"]}
-    result["elapsed_s"] = time.time() - t0
+    result = result_dict(runs, a.quick, not a.no_e8, t0)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     report.plot(result, a.plot)
-    for run in runs:
-        print(f"\nP={run['prefix_tokens']}, {run['windows']} windows, base PPL "
-              f"{run['base_ppl']:.3f}, retrieval base acc {run['retrieval_base_acc']}")
-        print("\n".join(report.table_lines(run["points"])))
-        losses = [c for c in run["comparison"] if not c["e8_wins"]]
-        for c in losses:
-            print(f"  baseline lower at matched bpe: {c['other']} KL {c['other_kl']:.3e} vs "
-                  f"e8 {c['e8_kl']:.3e} at {c['bpe']:.3f} bpe ({c['at']})")
+    print_tables(result)
     print(f"\nwrote {a.out} and {a.plot} in {result['elapsed_s']:.0f} s")
     bad = check(result, not a.no_e8)
     for b in bad:

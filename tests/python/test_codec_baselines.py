@@ -128,3 +128,78 @@ def test_matched_bpe_comparison_interpolates_and_flags_losses():
     rows = report.compare(pts)
     assert len(rows) == 1 and rows[0]["other"] == "tq"
     assert abs(rows[0]["e8_kl"] - 0.01) < 1e-12 and rows[0]["e8_wins"] is False
+
+
+# -- bench/quality/torchcodecs.py: the device run's baselines, frame for frame ----------------
+
+from bench.quality import torchcodecs as T  # noqa: E402
+
+
+def real_cache(layers=3, tokens=200):
+    """[L, 2, 3, T, 64] float32 from the fixture (layers 0, 1, 15, 29 are stored)."""
+    out = []
+    for layer in ("00", "15", "29")[:layers]:
+        kv = [np.fromfile(os.path.join(FIX, f"layer{layer}.{k}.f32"), "<f4").reshape(3, 256, 64)
+              for k in "kv"]
+        out.append(np.stack(kv)[:, :, :tokens])
+    return np.ascontiguousarray(np.stack(out))
+
+
+NUMPY_TWIN = {"identity:fp32": B.Identity(), "int8:per-token absmax": B.Int8(),
+              "kivi:2bit g32 r128": B.Kivi(2), "kivi:4bit g32 r128": B.Kivi(4),
+              "kivi:2bit g32 r32": B.Kivi(2, window=32), "turboquant:2bit": B.TurboQuant(2),
+              "turboquant:3bit": B.TurboQuant(3), "turboquant:4bit": B.TurboQuant(4)}
+
+
+@pytest.mark.parametrize("tokens", [200, 1])
+@pytest.mark.parametrize("codec", T.baselines(ROPE), ids=lambda c: c.label())
+def test_torch_codec_frames_equal_the_numpy_codec(codec, tokens):
+    raw = real_cache(tokens=tokens)
+    kv = torch.from_numpy(raw)
+    fr = codec.encode(kv)
+    dec = codec.decode(fr, kv.shape)
+    twin = NUMPY_TWIN[codec.label()]
+    for layer in range(raw.shape[0]):
+        for kind, kn in ((0, "k"), (1, "v")):
+            want = twin.encode(raw[layer, kind], kn, 0)
+            assert bytes(fr[layer, kind].numpy()) == want
+            assert np.array_equal(dec[layer, kind].numpy(), twin.decode(want))
+
+
+@pytest.mark.parametrize("cfg", [(2, 2), (3, 2), (4, 4)])
+def test_torch_nexusquant_frames_equal_the_numpy_codec(cfg):
+    raw = real_cache(tokens=100)
+    t, n = T.NexusQuant(*cfg, ROPE), B.NexusQuant(*cfg, ROPE, level=3)
+    sc, delta = t.quantize(torch.from_numpy(raw))
+    dec = t.decode(sc, delta)
+    for layer in range(raw.shape[0]):
+        for kind, kn in ((0, "k"), (1, "v")):
+            want = n.encode(raw[layer, kind], kn, 0)
+            z = kvbytes.zstd_compress(delta[layer, kind].numpy().tobytes(), 3)
+            assert t.frame(sc[layer, kind], z, kind, raw[layer, kind].shape) == want
+            assert np.array_equal(dec[layer, kind].numpy(), n.decode(want))
+
+
+def test_f64_to_f16_rounds_once_like_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(200000) * np.exp(rng.uniform(-20, 12, 200000))
+    # values just beside float16 midpoints, where float64 -> float32 -> float16 rounds twice
+    h = rng.standard_normal(20000).astype(np.float16).astype(np.float64)
+    up = np.nextafter(h.astype(np.float16), np.float16(np.inf)).astype(np.float64)
+    mid = (h + up) / 2
+    x = np.concatenate([x, mid + np.abs(mid) * 2.0 ** -30, mid - np.abs(mid) * 2.0 ** -30, mid,
+                        [0.0, -0.0, 1e-300, 65504.0, 1e5]])
+    got = T.f64_to_f16(torch.from_numpy(x)).numpy()
+    with np.errstate(over="ignore"):                  # 1e5 -> inf, in both
+        want = x.astype(np.float16)
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_torch_bit_packing_matches_kvbytes():
+    rng = np.random.default_rng(4)
+    for bits in range(1, 9):
+        codes = rng.integers(0, 1 << bits, size=(3, 1003), dtype=np.uint8)
+        packed = T.pack_bits(torch.from_numpy(codes), bits)
+        for r in range(3):
+            assert bytes(packed[r].numpy()) == kvbytes.pack_bits(codes[r], bits)
+        assert np.array_equal(T.unpack_bits(packed, bits, 1003).numpy(), codes)
