@@ -513,9 +513,14 @@ def main(argv=None):
         sys.stderr.flush()
         os._exit(1)
     write(res, a.out)
-    report.plot(res, a.plot)
-    R.print_tables(res)
-    bad = R.check(res, True) + res["errors"]
+    bad = []
+    try:
+        report.plot(res, a.plot)
+        R.print_tables(res)
+    except Exception as e:                            # noqa: BLE001 (the JSON is written)
+        traceback.print_exc()
+        bad.append(f"plot/table failed: {type(e).__name__}: {e}")
+    bad += R.check(res, True) + res["errors"]
     if res["identity"]["exact_windows"] != res["identity"]["windows"]:
         bad.append(f"identity row not bit-identical to the base in "
                    f"{res['identity']['windows'] - res['identity']['exact_windows']} windows "
@@ -526,6 +531,9 @@ def main(argv=None):
             bad.append("torch frames differ from the numpy codecs' (byte_check)")
     print(f"\nwrote {a.out} and {a.plot} in {time.time() - t0:.0f} s ({done} items; "
           f"{res['stop_reason']})")
+    if not res["complete"]:
+        print(f"fastrun: PARTIAL: {res['stop_reason']}; windows per P: "
+              f"{ {r['prefix_tokens']: r['windows'] for r in res['runs']} }", file=sys.stderr)
     for b in bad:
         print(f"fastrun: FAILED: {b}", file=sys.stderr)
     sys.stdout.flush()

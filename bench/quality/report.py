@@ -66,7 +66,7 @@ def table_lines(points):
         ci = f"[{p['dppl_ci95'][0]:+.2f},{p['dppl_ci95'][1]:+.2f}]"
         lines.append(f"{p['codec']:<11}{p['config'][:23]:<24}{p['bpe']:>7.3f}"
                      f"{p['kl_mean']:>11.2e}{p['dppl_pct']:>+9.3f}{ci:>19}"
-                     f"{p['top1_agree']:>8.4f}{p.get('retrieval_acc', float('nan')):>7.3f}")
+                     f"{p['top1_agree']:>8.4f}{_num(p.get('retrieval_acc')):>7.3f}")
     return lines
 
 
@@ -125,6 +125,11 @@ def plot(result, path):
         tx.text(0, 1, "\n".join(lines), family="monospace", fontsize=8.2, va="top")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _num(x):
+    """A number for a table cell: None (not measured) shows as nan."""
+    return float("nan") if x is None else x
 
 
 def finite(x):
