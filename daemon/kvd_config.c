@@ -82,6 +82,9 @@ static const kvd_crow g_table[] = {
     {"max-call-ms", CT_U32, OFF(max_call_ms), 0, "ms", "600000", 1000, 86400000, NULL,
      "Hard limit on one call's duration (besides the client's deadline): a call still running "
      "then, e.g. a reader that stopped reading, is cancelled with DEADLINE_EXCEEDED."},
+    {"lookup-lease-ms", CT_U32, OFF(lookup_lease_ms), 0, "ms", "30000", 100, 3600000, NULL,
+     "How long a Lookup pins the chunks it matched (so a GetChunks that follows cannot lose "
+     "them to eviction), unless GetChunks' release_lease ends the lease sooner."},
     {"io-engine", CT_STR, OFF(io_engine), CAP(io_engine), "engine", "auto", 0, 0,
      "auto|uring|pwrite", "Store write engine: io_uring, pwrite+fdatasync, or auto (io_uring "
      "when the kernel allows it)."},

@@ -263,9 +263,8 @@ void kvd_call_recv_release(kvd_call *c) {
   c->have_rx = 0;
 }
 
-int kvd_call_send(kvd_call *c, const ProtobufCMessage *msg) {
-  size_t len;
-  grpc_byte_buffer *bb = pack_message(msg, &len);
+/* Sends bb (len bytes; the initial metadata first if not sent yet) and destroys it. */
+static int call_send_bb(kvd_call *c, grpc_byte_buffer *bb, size_t len) {
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
@@ -276,6 +275,73 @@ int kvd_call_send(kvd_call *c, const ProtobufCMessage *msg) {
   grpc_byte_buffer_destroy(bb);
   if (rc == 0) { c->sent_md = 1; c->bytes_out += len; }
   return rc;
+}
+
+int kvd_call_send(kvd_call *c, const ProtobufCMessage *msg) {
+  size_t len;
+  grpc_byte_buffer *bb = pack_message(msg, &len);
+  return call_send_bb(c, bb, len);
+}
+
+/* ------------------------------------------------------------------ zero-copy bytes */
+
+struct kvd_buf {
+  atomic_int refs;
+  size_t cap;
+  uint8_t *data;
+};
+
+kvd_buf *kvd_buf_new(size_t cap) {
+  kvd_buf *b = malloc(sizeof *b);
+  if (!b) return NULL;
+  b->data = malloc(cap ? cap : 1);
+  if (!b->data) { free(b); return NULL; }
+  atomic_init(&b->refs, 1);
+  b->cap = cap;
+  return b;
+}
+
+uint8_t *kvd_buf_data(kvd_buf *b) { return b->data; }
+size_t kvd_buf_cap(const kvd_buf *b) { return b->cap; }
+int kvd_buf_writable(const kvd_buf *b) { return atomic_load(&((kvd_buf *)b)->refs) == 1; }
+
+void kvd_buf_unref(kvd_buf *b) {
+  if (b && atomic_fetch_sub(&b->refs, 1) == 1) {
+    free(b->data);
+    free(b);
+  }
+}
+
+static void buf_slice_done(void *b) { kvd_buf_unref(b); }
+
+/* Protobuf varint of v into p; returns its length. */
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  do {
+    p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v >>= 7;
+  } while (v);
+  return n;
+}
+
+int kvd_call_send_bytes(kvd_call *c, const ProtobufCMessage *msg, uint32_t field,
+                        kvd_buf *buf, size_t off, size_t len) {
+  size_t n = protobuf_c_message_get_packed_size(msg);
+  grpc_slice parts[2];
+  parts[0] = grpc_slice_malloc(n + 20);
+  uint8_t *p = GRPC_SLICE_START_PTR(parts[0]);
+  protobuf_c_message_pack(msg, p);
+  size_t h = n + put_varint(p + n, (uint64_t)field << 3 | 2); /* wire type 2: bytes */
+  h += put_varint(p + h, len);
+  parts[0] = grpc_slice_sub_no_ref(parts[0], 0, h);
+  if (len) { /* the slice's reference on buf, dropped by gRPC once the bytes are written */
+    atomic_fetch_add(&buf->refs, 1);
+    parts[1] = grpc_slice_new_with_user_data(buf->data + off, len, buf_slice_done, buf);
+  }
+  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(parts, len ? 2 : 1);
+  grpc_slice_unref(parts[0]);
+  if (len) grpc_slice_unref(parts[1]);
+  return call_send_bb(c, bb, h + len);
 }
 
 const char *kvd_call_metadata(kvd_call *c, const char *key, size_t *len) {

@@ -94,6 +94,20 @@ int kvd_call_recv(kvd_call *call, const uint8_t **data, size_t *len);
 void kvd_call_recv_release(kvd_call *call);
 /* Serializes and sends one response message. 0 on success, -1 when the call is broken. */
 int kvd_call_send(kvd_call *call, const ProtobufCMessage *msg);
+/* Large response bytes without a copy. A kvd_buf is a reference-counted byte buffer: the
+ * handler fills it (kvd_buf_data) and kvd_call_send_bytes sends a message whose `field`
+ * (a `bytes` field left empty in msg) is buf[off, off + len), with gRPC holding a reference
+ * on buf until those bytes are written to the socket. The encoding on the wire is the
+ * message's fields, then that field last (protobuf readers accept fields in any order).
+ * kvd_buf_writable tells whether gRPC still holds references (then fill another buffer). */
+typedef struct kvd_buf kvd_buf;
+kvd_buf *kvd_buf_new(size_t cap);            /* NULL when out of memory; refs = 1 */
+uint8_t *kvd_buf_data(kvd_buf *b);
+size_t kvd_buf_cap(const kvd_buf *b);
+int kvd_buf_writable(const kvd_buf *b);      /* 1 when the caller holds the only reference */
+void kvd_buf_unref(kvd_buf *b);              /* NULL is a no-op */
+int kvd_call_send_bytes(kvd_call *call, const ProtobufCMessage *msg, uint32_t field,
+                        kvd_buf *buf, size_t off, size_t len);
 /* Request metadata value of `key` (lowercase), NULL if absent; *len = its length. */
 const char *kvd_call_metadata(kvd_call *call, const char *key, size_t *len);
 /* 0 while the call is alive; else fills st (CANCELLED or DEADLINE) and returns -1. */

@@ -52,6 +52,7 @@ static int open_store(kvd_app *app, char *err, size_t cap) {
   sc.flags = E8S_OPEN_CREATE;
   sc.capacity_bytes = c->capacity_bytes;
   sc.segment_bytes = c->segment_bytes;
+  sc.lease_ms = c->lookup_lease_ms;
   sc.io_engine = strcmp(c->io_engine, "uring") == 0    ? E8S_IO_URING
                  : strcmp(c->io_engine, "pwrite") == 0 ? E8S_IO_PWRITE
                                                        : E8S_IO_AUTO;

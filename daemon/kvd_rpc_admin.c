@@ -61,6 +61,7 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
     ss.segments = s.segments;
     ss.evictions = s.evictions;
     ss.quarantined = s.quarantined;
+    ss.namespaces = s.namespaces;
     r.store_stats = &ss;
   }
   ds.uptime_s = (uint64_t)(mono_now() - app->started);
@@ -73,31 +74,37 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
   if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
 }
 
+/* Progress of a Verify or Compact scan. The store updates its report before each callback,
+ * so `bytes` (pointing into the report) tells how far the scan got: max_bytes stops it after
+ * the record (Verify) or segment (Compact) that reached the bound. */
 typedef struct scan_ctx {
   kvd_call *call;
   kvd_status probe;
+  const uint64_t *bytes;  /* rep.bytes_checked / rep.bytes_moved */
+  uint64_t max_bytes;     /* 0 = no bound */
+  int stopped;            /* max_bytes stopped the scan */
 } scan_ctx;
 
 static int scan_progress(void *ctx, uint64_t done, uint64_t total) {
-  (void)done;
-  (void)total;
   scan_ctx *c = ctx;
-  return kvd_call_check(c->call, &c->probe) != 0; /* nonzero stops the scan */
+  if (kvd_call_check(c->call, &c->probe) != 0) return 1; /* nonzero stops the scan */
+  if (c->max_bytes && *c->bytes >= c->max_bytes && done < total) c->stopped = 1;
+  return c->stopped;
 }
 
 void kvd_rpc_verify(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd_status *st) {
   E8kv__V1__VerifyRequest *rq = (E8kv__V1__VerifyRequest *)kvd_recv_request(
       call, &e8kv__v1__verify_request__descriptor, st);
   if (!rq) return;
+  e8s_verify_report rep;
+  memset(&rep, 0, sizeof rep);
+  scan_ctx sc = {.call = call, .bytes = &rep.bytes_checked, .max_bytes = rq->max_bytes};
   e8kv__v1__verify_request__free_unpacked(rq, NULL);
   if (!who->admin) {
     kvd_fail(st, KVD_PERMISSION, "Verify needs an admin token");
     return;
   }
-  scan_ctx sc = {.call = call};
   kvd_status_ok(&sc.probe);
-  e8s_verify_report rep;
-  memset(&rep, 0, sizeof rep);
   int e = e8s_verify(app->store, &rep, scan_progress, &sc);
   if (sc.probe.code != KVD_OK) { *st = sc.probe; return; }
   if (e != E8S_OK) { kvd_status_from_store(st, e, "verify"); return; }
@@ -128,7 +135,7 @@ void kvd_rpc_verify(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd_
     r.corrupt_records = rep.quarantined;
     r.n_corrupt = nq;
     r.corrupt = qp;
-    r.complete = 1;
+    r.complete = !sc.stopped;
     if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
   }
   free(q);
@@ -142,16 +149,16 @@ void kvd_rpc_compact(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd
       call, &e8kv__v1__compact_request__descriptor, st);
   if (!rq) return;
   double ratio = rq->min_dead_fraction ? rq->min_dead_fraction : 0.5;
+  e8s_compact_report rep;
+  memset(&rep, 0, sizeof rep);
+  scan_ctx sc = {.call = call, .bytes = &rep.bytes_moved, .max_bytes = rq->max_bytes};
   e8kv__v1__compact_request__free_unpacked(rq, NULL);
   if (!who->admin) { kvd_fail(st, KVD_PERMISSION, "Compact needs an admin token"); return; }
   if (!(ratio > 0 && ratio <= 1)) {
     kvd_fail(st, KVD_INVALID, "min_dead_fraction %g must be in (0, 1]", ratio);
     return;
   }
-  scan_ctx sc = {.call = call};
   kvd_status_ok(&sc.probe);
-  e8s_compact_report rep;
-  memset(&rep, 0, sizeof rep);
   int e = e8s_compact(app->store, ratio, &rep, scan_progress, &sc);
   if (sc.probe.code != KVD_OK) { *st = sc.probe; return; }
   if (e != E8S_OK) { kvd_status_from_store(st, e, "compact"); return; }
@@ -161,5 +168,6 @@ void kvd_rpc_compact(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd
   r.records_moved = rep.records_moved;
   r.bytes_moved = rep.bytes_moved;
   r.bytes_reclaimed = rep.bytes_reclaimed;
+  r.complete = !sc.stopped;
   if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
 }

@@ -1,14 +1,22 @@
 /* kvd_rpc_get.c: Lookup (longest stored prefix) and GetChunks (server-streaming read).
  *
+ * Lookup pins what it matched under a lease (kvd_lease.h) unless asked not to; GetChunks'
+ * release_lease ends it when the call ends, whatever its outcome.
  * GetChunks reads one chunk at a time: open (read pin) -> read + CRC check -> close, so a
  * pin is held only while the bytes are read and a cancelled stream holds none. The chunk is
- * then sent as pieces of at most max_piece_bytes, encoded as stored or decoded by the CPU
- * codec into the requested dtype and layer range. Memory per call: one stored chunk plus,
- * when decoding, its raw form.
+ * then sent as pieces of at most max_piece_bytes: the frame as stored, only the frames of
+ * the requested layer range (E8_LAYER_FRAMES, nothing decoded), or decoded by the CPU codec
+ * into the requested dtype and layer range (only those layers decoded). The pieces go out
+ * without a copy (kvd_call_send_bytes: gRPC sends from the chunk's buffer and holds it until
+ * written): a byte is read from disk, CRC-checked (by the store, then by the codec) and
+ * written to the socket, with no copy in between.
+ * Memory per call: four chunk-sized buffers kept for reuse (stored or decoded chunks); one
+ * replaced while gRPC still sends from it lives until written.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/kvd_lease.h"
 #include "daemon/kvd_payload.h"
 #include "daemon/kvd_session.h"
 
@@ -45,8 +53,8 @@ void kvd_rpc_lookup(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd_
     goto out;
   }
   e8s_lookup_result res;
-  int rc = e8s_lookup(app->store, who->ns_id, fp.id, rq->token_ids, rq->n_token_ids, ct, 0,
-                      keys, max_keys, &res);
+  int rc = e8s_lookup(app->store, who->ns_id, fp.id, rq->token_ids, rq->n_token_ids, ct,
+                      rq->no_lease ? 0 : E8S_LOOKUP_PIN, keys, max_keys, &res);
   if (rc != E8S_OK) {
     kvd_status_from_store(st, rc, "lookup");
     goto out;
@@ -67,7 +75,20 @@ void kvd_rpc_lookup(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd_
   r.n_chunk_keys = r.n_chunk_token_counts = res.n_chunks;
   r.chunk_keys = kb;
   r.chunk_token_counts = counts;
-  if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
+  uint8_t token[KVD_LEASE_TOKEN_BYTES];
+  if (res.lease_id) {
+    if (kvd_lease_token(who->ns_id, res.lease_id, token) != 0) {
+      e8s_lease_release(app->store, res.lease_id);
+      kvd_fail(st, KVD_INTERNAL, "no random key for lease tokens");
+      goto out;
+    }
+    r.lease = (ProtobufCBinaryData){sizeof token, token};
+    r.lease_ms = app->cfg->lookup_lease_ms;
+  }
+  if (kvd_call_send(call, &r.base) != 0) {
+    kvd_call_check(call, st);
+    if (res.lease_id) e8s_lease_release(app->store, res.lease_id); /* nobody got it */
+  }
 out:
   free(keys);
   free(kb);
@@ -84,21 +105,32 @@ typedef struct get_state {
   const E8kv__V1__GetChunksRequest *rq;
   int raw;
   uint32_t piece;
-  uint8_t *buf;             /* the stored payload */
-  size_t cap;
-  uint8_t *out;             /* decoded chunk */
-  size_t out_cap;
+  kvd_buf *pool[4];         /* buffers for stored and decoded chunks; gRPC sends from them
+                               without a copy and holds one until its bytes are written */
+  kvd_buf *buf;             /* the stored payload (one of pool) */
+  kvd_buf *out;             /* the decoded chunk (one of pool) */
   e8c_ctx *ctx;             /* for the fingerprint of the last decoded chunk */
   uint8_t ctx_id[E8C_ID_SIZE];
 } get_state;
 
-static int get_grow(uint8_t **p, size_t *cap, size_t need) {
-  if (need <= *cap) return 0;
-  uint8_t *q = realloc(*p, need);
-  if (!q) return -1;
-  *p = q;
-  *cap = need;
-  return 0;
+/* A pool buffer of at least `need` bytes that gRPC no longer reads from and that is not
+ * `keep` (the stored chunk while it is decoded). Reusing them saves the page faults of a
+ * fresh allocation per chunk; a buffer still on its way out is replaced (gRPC frees it). */
+static int get_buf(get_state *g, kvd_buf **b, const kvd_buf *keep, size_t need) {
+  size_t n = sizeof g->pool / sizeof g->pool[0], k = n;
+  for (size_t i = 0; i < n; i++) {
+    kvd_buf *p = g->pool[i];
+    if (p == keep || (p && !kvd_buf_writable(p))) continue;
+    if (p && kvd_buf_cap(p) >= need) {
+      *b = p;
+      return 0;
+    }
+    k = i; /* empty or too small: replace this one */
+  }
+  if (k == n) k = g->pool[0] == keep ? 1 : 0; /* all busy: replace one */
+  kvd_buf_unref(g->pool[k]);
+  g->pool[k] = *b = kvd_buf_new(need);
+  return *b ? 0 : -1;
 }
 
 static int get_decode(get_state *g, size_t idx, const uint8_t *chunk, size_t clen,
@@ -119,14 +151,37 @@ static int get_decode(get_state *g, size_t idx, const uint8_t *chunk, size_t cle
   int64_t need = e8c_chunk_raw_size(g->ctx, lb, le, ci->n_tokens, *dt);
   if (e8c_is_error(need))
     return kvd_error(st, KVD_INVALID, "chunk %zu: %s", idx, e8c_error_string(need));
-  if (get_grow(&g->out, &g->out_cap, (size_t)need) != 0)
+  if (get_buf(g, &g->out, g->buf, (size_t)need) != 0)
     return kvd_error(st, KVD_RESOURCE, "out of memory decoding chunk %zu", idx);
-  int64_t r = e8c_chunk_decode(g->ctx, chunk, clen, lb, le, NULL, g->out, *dt, (size_t)need);
+  int64_t r = e8c_chunk_decode(g->ctx, chunk, clen, lb, le, NULL, kvd_buf_data(g->out), *dt,
+                               (size_t)need);
   if (e8c_is_error(r))
     return kvd_error(st, r == E8C_ERR_CHECKSUM ? KVD_DATA_LOSS : KVD_INTERNAL,
                      "chunk %zu: decode failed: %s", idx, e8c_error_string(r));
-  *data = g->out;
+  *data = kvd_buf_data(g->out);
   *len = (size_t)need;
+  return 0;
+}
+
+/* E8_FRAME with a layer range: the frames of layers [lb, le) (K then V per layer, back to
+ * back, as they sit in the chunk's payload), found by walking the payload's self-describing
+ * frames with the codec's header parser; nothing is decoded. */
+static int get_layer_frames(const uint8_t *chunk, const e8c_chunk_info *ci, size_t idx,
+                            uint32_t lb, uint32_t le, const uint8_t **data, size_t *len,
+                            kvd_status *st) {
+  size_t end = (size_t)ci->chunk_size, off = end - (size_t)ci->payload_size, begin = off;
+  for (uint32_t i = 0; i < 2 * le; i++) {
+    e8c_frame_info fi;
+    if (i == 2 * lb) begin = off;
+    int64_t r = e8c_frame_info_get(chunk + off, end - off, &fi);
+    if (e8c_is_error(r) || fi.layer != i / 2 || fi.kind != i % 2 || fi.frame_size > end - off)
+      return kvd_error(st, KVD_DATA_LOSS, "chunk %zu: frame %u of its payload does not parse "
+                                          "(%s)", idx, i,
+                       e8c_is_error(r) ? e8c_error_string(r) : "out of order");
+    off += (size_t)fi.frame_size;
+  }
+  *data = chunk + begin;
+  *len = off - begin;
   return 0;
 }
 
@@ -140,19 +195,20 @@ static int get_one(get_state *g, size_t idx, const uint8_t *key, kvd_status *st)
     return kvd_error(st, KVD_NOT_FOUND, "chunk %zu (key %s...) not found in this namespace",
                      idx, kvd_hex8(key, hex));
   if (rc != E8S_OK) return kvd_store_error(st, rc, "open chunk");
-  if (get_grow(&g->buf, &g->cap, info.payload_bytes + 1) != 0) {
+  if (get_buf(g, &g->buf, NULL, info.payload_bytes + 1) != 0) {
     e8s_chunk_close(ch);
     return kvd_error(st, KVD_RESOURCE, "out of memory reading chunk %zu", idx);
   }
-  rc = e8s_chunk_read(ch, g->buf, g->cap);
+  uint8_t *stored = kvd_buf_data(g->buf);
+  rc = e8s_chunk_read(ch, stored, kvd_buf_cap(g->buf));
   e8s_chunk_close(ch); /* the pin is held only while reading */
   if (rc != E8S_OK) return kvd_store_error(st, rc, "read chunk");
   size_t clen;
   const uint8_t *tl;
   uint32_t nt;
   e8c_chunk_info ci;
-  if (kvd_payload_split(g->buf, info.payload_bytes, &clen, &tl, &nt) != 0 ||
-      e8c_is_error(e8c_chunk_info_get(g->buf, clen, &ci)) || ci.n_tokens != nt)
+  if (kvd_payload_split(stored, info.payload_bytes, &clen, &tl, &nt) != 0 ||
+      e8c_is_error(e8c_chunk_info_get(stored, clen, &ci)) || ci.n_tokens != nt)
     return kvd_error(st, KVD_DATA_LOSS, "chunk %zu (key %s...): stored bytes do not parse",
                      idx, kvd_hex8(key, hex));
   const E8kv__V1__GetChunksRequest *rq = g->rq;
@@ -165,15 +221,20 @@ static int get_one(get_state *g, size_t idx, const uint8_t *key, kvd_status *st)
   if (lb >= le || le > ci.n_layers)
     return kvd_error(st, KVD_INVALID, "layer range [%u, %u) is not inside the chunk's %u "
                                       "layers", lb, le, ci.n_layers);
-  const uint8_t *data = g->buf;
+  const uint8_t *data = stored;
   size_t len = clen;
   e8c_dtype dt = 0;
+  kvd_buf *from = g->buf;
+  E8kv__V1__Encoding enc = E8KV__V1__ENCODING__ENCODING_E8_FRAME;
   if (g->raw) {
-    if (get_decode(g, idx, g->buf, clen, &ci, lb, le, &data, &len, &dt, st) != 0) return -1;
+    if (get_decode(g, idx, stored, clen, &ci, lb, le, &data, &len, &dt, st) != 0) return -1;
+    enc = E8KV__V1__ENCODING__ENCODING_RAW;
+    from = g->out;
   } else if (lb != 0 || le != ci.n_layers) {
-    return kvd_error(st, KVD_INVALID, "a layer range needs ENCODING_RAW (encoded chunks are "
-                                      "sent whole)");
+    if (get_layer_frames(stored, &ci, idx, lb, le, &data, &len, st) != 0) return -1;
+    enc = E8KV__V1__ENCODING__ENCODING_E8_LAYER_FRAMES;
   }
+  size_t base = (size_t)(data - kvd_buf_data(from));
   uint32_t *tokens = malloc((size_t)nt * sizeof *tokens);
   if (!tokens) return kvd_error(st, KVD_RESOURCE, "out of memory");
   for (uint32_t i = 0; i < nt; i++) tokens[i] = kvd_token_at(tl, i);
@@ -185,7 +246,7 @@ static int get_one(get_state *g, size_t idx, const uint8_t *key, kvd_status *st)
   r.n_tokens = ci.n_tokens;
   r.layer_begin = lb;
   r.layer_end = le;
-  r.encoding = g->raw ? E8KV__V1__ENCODING__ENCODING_RAW : E8KV__V1__ENCODING__ENCODING_E8_FRAME;
+  r.encoding = enc;
   r.dtype = (E8kv__V1__DType)dt;
   r.chunk_bytes = len;
   r.fingerprint_id = (ProtobufCBinaryData){E8C_ID_SIZE, ci.fingerprint_id};
@@ -194,11 +255,14 @@ static int get_one(get_state *g, size_t idx, const uint8_t *key, kvd_status *st)
   do {
     size_t n = len - off < g->piece ? len - off : g->piece;
     r.offset = off;
-    r.data = (ProtobufCBinaryData){n, (uint8_t *)data + off};
     r.last_piece = off + n == len;
     r.n_token_ids = off == 0 ? nt : 0;
     r.token_ids = tokens;
-    if (kvd_call_send(g->call, &r.base) != 0) { kvd_call_check(g->call, st); ret = -1; break; }
+    if (kvd_call_send_bytes(g->call, &r.base, 11 /* data */, from, base + off, n) != 0) {
+      kvd_call_check(g->call, st);
+      ret = -1;
+      break;
+    }
     off += n;
   } while (off < len);
   free(tokens);
@@ -284,12 +348,18 @@ void kvd_rpc_get_chunks(kvd_app *app, kvd_call *call, const kvd_principal *who,
   if (st->code == KVD_OK && rq->expect_fingerprint_id.len &&
       rq->expect_fingerprint_id.len != E8C_ID_SIZE)
     kvd_fail(st, KVD_INVALID, "expect_fingerprint_id must be %u bytes", E8C_ID_SIZE);
+  uint64_t lease = 0;
+  if (st->code == KVD_OK && rq->release_lease.len &&
+      kvd_lease_parse(who->ns_id, rq->release_lease.data, rq->release_lease.len, &lease) != 0)
+    kvd_fail(st, KVD_INVALID, "release_lease is not a lease Lookup gave this namespace (%zu "
+                              "bytes; leases are %d bytes and die with the daemon process)",
+             rq->release_lease.len, KVD_LEASE_TOKEN_BYTES);
   if (st->code == KVD_OK && get_select(&g, &keys, &n, &owned, st) == 0)
     for (size_t i = 0; i < n; i++)
       if (kvd_call_check(call, st) != 0 || get_one(&g, i, keys[i], st) != 0) break;
+  if (lease) e8s_lease_release(app->store, lease); /* expired already: NOTFOUND, no matter */
   if (owned) free(keys);
-  free(g.buf);
-  free(g.out);
+  for (size_t i = 0; i < sizeof g.pool / sizeof g.pool[0]; i++) kvd_buf_unref(g.pool[i]);
   e8c_ctx_free(g.ctx);
   e8kv__v1__get_chunks_request__free_unpacked(rq, NULL);
 }

@@ -6,8 +6,8 @@
  * checked (frames: every CRC, fingerprint, token count and position; raw: exact size, then
  * encoded by the CPU codec), keyed, given its token trailer and queued. Queued chunks go to the
  * store in batches of --put-batch-bytes (one write + fdatasync + index commit each). When the
- * client closes the stream, the last batch is stored and only then the session is changed, in
- * one store call (create/replace + append are the exception, see kvd_put_session_commit).
+ * client closes the stream, the last batch is stored and only then the session is changed,
+ * all or nothing (kvd_swrite.h).
  * Memory per call: one chunk being assembled, its encoded form, and one batch.
  */
 #include <stdlib.h>
@@ -16,6 +16,7 @@
 #include "daemon/kvd_log.h"
 #include "daemon/kvd_payload.h"
 #include "daemon/kvd_session.h"
+#include "daemon/kvd_swrite.h"
 
 typedef struct put_rec {
   uint8_t *payload;       /* owned */
@@ -428,28 +429,13 @@ static int put_session_commit(put_state *s, kvd_status *st) {
   free(mk);
   free(mv);
   if (rc != 0) return -1;
-  int e = E8S_OK;
-  if (!s->session_exists || s->replace) {
-    /* Two store steps: (re)create, then append. A crash between them leaves the session
-     * empty (or cut at session_start_token); the chunks themselves stay stored. */
-    e = e8s_session_create(app->store, ns, h->session, s->fp.id, meta, meta_len,
-                           s->replace ? E8S_SESSION_REPLACE : 0);
-    if (e == E8S_OK && s->keep_chunks)
-      e = e8s_session_append(app->store, ns, h->session,
-                             (const uint8_t(*)[E8S_KEY_BYTES])s->sess.keys, s->keep_chunks);
-  } else if (nm) {
-    e = e8s_session_set_meta(app->store, ns, h->session, meta, meta_len);
-  }
-  if (e == E8S_OK && s->n_keys)
-    e = e8s_session_append(app->store, ns, h->session,
-                           (const uint8_t(*)[E8S_KEY_BYTES])s->keys, s->n_keys);
+  kvd_swrite w = {.ns = ns, .name = h->session, .fp_id = s->fp.id,
+                  .old = s->session_exists ? &s->sess : NULL, .keep_chunks = s->keep_chunks,
+                  .meta = meta, .meta_len = meta_len, .set_meta = nm != 0,
+                  .keys = (const uint8_t(*)[E8S_KEY_BYTES])s->keys, .n_keys = s->n_keys};
+  rc = kvd_swrite_commit(app->store, &w, st);
   free(meta);
-  if (e == E8S_ERR_CONFLICT || e == E8S_ERR_EXISTS)
-    return kvd_error(st, KVD_ABORTED, "session '%s' was changed by another writer during this "
-                                      "call; its chunks are stored, the session is unchanged",
-                     h->session);
-  if (e != E8S_OK) return kvd_store_error(st, e, "update session");
-  return 0;
+  return rc;
 }
 
 static void put_reply(put_state *s, kvd_status *st) {

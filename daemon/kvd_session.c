@@ -144,7 +144,7 @@ int kvd_sess_to_pb(e8s_store *store, uint32_t ns, const kvd_sess *s, int include
   m->fingerprint_id.len = E8S_KEY_BYTES;
   kvd_fp fp;
   if (kvd_fp_load(store, s->info.fp_id, &fp, st) != 0) return -1;
-  kvd_fp_to_pb(&fp.fp, &out->fp);
+  e8kv_fingerprint_to_pb(&fp.fp, &out->fp);
   m->fingerprint = &out->fp.m;
   m->chunk_tokens = s->meta->chunk_tokens;
   m->n_tokens = s->info.n_tokens;

@@ -46,7 +46,7 @@ int kvd_sess_meta_pack(uint32_t chunk_tokens, const E8kv__V1__SessionInfo *base,
 /* A SessionInfo message built for a reply; kvd_sess_pb_free releases its memory. */
 typedef struct kvd_sess_pb {
   E8kv__V1__SessionInfo m;
-  kvd_fp_pb fp;
+  e8kv_fingerprint_pb fp;
   ProtobufCBinaryData *keys;
   char name[E8S_NAME_MAX + 1];
 } kvd_sess_pb;

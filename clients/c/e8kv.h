@@ -56,6 +56,7 @@
 /* libe8codec, for encoding and decoding on the caller's side (installed with
  * libe8kv as <includedir>/e8kv/codec/e8codec.h). */
 #include "codec/e8codec.h"
+#include "proto/e8kv_fp.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -212,7 +213,9 @@ void e8kv_put_abort(e8kv_put *p);
  * and e8kv_get_chunks returns E8KV_E_ABORTED_BY_CALLER. The daemon's pieces are
  * checked (offsets in order, sizes adding up, the same chunk fields on every
  * piece, chunk_bytes <= max_chunk_bytes): a reply that breaks the rules is
- * E8KV_E_PROTOCOL. Memory: one buffer of the largest chunk, reused. */
+ * E8KV_E_PROTOCOL. Memory: one buffer of the largest chunk, reused; a chunk that
+ * comes in one piece (max_piece_bytes >= its size) is passed from the received
+ * message itself, without that copy. */
 typedef struct e8kv_chunk {
   uint32_t index;            /* position in the answer, 0-based */
   const uint8_t *key;        /* chunk key, key_len (32) bytes */
@@ -247,22 +250,11 @@ e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *re
  * daemon then computes the same fingerprint id and accepts the frames (it
  * refuses frames whose embedded id differs, FAILED_PRECONDITION/INVALID_ARGUMENT). */
 
-/* Storage for a wire fingerprint built from a codec one (no allocation; the
- * message points into the struct, which must not move while it is used). */
-typedef struct e8kv_fingerprint_pb {
-  E8kv__V1__ModelFingerprint m; /* the message: pass &x.m */
-  E8kv__V1__RopeConfig rope;
-  E8kv__V1__CodecConfig codec;
-  char model_id[E8C_MODEL_ID_MAX];
-  char preset[E8C_PRESET_NAME_MAX];
-  uint32_t protected_layers[E8C_MAX_LAYERS];
-  double short_factor[E8C_MAX_ROPE_FACTORS];
-  double long_factor[E8C_MAX_ROPE_FACTORS];
-} e8kv_fingerprint_pb;
-
-/* Fills out with every field of fp explicit (as e8kvd reports stored
- * fingerprints). fp should be valid (e8c_fingerprint_validate). Thread-safe. */
-void e8kv_fingerprint_to_pb(const e8c_fingerprint *fp, e8kv_fingerprint_pb *out);
+/* e8kv_fingerprint_pb, e8kv_fingerprint_to_pb (codec -> wire, every value
+ * explicit, as e8kvd reports stored fingerprints) and e8kv_fingerprint_from_pb
+ * (wire -> codec with the daemon's default rules, and the fingerprint id) come
+ * from proto/e8kv_fp.h, included above: the same code e8kvd runs, so both
+ * sides always agree on a fingerprint's id. */
 
 /* Encodes one chunk of raw KV ([n_layers][2][n_kv_heads][n_tokens][head_dim] in
  * `dtype`, n_tokens = cp->n_tokens = n_token_ids) with ctx and sends it on the
@@ -275,8 +267,10 @@ e8kv_status e8kv_put_chunk_encode(e8kv_put *p, e8c_ctx *ctx, const e8c_chunk_par
                                   const void *raw, e8c_dtype dtype, const uint32_t *token_ids,
                                   size_t n_token_ids, e8kv_error *err);
 
-/* Decodes layers [layer_begin, layer_end) of a chunk received as an E8 frame into
- * dst ([layer_end - layer_begin][2][n_kv_heads][n_tokens][head_dim] of dtype,
+/* Decodes layers [layer_begin, layer_end) of a chunk received as an E8 frame, or as
+ * the layer frames of a layer range (ENCODING_E8_LAYER_FRAMES: the range asked must
+ * lie inside the chunk's), into dst
+ * ([layer_end - layer_begin][2][n_kv_heads][n_tokens][head_dim] of dtype,
  * dst_size bytes: see e8c_chunk_raw_size). Errors: E8KV_E_USAGE (a RAW chunk),
  * E8KV_E_CODEC (wrong fingerprint, corrupted frame, small dst: message says). */
 e8kv_status e8kv_chunk_decode(e8c_ctx *ctx, const e8kv_chunk *chunk, uint32_t layer_begin,

@@ -1,87 +1,12 @@
 /*
- * e8kv_codec.c: libe8codec on the caller's side: codec fingerprint -> wire
- * message (every value explicit, so the daemon resolves it to the same
- * fingerprint id), encode-and-send of one chunk, decode of a received chunk.
+ * e8kv_codec.c: libe8codec on the caller's side: encode-and-send of one chunk,
+ * decode of a received chunk. (The fingerprint's wire form: proto/e8kv_fp.c.)
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clients/c/e8kv_int.h"
-
-static void kvc_rope_to_pb(const e8c_rope *r, uint32_t head_dim, e8kv_fingerprint_pb *o) {
-  E8kv__V1__RopeConfig *p = &o->rope;
-  e8kv__v1__rope_config__init(p);
-  if (r->type == E8C_ROPE_NONE || r->type == E8C_ROPE_UNSET) return; /* theta 0: no RoPE */
-  switch (r->type) {
-    case E8C_ROPE_LINEAR: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_LINEAR; break;
-    case E8C_ROPE_DYNAMIC: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_DYNAMIC; break;
-    case E8C_ROPE_YARN: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_YARN; break;
-    case E8C_ROPE_LLAMA3: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_LLAMA3; break;
-    case E8C_ROPE_LONGROPE: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_LONGROPE; break;
-    default: p->scaling = E8KV__V1__ROPE_SCALING__ROPE_SCALING_NONE; break;
-  }
-  p->theta = r->theta;
-  p->rotary_dim = r->rotary_dim == head_dim ? 0 : r->rotary_dim; /* 0 = head_dim */
-  p->layout = (E8kv__V1__RopeLayout)r->layout;   /* same numbering on both sides */
-  p->factor = r->factor;
-  p->original_max_position_embeddings = r->original_max_pos;
-  p->low_freq_factor = r->low_freq_factor;
-  p->high_freq_factor = r->high_freq_factor;
-  p->beta_fast = r->beta_fast;
-  p->beta_slow = r->beta_slow;
-  p->attention_factor = r->attention_factor;
-  p->yarn_no_truncate = r->yarn_no_truncate != 0;
-  uint32_t n = r->n_longrope < E8C_MAX_ROPE_FACTORS ? r->n_longrope : E8C_MAX_ROPE_FACTORS;
-  for (uint32_t i = 0; i < n; i++) {
-    o->short_factor[i] = r->short_factor[i];
-    o->long_factor[i] = r->long_factor[i];
-  }
-  p->n_short_factor = p->n_long_factor = n;
-  p->short_factor = o->short_factor;
-  p->long_factor = o->long_factor;
-}
-
-static void kvc_codec_to_pb(const e8c_config *c, uint32_t n_layers, e8kv_fingerprint_pb *o) {
-  E8kv__V1__CodecConfig *p = &o->codec;
-  e8kv__v1__codec_config__init(p);
-  snprintf(o->preset, sizeof o->preset, "%s", c->preset);
-  p->preset = o->preset;
-  int kb, vb;
-  if (sscanf(c->preset, "K%dV%d", &kb, &vb) == 2) {
-    p->key_bits = (float)kb;
-    p->value_bits = (float)vb;
-  }
-  p->key_step = c->k_step; /* explicit steps win over the preset's: exact either way */
-  p->value_step = c->v_step;
-  size_t n = 0;
-  for (uint32_t l = 0; l < n_layers && l < E8C_MAX_LAYERS; l++)
-    if (c->protect_mask[l / 64] >> (l % 64) & 1) o->protected_layers[n++] = l;
-  p->n_protected_layers = n;
-  p->protected_layers = o->protected_layers;
-  p->protect_first_layers = c->protect_first;
-  p->protect_last_layers = c->protect_last;
-  p->sink_tokens = c->sink_tokens;
-  p->recent_window_tokens = c->recent_tokens;
-  p->decorrelation = (E8kv__V1__Decorrelation)c->decorrelation;
-  p->zstd_level = c->zstd_level;
-  p->hadamard_seed = c->hadamard_seed;
-  p->format_version = E8C_FORMAT_VERSION;
-}
-
-void e8kv_fingerprint_to_pb(const e8c_fingerprint *fp, e8kv_fingerprint_pb *o) {
-  e8kv__v1__model_fingerprint__init(&o->m);
-  snprintf(o->model_id, sizeof o->model_id, "%s", fp->model_id);
-  o->m.model_id = o->model_id;
-  o->m.n_layers = fp->n_layers;
-  o->m.n_kv_heads = fp->n_kv_heads;
-  o->m.head_dim = fp->head_dim;
-  o->m.source_dtype = (E8kv__V1__DType)fp->src_dtype; /* same numbering */
-  kvc_rope_to_pb(&fp->rope, fp->head_dim, o);
-  kvc_codec_to_pb(&fp->config, fp->n_layers, o);
-  o->m.rope = &o->rope;
-  o->m.codec = &o->codec;
-}
 
 e8kv_status e8kv_put_chunk_encode(e8kv_put *p, e8c_ctx *ctx, const e8c_chunk_params *cp,
                                   const void *raw, e8c_dtype dtype, const uint32_t *token_ids,
@@ -106,10 +31,49 @@ e8kv_status e8kv_put_chunk_encode(e8kv_put *p, e8c_ctx *ctx, const e8c_chunk_par
   return st;
 }
 
+/* Decodes the frames of an E8_LAYER_FRAMES chunk (K then V per layer of
+ * [ch->layer_begin, ch->layer_end)) into dst, layers [layer_begin, layer_end). */
+static e8kv_status kvc_frames_decode(e8c_ctx *ctx, const e8kv_chunk *ch, uint32_t lb,
+                                     uint32_t le, void *dst, e8c_dtype dtype, size_t dst_size,
+                                     e8kv_error *err) {
+  if (lb < ch->layer_begin || le > ch->layer_end || lb >= le)
+    return kvc_fail(err, E8KV_E_USAGE, "chunk %u holds layers [%u, %u), not [%u, %u)",
+                    ch->index, ch->layer_begin, ch->layer_end, lb, le);
+  const e8c_fingerprint *fp = e8c_ctx_fingerprint(ctx);
+  size_t one = (size_t)fp->n_kv_heads * ch->n_tokens * fp->head_dim * e8c_dtype_size(dtype);
+  if (dst_size < one * 2 * (le - lb))
+    return kvc_fail(err, E8KV_E_USAGE, "dst holds %zu bytes, layers [%u, %u) need %zu",
+                    dst_size, lb, le, one * 2 * (le - lb));
+  size_t off = 0;
+  for (uint32_t i = 0; i < 2 * (ch->layer_end - ch->layer_begin); i++) {
+    e8c_frame_info fi;
+    int64_t r = e8c_frame_info_get(ch->data + off, ch->bytes - off, &fi);
+    uint32_t layer = ch->layer_begin + i / 2;
+    if (e8c_is_error(r) || fi.layer != layer || fi.kind != i % 2)
+      return kvc_fail(err, E8KV_E_CODEC, "chunk %u: frame %u: %s", ch->index, i,
+                      e8c_is_error(r) ? e8c_error_string(r) : "not the layer/kind expected");
+    if (layer >= lb && layer < le) {
+      uint8_t *d = (uint8_t *)dst + one * (2 * (layer - lb) + i % 2);
+      e8c_tensor t = e8c_tensor_contiguous(d, dtype, ch->n_tokens, fp->head_dim);
+      r = e8c_frame_decode_into(ctx, ch->data + off, (size_t)fi.frame_size, NULL, &t,
+                                ch->n_tokens);
+      if (e8c_is_error(r)) {
+        const char *m = e8c_ctx_last_error(ctx);
+        return kvc_fail(err, E8KV_E_CODEC, "decode of chunk %u, layer %u: %s: %s", ch->index,
+                        layer, e8c_error_name(r), m && *m ? m : e8c_error_string(r));
+      }
+    }
+    off += (size_t)fi.frame_size;
+  }
+  return E8KV_OK;
+}
+
 e8kv_status e8kv_chunk_decode(e8c_ctx *ctx, const e8kv_chunk *ch, uint32_t layer_begin,
                               uint32_t layer_end, void *dst, e8c_dtype dtype, size_t dst_size,
                               e8kv_error *err) {
   if (!ctx || !ch || !dst) return kvc_fail(err, E8KV_E_USAGE, "e8kv_chunk_decode: NULL argument");
+  if (ch->encoding == E8KV__V1__ENCODING__ENCODING_E8_LAYER_FRAMES)
+    return kvc_frames_decode(ctx, ch, layer_begin, layer_end, dst, dtype, dst_size, err);
   if (ch->encoding != E8KV__V1__ENCODING__ENCODING_E8_FRAME)
     return kvc_fail(err, E8KV_E_USAGE, "chunk %u is not an E8 frame (ask GetChunks for "
                     "ENCODING_E8_FRAME)", ch->index);

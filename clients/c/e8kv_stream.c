@@ -132,7 +132,7 @@ e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk
       e8kv_msg_free(m);
       return st;
     }
-    if (m->chunk_bytes > a->cap) {
+    if (m->chunk_bytes > a->cap && !m->last_piece) {
       uint8_t *b = realloc(a->buf, m->chunk_bytes ? m->chunk_bytes : 1);
       if (!b) { e8kv_msg_free(m); return kvc_fail(err, E8KV_E_NOMEM, "out of memory"); }
       a->buf = b;
@@ -150,7 +150,9 @@ e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk
     e8kv_msg_free(m);
     return st;
   }
-  if (m->data.len) memcpy(a->buf + a->have, m->data.data, m->data.len);
+  /* A chunk in one piece is handed over from the message itself (no copy). */
+  const uint8_t *data = m == a->first && m->last_piece ? m->data.data : a->buf;
+  if (m->data.len && data == a->buf) memcpy(a->buf + a->have, m->data.data, m->data.len);
   a->have += m->data.len;
   int last = m->last_piece;
   if (m != a->first) e8kv_msg_free(m);
@@ -168,7 +170,7 @@ e8kv_status kvc_asm_piece(kvc_asm *a, E8kv__V1__GetChunksResponse *m, e8kv_chunk
         .n_token_ids = f->n_token_ids, .layer_begin = f->layer_begin, .layer_end = f->layer_end,
         .encoding = (int)f->encoding, .dtype = (int)f->dtype,
         .fingerprint_id = f->fingerprint_id.data, .fingerprint_id_len = f->fingerprint_id.len,
-        .data = a->buf, .bytes = a->have};
+        .data = data, .bytes = a->have};
     if (fn(ctx, &ch)) st = kvc_fail(err, E8KV_E_ABORTED_BY_CALLER, "GetChunks: stopped by the caller");
   }
   e8kv_msg_free(f);

@@ -14,7 +14,7 @@ CTL_LDLIBS := $(KVC_LDLIBS) $(call pc_libs,jansson libcrypto libisal lmdb liburi
 
 BINS += $(CTL_BIN)
 
-$(CTL_OBJS): | $(KVC_GEN_H)
+$(CTL_OBJS): | $(PROTO_GEN_H)
 
 $(CTL_BIN): $(CTL_OBJS) $(KVC_LIB) $(CTL_DEP_LIBS)
 	@mkdir -p $(dir $@)
@@ -27,7 +27,7 @@ install-e8kvctl: $(CTL_BIN)
 	install -m 755 $(CTL_BIN) $(DESTDIR)$(PREFIX)/bin/
 
 # ---- tests (tests/clients/) ----
-CFLAGS_tests += $(call pc_cflags,cmocka jansson grpc libprotobuf-c) -I$(KVC_GEN)
+CFLAGS_tests += $(call pc_cflags,cmocka jansson grpc libprotobuf-c) -I$(PROTO_GEN)
 
 KVCT_XFILE := $(BUILD)/tests/clients/test_ctl_xfile
 KVCT_OUT   := $(BUILD)/tests/clients/test_ctl_out
@@ -36,7 +36,7 @@ KVCT_ASM   := $(BUILD)/tests/clients/test_kvc_asm
 TEST_BINS += $(KVCT_XFILE) $(KVCT_OUT) $(KVCT_LIB) $(KVCT_ASM)
 
 # (An explicit object list: a recipe-less pattern rule would add no prerequisite.)
-$(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/clients/*.c)): | $(KVC_GEN_H)
+$(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/clients/*.c)): | $(PROTO_GEN_H)
 
 $(KVCT_XFILE): $(BUILD)/obj/tests/clients/test_ctl_xfile.o $(BUILD)/obj/clients/cli/ctl_xfile.o
 	@mkdir -p $(dir $@)

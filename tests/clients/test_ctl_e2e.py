@@ -301,8 +301,8 @@ class E2E(unittest.TestCase):
 
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
-        # A session of its own shape, written last: its chunk is the newest record, at the
-        # end of the newest segment file.
+        # A session of its own shape, written last: its chunk is the newest record of the
+        # newest segment file (whose tail past it may be preallocated zeros).
         ctl("bench", "--session", "victim", "--chunks", "1", "--layers", "2", "--kv-heads", "1",
             "--head-dim", "128", "--chunk-tokens", "32")
         ctl("export", "victim", os.path.join(TMP, "victim-before.e8x"))
@@ -310,11 +310,13 @@ class E2E(unittest.TestCase):
         segs = sorted(os.listdir(seg_dir))
         self.assertTrue(segs)
         path = os.path.join(seg_dir, segs[-1])
-        size = os.path.getsize(path)
         with open(path, "r+b") as f:
-            f.seek(size - 100)  # inside the last record's payload (its token trailer is 136 bytes)
+            at = f.read().rfind(b"E8SR")  # the last record header (magic, 64 bytes)
+            self.assertGreater(at, 0)
+            at += 64 + 200  # inside its payload (chunk header and fingerprint: > 200 bytes)
+            f.seek(at)
             b = f.read(1)
-            f.seek(size - 100)
+            f.seek(at)
             f.write(bytes([b[0] ^ 0x40]))
         j, err = ctl("verify", offline=True, expect=CORRUPT)
         self.assertGreaterEqual(j["corrupt_records"], 1)

@@ -285,6 +285,64 @@ static void test_get_chunks(void **state) {
   assert_int_equal(g.n, 1);
 }
 
+/* A layer range asked as E8 frames comes as those layers' frames only (E8_LAYER_FRAMES);
+ * e8kv_chunk_decode decodes them to what the whole frame decodes to for that range. */
+typedef struct lf_got {
+  int n, bad;
+  uint8_t *data[NCH];
+  size_t len[NCH];
+  e8kv_chunk ch[NCH];
+} lf_got;
+
+static int on_layer_frames(void *ctx, const e8kv_chunk *c) {
+  lf_got *g = ctx;
+  if (g->n >= NCH || c->encoding != E8KV__V1__ENCODING__ENCODING_E8_LAYER_FRAMES ||
+      c->layer_begin != 1 || c->layer_end != 2) {
+    g->bad = 1;
+    return 1;
+  }
+  g->data[g->n] = malloc(c->bytes);
+  memcpy(g->data[g->n], c->data, c->bytes);
+  g->ch[g->n] = *c;
+  g->ch[g->n].data = g->data[g->n];
+  g->len[g->n++] = c->bytes;
+  return 0;
+}
+
+static void test_get_layer_frames(void **state) {
+  (void)state;
+  E8kv__V1__SessionRange range = E8KV__V1__SESSION_RANGE__INIT;
+  range.session = sess;
+  E8kv__V1__GetChunksRequest req = E8KV__V1__GET_CHUNKS_REQUEST__INIT;
+  req.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
+  req.range = &range;
+  req.encoding = E8KV__V1__ENCODING__ENCODING_E8_FRAME;
+  req.layer_begin = 1;
+  req.layer_end = 2;
+  lf_got g;
+  memset(&g, 0, sizeof g);
+  e8kv_error err;
+  EXPECT_OK(e8kv_get_chunks(cli, &req, on_layer_frames, &g, &err));
+  assert_false(g.bad);
+  assert_int_equal(g.n, NCH);
+  for (int c = 0; c < NCH; c++) {
+    assert_true(g.len[c] < frame_len[c]);
+    size_t n = (size_t)2 * H * chunk_n(c) * D; /* one layer, K and V */
+    uint16_t *want = malloc(n * 2), *have = malloc(n * 2);
+    e8kv_chunk whole = {.index = (uint32_t)c, .encoding = E8KV__V1__ENCODING__ENCODING_E8_FRAME,
+                        .data = frame[c], .bytes = frame_len[c]};
+    EXPECT_OK(e8kv_chunk_decode(cctx, &whole, 1, 2, want, E8C_DTYPE_F16, n * 2, &err));
+    EXPECT_OK(e8kv_chunk_decode(cctx, &g.ch[c], 1, 2, have, E8C_DTYPE_F16, n * 2, &err));
+    assert_memory_equal(want, have, n * 2);
+    /* a range the answer does not hold is the caller's error */
+    assert_int_equal(e8kv_chunk_decode(cctx, &g.ch[c], 0, 2, have, E8C_DTYPE_F16, n * 2, &err),
+                     E8KV_E_USAGE);
+    free(want);
+    free(have);
+    free(g.data[c]);
+  }
+}
+
 static void test_lookup_append_delete(void **state) {
   (void)state;
   e8kv_fingerprint_pb fpb;
@@ -487,6 +545,7 @@ int main(void) {
       cmocka_unit_test(test_put_encoded),
       cmocka_unit_test(test_get_session_and_list),
       cmocka_unit_test(test_get_chunks),
+      cmocka_unit_test(test_get_layer_frames),
       cmocka_unit_test(test_stream_deadline),
       cmocka_unit_test(test_lookup_append_delete),
       cmocka_unit_test(test_bad_input),

@@ -59,8 +59,8 @@ static void fuzz_put(const uint8_t *d, size_t n) {
     kvd_fp fp;
     uint32_t ct;
     if (kvd_fp_resolve(h->fingerprint, &fp, &st) == 0) {
-      kvd_fp_pb pb; /* what resolves must convert back */
-      kvd_fp_to_pb(&fp.fp, &pb);
+      e8kv_fingerprint_pb pb; /* what resolves must convert back */
+      e8kv_fingerprint_to_pb(&fp.fp, &pb);
       kvd_fp again;
       if (kvd_fp_resolve(&pb.m, &again, &st) != 0 || memcmp(again.id, fp.id, sizeof fp.id))
         abort();

@@ -293,6 +293,7 @@ int kvt_get(kvt_conn *c, const E8kv__V1__GetChunksRequest *rq, kvt_got *out, siz
         g->data = malloc(r->chunk_bytes + 1);
         g->start_token = r->start_token;
         g->n_tokens = r->n_tokens;
+        g->encoding = r->encoding;
         g->token_ids = calloc(r->n_token_ids + 1, sizeof *g->token_ids);
         memcpy(g->token_ids, r->token_ids, r->n_token_ids * sizeof *g->token_ids);
         if (r->chunk_key.len == 32) memcpy(g->key, r->chunk_key.data, 32);

@@ -80,6 +80,7 @@ typedef struct kvt_got {
   uint32_t n_tokens;
   uint32_t *token_ids;
   uint8_t key[32];
+  int encoding;           /* E8kv__V1__Encoding of the answer */
 } kvt_got;
 int kvt_get(kvt_conn *c, const E8kv__V1__GetChunksRequest *rq, kvt_got *out, size_t max,
             size_t *n_out, kvt_status *st, int timeout_ms);

@@ -151,8 +151,8 @@ static void test_fingerprints(void **state) {
   kvd_fp a, b;
   kvd_status st;
   assert_int_equal(kvd_fp_resolve(&f, &a, &st), 0);
-  kvd_fp_pb pb; /* codec -> wire -> codec keeps the id */
-  kvd_fp_to_pb(&a.fp, &pb);
+  e8kv_fingerprint_pb pb; /* codec -> wire -> codec keeps the id */
+  e8kv_fingerprint_to_pb(&a.fp, &pb);
   assert_int_equal(kvd_fp_resolve(&pb.m, &b, &st), 0);
   assert_memory_equal(a.id, b.id, 32);
   c.preset = "K3V2"; /* the default preset, spelled out: same id */
@@ -193,6 +193,70 @@ static void test_fingerprints(void **state) {
   expect_invalid(&f, "format_version");
   c.format_version = 0;
   expect_invalid(NULL, "required");
+}
+
+/* The default rule of proto/e8kv_fp.h: codec unset = e8c_config_default (sink token
+ * included) = the same configuration spelled out; an empty CodecConfig has no sink token. */
+static void test_fingerprint_codec_default(void **state) {
+  (void)state;
+  E8kv__V1__ModelFingerprint f;
+  E8kv__V1__RopeConfig r;
+  E8kv__V1__CodecConfig c;
+  fp_make(&f, &r, &c);
+  f.codec = NULL;
+  e8c_fingerprint unset, fp;
+  uint8_t id_unset[32], id[32];
+  char msg[256];
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &unset, id_unset, msg, sizeof msg), 0);
+  e8c_config def;
+  e8c_config_default(&def);
+  assert_memory_equal(&unset.config, &def, sizeof def);
+  assert_int_equal(unset.config.sink_tokens, 1);
+  f.codec = &c; /* the default spelled out: only sink_tokens is not "0 = default" */
+  c.preset = "K3V2";
+  c.sink_tokens = 1;
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &fp, id, msg, sizeof msg), 0);
+  assert_memory_equal(id, id_unset, 32);
+  c.preset = ""; /* every default value written out, as e8kv_fingerprint_to_pb does */
+  c.key_bits = 3;
+  c.value_bits = 2;
+  c.zstd_level = 1;
+  c.hadamard_seed = 0x65386b765f763031ull;
+  c.decorrelation = E8KV__V1__DECORRELATION__DECORRELATION_AUTO;
+  c.format_version = E8C_FORMAT_VERSION;
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &fp, id, msg, sizeof msg), 0);
+  assert_memory_equal(id, id_unset, 32);
+  c.entropy = E8KV__V1__ENTROPY__ENTROPY_V1; /* entropy is part of the id... */
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &fp, id, msg, sizeof msg), -1);
+  assert_non_null(strstr(msg, "format_version")); /* ...and V1 writes format 1, not 2 */
+  c.format_version = 1;
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &fp, id, msg, sizeof msg), 0);
+  assert_memory_not_equal(id, id_unset, 32);
+  e8kv_fingerprint_pb v1; /* and it survives codec -> wire -> codec */
+  e8kv_fingerprint_to_pb(&fp, &v1);
+  assert_int_equal(v1.codec.format_version, 1);
+  uint8_t id_v1[32];
+  assert_int_equal(e8kv_fingerprint_from_pb(&v1.m, &fp, id_v1, msg, sizeof msg), 0);
+  assert_memory_equal(id, id_v1, 32);
+  c.entropy = E8KV__V1__ENTROPY__ENTROPY_RANS32;
+  c.format_version = E8C_FORMAT_VERSION;
+  e8kv_fingerprint_pb pb; /* and what the clients send for the default config */
+  e8kv_fingerprint_to_pb(&unset, &pb);
+  assert_int_equal(e8kv_fingerprint_from_pb(&pb.m, &fp, id, msg, sizeof msg), 0);
+  assert_memory_equal(id, id_unset, 32);
+  assert_int_equal(pb.codec.sink_tokens, 1);
+  uint8_t wire[512]; /* the same through the serialized form (ctypes callers) */
+  assert_true(e8kv__v1__model_fingerprint__get_packed_size(&pb.m) < sizeof wire);
+  size_t wl = e8kv__v1__model_fingerprint__pack(&pb.m, wire);
+  memset(id, 0, sizeof id);
+  assert_int_equal(e8kv_fingerprint_from_pb_bytes(wire, wl, &fp, id, msg, sizeof msg), 0);
+  assert_memory_equal(id, id_unset, 32);
+  assert_int_equal(e8kv_fingerprint_from_pb_bytes("\xff\xff", 2, &fp, id, msg, sizeof msg), -1);
+  assert_non_null(strstr(msg, "do not parse"));
+  e8kv__v1__codec_config__init(&c); /* empty message: no sink token, another id */
+  assert_int_equal(e8kv_fingerprint_from_pb(&f, &fp, id, msg, sizeof msg), 0);
+  assert_int_equal(fp.config.sink_tokens, 0);
+  assert_memory_not_equal(id, id_unset, 32);
 }
 
 static void test_sessions_and_payload(void **state) {
@@ -244,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_config),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_fingerprints),
+      cmocka_unit_test(test_fingerprint_codec_default),
       cmocka_unit_test(test_sessions_and_payload),
   };
   return cmocka_run_group_tests_name("e8kvd units", tests, NULL, NULL);
