@@ -12,8 +12,8 @@
 #
 # What it needs besides the tree (first found wins):
 #   libe8codec.so + libzstd/libisal: build/quality/bundle/lib (make BUILD=build/quality
-#       quality-bundle), else the e2e bundle (build/e2e-dev/bundle, or .e2e-model/2/bundle.tar.xz
-#       unpacked here into build/quality-dev);
+#       quality-bundle), else the e2e bundle (build/e2e-dev/bundle, or .e2e-model/{1,2}/
+#       bundle.tar.xz unpacked here into build/quality-dev);
 #   the gguf Python package: already importable, else a gguf wheel from either bundle's whl/;
 #   WikiText-2: build/quality/bundle/wikitext-2-raw-test.txt.gz, else ../shared/data, else the
 #       e2e's first 256 KiB (.e2e-model/2; then fewer windows fit, and the JSON's notes say so).
@@ -51,10 +51,13 @@ bundle=""
 for b in build/quality/bundle build/e2e-dev/bundle build/quality-dev/bundle; do
   [ -f "$b/lib/libe8codec.so" ] && { bundle=$b; break; }
 done
-if [ -z "$bundle" ] && [ -f .e2e-model/2/bundle.tar.xz ]; then
-  "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-    .e2e-model/2/bundle.tar.xz build/quality-dev && bundle=build/quality-dev/bundle
-fi
+for t in .e2e-model/1/bundle.tar.xz .e2e-model/2/bundle.tar.xz; do
+  if [ -z "$bundle" ] && [ -f "$t" ]; then
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$t" build/quality-dev && [ -f build/quality-dev/bundle/lib/libe8codec.so ] &&
+      bundle=build/quality-dev/bundle
+  fi
+done
 [ -n "$bundle" ] || { echo "device-run: no libe8codec.so (make BUILD=build/quality quality-bundle, carry build/quality/bundle)"; return 1; }
 echo "device-run: codec library from $bundle"
 mkdir -p "$work/lib" "$work/site"
