@@ -24,17 +24,26 @@ typedef struct e8cu_table {
 typedef struct e8cu_off { size_t scales, points2, raw, end; uint32_t n_q, n_raw; } e8cu_off;
 
 #define E8CU_MAX_GROUPS 8
-#define E8CU_PIPE_EVENTS (2 + E8CU_MAX_GROUPS)
+/* Events of the group pipeline: one for the setup, then one per group for its kernels (and its
+ * records download) and one per group for its frames copy. Never shared between groups, so that
+ * a wait always means the group it names (no re-recording while a wait or a host read is pending). */
+#define E8CU_EV_SETUP 0
+#define E8CU_EV_KERN(g) (1 + (g))
+#define E8CU_EV_COPY(g) (1 + E8CU_MAX_GROUPS + (g))
+#define E8CU_PIPE_EVENTS (1 + 2 * E8CU_MAX_GROUPS)
 
 /* Device and host workspace of the GPU entropy stage (e8cu_entropy.c), grown on demand. */
 typedef struct e8cu_ews {
     void *d_fr, *d_hd, *d_M, *d_hist, *d_ws, *d_cw, *d_out, *d_total;
     size_t c_fr, c_hd, c_M, c_hist, c_ws, c_cw, c_out, c_total;
-    void *h_fr, *h_hd;   /* host copies of the frame (pinned) and head records */
+    void *h_fr, *h_hd;   /* host copies (pinned) of the frame and head records; encode: what the
+                          * kernels wrote (downloaded per group); decode: what is uploaded */
     size_t hc_fr, hc_hd;
+    void *h_up;          /* encode: the frame records as uploaded (pinned; never a download target) */
+    size_t hc_up;
     cudaStream_t copy;   /* frames between host and device while groups are coded */
     cudaStream_t aux;    /* a second kernel stream: two groups are coded at once */
-    cudaEvent_t ev[E8CU_PIPE_EVENTS]; /* [0, 1]: copies (and setup), [2, 2 + groups): group kernels */
+    cudaEvent_t ev[E8CU_PIPE_EVENTS]; /* E8CU_EV_SETUP, E8CU_EV_KERN(g), E8CU_EV_COPY(g) */
 } e8cu_ews;
 
 struct e8cu_ctx {

@@ -139,7 +139,7 @@ int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const v
     }
     int e = 0;
     if ((rc = e8cu_grow_pinned(ctx, &w->h_fr, &w->hc_fr, n * sizeof(e8cu_dframe))) ||
-        (rc = e8cu_grow_host(ctx, &w->h_hd, &w->hc_hd, nh_max * sizeof(e8cu_dhead))) ||
+        (rc = e8cu_grow_pinned(ctx, &w->h_hd, &w->hc_hd, (nh_max ? nh_max : 1) * sizeof(e8cu_dhead))) ||
         (rc = e8cu_grow_dev(ctx, &w->d_fr, &w->c_fr, n * sizeof(e8cu_dframe), "decode frame records")) ||
         (rc = e8cu_grow_dev(ctx, &w->d_hd, &w->c_hd, nh_max * sizeof(e8cu_dhead), "decode head records")) ||
         (rc = e8cu_grow_dev(ctx, &w->d_M, &w->c_M, nh_max * hd * sizeof(int32_t), "decode means")) ||
@@ -156,9 +156,9 @@ int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const v
         return rc;
     }
     /* the copy stream and the second kernel stream start after the caller's earlier work */
-    e = cudaEventRecord(w->ev[2], stream);
-    if (!e) e = cudaStreamWaitEvent(w->copy, w->ev[2], 0);
-    if (!e) e = cudaStreamWaitEvent(w->aux, w->ev[2], 0);
+    e = cudaEventRecord(w->ev[E8CU_EV_SETUP], stream);
+    if (!e) e = cudaStreamWaitEvent(w->copy, w->ev[E8CU_EV_SETUP], 0);
+    if (!e) e = cudaStreamWaitEvent(w->aux, w->ev[E8CU_EV_SETUP], 0);
     if (e) {
         free(slot);
         free(off);
@@ -204,8 +204,10 @@ int64_t e8cu_gpu_decode(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const v
                 }
         }
         e8cu_prof("dec check+stage", stream);
-        /* group g to the device on the copy stream; its kernels on stream after that copy */
-        cudaEvent_t evg = w->ev[g & 1];
+        /* group g to the device on the copy stream (from its own ranges of the pinned h_q, h_fr,
+         * h_hd, which the host does not touch again in this call); its kernels after that copy,
+         * through an event of its own (never re-recorded while a wait on it is pending) */
+        cudaEvent_t evg = w->ev[E8CU_EV_COPY(g)];
         e = cudaMemcpyAsync((uint8_t *)w->d_cw + slot[i0], (uint8_t *)h_q + slot[i0], slot[i1] - slot[i0],
                             cudaMemcpyHostToDevice, w->copy);
         if (!e) e = cudaMemcpyAsync((e8cu_dframe *)w->d_fr + i0, fr + i0, (i1 - i0) * sizeof *fr,

@@ -52,8 +52,10 @@ void e8cu_prof(const char *what, cudaStream_t stream)
 size_t e8cu_groups(size_t el, size_t n)
 {
     /* Off unless asked for: with many small, unequal frames cut into groups, frames came out
-     * wrong now and then (H200, tests/gpu many-items case with E8CU_GROUP_ELEMS=30000; cause
-     * not found yet, see bench/gpu/NOTES.md). One group is what the tests verify. */
+     * wrong now and then (H200, tests/gpu many-items case with E8CU_GROUP_ELEMS=30000; see
+     * bench/gpu/NOTES.md). The pipeline's buffers and events are now one per group and per
+     * direction (e8cu_gpu_pack's ordering rules); tests/gpu/test_e8cu_groups checks it on the
+     * device, repeatedly. Until a device run has passed it, one group stays the default. */
     const char *v = getenv("E8CU_GROUP_ELEMS");
     unsigned long long per = v ? strtoull(v, NULL, 10) : 0;
     if (per == 0) return 1;
@@ -69,7 +71,8 @@ void e8cu_entropy_free(e8cu_ctx *ctx)
     /* (cudaFree of NULL is a no-op) */
     for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cudaFree(d[i]);
     cudaFreeHost(w->h_fr);
-    free(w->h_hd);
+    cudaFreeHost(w->h_hd);
+    cudaFreeHost(w->h_up);
     for (int k = 0; k < E8CU_PIPE_EVENTS; k++)
         if (w->ev[k]) cudaEventDestroy(w->ev[k]);
     if (w->copy) cudaStreamDestroy(w->copy);
@@ -226,7 +229,15 @@ cudaStream_t e8cu_group_stream(const e8cu_ctx *ctx, size_t g, cudaStream_t strea
 
 /* Groups of items, each with its own workspace regions, coded on two streams at once; the host
  * then takes them in order: records, one copy of the frames (a third stream), headers on the
- * worker threads while the next groups are still being coded and copied. */
+ * worker threads while the next groups are still being coded and copied.
+ *
+ * Ordering rules (each buffer has one writer at a time, and every wait names its own group):
+ *   - the records are built in h_up and uploaded from there; the kernels' records come back per
+ *     group into h_fr, a different pinned buffer (no upload and download share memory);
+ *   - group g's kernels and records download end with event KERN(g); its frames copy waits for
+ *     KERN(g) on the device as well as on the host, and ends with event COPY(g);
+ *   - the host reads group g's records only after KERN(g), and writes group g's headers (and
+ *     copies its frames out) only after COPY(g); no event is recorded twice in one call. */
 int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8cu_qmeta *meta, const e8cu_off *off,
                       const void *d_q, void *h_out, size_t h_cap, void *const *dsts, const size_t *caps, size_t *sizes,
                       uint64_t *offsets, uint64_t *total, cudaStream_t stream)
@@ -240,11 +251,12 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
         if (meta[i].method == 1 && off[i].n_q > 0) nh_all += H;
         el += (size_t)H * items[i].p.n_tokens * hd;
     }
-    if ((rc = e8cu_grow_pinned(ctx, &w->h_fr, &w->hc_fr, n * sizeof(e8cu_eframe))) ||
-        (rc = e8cu_grow_host(ctx, &w->h_hd, &w->hc_hd, (nh_all ? nh_all : 1) * sizeof(e8cu_ehead))) ||
+    if ((rc = e8cu_grow_pinned(ctx, &w->h_up, &w->hc_up, n * sizeof(e8cu_eframe))) ||
+        (rc = e8cu_grow_pinned(ctx, &w->h_fr, &w->hc_fr, n * sizeof(e8cu_eframe))) ||
+        (rc = e8cu_grow_pinned(ctx, &w->h_hd, &w->hc_hd, (nh_all ? nh_all : 1) * sizeof(e8cu_ehead))) ||
         (rc = e8cu_pipe_init(ctx)))
         return rc;
-    e8cu_eframe *fr = w->h_fr;
+    e8cu_eframe *up = w->h_up, *fr = w->h_fr;
     e8cu_ehead *hr = w->h_hd;
     size_t ng = e8cu_groups(el, n);
     size_t gb[E8CU_MAX_GROUPS + 1], hb[E8CU_MAX_GROUPS + 1], wb[E8CU_MAX_GROUPS + 1], cb[E8CU_MAX_GROUPS + 1],
@@ -258,7 +270,7 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
         }
         gb[g + 1] = i;
         size_t ws = 0, cw = 0, cap = 0;
-        int64_t nh = group_records(ctx, gb[g], i, meta, off, fr, hr + hb[g], &ws, &cw, &cap);
+        int64_t nh = group_records(ctx, gb[g], i, meta, off, up, hr + hb[g], &ws, &cw, &cap);
         if (nh < 0) return nh;
         hb[g + 1] = hb[g] + (size_t)nh;
         wb[g + 1] = wb[g] + ws;
@@ -274,12 +286,14 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
         (rc = e8cu_grow_dev(ctx, &w->d_out, &w->c_out, ob[ng] + 16, "entropy output")) ||
         (rc = e8cu_grow_dev(ctx, &w->d_total, &w->c_total, 16 * ng, "entropy totals")))
         return rc;
-    /* every group's records up front; every kernel stream starts after them (and the quantize) */
-    int e = cudaMemcpyAsync(w->d_fr, fr, n * sizeof *fr, cudaMemcpyHostToDevice, stream);
+    /* every group's records up front; every kernel stream and the copy stream start after them
+     * (and after the caller's earlier work on stream: the quantize) */
+    int e = cudaMemcpyAsync(w->d_fr, up, n * sizeof *up, cudaMemcpyHostToDevice, stream);
     if (!e && nh_all) e = cudaMemcpyAsync(w->d_hd, hr, nh_all * sizeof *hr, cudaMemcpyHostToDevice, stream);
     if (!e) e = cudaMemsetAsync(w->d_hist, 0, n * 5 * 256 * sizeof(uint32_t), stream);
-    if (!e) e = cudaEventRecord(w->ev[0], stream);
-    if (!e) e = cudaStreamWaitEvent(w->aux, w->ev[0], 0);
+    if (!e) e = cudaEventRecord(w->ev[E8CU_EV_SETUP], stream);
+    if (!e) e = cudaStreamWaitEvent(w->aux, w->ev[E8CU_EV_SETUP], 0);
+    if (!e) e = cudaStreamWaitEvent(w->copy, w->ev[E8CU_EV_SETUP], 0);
     if (e) return e8cu_cuda_fail(ctx, e, "entropy records upload");
     e8cu_prof("enc records up", stream);
     e8cu_elaunch L[E8CU_MAX_GROUPS];
@@ -297,27 +311,27 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
         if (L[g].n_frames == 0) continue;
         cudaStream_t sg = e8cu_group_stream(ctx, g, stream);
         if ((e = e8cu_launch_entropy_encode(&L[g], sg))) return e8cu_cuda_fail(ctx, e, "entropy kernels");
-        /* the group's records back to the (pinned) host copy right behind its kernels */
+        /* the group's records back to its own range of h_fr right behind its kernels */
         e = cudaMemcpyAsync(fr + gb[g], L[g].fr, L[g].n_frames * sizeof *fr, cudaMemcpyDeviceToHost, sg);
-        if (!e) e = cudaEventRecord(w->ev[2 + g], sg);
+        if (!e) e = cudaEventRecord(w->ev[E8CU_EV_KERN(g)], sg);
         if (e) return e8cu_cuda_fail(ctx, e, "entropy records download");
     }
     uint64_t base = 0;
     int fits = 1;
-    long pend = -1; /* group whose frames are on their way to the host */
+    long pend = -1; /* group whose frames are on their way to the host (headers not written yet) */
     void *tmp = NULL; /* an overflowing group's output (more escapes than room was made for) */
     e8cu_hjob J = {ctx, items, meta, h_out, dsts, caps, sizes, offsets, 0};
     for (size_t g = 0; g < ng && !rc; g++) {
         size_t i0 = gb[g], ng_i = gb[g + 1] - i0;
         if (ng_i == 0) continue;
         cudaStream_t sg = e8cu_group_stream(ctx, g, stream);
-        e = cudaEventSynchronize(w->ev[2 + g]);
+        e = cudaEventSynchronize(w->ev[E8CU_EV_KERN(g)]);
         if (e) { rc = e8cu_cuda_fail(ctx, e, "entropy kernels or records download"); break; }
         e8cu_prof("enc records down", stream);
         uint64_t t = fr[i0 + ng_i - 1].frame_off + fr[i0 + ng_i - 1].frame_size;
         const unsigned char *src = L[g].out;
         if (t > L[g].out_cap) { /* place this group again into a buffer of its own */
-            e = cudaStreamSynchronize(w->copy);
+            e = cudaStreamSynchronize(w->copy); /* the previous tmp's copy is done */
             cudaFree(tmp);
             tmp = NULL;
             if (!e) e = cudaMalloc(&tmp, t + 16);
@@ -331,15 +345,14 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
             src = tmp;
         }
         for (size_t i = i0; i < i0 + ng_i; i++) fr[i].frame_off += base;
-        if (pend >= 0) { /* the previous group's copy must be done before the copy stream moves on */
-            e = cudaEventSynchronize(w->ev[pend & 1]);
-            if (e) { rc = e8cu_cuda_fail(ctx, e, "frames copy to the host"); break; }
-        }
         long prev = pend;
         pend = -1;
         if (fits && base + t <= h_cap) {
-            if (t) e = cudaMemcpyAsync((uint8_t *)h_out + base, src, t, cudaMemcpyDeviceToHost, w->copy);
-            if (!e) e = cudaEventRecord(w->ev[g & 1], w->copy);
+            /* on the device too, the copy comes after the group's kernels (not only because the
+             * host waited for them above) */
+            e = cudaStreamWaitEvent(w->copy, w->ev[E8CU_EV_KERN(g)], 0);
+            if (!e && t) e = cudaMemcpyAsync((uint8_t *)h_out + base, src, t, cudaMemcpyDeviceToHost, w->copy);
+            if (!e) e = cudaEventRecord(w->ev[E8CU_EV_COPY(g)], w->copy);
             if (e) { rc = e8cu_cuda_fail(ctx, e, "frames copy to the host"); break; }
             pend = (long)g;
         } else {
@@ -350,14 +363,16 @@ int64_t e8cu_gpu_pack(e8cu_ctx *ctx, size_t n, const e8cu_item *items, const e8c
             if (e) { rc = e8cu_cuda_fail(ctx, e, "frames copy to the host"); break; }
         }
         base += t;
-        if (prev >= 0) { /* headers of the previous group while this one travels */
+        if (prev >= 0) { /* headers of the previous group (its copy done) while this one travels */
+            e = cudaEventSynchronize(w->ev[E8CU_EV_COPY(prev)]);
+            if (e) { rc = e8cu_cuda_fail(ctx, e, "frames copy to the host"); break; }
             J.i0 = gb[prev];
             rc = e8cu_run_jobs(ctx, gb[prev + 1] - gb[prev], header_job, &J, "frame headers");
             e8cu_prof("enc headers", stream);
         }
     }
     if (!rc && pend >= 0) {
-        e = cudaEventSynchronize(w->ev[pend & 1]);
+        e = cudaEventSynchronize(w->ev[E8CU_EV_COPY(pend)]);
         if (e) rc = e8cu_cuda_fail(ctx, e, "frames copy to the host");
         J.i0 = gb[pend];
         if (!rc) rc = e8cu_run_jobs(ctx, gb[pend + 1] - gb[pend], header_job, &J, "frame headers");
