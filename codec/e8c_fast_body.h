@@ -3,7 +3,10 @@
  * for baseline x86-64 (SSE2) and by e8c_fast_avx2.c with -mavx2 -mf16c;
  * e8c_fast.c picks one at run time (cpuid).  Same arithmetic as the
  * reference, in the same order (FORMAT.md): element-wise loops the compiler
- * vectorizes, hand-written AVX2 for the E8 block search and fp16 loads.
+ * vectorizes; hand-written AVX2 for fp16 loads, the Hadamard butterflies,
+ * the E8 search (8 blocks at once, structure of arrays, branch-free), and
+ * the per-head layout passes e8c_pack.c calls (e8c_pack_head,
+ * e8c_head_points).
  * Reductions keep the spec's order (no -ffast-math), so bytes are identical.
  *
  * Define E8C_SFX (name suffix) before including.
@@ -55,9 +58,11 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
     for (uint32_t b = 0; b < hp->nblocks; b++) {
         float *x = v + hp->boff[b];
         uint32_t m = hp->bsize[b];
+        float g = hp->gain[b];
 #ifdef __AVX2__
         /* strides 1, 2, 4 inside one register: lane i gets a + c or a - c
          * with the same operands as the scalar butterfly */
+        const __m256 vg = _mm256_set1_ps(g);
         for (uint32_t j = 0; j < m; j += 8) {
             __m256 v = _mm256_loadu_ps(x + j), y;
             y = _mm256_permute_ps(v, 0xB1);
@@ -66,7 +71,21 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
             v = _mm256_blend_ps(_mm256_add_ps(v, y), _mm256_sub_ps(y, v), 0xCC);
             y = _mm256_permute2f128_ps(v, v, 1);
             v = _mm256_blend_ps(_mm256_add_ps(v, y), _mm256_sub_ps(y, v), 0xF0);
+            if (m == 8) v = _mm256_mul_ps(v, vg);
             _mm256_storeu_ps(x + j, v);
+        }
+        /* strides 8 .. m/2 on whole registers; the gain multiplies the last
+         * stage's results (the same two roundings as a separate pass) */
+        for (uint32_t hs = 8; hs < m; hs <<= 1) {
+            int last = 2 * hs == m;
+            for (uint32_t j = 0; j < m; j += 2 * hs)
+                for (uint32_t k = 0; k < hs; k += 8) {
+                    __m256 a = _mm256_loadu_ps(x + j + k), c = _mm256_loadu_ps(x + j + k + hs);
+                    __m256 s0 = _mm256_add_ps(a, c), s1 = _mm256_sub_ps(a, c);
+                    if (last) { s0 = _mm256_mul_ps(s0, vg); s1 = _mm256_mul_ps(s1, vg); }
+                    _mm256_storeu_ps(x + j + k, s0);
+                    _mm256_storeu_ps(x + j + k + hs, s1);
+                }
         }
 #else
         for (uint32_t j = 0; j < m; j += 2) { float a = x[j], c = x[j + 1]; x[j] = a + c; x[j + 1] = a - c; }
@@ -74,7 +93,6 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
             for (uint32_t k = 0; k < 2; k++) { float a = x[j + k], c = x[j + k + 2]; x[j + k] = a + c; x[j + k + 2] = a - c; }
         for (uint32_t j = 0; j < m; j += 8)
             for (uint32_t k = 0; k < 4; k++) { float a = x[j + k], c = x[j + k + 4]; x[j + k] = a + c; x[j + k + 4] = a - c; }
-#endif
         for (uint32_t hs = 8; hs < m; hs <<= 1)
             for (uint32_t j = 0; j < m; j += 2 * hs)
                 for (uint32_t k = 0; k < hs; k++) {
@@ -82,8 +100,8 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
                     x[j + k] = a + c;
                     x[j + k + hs] = a - c;
                 }
-        float g = hp->gain[b];
         for (uint32_t j = 0; j < m; j++) x[j] = x[j] * g;
+#endif
     }
 }
 
@@ -176,10 +194,84 @@ static inline __m256 FN(cand)(__m256 u, __m256 *dist)
     return f;
 }
 
+/* 8x8 transpose of rows r[0..8) in place. */
+static inline void FN(tr8)(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* FORMAT.md section 4's cand() for 8 blocks at once, structure of arrays:
+ * u[i] holds coordinate i of blocks 0..7.  Branch-free: the parity fix
+ * goes to the first coordinate with the largest |d| (strict >), as in the
+ * reference; the distance sums in the spec's tree order. */
+static inline __m256 FN(cand8)(const __m256 u[8], __m256 f[8])
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    __m256 d[8], m;
+    __m256i sum = _mm256_setzero_si256(), k = _mm256_setzero_si256();
+    for (int i = 0; i < 8; i++) {
+        f[i] = _mm256_round_ps(u[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        d[i] = _mm256_sub_ps(u[i], f[i]);
+        sum = _mm256_add_epi32(sum, _mm256_cvtps_epi32(f[i]));
+    }
+    m = _mm256_and_ps(d[0], absmask);
+    for (int i = 1; i < 8; i++) {
+        __m256 ad = _mm256_and_ps(d[i], absmask), gt = _mm256_cmp_ps(ad, m, _CMP_GT_OQ);
+        m = _mm256_blendv_ps(m, ad, gt);
+        k = _mm256_blendv_epi8(k, _mm256_set1_epi32(i), _mm256_castps_si256(gt));
+    }
+    __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(sum, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
+    __m256 e[8];
+    for (int i = 0; i < 8; i++) {
+        __m256 sel = _mm256_castsi256_ps(_mm256_and_si256(odd, _mm256_cmpeq_epi32(k, _mm256_set1_epi32(i))));
+        __m256 adj = _mm256_blendv_ps(_mm256_set1_ps(-1.0f), one, _mm256_cmp_ps(d[i], zero, _CMP_GE_OQ));
+        f[i] = _mm256_add_ps(f[i], _mm256_and_ps(sel, adj));
+        __m256 r = _mm256_sub_ps(u[i], f[i]);
+        e[i] = _mm256_mul_ps(r, r);
+    }
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])),
+                         _mm256_add_ps(_mm256_add_ps(e[4], e[5]), _mm256_add_ps(e[6], e[7])));
+}
+
 static void FN(e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
 {
     const __m256 vsf = _mm256_set1_ps(sf), half = _mm256_set1_ps(0.5f);
-    for (uint32_t b = 0; b < n; b += 8) {
+    uint32_t b = 0;
+    for (; b + 64 <= n; b += 64) { /* 8 blocks in SoA form */
+        __m256 t[8], u[8], f[8], g[8];
+        for (int i = 0; i < 8; i++) t[i] = _mm256_loadu_ps(y + b + 8 * i);
+        FN(tr8)(t);
+        for (int i = 0; i < 8; i++) {
+            t[i] = _mm256_div_ps(t[i], vsf);
+            u[i] = _mm256_sub_ps(t[i], half);
+        }
+        __m256 d0 = FN(cand8)(t, f), d1 = FN(cand8)(u, g);
+        __m256 c = _mm256_cmp_ps(d1, d0, _CMP_LT_OQ);
+        for (int i = 0; i < 8; i++) { /* 2f, or 2g + 1, as exact floats */
+            __m256 pf = _mm256_add_ps(f[i], f[i]);
+            __m256 pg = _mm256_add_ps(_mm256_add_ps(g[i], g[i]), _mm256_set1_ps(1.0f));
+            t[i] = _mm256_blendv_ps(pf, pg, c);
+        }
+        FN(tr8)(t);
+        for (int i = 0; i < 8; i += 2) {
+            __m256i a = _mm256_cvtps_epi32(t[i]), z = _mm256_cvtps_epi32(t[i + 1]);
+            __m256i pk = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, z), 0xD8);
+            _mm256_storeu_si256((__m256i *)(p2 + b + 8 * i), pk);
+        }
+    }
+    for (; b < n; b += 8) {
         __m256 t = _mm256_div_ps(_mm256_loadu_ps(y + b), vsf);
         __m256 d0, d1;
         __m256 f = FN(cand)(t, &d0);
@@ -238,6 +330,153 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
         }
     return 0;
 }
+
+#ifdef __AVX2__
+/* e8c_pack.c's head_fast with AVX2: one 8-block per step.  Same result:
+ * returns nonzero if a symbol is 255 or a value is out of range. */
+uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict hs, uint32_t Q,
+                             uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
+                             size_t b0, int32_t *restrict prev, int16_t *restrict p2);
+uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict hs, uint32_t Q,
+                             uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
+                             size_t b0, int32_t *restrict prev, int16_t *restrict p2)
+{
+    const __m256i one = _mm256_set1_epi32(1), lo = _mm256_set1_epi32(-16384), hi = _mm256_set1_epi32(16383);
+    const __m256i is7 = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 0, -1), v255 = _mm256_set1_epi32(255);
+    __m256i bad = _mm256_setzero_si256();
+    for (uint32_t j = 0; j < n; j++) prev[j] = 0;
+    size_t blk = b0, nb = (size_t)Q * (n / 8);
+    uint32_t j = 0;
+    for (size_t k = 0; k < nb; k++, blk++, j = j + 8 == n ? 0 : j + 8) {
+        /* 7 coordinate bytes and the half byte; the 8-byte load reads one
+         * byte past the 7 (the coords buffer holds n bytes per 8-block of
+         * 7: always readable) */
+        uint64_t w8;
+        memcpy(&w8, cs + 7 * k, 8);
+        w8 = (w8 & 0x00FFFFFFFFFFFFFFull) | ((uint64_t)hs[k] << 56);
+        __m256i z = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w8));
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(z, v255));
+        __m256i S = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_and_si256(z, one)));
+        if (mode == 2) {
+            S = _mm256_add_epi32(S, _mm256_loadu_si256((const __m256i *)(prev + j)));
+            _mm256_storeu_si256((__m256i *)(prev + j), S);
+        } else if (mode == 3) {
+            S = _mm256_add_epi32(S, _mm256_loadu_si256((const __m256i *)(M + j)));
+        }
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(lo, S), _mm256_cmpgt_epi32(S, hi)));
+        /* parity of S_0..S_6 from their low bits */
+        int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(S, 31))) & 0x7f;
+        int32_t par = __builtin_popcount((unsigned)mask) & 1;
+        int32_t c = (cos_bits[blk >> 3] >> (blk & 7)) & 1;
+        /* lane 7: q7 = 2 S7 + par; then P = 2 q + c (|P| < 2^16 checked) */
+        __m256i T = _mm256_add_epi32(S, _mm256_and_si256(is7, _mm256_add_epi32(S, _mm256_set1_epi32(par))));
+        __m256i P = _mm256_add_epi32(_mm256_slli_epi32(T, 1), _mm256_set1_epi32(c));
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(-32768), P),
+                                                   _mm256_cmpgt_epi32(P, _mm256_set1_epi32(32767))));
+        __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(P), _mm256_extracti128_si256(P, 1));
+        _mm_storeu_si128((__m128i *)(p2 + 8 * k), p16);
+    }
+    return (uint32_t)!_mm256_testz_si256(bad, bad);
+}
+#endif
+
+#ifdef __AVX2__
+static inline uint64_t FN(hsum32)(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(s);
+}
+
+static inline __m256i FN(zz8)(__m256i r)
+{
+    return _mm256_xor_si256(_mm256_slli_epi32(r, 1), _mm256_srai_epi32(r, 31));
+}
+
+/* e8c_pack.c's head_ints + decorrelate + escape-free emit for one head
+ * (Q >= 1 tokens), in three passes instead of five: S and the sums of
+ * modes 1, 2 and the column sums; the mean's cost; the chosen mode applied
+ * and written as bytes.  Same integers, same sums (exact), same mode, same
+ * bytes.  S gets R (the decorrelated integers), M the means.  Returns the
+ * mode; *esc = 1 if some zigzag value is >= 255: then cs/hs are not valid
+ * and the caller emits from S with escapes. */
+uint32_t FN(e8c_pack_head)(const int16_t *restrict p2, uint32_t Q, uint32_t n, uint32_t forced,
+                           int32_t *restrict S, int32_t *restrict M, uint8_t *restrict cs,
+                           uint8_t *restrict hs, int *esc);
+uint32_t FN(e8c_pack_head)(const int16_t *restrict p2, uint32_t Q, uint32_t n, uint32_t forced,
+                           int32_t *restrict S, int32_t *restrict M, uint8_t *restrict cs,
+                           uint8_t *restrict hs, int *esc)
+{
+    const __m256i shifts = _mm256_setr_epi32(1, 1, 1, 1, 1, 1, 1, 2);
+    int32_t col[E8C_MAX_HEAD_DIM], prow[E8C_MAX_HEAD_DIM];
+    uint64_t c1 = 0, c2 = 0, c3 = 0;
+    memset(col, 0, sizeof(int32_t) * n);
+    for (uint32_t t = 0; t < Q; t++) {
+        const int16_t *pr = p2 + (size_t)t * n;
+        int32_t *sr = S + (size_t)t * n;
+        __m256i a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256();
+        for (uint32_t j = 0; j < n; j += 8) {
+            __m256i P = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(pr + j)));
+            __m256i s = _mm256_srav_epi32(_mm256_sub_epi32(P, _mm256_set1_epi32(pr[j] & 1)), shifts);
+            _mm256_storeu_si256((__m256i *)(sr + j), s);
+            __m256i cl = _mm256_loadu_si256((const __m256i *)(col + j));
+            _mm256_storeu_si256((__m256i *)(col + j), _mm256_add_epi32(cl, s));
+            a1 = _mm256_add_epi32(a1, FN(zz8)(s));
+            if (t) a2 = _mm256_add_epi32(a2, FN(zz8)(_mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(sr - n + j)))));
+        }
+        uint64_t r1 = FN(hsum32)(a1);
+        c1 += r1;
+        c2 += t ? FN(hsum32)(a2) : r1;
+    }
+    for (uint32_t j = 0; j < n; j++) {
+        int64_t num = (int64_t)col[j] + Q / 2;
+        M[j] = (int32_t)(num >= 0 ? num / Q : -((-num + Q - 1) / Q));
+    }
+    for (uint32_t t = 0; t < Q; t++) {
+        const int32_t *sr = S + (size_t)t * n;
+        __m256i a3 = _mm256_setzero_si256();
+        for (uint32_t j = 0; j < n; j += 8)
+            a3 = _mm256_add_epi32(a3, FN(zz8)(_mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(sr + j)),
+                                                               _mm256_loadu_si256((const __m256i *)(M + j)))));
+        c3 += FN(hsum32)(a3);
+    }
+    uint32_t mode = forced;
+    if (forced == E8C_DECOR_AUTO) {
+        mode = 1;
+        if (c2 < c1) mode = 2;
+        if (c3 < (mode == 2 ? c2 : c1)) mode = 3;
+    }
+    memset(prow, 0, sizeof(int32_t) * n);
+    __m256i big = _mm256_setzero_si256();
+    const __m256i lim = _mm256_set1_epi32(254);
+    size_t nc = 0, nh = 0;
+    for (uint32_t t = 0; t < Q; t++) {
+        int32_t *sr = S + (size_t)t * n;
+        for (uint32_t j = 0; j < n; j += 8) {
+            __m256i s = _mm256_loadu_si256((const __m256i *)(sr + j)), r = s;
+            if (mode == 2) {
+                r = _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(prow + j)));
+                _mm256_storeu_si256((__m256i *)(prow + j), s);
+            } else if (mode == 3) {
+                r = _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(M + j)));
+            }
+            _mm256_storeu_si256((__m256i *)(sr + j), r);
+            __m256i z = FN(zz8)(r);
+            big = _mm256_or_si256(big, _mm256_cmpgt_epi32(z, lim));
+            /* 8 bytes (7 coordinates + the half) to cs; the 8th is
+             * overwritten by the next block (cs has room for it) */
+            __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(z), _mm256_extracti128_si256(z, 1));
+            __m128i w8 = _mm_packus_epi16(w16, w16);
+            _mm_storel_epi64((__m128i *)(cs + nc), w8);
+            hs[nh++] = (uint8_t)_mm_extract_epi8(w8, 7);
+            nc += 7;
+        }
+    }
+    *esc = !_mm256_testz_si256(big, big);
+    return mode;
+}
+#endif
 
 static void FN(store)(const e8c_tensor *dst, int64_t base, uint32_t n, const float *restrict x)
 {

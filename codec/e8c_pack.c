@@ -14,6 +14,13 @@
 
 #include "codec/e8c_internal.h"
 
+/* AVX2 build of head_fast (e8c_fast_body.h), for backend 3 */
+uint32_t e8c_head_points_avx2(const uint8_t *cs, const uint8_t *hs, uint32_t Q, uint32_t n,
+                              uint8_t mode, const int32_t *M, const uint8_t *cos_bits, size_t b0,
+                              int32_t *prev, int16_t *p2);
+uint32_t e8c_pack_head_avx2(const int16_t *p2, uint32_t Q, uint32_t n, uint32_t forced, int32_t *S,
+                            int32_t *M, uint8_t *cs, uint8_t *hs, int *esc);
+
 static uint32_t zz(int64_t v) { return v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1); }
 static int64_t unzz(uint64_t z) { return (z & 1) ? -(int64_t)(z >> 1) - 1 : (int64_t)(z >> 1); }
 
@@ -121,14 +128,15 @@ static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t 
     return 0;
 }
 
-/* S integers of one head into ints[Q][n] (FORMAT.md 5.2). */
-static void head_ints(const int16_t *p2, uint32_t Q, uint32_t n, int32_t *S)
+/* S integers of one head into ints[Q][n] (FORMAT.md 5.2).  Every 8-block
+ * of points2 is all even or all odd, so (P - c) / 2 is exact as a shift and
+ * floor(q_7 / 2) is an arithmetic shift too (gcc/clang: >> on negative
+ * values is arithmetic). */
+static void head_ints(const int16_t *restrict p2, uint32_t Q, uint32_t n, int32_t *restrict S)
 {
     for (size_t b = 0; b < (size_t)Q * n; b += 8) {
-        int c = p2[b] & 1;
-        for (int i = 0; i < 7; i++) S[b + i] = (p2[b + i] - c) / 2;
-        int32_t q7 = (p2[b + 7] - c) / 2;
-        S[b + 7] = q7 >= 0 ? q7 / 2 : -((-q7 + 1) / 2); /* floor(q7 / 2) */
+        int32_t c = p2[b] & 1;
+        for (int i = 0; i < 8; i++) S[b + i] = ((int32_t)p2[b + i] - c) >> (i == 7 ? 2 : 1);
     }
 }
 
@@ -216,14 +224,27 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
             w->sbuf[E8C_STREAM_SCALES_LO][v] = (uint8_t)q->scales[v];
         }
         size_t nb = nv * n / 8;
-        memset(w->sbuf[E8C_STREAM_COSETS], 0, (nb + 7) / 8);
-        for (size_t b = 0; b < nb; b++)
-            w->sbuf[E8C_STREAM_COSETS][b / 8] |= (uint8_t)((q->points2[8 * b] & 1) << (b % 8));
+        for (size_t B = 0; B < (nb + 7) / 8; B++) { /* one byte = 8 blocks, LSB first */
+            uint32_t byte = 0;
+            for (size_t k = 0; k < 8 && 8 * B + k < nb; k++)
+                byte |= (uint32_t)(q->points2[64 * B + 8 * k] & 1) << k;
+            w->sbuf[E8C_STREAM_COSETS][B] = (uint8_t)byte;
+        }
         size_t nc = 0, nh = 0, ne = 0, ne2 = 0, nm = 0;
         uint8_t *esc2 = w->sbuf[E8C_N_STREAMS];
         int32_t M[E8C_MAX_HEAD_DIM];
         for (uint32_t hh = 0; hh < H; hh++) {
             uint8_t mode = 1;
+            int esc = 1; /* 1: emit below, with escapes */
+            uint8_t *cs = w->sbuf[E8C_STREAM_COORDS], *hs = w->sbuf[E8C_STREAM_HALVES];
+#if defined(__x86_64__)
+            if (Q > 0 && ctx->backend == 3) {
+                mode = (uint8_t)e8c_pack_head_avx2(q->points2 + (size_t)hh * Q * n, Q, n,
+                                                   fp->config.decorrelation, w->ints, M, cs + nc,
+                                                   hs + nh, &esc);
+                if (!esc) { nc += (size_t)Q * n / 8 * 7; nh += (size_t)Q * n / 8; }
+            } else
+#endif
             if (Q > 0) {
                 head_ints(q->points2 + (size_t)hh * Q * n, Q, n, w->ints);
                 mode = decorrelate(w->ints, Q, n, fp->config.decorrelation, M);
@@ -231,10 +252,17 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
             w->sbuf[E8C_STREAM_MODES][nm++] = mode;
             if (mode == 3)
                 for (uint32_t j = 0; j < n; j++) nm += leb_put(w->sbuf[E8C_STREAM_MODES] + nm, zz(M[j]));
-            uint8_t *cs = w->sbuf[E8C_STREAM_COORDS], *hs = w->sbuf[E8C_STREAM_HALVES];
             uint8_t *es1 = w->sbuf[E8C_STREAM_ESCAPES];
-            for (size_t b = 0; b < (size_t)Q * n; b += 8) {
+            for (size_t b = 0; esc && b < (size_t)Q * n; b += 8) {
                 const int32_t *R = w->ints + b;
+                uint32_t z[8], big = 0;
+                for (int i = 0; i < 8; i++) { z[i] = zz32(R[i]); big |= z[i] >= 255; }
+                if (!big) { /* the common case: no escape */
+                    for (int i = 0; i < 7; i++) cs[nc + i] = (uint8_t)z[i];
+                    nc += 7;
+                    hs[nh++] = (uint8_t)z[7];
+                    continue;
+                }
                 for (int i = 0; i < 7; i++) ne = emit(cs, &nc, es1, ne, R[i]);
                 ne2 = emit(hs, &nh, esc2, ne2, R[7]);
             }
@@ -361,6 +389,40 @@ static int64_t head_points(e8c_ctx *ctx, int32_t *R, uint32_t Q, uint32_t n, uin
     return 0;
 }
 
+/* head_points for a frame without escapes, fused with reading the symbols:
+ * one pass, no branch per element (a 255 symbol, i.e. an escape that the
+ * empty escape stream cannot hold, or a value out of range marks the frame
+ * corrupt at the end of the head).  prev: n ints of scratch. */
+static int64_t head_fast(e8c_ctx *ctx, const uint8_t *restrict cs, const uint8_t *restrict hs,
+                         uint32_t Q, uint32_t n, uint8_t mode, const int32_t *M,
+                         const uint8_t *cos_bits, size_t b0, int32_t *restrict prev,
+                         int16_t *restrict p2)
+{
+    uint32_t bad = 0;
+    for (uint32_t j = 0; j < n; j++) prev[j] = 0;
+    size_t blk = b0;
+    for (size_t t = 0; t < Q; t++)
+        for (uint32_t j = 0; j < n; j += 8, cs += 7, hs++, p2 += 8, blk++) {
+            int32_t S[8];
+            for (int i = 0; i < 8; i++) {
+                uint32_t z = i < 7 ? cs[i] : hs[0];
+                bad |= z == 255;
+                S[i] = (int32_t)(z >> 1) ^ -(int32_t)(z & 1);
+            }
+            if (mode == 2)
+                for (int i = 0; i < 8; i++) { S[i] += prev[j + i]; prev[j + i] = S[i]; }
+            else if (mode == 3)
+                for (int i = 0; i < 8; i++) S[i] += M[j + i];
+            int32_t c = (cos_bits[blk >> 3] >> (blk & 7)) & 1, par = 0;
+            for (int i = 0; i < 8; i++) bad |= (uint32_t)(S[i] + 16384) > 32767u;
+            for (int i = 0; i < 7; i++) { par += S[i]; p2[i] = (int16_t)(2 * S[i] + c); }
+            int32_t v7 = 2 * (2 * S[7] + (par & 1)) + c;
+            bad |= (uint32_t)(v7 + 32768) > 65535u;
+            p2[7] = (int16_t)v7;
+        }
+    return bad ? e8c_fail(ctx, E8C_ERR_CORRUPT, "coordinate out of range or escape without escape bytes") : 0;
+}
+
 int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
                    const e8c_frame_info *fi)
 {
@@ -415,7 +477,7 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
     size_t eoff = 0, eoff2 = 0, n2 = 0, nm = 0, ic = 0, ih = 0;
     const uint8_t *E = w->sbuf[E8C_STREAM_ESCAPES], *MS = w->sbuf[E8C_STREAM_MODES];
     size_t elen = lens[E8C_STREAM_ESCAPES], mlen = lens[E8C_STREAM_MODES];
-    for (size_t i = 0; i < nv * n / 8 * 7; i++) n2 += w->sbuf[E8C_STREAM_COORDS][i] == 255;
+    for (size_t i = 0; elen && i < nv * n / 8 * 7; i++) n2 += w->sbuf[E8C_STREAM_COORDS][i] == 255;
     for (size_t k = 0; k < n2; k++) {
         uint32_t v;
         if (leb_get(E, elen, &eoff2, &v)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape stream");
@@ -429,9 +491,29 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
         for (uint32_t j = 0; mode == 3 && j < n; j++) {
             uint32_t z;
             if (leb_get(MS, mlen, &nm, &z)) return e8c_fail(ctx, E8C_ERR_CORRUPT, "mode stream");
-            M[j] = (int32_t)unzz(z);
+            int64_t m = unzz(z);
+            if (m < -16384 || m > 16383) /* a mean of coordinates in that range */
+                return e8c_fail(ctx, E8C_ERR_CORRUPT, "mean %lld out of range", (long long)m);
+            M[j] = (int32_t)m;
         }
         const uint8_t *cs = w->sbuf[E8C_STREAM_COORDS], *hs = w->sbuf[E8C_STREAM_HALVES];
+        if (elen == 0) { /* no escapes in the frame: symbols straight to points */
+#if defined(__x86_64__)
+            if (ctx->backend == 3) {
+                if (e8c_head_points_avx2(cs + ic, hs + ih, Q, n, mode, M, w->sbuf[E8C_STREAM_COSETS],
+                                         (size_t)hh * Q * n / 8, w->ints, q->points2 + (size_t)hh * Q * n))
+                    return e8c_fail(ctx, E8C_ERR_CORRUPT, "coordinate out of range or escape without escape bytes");
+            } else
+#endif
+            {
+                rc = head_fast(ctx, cs + ic, hs + ih, Q, n, mode, M, w->sbuf[E8C_STREAM_COSETS],
+                               (size_t)hh * Q * n / 8, w->ints, q->points2 + (size_t)hh * Q * n);
+                if (rc) return rc;
+            }
+            ic += (size_t)Q * n / 8 * 7;
+            ih += (size_t)Q * n / 8;
+            continue;
+        }
         for (size_t i = 0; i < (size_t)Q * n; i++) {
             int half = (i & 7) == 7;
             uint32_t z = half ? hs[ih++] : cs[ic++];

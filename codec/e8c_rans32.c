@@ -15,9 +15,9 @@
  * (2^44 + e) / f with 0 <= e < f, so x*m / 2^44 = x/f + x*e/(f*2^44) and
  * x*e < f^2 * 2^20 <= 2^44 (f <= 4096): the error stays below 1/f and the
  * floor is exact; x*m < 2^64 for the same reason.
- * Fast decoder: one 4096-entry slot table (symbol, f, slot - start) packed
- * in a u32; whole rounds run without bounds checks while at least K words
- * are left, the tail checks every word.
+ * Fast decoder: 4096-entry slot tables (f, slot - start, symbol) and a
+ * branch-free renormalization; whole rounds run without bounds checks while
+ * at least K words are left, the tail checks every word.
  */
 #include <string.h>
 
@@ -82,8 +82,14 @@ static int table_get(const uint8_t *src, size_t len, size_t *off, uint32_t f[256
 
 static void freqs(const uint8_t *src, size_t n, uint32_t f[256], uint32_t start[256])
 {
-    uint32_t cnt[256] = {0};
-    for (size_t i = 0; i < n; i++) cnt[src[i]]++;
+    uint32_t cnt[256] = {0}, c4[4][256];
+    size_t i = 0;
+    memset(c4, 0, sizeof c4); /* four sub-histograms: no store-to-load stalls on repeats */
+    for (; i + 4 <= n; i += 4) {
+        c4[0][src[i]]++; c4[1][src[i + 1]]++; c4[2][src[i + 2]]++; c4[3][src[i + 3]]++;
+    }
+    for (; i < n; i++) cnt[src[i]]++;
+    for (int s = 0; s < 256; s++) cnt[s] += c4[0][s] + c4[1][s] + c4[2][s] + c4[3][s];
     e8c_rans_normalize(cnt, n, f);
     for (uint32_t s = 0, acc = 0; s < 256; s++) { start[s] = acc; acc += f[s]; }
 }
@@ -166,13 +172,14 @@ typedef struct r32_esym {
     uint32_t start;
 } r32_esym;
 
+/* One encoding step.  Branch-free: the word is stored speculatively at
+ * *wp - 2 (the caller guarantees room) and kept only if needed. */
 static inline uint32_t r32_put(uint32_t x, const r32_esym *e, uint8_t **wp)
 {
-    if (x >= e->xmax) { /* taken for a fraction of symbols: a branch is cheaper than cmov chains */
-        *wp -= 2;
-        e8c_put16(*wp, x & 0xFFFF);
-        x >>= 16;
-    }
+    uint32_t need = (uint64_t)x >= e->xmax;
+    e8c_put16(*wp - 2, x & 0xFFFF);
+    *wp -= 2 * need;
+    x >>= 16 * need;
     uint32_t q = (uint32_t)(((uint64_t)x * e->rcp) >> 44);
     return x + e->start + q * e->cmpl;
 }
@@ -191,7 +198,8 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
     size_t h = 1 + table_put(f, hdr + 1), fixed = h + 4 * (size_t)K;
     if (fixed > cap) return 0;
     for (int s = 0; s < 256; s++) {
-        uint32_t fs = f[s] ? f[s] : 1;
+        if (!f[s]) continue; /* symbols that do not occur: never looked up */
+        uint32_t fs = f[s];
         es[s].xmax = (uint64_t)fs << 20;
         es[s].rcp = ((1ull << 44) + fs - 1) / fs;
         es[s].cmpl = R32_M - fs;
@@ -203,15 +211,26 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
      * may run down over the header's place (written last); fewer than 2K
      * bytes left below them means the total exceeds cap (fixed > 2K). */
     size_t full = N / K * K, i = N;
-    while (i > full) { i--; x[i % K] = r32_put(x[i % K], &es[sym[i]], &wp); }
+    while (i > full) { i--; x[i % K] = r32_put(x[i % K], &es[sym[i]], &wp); } /* room: fixed > 2K */
     if (K == 1) {
         uint32_t x0 = x[0];
         while (i > 0) {
-            if (wp - dst < 2) return 0;
+            if (wp - dst < 2) return 0; /* room for the speculative store */
             i--;
             x0 = r32_put(x0, &es[sym[i]], &wp);
         }
         x[0] = x0;
+    } else if (K == 8) { /* lanes in registers */
+        uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
+        while (i > 0) {
+            if (wp - dst < 16) return 0;
+            i -= 8;
+            x7 = r32_put(x7, &es[sym[i + 7]], &wp); x6 = r32_put(x6, &es[sym[i + 6]], &wp);
+            x5 = r32_put(x5, &es[sym[i + 5]], &wp); x4 = r32_put(x4, &es[sym[i + 4]], &wp);
+            x3 = r32_put(x3, &es[sym[i + 3]], &wp); x2 = r32_put(x2, &es[sym[i + 2]], &wp);
+            x1 = r32_put(x1, &es[sym[i + 1]], &wp); x0 = r32_put(x0, &es[sym[i]], &wp);
+        }
+        x[0] = x0; x[1] = x1; x[2] = x2; x[3] = x3; x[4] = x4; x[5] = x5; x[6] = x6; x[7] = x7;
     } else {
         while (i > 0) {
             if (wp - dst < (ptrdiff_t)(2 * K)) return 0;
@@ -227,16 +246,24 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
     return fixed + W2;
 }
 
-/* One decoding step of lane state x (slot table entry: sym << 24 |
- * f << 12 | slot - start, f <= 4095). */
-#define R32_STEP(x, o)                                                        \
-    do {                                                                      \
-        uint32_t e_ = tab[(x) & (R32_M - 1)];                                 \
-        (o) = (uint8_t)(e_ >> 24);                                            \
-        (x) = ((e_ >> 12) & 0xFFF) * ((x) >> 12) + (e_ & 0xFFF);              \
+/* One decoding step of lane state x with the split slot tables (tf: f,
+ * tb: slot - start, ts: symbol), then the branch-free renormalization:
+ * need = x < 2^16 from the borrow of a 64-bit subtraction. */
+#define R32_STEP(xl, o)                                                         \
+    do {                                                                        \
+        uint32_t slot_ = (xl) & (R32_M - 1);                                    \
+        (o) = ts[slot_];                                                        \
+        (xl) = (uint32_t)tf[slot_] * ((xl) >> 12) + tb[slot_];                  \
+    } while (0)
+#define R32_RENORM(xl)                                                          \
+    do {                                                                        \
+        uint32_t need_ = (uint32_t)(((uint64_t)(xl) - R32_L) >> 63);            \
+        uint32_t w_ = e8c_get16(wd + 2 * p);                                    \
+        (xl) = ((xl) << (need_ << 4)) | (w_ & (0u - need_));                    \
+        p += need_;                                                             \
     } while (0)
 
-int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, uint32_t *tab)
+int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)
 {
     uint32_t f[256], start[256], x[32];
     if (len < 1 || N == 0) return -1;
@@ -261,28 +288,35 @@ int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, ui
             if (x[l] != R32_L) return -1;
         return W == 0 ? 0 : -1;
     }
-    for (int s = 0; s < 256; s++)
-        for (uint32_t k = 0; k < f[s]; k++)
-            tab[start[s] + k] = ((uint32_t)s << 24) | (f[s] << 12) | k;
+    uint16_t *tf = (uint16_t *)tab, *tb = tf + R32_M;
+    uint8_t *ts = (uint8_t *)(tb + R32_M);
+    for (int s = 0; s < 256; s++) {
+        if (!f[s]) continue;
+        memset(ts + start[s], s, f[s]);
+        for (uint32_t k = 0; k < f[s]; k++) { tf[start[s] + k] = (uint16_t)f[s]; tb[start[s] + k] = (uint16_t)k; }
+    }
     size_t i = 0, full = N / K * K;
     if (K == 1) {
         uint32_t x0 = x[0];
         for (; i < N && p < W; i++) {
             R32_STEP(x0, out[i]);
-            uint32_t need = x0 < R32_L;
-            uint32_t w = e8c_get16(wd + 2 * p);
-            x0 = need ? (x0 << 16) | w : x0;
-            p += need;
+            R32_RENORM(x0);
         }
         x[0] = x0;
+    } else if (K == 8) { /* lanes in registers */
+        uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
+        for (; i < full && W - p >= 8; i += 8) {
+            R32_STEP(x0, out[i]); R32_RENORM(x0); R32_STEP(x1, out[i + 1]); R32_RENORM(x1);
+            R32_STEP(x2, out[i + 2]); R32_RENORM(x2); R32_STEP(x3, out[i + 3]); R32_RENORM(x3);
+            R32_STEP(x4, out[i + 4]); R32_RENORM(x4); R32_STEP(x5, out[i + 5]); R32_RENORM(x5);
+            R32_STEP(x6, out[i + 6]); R32_RENORM(x6); R32_STEP(x7, out[i + 7]); R32_RENORM(x7);
+        }
+        x[0] = x0; x[1] = x1; x[2] = x2; x[3] = x3; x[4] = x4; x[5] = x5; x[6] = x6; x[7] = x7;
     } else {
         for (; i < full && W - p >= K; i += K)
             for (uint32_t l = 0; l < K; l++) {
                 R32_STEP(x[l], out[i + l]);
-                uint32_t need = x[l] < R32_L;
-                uint32_t w = e8c_get16(wd + 2 * p);
-                x[l] = need ? (x[l] << 16) | w : x[l];
-                p += need;
+                R32_RENORM(x[l]);
             }
     }
     for (; i < N; i++) { /* tail: every word checked */

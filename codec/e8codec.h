@@ -68,6 +68,22 @@
  *   too; the CUDA codec supports rans32 only).  FORMAT.md fixes every
  *   floating-point operation and its order for that reason.
  *
+ * PERFORMANCE (make bench-codec QUICK=1, chunks of 256 tokens, fp16 in/out,
+ * one core of a shared AMD EPYC (Zen 3, AVX2) VM, thread CPU time;
+ * 2026-11-29, load average 12-16 on 2 cores, so +-20 %):
+ *   K3V2, entropy rans32: encode 0.27-0.33 GB/s, decode 0.40-0.52 GB/s of
+ *   fp16, i.e. 1.3-1.6 % / 2.2-2.5 % of memcpy of the same buffers in the
+ *   same run (18-21 GB/s).  Version 1 (zstd + 2-state rANS, scalar E8)
+ *   measured 0.07-0.10 / 0.13-0.21 GB/s on the same machine.  Where the
+ *   time goes (perf, K3V2): encode: rans32 encoding ~30 % (the K = 1
+ *   streams are one dependency chain), E8 search ~11 %, Hadamard ~10 %,
+ *   per-head layout ~11 %; decode: rans32 decoding ~45 %, Hadamard and
+ *   output ~25 %.  The goal of 10 % of memcpy is not reached.
+ *   The E8 search runs 8 blocks at once (AVX2, branch-free); the layout
+ *   and its inverse are AVX2 passes; rans32 uses exact reciprocals
+ *   (encoder) and split slot tables with branch-free renormalization
+ *   (decoder).  The reference backend is several times slower.
+ *
  * LIMITS (inputs beyond them are refused with E8C_ERR_LIMIT or
  * E8C_ERR_HEAD_DIM, frames claiming them with E8C_ERR_CORRUPT)
  */

@@ -33,6 +33,7 @@ typedef struct tcase {
     e8c_dtype dt;
     int strided;      /* input as [T][H][n] instead of [H][T][n] */
     uint32_t sinks, recent, protect, decor, entropy;
+    int tiny_step;    /* step 1/64: coordinates beyond 127, escapes */
 } tcase;
 
 static void make_ctxs(const tcase *c, e8c_ctx *ctx[3])
@@ -44,6 +45,7 @@ static void make_ctxs(const tcase *c, e8c_ctx *ctx[3])
     fp.config.protect_first = c->protect;
     fp.config.decorrelation = c->decor;
     fp.config.entropy = c->entropy;
+    if (c->tiny_step) fp.config.k_step = fp.config.v_step = 1.0f / 64;
     for (int b = 0; b < 3; b++) {
         int64_t err;
         ctx[b] = e8c_ctx_create(&fp, &err);
@@ -86,6 +88,8 @@ static void run_case(const tcase *c, e8t_rng *r)
     e8c_frame_params p = {c->layer, c->kind, c->T, c->first, 0, 0};
     int64_t na = e8c_frame_encode(ctx[0], &p, &t, g_a, BUF);
     assert_true(na > 0);
+    if (c->tiny_step && c->T > 8 && !c->protect) /* the escape stream is used */
+        assert_true(e8c_get32(g_a + E8C_FRAME_FIXED + E8C_DESC_SIZE * E8C_STREAM_ESCAPES + 1) > 0);
     assert_true(na <= e8c_frame_max_size(ctx[0], c->T));
     for (int b = 1; b < 3; b++) {
         int64_t nb = e8c_frame_encode(ctx[b], &p, &t, g_b, BUF);
@@ -157,6 +161,7 @@ static void test_ref_equals_fast_random(void **state)
         c.protect = (k % 11 == 3) ? 2 : 0;
         c.decor = (uint32_t)(e8t_u64(&r) % 4);
         c.entropy = (uint32_t)(k % 3); /* rans32, best, v1 */
+        c.tiny_step = k % 6 == 4;
         if (k % 10 == 9) c.T = 150 + (uint32_t)(e8t_u64(&r) % 100); /* rans32 with 8 lanes */
         if (c.sinks) c.first = (uint32_t)(e8t_u64(&r) % 3);
         run_case(&c, &r);
@@ -164,6 +169,52 @@ static void test_ref_equals_fast_random(void **state)
 }
 
 /* Gaussian K/V at the default preset: quality floor through the bytes. */
+/* Ties on purpose: constant, alternating, integer and half-integer
+ * patterns make many coordinates share |d| and round at .5, so the E8
+ * search's tie rules (first largest |d|, ties to D8, round-half-even) decide
+ * the bytes; every backend must agree. */
+static void test_ref_equals_fast_ties(void **state)
+{
+    (void)state;
+    static const uint32_t dims[] = {64, 128, 80, 8};
+    e8t_rng r = {31};
+    for (int di = 0; di < 4; di++) {
+        uint32_t n = dims[di], H = 2, T = 40;
+        tcase c = {0};
+        c.n = n; c.H = H; c.T = T; c.rope = E8C_ROPE_NONE; c.kind = E8C_V; c.dt = E8C_DTYPE_F32;
+        c.decor = 1;
+        e8c_ctx *ctx[3];
+        make_ctxs(&c, ctx);
+        size_t ne = (size_t)H * T * n;
+        float *x = malloc(4 * ne);
+        for (size_t i = 0; i < ne; i++) {
+            size_t t = i / n, j = i % n;
+            switch (t % 8) {
+            case 0: x[i] = 1.0f; break;
+            case 1: x[i] = (j & 1) ? -1.0f : 1.0f; break;
+            case 2: x[i] = (float)((int)(j % 5) - 2); break;
+            case 3: x[i] = 0.5f + (float)(j % 3); break;
+            case 4: x[i] = (j % 8 == 0) ? 8.0f : 0.0f; break;
+            case 5: x[i] = (float)((int)(e8t_u64(&r) % 9) - 4) * 0.25f; break;
+            case 6: x[i] = (j % 16 < 8) ? 0.75f : -0.25f; break;
+            default: x[i] = (float)(e8t_u64(&r) % 4) - 1.5f; break;
+            }
+        }
+        e8c_tensor t = e8c_tensor_contiguous(x, E8C_DTYPE_F32, T, n);
+        for (uint32_t kind = 0; kind < 2; kind++) {
+            e8c_frame_params p = {0, kind, T, 0, 0, 0};
+            int64_t na = e8c_frame_encode(ctx[0], &p, &t, g_a, BUF);
+            assert_true(na > 0);
+            for (int b = 1; b < 3; b++) {
+                assert_int_equal(e8c_frame_encode(ctx[b], &p, &t, g_b, BUF), na);
+                assert_memory_equal(g_a, g_b, (size_t)na);
+            }
+        }
+        free(x);
+        for (int b = 0; b < 3; b++) e8c_ctx_free(ctx[b]);
+    }
+}
+
 /* FORMAT.md 5.2: which coding each stream gets under each entropy config,
  * the version byte, and that best is never larger than rans32 or v1. */
 static void test_entropy_selection(void **state)
@@ -554,6 +605,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_equals_fast_random),
+        cmocka_unit_test(test_ref_equals_fast_ties),
         cmocka_unit_test(test_entropy_selection),
         cmocka_unit_test(test_version1_compat),
         cmocka_unit_test(test_quality_floor),

@@ -23,7 +23,7 @@
 #define MAXN 140000u
 static uint8_t *g_sym, *g_a, *g_b, *g_out, *g_out2;
 static uint16_t *g_words;
-static uint32_t g_tab[4096];
+static uint16_t g_tab[E8C_R32_TAB / 2];
 
 static int setup(void **state)
 {
