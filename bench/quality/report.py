@@ -118,11 +118,19 @@ def plot(result, path):
                          ("e8 lowest KL everywhere" if not losses else
                           f"{len(losses)} comparisons where a baseline is lower: " +
                           ", ".join(sorted({c['other'] for c in losses}))))
+        nq = [p["zstd"] for p in run["points"] if p.get("zstd")]
+        if nq:
+            z = nq[0]
+            basis = (f"zstd-22 on {z['sample_windows']} sample windows" if z["bpe_zstd22_sample"]
+                     else z["bpe_basis"])
+            lines.append(f"nexusquant bpe: {basis}; KL etc. over all windows")
         lines += ["", "KL: mean per-token KL(base || codec) over the scored continuation;",
                   "dPPL: PPL change, 95% paired bootstrap CI over windows; top1: argmax",
                   "agreement with the base; retr: top-1 on a repeated random span (probe,",
                   f"base {run.get('retrieval_base_acc') or float('nan'):.3f}); shaded: 2..4.5 bpe."]
         tx.text(0, 1, "\n".join(lines), family="monospace", fontsize=8.2, va="top")
+    if result.get("complete") is False:
+        fig.suptitle(f"PARTIAL RUN: {result.get('stop_reason')}", color="#d62728")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
