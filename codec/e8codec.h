@@ -71,9 +71,9 @@
  * PERFORMANCE (make bench-codec QUICK=1, chunks of 256 tokens, fp16 in/out,
  * one core of a shared AMD EPYC (Zen 3, AVX2) VM, thread CPU time;
  * 2026-11-29, load average 12-16 on 2 cores, so +-20 %):
- *   K3V2, entropy rans32: encode 0.27-0.33 GB/s, decode 0.40-0.52 GB/s of
- *   fp16, i.e. 1.3-1.6 % / 2.2-2.5 % of memcpy of the same buffers in the
- *   same run (18-21 GB/s).  Version 1 (zstd + 2-state rANS, scalar E8)
+ *   K3V2, entropy rans32 (three runs): encode 0.23-0.33 GB/s, decode
+ *   0.33-0.52 GB/s of fp16, i.e. 1.2-1.6 % / 1.7-2.5 % of memcpy of the
+ *   same buffers in the same run (17-21 GB/s).  Version 1 (zstd + 2-state rANS, scalar E8)
  *   measured 0.07-0.10 / 0.13-0.21 GB/s on the same machine.  Where the
  *   time goes (perf, K3V2): encode: rans32 encoding ~30 % (the K = 1
  *   streams are one dependency chain), E8 search ~11 %, Hadamard ~10 %,
