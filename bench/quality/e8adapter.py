@@ -18,6 +18,13 @@ MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _import_codec():
+    """e8kv.codec as the path finds it (device-run.sh puts a codec-only e8kv package first:
+    the full package's __init__ needs generated gRPC stubs); else the checkout's."""
+    try:
+        from e8kv import codec
+        return codec
+    except ImportError:
+        pass
     here = os.path.dirname(os.path.abspath(__file__))
     pkg = os.path.normpath(os.path.join(here, "..", "..", "clients", "python"))
     if pkg not in sys.path:

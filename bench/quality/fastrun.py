@@ -397,7 +397,8 @@ def e8_configs(presets, n_layers):
     """The e8kv configuration each preset ran with (every e8c_config field) and the library."""
     from .e8adapter import _import_codec
     C = _import_codec()
-    out = {"library_version": C.version()}
+    out = {"library_version": C.version(), "module": C.__file__,
+           "library": os.environ.get("E8KV_LIB")}
     for p in presets:
         try:
             cfg = C.Config(preset=p).to_c(n_layers)
