@@ -49,6 +49,10 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
   ns.namespace_name = (char *)who->ns;
   ns.chunks = ni.chunks;
   ns.stored_bytes = ni.used_bytes;
+  ns.tokens = ni.tokens;
+  ns.raw_fp16_bytes = ni.raw_bytes; /* PutChunks gives each chunk's fp16 K+V size */
+  /* bits per stored KV element: an fp16 element is 2 bytes */
+  ns.bpe = ni.raw_bytes ? (double)ni.used_bytes * 8.0 / (double)(ni.raw_bytes / 2) : 0.0;
   E8kv__V1__GetStatsResponse r;
   e8kv__v1__get_stats_response__init(&r);
   r.namespace_stats = &ns;

@@ -220,6 +220,12 @@ static void put_batch_clear(put_state *s) {
   s->batch_bytes = 0;
 }
 
+/* Bytes n_tokens tokens of the call's model take as fp16 K and V over all layers. */
+static uint64_t raw_fp16_bytes(const put_state *s, uint64_t n_tokens) {
+  const e8c_fingerprint *f = &s->fp.fp;
+  return n_tokens * 2ull * f->n_layers * f->n_kv_heads * f->head_dim * 2ull;
+}
+
 static int put_flush(put_state *s, kvd_status *st) {
   if (!s->n_batch) return 0;
   e8s_put_rec *recs = calloc(s->n_batch, sizeof *recs);
@@ -232,6 +238,7 @@ static int put_flush(put_state *s, kvd_status *st) {
     recs[i].n_tokens = r->n_tokens;
     recs[i].payload = r->payload;
     recs[i].payload_bytes = r->payload_bytes;
+    recs[i].raw_bytes = raw_fp16_bytes(s, r->n_tokens); /* NamespaceStats.raw_fp16_bytes */
   }
   int rc = kvd_commit_put(s->app->commit, s->who->ns_id, s->fp.id, recs, s->n_batch);
   size_t first = s->n_keys - s->n_batch;
@@ -450,8 +457,7 @@ static void put_reply(put_state *s, kvd_status *st) {
   r.chunks_deduplicated = s->dedup;
   r.tokens = s->tokens_total;
   r.stored_bytes = s->stored_bytes;
-  const e8c_fingerprint *f = &s->fp.fp;
-  r.raw_fp16_bytes = s->tokens_total * 2ull * f->n_layers * f->n_kv_heads * f->head_dim * 2ull;
+  r.raw_fp16_bytes = raw_fp16_bytes(s, s->tokens_total);
   r.fingerprint_id = (ProtobufCBinaryData){E8C_ID_SIZE, s->fp.id};
   kvd_sess loaded = {0};
   kvd_sess_pb spb;

@@ -169,7 +169,14 @@ typedef struct e8s_ns_info {
   uint64_t used_bytes;               /* live record bytes of its chunks */
   uint64_t chunks;                   /* live chunks */
   uint64_t created_ns;
+  uint64_t tokens;                   /* tokens of its live chunks (sum of n_tokens) */
+  uint64_t raw_bytes;                /* sum of its live chunks' e8s_put_rec.raw_bytes (what the
+                                        caller said each payload stands for, e.g. fp16 K+V) */
 } e8s_ns_info;
+/* used_bytes, chunks, tokens and raw_bytes change in the same LMDB transaction as the put,
+ * eviction, delete or quarantine that changes the chunk set, so they persist and never drift;
+ * compaction moves records and leaves them unchanged. A store written before tokens/raw_bytes
+ * existed gets them recomputed from its chunks at the first read-write open. */
 
 /* Creates namespace `name` (1..E8S_NAME_MAX bytes, no NUL). salt: 32 bytes, or NULL for 32
  * random bytes (OpenSSL RAND_bytes). info (may be NULL) receives the result.
@@ -220,6 +227,9 @@ typedef struct e8s_put_rec {
   uint32_t n_tokens;              /* 1..E8S_CHUNK_TOKENS_MAX */
   const void *payload;            /* opaque bytes; not retained after the call */
   uint64_t payload_bytes;         /* 1 .. 2^40 */
+  uint64_t raw_bytes;             /* bytes the payload stands for uncompressed (e.g. the chunk's
+                                     K and V as fp16), kept with the chunk and summed per
+                                     namespace (e8s_ns_info.raw_bytes); 0 = not given */
   /* out */
   int result;                     /* E8S_OK or an e8s_err for this record */
   int existed;                    /* 1: key already stored with the same token digest; nothing

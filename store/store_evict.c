@@ -13,13 +13,13 @@
 #include "store/store_int.h"
 
 int store_chunk_get(MDB_txn *txn, e8s_store *st, const uint8_t key[32], store_chunk_val *v) {
-  return store_get_fixed(txn, st->db_chunks, key, 32, v, sizeof *v);
+  return store_get_grown(txn, st->db_chunks, key, 32, v, sizeof *v, STORE_CHUNK_VAL_V1);
 }
 
 int store_ns_load(MDB_txn *txn, e8s_store *st, uint32_t ns_id, store_ns_val *v) {
   uint8_t k[4];
   store_be32(k, ns_id);
-  return store_get_fixed(txn, st->db_ns, k, 4, v, sizeof *v);
+  return store_get_grown(txn, st->db_ns, k, 4, v, sizeof *v, STORE_NS_VAL_V1);
 }
 
 int store_ns_store(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const store_ns_val *v) {
@@ -74,7 +74,8 @@ static int seg_account(MDB_txn *txn, e8s_store *st, uint64_t seg_id, uint64_t of
   return store_put(txn, st->db_segs, sk, 8, &sv, sizeof sv);
 }
 
-/* Adds or removes a record's bytes and chunk count to the store, namespace and segment. */
+/* Adds or removes a record's bytes and chunk count to the store, namespace and segment, and its
+ * tokens and raw bytes to the namespace. */
 static int account(MDB_txn *txn, e8s_store *st, const store_chunk_val *v, int sign,
                    int *seg_empty) {
   uint64_t bytes = store_rec_bytes(v->payload_bytes), used;
@@ -87,6 +88,10 @@ static int account(MDB_txn *txn, e8s_store *st, const store_chunk_val *v, int si
   if (e == E8S_OK) {
     ns.used = sign > 0 ? ns.used + bytes : (ns.used >= bytes ? ns.used - bytes : 0);
     ns.chunks = sign > 0 ? ns.chunks + 1 : (ns.chunks ? ns.chunks - 1 : 0);
+    ns.tokens = sign > 0 ? ns.tokens + v->n_tokens
+                         : (ns.tokens >= v->n_tokens ? ns.tokens - v->n_tokens : 0);
+    ns.raw_bytes = sign > 0 ? ns.raw_bytes + v->raw_bytes
+                            : (ns.raw_bytes >= v->raw_bytes ? ns.raw_bytes - v->raw_bytes : 0);
     if ((e = store_ns_store(txn, st, v->ns_id, &ns))) return e;
   } else if (e != E8S_ERR_NOTFOUND) return e;
   return seg_account(txn, st, v->seg_id, v->offset, bytes, sign, seg_empty);

@@ -190,6 +190,19 @@ int store_get_fixed(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, void *v
   return E8S_OK;
 }
 
+int store_get_grown(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, void *v, size_t vl,
+                    size_t old_vl) {
+  MDB_val key = {kl, (void *)k}, val;
+  int rc = mdb_get(txn, dbi, &key, &val);
+  if (rc == MDB_NOTFOUND) return E8S_ERR_NOTFOUND;
+  if (rc) return store_err_mdb(rc, "get");
+  if (val.mv_size != vl && val.mv_size != old_vl)
+    return store_err(E8S_ERR_CORRUPT, "index: value of %zu bytes, want %zu", val.mv_size, vl);
+  memset(v, 0, vl);
+  memcpy(v, val.mv_data, val.mv_size);
+  return E8S_OK;
+}
+
 int store_meta_get_u64(MDB_txn *txn, e8s_store *st, const char *name, uint64_t *v) {
   int e = store_get_fixed(txn, st->db_meta, name, strlen(name), v, sizeof *v);
   if (e == E8S_ERR_NOTFOUND) {

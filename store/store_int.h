@@ -12,6 +12,7 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -103,7 +104,9 @@ typedef struct store_chunk_val {     /* db "chunks": key[32] -> this */
   uint64_t seg_id, offset, payload_bytes, created_ns, tick;
   uint32_t crc, n_tokens, ns_id, refs;
   uint8_t fp[32], parent[32], digest[32];
+  uint64_t raw_bytes;  /* e8s_put_rec.raw_bytes; absent (0) in values of older stores */
 } store_chunk_val;
+#define STORE_CHUNK_VAL_V1 (sizeof(store_chunk_val) - 8) /* value size before raw_bytes */
 
 typedef struct store_seg_val {       /* db "segs": seg id (be64) -> this */
   uint64_t end;        /* bytes of the file covered by the index (truncate point at open) */
@@ -115,7 +118,9 @@ typedef struct store_ns_val {        /* db "ns": ns id (be32) -> this; "nsname":
   uint8_t salt[32];
   uint64_t quota, used, chunks, created_ns;
   char name[E8S_NAME_MAX + 1];
+  uint64_t tokens, raw_bytes; /* sums over its live chunks; absent in older stores (see open) */
 } store_ns_val;
+#define STORE_NS_VAL_V1 offsetof(store_ns_val, tokens) /* value size before tokens, raw_bytes */
 
 typedef struct store_sess_hdr {      /* db "sessions": ns id (be32) + name -> hdr, meta, keys */
   uint8_t fp[32];
@@ -230,6 +235,8 @@ void store_rtxn_end(e8s_store *st, MDB_txn *txn);
  * fn returns E8S_OK to commit, an error to abort, or STORE_MAPFULL_RETRY. */
 typedef int (*store_wtxn_fn)(e8s_store *st, MDB_txn *txn, void *ctx);
 int store_wtxn_run(e8s_store *st, store_wtxn_fn fn, void *ctx);
+/* Read-write open: fills tokens/raw_bytes of namespaces stored before they existed. */
+int store_ns_upgrade(e8s_store *st);
 /* The same, with wlock already held by the caller. */
 int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx);
 /* Commit with map-full handling: E8S_OK, STORE_MAPFULL_RETRY (aborted), or error (aborted). */
@@ -241,6 +248,10 @@ int store_put(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, const void *v
 int store_del(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl); /* NOTFOUND is OK */
 /* mdb_get into a fixed struct: E8S_OK, E8S_ERR_NOTFOUND, E8S_ERR_CORRUPT (size). */
 int store_get_fixed(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, void *v, size_t vl);
+/* As store_get_fixed, but a value of old_vl bytes (an older layout that is a prefix of this
+ * one) is accepted too, the rest of v zeroed. */
+int store_get_grown(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t kl, void *v, size_t vl,
+                    size_t old_vl);
 int store_meta_get_u64(MDB_txn *txn, e8s_store *st, const char *name, uint64_t *v);
 int store_meta_put_u64(MDB_txn *txn, e8s_store *st, const char *name, uint64_t v);
 void store_be32(uint8_t out[4], uint32_t v);

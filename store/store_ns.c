@@ -1,5 +1,6 @@
 /* store_ns.c: namespaces (name <-> id, salt, quota, usage) and fingerprints (id -> blob). */
 #include <openssl/rand.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "store/store_int.h"
@@ -21,6 +22,8 @@ static void to_info(e8s_ns_info *info, uint32_t id, const store_ns_val *v) {
   info->quota_bytes = v->quota;
   info->used_bytes = v->used;
   info->chunks = v->chunks;
+  info->tokens = v->tokens;
+  info->raw_bytes = v->raw_bytes;
   info->created_ns = v->created_ns;
 }
 
@@ -131,8 +134,9 @@ int e8s_ns_list(e8s_store *st, e8s_ns_info *out, size_t max, size_t *n_total) {
   for (rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
     store_ns_val nv;
-    if (k.mv_size != 4 || v.mv_size != sizeof nv) continue;
-    memcpy(&nv, v.mv_data, sizeof nv);
+    if (k.mv_size != 4 || (v.mv_size != sizeof nv && v.mv_size != STORE_NS_VAL_V1)) continue;
+    memset(&nv, 0, sizeof nv);
+    memcpy(&nv, v.mv_data, v.mv_size);
     const uint8_t *b = k.mv_data;
     if (*n_total < max)
       to_info(&out[*n_total], (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3], &nv);
@@ -185,4 +189,79 @@ int e8s_fp_get(e8s_store *st, const uint8_t fp_id[E8S_KEY_BYTES], void *buf, siz
   }
   store_rtxn_end(st, txn);
   return e;
+}
+
+/* Namespaces written before tokens/raw_bytes existed (value of STORE_NS_VAL_V1 bytes): rewrite
+ * them at full size with their chunks' tokens summed (raw_bytes stays 0: older chunks lack it). */
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int upgrade_sum(MDB_txn *txn, e8s_store *st, const uint32_t *ids, size_t n) {
+  MDB_cursor *c;
+  MDB_val k, v;
+  int e = E8S_OK, rc = mdb_cursor_open(txn, st->db_chunks, &c);
+  if (rc) return store_err_mdb(rc, "cursor");
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && !e;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    store_chunk_val cv;
+    memset(&cv, 0, sizeof cv);
+    if (v.mv_size != sizeof cv && v.mv_size != STORE_CHUNK_VAL_V1) continue;
+    memcpy(&cv, v.mv_data, v.mv_size);
+    if (!bsearch(&cv.ns_id, ids, n, sizeof *ids, cmp_u32)) continue;
+    store_ns_val ns;
+    if ((e = store_ns_load(txn, st, cv.ns_id, &ns))) break;
+    ns.tokens += cv.n_tokens;
+    ns.raw_bytes += cv.raw_bytes;
+    e = store_ns_store(txn, st, cv.ns_id, &ns);
+  }
+  mdb_cursor_close(c);
+  return e;
+}
+
+static int upgrade_fn(e8s_store *st, MDB_txn *txn, void *vc) {
+  (void)vc;
+  MDB_cursor *c;
+  MDB_val k, v;
+  uint32_t *ids = NULL;
+  size_t n = 0, cap = 0;
+  int e = E8S_OK, rc = mdb_cursor_open(txn, st->db_ns, &c);
+  if (rc) return store_err_mdb(rc, "cursor");
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 4 || v.mv_size != STORE_NS_VAL_V1) continue;
+    if (n == cap) {
+      uint32_t *m = realloc(ids, (cap = cap ? 2 * cap : 16) * sizeof *ids);
+      if (!m) { e = E8S_ERR_NOMEM; break; }
+      ids = m;
+    }
+    const uint8_t *b = k.mv_data;
+    ids[n++] = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+  }
+  mdb_cursor_close(c);
+  for (size_t i = 0; i < n && !e; i++) { /* zeroed counters, full size */
+    store_ns_val ns;
+    if (!(e = store_ns_load(txn, st, ids[i], &ns))) e = store_ns_store(txn, st, ids[i], &ns);
+  }
+  if (!e && n) e = upgrade_sum(txn, st, ids, n);
+  free(ids);
+  return e;
+}
+
+int store_ns_upgrade(e8s_store *st) {
+  MDB_txn *txn;
+  MDB_cursor *c;
+  MDB_val k, v;
+  int legacy = 0, e = store_rtxn_begin(st, &txn);
+  if (e) return e;
+  int rc = mdb_cursor_open(txn, st->db_ns, &c);
+  if (rc == 0) {
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && !legacy;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+      legacy = k.mv_size == 4 && v.mv_size == STORE_NS_VAL_V1;
+    mdb_cursor_close(c);
+  }
+  store_rtxn_end(st, txn);
+  return legacy ? store_wtxn_run(st, upgrade_fn, NULL) : E8S_OK; /* nothing to write: no txn */
 }

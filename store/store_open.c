@@ -102,6 +102,7 @@ static int open_inner(e8s_store *st) {
   if ((e = pick_engine(st)) || (e = pick_lane_engines(st))) return e;
   if ((e = store_index_open(st))) return e;
   if (!st->readonly && (e = store_seg_recover(st))) return e;
+  if (!st->readonly && (e = store_ns_upgrade(st))) return e;
   MDB_txn *txn;
   if ((e = store_rtxn_begin(st, &txn))) return e;
   uint64_t tick;

@@ -255,7 +255,8 @@ static int insert_planned(MDB_txn *txn, e8s_store *st, put_ctx *c) {
     store_chunk_val v = {.seg_id = it->seg_id, .offset = it->off,
                          .payload_bytes = r->payload_bytes, .created_ns = now,
                          .tick = atomic_fetch_add(&st->tick, 1) + 1, .crc = it->crc,
-                         .n_tokens = r->n_tokens, .ns_id = c->ns_id};
+                         .n_tokens = r->n_tokens, .ns_id = c->ns_id,
+                         .raw_bytes = r->raw_bytes};
     memcpy(v.fp, c->fp, 32);
     memcpy(v.parent, r->parent, 32);
     memcpy(v.digest, it->digest, 32);

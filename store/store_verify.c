@@ -52,9 +52,11 @@ int store_scan_page(e8s_store *st, const uint8_t *after, scan_item *out, size_t 
   if (rc == 0 && after && memcmp(k.mv_data, after, 32) == 0)
     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
   while (rc == 0 && *n < max) {
-    if (k.mv_size == 32 && v.mv_size == sizeof(store_chunk_val)) {
+    if (k.mv_size == 32 &&
+        (v.mv_size == sizeof(store_chunk_val) || v.mv_size == STORE_CHUNK_VAL_V1)) {
       memcpy(out[*n].key, k.mv_data, 32);
-      memcpy(&out[*n].rec, v.mv_data, sizeof(store_chunk_val));
+      memset(&out[*n].rec, 0, sizeof(store_chunk_val));
+      memcpy(&out[*n].rec, v.mv_data, v.mv_size);
       (*n)++;
     }
     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);

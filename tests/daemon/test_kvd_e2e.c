@@ -630,6 +630,19 @@ static void test_stats_verify_compact(void **state) {
       KVT_SVC "GetStats", &sq.base, &e8kv__v1__get_stats_response__descriptor);
   assert_string_equal(sr->namespace_stats->namespace_name, "default");
   assert_true(sr->namespace_stats->chunks >= 4);
+  { /* tokens, raw fp16 bytes and bpe from the store's namespace counters; the chunks here are
+       of test/tiny (2048 fp16 K+V bytes a token) or test/big (16384) */
+    const E8kv__V1__NamespaceStats *ns = sr->namespace_stats;
+    print_message("namespace: %llu chunks %llu tokens %llu stored %llu raw bpe %.3f\n",
+                  (unsigned long long)ns->chunks, (unsigned long long)ns->tokens,
+                  (unsigned long long)ns->stored_bytes, (unsigned long long)ns->raw_fp16_bytes,
+                  ns->bpe);
+    assert_true(ns->tokens >= ns->chunks);
+    assert_true(ns->raw_fp16_bytes >= ns->tokens * 2048 && ns->raw_fp16_bytes <= ns->tokens * 16384);
+    assert_int_equal(ns->raw_fp16_bytes % 2048, 0);
+    double want = (double)ns->stored_bytes * 8.0 / (double)(ns->raw_fp16_bytes / 2);
+    assert_true(ns->bpe > 0 && fabs(ns->bpe - want) <= 1e-9 * want);
+  }
   assert_non_null(sr->store_stats); /* open mode = admin */
   assert_true(sr->store_stats->live_bytes > 0);
   protobuf_c_message_free_unpacked(&sr->base, NULL);

@@ -1,5 +1,6 @@
 /* test_store_evict.c: budgets and pins. LRU eviction order, session pins, a read in flight
- * pins its chunk, lookup leases expire, namespace quotas, fully dead segments are removed.
+ * pins its chunk, lookup leases expire, namespace quotas, fully dead segments are removed,
+ * per-namespace counters (chunks, bytes, tokens, raw bytes).
  * Runs on both io engines. */
 #include <dirent.h>
 #include <stdio.h>
@@ -226,6 +227,59 @@ static void test_dead_segment_removed(void **state) {
   for (int i = 6; i < 12; i++) assert_int_equal(tu_check(env, k[i], 300 + i, 200000), 0);
 }
 
+/* Puts chunk i alone, with raw_bytes = RAW(i) and CT tokens. */
+#define RAW(i) (4096ull * ((i) + 1))
+static int put_raw(tu_env *env, uint32_t i, uint8_t key[32]) {
+  uint32_t tok[CT];
+  uint8_t pl[PB], zero[32] = {0};
+  tu_tokens(tok, CT, 500 + i);
+  tu_payload(pl, PB, 500 + i);
+  e8s_put_rec r = {.tokens = tok, .n_tokens = CT, .payload = pl, .payload_bytes = PB,
+                   .raw_bytes = RAW(i)};
+  assert_int_equal(e8s_chunk_key(env->salt, env->fp, zero, tok, CT, r.key), 0);
+  memcpy(key, r.key, 32);
+  return e8s_put(env->st, env->ns, env->fp, &r, 1);
+}
+
+static void expect_ns(tu_env *env, uint64_t chunks, uint64_t tokens, uint64_t raw) {
+  e8s_ns_info ni;
+  assert_int_equal(e8s_ns_get_by_id(env->st, env->ns, &ni), 0);
+  assert_int_equal(ni.chunks, chunks);
+  assert_int_equal(ni.used_bytes, chunks * RB);
+  assert_int_equal(ni.tokens, tokens);
+  assert_int_equal(ni.raw_bytes, raw);
+  size_t n = 0; /* the list reports the same */
+  e8s_ns_info all[4];
+  assert_int_equal(e8s_ns_list(env->st, all, 4, &n), 0);
+  for (size_t i = 0; i < n && i < 4; i++)
+    if (all[i].id == env->ns) assert_true(all[i].tokens == tokens && all[i].raw_bytes == raw);
+}
+
+/* Namespace tokens/raw_bytes follow puts, a duplicate put, eviction, delete and compaction,
+ * and persist across a reopen. */
+static void test_ns_counters(void **state) {
+  tu_env *env = *state;
+  with_capacity(env, 3);
+  uint8_t k[5][32];
+  expect_ns(env, 0, 0, 0);
+  for (uint32_t i = 0; i < 3; i++) assert_int_equal(put_raw(env, i, k[i]), E8S_OK);
+  expect_ns(env, 3, 3 * CT, RAW(0) + RAW(1) + RAW(2));
+  assert_int_equal(put_raw(env, 1, k[1]), E8S_OK); /* existed: nothing changes */
+  expect_ns(env, 3, 3 * CT, RAW(0) + RAW(1) + RAW(2));
+  assert_int_equal(put_raw(env, 3, k[3]), E8S_OK); /* evicts chunk 0 (least recently used) */
+  assert_false(present(env, k[0]));
+  expect_ns(env, 3, 3 * CT, RAW(1) + RAW(2) + RAW(3));
+  assert_int_equal(e8s_chunk_delete(env->st, env->ns, k[2]), 0);
+  expect_ns(env, 2, 2 * CT, RAW(1) + RAW(3));
+  e8s_compact_report cr;
+  assert_int_equal(e8s_compact(env->st, 0.0, &cr, NULL, NULL), 0);
+  expect_ns(env, 2, 2 * CT, RAW(1) + RAW(3));
+  tu_reopen(env);
+  expect_ns(env, 2, 2 * CT, RAW(1) + RAW(3));
+  assert_int_equal(put_raw(env, 4, k[4]), E8S_OK);
+  expect_ns(env, 3, 3 * CT, RAW(1) + RAW(3) + RAW(4));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_lru_order, tu_setup, tu_teardown),
@@ -234,6 +288,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_lease_expiry, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_quota, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_dead_segment_removed, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_ns_counters, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_evict", tests);
 }
