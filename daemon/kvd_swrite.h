@@ -5,18 +5,11 @@
  *   CREATE   the session does not exist yet;
  *   CUT      the session exists and is cut at a chunk boundary (session_start_token), its
  *            first keep_chunks chunks kept and the new chunks appended after them.
- * libe8store has one transaction per call (e8s_session_create / _append / _set_meta), so a
- * change takes at most two store steps. kvd_swrite_commit orders them so that a failed
- * SECOND step is undone by one compensating step that restores the session as it was:
- *   APPEND   set_meta (if any), append          undo: set_meta(old metadata)
- *   CREATE   create, append                     undo: delete
- *   CUT      create REPLACE, append(kept + new) undo: create REPLACE(old metadata),
- *                                                     append(old chain)
- * During a CUT the old chain's chunks are held by read pins (e8s_chunk_open), so dropping the
- * session's pins at the REPLACE step never lets eviction take them before the undo. If the
- * undo itself fails (a second fault), the error says so and names the session's state.
- * Errors (a failed step, or the undo) are therefore never partly committed; a crash of the
- * process between two steps is (see the PutChunksResponse comment in the .proto).
+ * Each is ONE libe8store call, e8s_session_write, which runs in one LMDB transaction: the
+ * change is all or nothing on errors and across a crash of the process (tested by SIGKILL in
+ * tests/store/test_store_crash.c and by failing changes in tests/daemon/test_kvd_swrite.c).
+ * If the session changed since the caller loaded it (another chunk count than old's, or it
+ * now exists for a CREATE), the store refuses and the call says ABORTED.
  *
  * The caller holds the session's write lock (kvd_session_lock) for the whole call.
  */
@@ -40,12 +33,7 @@ typedef struct kvd_swrite {
 
 /* Applies w to the store, all or nothing (see above). 0, or -1 with st set: ABORTED when a
  * concurrent change made the chain not continue (e8s CONFLICT/EXISTS), else the store's
- * code; INTERNAL when an undo failed too. */
+ * code; the message says the session is unchanged. */
 int kvd_swrite_commit(e8s_store *s, const kvd_swrite *w, kvd_status *st);
-
-/* Test-only fault injection (process-wide): after `skip` store steps of kvd_swrite_commit
- * pass, the next `count` fail with E8S_ERR_NOSPC before reaching the store (undo steps count
- * too). kvd_swrite_test_fault(0, 0) turns it off. */
-void kvd_swrite_test_fault(unsigned skip, unsigned count);
 
 #endif

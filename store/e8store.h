@@ -336,6 +336,31 @@ int e8s_session_create(e8s_store *st, uint32_t ns_id, const char *name,
  * DATALOSS (a chunk quarantined), CONFLICT (not a continuation / other fingerprint), INVAL. */
 int e8s_session_append(e8s_store *st, uint32_t ns_id, const char *name,
                        const uint8_t (*keys)[E8S_KEY_BYTES], size_t n_keys);
+/* One session change in ONE LMDB transaction (so all or nothing, also across a crash):
+ *   create = 1: creates the session (EXISTS if it exists) for fp_id with meta, then appends
+ *               keys[0..n_keys);
+ *   create = 0: the session must exist with fingerprint fp_id (CONFLICT otherwise; fp_id may be
+ *               NULL: not checked) and hold exactly expect_chunks chunks, the count the caller
+ *               saw (CONFLICT otherwise: someone changed it), keep_chunks <= expect_chunks.
+ *               keep_chunks < its chunks: CUT, the chain becomes its
+ *               first keep_chunks keys followed by keys[] (the dropped tail's pins go; the
+ *               session's created time restarts); = its chunks: APPEND keys[]. set_meta = 1
+ *               replaces the metadata with meta (a CUT without set_meta keeps the old one).
+ * keys[] must continue the kept chain (as e8s_session_append). Errors: those of
+ * e8s_session_create and e8s_session_append; on any error nothing changed. */
+typedef struct e8s_session_change {
+  int create;
+  const uint8_t *fp_id;                  /* 32 bytes; required with create */
+  uint64_t expect_chunks;                /* create = 0 only */
+  uint64_t keep_chunks;                  /* create = 0 only */
+  int set_meta;                          /* create = 0 only (create always sets it) */
+  const void *meta;
+  size_t meta_bytes;                     /* 0..E8S_META_MAX */
+  const uint8_t (*keys)[E8S_KEY_BYTES];  /* appended, in chain order; may be NULL with 0 */
+  size_t n_keys;
+} e8s_session_change;
+int e8s_session_write(e8s_store *st, uint32_t ns_id, const char *name,
+                      const e8s_session_change *chg);
 /* Replaces the user metadata. Errors: NOTFOUND, INVAL, READONLY. */
 int e8s_session_set_meta(e8s_store *st, uint32_t ns_id, const char *name, const void *meta,
                          size_t meta_bytes);

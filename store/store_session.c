@@ -243,6 +243,70 @@ int e8s_session_get(e8s_store *st, uint32_t ns_id, const char *name, e8s_session
   return e;
 }
 
+/* e8s_session_write on an existing session: CUT (REPLACE + append of kept + new keys) or
+ * APPEND (set_meta, append), reusing the single-step functions inside one transaction. */
+static int change_existing(e8s_store *st, MDB_txn *txn, const sess_ctx *c, uint64_t expect,
+                           uint64_t keep, const uint8_t *fp) {
+  uint8_t k[4 + E8S_NAME_MAX];
+  size_t kl, vl;
+  int e = sess_key(c->ns_id, c->name, k, &kl);
+  if (e) return e;
+  store_sess_hdr h;
+  uint8_t *val;
+  if ((e = load(txn, st, k, kl, &h, &val, &vl))) return e;
+  if (fp && memcmp(fp, h.fp, 32) != 0)
+    e = store_err(E8S_ERR_CONFLICT, "session_write: session %s has another fingerprint", c->name);
+  else if (expect != h.n_chunks || keep > h.n_chunks)
+    e = store_err(E8S_ERR_CONFLICT, "session_write: session %s has %llu chunks, the change "
+                  "expects %llu and keeps %llu", c->name, (unsigned long long)h.n_chunks,
+                  (unsigned long long)expect, (unsigned long long)keep);
+  if (e) goto out;
+  if (keep == h.n_chunks) { /* APPEND */
+    if (c->set_meta && (e = meta_fn(st, txn, (void *)c))) goto out;
+    if (c->n_keys) e = append_fn(st, txn, (void *)c);
+    goto out;
+  }
+  size_t n = (size_t)keep + c->n_keys; /* CUT */
+  uint8_t(*chain)[32] = malloc(n * 32 + 1);
+  if (!chain) { e = E8S_ERR_NOMEM; goto out; }
+  memcpy(chain, val + sizeof h + h.meta_bytes, (size_t)keep * 32);
+  if (c->n_keys) memcpy(chain[keep], c->keys, c->n_keys * 32);
+  sess_ctx r = *c;
+  r.fp = h.fp;
+  r.flags = E8S_SESSION_REPLACE;
+  if (!c->set_meta) { r.meta = val + sizeof h; r.meta_bytes = h.meta_bytes; }
+  e = create_fn(st, txn, &r);
+  r.keys = (const uint8_t(*)[32])chain;
+  r.n_keys = n;
+  if (!e && n) e = append_fn(st, txn, &r);
+  free(chain);
+out:
+  free(val);
+  return e;
+}
+
+typedef struct write_ctx { sess_ctx c; uint64_t expect, keep; int create; } write_ctx;
+
+static int write_fn(e8s_store *st, MDB_txn *txn, void *vc) {
+  write_ctx *w = vc;
+  if (!w->create) return change_existing(st, txn, &w->c, w->expect, w->keep, w->c.fp);
+  int e = create_fn(st, txn, &w->c); /* flags 0: EXISTS if it exists */
+  return e || !w->c.n_keys ? e : append_fn(st, txn, &w->c);
+}
+
+int e8s_session_write(e8s_store *st, uint32_t ns_id, const char *name,
+                      const e8s_session_change *chg) {
+  if (!st || !chg || (chg->create && !chg->fp_id) || (!chg->meta && chg->meta_bytes) ||
+      chg->meta_bytes > E8S_META_MAX || (!chg->keys && chg->n_keys))
+    return store_err(E8S_ERR_INVAL, "session_write: bad argument");
+  write_ctx w = {.c = {.ns_id = ns_id, .name = name, .fp = chg->fp_id, .meta = chg->meta,
+                       .meta_bytes = chg->meta_bytes, .keys = chg->keys, .n_keys = chg->n_keys,
+                       .set_meta = chg->set_meta},
+                 .expect = chg->expect_chunks, .keep = chg->keep_chunks,
+                 .create = chg->create != 0};
+  return store_wtxn_run(st, write_fn, &w);
+}
+
 static int delete_fn(e8s_store *st, MDB_txn *txn, void *vc) {
   sess_ctx *c = vc;
   uint8_t k[4 + E8S_NAME_MAX];

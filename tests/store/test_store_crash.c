@@ -10,7 +10,10 @@
  * E8S_CRASH_KILLS (default 110) kills per io engine, so >= 200 per run. A second test does the
  * same with 3 writer threads in the child (E8S_CRASH_KILLS_MT, default 40 per engine): their
  * puts share groups and go through the write pipeline's stages at the same time (group
- * commit), and every put any of them saw acknowledged must survive the kill. */
+ * commit), and every put any of them saw acknowledged must survive the kill. A third kills a
+ * child changing a session with e8s_session_write (APPEND with metadata, CUT) and checks the
+ * session is always one whole change: metadata, chain and pins agree (E8S_CRASH_KILLS_SESS,
+ * default 30 per engine). */
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -197,6 +200,150 @@ static int env_int(const char *name, int def) {
   return v ? atoi(v) : def;
 }
 
+/* ---------------------------------------------------------------- session changes
+ * Chain A = a[0..8), chain B = a[0], b[0..3) (b continues a[0]). The child changes session "s"
+ * forever with e8s_session_write: an A prefix of L < 8 grows by 1..3 (APPEND + metadata),
+ * the full A is CUT to a[0] + b[0..3), B is CUT to a[0..3). Each change sets the metadata to
+ * "<chain>:<n_chunks>" in the same call. After every kill: the metadata matches the chain
+ * exactly, and every chunk is pinned once if in the chain, else not at all. A change made in
+ * two transactions (replace then append, or metadata then append) fails this check when the
+ * kill falls between them. */
+#define SW_A 8
+#define SW_B 3
+
+static void sw_put(tu_env *env, const uint8_t *parent, uint32_t seed, size_t n,
+                   uint8_t (*keys)[32]) {
+  uint8_t prev[32] = {0}, pl[64];
+  if (parent) memcpy(prev, parent, 32);
+  for (size_t i = 0; i < n; i++) {
+    uint32_t tok[CT];
+    tu_tokens(tok, CT, seed + (uint32_t)i);
+    tu_payload(pl, sizeof pl, seed + (uint32_t)i);
+    e8s_put_rec r = {.tokens = tok, .n_tokens = CT, .payload = pl, .payload_bytes = sizeof pl};
+    memcpy(r.parent, prev, 32);
+    assert_int_equal(e8s_chunk_key(env->salt, env->fp, parent || i ? prev : NULL, tok, CT,
+                                   r.key), 0);
+    assert_int_equal(e8s_put(env->st, env->ns, env->fp, &r, 1), E8S_OK);
+    memcpy(keys[i], r.key, 32);
+    memcpy(prev, r.key, 32);
+  }
+}
+
+typedef struct sw_chains { uint8_t a[SW_A][32], b[SW_B][32]; } sw_chains;
+
+/* Reads session "s": *chain 'A' or 'B', *n chunks (metadata checked against the keys). */
+static int sw_read(e8s_store *st, tu_env *env, const sw_chains *c, char *chain, uint64_t *n) {
+  uint8_t keys[16][32];
+  char meta[32] = {0};
+  e8s_session_info si;
+  if (e8s_session_get(st, env->ns, "s", &si, keys, 16, meta, sizeof meta - 1) != E8S_OK) return -1;
+  char tag = 0;
+  unsigned m = 0;
+  if (sscanf(meta, "%c:%u", &tag, &m) != 2 || m != si.n_chunks || si.n_chunks == 0) return -2;
+  for (uint64_t i = 0; i < si.n_chunks; i++) {
+    const uint8_t *want = tag == 'A' || i == 0 ? (i < SW_A ? c->a[i] : NULL)
+                                                : (i - 1 < SW_B ? c->b[i - 1] : NULL);
+    if (!want || memcmp(keys[i], want, 32) != 0) return -3;
+  }
+  *chain = tag;
+  *n = si.n_chunks;
+  return 0;
+}
+
+static void sw_child(tu_env *env, const sw_chains *c, int wfd, unsigned seed) {
+  e8s_store *st;
+  if (e8s_open(&env->cfg, &st) != E8S_OK) _exit(3);
+  for (;;) {
+    char tag;
+    uint64_t n;
+    if (sw_read(st, env, c, &tag, &n)) _exit(5);
+    char meta[32];
+    e8s_session_change chg = {.fp_id = env->fp, .set_meta = 1, .meta = meta, .expect_chunks = n};
+    if (tag == 'A' && n < SW_A) { /* APPEND */
+      uint64_t j = 1 + rand_r(&seed) % 3;
+      if (n + j > SW_A) j = SW_A - n;
+      chg.keep_chunks = n;
+      chg.keys = (const uint8_t(*)[32])c->a[n];
+      chg.n_keys = j;
+      snprintf(meta, sizeof meta, "A:%u", (unsigned)(n + j));
+    } else if (tag == 'A') { /* CUT to B */
+      chg.keep_chunks = 1;
+      chg.keys = (const uint8_t(*)[32])c->b;
+      chg.n_keys = SW_B;
+      snprintf(meta, sizeof meta, "B:%u", 1 + SW_B);
+    } else { /* CUT to A[0..3) */
+      chg.keep_chunks = 1;
+      chg.keys = (const uint8_t(*)[32])c->a[1];
+      chg.n_keys = 2;
+      snprintf(meta, sizeof meta, "A:3");
+    }
+    chg.meta_bytes = strlen(meta);
+    if (e8s_session_write(st, env->ns, "s", &chg) != E8S_OK) _exit(6);
+    if (write(wfd, "x", 1) != 1) _exit(4);
+  }
+}
+
+static void sw_check(tu_env *env, const sw_chains *c) {
+  char tag;
+  uint64_t n;
+  assert_int_equal(sw_read(env->st, env, c, &tag, &n), 0);
+  for (int i = 0; i < SW_A + SW_B; i++) {
+    const uint8_t *k = i < SW_A ? c->a[i] : c->b[i - SW_A];
+    int in = i == 0 || (tag == 'A' ? i < (int)n : i >= SW_A);
+    e8s_chunk_info ci;
+    assert_int_equal(e8s_chunk_stat(env->st, env->ns, k, &ci), E8S_OK);
+    assert_int_equal(ci.session_refs, in ? 1 : 0);
+  }
+}
+
+static void test_crash_session_write(void **state) {
+  tu_env *env = *state;
+  sw_chains c;
+  sw_put(env, NULL, 9000, SW_A, c.a);
+  sw_put(env, c.a[0], 9100, SW_B, c.b);
+  e8s_session_change first = {.create = 1, .fp_id = env->fp, .meta = "A:1", .meta_bytes = 3,
+                              .keys = (const uint8_t(*)[32])c.a, .n_keys = 1};
+  assert_int_equal(e8s_session_write(env->st, env->ns, "s", &first), E8S_OK);
+  sw_check(env, &c);
+  e8s_close(env->st);
+  env->st = NULL;
+  int kills = env_int("E8S_CRASH_KILLS_SESS", 30);
+  unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+  long changes = 0;
+  for (int k = 0; k < kills; k++) {
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    unsigned cseed = rand_r(&seed);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      close(fds[0]);
+      sw_child(env, &c, fds[1], cseed);
+    }
+    close(fds[1]);
+    struct timespec ts = {0, (long)(rand_r(&seed) % 40000) * 1000L};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    char buf[256];
+    ssize_t got;
+    while ((got = read(fds[0], buf, sizeof buf)) > 0 || (got < 0 && errno == EINTR))
+      changes += got > 0 ? got : 0;
+    close(fds[0]);
+    assert_false(WIFEXITED(wst)); /* killed, never failed */
+    tu_reopen(env);
+    sw_check(env, &c);
+    e8s_close(env->st);
+    env->st = NULL;
+  }
+  fprintf(stderr, "crash: session_write seed %u, %d kills, %ld session changes, checked after "
+          "every kill\n", seed, kills, changes);
+  assert_true(changes > 0);
+  tu_reopen(env);
+}
+
+
 static void test_crash_kill(void **state) { crash_kill(*state, env_int("E8S_CRASH_KILLS", 110), 1); }
 
 static void test_crash_kill_threads(void **state) {
@@ -207,6 +354,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_crash_kill, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_crash_kill_threads, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_crash_session_write, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_crash", tests);
 }
