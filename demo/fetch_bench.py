@@ -7,9 +7,10 @@ as they are and the chunks are as large as an uncompressed cache: the bytes move
 is measured here, not the codec), then reads all chunk keys back, --reps times per setting:
   get_chunks           one call, consumed in the calling thread (the plain client path)
   parallel N           Client.get_chunks_parallel(streams=N): N calls on N connections
-GB/s = chunk bytes received (1e9 bytes per GB) / wall time from the call to the last byte (best of --reps;
-the median is printed too). The page cache is warm after the first read (the store's own
-read path is measured by `make bench-store`). Machine, load and daemon threads are printed.
+GB/s = chunk bytes received (1e9 bytes per GB) / wall time from the call to the last byte
+(best of --reps; the median is printed too). The page cache is warm after the first read
+(the store's own read path is measured by `make bench-store`). Machine, load and daemon
+threads are printed. The put line's rate includes the daemon's raw-upload path.
 
     PYTHONPATH=clients/python python demo/fetch_bench.py --build build/py --streams 1,2,4
 """
@@ -100,7 +101,7 @@ def main():
         finally:
             rc = d.stop()
     print(f"{a.chunks} chunks x {a.chunk} tokens, {nbytes / 1e6:.0f} MB of chunks (put "
-          f"{stored / put_s / 1e9:.2f} GB/s raw upload), unix socket, e8kvd --threads "
+          f"{stored / put_s / 1e9:.2f} GB/s raw upload, the daemon encoding), unix socket, e8kvd --threads "
           f"{a.daemon_threads}; machine: {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.1f}; e8kvd exit {rc}")
     for k, v in res.items():

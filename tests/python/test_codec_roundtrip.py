@@ -209,8 +209,9 @@ def test_corrupted_truncated_and_foreign_frames():
 
 
 def test_fingerprint_from_proto_follows_the_daemon_rules():
-    """The wire's default rule (codec unset = the default configuration); see also
-    tests/python/test_fingerprint_parity.py, which compares the ids with a running e8kvd."""
+    """The message goes through libe8kv's conversion (the daemon's own code, with the
+    wire's default rule); tests/python/test_fingerprint_parity.py compares the ids with a
+    running e8kvd."""
     from e8kv import pb
     m = pb.ModelFingerprint(model_id="HuggingFaceTB/SmolLM2-135M-Instruct", n_layers=30,
                             n_kv_heads=3, head_dim=64, source_dtype=pb.DTYPE_FP32,

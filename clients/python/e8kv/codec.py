@@ -27,8 +27,8 @@ Thread safety: a Codec holds one e8c_ctx (workspace, last error), so use one Cod
 The module-level ``encode_chunk`` / ``decode_chunk`` keep one Codec per (thread, fingerprint).
 
 The fingerprint may also be given as an ``e8kv.v1.ModelFingerprint`` protobuf message; it is
-converted with the wire's default rule (proto/e8kv/v1/kvstore.proto), so the fingerprint id,
-which every chunk carries, is the daemon's (tests/python/test_fingerprint_parity.py). ``Config()`` with nothing set is
+converted by the C code e8kvd itself runs (proto/e8kv_fp.c, through libe8kv.so), so the
+fingerprint id, which every chunk carries, is the daemon's. ``Config()`` with nothing set is
 the library's (and the daemon's) default configuration.
 """
 import ctypes
@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import _fplib
 from . import _lib as L
 
 __all__ = ["CodecError", "Rope", "Config", "Fingerprint", "Codec", "presets", "version",
@@ -57,6 +58,8 @@ LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
 DECORS = {"auto": L.DECOR_AUTO, "none": L.DECOR_NONE, "delta": L.DECOR_DELTA,
           "mean": L.DECOR_MEAN}
 DECOR_NAMES = {v: k for k, v in DECORS.items()}
+ENTROPIES = {"rans32": L.ENTROPY_RANS32, "best": L.ENTROPY_BEST, "v1": L.ENTROPY_V1}
+ENTROPY_NAMES = {v: k for k, v in ENTROPIES.items()}
 KINDS = {"k": L.KIND_K, "v": L.KIND_V, 0: L.KIND_K, 1: L.KIND_V}
 
 
@@ -199,6 +202,7 @@ class Config:
     decorrelation: Optional[str] = None      # auto none delta mean
     zstd_level: Optional[int] = None
     hadamard_seed: Optional[int] = None
+    entropy: Optional[str] = None            # rans32 best v1 (codec/e8codec.h e8c_entropy)
 
     def to_c(self, n_layers: int) -> L.Config:
         lib = L.lib()
@@ -235,6 +239,10 @@ class Config:
             c.zstd_level = int(self.zstd_level)
         if self.hadamard_seed is not None:
             c.hadamard_seed = int(self.hadamard_seed)
+        if self.entropy is not None:
+            if self.entropy not in ENTROPIES:
+                raise ValueError(f"config.entropy {self.entropy!r} unknown ({sorted(ENTROPIES)})")
+            c.entropy = ENTROPIES[self.entropy]
         return c
 
     @classmethod
@@ -246,7 +254,8 @@ class Config:
                                    if c.protect_mask[i // 64] >> (i % 64) & 1],
                    sink_tokens=c.sink_tokens, recent_tokens=c.recent_tokens,
                    decorrelation=DECOR_NAMES.get(c.decorrelation, c.decorrelation),
-                   zstd_level=c.zstd_level, hadamard_seed=c.hadamard_seed)
+                   zstd_level=c.zstd_level, hadamard_seed=c.hadamard_seed,
+                   entropy=ENTROPY_NAMES.get(c.entropy, c.entropy))
 
 
 def default_config(n_layers: int = L.MAX_LAYERS) -> Config:
@@ -309,70 +318,29 @@ class Fingerprint:
         _check_rc(L.lib().e8c_fingerprint_id(ctypes.byref(self.to_c()), out), "fingerprint id")
         return bytes(out)
 
-
-_PB_SCALING = ["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
-_PB_DTYPE = {1: "float16", 2: "bfloat16", 3: "float32"}
+    def to_proto(self):
+        """The e8kv.v1.ModelFingerprint e8kvd resolves to this fingerprint (same id), every
+        value explicit, written by libe8kv's e8kv_fingerprint_to_pb."""
+        from .v1 import kvstore_pb2
+        return kvstore_pb2.ModelFingerprint.FromString(_fplib.to_wire(self.to_c()))
 
 
 def fingerprint_from_proto(pb) -> Fingerprint:
-    """The codec fingerprint of an e8kv.v1.ModelFingerprint message with the wire's rules
-    (proto/e8kv/v1/kvstore.proto, "THE DEFAULT RULE"): codec unset = the default
-    configuration (Config()); in a set CodecConfig a field documented "0 = default" takes
-    the default when 0 and the counts mean what they say; theta 0 = no RoPE, rotary_dim
-    0 = head_dim, factor 0 = 1 where a factor is used. ValueError naming the field."""
+    """The codec fingerprint of an e8kv.v1.ModelFingerprint message, exactly as e8kvd reads
+    it: the message's bytes go through libe8kv's e8kv_fingerprint_from_pb
+    (proto/e8kv_fp.c, the code e8kvd runs: "codec unset = the default configuration",
+    "0 = default" fields, rotary_dim 0 = head_dim, ...), so ``.id()`` is e8kvd's
+    fingerprint id. ValueError naming the field when the daemon would refuse it."""
     if not hasattr(pb, "SerializeToString"):
         raise TypeError(f"expected an e8kv.v1.ModelFingerprint message, got "
                         f"{type(pb).__name__}")
-    if pb.source_dtype not in _PB_DTYPE:
-        raise ValueError("fingerprint.source_dtype must be FP16, BF16 or FP32")
-    r = pb.rope
-    if r.theta == 0:
-        rope = Rope(type="none")
-    else:
-        if r.scaling >= len(_PB_SCALING):
-            raise ValueError(f"fingerprint.rope.scaling {r.scaling} is unknown")
-        kind = _PB_SCALING[r.scaling]
-        if r.layout not in (1, 2):
-            raise ValueError("fingerprint.rope.layout must be SPLIT_HALF or INTERLEAVED")
-        factor = r.factor
-        if factor == 0 and kind not in ("default", "longrope"):
-            factor = 1.0
-        rope = Rope(theta=r.theta, type=kind, layout="split_half" if r.layout == 1
-                    else "interleaved", rotary_dim=r.rotary_dim or pb.head_dim,
-                    original_max_pos=r.original_max_position_embeddings, factor=factor,
-                    low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
-                    beta_fast=r.beta_fast, beta_slow=r.beta_slow,
-                    attention_factor=r.attention_factor, yarn_no_truncate=r.yarn_no_truncate,
-                    short_factor=list(r.short_factor), long_factor=list(r.long_factor))
-    cfg = Config()
-    if pb.HasField("codec"):
-        c = pb.codec
-        preset = c.preset
-        if not preset and (c.key_bits or c.value_bits):
-            kb, vb = c.key_bits, c.value_bits
-            if kb != int(kb) or vb != int(vb) or not (2 <= kb <= 4 and 2 <= vb <= 4):
-                raise ValueError(f"fingerprint.codec: key_bits {kb} / value_bits {vb} must "
-                                 "be whole numbers in 2..4")
-            preset = f"K{int(kb)}V{int(vb)}"
-        for layer in c.protected_layers:
-            if layer >= pb.n_layers:
-                raise ValueError(f"fingerprint.codec.protected_layers: layer {layer} is not "
-                                 f"below n_layers {pb.n_layers}")
-        if c.decorrelation >= len(DECOR_NAMES):
-            raise ValueError(f"fingerprint.codec.decorrelation {c.decorrelation} is unknown")
-        if c.format_version not in (0, L.FORMAT_VERSION):
-            raise ValueError(f"fingerprint.codec.format_version {c.format_version} "
-                             "unsupported")
-        cfg = Config(preset=preset or None, k_step=c.key_step or None,
-                     v_step=c.value_step or None, protect_first=c.protect_first_layers,
-                     protect_last=c.protect_last_layers,
-                     protect_layers=list(c.protected_layers), sink_tokens=c.sink_tokens,
-                     recent_tokens=c.recent_window_tokens,
-                     decorrelation=DECOR_NAMES[c.decorrelation],
-                     zstd_level=c.zstd_level or None, hadamard_seed=c.hadamard_seed or None)
-    return Fingerprint(model_id=pb.model_id, n_layers=pb.n_layers, n_kv_heads=pb.n_kv_heads,
-                       head_dim=pb.head_dim, src_dtype=_PB_DTYPE[pb.source_dtype], rope=rope,
-                       config=cfg)
+    c, fid = _fplib.from_wire(pb.SerializeToString())
+    fp = Fingerprint.from_c(c)
+    if fp.id() != fid:
+        raise RuntimeError("e8kv.codec rebuilds another fingerprint than libe8kv resolved "
+                           f"for {fp.model_id!r}: e8kv.codec and libe8kv come from different "
+                           "builds (rebuild both: make)")
+    return fp
 
 
 def _as_fingerprint(fp) -> Fingerprint:

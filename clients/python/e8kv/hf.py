@@ -452,7 +452,7 @@ def measure_prefill_rate(client, model, n_tokens=DEFAULT_CHUNK_TOKENS, fingerpri
     return rate
 
 
-DEFAULT_FETCH_STREAMS = 2     # concurrent GetChunks per row (README "Python": measured)
+DEFAULT_FETCH_STREAMS = 4     # concurrent GetChunks per row (README "Python": measured)
 DECODE_BATCH = 8              # most chunks per decode_chunks_into call
 
 
@@ -629,5 +629,6 @@ def attention_mask_all_ones(mask):
 
 
 __all__ = ["model_fingerprint", "rope_config", "store_prefix", "restore_prefix", "prefill",
-           "measure_prefill_rate", "rates_for", "load_gguf", "cache_kwarg", "output_cache", "cache_layers", "new_cache",
-           "positions_from_mask", "Restored", "StoreResult", "errors"]
+           "measure_prefill_rate", "rates_for", "load_gguf", "cache_kwarg", "output_cache",
+           "cache_layers", "new_cache", "positions_from_mask", "Restored", "StoreResult",
+           "errors", "DEFAULT_FETCH_STREAMS"]
