@@ -53,7 +53,7 @@ def _forward(model, decs, cont):
     n = decs.shape[0]
     cache = M.make_cache([(decs[:, l, 0], decs[:, l, 1]) for l in range(decs.shape[1])])
     with torch.no_grad():
-        logits = model(input_ids=cont[None].expand(n, -1), past_key_values=cache,
+        logits = model(input_ids=cont[None].expand(n, -1).contiguous(), past_key_values=cache,
                        use_cache=True).logits
     return logits, cache
 
