@@ -1,11 +1,12 @@
-/* kvd_commit.h: group commit of concurrent PutChunks batches.
+/* kvd_commit.h: the PutChunks path into libe8store.
  *
- * libe8store makes one e8s_put call durable with one fdatasync, and serializes writers. When
- * several calls put at the same time, kvd_commit_put lets the first caller (the leader) take
- * every batch queued so far, merge those of the same (namespace, fingerprint) into one
- * e8s_put, and hand each caller its own records' results; the others wait. While a leader's
- * fdatasync runs, new batches queue up and go together in the next round. One caller alone
- * pays exactly what a direct e8s_put costs.
+ * Each PutChunks batch is one e8s_put from the calling gRPC worker thread, concurrently with
+ * the other workers' batches. libe8store groups concurrent e8s_put calls itself (group commit:
+ * shared io_uring submissions, one fdatasync per segment, one LMDB commit per index stage) and
+ * overlaps groups in its write pipeline over two write lanes (store/e8store.h, THREAD SAFETY),
+ * so N workers get more throughput than one; merging them here first (a single leader making
+ * one e8s_put at a time, as before) serialised the store's pipeline. The wrapper keeps the
+ * counts for metrics.
  *
  * Thread safety: any number of threads may call kvd_commit_put on one kvd_commit.
  */
@@ -23,13 +24,13 @@ kvd_commit *kvd_commit_create(e8s_store *st);
 /* NULL is a no-op. No call may be in kvd_commit_put. */
 void kvd_commit_free(kvd_commit *c);
 
-/* Same contract as e8s_put (per-record result/existed filled, durable on return, return
- * value E8S_OK or the first failing record's code), but possibly written together with other
- * callers' records. recs and their payloads must stay valid until it returns. */
+/* e8s_put (same contract: per-record result/existed filled, durable on return, return value
+ * E8S_OK or the first failing record's code); the store may write the records together with
+ * other callers'. recs and their payloads must stay valid until it returns. */
 int kvd_commit_put(kvd_commit *c, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
                    e8s_put_rec *recs, size_t n);
 
-/* Store calls made and records written since creation (for tests and metrics). */
+/* e8s_put calls made and records passed since creation (for tests and metrics). */
 void kvd_commit_stats(kvd_commit *c, uint64_t *store_calls, uint64_t *records);
 
 #endif

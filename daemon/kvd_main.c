@@ -97,8 +97,8 @@ static void store_gauges(void *ctx, FILE *f) {
             g[i].name, (unsigned long long)g[i].v);
   uint64_t calls, recs;
   kvd_commit_stats(app->commit, &calls, &recs);
-  fprintf(f, "# HELP e8kvd_store_writes_total Store writes (one fdatasync each) made by "
-             "PutChunks; group commit merges concurrent calls.\n"
+  fprintf(f, "# HELP e8kvd_store_writes_total Store put calls (e8s_put) made by PutChunks, "
+             "one a batch; the store group-commits concurrent calls.\n"
              "# TYPE e8kvd_store_writes_total counter\ne8kvd_store_writes_total %llu\n"
              "# HELP e8kvd_store_written_chunks_total Chunks handed to those writes.\n"
              "# TYPE e8kvd_store_written_chunks_total counter\n"
