@@ -195,7 +195,9 @@ __device__ __forceinline__ uint32_t e8cu_count255(const unsigned char *p, uint64
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const uintptr_t wa = a + 4 * k;
-            const uintptr_t b0 = lo > wa ? lo - wa : 0, b1 = hi < wa + 4 ? hi - wa : 4;
+            /* bytes [b0, b1) of this word are in range; a word wholly at or past hi has none
+             * (hi - wa would wrap: the shift below saw a huge count and took all 4 bytes) */
+            const uintptr_t b0 = lo > wa ? lo - wa : 0, b1 = hi <= wa ? 0 : hi < wa + 4 ? hi - wa : 4;
             if (b0 >= b1) continue;
             const uint32_t valid = (uint32_t)(((1ull << (8 * b1)) - 1) & ~((1ull << (8 * b0)) - 1));
             c += __popc(__vcmpeq4(ws[k], 0xffffffffu) & valid) / 8;
