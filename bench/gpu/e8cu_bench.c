@@ -342,8 +342,8 @@ int main(int argc, char **argv)
     double r_copy = gb / t_copy, r_qe = gb / t_qenc, r_qd = gb / t_qdec, r_ee = gb / t_eenc2, r_ed = gb / t_edec;
     double r_ep = gb / t_eenc;
 #if E8C_FORMAT_VERSION >= 2
-    const char *stage = fp.config.entropy == E8C_ENTROPY_RANS32 && !(getenv("E8CU_GPU_ENTROPY") &&
-                        *getenv("E8CU_GPU_ENTROPY") == '0') ? "rans32-gpu" : "libzstd";
+    const char *stage = fp.config.entropy == E8C_ENTROPY_RANS32 && getenv("E8CU_GPU_ENTROPY") &&
+                        *getenv("E8CU_GPU_ENTROPY") == '1' ? "rans32-gpu" : "host-packer";
 #else
     const char *stage = "libzstd";
 #endif

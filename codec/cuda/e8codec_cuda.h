@@ -27,7 +27,9 @@
  *   e8cu_pack falls back to the host packer (e8c_qlayer_pack on the worker threads: the CPU
  *   path's own code, so the bytes are still the CPU's) and e8cu_pack_frames refuses with
  *   E8C_ERR_CONFIG; decoding frames that use zstd or coding 2 goes through the host unpacker
- *   the same way. E8CU_GPU_ENTROPY=0 in the environment forces the host paths (same bytes).
+ *   the same way. The GPU entropy stage is OPT-IN: E8CU_GPU_ENTROPY=1 in the environment turns
+ *   it on; without it every config uses the host paths (same bytes). It stays opt-in until an
+ *   intermittent mismatch (one item of a 420-item mixed batch, H200, 2026-11-29) is found.
  *
  * PERFORMANCE (H200, make bench-gpu: 32 layers x 8 KV heads x head_dim 128 x 32K tokens,
  * fp16, frames of 256 tokens; device copy 2.1 TB/s counted as bytes copied per second)

@@ -308,6 +308,9 @@ static void test_damaged_frames(void **state)
 
 int main(void)
 {
+    /* the GPU entropy stage is opt-in (codec/cuda/e8cu_ctx.c): these tests exercise it, unless
+     * the caller set E8CU_GPU_ENTROPY itself (0 = the host packer) */
+    setenv("E8CU_GPU_ENTROPY", "1", 0);
     const char *q = getenv("GPU_QUICK");
     quick = q && *q && *q != '0';
     int dev = 0;
