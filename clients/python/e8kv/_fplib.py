@@ -36,22 +36,10 @@ _handle = None
 
 def library_path() -> str:
     """Where libe8kv.so is taken from (see the module doc); OSError if nowhere."""
-    env = os.environ.get("E8KV_CLIENT_LIB")
-    if env:
-        if not os.path.isfile(env):
-            raise OSError(f"E8KV_CLIENT_LIB={env} does not exist (build it: make)")
-        return env
-    cands = []
+    first = []
     if os.environ.get("E8KV_LIB"):             # the libe8codec.so e8kv.codec uses: same build
-        cands.append(Path(os.environ["E8KV_LIB"]).parent / "libe8kv.so")
-    if os.environ.get("E8KV_BUILD"):
-        cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / "libe8kv.so")
-    cands.append(Path(__file__).resolve().parents[3] / "build" / "lib" / "libe8kv.so")
-    for c in cands:
-        if c.is_file():
-            return str(c)
-    raise OSError("libe8kv.so not found: set E8KV_CLIENT_LIB to its path, or build it with "
-                  "`make` (looked at " + ", ".join(str(c) for c in cands) + ")")
+        first.append(Path(os.environ["E8KV_LIB"]).parent / "libe8kv.so")
+    return L.find_library("libe8kv.so", "E8KV_CLIENT_LIB", first)
 
 
 def lib():

@@ -136,23 +136,29 @@ OPTIONAL = {
 _lib = None
 
 
-def library_path() -> str:
-    """Where the library is taken from (see the module doc); raises if nowhere."""
-    env = os.environ.get("E8KV_LIB")
+def find_library(name: str, env_var: str, first=()) -> str:
+    """Path of our shared library `name`: $env_var if set (it must exist), else the first file
+    found among `first`, $E8KV_BUILD/lib/name and the repository's build/lib/name; raises
+    OSError naming every place looked at."""
+    env = os.environ.get(env_var)
     if env:
         if not os.path.isfile(env):
-            raise OSError(f"E8KV_LIB={env} does not exist (build it: make)")
+            raise OSError(f"{env_var}={env} does not exist (build it: make)")
         return env
-    cands = []
+    cands = list(first)
     if os.environ.get("E8KV_BUILD"):
-        cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / "libe8codec.so")
-    repo = Path(__file__).resolve().parents[3]
-    cands.append(repo / "build" / "lib" / "libe8codec.so")
+        cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / name)
+    cands.append(Path(__file__).resolve().parents[3] / "build" / "lib" / name)
     for c in cands:
         if c.is_file():
             return str(c)
-    raise OSError("libe8codec.so not found: set E8KV_LIB to its path, or build it with "
+    raise OSError(f"{name} not found: set {env_var} to its path, or build it with "
                   "`make` (looked at " + ", ".join(str(c) for c in cands) + ")")
+
+
+def library_path() -> str:
+    """Where the library is taken from (see the module doc); raises if nowhere."""
+    return find_library("libe8codec.so", "E8KV_LIB")
 
 
 def lib():
