@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "codec/cuda/e8codec_cuda.h"
+#include "tests/gpu/e8cu_testmain.h"
 #include "tests/codec/e8c_testgen.h"
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) fail_msg("%s: %s", #x, cudaGetErrorString(e_)); } while (0)
@@ -308,16 +309,8 @@ static void test_damaged_frames(void **state)
 
 int main(void)
 {
-    /* the GPU entropy stage is opt-in (codec/cuda/e8cu_ctx.c): these tests exercise it, unless
-     * the caller set E8CU_GPU_ENTROPY itself (0 = the host packer) */
-    setenv("E8CU_GPU_ENTROPY", "1", 0);
-    const char *q = getenv("GPU_QUICK");
-    quick = q && *q && *q != '0';
-    int dev = 0;
-    if (cudaGetDeviceCount(&dev) != cudaSuccess || dev == 0) {
-        fprintf(stderr, "test_e8cu_entropy: no CUDA device: this test needs an NVIDIA GPU (make test-gpu)\n");
-        return 1;
-    }
+    quick = e8cu_test_start("test_e8cu_entropy");
+    if (quick < 0) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escapes_and_lanes),
         cmocka_unit_test(test_outliers),
