@@ -196,8 +196,8 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
         }
         e8cu_table *ta = NULL, *tb = NULL;
         int64_t rc = 0;
-        if (A.on && (rc = e8cu_table_get(ctx, A.first, A.rows, A.key_L, &ta))) return rc;
-        if (B.on && (rc = e8cu_table_get(ctx, B.first, B.rows, B.key_L, &tb))) return rc;
+        if (A.on && (rc = e8cu_table_get(ctx, A.first, A.rows, A.key_L, stream, &ta))) return rc;
+        if (B.on && (rc = e8cu_table_get(ctx, B.first, B.rows, B.key_L, stream, &tb))) return rc;
         launch_common(ctx, &L, d_q);
         if (ta) { L.rope_cos = ta->d_cos; L.rope_sin = ta->d_sin; }
         if (tb) { L.rope_cos2 = tb->d_cos; L.rope_sin2 = tb->d_sin; }

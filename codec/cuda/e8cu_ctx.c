@@ -5,7 +5,11 @@
  * RoPE tables come from e8c_rope_cos_sin (FORMAT.md §2.2, computed on the host exactly as the
  * CPU path does) and are cached on the device per (first position, rows, rope_seq_len key).
  * Before a cache slot is overwritten, the event recorded after its last use is waited for, so
- * a table is never changed under a kernel still reading it.
+ * a table is never changed under a kernel still reading it. A table is uploaded with
+ * cudaMemcpyAsync on the stream of the launch that reads it (a plain cudaMemcpy from pageable
+ * memory returns before its DMA is done and orders nothing with a non-blocking stream: kernels
+ * read half-written tables now and then; H200, 2026-11-29), and a later launch on another
+ * stream waits for the upload's event.
  */
 #include <math.h>
 #include <pthread.h>
@@ -45,6 +49,7 @@ static void free_tables(e8cu_ctx *ctx)
         e8cu_table *t = &ctx->tab[i];
         if (t->has_event) cudaEventSynchronize(t->used);
         if (t->used) cudaEventDestroy(t->used);
+        if (t->ready) cudaEventDestroy(t->ready);
         cudaFree(t->d_cos);
         cudaFree(t->d_sin);
     }
@@ -71,9 +76,15 @@ static int64_t init_device(e8cu_ctx *ctx)
     e8c_hadamard_signs(fp->config.hadamard_seed, n, 0, signs);
     e8c_hadamard_signs(fp->config.hadamard_seed, n, 1, signs + n);
     int e = cudaMalloc((void **)&ctx->d_signs, sizeof(float) * 2 * n);
-    if (e == cudaSuccess) e = cudaMemcpy(ctx->d_signs, signs, sizeof(float) * 2 * n, cudaMemcpyHostToDevice);
-    for (int i = 0; e == cudaSuccess && i < E8CU_TABLES; i++)
+    /* on the legacy stream, waited for: a cudaMemcpy from pageable memory may return before
+     * its DMA is done, and the caller's (non-blocking) streams do not wait for that stream */
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(ctx->d_signs, signs, sizeof(float) * 2 * n, cudaMemcpyHostToDevice, cudaStreamLegacy);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(cudaStreamLegacy);
+    for (int i = 0; e == cudaSuccess && i < E8CU_TABLES; i++) {
         e = cudaEventCreateWithFlags(&ctx->tab[i].used, cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ctx->tab[i].ready, cudaEventDisableTiming);
+    }
     return e == cudaSuccess ? 0 : e8cu_cuda_fail(ctx, e, "context device tables");
 }
 
@@ -145,7 +156,8 @@ static uint32_t table_key(const e8c_fingerprint *fp, uint32_t L)
     return (fp->rope.type == E8C_ROPE_DYNAMIC || fp->rope.type == E8C_ROPE_LONGROPE) ? L : 0;
 }
 
-int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, e8cu_table **out)
+int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, cudaStream_t stream,
+                       e8cu_table **out)
 {
     uint32_t key = table_key(&ctx->fp, L), hr = ctx->fp.rope.rotary_dim / 2;
     ctx->tick++;
@@ -153,6 +165,8 @@ int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L,
         e8cu_table *t = &ctx->tab[i];
         if (t->valid && t->key == key && t->first <= first &&
             (uint64_t)first + rows <= (uint64_t)t->first + t->rows) {
+            int e = cudaStreamWaitEvent(stream, t->ready, 0);
+            if (e != cudaSuccess) return e8cu_cuda_fail(ctx, e, "waiting for a RoPE table's upload");
             t->last = ctx->tick;
             *out = t;
             return 0;
@@ -184,8 +198,11 @@ int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L,
         if (e != cudaSuccess) return e8cu_cuda_fail(ctx, e, "device RoPE table");
         t->cells = cells;
     }
-    e = cudaMemcpy(t->d_cos, ctx->h_cos, cells * sizeof(float), cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = cudaMemcpy(t->d_sin, ctx->h_sin, cells * sizeof(float), cudaMemcpyHostToDevice);
+    /* from pageable memory: h_cos/h_sin are staged before the calls return (free to reuse) */
+    e = cudaMemcpyAsync(t->d_cos, ctx->h_cos, cells * sizeof(float), cudaMemcpyHostToDevice, stream);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(t->d_sin, ctx->h_sin, cells * sizeof(float), cudaMemcpyHostToDevice, stream);
+    if (e == cudaSuccess) e = cudaEventRecord(t->ready, stream);
     if (e != cudaSuccess) return e8cu_cuda_fail(ctx, e, "RoPE table upload");
     t->valid = 1;
     t->key = key;
@@ -213,7 +230,10 @@ int64_t e8cu_ctx_reserve_positions(e8cu_ctx *ctx, uint32_t first_pos, uint32_t n
     if ((uint64_t)first_pos + n_positions > E8C_MAX_POSITION)
         return e8cu_fail(ctx, E8C_ERR_POSITION, "positions %u+%u exceed %u", first_pos, n_positions, E8C_MAX_POSITION);
     e8cu_table *t;
-    return e8cu_table_get(ctx, first_pos, n_positions, rope_seq_len ? rope_seq_len : first_pos + n_positions, &t);
+    int64_t rc = e8cu_table_get(ctx, first_pos, n_positions, rope_seq_len ? rope_seq_len : first_pos + n_positions,
+                                cudaStreamLegacy, &t);
+    int e = rc ? cudaSuccess : cudaStreamSynchronize(cudaStreamLegacy);
+    return rc ? rc : e ? e8cu_cuda_fail(ctx, e, "RoPE table upload") : 0;
 }
 
 /* ------------------------------------------------------------ workers */

@@ -18,6 +18,7 @@ typedef struct e8cu_table {
     float *d_cos, *d_sin;
     cudaEvent_t used;    /* recorded after each launch reading the table */
     int has_event;
+    cudaEvent_t ready;   /* recorded on the upload's stream right after the upload */
 } e8cu_table;
 
 /* Where item i's arrays sit in a qbatch (bytes from its start), for the actual policy. */
@@ -100,8 +101,11 @@ size_t e8cu_layout_range(const e8cu_ctx *ctx, size_t i0, size_t i1, size_t cur, 
 int64_t e8cu_fail(e8cu_ctx *ctx, int64_t code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int64_t e8cu_cuda_fail(e8cu_ctx *ctx, int e, const char *what);
 
-/* A device table covering positions [first, first+rows) at rope_seq_len L (built if needed). */
-int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, e8cu_table **out);
+/* A device table covering positions [first, first+rows) at rope_seq_len L (built if needed),
+ * ready for work enqueued on stream after this call: a new table is uploaded on stream itself,
+ * and stream waits for the upload of a cached one (which another stream may have made). */
+int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, cudaStream_t stream,
+                       e8cu_table **out);
 /* Marks t as read by the work just enqueued on stream. */
 int64_t e8cu_table_used(e8cu_ctx *ctx, e8cu_table *t, cudaStream_t stream);
 

@@ -121,6 +121,9 @@ static void batch_make(batch *b, const e8c_fingerprint *fp, e8c_dtype in, size_t
         b->items[i].p = ci[i].p;
         b->items[i].t = tensor_for(b->d_in[i], in, H, N, hd, ci[i].view);
     }
+    /* a cudaMemcpy from pageable memory may return before its DMA is done, and the codec's
+     * (non-blocking) streams do not wait for the legacy stream */
+    CK(cudaDeviceSynchronize());
 }
 
 /* CPU reference frames. */
@@ -227,6 +230,7 @@ static void compare_decode(const char *what, const batch *b, gpu_out *g, e8c_dty
         items[i].p = b->items[i].p;
         items[i].t = tensor_for(d_out[i], out, H, N, hd, 0);
     }
+    CK(cudaDeviceSynchronize()); /* the poison is in place before the decode (stream st) starts */
     int64_t r = e8cu_decode_async(g->gpu, b->n, items, (const void *const *)g->fr, g->fs, dp, g->meta, g->h_q,
                                   g->d_q, g->qbytes, NULL, st);
     if (r) fail_msg("%s: e8cu_decode_async: %s: %s", what, e8cu_error_name(r), e8cu_ctx_last_error(g->gpu));
@@ -581,6 +585,7 @@ static void test_event_contract(void **state)
         CK(cudaMemcpy(stage[i], b.d_in[i], b.in_bytes[i], cudaMemcpyDeviceToDevice));
         CK(cudaMemset(b.d_in[i], 0xff, b.in_bytes[i])); /* fp16 0xffff is NaN */
     }
+    CK(cudaDeviceSynchronize()); /* the poison is in place before the late copy (stream prod) */
     (void)H;
     cudaStream_t prod, cons;
     cudaEvent_t ev;

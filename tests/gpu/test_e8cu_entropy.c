@@ -88,6 +88,7 @@ static void tcase_make(tcase *c, const e8c_fingerprint *fp, e8c_dtype in, size_t
         if (r < 0) fail_msg("CPU encode of item %zu: %s: %s", i, e8c_error_name(r), e8c_ctx_last_error(c->cpu));
         c->cs[i] = (size_t)r;
     }
+    CK(cudaDeviceSynchronize()); /* the uploads (pageable cudaMemcpy) are done */
     int64_t e;
     c->gpu = e8cu_ctx_create(fp, quick ? 4 : 0, &e);
     assert_non_null(c->gpu);

@@ -87,6 +87,9 @@ static void gbatch_make(gbatch *b, const e8c_fingerprint *fp, size_t n, uint64_t
         free(h);
     }
     e8c_ctx_free(cpu);
+    /* a cudaMemcpy from pageable memory may return before its DMA is done, and the codec's
+     * (non-blocking) streams do not wait for the legacy stream */
+    CK(cudaDeviceSynchronize());
 }
 
 static void gbatch_free(gbatch *b)
@@ -148,6 +151,7 @@ static void round_check(const char *what, const gbatch *b, e8cu_ctx *gpu, void *
         out[i].p = b->items[i].p;
         out[i].t = e8c_tensor_contiguous(d, E8C_DTYPE_F16, b->items[i].p.n_tokens, b->fp.head_dim);
     }
+    CK(cudaDeviceSynchronize()); /* the poison is in place before the decode (stream st) starts */
     r = e8cu_decode_async(gpu, n, out, (const void *const *)gf, gs, NULL, dmeta, h_q, d_q, qb, NULL, st);
     if (r) fail_msg("%s: e8cu_decode_async: %s: %s", what, e8cu_error_name(r), e8cu_ctx_last_error(gpu));
     CK(cudaStreamSynchronize(st));
