@@ -342,8 +342,8 @@ int main(int argc, char **argv)
     double r_copy = gb / t_copy, r_qe = gb / t_qenc, r_qd = gb / t_qdec, r_ee = gb / t_eenc2, r_ed = gb / t_edec;
     double r_ep = gb / t_eenc;
 #if E8C_FORMAT_VERSION >= 2
-    const char *stage = fp.config.entropy == E8C_ENTROPY_RANS32 && getenv("E8CU_GPU_ENTROPY") &&
-                        *getenv("E8CU_GPU_ENTROPY") == '1' ? "rans32-gpu" : "host-packer";
+    const char *ge0 = getenv("E8CU_GPU_ENTROPY");
+    const char *stage = fp.config.entropy == E8C_ENTROPY_RANS32 && !(ge0 && *ge0 == '0') ? "rans32-gpu" : "host-packer";
 #else
     const char *stage = "libzstd";
 #endif
@@ -367,7 +367,7 @@ int main(int argc, char **argv)
                           "d2d_copy_GBps", r_copy, "quant_encode_GBps", r_qe, "quant_decode_GBps", r_qd,
                           "e2e_encode_GBps", r_ee, "e2e_decode_GBps", r_ed, "cpu_encode_GBps", r_ce,
                           "cpu_decode_GBps", r_cd, "entropy_stage", stage, "e2e_encode_pack_GBps", r_ep,
-                          "bpe", fbytes * 8.0 / ((double)total), "group_elems", ge && *ge ? ge : "off");
+                          "bpe", fbytes * 8.0 / ((double)total), "group_elems", ge && *ge ? ge : "default (2^26)");
     if (!j || json_dump_file(j, out, JSON_INDENT(2)) != 0) { fprintf(stderr, "cannot write %s\n", out); return 1; }
     json_decref(j);
     printf("wrote %s\n", out);

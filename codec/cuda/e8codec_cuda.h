@@ -27,19 +27,17 @@
  *   e8cu_pack falls back to the host packer (e8c_qlayer_pack on the worker threads: the CPU
  *   path's own code, so the bytes are still the CPU's) and e8cu_pack_frames refuses with
  *   E8C_ERR_CONFIG; decoding frames that use zstd or coding 2 goes through the host unpacker
- *   the same way. The GPU entropy stage is OPT-IN: E8CU_GPU_ENTROPY=1 in the environment turns
- *   it on; without it every config uses the host paths (same bytes). It stays opt-in until an
- *   intermittent mismatch (one item of a 420-item mixed batch, H200, 2026-11-29) is found.
+ *   the same way. E8CU_GPU_ENTROPY=0 in the environment makes every config use the host paths
+ *   (same bytes, far slower).
  *
  * PERFORMANCE (H200, make bench-gpu: 32 layers x 8 KV heads x head_dim 128 x 32K tokens,
  * fp16, frames of 256 tokens; device copy 2.1 TB/s counted as bytes copied per second)
  *   quantize ~335 GB/s and dequantize ~700 GB/s of fp16 KV on the device; end to end with
- *   the entropy stage 67 GB/s encode (e8cu_pack_frames) and 70 GB/s decode in one pass (first
- *   version of that path), 104 / 139 GB/s with the experimental grouped pipeline
- *   (E8CU_GROUP_ELEMS, off by default), against
+ *   the entropy stage 104 GB/s encode (e8cu_pack_frames) and 139 GB/s decode with the grouped
+ *   pipeline (the default; 79 / 91 GB/s in one group), against
  *   ~1.1-2.5 GB/s for the CPU path on 16 cores: bench/gpu/NOTES.md has the measured table.
  *   Tuning variables (environment; results never change): E8CU_GROUP_ELEMS (elements per
- *   group of the pipelined entropy stage; unset: one group), E8CU_STREAMS=1 (groups on the
+ *   group of the pipelined entropy stage, at most 8 groups; unset: 2^26; 0: one group), E8CU_STREAMS=1 (groups on the
  *   caller's stream only), E8CU_DEC_LANE1=0 (one-lane rans32 streams decoded by the warp
  *   kernel), E8CU_PROFILE=1 (per-stage times on stderr; serializes).
  *

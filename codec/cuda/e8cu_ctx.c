@@ -88,17 +88,15 @@ static int64_t init_device(e8cu_ctx *ctx)
     return e == cudaSuccess ? 0 : e8cu_cuda_fail(ctx, e, "context device tables");
 }
 
-/* The GPU codes frames itself (FORMAT v2 rans32: the same bytes on CPU and GPU) only when
- * E8CU_GPU_ENTROPY=1 is set: the GPU entropy stage is OPT-IN until an intermittent mismatch is
- * fixed. On the H200 (2026-11-29, tests/gpu/test_e8cu_codec test_many_items: 420 items of mixed
- * shapes) one item per run came out different from the CPU (a frame once, a decode twice, a
- * different item each run), while the same test passed with the host packer. A codec that may
- * silently change KV is not a default; the host packer (e8c_qlayer_pack on the worker threads,
- * the CPU path's own code) is. Configs other than rans32 always use the host packer. */
+/* The GPU codes frames itself (FORMAT v2 rans32: the same bytes on CPU and GPU) unless
+ * E8CU_GPU_ENTROPY=0 is set (then the host packer: e8c_qlayer_pack on the worker threads, the
+ * CPU path's own code). It was opt-in while test_many_items gave one wrong item per H200 run:
+ * that was the RoPE table upload racing the kernels (e8cu_table_get), fixed in a80006c.
+ * Configs other than rans32 always use the host packer. */
 static int e8cu_entropy_on_gpu(const e8c_fingerprint *fp)
 {
     const char *v = getenv("E8CU_GPU_ENTROPY");
-    if (!v || *v != '1') return 0;
+    if (v && *v == '0') return 0;
     return fp->config.entropy == E8C_ENTROPY_RANS32;
 }
 

@@ -51,13 +51,12 @@ void e8cu_prof(const char *what, cudaStream_t stream)
 
 size_t e8cu_groups(size_t el, size_t n)
 {
-    /* Off unless asked for: with many small, unequal frames cut into groups, frames came out
-     * wrong now and then (H200, tests/gpu many-items case with E8CU_GROUP_ELEMS=30000; see
-     * bench/gpu/NOTES.md). The pipeline's buffers and events are now one per group and per
-     * direction (e8cu_gpu_pack's ordering rules); tests/gpu/test_e8cu_groups checks it on the
-     * device, repeatedly. Until a device run has passed it, one group stays the default. */
+    /* Unset: groups of 2^26 elements (64 Mi; at most 8), the v4 pipeline of bench/gpu/NOTES.md
+     * (104 / 139 GB/s end to end on the H200). It was off while many-items runs with small groups
+     * gave a wrong frame now and then: the RoPE table race fixed in a80006c, not the pipeline;
+     * tests/gpu/test_e8cu_groups checks 8, 2 and 1 groups on the device, repeatedly. 0: one. */
     const char *v = getenv("E8CU_GROUP_ELEMS");
-    unsigned long long per = v ? strtoull(v, NULL, 10) : 0;
+    unsigned long long per = v ? strtoull(v, NULL, 10) : (1ull << 26);
     if (per == 0) return 1;
     size_t ng = (size_t)(el / per);
     ng = ng < 1 ? 1 : ng > 8 ? 8 : ng;

@@ -117,9 +117,8 @@ int e8cu_launch_entropy_decode(const e8cu_dlaunch *L, cudaStream_t stream);
  * (what NULL: only sets the mark). For tuning: it serializes the pipeline. */
 void e8cu_prof(const char *what, cudaStream_t stream);
 
-/* Groups a batch of el elements is cut into for the host/device pipeline: 1 to 8, of about
- * E8CU_GROUP_ELEMS elements each (environment). Unset: one group (the default: the grouped
- * pipeline is experimental, bench/gpu/NOTES.md says why). */
+/* Groups a batch of el elements is cut into for the host/device pipeline: 1 to 8 (at most n),
+ * of about E8CU_GROUP_ELEMS elements each (environment; unset: 2^26; 0: one group). */
 size_t e8cu_groups(size_t el, size_t n);
 
 /* Enqueues the encode kernels above on stream (cudaError_t). The host must have zeroed hist. */

@@ -2,8 +2,8 @@
 #ifndef E8CU_TESTMAIN_H
 #define E8CU_TESTMAIN_H
 
-/* Opts in to the GPU entropy stage (codec/cuda/e8cu_ctx.c: it is opt-in) unless the caller set
- * E8CU_GPU_ENTROPY itself (0 = the host packer), reads GPU_QUICK (a reduced set, for
+/* Sets E8CU_GPU_ENTROPY=1 (the GPU entropy stage, the library's default) unless the caller set
+ * it (0 = the host packer; test_e8cu_codec also covers that path itself), reads GPU_QUICK (a reduced set, for
  * compute-sanitizer) and checks that a CUDA device exists. Returns 1 for GPU_QUICK, 0 otherwise,
  * or -1 after saying on stderr, under the program name `prog`, that there is no device. */
 int e8cu_test_start(const char *prog);

@@ -398,11 +398,10 @@ static void test_random_shapes(void **state)
 /* Many small frames of different sizes in one call: more than one launch (192 frames each),
  * items found by binary search, positions far apart (separate RoPE tables) and, for dynamic
  * NTK, different rope_seq_len per frame (separate table keys). */
-static void test_many_items(void **state)
+static void many_items(int r0, int r1, const char *packer)
 {
-    (void)state;
     static const uint32_t ropes[2] = {E8C_ROPE_DEFAULT, E8C_ROPE_DYNAMIC};
-    for (int r = 0; r < 2; r++) {
+    for (int r = r0; r < r1; r++) {
         e8c_fingerprint fp;
         e8t_fingerprint(&fp, 8, 2, 64, ropes[r], r);
         fp.config.sink_tokens = 3;
@@ -419,10 +418,31 @@ static void test_many_items(void **state)
             ci[i].view = (int)(i % 2);
         }
         e8c_decode_params dp = {1, 500, 0};
-        check_case(r ? "many items (dynamic NTK, interleaved)" : "many items (default RoPE)", &fp,
-                   E8C_DTYPE_F16, n, ci, NULL, 77 + (uint64_t)r, r ? &dp : NULL);
+        char what[96];
+        snprintf(what, sizeof what, "many items (%s, %s)", r ? "dynamic NTK, interleaved" : "default RoPE", packer);
+        check_case(what, &fp, E8C_DTYPE_F16, n, ci, NULL, 77 + (uint64_t)r, r ? &dp : NULL);
         free(ci);
     }
+}
+
+static void test_many_items(void **state)
+{
+    (void)state;
+    many_items(0, 2, "GPU entropy stage");
+}
+
+/* The same batch through the host packer and unpacker (E8CU_GPU_ENTROPY=0, read when a context
+ * is created): the path of configs other than rans32. */
+static void test_many_items_host_packer(void **state)
+{
+    (void)state;
+    const char *was = getenv("E8CU_GPU_ENTROPY");
+    char keep[8];
+    snprintf(keep, sizeof keep, "%s", was ? was : "");
+    setenv("E8CU_GPU_ENTROPY", "0", 1);
+    many_items(0, 1, "host packer");
+    if (was) setenv("E8CU_GPU_ENTROPY", keep, 1);
+    else unsetenv("E8CU_GPU_ENTROPY");
 }
 
 /* A frame of another model is refused with E8C_ERR_FINGERPRINT, as by the CPU decoder. */
@@ -618,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_fixture),
         cmocka_unit_test(test_random_shapes),
         cmocka_unit_test(test_many_items),
+        cmocka_unit_test(test_many_items_host_packer),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_foreign_frame),
         cmocka_unit_test(test_event_contract),
