@@ -184,9 +184,15 @@ class Bench:
     def __init__(self, args, daemon, device):
         self.a, self.d, self.device = args, daemon, device
         self.clients = {t: e8kv.Client(daemon.address(t), timeout=600) for t in args.transports}
-        self.fetchers = {t: kvio.Fetcher(daemon.address(t), args.fetch_streams, timeout=600,
-                                         max_streams=2 * args.fetch_streams)
-                         for t in args.transports}
+        self.fetchers, self.fetch_impl = {}, {}
+        for t in args.transports:           # the restore's fetch: C (libe8kv) unless refused
+            self.fetchers[t], self.fetch_impl[t] = kvio.make_fetcher(
+                daemon.address(t), args.fetch_streams, args.fetch_impl, timeout=600,
+                max_streams=2 * args.fetch_streams)
+        # --breakdown times the Python fetch too, in the same run, against the C one
+        self.py_fetchers = {t: kvio.Fetcher(daemon.address(t), args.fetch_streams, timeout=600,
+                                            max_streams=2 * args.fetch_streams)
+                            for t in args.transports} if args.breakdown else {}
         self.runs, self.detail = [], []
         self.t_start = time.monotonic()
         self.notes = []
@@ -426,13 +432,20 @@ class Bench:
         keys = list(lk.chunk_keys[:n_chunks])
         datas = None
         for t in self.a.transports:
-            for k in sorted({1, self.a.fetch_streams, 2 * self.a.fetch_streams}):
-                t0 = time.perf_counter()
-                got = list(self.fetchers[t].start(keys, streams=k))
-                sec = time.perf_counter() - t0
-                out[f"fetch_{t}_{k}streams_s"] = sec
-                out[f"fetch_{t}_{k}streams_GBps"] = sum(len(d) for d in got) / sec / 1e9
-                datas = got
+            fs = [("", self.fetchers[t])]
+            if self.fetchers[t].kind != "py" and t in self.py_fetchers:
+                fs.append(("py_", self.py_fetchers[t]))
+            for pre, f in fs:
+                out[f"{pre or f.kind + '_'}fetcher"] = f.kind
+                for k in sorted({1, self.a.fetch_streams, 2 * self.a.fetch_streams}):
+                    t0 = time.perf_counter()
+                    run = f.start(keys, streams=k)
+                    got = list(run)
+                    sec = time.perf_counter() - t0
+                    out[f"{pre}fetch_{t}_{k}streams_s"] = sec
+                    out[f"{pre}fetch_{t}_{k}streams_GBps"] = sum(len(d) for d in got) / sec / 1e9
+                    datas = [bytes(d) for d in got]     # the C fetch's views end at close
+                    run.close()
         out["fetched_bytes"] = sum(len(d) for d in datas)
         p = next(model.parameters())
         kv = [(torch.empty((fp.n_kv_heads, L, fp.head_dim), dtype=p.dtype, device=p.device),
@@ -504,7 +517,7 @@ class Bench:
         (out / "e2e_detail.json").write_text(json.dumps(dict(
             gpu=gpu, torch=torch.__version__, transformers=__import__("transformers").__version__,
             daemon_data_dir=str(self.d.root), data_dir_fs=fs_type(self.d.root),
-            args=vars(self.a), notes=self.notes, runs=self.detail,
+            args=vars(self.a), notes=self.notes, fetch_impl=self.fetch_impl, runs=self.detail,
             real_weights_check=self.a.real_result), indent=1, default=str))
 
 
@@ -706,6 +719,9 @@ def main():
                     help="also time fetch alone and decode alone once per prefix length")
     ap.add_argument("--fetch-streams", type=int, default=4,
                     help="concurrent GetChunks calls (one channel each) per restore")
+    ap.add_argument("--fetch-impl", default="auto", choices=["auto", "c", "py"],
+                    help="restore's fetch: c = libe8kv's e8kv_fetch (C threads into a pinned "
+                    "buffer), py = grpcio threads; auto: c when libe8kv loads")
     ap.add_argument("--overlap-tokens", type=int, default=16,
                     help="greedy decode steps timed while the store's upload runs (0: none)")
     ap.add_argument("--real-check", action="store_true",
@@ -748,7 +764,8 @@ def main():
             import e2e_cputest
             rc = e2e_cputest.run(bench)
     finally:
-        for c in [*bench.clients.values(), *bench.fetchers.values()]:
+        for c in [*bench.clients.values(), *bench.fetchers.values(),
+                  *bench.py_fetchers.values()]:
             c.close()
         st = daemon.stop()
         if st != 0:

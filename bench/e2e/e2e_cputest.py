@@ -8,10 +8,14 @@ the same daemon:
     KV close to the original, the decision taken;
   * the store's time split: engine_s (encode, the caller blocked) <= store_s, upload_s > 0,
     decode steps timed after the upload's reply;
-  * parallel GetChunks (kvio.Fetcher, 3 streams over 8 chunks: uneven slices) returns the
-    very bytes of one GetChunks; a restore through it fills the cache tensors exactly as a
-    restore through one stream; a missing key fails every stream's run with NOT_FOUND
-    (no hang, no partial result); closing a run early stops its streams;
+  * parallel GetChunks, both the C fetch (kvio.NativeFetcher: libe8kv's e8kv_fetch, the
+    restore's default, which must be the one in use) and the Python one (kvio.Fetcher), 3
+    streams over 8 chunks (uneven slices), returns the very bytes of one GetChunks; a
+    restore through it fills the cache tensors exactly as a restore through one stream; a
+    missing key fails every stream's run with NOT_FOUND (no hang, no partial result);
+    closing a run early stops its streams; the C fetch alone: a buffer smaller than the
+    fetch (the rest in its own memory, same bytes), every chunk's index and start_token, a
+    wrong expected fingerprint id (FAILED_PRECONDITION), get() after close refused;
   * a background store whose PutChunks the daemon refuses (chunks of another fingerprint)
     raises INVALID_ARGUMENT from StoreJob.result().
 """
@@ -81,6 +85,96 @@ def _details(bench, fails):
                         fails.append(f"L={L}: breakdown lacks fetch_{t}_{k}streams_GBps: {bd}")
 
 
+def _check_fetcher(fails, what, client, model, fp, kvc, tokens, keys, one, fetcher):
+    """A parallel fetcher (kvio.Fetcher or kvio.NativeFetcher) against one GetChunks."""
+    n = len(tokens)
+    run = fetcher.start(keys)
+    par = [bytes(x) for x in run]
+    run.close()
+    if sorted(par) != sorted(one) or len(par) != 8:
+        fails.append(f"{what}: parallel fetch ({len(par)} chunks) differs from one GetChunks")
+    kv = {}
+    for name, f in (("one", None), ("par", fetcher)):
+        dec = kvio.Decider()
+        dec.add_prefill(CHUNK, 1.0)
+        r = kvio.restore(client, model, fp, kvc, tokens, dec, policy="restore",
+                         chunk_tokens=CHUNK, fetcher=f)
+        kv[name] = [(k.clone(), v.clone()) for k, v in e2e_bench_ehf().cache_layers(r.cache)]
+        if r.n_cached != n - 1:          # one token is always left to compute
+            fails.append(f"{what} {name}: restored {r.n_cached} of {n - 1} tokens")
+    same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(kv["one"], kv["par"]))
+    if not same:
+        fails.append(f"{what}: restore through {fetcher.streams} streams differs from one stream")
+    err = None
+    t0 = time.monotonic()
+    try:
+        list(fetcher.start(keys[:5] + [b"\x01" * 32] + keys[5:]))
+    except e8kv.E8kvError as e:
+        err = e
+    if err is None or "NOT_FOUND" not in str(err.code):
+        fails.append(f"{what}: fetch of a missing key gave {err!r}")
+    if time.monotonic() - t0 > 60:
+        fails.append(f"{what}: the failed fetch took {time.monotonic() - t0:.0f} s")
+    run = fetcher.start(keys, queue_chunks=1)
+    first = run.get()
+    run.close()
+    if first is None or any(th is not None and th.is_alive() for th in run.threads):
+        fails.append(f"{what}: early close left streams running")
+
+
+def _check_native(fails, t, address, keys, one, fpid):
+    """e8kv.fetch.NativeFetcher's own cases: a buffer smaller than the fetch (chunks past it
+    in the fetch's own memory, same bytes), index/start_token of every chunk, a wrong
+    expect_fingerprint_id (FAILED_PRECONDITION), a closed run refusing get()."""
+    from e8kv.fetch import NativeFetcher
+    with NativeFetcher(address, 3, pinned=False) as nf:
+        nf.reserve(len(one[0]) + len(one[1]) // 2)  # room for one chunk and a half
+        run = nf.start(keys)
+        got = {}
+        for b in run.batches(max_chunks=2):
+            if len(b) > 2:
+                fails.append(f"{t} native: batch of {len(b)} > max_chunks 2")
+            for ch in b:
+                got[ch.index] = (ch.start_token, ch.n_tokens, ch.tobytes())
+        total, over, done = run.stats()
+        run.close()
+        if [got.get(i, (0, 0, b""))[2] for i in range(len(one))] != one:
+            fails.append(f"{t} native: chunks by index differ from one GetChunks")
+        starts = [got[i][0] for i in sorted(got)]
+        if starts != [CHUNK * i for i in range(len(one))] or \
+                sum(v[1] for v in got.values()) != 8 * CHUNK - 40:
+            fails.append(f"{t} native: start_token/n_tokens wrong: {starts}")
+        if not (done == len(one) and total == sum(map(len, one)) and
+                over >= total - nf.buffer_bytes and over > 0):
+            fails.append(f"{t} native: stats bytes {total} overflow {over} chunks {done} "
+                         f"(buffer {nf.buffer_bytes})")
+        if nf.largest != total:
+            fails.append(f"{t} native: largest {nf.largest} != {total}")
+        bad = bytes(32 - len(fpid)) + bytes(b ^ 0xFF for b in fpid)
+        err = None
+        try:
+            with nf.start(keys, expect_fingerprint_id=bad) as r:
+                for _ in r.batches():
+                    pass
+        except e8kv.E8kvError as e:
+            err = e
+        if err is None or "FAILED_PRECONDITION" not in str(err.code):
+            fails.append(f"{t} native: wrong expect_fingerprint_id gave {err!r}")
+        run = nf.start(keys)
+        run.close()
+        try:
+            run.get()
+            fails.append(f"{t} native: get() after close did not raise")
+        except RuntimeError:
+            pass
+
+
+def e2e_bench_ehf():
+    import e2e_bench
+    return e2e_bench.ehf
+
+
 def _fetch_and_store(bench, fails):
     """The fetch and store paths alone, on random KV of the tiny model's shape."""
     import e2e_bench
@@ -112,40 +206,16 @@ def _fetch_and_store(bench, fails):
                              f"{len(keys)} keys")
                 continue
             one = [c.data for c in client.get_chunks(keys, encoding="e8")]
-            par = list(fetcher.start(keys))
-            if sorted(par) != sorted(one) or len(par) != 8:
-                fails.append(f"{t}: parallel fetch ({len(par)} chunks) differs from one "
-                             "GetChunks")
-            kv = {}
-            for name, f in (("one", None), ("par", fetcher)):
-                dec = kvio.Decider()
-                dec.add_prefill(CHUNK, 1.0)
-                r = kvio.restore(client, model, fp, kvc, tokens[:n], dec, policy="restore",
-                                 chunk_tokens=CHUNK, fetcher=f)
-                kv[name] = [(k.clone(), v.clone()) for k, v in
-                            e2e_bench.ehf.cache_layers(r.cache)]
-                if r.n_cached != n - 1:          # one token is always left to compute
-                    fails.append(f"{t} {name}: restored {r.n_cached} of {n - 1} tokens")
-            same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-                       for a, b in zip(kv["one"], kv["par"]))
-            if not same:
-                fails.append(f"{t}: restore through {fetcher.streams} streams differs from "
-                             "one stream")
-            err = None
-            t0 = time.monotonic()
-            try:
-                list(fetcher.start(keys[:5] + [b"\x01" * 32] + keys[5:]))
-            except e8kv.E8kvError as e:
-                err = e
-            if err is None or "NOT_FOUND" not in str(err.code):
-                fails.append(f"{t}: fetch of a missing key gave {err!r}")
-            if time.monotonic() - t0 > 60:
-                fails.append(f"{t}: the failed fetch took {time.monotonic() - t0:.0f} s")
-            run = fetcher.start(keys, queue_chunks=1)
-            first = run.get()
-            run.close()
-            if first is None or any(th.is_alive() for th in run.threads):
-                fails.append(f"{t}: early close left streams running")
+            fetchers = [fetcher]
+            if fetcher.kind != "py":
+                fetchers.append(bench.py_fetchers[t])
+            for f in fetchers:
+                _check_fetcher(fails, f"{t} {f.kind}", client, model, fp, kvc, tokens[:n],
+                               keys, one, f)
+            if fetcher.kind == "c":
+                _check_native(fails, t, bench.d.address(t), keys, one, lk.fingerprint_id)
+            else:
+                fails.append(f"{t}: the C fetch was not used: {bench.fetch_impl[t]}")
         # chunks encoded for another fingerprint: the daemon refuses them during the upload
         other = kvio.CpuCodec(e2e_bench.ehf.model_fingerprint(
             model, model_id="e2e-cputest/other", preset="K3V2"), threads=2)

@@ -1,7 +1,10 @@
 """bench/e2e/fetch_bench.py: GetChunks throughput from Python, one call against N concurrent calls
-(kvio.Fetcher: one gRPC channel each, contiguous slices of the chunk list), TCP and unix socket.
+(contiguous slices of the chunk list, one connection each), TCP and unix socket, through two
+implementations in the same run: "py" = kvio.Fetcher (grpcio, one gRPC channel per stream,
+a thread each, chunk bytes through a queue) and "c" = kvio.NativeFetcher (libe8kv's
+e8kv_fetch: C threads writing chunk frames straight into one pinned/numpy buffer).
 
-    bench/e2e/run.sh BUILD OUT --fetch-bench [--chunks 128] [--streams 1,2,4,8]
+    bench/e2e/run.sh BUILD OUT --fetch-bench [--chunks 128] [--streams 1,2,4,8] [--impls py,c]
     (run.sh passes the other options on: this script is started instead of e2e_bench.py)
 
 What it stores: chunk frames of the 8B-class shape (32 layers x 8 KV heads x head_dim 128, bf16,
@@ -74,6 +77,34 @@ def make_chunks(kind, n_chunks, preset):
     return fp, tokens, chunks
 
 
+def fetch_rows(res, a, d, t, impl, keys, total, streams):
+    """Times fetching every key over transport t with implementation impl ("py"/"c"), for
+    each stream count; one row each in res["runs"]. The bytes are checked by size (and,
+    for the C fetch, that every chunk arrived once)."""
+    f, why = kvio.make_fetcher(d.address(t), max(streams), impl, timeout=600)
+    try:
+        for k in streams:
+            secs = []
+            for _ in range(a.repeat):
+                t0 = time.perf_counter()
+                run = f.start(keys, streams=k)
+                got = sum(len(x) for x in run)
+                secs.append(time.perf_counter() - t0)
+                run.close()
+                if got != total:
+                    raise RuntimeError(f"{impl}: fetched {got} bytes of {total}")
+            row = dict(transport=t, impl=impl, streams=k, best_s=min(secs),
+                       median_s=statistics.median(secs),
+                       best_GBps=total / min(secs) / 1e9,
+                       median_GBps=total / statistics.median(secs) / 1e9, fetcher=why)
+            res["runs"].append(row)
+            print(f"{t:4} {impl:2} {k} stream(s): best {row['best_s']:.3f} s "
+                  f"({row['best_GBps']:.2f} GB/s), median {row['median_s']:.3f} s",
+                  flush=True)
+    finally:
+        f.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e8kvd", required=True)
@@ -84,6 +115,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=128)
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--transports", default="tcp,unix")
+    ap.add_argument("--impls", default="py,c", help="fetch implementations: py, c")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--daemon-threads", type=int, default=8)
     a = ap.parse_args()
@@ -109,27 +141,8 @@ def main():
             keys = list(c.lookup(fp, tokens, chunk_tokens=CHUNK).chunk_keys)
         del chunks
         for t in a.transports.split(","):
-            f = kvio.Fetcher(d.address(t), max(streams), timeout=600)
-            try:
-                for k in streams:
-                    secs = []
-                    for _ in range(a.repeat):
-                        t0 = time.perf_counter()
-                        run = f.start(keys, streams=k)
-                        got = sum(len(x) for x in run)
-                        secs.append(time.perf_counter() - t0)
-                        if got != total:
-                            raise RuntimeError(f"fetched {got} bytes of {total}")
-                    row = dict(transport=t, streams=k, best_s=min(secs),
-                               median_s=statistics.median(secs),
-                               best_GBps=total / min(secs) / 1e9,
-                               median_GBps=total / statistics.median(secs) / 1e9)
-                    res["runs"].append(row)
-                    print(f"{t:4} {k} stream(s): best {row['best_s']:.3f} s "
-                          f"({row['best_GBps']:.2f} GB/s), median {row['median_s']:.3f} s",
-                          flush=True)
-            finally:
-                f.close()
+            for impl in a.impls.split(","):
+                fetch_rows(res, a, d, t, impl, keys, total, streams)
     finally:
         d.stop()
         import shutil

@@ -302,6 +302,7 @@ class Fetcher:
     Whole chunks (bytes) go to one bounded queue in the order they complete, so the consumer
     decodes slice k's chunks while the other slices are still arriving. One Fetcher per
     daemon address; the channels are made once and reused (one per stream)."""
+    kind = "py"
 
     def __init__(self, address, streams=4, *, timeout=600, token=None, max_streams=None):
         import e8kv
@@ -401,6 +402,85 @@ class FetchRun:
             th.join()
 
 
+class NativeFetcher:
+    """The same interface as Fetcher over libe8kv's C fetch (e8kv.fetch.NativeFetcher:
+    ``streams`` C threads, one connection each, chunk frames written straight into one
+    pinned host buffer kept across fetches; the Python thread only waits, GIL released).
+    ``kind`` = "c" (Fetcher's is "py")."""
+    kind = "c"
+
+    def __init__(self, address, streams=4, *, timeout=600, token=None, max_streams=None):
+        from e8kv.fetch import NativeFetcher as _NF
+        self.address, self.streams = address, max(1, int(streams))
+        self.nf = _NF(address, max(self.streams, max_streams or 0), token=token, timeout=timeout)
+
+    def close(self):
+        self.nf.close()
+
+    def start(self, keys, *, max_piece_bytes=16 << 20, queue_chunks=None, streams=None):
+        return NativeRun(self.nf.start(keys, streams=streams or self.streams,
+                                       max_piece_bytes=max_piece_bytes))
+
+
+class NativeRun:
+    """FetchRun's interface over an e8kv.fetch.FetchRun: get() returns memoryviews into the
+    fetch buffer (valid until close(); restore() closes after the decode is synchronized)."""
+
+    def __init__(self, run):
+        import collections
+        self.run, self.pending = run, collections.deque()
+        self.threads = [None] * run.streams
+        self._bytes = 0
+
+    def get(self, block=True):
+        if not self.pending:
+            if block:
+                b = self.run.get()
+            else:
+                import e8kv
+                try:
+                    b = self.run.get(timeout_s=0)
+                except e8kv.DeadlineExceeded:
+                    raise queue.Empty from None
+            if not b:
+                return None
+            self.pending.extend(b)
+        return self.pending.popleft().view
+
+    def __iter__(self):
+        while True:
+            x = self.get()
+            if x is None:
+                return
+            yield x
+
+    @property
+    def bytes(self):
+        return self._bytes if self.run._h is None else self.run.bytes
+
+    @property
+    def overflow_bytes(self):
+        return self.run.overflow_bytes
+
+    def close(self):
+        if self.run._h is not None:
+            self._bytes = self.run.bytes
+        self.run.close()
+
+
+def make_fetcher(address, streams, impl="auto", **kw):
+    """(fetcher, why): the C fetch (NativeFetcher) when impl is "c", or "auto" and libe8kv
+    has it; else the Python one (Fetcher)."""
+    if impl in ("auto", "c"):
+        try:
+            return NativeFetcher(address, streams, **kw), "libe8kv e8kv_fetch (C)"
+        except Exception as e:          # noqa: BLE001 -- reported, and the Python path used
+            if impl == "c":
+                raise
+            return Fetcher(address, streams, **kw), f"Python gRPC (C fetch failed: {e})"
+    return Fetcher(address, streams, **kw), "Python gRPC"
+
+
 def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_tokens=256,
             max_piece_bytes=16 << 20, fetcher=None, batch_chunks=8):
     """Looks up ``tokens``; per the decision, fetches the stored prefix (at least one token is
@@ -479,11 +559,15 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
             done_tok += kvc.decode_chunks_into(batch, views)
             n_calls += 1
     except BaseException:
-        run.close()
+        try:
+            kvc.synchronize()           # nothing may still read the fetch buffer
+            _sync(device)
+        finally:
+            run.close()
         raise
-    run.close()
     kvc.synchronize()
     _sync(device)
+    run.close()                         # after the sync: decode may read its buffer till then
     t_restore = time.perf_counter() - t1
     if done_tok != got:
         raise RuntimeError(f"restored {done_tok} tokens, expected {got}")

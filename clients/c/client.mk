@@ -8,7 +8,7 @@
 include proto/proto.mk
 
 KVC_SRCS     := clients/c/e8kv_err.c clients/c/e8kv_conn.c clients/c/e8kv_call.c \
-                clients/c/e8kv_rpc.c clients/c/e8kv_stream.c \
+                clients/c/e8kv_rpc.c clients/c/e8kv_stream.c clients/c/e8kv_fetch.c \
                 clients/c/e8kv_codec.c
 KVC_OBJS     := $(KVC_SRCS:%.c=$(BUILD)/obj/%.o) $(PROTO_OBJS)
 KVC_LIB      := $(BUILD)/lib/libe8kv.a

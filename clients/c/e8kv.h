@@ -240,6 +240,61 @@ typedef int (*e8kv_chunk_fn)(void *ctx, const e8kv_chunk *chunk);
 e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *req,
                             e8kv_chunk_fn fn, void *ctx, e8kv_error *err);
 
+/* ---- parallel fetch into the caller's buffer (GetChunks x N) ------------------
+ * Restoring a long prefix moves hundreds of MB; one GetChunks stream is bound by one
+ * connection and one core. e8kv_fetch_start runs one GetChunks call per client (open
+ * each client separately: every e8kv_client has its own connection) over contiguous
+ * slices of `keys` (n_keys chunk keys of 32 bytes, back to back, e.g. a LookupResponse's
+ * chunk_keys), each in its own thread, as E8 chunk frames. Each chunk's pieces are
+ * written straight to its place in `buf` (cap bytes, the caller's: e.g. pinned host
+ * memory for a GPU decode; regions are claimed in arrival order, chunks never straddle)
+ * or, once buf is full, to memory the fetch allocates (still valid, just not in buf;
+ * e8kv_fetch_stats tells how much). e8kv_fetch_wait hands out whole chunks in the order
+ * they complete, so a consumer decodes early chunks while later ones are on the wire.
+ *
+ * Checked: every chunk is the key asked at its place, an E8 chunk frame, its pieces in
+ * order and complete (else E8KV_E_PROTOCOL); expect_fingerprint_id (32 bytes, or NULL)
+ * is sent to the daemon (FAILED_PRECONDITION for a chunk stored under another one).
+ * The first error of any stream stops the others and is returned by every later
+ * e8kv_fetch_wait. max_piece_bytes: as GetChunksRequest (0 = the daemon's default; it
+ * must stay under each client's max_message_bytes).
+ *
+ * Threads and memory: the calling thread only waits (no GIL is held by the library);
+ * chunk data (in buf or not) stays valid until e8kv_fetch_close, which cancels the
+ * streams still running, joins the threads and frees the fetch's own memory. buf and
+ * the clients must outlive the fetch; a client may serve other calls meanwhile. */
+typedef struct e8kv_fetch e8kv_fetch;
+
+typedef struct e8kv_fetched {
+  uint32_t index;       /* position of the chunk's key in `keys` */
+  uint32_t n_tokens;    /* tokens in the chunk */
+  uint64_t start_token; /* position of its first token in the sequence */
+  uint8_t *data;        /* the chunk frame: in buf, or in the fetch's own memory */
+  uint64_t bytes;
+} e8kv_fetched;
+
+/* Starts the fetch (the calls are made by its threads: errors of the wire come from
+ * e8kv_fetch_wait). Errors here: E8KV_E_USAGE (no clients/keys, NULL client, buf NULL
+ * with cap > 0, max_piece_bytes 1..4095), E8KV_E_NOMEM. On E8KV_OK *out must be closed. */
+e8kv_status e8kv_fetch_start(e8kv_client *const *clients, size_t n_clients, const uint8_t *keys,
+                             size_t n_keys, void *buf, size_t cap, uint32_t max_piece_bytes,
+                             const uint8_t *expect_fingerprint_id, e8kv_fetch **out,
+                             e8kv_error *err);
+/* Waits until at least one chunk is complete and not yet handed out, then copies up to
+ * `max` of them to out[] (*n_out of them). *n_out == 0 with E8KV_OK: every chunk was
+ * handed out (the fetch is over). timeout_ms < 0 waits without limit; after timeout_ms
+ * with nothing ready: E8KV_DEADLINE_EXCEEDED (the fetch goes on; wait again). A stream's
+ * error: that error (the daemon's code and message), every time. */
+e8kv_status e8kv_fetch_wait(e8kv_fetch *f, e8kv_fetched *out, size_t max, int timeout_ms,
+                            size_t *n_out, e8kv_error *err);
+/* Bytes of the chunks completed so far, the part of them outside buf, and their count.
+ * Any pointer may be NULL. Safe while the fetch runs. */
+void e8kv_fetch_stats(const e8kv_fetch *f, uint64_t *bytes, uint64_t *overflow_bytes,
+                      size_t *chunks_done);
+/* Cancels what still runs, waits for the threads, frees everything of the fetch (the
+ * chunk data outside buf included). NULL is a no-op. */
+void e8kv_fetch_close(e8kv_fetch *f);
+
 /* ---- the codec on the caller's side (libe8codec) -----------------------------
  * An engine that encodes its own KV (CPU here, or CUDA through codec/cuda/)
  * sends E8 chunk frames (ENCODING_E8_FRAME) and gets them back undecoded, so

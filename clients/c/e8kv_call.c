@@ -186,6 +186,10 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
   return E8KV_OK;
 }
 
+void kvc_stream_cancel(kvc_stream *s) {
+  if (s && s->call) grpc_call_cancel(s->call, NULL);
+}
+
 e8kv_status kvc_stream_finish(kvc_stream *s, e8kv_error *err) {
   if (!s) return E8KV_OK;
   e8kv_status st = E8KV_OK;

@@ -100,8 +100,14 @@ e8kv_status e8kv_client_open(const e8kv_options *o, e8kv_client **out, e8kv_erro
     grpc_shutdown();
     return s;
   }
-  grpc_arg args[2];
+  grpc_arg args[3];
   size_t nargs = 0;
+  /* Each client its own connection: channels to one address would otherwise share a
+   * subchannel (one TCP/unix connection), and parallel streams (e8kv_fetch_start over
+   * several clients) would queue on it. */
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+  args[nargs++].value.integer = 1;
   uint32_t maxmsg = o->max_message_bytes ? o->max_message_bytes : (64u << 20);
   if (maxmsg > INT32_MAX) maxmsg = INT32_MAX;
   args[nargs].type = GRPC_ARG_INTEGER;

@@ -48,6 +48,10 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
  * Returns the call's status (E8KV_OK when it ended cleanly). NULL: E8KV_OK. */
 e8kv_status kvc_stream_finish(kvc_stream *s, e8kv_error *err);
 
+/* Cancels the call from any thread (grpc_call_cancel is thread-safe): the owner's
+ * pending and later batches fail, and its recv returns CANCELLED. s stays the owner's. */
+void kvc_stream_cancel(kvc_stream *s);
+
 /* open, send, close_send, recv exactly one reply, finish. */
 e8kv_status kvc_unary(e8kv_client *c, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
