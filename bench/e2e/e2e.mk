@@ -4,7 +4,7 @@
 #                                    the Python binding e8kv.cuda (ctypes); built where nvcc exists
 #   make bench-e2e                   TTFT recompute vs restore through e8kvd (bench/e2e/README.md):
 #                                    build/bench/e2e.json, e2e_ttft.png, e2e_detail.json
-#   make e2e-bundle                  here: e8kvd + both codec libraries + the shared libraries the
+#   make e2e-bundle                  here: e8kvd + both codec libraries + libe8kv.so + the shared libraries the
 #                                    GPU machine lacks + generated gRPC stubs (+ wheels from
 #                                    $(BUILD)/wheels if present) into $(BUILD)/bundle
 #   GPU host: make bench-e2e E2E_BUNDLE=build/e2e/bundle   (runs from the bundle, builds nothing)
@@ -13,7 +13,9 @@
 
 E2E_BUNDLE ?=
 E2E_ARGS   ?=
-E2E_NEEDS  := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so
+# libe8kv.so: e8kv.codec's fingerprint conversion and the restore's C fetch (e8kv.fetch);
+# the bundle then also holds its gRPC/absl shared libraries (run.sh links them for Python).
+E2E_NEEDS  := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so $(BUILD)/lib/libe8kv.so
 
 ifneq ($(strip $(NVCC)),)
 E2E_CUDA_SO := $(BUILD)/lib/libe8codec_cuda.so

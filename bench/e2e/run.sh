@@ -16,18 +16,24 @@ if [ -z "$py" ]; then
     py=python3
   fi
 fi
-# e8kvd gets every library of BASE/lib (E2E_KVD_LIBS); the Python process only the codec's
-# own and the few it needs, so that a bundle's older libstdc++/libssl/libffi never shadow the
-# machine's own under torch.
+# e8kvd gets every library of BASE/lib (E2E_KVD_LIBS); the Python process only those the
+# codec libraries and libe8kv.so (the C fetch, fingerprints) need beyond the machine's own:
+# gRPC core, absl, upb, re2, c-ares, protobuf-c, zstd, isa-l (never the bundle's older
+# libstdc++/libssl/libffi, which would shadow the machine's own under torch).
 export E2E_KVD_LIBS="$base/lib"
 export E8KV_LIB="$base/lib/libe8codec.so"
 if [ -f "$base/lib/libe8codec_cuda.so" ]; then export E8KV_CUDA_LIB="$base/lib/libe8codec_cuda.so"; fi
 tmp=$(mktemp -d /tmp/e8kv-e2e.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/lib"
-for l in libzstd.so.1 libisal.so.2; do
-  if [ -f "$base/lib/$l" ]; then ln -s "$base/lib/$l" "$tmp/lib/$l"; fi
+for l in "$base"/lib/*.so*; do
+  [ -f "$l" ] || continue
+  case "${l##*/}" in
+    libabsl_*|libgrpc.so*|libgpr.so*|libupb.so*|libaddress_sorting.so*|libre2.so*|\
+    libcares.so*|libprotobuf-c.so*|libzstd.so*|libisal.so*) ln -s "$l" "$tmp/lib/${l##*/}" ;;
+  esac
 done
+if [ -f "$base/lib/libe8kv.so" ]; then export E8KV_CLIENT_LIB="$base/lib/libe8kv.so"; fi
 export LD_LIBRARY_PATH="$tmp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1   # no progress bars in a log read by its tail
