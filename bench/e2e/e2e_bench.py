@@ -517,7 +517,10 @@ class Bench:
         (out / "e2e_detail.json").write_text(json.dumps(dict(
             gpu=gpu, torch=torch.__version__, transformers=__import__("transformers").__version__,
             daemon_data_dir=str(self.d.root), data_dir_fs=fs_type(self.d.root),
-            args=vars(self.a), notes=self.notes, fetch_impl=self.fetch_impl, runs=self.detail,
+            args=vars(self.a), notes=self.notes, fetch_impl=self.fetch_impl,
+            env={k: os.environ.get(k) for k in ("E8CU_GPU_ENTROPY", "E8CU_GROUP_ELEMS",
+                                                 "E8KV_CUDA_PACK")},
+            runs=self.detail,
             real_weights_check=self.a.real_result), indent=1, default=str))
 
 

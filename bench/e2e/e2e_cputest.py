@@ -7,7 +7,9 @@ the same daemon:
     store_upload_s are there, the round trip through the CPU codec is exact and the restored
     KV close to the original, the decision taken;
   * the store's time split: engine_s (encode, the caller blocked) <= store_s, upload_s > 0,
-    decode steps timed after the upload's reply;
+    decode steps timed after the upload's reply; the store took the deferred encode path
+    (encode_chunks_deferred: the caller's thread snapshots, the upload thread encodes) and
+    counted the encoded bytes;
   * parallel GetChunks, both the C fetch (kvio.NativeFetcher: libe8kv's e8kv_fetch, the
     restore's default, which must be the one in use) and the Python one (kvio.Fetcher), 3
     streams over 8 chunks (uneven slices), returns the very bytes of one GetChunks; a
@@ -71,6 +73,8 @@ def _details(bench, fails):
         sto = d["store"]
         if sto["skipped_tokens"] != 0 and L > CHUNK:
             fails.append(f"store skipped {sto['skipped_tokens']} tokens of a new prefix")
+        if not sto.get("encode_deferred") or sto.get("encoded_bytes", 0) <= 0:
+            fails.append(f"L={L}: the store did not take the deferred encode path: {sto}")
         if not (0 < sto["encode_s"] <= sto["engine_s"] <= sto["store_s"]
                 and sto["upload_s"] > 0 and sto["chunks_written"] == -(-L // CHUNK)):
             fails.append(f"L={L}: store times/counts inconsistent: {sto}")

@@ -54,6 +54,14 @@ class CpuCodec:
                                         first_pos=s + pos_offset)
         return list(self.pool.map(one, starts, n_tokens))
 
+    def encode_chunks_deferred(self, layers, starts, n_tokens, pos_offset=0):
+        """The caller's thread only copies each chunk's KV (a snapshot: the caller may then
+        overwrite its tensors); the returned job's chunks() encodes on the pool, in order."""
+        snaps = [(s, torch.stack([torch.stack((k[:, s:s + n], v[:, s:s + n]))
+                                  for k, v in layers]).to("cpu", copy=True).contiguous())
+                 for s, n in zip(starts, n_tokens)]
+        return _CpuEncodeJob(self, snaps, pos_offset)
+
     def decode_chunks_into(self, chunks, layers, pos_offset=0):
         dt = layers[0][0].dtype
 
@@ -74,6 +82,32 @@ class CpuCodec:
 
     def close(self):
         self.pool.shutdown()
+
+
+class _CpuEncodeJob:
+    """CpuCodec.encode_chunks_deferred's job (EncodeJob's interface: chunks(), result(),
+    release(), n_chunks)."""
+
+    def __init__(self, codec, snaps, pos_offset):
+        self.codec, self.snaps, self.pos_offset = codec, snaps, pos_offset
+
+    @property
+    def n_chunks(self):
+        return len(self.snaps)
+
+    def chunks(self):
+        fp, off = self.codec.fingerprint, self.pos_offset
+        try:
+            yield from self.codec.pool.map(
+                lambda x: e8codec.encode_chunk(fp, x[1], first_pos=x[0] + off), self.snaps)
+        finally:
+            self.release()
+
+    def result(self):
+        return list(self.chunks())
+
+    def release(self):
+        self.snaps = []
 
 
 def make_codec(fingerprint, device, want="auto"):
@@ -176,6 +210,13 @@ def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
             item = q.get()
             if item is None:
                 return
+            if isinstance(item, tuple):     # (EncodeJob, [(start, n)]): assembled here
+                enc, spans = item
+                for (s, m), d in zip(spans, enc.chunks()):
+                    job.res["encoded_bytes"] += len(d)
+                    yield ChunkIn(job.tokens[s:s + m], d)
+                continue
+            job.res["encoded_bytes"] += len(item.data)
             yield item
     t0 = time.perf_counter()
     try:
@@ -226,15 +267,23 @@ def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=
     job.thread = threading.Thread(target=_put_thread, daemon=True, args=(
         client, fp_pb, q, job, over, C, keys[full - 1] if full else b"", F))
     job.thread.start()
+    job.tokens = tokens
     try:
-        for i in range(0, len(starts), group):
+        if hasattr(kvc, "encode_chunks_deferred"):
+            # the whole prefix in one codec call (GPU work and frames to pinned memory on
+            # this thread); the chunk assembly runs on the upload thread
+            te = time.perf_counter()
+            enc = kvc.encode_chunks_deferred(layers, starts, sizes)
+            res["encode_s"] += time.perf_counter() - te
+            res["encode_deferred"] = True
+            q.put((enc, list(zip(starts, sizes))))
+        for i in range(0, 0 if res.get("encode_deferred") else len(starts), group):
             if over.is_set():           # the call failed early: result() says why
                 break
             te = time.perf_counter()
             datas = kvc.encode_chunks(layers, starts[i:i + group], sizes[i:i + group])
             res["encode_s"] += time.perf_counter() - te
             for s, m, d in zip(starts[i:i + group], sizes[i:i + group], datas):
-                res["encoded_bytes"] += len(d)
                 q.put(ChunkIn(tokens[s:s + m], d))
     except BaseException:
         q.put(None)                     # ends the request stream (the daemon keeps what it

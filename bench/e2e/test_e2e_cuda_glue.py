@@ -3,6 +3,7 @@ frames is byte-identical to libe8codec's e8c_chunk_encode, parse_chunk refuses d
 and the e8cu_item records point at the right bytes with the right strides.
 The CUDA calls themselves run on the GPU machine (make bench-e2e: roundtrip_check)."""
 import ctypes
+import threading
 
 import numpy as np
 import pytest
@@ -163,11 +164,16 @@ def _fake_codec(monkeypatch, lib, buf_bytes):
     cc = cuda.CudaCodec.__new__(cuda.CudaCodec)
     cc.fingerprint, cc._c_fp, cc._ctx = codec._as_fingerprint(FP), FP.to_c(), None
     cc.fingerprint_id, cc.fingerprint_bytes = fid, fpb
-    cc._frames_buf = torch.zeros(buf_bytes, dtype=torch.uint8)
+    cc._arena_free, cc._arena_lock, cc._frames_ratio = [], threading.Lock(), 0.0
     cc.pack_path, cc.pack_fallback = "gpu", None
+    cc.allocs = []
+
+    def pinned(n):                      # host memory standing in for pinned memory, counted
+        cc.allocs.append(n)
+        return torch.zeros(n, dtype=torch.uint8)
     monkeypatch.setattr(cuda, "_cu", lambda: lib)
-    monkeypatch.setattr(cuda.CudaCodec, "_pinned",
-                        staticmethod(lambda n: torch.zeros(n, dtype=torch.uint8)))
+    monkeypatch.setattr(cuda, "ARENA_SEGMENT_BYTES", buf_bytes)
+    monkeypatch.setattr(cuda.CudaCodec, "_pinned", staticmethod(pinned))
     return cc
 
 
@@ -187,7 +193,50 @@ def test_pack_frames_path_builds_the_library_chunks(monkeypatch, qb):
     got = cc._pack_frames(items, None, torch.zeros(8), qb, [(0, 0, 256), (256, 256, 40)], None)
     assert got == refs and cc.pack_path == "gpu"
     assert (lib.calls, lib.quantized) == ((1, 0) if qb > 1000 else (2, 1))
-    assert cc._frames_buf.numel() >= sum(len(f) for f in frames)
+    # the arena's segments went back to the codec; the last one holds the frames
+    assert cc._arena_free and cc._arena_free[-1].numel() >= sum(len(f) for f in frames)
+
+
+def test_deferred_jobs_share_and_reuse_the_arena(monkeypatch):
+    """Two groups packed into one job's arena come out as the library's chunks, in order, on
+    another thread; the arena goes back to the codec and the next job reuses it (no new
+    pinned allocation); frames that are not back to back are refused."""
+    c = codec.Codec(FP)
+    raws = [torch.randn(3, 2, 2, n, 32, generator=torch.Generator().manual_seed(n)).to(
+        torch.bfloat16) for n in (256, 256, 40)]
+    refs = [c.encode_chunk(r, first_pos=256 * i) for i, r in enumerate(raws)]
+    fr = [[r[o:o + s] for o, s in cuda.parse_chunk(r)["frames"]] for r in refs]
+    need = sum(map(len, refs))
+    lib = _FakePackLib(fr[0] + fr[1])
+    cc = _fake_codec(monkeypatch, lib, 4 * need)
+    items2, items1 = (np.zeros(n * 6, dtype=cuda.ITEM_DTYPE) for n in (2, 1))
+    for round_ in range(2):
+        job = cuda.EncodeJob(cc, cuda._FrameArena(cc))
+        lib.frames = fr[0] + fr[1]
+        p1 = cc._pack_frames_into(items2, None, torch.zeros(8), 2 * need, None, job.arena)
+        job.parts.append(("frames", p1, [(0, 0, 256), (256, 256, 256)]))
+        lib.frames = fr[2]
+        p2 = cc._pack_frames_into(items1, None, torch.zeros(8), 2 * need, None, job.arena)
+        job.parts.append(("frames", p2, [(512, 512, 40)]))
+        assert p2[0] is p1[0] and p2[1] >= p1[1] + p1[4] and p2[1] % 64 == 0
+        assert job.n_chunks == 3
+        box = {}
+        th = threading.Thread(target=lambda: box.update(got=job.result()))
+        th.start()
+        th.join()
+        assert box["got"] == refs
+        assert len(cc._arena_free) == 1 and job.arena is None
+        assert len(cc.allocs) == 1, f"round {round_}: arena allocated again: {cc.allocs}"
+    job = cuda.EncodeJob(cc, cuda._FrameArena(cc))
+    lib.frames = fr[0] + fr[1]
+    seg, base, offs, sizes, total = cc._pack_frames_into(items2, None, torch.zeros(8), 2 * need,
+                                                         None, job.arena)
+    offs = offs.copy()
+    offs[3] += 1                            # a gap inside chunk 0
+    job.parts.append(("frames", (seg, base, offs, sizes, total), [(0, 0, 256), (256, 256, 256)]))
+    with pytest.raises(cuda.CudaCodecError, match="back to back"):
+        job.result()
+    assert job.arena is None and len(cc._arena_free) == 1
 
 
 def test_pack_frames_refusal_falls_back_to_the_host_packer(monkeypatch):

@@ -39,6 +39,7 @@ Thread safety: one CudaCodec per thread.
 import ctypes
 import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +345,9 @@ class CudaCodec:
         self._events = [None, None]
         self._next_slot = 0               # decode buffer to use next (alternates across calls)
         self._reserved = 0
-        self._frames_buf = None           # pinned host buffer of e8cu_pack_frames
+        self._arena_free = []             # pinned segments of encode's frame arenas, free
+        self._arena_lock = threading.Lock()
+        self._frames_ratio = 0.0          # largest frames / qbatch bytes seen (arena room)
         # entropy stage of encode: "gpu" (e8cu_pack_frames) where the library has it, else or
         # after a refusal "host" (e8cu_pack); E8KV_CUDA_PACK=host forces the host packer
         self.pack_fallback = None
@@ -363,7 +366,7 @@ class CudaCodec:
             lib.e8c_ctx_free(self._cpu)
             self._cpu = None
         self._ws = [None, None]
-        self._frames_buf = None
+        self._arena_free = []
 
     def __enter__(self):
         return self
@@ -462,6 +465,18 @@ class CudaCodec:
         """Chunk frames of tokens [starts[i], starts[i] + n_tokens[i]) of ``layers`` (list of
         (K, V) CUDA tensors [n_kv_heads, T, head_dim]); token t sits at position
         t + pos_offset. Returns a list of bytes, one chunk each."""
+        return self.encode_chunks_deferred(layers, starts, n_tokens, pos_offset=pos_offset,
+                                           stream=stream).result()
+
+    def encode_chunks_deferred(self, layers, starts, n_tokens, *, pos_offset=0, stream=None):
+        """encode_chunks in two halves, for an engine that must not wait for the chunk
+        assembly: this call does the GPU work (quantize; with the GPU entropy stage the coding
+        too) and brings the compact frames to pinned host memory (an arena of the codec,
+        reused); it returns an EncodeJob once the KV tensors are no longer read. The job's
+        ``chunks()`` then assembles the chunk frames (header, fingerprint, frame index,
+        CRC32C: one copy of each chunk's frames) on any thread, e.g. an upload thread.
+        With the host packer (pack_path "host") the whole encode happens here and the job
+        only hands out the finished chunks."""
         fp = self.fingerprint
         dev, dt, T = _check_layers(layers, fp, "encode_chunks")
         if len(starts) != len(n_tokens):
@@ -475,69 +490,95 @@ class CudaCodec:
             self.reserve_positions(max(p + n for _, p, n in spans))
         s_obj, s_ptr = self._stream(stream)
         lib = _cu()
-        out = []
-        for group in self._batches(layers, dt, spans):
-            items = self._items(layers, dt, group)
-            qb = self._qbytes(items)
-            d_q, h_q = self._workspace(0, qb)
-            meta = (QMeta * len(items))()
-            self._check(lib.e8cu_quantize_async(self._ctx, len(items), items.ctypes.data, meta,
-                                                d_q.data_ptr(), qb, None, s_ptr),
-                        "e8cu_quantize_async")
-            if self.pack_path == "gpu":
-                try:
-                    chunks = self._pack_frames(items, meta, d_q, qb, group, s_ptr)
-                except CudaCodecError as e:
-                    if e.code in (ERR_NONFINITE, ERR_RANGE):
-                        raise               # bad input: the caller's error, as e8cu_pack says
-                    chunks, self.pack_path, self.pack_fallback = None, "host", str(e)
-                except Exception as e:      # noqa: BLE001 -- recorded; the host packer goes on
-                    chunks, self.pack_path = None, "host"
-                    self.pack_fallback = f"e8cu_pack_frames path: {type(e).__name__}: {e}"
-                if chunks is not None:
-                    out.extend(chunks)
-                    continue
+        job = EncodeJob(self, _FrameArena(self))
+        try:
+            for group in self._batches(layers, dt, spans):
+                items = self._items(layers, dt, group)
+                qb = self._qbytes(items)
+                d_q, h_q = self._workspace(0, qb)
+                meta = (QMeta * len(items))()
                 self._check(lib.e8cu_quantize_async(self._ctx, len(items), items.ctypes.data,
                                                     meta, d_q.data_ptr(), qb, None, s_ptr),
                             "e8cu_quantize_async")
-            caps = np.array([self._check(lib.e8c_frame_max_size(self._cpu, int(n)),
-                                         "frame max size") for n in items["n_tokens"]],
-                            dtype=np.uint64)
-            offs = np.concatenate(([0], np.cumsum(caps)[:-1])).astype(np.uint64)
-            dst = np.empty(int(caps.sum()), dtype=np.uint8)
-            ptrs = (offs + np.uint64(dst.ctypes.data)).astype(np.uint64)
-            sizes = np.zeros(len(items), dtype=np.uint64)
-            self._check(lib.e8cu_pack(self._ctx, len(items), items.ctypes.data, meta,
-                                      d_q.data_ptr(), h_q.data_ptr(), qb, ptrs.ctypes.data,
-                                      caps.ctypes.data, sizes.ctypes.data, s_ptr), "e8cu_pack")
-            nf = 2 * fp.n_layers
-            for c, (_, p0, n) in enumerate(group):
-                frames = [dst[int(offs[i]):int(offs[i] + sizes[i])].tobytes()
-                          for i in range(c * nf, (c + 1) * nf)]
-                out.append(assemble_chunk(
-                    frames, src_dtype=self._c_fp.src_dtype, n_layers=fp.n_layers,
-                    n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=n, first_pos=p0,
-                    fingerprint_id=self.fingerprint_id,
-                    fingerprint_bytes=self.fingerprint_bytes))
+                if self.pack_path == "gpu":
+                    try:
+                        part = self._pack_frames_into(items, meta, d_q, qb, s_ptr, job.arena)
+                    except CudaCodecError as e:
+                        if e.code in (ERR_NONFINITE, ERR_RANGE):
+                            raise           # bad input: the caller's error, as e8cu_pack says
+                        part, self.pack_path, self.pack_fallback = None, "host", str(e)
+                    except Exception as e:  # noqa: BLE001 -- recorded; the host packer goes on
+                        part, self.pack_path = None, "host"
+                        self.pack_fallback = f"e8cu_pack_frames path: {type(e).__name__}: {e}"
+                    if part is not None:
+                        job.parts.append(("frames", part, group))
+                        continue
+                    self._check(lib.e8cu_quantize_async(self._ctx, len(items),
+                                                        items.ctypes.data, meta,
+                                                        d_q.data_ptr(), qb, None, s_ptr),
+                                "e8cu_quantize_async")
+                job.parts.append(("chunks", self._host_pack(items, meta, d_q, h_q, qb, group,
+                                                            s_ptr), group))
+        except BaseException:
+            job.release()
+            raise
+        return job
+
+    def _host_pack(self, items, meta, d_q, h_q, qb, group, s_ptr):
+        """The host entropy stage (e8cu_pack) of quantized items: the chunks of ``group``."""
+        lib, fp = _cu(), self.fingerprint
+        caps = np.array([self._check(lib.e8c_frame_max_size(self._cpu, int(n)),
+                                     "frame max size") for n in items["n_tokens"]],
+                        dtype=np.uint64)
+        offs = np.concatenate(([0], np.cumsum(caps)[:-1])).astype(np.uint64)
+        dst = np.empty(int(caps.sum()), dtype=np.uint8)
+        ptrs = (offs + np.uint64(dst.ctypes.data)).astype(np.uint64)
+        sizes = np.zeros(len(items), dtype=np.uint64)
+        self._check(lib.e8cu_pack(self._ctx, len(items), items.ctypes.data, meta,
+                                  d_q.data_ptr(), h_q.data_ptr(), qb, ptrs.ctypes.data,
+                                  caps.ctypes.data, sizes.ctypes.data, s_ptr), "e8cu_pack")
+        nf, out = 2 * fp.n_layers, []
+        for c, (_, p0, n) in enumerate(group):
+            frames = [dst[int(offs[i]):int(offs[i] + sizes[i])].tobytes()
+                      for i in range(c * nf, (c + 1) * nf)]
+            out.append(assemble_chunk(
+                frames, src_dtype=self._c_fp.src_dtype, n_layers=fp.n_layers,
+                n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=n, first_pos=p0,
+                fingerprint_id=self.fingerprint_id, fingerprint_bytes=self.fingerprint_bytes))
         return out
 
     def _pack_frames(self, items, meta, d_q, qb, group, s_ptr):
         """Entropy stage on the GPU (e8cu_pack_frames) for quantized items: the chunks of
-        ``group``, or None after switching this codec to the host packer for good (the
-        library refused the config, or failed: pack_fallback says why; the caller quantizes
-        again and packs on the host). Bad input (NaN/inf, out of range) raises."""
+        ``group`` (bytes), or None after switching this codec to the host packer for good
+        (see _pack_frames_into)."""
+        job = EncodeJob(self, _FrameArena(self))
+        part = self._pack_frames_into(items, meta, d_q, qb, s_ptr, job.arena)
+        if part is None:
+            job.release()
+            return None
+        job.parts.append(("frames", part, group))
+        return job.result()
+
+    def _pack_frames_into(self, items, meta, d_q, qb, s_ptr, arena):
+        """Entropy stage on the GPU (e8cu_pack_frames) for quantized items, frames back to
+        back into ``arena`` (pinned): (segment, base, offsets, sizes, total), the frames of
+        item i at segment[base + offsets[i]], sizes[i] bytes; or None after switching this
+        codec to the host packer for good (the library refused the config, or failed:
+        pack_fallback says why; the caller quantizes again and packs on the host). Bad input
+        (NaN/inf, out of range) raises. The room asked for is the frames' expected size
+        (the largest frames/qbatch ratio seen, x 1.5); frames that do not fit are quantized
+        and packed again into room of their exact need x 1.25."""
         lib, n = _cu(), len(items)
         offs = np.zeros(n, dtype=np.uint64)
         sizes = np.zeros(n, dtype=np.uint64)
         total = _sz(0)
-        want = qb                       # frames are smaller than their qbatch but for
-        for attempt in (0, 1):          # rare incompressible cases: then grow and redo
-            if self._frames_buf is None or self._frames_buf.numel() < want:
-                self._frames_buf = None
-                self._frames_buf = self._pinned(want)
-            cap = self._frames_buf.numel()
+        want = min(qb, int(qb * self._frames_ratio * 1.5) + (64 << 10)) \
+            if self._frames_ratio else qb
+        for attempt in (0, 1):
+            seg, base = arena.room(want)
+            cap = seg.numel() - base
             rc = lib.e8cu_pack_frames(self._ctx, n, items.ctypes.data, meta, d_q.data_ptr(), qb,
-                                      self._frames_buf.data_ptr(), cap, offs.ctypes.data,
+                                      seg.data_ptr() + base, cap, offs.ctypes.data,
                                       sizes.ctypes.data, ctypes.byref(total), s_ptr)
             if rc == ERR_DST_SIZE and total.value > cap and attempt == 0:
                 want = int(total.value * 1.25)
@@ -553,19 +594,25 @@ class CudaCodec:
             self.pack_path = "host"
             self.pack_fallback = f"e8cu_pack_frames: {CudaCodecError(rc, 'failed', detail)}"
             return None
-        buf = self._frames_buf.numpy()
-        fp, nf, out = self.fingerprint, 2 * self.fingerprint.n_layers, []
+        arena.commit(seg, base + total.value)
+        self._frames_ratio = max(self._frames_ratio, total.value / max(qb, 1))
+        return seg, base, offs, sizes, total.value
+
+    def _assemble_part(self, part, group):
+        """The chunk frames (bytes) of one _pack_frames_into result, in group order."""
+        seg, base, offs, sizes, total = part
+        buf = seg.numpy()
+        fp, nf = self.fingerprint, 2 * self.fingerprint.n_layers
         for c, (_, p0, ntok) in enumerate(group):
             o, z = offs[c * nf:(c + 1) * nf], sizes[c * nf:(c + 1) * nf]
-            if np.any(o[1:] != o[:-1] + z[:-1]) or int(o[-1] + z[-1]) > total.value:
+            if np.any(o[1:] != o[:-1] + z[:-1]) or int(o[-1] + z[-1]) > total:
                 raise CudaCodecError(ERR_CORRUPT, "e8cu_pack_frames",
                                      f"frames of chunk {c} are not back to back")
-            out.append(assemble_chunk_payload(     # one copy: pinned buffer -> the chunk
-                memoryview(buf[int(o[0]):int(o[-1] + z[-1])]), z.tolist(),
+            yield assemble_chunk_payload(     # one copy: pinned arena -> the chunk
+                memoryview(buf[base + int(o[0]):base + int(o[-1] + z[-1])]), z.tolist(),
                 src_dtype=self._c_fp.src_dtype, n_layers=fp.n_layers,
                 n_kv_heads=fp.n_kv_heads, head_dim=fp.head_dim, n_tokens=ntok, first_pos=p0,
-                fingerprint_id=self.fingerprint_id, fingerprint_bytes=self.fingerprint_bytes))
-        return out
+                fingerprint_id=self.fingerprint_id, fingerprint_bytes=self.fingerprint_bytes)
 
     # -- decode
     def decode_chunks_into(self, chunks, layers, *, pos_offset=0, stream=None):
@@ -632,3 +679,78 @@ class CudaCodec:
         for ev in self._events:
             if ev is not None:
                 ev.synchronize()
+
+
+# ------------------------------------------------------------------------------ encode jobs
+
+ARENA_SEGMENT_BYTES = 256 << 20
+
+
+class _FrameArena:
+    """Pinned host segments that one EncodeJob's frames are written into, back to back
+    (64-byte aligned). Segments come from the codec's free list (or are allocated, at least
+    ARENA_SEGMENT_BYTES) and go back to it on release()."""
+
+    def __init__(self, codec):
+        self.codec, self.segs, self.cur, self.off = codec, [], None, 0
+
+    def room(self, want):
+        """(segment, offset) with at least ``want`` bytes free from offset."""
+        if self.cur is not None and self.cur.numel() - self.off >= want:
+            return self.cur, self.off
+        seg = None
+        with self.codec._arena_lock:
+            free = self.codec._arena_free
+            for i, s in enumerate(free):
+                if s.numel() >= want:
+                    seg = free.pop(i)
+                    break
+        if seg is None:
+            seg = self.codec._pinned(max(int(want), ARENA_SEGMENT_BYTES))
+        self.segs.append(seg)
+        self.cur, self.off = seg, 0
+        return seg, 0
+
+    def commit(self, seg, end):
+        """Bytes up to ``end`` of seg (the current segment) are taken."""
+        if seg is self.cur:
+            self.off = (int(end) + 63) & ~63
+
+    def release(self):
+        with self.codec._arena_lock:
+            self.codec._arena_free.extend(self.segs)
+        self.segs, self.cur, self.off = [], None, 0
+
+
+class EncodeJob:
+    """The chunks of one CudaCodec.encode_chunks_deferred call, in the order asked.
+    ``chunks()`` yields each chunk frame (bytes) as it is assembled, on any thread (one
+    thread at a time), and gives the arena back to the codec at its end; ``result()`` is
+    the list; ``release()`` gives the arena back without assembling (e.g. after an error).
+    ``n_chunks`` is the number of chunks."""
+
+    def __init__(self, codec, arena):
+        self.codec, self.arena, self.parts = codec, arena, []
+
+    @property
+    def n_chunks(self):
+        return sum(len(g) for _, _, g in self.parts)
+
+    def chunks(self):
+        try:
+            for kind, part, group in self.parts:
+                if kind == "chunks":
+                    yield from part
+                else:
+                    yield from self.codec._assemble_part(part, group)
+        finally:
+            self.release()
+
+    def result(self):
+        return list(self.chunks())
+
+    def release(self):
+        if self.arena is not None:
+            self.arena.release()
+            self.arena = None
+            self.parts = []
