@@ -364,6 +364,9 @@ class Fetcher:
         for c in self.clients:
             c.close()
 
+    def prepare(self, nbytes):
+        """Nothing to set up (NativeFetcher's has a buffer)."""
+
     @staticmethod
     def slices(n, k):
         """k contiguous [begin, end) ranges covering range(n), sizes differing by <= 1."""
@@ -461,10 +464,16 @@ class NativeFetcher:
     def __init__(self, address, streams=4, *, timeout=600, token=None, max_streams=None):
         from e8kv.fetch import NativeFetcher as _NF
         self.address, self.streams = address, max(1, int(streams))
-        self.nf = _NF(address, max(self.streams, max_streams or 0), token=token, timeout=timeout)
+        # pageable memory: the decode copies frames into its own pinned staging anyway
+        self.nf = _NF(address, max(self.streams, max_streams or 0), token=token, timeout=timeout,
+                      pinned=False)
 
     def close(self):
         self.nf.close()
+
+    def prepare(self, nbytes):
+        """Makes the fetch buffer hold nbytes (untimed set-up, as an engine's start)."""
+        self.nf.reserve(int(nbytes))
 
     def start(self, keys, *, max_piece_bytes=16 << 20, queue_chunks=None, streams=None):
         return NativeRun(self.nf.start(keys, streams=streams or self.streams,

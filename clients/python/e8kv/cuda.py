@@ -524,6 +524,19 @@ class CudaCodec:
             raise
         return job
 
+    def reserve_encode_arena(self, nbytes):
+        """Allocates pinned arena segments until at least nbytes are free for the frames of
+        the next encode (an engine does this once at start for its longest prefix, so that
+        no pinned allocation, which is slow, lands on its critical path)."""
+        with self._arena_lock:
+            have = sum(x.numel() for x in self._arena_free)
+        while have < nbytes:
+            seg = self._pinned(ARENA_SEGMENT_BYTES)
+            with self._arena_lock:
+                self._arena_free.append(seg)
+            have += seg.numel()
+        return have
+
     def _host_pack(self, items, meta, d_q, h_q, qb, group, s_ptr):
         """The host entropy stage (e8cu_pack) of quantized items: the chunks of ``group``."""
         lib, fp = _cu(), self.fingerprint
