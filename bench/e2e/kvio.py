@@ -115,7 +115,10 @@ def make_codec(fingerprint, device, want="auto"):
     if want in ("auto", "cuda") and device.type == "cuda":
         try:
             from e8kv import cuda as e8cuda
-            return e8cuda.CudaCodec(fingerprint, device=device), "e8kv.cuda"
+            # encode: 1 GiB of qbatch per library call (~16 chunks of the 8B shape), so a
+            # 32K prefix is 8 calls; decode keeps the default double buffer (2 x 256 MiB)
+            return e8cuda.CudaCodec(fingerprint, device=device,
+                                    encode_workspace_bytes=1 << 30), "e8kv.cuda"
         except Exception as e:          # noqa: BLE001 -- reported, and the CPU path used
             if want == "cuda":
                 raise

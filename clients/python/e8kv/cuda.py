@@ -23,8 +23,15 @@ parsed here in Python from FORMAT.md section 7; the frames inside come from the 
 Memory. The caller owns the KV tensors. The codec holds a bounded workspace: one (encode)
 or two (decode, double-buffered so that unpacking batch i+1 on the host overlaps the
 device's work on batch i) device qbatch buffers and as many pinned host ones, each at most
-``workspace_bytes`` (default 256 MiB, grown to one chunk's need if a chunk needs more), all
-allocated through torch (so ``torch.cuda.max_memory_allocated`` counts them).
+``workspace_bytes`` (default 256 MiB, grown to one chunk's need if a chunk needs more;
+encode's up to ``encode_workspace_bytes``, default the same), all allocated through torch
+(so ``torch.cuda.max_memory_allocated`` counts them). Encoded frames land in a pinned host
+arena (segments of ARENA_SEGMENT_BYTES, reused by later encodes once their EncodeJob is
+done; ``reserve_encode_arena`` sizes it ahead).
+
+Two-step encode. ``encode_chunks_deferred`` returns an EncodeJob after the device work and
+the copy of the compact frames to the arena; ``job.chunks()`` assembles the chunk frames on
+any thread (an upload thread), so an engine waits only for the GPU + D2H part.
 
 Streams. Work is enqueued on ``stream`` (default: torch's current stream of the device), so
 it is ordered after the kernels that produced the KV on that stream; ``encode_chunks``
@@ -316,7 +323,7 @@ class CudaCodec:
     name = "cuda"
 
     def __init__(self, fingerprint, *, device=None, n_threads=0,
-                 workspace_bytes=256 << 20):
+                 workspace_bytes=256 << 20, encode_workspace_bytes=None):
         import torch
         self.fingerprint = _codec._as_fingerprint(fingerprint)
         self._c_fp = self.fingerprint.to_c()
@@ -324,6 +331,9 @@ class CudaCodec:
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.workspace_bytes = int(workspace_bytes)
+        # encode's qbatch per library call (one buffer: encode is not double-buffered);
+        # larger = fewer calls for a long prefix
+        self.encode_workspace_bytes = int(encode_workspace_bytes or workspace_bytes)
         lib = _cu()
         err = _i64(0)
         with torch.cuda.device(self.device):
@@ -452,12 +462,13 @@ class CudaCodec:
                                            ctypes.byref(q)), "e8cu_qbatch_size")
         return q.value
 
-    def _batches(self, layers, dt, spans):
-        """Groups of spans whose qbatch fits the workspace (at least one span each)."""
+    def _batches(self, layers, dt, spans, limit=None):
+        """Groups of spans whose qbatch fits the workspace (``limit`` bytes, default
+        workspace_bytes; at least one span each)."""
         if not spans:
             return []
         one = self._qbytes(self._items(layers, dt, [max(spans, key=lambda s: s[2])]))
-        per = max(1, self.workspace_bytes // max(one, 1))
+        per = max(1, (limit or self.workspace_bytes) // max(one, 1))
         return [spans[i:i + per] for i in range(0, len(spans), per)]
 
     # -- encode
@@ -492,7 +503,7 @@ class CudaCodec:
         lib = _cu()
         job = EncodeJob(self, _FrameArena(self))
         try:
-            for group in self._batches(layers, dt, spans):
+            for group in self._batches(layers, dt, spans, self.encode_workspace_bytes):
                 items = self._items(layers, dt, group)
                 qb = self._qbytes(items)
                 d_q, h_q = self._workspace(0, qb)
@@ -527,7 +538,9 @@ class CudaCodec:
     def reserve_encode_arena(self, nbytes):
         """Allocates pinned arena segments until at least nbytes are free for the frames of
         the next encode (an engine does this once at start for its longest prefix, so that
-        no pinned allocation, which is slow, lands on its critical path)."""
+        no pinned allocation, which is slow, lands on its critical path); also grows the
+        encode workspace to encode_workspace_bytes. Returns the arena's free bytes."""
+        self._workspace(0, self.encode_workspace_bytes)
         with self._arena_lock:
             have = sum(x.numel() for x in self._arena_free)
         while have < nbytes:
