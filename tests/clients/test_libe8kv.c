@@ -116,6 +116,46 @@ static void test_null_arguments(void **state) {
   e8kv_client_close(c);
 }
 
+/* e8kv_fetch: argument checks, and a fetch from no daemon fails fast with UNAVAILABLE on
+ * every wait (the first stream's error), stats stay zero, close joins the threads. */
+static void test_fetch_usage_and_no_daemon(void **state) {
+  (void)state;
+  e8kv_client *c[3] = {NULL, NULL, NULL};
+  for (int i = 0; i < 3; i++) assert_int_equal(open_addr("unix:/nonexistent/e8kvd.sock", &c[i], NULL), E8KV_OK);
+  uint8_t keys[5 * 32];
+  memset(keys, 7, sizeof keys);
+  uint8_t buf[4096];
+  e8kv_fetch *f = (e8kv_fetch *)1;
+  e8kv_error err;
+  assert_int_equal(e8kv_fetch_start(c, 3, keys, 5, buf, sizeof buf, 0, NULL, NULL, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_fetch_start(NULL, 3, keys, 5, buf, sizeof buf, 0, NULL, &f, &err), E8KV_E_USAGE);
+  assert_null(f);
+  assert_int_equal(e8kv_fetch_start(c, 3, NULL, 5, buf, sizeof buf, 0, NULL, &f, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_fetch_start(c, 3, keys, 0, buf, sizeof buf, 0, NULL, &f, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_fetch_start(c, 3, keys, 5, NULL, sizeof buf, 0, NULL, &f, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_fetch_start(c, 3, keys, 5, buf, sizeof buf, 100, NULL, &f, &err), E8KV_E_USAGE);
+  assert_non_null(strstr(err.message, "max_piece_bytes"));
+  e8kv_client *holes[2] = {c[0], NULL};
+  assert_int_equal(e8kv_fetch_start(holes, 2, keys, 5, buf, sizeof buf, 0, NULL, &f, &err), E8KV_E_USAGE);
+  time_t t0 = time(NULL);
+  assert_int_equal(e8kv_fetch_start(c, 3, keys, 5, buf, sizeof buf, 0, keys, &f, &err), E8KV_OK);
+  e8kv_fetched out[4];
+  size_t n = 99;
+  assert_int_equal(e8kv_fetch_wait(f, NULL, 4, -1, &n, &err), E8KV_E_USAGE);
+  assert_int_equal(e8kv_fetch_wait(f, out, 4, 10000, &n, &err), E8KV_UNAVAILABLE);
+  assert_int_equal(n, 0);
+  assert_non_null(strstr(err.message, "GetChunks"));
+  assert_int_equal(e8kv_fetch_wait(f, out, 4, 0, &n, &err), E8KV_UNAVAILABLE); /* sticky */
+  uint64_t bytes = 1, over = 1;
+  size_t done = 1;
+  e8kv_fetch_stats(f, &bytes, &over, &done);
+  assert_true(bytes == 0 && over == 0 && done == 0);
+  e8kv_fetch_close(f);
+  e8kv_fetch_close(NULL);
+  assert_true(time(NULL) - t0 < 5);
+  for (int i = 0; i < 3; i++) e8kv_client_close(c[i]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_status_names),
@@ -123,6 +163,7 @@ int main(void) {
       cmocka_unit_test(test_tls_files),
       cmocka_unit_test(test_no_daemon_is_unavailable),
       cmocka_unit_test(test_null_arguments),
+      cmocka_unit_test(test_fetch_usage_and_no_daemon),
   };
   return cmocka_run_group_tests_name("libe8kv", tests, NULL, NULL);
 }
