@@ -82,6 +82,7 @@ def fetch_rows(res, a, d, t, impl, keys, total, streams):
     each stream count; one row each in res["runs"]. The bytes are checked by size (and,
     for the C fetch, that every chunk arrived once)."""
     f, why = kvio.make_fetcher(d.address(t), max(streams), impl, timeout=600)
+    f.prepare(total + (1 << 20))         # the C fetch's buffer, allocated untimed
     try:
         for k in streams:
             secs = []
@@ -118,11 +119,15 @@ def main():
     ap.add_argument("--impls", default="py,c", help="fetch implementations: py, c")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--daemon-threads", type=int, default=8)
+    ap.add_argument("--work-dir", default=None,
+                    help="where e8kvd's data directory goes (default: OUT's parent)")
     a = ap.parse_args()
     streams = [int(x) for x in a.streams.split(",")]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="fetch-kvd-", dir=out.resolve().parent))
+    wd = Path(a.work_dir) if a.work_dir else out.resolve().parent
+    wd.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="fetch-kvd-", dir=wd.resolve()))
     t0 = time.monotonic()
     fp, tokens, chunks = make_chunks(a.model, a.chunks, a.preset)
     total = sum(len(c) for c in chunks)
