@@ -444,17 +444,23 @@ class Bench:
             fs = [("", self.fetchers[t])]
             if self.fetchers[t].kind != "py" and t in self.py_fetchers:
                 fs.append(("py_", self.py_fetchers[t]))
-            for pre, f in fs:
+            for pre, f in fs:           # grpcio's only at --fetch-streams (time budget)
                 out[f"{pre or f.kind + '_'}fetcher"] = f.kind
-                for k in sorted({1, self.a.fetch_streams, 2 * self.a.fetch_streams}):
+                for k in sorted({1, self.a.fetch_streams, 2 * self.a.fetch_streams}
+                                if not pre else {self.a.fetch_streams}):
                     t0 = time.perf_counter()
                     run = f.start(keys, streams=k)
                     got = list(run)
                     sec = time.perf_counter() - t0
                     out[f"{pre}fetch_{t}_{k}streams_s"] = sec
                     out[f"{pre}fetch_{t}_{k}streams_GBps"] = sum(len(d) for d in got) / sec / 1e9
-                    datas = [bytes(d) for d in got]     # the C fetch's views end at close
+                    if f.kind == "py":
+                        datas = got             # bytes (the C fetch's views end at close)
                     run.close()
+        if datas is None:                       # C fetch alone: once more, copied (untimed)
+            run = self.fetchers[self.a.transports[-1]].start(keys)
+            datas = [bytes(d) for d in run]
+            run.close()
         out["fetched_bytes"] = sum(len(d) for d in datas)
         p = next(model.parameters())
         kv = [(torch.empty((fp.n_kv_heads, L, fp.head_dim), dtype=p.dtype, device=p.device),
