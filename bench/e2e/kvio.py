@@ -215,9 +215,13 @@ def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
                 return
             if isinstance(item, tuple):     # (EncodeJob, [(start, n)]): assembled here
                 enc, spans = item
-                for (s, m), d in zip(spans, enc.chunks()):
-                    job.res["encoded_bytes"] += len(d)
-                    yield ChunkIn(job.tokens[s:s + m], d)
+                gen = enc.chunks()
+                try:
+                    for (s, m), d in zip(spans, gen):
+                        job.res["encoded_bytes"] += len(d)
+                        yield ChunkIn(job.tokens[s:s + m], d)
+                finally:
+                    gen.close()             # gives the codec's arena back at once
                 continue
             job.res["encoded_bytes"] += len(item.data)
             yield item
