@@ -11,16 +11,29 @@
  *
  * ON DISK (a data directory)
  *   DIR/segments/NNNNNNNNNNNNNNNN.seg  append-only segment files: a 64-byte segment header, then
- *                                      records = 64-byte record header (magic "E8SR", chunk key,
- *                                      payload length, payload CRC32C, header CRC32C) + payload.
+ *                                      records = 192-byte record header (magic "E8SR", chunk key,
+ *                                      payload length, payload CRC32C, tokens, namespace,
+ *                                      fingerprint, parent key, token digest, raw bytes, time,
+ *                                      two header CRC32Cs: all the index keeps about the chunk)
+ *                                      + payload.
  *   DIR/index/                         LMDB environment: chunks, sessions, namespaces,
  *                                      fingerprints, segments, quarantine, LRU order.
  *   DIR/LOCK                           flock()ed by the one read-write opener.
- *   LMDB is the truth. A write is: payload written -> fdatasync (plus a directory fsync when the
- *   segment is new) -> LMDB commit -> the call returns success. So the index never points at
- *   bytes that are not on disk, and a record whose call did not return success is never visible,
- *   now or after a crash. Bytes past the last indexed record of a segment (a crash, a failed
- *   write) are ignored and truncated away at the next read-write open. All offsets and lengths are
+ *   A write is: payload written -> fdatasync (plus a directory fsync when the segment is new)
+ *   -> LMDB commit -> the call returns success. So the index never points at bytes that are not
+ *   on disk, and a record whose call did not return success is never visible, now or after a
+ *   crash. A put's LMDB commit is lazy (MDB_NOMETASYNC: LMDB's data pages are flushed, its meta
+ *   page is written but flushed only by the next commit or close): one device flush less per
+ *   put, LMDB stays consistent, and a power loss can undo that last commit. Its records are on
+ *   disk already and each carries what the index needs, so the next read-write open replays
+ *   every record past the end the index knows for its segment (both header CRCs and the payload
+ *   CRC checked; first writer of a key wins; budget and quota as for a put) and cuts the file
+ *   after the last one that checks. Every commit raises that end over all the records its puts
+ *   wrote, and a commit after which a caller hears of a failure (or a segment file is deleted),
+ *   like every non-put commit (sessions, deletes, namespaces, compaction), is flushed before the
+ *   call returns: so replay brings back only records of lost or unfinished commits, never one a
+ *   caller was told failed. Stores of format 1 (64-byte record headers) are refused at open
+ *   (E8S_ERR_UNSUPPORTED). A read-only open does not replay. All offsets and lengths are
  *   64-bit: segments and payloads beyond 4 GiB work. Puts append to up to two active segments at
  *   once (write lanes, see THREAD SAFETY), each allocated (fallocate) up to 64 MiB ahead of its
  *   last record; the allocated tail is cut when the segment is sealed and at open, and is not
@@ -87,7 +100,7 @@ extern "C" {
 #define E8S_META_MAX (64u << 10)   /* session user metadata, bytes */
 #define E8S_FP_BLOB_MAX (64u << 10) /* serialized fingerprint blob, bytes */
 #define E8S_CHUNK_TOKENS_MAX (1u << 20) /* tokens in one chunk */
-#define E8S_RECORD_HEADER_BYTES 64 /* bytes counted per record on top of its payload */
+#define E8S_RECORD_HEADER_BYTES 192 /* bytes counted per record on top of its payload */
 
 /* ---------------------------------------------------------------- errors */
 typedef enum e8s_err {

@@ -6,7 +6,8 @@
  * Matching operations: WRITE_* = one record write submission (either engine), FSYNC_EIO = one
  * fdatasync of a segment, MAP_FULL = one LMDB write-transaction commit (acts as MDB_MAP_FULL:
  * the store grows the map and retries), URING_EPERM = one io_uring setup (open falls back to
- * pwrite with E8S_IO_AUTO, fails with E8S_IO_URING). */
+ * pwrite with E8S_IO_AUTO, fails with E8S_IO_URING), INDEX_LOST / CRASH_AFTER_SYNC = one put
+ * group's index stage. */
 #ifndef E8STORE_TEST_H
 #define E8STORE_TEST_H
 
@@ -18,7 +19,13 @@ typedef enum e8s_fault {
                              continue it, so the record still succeeds */
   E8S_FAULT_FSYNC_EIO,
   E8S_FAULT_MAP_FULL,
-  E8S_FAULT_URING_EPERM
+  E8S_FAULT_URING_EPERM,
+  E8S_FAULT_INDEX_LOST,       /* a put group's LMDB transaction is aborted instead of committed
+                                 and the put reports success: what a power loss does to the
+                                 last lazy (MDB_NOMETASYNC) commit; replay at the next open
+                                 must bring its records back */
+  E8S_FAULT_CRASH_AFTER_SYNC  /* the process SIGKILLs itself after a put group's segment
+                                 fdatasync, before its LMDB stage */
 } e8s_fault;
 
 void e8s_test_fault_set(e8s_fault kind, unsigned skip, unsigned count);
@@ -41,5 +48,8 @@ typedef struct e8s_test_put_times {
 } e8s_test_put_times;
 struct e8s_store;
 void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out);
+
+/* Records that replay indexed when the store was opened (store_replay.c). */
+unsigned long long e8s_test_replayed_at_open(struct e8s_store *st);
 
 #endif

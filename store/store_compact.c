@@ -76,8 +76,11 @@ static int piece_index(e8s_store *st, MDB_txn *txn, void *vc) {
   for (size_t i = 0; i < c->n; i++) {
     move *m = &c->m[i];
     if (!m->written) continue;
+    /* the copy is below the index end even when it is not used (replay never revives it) */
+    int e = store_seg_cover(txn, st, m->new_seg, m->new_off, store_rec_bytes(m->rec.payload_bytes));
+    if (e) return e;
     store_chunk_val v;
-    int e = store_chunk_get(txn, st, m->key, &v);
+    e = store_chunk_get(txn, st, m->key, &v);
     if (e == E8S_ERR_NOTFOUND) continue; /* evicted meanwhile: the copy is dead */
     if (e) return e;
     if (v.seg_id != m->rec.seg_id || v.offset != m->rec.offset) continue;
@@ -94,7 +97,7 @@ static int piece_index(e8s_store *st, MDB_txn *txn, void *vc) {
     store_seg_val sv;
     int e = store_get_fixed(txn, st->db_segs, sk, 8, &sv, sizeof sv);
     if (e == E8S_OK && sv.live == 0) {
-      if ((e = store_del(txn, st->db_segs, sk, 8))) return e;
+      if ((e = store_seg_index_drop(txn, st, c->seg_id))) return e;
       return store_retire_add(&c->retire, c->seg_id);
     }
     if (e != E8S_ERR_NOTFOUND) return e;
@@ -116,8 +119,7 @@ static int move_piece(e8s_store *st, piece_ctx *c) {
   for (size_t i = 0; i < c->n; i++) {
     move *m = &c->m[i];
     if (!m->payload) continue;
-    store_rec_hdr_encode(m->hdr, m->key, m->rec.payload_bytes, m->rec.crc, m->rec.n_tokens,
-                         m->rec.ns_id);
+    store_rec_hdr_encode(m->hdr, m->key, &m->rec);
     w[nw].iov[0] = (struct iovec){m->hdr, sizeof m->hdr};
     w[nw].iov[1] = (struct iovec){m->payload, m->rec.payload_bytes};
     w[nw].bytes = store_rec_bytes(m->rec.payload_bytes);

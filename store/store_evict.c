@@ -97,16 +97,56 @@ static int account(MDB_txn *txn, e8s_store *st, const store_chunk_val *v, int si
   return seg_account(txn, st, v->seg_id, v->offset, bytes, sign, seg_empty);
 }
 
+int store_seg_cover(MDB_txn *txn, e8s_store *st, uint64_t seg_id, uint64_t off, uint64_t bytes) {
+  uint8_t sk[8];
+  store_be64(sk, seg_id);
+  store_seg_val sv = {0};
+  int e = store_get_fixed(txn, st->db_segs, sk, 8, &sv, sizeof sv);
+  if (e == E8S_ERR_NOTFOUND) {
+    sv.created_ns = store_now_ns();
+    sv.end = STORE_SEG_HDR_BYTES;
+  } else if (e) return e;
+  if (off + bytes <= sv.end) return E8S_OK;
+  sv.end = off + bytes;
+  return store_put(txn, st->db_segs, sk, 8, &sv, sizeof sv);
+}
+
+/* meta key of segment id's drop marker: 'D' + be64 id */
+static void drop_key(uint8_t k[9], uint64_t id) {
+  k[0] = 'D';
+  store_be64(k + 1, id);
+}
+
+int store_seg_index_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id) {
+  uint8_t sk[8], dk[9];
+  uint64_t zero = 0;
+  store_be64(sk, seg_id);
+  drop_key(dk, seg_id);
+  int e = store_del(txn, st->db_segs, sk, 8);
+  return e ? e : store_put(txn, st->db_meta, dk, 9, &zero, sizeof zero);
+}
+
+int store_seg_dropped(MDB_txn *txn, e8s_store *st, uint64_t seg_id) {
+  uint8_t dk[9];
+  drop_key(dk, seg_id);
+  MDB_val k = {9, dk}, v;
+  return mdb_get(txn, st->db_meta, &k, &v) == 0;
+}
+
+int store_seg_forget_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id) {
+  uint8_t dk[9];
+  drop_key(dk, seg_id);
+  return store_del(txn, st->db_meta, dk, 9);
+}
+
 /* Drops segment seg_id from the index if it is empty, not being appended and holds no record
  * of the write pipeline waiting for its index stage. */
 static int seg_maybe_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id, int empty,
                           uint64_t *retire_out) {
   *retire_out = 0;
   if (!empty || store_seg_busy(st, seg_id)) return E8S_OK;
-  uint8_t sk[8];
-  store_be64(sk, seg_id);
   *retire_out = seg_id;
-  return store_del(txn, st->db_segs, sk, 8);
+  return store_seg_index_drop(txn, st, seg_id);
 }
 
 int store_chunk_relocate(MDB_txn *txn, e8s_store *st, const uint8_t key[32],

@@ -1,6 +1,7 @@
 /* store_fault.c: fault injection hooks (see e8store_test.h). One relaxed atomic load per
  * operation when no fault is set. */
 #include <errno.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 #include "store/e8store_test.h"
@@ -62,6 +63,16 @@ int store_fault_uring_setup(void) {
   return fire(E8S_FAULT_URING_EPERM, E8S_FAULT_URING_EPERM, &k) ? -EPERM : 0;
 }
 
+int store_fault_index_lost(void) {
+  int k;
+  return fire(E8S_FAULT_INDEX_LOST, E8S_FAULT_INDEX_LOST, &k);
+}
+
+void store_fault_crash_after_sync(void) {
+  int k;
+  if (fire(E8S_FAULT_CRASH_AFTER_SYNC, E8S_FAULT_CRASH_AFTER_SYNC, &k)) raise(SIGKILL);
+}
+
 static _Atomic unsigned long long seg_start;
 
 void e8s_test_segment_start(unsigned long long offset) { atomic_store(&seg_start, offset); }
@@ -69,6 +80,10 @@ void e8s_test_segment_start(unsigned long long offset) { atomic_store(&seg_start
 uint64_t store_fault_segment_start(void) {
   unsigned long long o = atomic_load(&seg_start);
   return o > STORE_SEG_HDR_BYTES ? o : STORE_SEG_HDR_BYTES;
+}
+
+unsigned long long e8s_test_replayed_at_open(struct e8s_store *st) {
+  return st->replayed_at_open;
 }
 
 void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out) {

@@ -143,6 +143,24 @@ int store_txn_commit(e8s_store *st, MDB_txn *txn) {
   return rc ? store_err_mdb(rc, "commit") : E8S_OK;
 }
 
+int store_index_commit_lazy(e8s_store *st, MDB_txn *txn, int lazy) {
+  if (!lazy) return store_txn_commit(st, txn);
+  /* wlock held: the only thread changing the flag (LMDB allows it between transactions) */
+  int rc = mdb_env_set_flags(st->env, MDB_NOMETASYNC, 1);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return store_err_mdb(rc, "set NOMETASYNC");
+  }
+  int e = store_txn_commit(st, txn);
+  mdb_env_set_flags(st->env, MDB_NOMETASYNC, 0);
+  return e;
+}
+
+int store_index_sync(e8s_store *st) {
+  int rc = mdb_env_sync(st->env, 1);
+  return rc ? store_err_mdb(rc, "sync") : E8S_OK;
+}
+
 int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx) {
   if (st->readonly) return store_err(E8S_ERR_READONLY, "store opened read-only");
   for (;;) {

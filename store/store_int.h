@@ -22,19 +22,27 @@
 /* ---------------------------------------------------------------- on-disk headers */
 #define STORE_REC_MAGIC 0x52533845u /* "E8SR" little-endian */
 #define STORE_SEG_MAGIC 0x47533845u /* "E8SG" */
-#define STORE_HDR_VERSION 1u
+#define STORE_HDR_VERSION 2u /* record header version (1: 64 bytes, before the replay log) */
 #define STORE_SEG_HDR_BYTES 64u
 #define STORE_PAYLOAD_MAX (1ull << 40)
+#define STORE_FORMAT 2u /* meta "format": stores of format 1 hold v1 records, refused at open */
 
-/* Record header, 64 bytes, little-endian fields, written before each payload:
- *   0 magic u32 | 4 version u16 | 6 header bytes u16 (64) | 8 payload bytes u64 | 16 key[32]
- *   48 payload CRC32C u32 | 52 n_tokens u32 | 56 ns_id u32 | 60 CRC32C of bytes 0..59 u32 */
+struct store_chunk_val;
+/* Record header, 192 bytes (E8S_RECORD_HEADER_BYTES), little-endian fields, written before each
+ * payload. It holds everything the index keeps about the chunk, so the segments are a log the
+ * index can be rebuilt from (replay at open, store_replay.c):
+ *   0 magic u32 | 4 version u8 (2) | 5 0 | 6 header bytes u8 (192) | 7 0 | 8 payload bytes u64
+ *   16 key[32] | 48 payload CRC32C u32 | 52 n_tokens u32 | 56 ns_id u32
+ *   60 CRC32C of bytes 0..59 u32 | 64 fingerprint id[32] | 96 parent key[32]
+ *   128 token digest[32] | 160 raw bytes u64 | 168 created ns u64 | 176 zero[12]
+ *   188 CRC32C of bytes 64..187 u32
+ * Encode takes payload_bytes, crc, n_tokens, ns_id, fp, parent, digest, raw_bytes, created_ns
+ * of v; decode fills those (the rest of v zeroed). */
 void store_rec_hdr_encode(uint8_t out[E8S_RECORD_HEADER_BYTES], const uint8_t key[32],
-                          uint64_t payload_bytes, uint32_t crc, uint32_t n_tokens,
-                          uint32_t ns_id);
-/* 0 if valid (magic, version, header CRC), -1 otherwise; fills the fields. */
+                          const struct store_chunk_val *v);
+/* 0 if valid (magic, version, both header CRCs), -1 otherwise. */
 int store_rec_hdr_decode(const uint8_t in[E8S_RECORD_HEADER_BYTES], uint8_t key[32],
-                         uint64_t *payload_bytes, uint32_t *crc);
+                         struct store_chunk_val *v);
 
 /* ---------------------------------------------------------------- errors */
 /* Sets the thread's detail message (printf-style) and returns rc. */
@@ -56,6 +64,8 @@ int store_fault_write(uint64_t *len); /* -EIO, -ENOSPC, or shortens *len (return
 int store_fault_fsync(void);          /* -EIO */
 int store_fault_map_full(void);       /* 1 if the commit must act as MDB_MAP_FULL */
 int store_fault_uring_setup(void);    /* -EPERM */
+int store_fault_index_lost(void);     /* 1: the put's commit is dropped but reported done */
+void store_fault_crash_after_sync(void); /* SIGKILLs the process if that fault is due */
 uint64_t store_fault_segment_start(void); /* first record offset of a new segment */
 
 /* ---------------------------------------------------------------- io engines */
@@ -221,6 +231,7 @@ struct e8s_store {
   size_t n_touches;
 
   _Atomic uint64_t tick;     /* logical LRU clock */
+  uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */
   _Atomic uint64_t c_lookups, c_hit_chunks, c_misses, c_evictions, c_stored, c_existed,
       c_reads, c_read_bytes, c_crc_failures;
 };
@@ -241,6 +252,14 @@ int store_ns_upgrade(e8s_store *st);
 int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx);
 /* Commit with map-full handling: E8S_OK, STORE_MAPFULL_RETRY (aborted), or error (aborted). */
 int store_txn_commit(e8s_store *st, MDB_txn *txn);
+/* Commit of a put group's transaction (wlock held). lazy: with MDB_NOMETASYNC, i.e. LMDB's
+ * data pages are flushed but its meta page is written without a flush, so the commit is
+ * visible and consistent at once and durable at the next flush of the index (any later commit,
+ * store_index_sync, close). LMDB keeps its integrity that way; a power loss can undo that last
+ * commit, and replay at open (store_replay.c) indexes its records again from their segments,
+ * whose fdatasync came before the commit. Every other transaction flushes data and meta. */
+int store_index_commit_lazy(e8s_store *st, MDB_txn *txn, int lazy);
+int store_index_sync(e8s_store *st); /* flushes data and meta of every commit so far */
 /* Doubles the map (wlock held, no write txn open). E8S_ERR_MAPFULL at the maximum. */
 int store_map_grow(e8s_store *st);
 /* mdb_put / mdb_del with error mapping (MDB_MAP_FULL -> STORE_MAPFULL_RETRY). */
@@ -303,8 +322,6 @@ void store_seg_pending_done(e8s_store *st, store_seg *s);
 void store_seg_set_sync_failed(e8s_store *st, store_seg *s);
 int store_seg_sync_failed(e8s_store *st, store_seg *s);
 void store_seg_table_free(e8s_store *st);
-/* Open-time recovery (read-write): truncate indexed segments to their end, delete unknown. */
-int store_seg_recover(e8s_store *st);
 /* Reads payload of a record at (seg, off) into buf and checks header + CRC.
  * E8S_OK, E8S_ERR_DATALOSS (with *found_crc), E8S_ERR_IO, E8S_ERR_NOTFOUND (segment gone). */
 int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint8_t key[32],
@@ -356,6 +373,27 @@ int store_ns_store(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const store_ns_v
 /* Quarantines key if the index still points at rec (read-write). */
 void store_quarantine(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec,
                       uint32_t found_crc);
+
+/* Segment seg_id's index end is raised to cover [off, off + bytes) (the entry is created, with
+ * no live bytes, if missing): a record written but not indexed (its put failed, or another
+ * put of the key won) is then dead space below the end that replay at open never revives. */
+int store_seg_cover(MDB_txn *txn, e8s_store *st, uint64_t seg_id, uint64_t off, uint64_t bytes);
+/* Removes segment seg_id from the index and leaves a drop marker (meta 'D' + be64 id), so that
+ * open unlinks a file whose unlink a crash prevented instead of replaying it as new. */
+int store_seg_index_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id);
+int store_seg_dropped(MDB_txn *txn, e8s_store *st, uint64_t seg_id); /* 1 if marked */
+int store_seg_forget_drop(MDB_txn *txn, e8s_store *st, uint64_t seg_id);
+/* The put path's budget check for one record of `bytes` in namespace ns_id, given bytes already
+ * planned in this transaction in total (pending) and in the namespace (pending_ns): evicts LRU
+ * unpinned chunks (namespace quota first, then the store budget), appending retired segment ids
+ * to rs; E8S_ERR_QUOTA / E8S_ERR_FULL if the rest is pinned. */
+int store_make_room(MDB_txn *txn, e8s_store *st, store_retire_list *rs, uint32_t ns_id,
+                    uint64_t bytes, uint64_t pending, uint64_t pending_ns);
+/* Open (read-write): segment records past the index's end of their segment (a put whose LMDB
+ * commit did not reach the disk, or one cut off by a crash after its fdatasync) are checked
+ * (both header CRCs, payload CRC32C) and indexed as a put would have; files are cut after the
+ * last valid record; files of dropped segments are unlinked (store_replay.c). */
+int store_replay(e8s_store *st);
 
 /* Reads up to max chunk records in key order after `after` (exclusive; NULL = first). */
 typedef struct scan_item { uint8_t key[32]; store_chunk_val rec; } scan_item;

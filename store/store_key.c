@@ -104,28 +104,42 @@ uint32_t store_crc32c(const void *buf, uint64_t len) {
 }
 
 void store_rec_hdr_encode(uint8_t out[E8S_RECORD_HEADER_BYTES], const uint8_t key[32],
-                          uint64_t payload_bytes, uint32_t crc, uint32_t n_tokens,
-                          uint32_t ns_id) {
+                          const store_chunk_val *v) {
   memset(out, 0, E8S_RECORD_HEADER_BYTES);
   put_le32(out, STORE_REC_MAGIC);
   out[4] = STORE_HDR_VERSION;
   out[6] = E8S_RECORD_HEADER_BYTES;
-  put_le64(out + 8, payload_bytes);
+  put_le64(out + 8, v->payload_bytes);
   memcpy(out + 16, key, 32);
-  put_le32(out + 48, crc);
-  put_le32(out + 52, n_tokens);
-  put_le32(out + 56, ns_id);
+  put_le32(out + 48, v->crc);
+  put_le32(out + 52, v->n_tokens);
+  put_le32(out + 56, v->ns_id);
   put_le32(out + 60, store_crc32c(out, 60));
+  memcpy(out + 64, v->fp, 32);
+  memcpy(out + 96, v->parent, 32);
+  memcpy(out + 128, v->digest, 32);
+  put_le64(out + 160, v->raw_bytes);
+  put_le64(out + 168, v->created_ns);
+  put_le32(out + 188, store_crc32c(out + 64, 124));
 }
 
 int store_rec_hdr_decode(const uint8_t in[E8S_RECORD_HEADER_BYTES], uint8_t key[32],
-                         uint64_t *payload_bytes, uint32_t *crc) {
-  if (get_le32(in) != STORE_REC_MAGIC || in[4] != STORE_HDR_VERSION ||
-      in[6] != E8S_RECORD_HEADER_BYTES || get_le32(in + 60) != store_crc32c(in, 60))
+                         store_chunk_val *v) {
+  if (get_le32(in) != STORE_REC_MAGIC || in[4] != STORE_HDR_VERSION || in[5] != 0 ||
+      in[6] != E8S_RECORD_HEADER_BYTES || in[7] != 0 || get_le32(in + 60) != store_crc32c(in, 60) ||
+      get_le32(in + 188) != store_crc32c(in + 64, 124))
     return -1;
+  memset(v, 0, sizeof *v);
   memcpy(key, in + 16, 32);
-  *payload_bytes = get_le64(in + 8);
-  *crc = get_le32(in + 48);
+  v->payload_bytes = get_le64(in + 8);
+  v->crc = get_le32(in + 48);
+  v->n_tokens = get_le32(in + 52);
+  v->ns_id = get_le32(in + 56);
+  memcpy(v->fp, in + 64, 32);
+  memcpy(v->parent, in + 96, 32);
+  memcpy(v->digest, in + 128, 32);
+  v->raw_bytes = get_le64(in + 160);
+  v->created_ns = get_le64(in + 168);
   return 0;
 }
 

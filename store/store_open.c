@@ -93,6 +93,13 @@ static int pick_lane_engines(e8s_store *st) {
   return rc ? store_err(store_err_errno(rc), "io engine: %s", strerror(-rc)) : E8S_OK;
 }
 
+static uint64_t entries(MDB_txn *txn, MDB_dbi dbi);
+
+static int set_format(e8s_store *st, MDB_txn *txn, void *ctx) {
+  (void)ctx;
+  return store_meta_put_u64(txn, st, "format", STORE_FORMAT);
+}
+
 static int open_inner(e8s_store *st) {
   int e = make_dirs(st);
   if (e) return e;
@@ -101,14 +108,23 @@ static int open_inner(e8s_store *st) {
   if (!st->readonly && (e = take_lock(st))) return e;
   if ((e = pick_engine(st)) || (e = pick_lane_engines(st))) return e;
   if ((e = store_index_open(st))) return e;
-  if (!st->readonly && (e = store_seg_recover(st))) return e;
-  if (!st->readonly && (e = store_ns_upgrade(st))) return e;
   MDB_txn *txn;
   if ((e = store_rtxn_begin(st, &txn))) return e;
-  uint64_t tick;
+  uint64_t tick, format;
   e = store_meta_get_u64(txn, st, "tick", &tick);
+  if (!e) e = store_meta_get_u64(txn, st, "format", &format);
+  uint64_t chunks = entries(txn, st->db_chunks);
   store_rtxn_end(st, txn);
+  if (e) return e;
   atomic_store(&st->tick, tick + 1);
+  if (format != STORE_FORMAT && (format || chunks))
+    return store_err(E8S_ERR_UNSUPPORTED, "%s: store format %llu, this libe8store reads format "
+                     "%u (records with 192-byte headers); export it with the e8kvctl that wrote it "
+                     "and import it here", st->dir, (unsigned long long)(format ? format : 1),
+                     STORE_FORMAT);
+  if (!st->readonly && !format && (e = store_wtxn_run(st, set_format, NULL))) return e;
+  if (!st->readonly && (e = store_replay(st))) return e;
+  if (!st->readonly && (e = store_ns_upgrade(st))) return e;
   if (!st->readonly) {
     st->touches = malloc(STORE_TOUCH_MAX * sizeof *st->touches);
     if (!st->touches) return E8S_ERR_NOMEM;
@@ -165,6 +181,7 @@ void e8s_close(e8s_store *st) {
       if (store_touch_flush(st, txn) == 0) mdb_txn_commit(txn);
       else mdb_txn_abort(txn);
     }
+    store_index_sync(st); /* the last lazy put commit: durable now, nothing to replay */
   }
   store_index_close(st);
   for (int i = 0; i < STORE_LANES; i++) {

@@ -16,7 +16,11 @@
  *      conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
  *      namespace (quota) and of the store (budget), in this same transaction; a planned record
  *      that the data stage skipped (it was indexed then, and evicted since) is written and
- *      synced now (lane 0); insert, commit, wake the callers.
+ *      synced now (lane 0); insert, raise the segments' index end over every record the group
+ *      wrote (store_seg_cover), commit, wake the callers. The commit is lazy (one LMDB flush,
+ *      the meta page's flush deferred: store_index_commit_lazy) unless a caller will hear of a
+ *      record that was written and failed, or a segment file goes: then it is flushed whole
+ *      first. A lost lazy commit is replayed from the segments at open (store_replay.c).
  * So concurrent callers share fdatasyncs and LMDB commits, and several groups are in flight at
  * once (one per lane in the data stage, one per lane in the sync stage, one in the index
  * stage). The order payload written -> fdatasync -> LMDB commit -> reply holds for every
@@ -24,6 +28,7 @@
  * are not written again). A record that was written but is not indexed (the key was indexed
  * meanwhile, the budget said no, a later failure) is dead space that no index entry points at,
  * reclaimed by compaction or cut at open. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -38,6 +43,7 @@ typedef struct put_item {
   int dup_of;         /* index of an earlier record of the same call with the same key, or -1 */
   struct put_item *xdup;  /* same key planned by an earlier call of the group */
   e8s_put_rec *xdup_rec;
+  uint64_t created_ns;
   int planned;        /* to be inserted in this attempt */
   int written;        /* on disk and synced */
   uint64_t seg_id, off;
@@ -66,10 +72,12 @@ typedef struct put_group {
   size_t nwr, cap;
   uint64_t bytes;     /* record bytes of its calls */
   struct put_group *next; /* index stage queue (gc_mu) */
+  struct put_group *src;  /* index stage: the queued groups merged into this one */
   int ix_rc, ix_done;
+  int must_sync;      /* index stage: the commit must be durable before anyone hears of it */
 } put_group;
 
-static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
+static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id, const uint8_t *fp) {
   it->dup_of = -1;
   if (!r->tokens || r->n_tokens == 0 || r->n_tokens > E8S_CHUNK_TOKENS_MAX)
     return store_err(E8S_ERR_INVAL, "put: %u tokens (1..%u)", r->n_tokens, E8S_CHUNK_TOKENS_MAX);
@@ -82,23 +90,28 @@ static int prepare(e8s_put_rec *r, put_item *it, uint32_t ns_id) {
   if (e) return e;
   it->crc = store_crc32c(r->payload, r->payload_bytes);
   it->bytes = store_rec_bytes(r->payload_bytes);
-  store_rec_hdr_encode(it->hdr, r->key, r->payload_bytes, it->crc, r->n_tokens, ns_id);
+  it->created_ns = store_now_ns();
+  store_chunk_val v = {.payload_bytes = r->payload_bytes, .created_ns = it->created_ns,
+                       .crc = it->crc, .n_tokens = r->n_tokens, .ns_id = ns_id,
+                       .raw_bytes = r->raw_bytes};
+  memcpy(v.fp, fp, 32);
+  memcpy(v.parent, r->parent, 32);
+  memcpy(v.digest, it->digest, 32);
+  store_rec_hdr_encode(it->hdr, r->key, &v);
   return E8S_OK;
 }
 
-/* Budget check for one record of call c, given bytes already planned in this group in total
- * (pending) and in c's namespace (pending_ns). */
-static int make_room(MDB_txn *txn, e8s_store *st, put_group *g, put_ctx *c, uint64_t bytes,
-                     uint64_t pending, uint64_t pending_ns) {
+int store_make_room(MDB_txn *txn, e8s_store *st, store_retire_list *rs, uint32_t ns_id,
+                    uint64_t bytes, uint64_t pending, uint64_t pending_ns) {
   store_ns_val ns;
-  int e = store_ns_load(txn, st, c->ns_id, &ns);
+  int e = store_ns_load(txn, st, ns_id, &ns);
   if (e) return e;
   uint64_t freed, need;
   if (ns.quota) {
     if (bytes > ns.quota) return store_err(E8S_ERR_QUOTA, "put: record larger than the quota");
     if (ns.used + pending_ns + bytes > ns.quota) {
       need = ns.used + pending_ns + bytes - ns.quota;
-      if ((e = store_evict(txn, st, c->ns_id, need, &freed, &g->retire))) return e;
+      if ((e = store_evict(txn, st, ns_id, need, &freed, rs))) return e;
       if (freed < need)
         return store_err(E8S_ERR_QUOTA, "namespace %s: quota %llu bytes reached, the rest is "
                          "pinned", ns.name, (unsigned long long)ns.quota);
@@ -110,7 +123,7 @@ static int make_room(MDB_txn *txn, e8s_store *st, put_group *g, put_ctx *c, uint
   if ((e = store_meta_get_u64(txn, st, "used", &used))) return e;
   if (used + pending + bytes > cap) {
     need = used + pending + bytes - cap;
-    if ((e = store_evict(txn, st, 0, need, &freed, &g->retire))) return e;
+    if ((e = store_evict(txn, st, 0, need, &freed, rs))) return e;
     if (freed < need)
       return store_err(E8S_ERR_FULL, "store budget %llu bytes reached, the rest is pinned",
                        (unsigned long long)cap);
@@ -167,7 +180,7 @@ static int plan(MDB_txn *txn, e8s_store *st, put_group *g, size_t ci, uint64_t *
     if (e != E8S_ERR_NOTFOUND) return e;
     it->xdup = planned_before(g, ci, r->key, &it->xdup_rec);
     if (it->xdup) continue; /* settled after the commit, from the other call's result */
-    e = make_room(txn, st, g, c, it->bytes, *pending, pending_ns);
+    e = store_make_room(txn, st, &g->retire, c->ns_id, it->bytes, *pending, pending_ns);
     if (e == STORE_MAPFULL_RETRY || e == E8S_ERR_CORRUPT || e == E8S_ERR_NOMEM) return e;
     if (e) {
       r->result = e;
@@ -247,13 +260,12 @@ static void pick(e8s_store *st, put_group *g) {
 }
 
 static int insert_planned(MDB_txn *txn, e8s_store *st, put_ctx *c) {
-  uint64_t now = store_now_ns();
   for (size_t i = 0; i < c->n; i++) {
     put_item *it = &c->it[i];
     if (!it->planned) continue;
     e8s_put_rec *r = &c->r[i];
     store_chunk_val v = {.seg_id = it->seg_id, .offset = it->off,
-                         .payload_bytes = r->payload_bytes, .created_ns = now,
+                         .payload_bytes = r->payload_bytes, .created_ns = it->created_ns,
                          .tick = atomic_fetch_add(&st->tick, 1) + 1, .crc = it->crc,
                          .n_tokens = r->n_tokens, .ns_id = c->ns_id,
                          .raw_bytes = r->raw_bytes};
@@ -262,6 +274,25 @@ static int insert_planned(MDB_txn *txn, e8s_store *st, put_ctx *c) {
     memcpy(v.digest, it->digest, 32);
     int e = store_chunk_insert(txn, st, r->key, &v);
     if (e) return e;
+  }
+  return E8S_OK;
+}
+
+/* Raises the index end of the segments over every record the group wrote, indexed or not, so
+ * replay at open revives only records of commits that were lost. A written record that is not
+ * indexed and whose call hears of a failure makes the commit a durable one (must_sync): else a
+ * lost commit would leave it past the end, and replay would revive what the caller was told
+ * failed. */
+static int cover(MDB_txn *txn, e8s_store *st, put_group *g) {
+  for (size_t k = 0; k < g->nwr; k++) {
+    store_wrec *w = &g->wr[k];
+    if (!w->seg) continue;
+    int e = store_seg_cover(txn, st, w->seg_id, w->off, w->bytes);
+    if (e) return e;
+    put_ctx *c = g->ref[k].c;
+    put_item *it = &c->it[g->ref[k].i];
+    if (!it->planned && (w->err || c->rc || c->r[g->ref[k].i].result != E8S_OK))
+      g->must_sync = 1;
   }
   return E8S_OK;
 }
@@ -281,6 +312,9 @@ static int attempt(MDB_txn *txn, e8s_store *st, put_group *g) {
   if (!e) e = write_planned(st, g);
   for (size_t k = 0; k < g->n && !e; k++)
     if (!g->c[k]->rc) e = insert_planned(txn, st, g->c[k]);
+  g->must_sync = g->retire.n > 0; /* files are unlinked after the commit */
+  for (put_group *s = g->src; s && !e; s = s->next) e = cover(txn, st, s);
+  if (!e) e = cover(txn, st, g); /* stragglers */
   return e;
 }
 
@@ -291,7 +325,12 @@ static int run_group(e8s_store *st, put_group *g) {
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) return store_err_mdb(rc, "write txn_begin");
     int e = attempt(txn, st, g);
-    if (!e) e = store_txn_commit(st, txn);
+    if (!e && !g->must_sync && store_fault_index_lost()) { /* test: a lost lazy commit */
+      mdb_txn_abort(txn);
+      g->retire.n = 0; /* nothing it evicted is gone */
+      return E8S_OK;
+    }
+    if (!e) e = store_index_commit_lazy(st, txn, !g->must_sync);
     else mdb_txn_abort(txn);
     if (e == E8S_OK) return E8S_OK;
     free(g->retire.ids);
@@ -398,6 +437,13 @@ static put_group *take_index_groups(e8s_store *st) {
   return head;
 }
 
+static int cover_fn(e8s_store *st, MDB_txn *txn, void *ctx) {
+  put_group *m = ctx;
+  int e = E8S_OK;
+  for (put_group *s = m->src; s && !e; s = s->next) e = cover(txn, st, s);
+  return e ? e : cover(txn, st, m);
+}
+
 /* Index stage for the groups of list `head`, merged into one LMDB transaction (they all waited
  * for the writer mutex meanwhile: one commit instead of several). */
 static int index_groups(e8s_store *st, put_group *head) {
@@ -413,8 +459,15 @@ static int index_groups(e8s_store *st, put_group *head) {
     m.cap = recs;
     for (put_group *g = head; g; g = g->next)
       for (size_t k = 0; k < g->n; k++) m.c[m.n++] = g->c[k];
+    m.src = head;
     pthread_mutex_lock(&st->wlock);
     e = run_group(st, &m);
+    if (e) { /* nothing indexed: the written records must still never be revived at open */
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", e8s_last_error_detail());
+      store_wtxn_run_locked(st, cover_fn, &m);
+      store_err(e, "%s", msg);
+    }
     pthread_mutex_unlock(&st->wlock);
     atomic_fetch_add(&st->n_index_commits, 1);
     store_wp_release(st, m.wr, m.nwr);
@@ -431,6 +484,7 @@ static int index_groups(e8s_store *st, put_group *head) {
  * queue into one transaction. */
 static int finish_group(e8s_store *st, put_group *g, int lane, uint64_t ticket) {
   store_wp_sync(st, lane, ticket, g->wr, g->nwr);
+  store_fault_crash_after_sync();
   wr_settle(g, 0);
   int e = E8S_ERR_NOMEM;
   uint64_t t0 = mono_ns();
@@ -531,7 +585,7 @@ int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
   if (!c.it) return E8S_ERR_NOMEM;
   uint64_t t0 = mono_ns();
   for (size_t i = 0; i < n_recs; i++) {
-    recs[i].result = prepare(&recs[i], &c.it[i], ns_id);
+    recs[i].result = prepare(&recs[i], &c.it[i], ns_id, fp_id);
     if (recs[i].result == E8S_OK) c.bytes += c.it[i].bytes;
     for (size_t j = 0; j < i && recs[i].result == E8S_OK; j++)
       if (c.it[j].dup_of < 0 && recs[j].result == E8S_OK &&

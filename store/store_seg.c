@@ -1,8 +1,7 @@
 /* store_seg.c: segment files. The table of open segments (lazy opens, reader refcounts,
  * retirement: a segment removed from the index is unlinked only when its last reader leaves),
  * creation of a new segment for the writer (header, fdatasync, directory fsync), record reads
- * with CRC check, and open-time recovery (LMDB is the truth: files are cut back to the end the
- * index knows, unknown files are deleted). */
+ * with CRC check. Open-time recovery is store_replay.c. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -247,12 +246,11 @@ int store_seg_read_payload(e8s_store *st, const store_chunk_val *rec, const uint
 int store_seg_read_from(store_seg *s, const store_chunk_val *rec, const uint8_t key[32],
                         void *buf, uint32_t *found_crc) {
   uint8_t hdr[E8S_RECORD_HEADER_BYTES], hkey[32];
-  uint64_t plen = 0;
-  uint32_t hcrc = 0;
+  store_chunk_val h;
   struct iovec iov[2] = {{hdr, sizeof hdr}, {buf, rec->payload_bytes}};
   int e = store_preadv_all(s->fd, iov, 2, rec->offset); /* header and payload in one call */
-  int bad_hdr = e == 0 && (store_rec_hdr_decode(hdr, hkey, &plen, &hcrc) != 0 ||
-                           memcmp(hkey, key, 32) != 0 || plen != rec->payload_bytes);
+  int bad_hdr = e == 0 && (store_rec_hdr_decode(hdr, hkey, &h) != 0 ||
+                           memcmp(hkey, key, 32) != 0 || h.payload_bytes != rec->payload_bytes);
   *found_crc = 0;
   if (e < 0) return store_err(store_err_errno(e), "segment %llu offset %llu: read: %s",
                               (unsigned long long)rec->seg_id, (unsigned long long)rec->offset,
@@ -268,69 +266,4 @@ int store_seg_read_from(store_seg *s, const store_chunk_val *rec, const uint8_t 
                      "0x%08x", (unsigned long long)rec->seg_id,
                      (unsigned long long)rec->offset, crc, rec->crc);
   return E8S_OK;
-}
-
-/* ---------------------------------------------------------------- recovery */
-static int parse_name(const char *n, uint64_t *id) {
-  size_t l = strlen(n);
-  if (l != 20 || strcmp(n + 16, ".seg") != 0) return -1;
-  char *end;
-  *id = strtoull(n, &end, 16);
-  return end == n + 16 ? 0 : -1;
-}
-
-int store_seg_recover(e8s_store *st) {
-  DIR *d = opendir(st->segdir);
-  if (!d) return store_err(E8S_ERR_IO, "opendir %s: %s", st->segdir, strerror(errno));
-  MDB_txn *txn;
-  int e = store_rtxn_begin(st, &txn);
-  if (e) {
-    closedir(d);
-    return e;
-  }
-  uint64_t max_id = 0;
-  int changed = 0;
-  struct dirent *de;
-  while (e == E8S_OK && (de = readdir(d)) != NULL) {
-    uint64_t id;
-    if (parse_name(de->d_name, &id) != 0) continue;
-    if (id > max_id) max_id = id;
-    uint8_t k[8];
-    store_be64(k, id);
-    store_seg_val sv;
-    int g = store_get_fixed(txn, st->db_segs, k, 8, &sv, sizeof sv);
-    char *p = store_seg_path(st, id);
-    if (!p) e = E8S_ERR_NOMEM;
-    else if (g == E8S_ERR_NOTFOUND) { /* never indexed (crash before commit): reclaim */
-      unlink(p);
-      changed = 1;
-    } else if (g == E8S_OK) {
-      struct stat sb;
-      if (stat(p, &sb) == 0 && (uint64_t)sb.st_size > sv.end) {
-        if (truncate(p, (off_t)sv.end) != 0)
-          e = store_err(E8S_ERR_IO, "truncate %s: %s", p, strerror(errno));
-        changed = 1;
-      } else if (stat(p, &sb) == 0 && (uint64_t)sb.st_size < sv.end) {
-        /* the index says more is there than the file holds: reads of those records will
-         * report data loss and quarantine them; keep serving the rest */
-      }
-    } else e = g;
-    free(p);
-  }
-  closedir(d);
-  /* the next segment id also exceeds every id the index knows */
-  MDB_cursor *c;
-  if (e == E8S_OK && mdb_cursor_open(txn, st->db_segs, &c) == 0) {
-    MDB_val k, v;
-    if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) {
-      uint64_t id = store_rd_be64(k.mv_data);
-      if (id > max_id) max_id = id;
-    }
-    mdb_cursor_close(c);
-  }
-  store_rtxn_end(st, txn);
-  st->next_seg_id = max_id + 1;
-  if (e == E8S_OK && changed && fsync(st->segdirfd) != 0)
-    e = store_err(E8S_ERR_IO, "fsync %s: %s", st->segdir, strerror(errno));
-  return e;
 }
