@@ -20,7 +20,8 @@
  *   cpu_*         the CPU path (e8c_frame_encode / e8c_frame_decode, AVX2 backend) on all host
  *                 threads, one context each, on a 1/8 subset of the frames; wall time
  * Before timing, a sample of frames is checked byte-identical to the CPU path's.
- * Writes --out FILE (JSON, keys fixed by issue 8) and prints a table.
+ * --sweep: the quantization stage again under each tuning knob of codec/cuda (quant_sweep).
+ * Writes --out FILE (JSON, keys fixed by issue 8, plus quant_sweep) and prints a table.
  */
 #include <jansson.h>
 #include <pthread.h>
@@ -111,16 +112,88 @@ static double cpu_run(cpu_job *J, int nthreads)
     return t;
 }
 
+/* Device time of one quantize (dir 0) or dequantize (dir 1) of the whole batch: median of reps. */
+static double time_quant(e8cu_ctx *gpu, int dir, size_t n, const e8cu_item *items, const e8cu_item *oitems,
+                         e8cu_qmeta *meta, void *d_q, size_t qbytes, int reps, cudaStream_t st)
+{
+    cudaEvent_t e0, e1;
+    double *tv = malloc(sizeof(double) * (size_t)(reps + 2));
+    float ms;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int r = 0; r < reps + 2; r++) {
+        CK(cudaEventRecord(e0, st));
+        if (dir == 0) RC(gpu, e8cu_quantize_async(gpu, n, items, meta, d_q, qbytes, NULL, st));
+        else RC(gpu, e8cu_dequantize_async(gpu, n, oitems, meta, NULL, d_q, qbytes, NULL, st));
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        tv[r] = ms * 1e-3;
+    }
+    double t = median(tv + 2, reps);
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    free(tv);
+    return t;
+}
+
+/* --sweep: the quantization stage again under each kernel tuning knob of codec/cuda (residency
+ * of the fast and general kernels, the general kernels alone, one 8-block per lane). Every
+ * setting's qbatch and decoded cache must equal the default's byte for byte (the knobs change
+ * speed only); returns [{"env", "quant_encode_GBps", "quant_decode_GBps", "identical"}]. */
+static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, const e8cu_item *oitems,
+                           e8cu_qmeta *meta, void *d_q, size_t qbytes, void *d_out, size_t bytes,
+                           int reps, cudaStream_t st)
+{
+    static const char *const knobs[][2] = {
+        {"E8CU_FAST_Q_MINBLOCKS", "2"}, {"E8CU_FAST_Q_MINBLOCKS", "3"}, {"E8CU_FAST_Q_MINBLOCKS", "4"},
+        {"E8CU_FAST_DQ_MINBLOCKS", "2"}, {"E8CU_FAST_DQ_MINBLOCKS", "3"}, {"E8CU_FAST_DQ_MINBLOCKS", "4"},
+        {"E8CU_FAST", "0"}, {"E8CU_NARROW", "1"},
+    };
+    const double gb = (double)bytes / 1e9;
+    unsigned char *ref_q = malloc(qbytes), *ref_o = malloc(bytes), *buf = malloc(bytes > qbytes ? bytes : qbytes);
+    if (!ref_q || !ref_o || !buf) { fprintf(stderr, "sweep: out of host memory\n"); exit(1); }
+    RC(gpu, e8cu_quantize_async(gpu, n, items, meta, d_q, qbytes, NULL, st));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(ref_q, d_q, qbytes, cudaMemcpyDeviceToHost));
+    RC(gpu, e8cu_dequantize_async(gpu, n, oitems, meta, NULL, d_q, qbytes, NULL, st));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(ref_o, d_out, bytes, cudaMemcpyDeviceToHost));
+    json_t *arr = json_array();
+    printf("%-28s %10s %10s %10s\n", "sweep (env)", "q enc GB/s", "q dec GB/s", "bytes");
+    for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++) {
+        setenv(knobs[k][0], knobs[k][1], 1);
+        double te = time_quant(gpu, 0, n, items, oitems, meta, d_q, qbytes, reps, st);
+        CK(cudaMemcpy(buf, d_q, qbytes, cudaMemcpyDeviceToHost));
+        int same = !memcmp(buf, ref_q, qbytes);
+        double td = time_quant(gpu, 1, n, items, oitems, meta, d_q, qbytes, reps, st);
+        CK(cudaMemcpy(buf, d_out, bytes, cudaMemcpyDeviceToHost));
+        same = same && !memcmp(buf, ref_o, bytes);
+        unsetenv(knobs[k][0]);
+        char env[64];
+        snprintf(env, sizeof env, "%s=%s", knobs[k][0], knobs[k][1]);
+        printf("%-28s %10.1f %10.1f %10s\n", env, gb / te, gb / td, same ? "identical" : "DIFFER");
+        json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:b}", "env", env, "quant_encode_GBps", gb / te,
+                                             "quant_decode_GBps", gb / td, "identical", same));
+        if (!same) { fprintf(stderr, "sweep: %s changes the bytes\n", env); exit(1); }
+    }
+    free(ref_q);
+    free(ref_o);
+    free(buf);
+    return arr;
+}
+
 int main(int argc, char **argv)
 {
     const char *out = "build/bench/gpu.json";
-    int reps = 5, chunk = 256, quant_only = 0;
+    int reps = 5, chunk = 256, quant_only = 0, sweep = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quant-only")) quant_only = 1;
-        else { fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS] [--quant-only]\n"); return 2; }
+        else if (!strcmp(argv[i], "--sweep")) sweep = 1;
+        else { fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS] [--quant-only] [--sweep]\n"); return 2; }
     }
     if (reps < 1 || chunk < 1 || T_ % chunk) { fprintf(stderr, "bad --reps/--chunk\n"); return 2; }
     struct cudaDeviceProp prop;
@@ -244,6 +317,7 @@ int main(int argc, char **argv)
         tv[r] = ms * 1e-3;
     }
     double t_qdec = median(tv + 2, reps);
+    json_t *jsweep = sweep ? quant_sweep(gpu, n, items, oitems, meta, d_q, qbytes, d_out, bytes, reps, st) : NULL;
     if (quant_only) {
         double gb = (double)bytes / 1e9;
         printf("quant only: d2d %.1f GB/s, quant encode %.1f GB/s (%.0f%%), quant decode %.1f GB/s (%.0f%%)\n",
@@ -368,6 +442,7 @@ int main(int argc, char **argv)
                           "e2e_encode_GBps", r_ee, "e2e_decode_GBps", r_ed, "cpu_encode_GBps", r_ce,
                           "cpu_decode_GBps", r_cd, "entropy_stage", stage, "e2e_encode_pack_GBps", r_ep,
                           "bpe", fbytes * 8.0 / ((double)total), "group_elems", ge && *ge ? ge : "default (2^26)");
+    if (j && jsweep) json_object_set_new(j, "quant_sweep", jsweep);
     if (!j || json_dump_file(j, out, JSON_INDENT(2)) != 0) { fprintf(stderr, "cannot write %s\n", out); return 1; }
     json_decref(j);
     printf("wrote %s\n", out);

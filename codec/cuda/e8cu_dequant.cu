@@ -11,7 +11,7 @@
 
 #define E8CU_THREADS 256
 
-template <int P, int NB, int MB>
+template <int P, int NB, int MB, bool FAST>
 __global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
 {
@@ -79,8 +79,8 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
                 for (int i = 0; i < 8; i++) x[s][i] = 0.0f;
             }
         }
-        e8cu_bh<P, NB>(x, lane, gmask, hc);
-        if (!L.pow2) {
+        e8cu_bh<P, NB, FAST>(x, lane, gmask, hc);
+        if (!FAST && !L.pow2) {
             /* tmp[perm[k]] = y[k] * sign1[k], perm[k] = (k mod R)*8 + k div R */
 #pragma unroll
             for (int s = 0; s < NB; s++) {
@@ -103,7 +103,7 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
                 }
             }
             __syncwarp(gmask);
-            e8cu_bh<P, NB>(x, lane, gmask, hc);
+            e8cu_bh<P, NB, FAST>(x, lane, gmask, hc);
         }
 #pragma unroll
         for (int s = 0; s < NB; s++)
@@ -111,7 +111,7 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
             for (int i = 0; i < 8; i++) x[s][i] = e8cu_flip(x[s][i], hc.sg0[s], i);
         if (L.rope_on && it.kind == E8C_K) {
             size_t row = (size_t)(it.rope_row + tok) * (L.rotary_dim / 2);
-            e8cu_rope<P, NB>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 1, smf);
+            e8cu_rope<P, NB, FAST>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 1, smf);
         }
         char *dst = (char *)it.src + ((int64_t)h * it.stride_head + (int64_t)tok * it.stride_token) * (int64_t)esz;
 #pragma unroll
@@ -189,15 +189,28 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_unraw_kernel(const __grid_c
     }
 }
 
-template <int P, int NB, int MB>
+template <int P, int NB, int MB, bool FAST = false>
 static cudaError_t e8cu_launch_dq(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
     unsigned grid = (unsigned)(need < (uint64_t)sms * MB ? need : (uint64_t)sms * MB);
-    e8cu_dequantize_kernel<P, NB, MB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    e8cu_dequantize_kernel<P, NB, MB, FAST><<<grid, E8CU_THREADS, smem, stream>>>(*L);
     return cudaGetLastError();
+}
+
+/* Two 8-blocks per lane (NB = 2): the fast kernel where e8cu_fast_ok, else the general one.
+ * Residency: E8CU_FAST_DQ_MINBLOCKS (fast) or E8CU_WIDE_MINBLOCKS (general), 2..4 blocks per SM. */
+template <int P>
+static cudaError_t e8cu_launch_dq_wide(const e8cu_launch *L, cudaStream_t stream, int sms)
+{
+    if (e8cu_fast_ok(L, P, 2)) {
+        int mb = e8cu_min_blocks("E8CU_FAST_DQ_MINBLOCKS", 3);
+        return mb == 2 ? e8cu_launch_dq<P, 2, 2, true>(L, stream, sms)
+             : mb == 3 ? e8cu_launch_dq<P, 2, 3, true>(L, stream, sms) : e8cu_launch_dq<P, 2, 4, true>(L, stream, sms);
+    }
+    return e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2 ? e8cu_launch_dq<P, 2, 2>(L, stream, sms) : e8cu_launch_dq<P, 2, 3>(L, stream, sms);
 }
 
 extern "C" int e8cu_launch_dequantize(const e8cu_launch *L, cudaStream_t stream)
@@ -219,9 +232,8 @@ extern "C" int e8cu_launch_dequantize(const e8cu_launch *L, cudaStream_t stream)
               : mb == 3 ? (R <= 16 ? e8cu_launch_dq<16, 1, 3>(L, stream, sms) : e8cu_launch_dq<32, 1, 3>(L, stream, sms))
                         : (R <= 16 ? e8cu_launch_dq<16, 1, 4>(L, stream, sms) : e8cu_launch_dq<32, 1, 3>(L, stream, sms));
         } else if (R <= 8) e = e8cu_launch_dq<8, 1, 4>(L, stream, sms);
-        else if (R > 32) e = e8cu_launch_dq<32, 2, 2>(L, stream, sms);
-        else if (e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2) e = R <= 16 ? e8cu_launch_dq<8, 2, 2>(L, stream, sms) : e8cu_launch_dq<16, 2, 2>(L, stream, sms);
-        else e = R <= 16 ? e8cu_launch_dq<8, 2, 3>(L, stream, sms) : e8cu_launch_dq<16, 2, 3>(L, stream, sms);
+        else if (R > 32) e = e8cu_fast_ok(L, 32, 2) ? e8cu_launch_dq<32, 2, 2, true>(L, stream, sms) : e8cu_launch_dq<32, 2, 2>(L, stream, sms);
+        else e = R <= 16 ? e8cu_launch_dq_wide<8>(L, stream, sms) : e8cu_launch_dq_wide<16>(L, stream, sms);
         if (e != cudaSuccess) return (int)e;
     }
     if (L->n_raw_blocks > 0) {

@@ -98,11 +98,16 @@ __device__ __forceinline__ uint16_t e8cu_scale_code(double rms, float step)
     return s == 0 ? (uint16_t)0x0010 : s;
 }
 
-/* Conway & Sloane's nearest point of D8 to u: f gets the integer point; returns the squared
- * distance in the fixed tree order. Mirrors e8c_ref.c d8_cand. */
-__device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8])
+/* Conway & Sloane's nearest point of D8 to u: f gets the integer point, d the residuals u - f;
+ * returns the squared distance in the fixed tree order. Mirrors e8c_ref.c d8_cand, without
+ * branches: a data-dependent branch (odd parity, then which coordinate) splits a warp into up
+ * to 9 serialized paths, so the one coordinate that is rounded the other way is selected by
+ * predicates. Its residual is d_k - sgn(d_k), which is exactly u_k - (f_k + sgn(d_k)) as the
+ * reference computes it: d_k = u_k - f_k is exact, so both round the same real number once.
+ * sgn(d) is taken from d's sign bit: d = u - rint(u) is never -0 or NaN (u is finite and
+ * bounded, FORMAT §4), so that is exactly the reference's d >= 0 ? 1 : -1. */
+__device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8], float d[8])
 {
-    float d[8];
     /* the parity of the sum of the rounded coordinates; |u| < 2^24 (FORMAT §4 bounds t by
      * sqrt(n)/step), so the float sum of integers is exact, as the CPU's integer sum */
     float sum = 0.0f;
@@ -112,40 +117,77 @@ __device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8])
         d[i] = u[i] - f[i];
         sum += f[i];
     }
-    if (__float2int_rz(sum) & 1) {
-        int k = 0;
-        float dk = fabsf(d[0]);
+    const bool odd = (__float2int_rz(sum) & 1) != 0;
+    int k = 0;
+    float dk = fabsf(d[0]);
 #pragma unroll
-        for (int i = 1; i < 8; i++)
-            if (fabsf(d[i]) > dk) { k = i; dk = fabsf(d[i]); }
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            if (i == k) f[i] = d[i] >= 0.0f ? f[i] + 1.0f : f[i] - 1.0f;
+    for (int i = 1; i < 8; i++) {
+        const bool gt = fabsf(d[i]) > dk;
+        k = gt ? i : k;
+        dk = gt ? fabsf(d[i]) : dk;
     }
     float e[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        float r = u[i] - f[i];
-        e[i] = r * r;
+        const float sg = __uint_as_float((__float_as_uint(d[i]) & 0x80000000u) | 0x3f800000u);
+        const bool hit = odd && k == i;
+        const float fa = f[i] + sg, da = d[i] - sg;
+        f[i] = hit ? fa : f[i];
+        d[i] = hit ? da : d[i];
+        e[i] = d[i] * d[i];
     }
     return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
 }
 
-/* Nearest E8 point of t, written as points2 (the point times 2). Mirrors e8c_ref_e8_block. */
+/* Nearest E8 point of t, written as points2 (the point times 2). Mirrors e8c_ref_e8_block;
+ * the coset choice is a select, not a branch. */
 __device__ __forceinline__ void e8cu_e8_block(const float t[8], int16_t p2[8])
 {
-    float f[8], g[8], u[8];
-    float dist0 = e8cu_d8_cand(t, f);
+    float f[8], g[8], u[8], d[8];
+    float dist0 = e8cu_d8_cand(t, f, d);
 #pragma unroll
     for (int i = 0; i < 8; i++) u[i] = t[i] - 0.5f;
-    float dist1 = e8cu_d8_cand(u, g);
-    if (dist1 < dist0) {
+    float dist1 = e8cu_d8_cand(u, g, d);
+    const int c = dist1 < dist0 ? 1 : 0;
 #pragma unroll
-        for (int i = 0; i < 8; i++) p2[i] = (int16_t)(2 * (int)g[i] + 1);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++) p2[i] = (int16_t)(2 * (int)f[i]);
+    for (int i = 0; i < 8; i++) {
+        const float h = c ? g[i] : f[i];
+        p2[i] = (int16_t)(2 * __float2int_rz(h) + c);
     }
+}
+
+/* Division t = x / sf of a vector's 8-blocks by its scale (FORMAT §4), correctly rounded like
+ * the IEEE division the reference does, with sf's reciprocal computed once per vector:
+ * q0 = RN(x·r), rem = x - sf·q0 (exact, by fma), q = RN(q0 + rem·r), r = RN(1/sf). The
+ * fast path is taken only where it is proven to round exactly: sf a normal number in
+ * [2^-60, 2^60] with at most 4 significant bits (every stored scale has 3 mantissa bits), and
+ * |q| in [2^-30, 2^30] (so x, rem and every product stay normal and rem is exact). Under those
+ * bounds the result is a power-of-two scaling of the case x, sf in [1, 2), which
+ * tests/gpu/e8cu_divcheck.c verifies exhaustively on the host (every fp32 x in [1, 2) against
+ * the 8 possible scale significands). Every other element takes the IEEE division. */
+struct e8cu_div {
+    float sf, r;
+    bool fast;
+};
+
+__device__ __forceinline__ e8cu_div e8cu_div_init(float sf)
+{
+    e8cu_div D;
+    const uint32_t b = __float_as_uint(sf);
+    D.sf = sf;
+    D.r = __frcp_rn(sf);
+    D.fast = (b & 0x000fffffu) == 0 && (b & 0x7fffffffu) >= 0x21800000u && (b & 0x7fffffffu) <= 0x5d800000u;
+    return D;
+}
+
+__device__ __forceinline__ float e8cu_div_by(const e8cu_div &D, float x)
+{
+    const float q0 = __fmul_rn(x, D.r);
+    const float rem = __fmaf_rn(-q0, D.sf, x);
+    const float q = __fmaf_rn(rem, D.r, q0);
+    const uint32_t a = __float_as_uint(q) & 0x7fffffffu;
+    if (!D.fast || a < 0x30800000u || a > 0x4e800000u) return x / D.sf;
+    return q;
 }
 
 /* ------------------------------------------------------- Hadamard (FORMAT §3) */
@@ -189,8 +231,9 @@ __device__ __forceinline__ float e8cu_flip(float x, uint32_t mask, int i)
 
 /* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
  * NB = 2 the stride 8·P between slots; then the block gain. Lanes past the vector (b >= R)
- * hold zeros and take part in the shuffles only. */
-template <int P, int NB>
+ * hold zeros and take part in the shuffles only. FULL: the caller guarantees one BH block
+ * of P·NB 8-blocks (a power-of-two head_dim of exactly P·NB 8-blocks: the fast kernels). */
+template <int P, int NB, bool FULL = false>
 __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask, const e8cu_hconst<NB> &hc)
 {
 #pragma unroll
@@ -207,22 +250,26 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
             }
         }
     }
+    /* cross-lane stride m: the lower lane of a pair gets x + p, the upper one p - x, which is
+     * exactly p + (-x) (IEEE subtraction is addition of the negation; the sum commutes): one
+     * sign flip by the lane's bit and one add, no select between two results */
 #pragma unroll
     for (int m = 1; m < P; m <<= 1) {
-        int upper = lane & m;
+        const uint32_t neg = (lane & m) ? 0x80000000u : 0u;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
-            bool on = (1 << hc.lg[s]) > m;
+            const bool on = FULL || (1 << hc.lg[s]) > m;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
-                float p = __shfl_xor_sync(gmask, x[s][i], m);
-                if (on) x[s][i] = upper ? p - x[s][i] : x[s][i] + p;
+                const float p = __shfl_xor_sync(gmask, x[s][i], m);
+                const float y = p + __uint_as_float(__float_as_uint(x[s][i]) ^ neg);
+                x[s][i] = on ? y : x[s][i];
             }
         }
     }
     if (NB == 2) {
         /* stride 8·P: only a block of more than P 8-blocks (n = 512) spans both slots */
-        if ((1 << hc.lg[0]) > P) {
+        if (FULL || (1 << hc.lg[0]) > P) {
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float a = x[0][i], c = x[NB - 1][i];
@@ -287,14 +334,16 @@ __device__ __forceinline__ void e8cu_cvt8(const uint4 r[2], uint32_t dtype, floa
  * e8c_rope_apply: ac = a*c, bs = b*s, bc = b*c, as = a*s; remove: a' = ac + bs, b' = bc - as;
  * apply: a' = ac - bs, b' = bc + as. Interleaved pairs live in one thread; split-half pairs
  * with rotary_dim/2 a multiple of 8 in lanes (or slots) rotary_dim/16 apart; any other
- * split-half goes through shared memory (smf: the group's n floats). */
-template <int P, int NB>
+ * split-half goes through shared memory (smf: the group's n floats). FAST: the caller
+ * guarantees the in-thread split-half case (NB = 2, rotary_dim = 16·P, see e8cu_fast_ok), and
+ * the other cases are compiled out (their registers are what limits the kernels' occupancy). */
+template <int P, int NB, bool FAST>
 __device__ __forceinline__ void e8cu_rope(float x[NB][8], int lane, int gbase, unsigned gmask,
                                           const e8cu_launch &L, const float *c, const float *s,
                                           int restore, float *smf)
 {
     const int hr = (int)L.rotary_dim / 2;
-    if (L.rope_layout == E8C_ROPE_LAYOUT_INTERLEAVED) {
+    if (!FAST && L.rope_layout == E8C_ROPE_LAYOUT_INTERLEAVED) {
 #pragma unroll
         for (int sl = 0; sl < NB; sl++) {
             int b = lane + P * sl;
@@ -309,6 +358,23 @@ __device__ __forceinline__ void e8cu_rope(float x[NB][8], int lane, int gbase, u
                     x[sl][2 * p + 1] = restore ? bc + as : bc - as;
                 }
             }
+        }
+        return;
+    }
+    if (FAST || (NB == 2 && hr == 8 * P)) {
+        /* pairs within a thread: slot 0 holds a = x[i], slot 1 its partner b = x[i + hr]
+         * (head_dim 128 with P = 8: the common case); every lane has both halves */
+        const int i0 = 8 * lane;
+        float4 c0 = __ldg((const float4 *)(c + i0)), c1 = __ldg((const float4 *)(c + i0 + 4));
+        float4 s0 = __ldg((const float4 *)(s + i0)), s1 = __ldg((const float4 *)(s + i0 + 4));
+        const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+        const float ss[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float a = x[0][i], bb = x[NB - 1][i], ci = cc[i], si = ss[i];
+            float ac = a * ci, bs = bb * si, bc = bb * ci, as = a * si;
+            x[0][i] = restore ? ac - bs : ac + bs;
+            x[NB - 1][i] = restore ? bc + as : bc - as;
         }
         return;
     }
@@ -392,6 +458,18 @@ static inline int e8cu_min_blocks(const char *name, int dflt)
     const char *v = getenv(name);
     int b = v ? atoi(v) : dflt;
     return b >= 2 && b <= 4 ? b : dflt;
+}
+
+/* The fast kernels (template FAST = true) cover launches with a power-of-two head_dim (one
+ * Hadamard round) whose keys carry no RoPE or split-half RoPE with pairs in one thread
+ * (two 8-blocks per lane, rotary_dim = 16·P); every other launch takes the general kernels.
+ * E8CU_FAST=0 in the environment selects the general kernels always (results are identical). */
+static inline bool e8cu_fast_ok(const e8cu_launch *L, int P, int NB)
+{
+    const char *v = getenv("E8CU_FAST");
+    if ((v && *v == '0') || !L->pow2 || NB != 2 || L->R != 2u * (uint32_t)P) return false;
+    if (!L->rope_on) return true;
+    return L->rope_layout != E8C_ROPE_LAYOUT_INTERLEAVED && L->rotary_dim == 16u * (uint32_t)P;
 }
 
 #endif

@@ -51,7 +51,7 @@ __device__ __forceinline__ e8cu_vec e8cu_locate(const e8cu_launch &L, uint64_t v
     return r;
 }
 
-template <int P, int NB, int MB>
+template <int P, int NB, int MB, bool FAST>
 __global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 {
@@ -63,6 +63,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
     double *sm = e8cu_smem + (size_t)grp * (P * NB * 8);
     float *smf = (float *)sm;
     const int n = (int)L.head_dim, R = (int)L.R;
+    const double inv_n = 1.0 / (double)n;
     e8cu_hconst<NB> hc;
     e8cu_hconst_init<P, NB>(hc, lane, L);
     const uint64_t stride = (uint64_t)gridDim.x * gpb;
@@ -116,7 +117,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 
         if (L.rope_on && it.kind == E8C_K) {
             size_t row = (size_t)(it.rope_row + cv.tok) * (L.rotary_dim / 2);
-            e8cu_rope<P, NB>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 0, smf);
+            e8cu_rope<P, NB, FAST>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 0, smf);
         }
 
         /* Hadamard, FORMAT §3 */
@@ -124,8 +125,8 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         for (int s = 0; s < NB; s++)
 #pragma unroll
             for (int i = 0; i < 8; i++) x[s][i] = e8cu_flip(x[s][i], hc.sg0[s], i);
-        e8cu_bh<P, NB>(x, lane, gmask, hc);
-        if (!L.pow2) {
+        e8cu_bh<P, NB, FAST>(x, lane, gmask, hc);
+        if (!FAST && !L.pow2) {
 #pragma unroll
             for (int s = 0; s < NB; s++) {
                 int b = lane + P * s;
@@ -147,7 +148,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                 }
             }
             __syncwarp(gmask);
-            e8cu_bh<P, NB>(x, lane, gmask, hc);
+            e8cu_bh<P, NB, FAST>(x, lane, gmask, hc);
         }
 
         /* scale, FORMAT §4: A[l] = sum over j = l + 8k ascending, then the fixed tree */
@@ -173,11 +174,12 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         __syncwarp(gmask);
         uint16_t sc = 0;
         if (T != 0.0) {
-            double rms = sqrt(T / (double)n);
+            /* T / n: for a power-of-two n the exact scaling by 1/n (T >= 2^-298, no underflow) */
+            double rms = sqrt(L.pow2 ? T * inv_n : T / (double)n);
             float step = it.kind == E8C_K ? L.k_step : L.v_step;
             sc = e8cu_scale_code(rms, step);
         }
-        float sf = e8cu_bf16_to_f32(sc);
+        const e8cu_div D = e8cu_div_init(e8cu_bf16_to_f32(sc));
 
         int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)cv.h * it.n_q + cv.j) * n;
 #pragma unroll
@@ -191,7 +193,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                 } else {
                     float t[8];
 #pragma unroll
-                    for (int i = 0; i < 8; i++) t[i] = x[s][i] / sf;
+                    for (int i = 0; i < 8; i++) t[i] = e8cu_div_by(D, x[s][i]);
                     e8cu_e8_block(t, pt);
                 }
                 uint4 w;
@@ -267,15 +269,28 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_raw_kernel(const __grid_con
     }
 }
 
-template <int P, int NB, int MB>
+template <int P, int NB, int MB, bool FAST = false>
 static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
     unsigned grid = (unsigned)(need < (uint64_t)sms * MB ? need : (uint64_t)sms * MB);
-    e8cu_quantize_kernel<P, NB, MB><<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    e8cu_quantize_kernel<P, NB, MB, FAST><<<grid, E8CU_THREADS, smem, stream>>>(*L);
     return cudaGetLastError();
+}
+
+/* Two 8-blocks per lane (NB = 2): the fast kernel where e8cu_fast_ok, else the general one.
+ * Residency: E8CU_FAST_Q_MINBLOCKS (fast) or E8CU_WIDE_MINBLOCKS (general), 2..4 blocks per SM. */
+template <int P>
+static cudaError_t e8cu_launch_q_wide(const e8cu_launch *L, cudaStream_t stream, int sms)
+{
+    if (e8cu_fast_ok(L, P, 2)) {
+        int mb = e8cu_min_blocks("E8CU_FAST_Q_MINBLOCKS", 2);
+        return mb == 2 ? e8cu_launch_q<P, 2, 2, true>(L, stream, sms)
+             : mb == 3 ? e8cu_launch_q<P, 2, 3, true>(L, stream, sms) : e8cu_launch_q<P, 2, 4, true>(L, stream, sms);
+    }
+    return e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2 ? e8cu_launch_q<P, 2, 2>(L, stream, sms) : e8cu_launch_q<P, 2, 3>(L, stream, sms);
 }
 
 static int e8cu_sm_count(void)
@@ -303,9 +318,8 @@ extern "C" int e8cu_launch_quantize(const e8cu_launch *L, cudaStream_t stream)
               : mb == 3 ? (R <= 16 ? e8cu_launch_q<16, 1, 3>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms))
                         : (R <= 16 ? e8cu_launch_q<16, 1, 4>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms));
         } else if (R <= 8) e = e8cu_launch_q<8, 1, 4>(L, stream, sms);
-        else if (R > 32) e = e8cu_launch_q<32, 2, 2>(L, stream, sms);
-        else if (e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2) e = R <= 16 ? e8cu_launch_q<8, 2, 2>(L, stream, sms) : e8cu_launch_q<16, 2, 2>(L, stream, sms);
-        else e = R <= 16 ? e8cu_launch_q<8, 2, 3>(L, stream, sms) : e8cu_launch_q<16, 2, 3>(L, stream, sms);
+        else if (R > 32) e = e8cu_fast_ok(L, 32, 2) ? e8cu_launch_q<32, 2, 2, true>(L, stream, sms) : e8cu_launch_q<32, 2, 2>(L, stream, sms);
+        else e = R <= 16 ? e8cu_launch_q_wide<8>(L, stream, sms) : e8cu_launch_q_wide<16>(L, stream, sms);
         if (e != cudaSuccess) return (int)e;
     }
     if (L->n_raw_blocks > 0) {
