@@ -194,14 +194,16 @@ static e8kv_status kvf_call(kvf_worker *w, e8kv_error *err) {
   free(keys);
   kvf_cur cur = {0};
   size_t got = 0;
+  kvc_arena arena;
+  kvc_arena_init(&arena);
   while (!st) {
     ProtobufCMessage *m = NULL;
-    st = kvc_stream_recv(s, &e8kv__v1__get_chunks_response__descriptor, &m, err);
+    st = kvc_stream_recv_arena(s, &e8kv__v1__get_chunks_response__descriptor, &arena, &m, err);
     if (st || !m) break;
     st = kvf_piece(w, &cur, (E8kv__V1__GetChunksResponse *)m, err);
     if (!st && ((E8kv__V1__GetChunksResponse *)m)->last_piece) got++;
-    e8kv_msg_free(m);
   }
+  kvc_arena_free(&arena);
   if (!st && (cur.open || got != n))
     st = kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: the stream ended after %zu of %zu chunks%s",
                   got, n, cur.open ? " inside a chunk" : "");

@@ -48,6 +48,27 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
  * Returns the call's status (E8KV_OK when it ended cleanly). NULL: E8KV_OK. */
 e8kv_status kvc_stream_finish(kvc_stream *s, e8kv_error *err);
 
+/* Memory reused from one large reply to the next (the parallel fetch's streams): the
+ * message bytes are gathered into `raw` and unpacked by protobuf-c into `mem` (a bump
+ * allocator that grows to the largest reply), so a 5 MB chunk costs no fresh pages. */
+typedef struct kvc_arena {
+  ProtobufCAllocator pa;   /* alloc/free over this arena (free is a no-op) */
+  uint8_t *mem;
+  size_t cap, used, want;  /* want: what the current message asked for in all */
+  struct kvc_extra *extra; /* allocations past cap (freed at reset) */
+  uint8_t *raw;            /* the last message's wire bytes */
+  size_t raw_cap;
+} kvc_arena;
+
+void kvc_arena_init(kvc_arena *a);
+/* Ends the last message (its memory is reused). */
+void kvc_arena_reset(kvc_arena *a);
+void kvc_arena_free(kvc_arena *a);
+/* kvc_stream_recv with the message unpacked into `a`: valid until the next call with a
+ * (or kvc_arena_reset); never free it with e8kv_msg_free. */
+e8kv_status kvc_stream_recv_arena(kvc_stream *s, const ProtobufCMessageDescriptor *d,
+                                  kvc_arena *a, ProtobufCMessage **out, e8kv_error *err);
+
 /* Cancels the call from any thread (grpc_call_cancel is thread-safe): the owner's
  * pending and later batches fail, and its recv returns CANCELLED. s stays the owner's. */
 void kvc_stream_cancel(kvc_stream *s);
