@@ -66,12 +66,29 @@ __device__ __forceinline__ void e8cu_load8(const void *p, uint32_t dtype, float 
     }
 }
 
-/* Stores 8 fp32 values at p (16-byte aligned) in dtype with the decoder's rounding. */
+/* Stores 8 fp32 values at p (16-byte aligned) in dtype with the decoder's rounding. fp16:
+ * pairs converted by one packed RNE conversion; a word where either half came out inf or NaN
+ * (exponent field all ones: adding 1 to it carries into the half's sign bit) is redone by the
+ * saturating per-element rule, so the result is e8cu_f32_to_f16_sat's for every input. */
 __device__ __forceinline__ void e8cu_store8(void *p, uint32_t dtype, const float x[8])
 {
     if (dtype == E8C_DTYPE_F32) {
         ((float4 *)p)[0] = make_float4(x[0], x[1], x[2], x[3]);
         ((float4 *)p)[1] = make_float4(x[4], x[5], x[6], x[7]);
+    } else if (dtype == E8C_DTYPE_F16) {
+        uint32_t w[4], over = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            __half2 h = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+            w[i] = *(const uint32_t *)&h;
+            over |= ((w[i] & 0x7c007c00u) + 0x04000400u) & 0x80008000u;
+        }
+        if (over) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                w[i] = (uint32_t)e8cu_f32_to_f16_sat(x[2 * i]) | ((uint32_t)e8cu_f32_to_f16_sat(x[2 * i + 1]) << 16);
+        }
+        *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
     } else {
         uint32_t w[4];
 #pragma unroll
@@ -98,60 +115,71 @@ __device__ __forceinline__ uint16_t e8cu_scale_code(double rms, float step)
     return s == 0 ? (uint16_t)0x0010 : s;
 }
 
-/* Conway & Sloane's nearest point of D8 to u: f gets the integer point, d the residuals u - f;
- * returns the squared distance in the fixed tree order. Mirrors e8c_ref.c d8_cand, without
+/* Conway & Sloane's nearest point of D8 to u, in parts: f gets rint(u); when the sum of f is
+ * odd, the reference also rounds coordinate k (the first of the largest |u_i - f_i|) the other
+ * way, f_k + sgn(d_k): that fix-up is returned as *kfix = k (-1 when the sum is even) and
+ * *sfix = sgn(d_k), and applied by the caller to the candidate it keeps. Returns the squared
+ * distance of the fixed point in the fixed tree order. Mirrors e8c_ref.c d8_cand, without
  * branches: a data-dependent branch (odd parity, then which coordinate) splits a warp into up
- * to 9 serialized paths, so the one coordinate that is rounded the other way is selected by
- * predicates. Its residual is d_k - sgn(d_k), which is exactly u_k - (f_k + sgn(d_k)) as the
- * reference computes it: d_k = u_k - f_k is exact, so both round the same real number once.
- * sgn(d) is taken from d's sign bit: d = u - rint(u) is never -0 or NaN (u is finite and
- * bounded, FORMAT §4), so that is exactly the reference's d >= 0 ? 1 : -1. */
-__device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8], float d[8])
+ * to 9 serialized paths. The fixed coordinate's residual is d_k - sgn(d_k), which is exactly
+ * u_k - (f_k + sgn(d_k)) as the reference computes it: d_k = u_k - f_k is exact, so both round
+ * the same real number once. sgn(d) is taken from d's sign bit: d = u - rint(u) is never -0
+ * or NaN (u is finite and bounded, FORMAT §4), so that is exactly the reference's d >= 0 ? 1 : -1. */
+__device__ __forceinline__ float e8cu_d8_cand(const float u[8], float f[8], int *kfix, float *sfix)
 {
     /* the parity of the sum of the rounded coordinates; |u| < 2^24 (FORMAT §4 bounds t by
      * sqrt(n)/step), so the float sum of integers is exact, as the CPU's integer sum */
-    float sum = 0.0f;
+    float d[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         f[i] = rintf(u[i]);
         d[i] = u[i] - f[i];
-        sum += f[i];
     }
+    float sum = f[0];
+#pragma unroll
+    for (int i = 1; i < 8; i++) sum += f[i];
     const bool odd = (__float2int_rz(sum) & 1) != 0;
     int k = 0;
-    float dk = fabsf(d[0]);
+    float dk = fabsf(d[0]), ds = d[0];
 #pragma unroll
     for (int i = 1; i < 8; i++) {
         const bool gt = fabsf(d[i]) > dk;
         k = gt ? i : k;
         dk = gt ? fabsf(d[i]) : dk;
+        ds = gt ? d[i] : ds;
     }
+    const float sg = __uint_as_float((__float_as_uint(ds) & 0x80000000u) | 0x3f800000u);
+    const float da = ds - sg, ea = da * da;
+    k = odd ? k : -1;
     float e[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        const float sg = __uint_as_float((__float_as_uint(d[i]) & 0x80000000u) | 0x3f800000u);
-        const bool hit = odd && k == i;
-        const float fa = f[i] + sg, da = d[i] - sg;
-        f[i] = hit ? fa : f[i];
-        d[i] = hit ? da : d[i];
-        e[i] = d[i] * d[i];
+        const float ei = d[i] * d[i];
+        e[i] = k == i ? ea : ei;
     }
+    *kfix = k;
+    *sfix = sg;
     return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
 }
 
 /* Nearest E8 point of t, written as points2 (the point times 2). Mirrors e8c_ref_e8_block;
- * the coset choice is a select, not a branch. */
+ * the coset choice and the parity fix-up are selects, not branches. */
 __device__ __forceinline__ void e8cu_e8_block(const float t[8], int16_t p2[8])
 {
-    float f[8], g[8], u[8], d[8];
-    float dist0 = e8cu_d8_cand(t, f, d);
+    float f[8], g[8], u[8];
+    int k0, k1;
+    float s0, s1;
+    float dist0 = e8cu_d8_cand(t, f, &k0, &s0);
 #pragma unroll
     for (int i = 0; i < 8; i++) u[i] = t[i] - 0.5f;
-    float dist1 = e8cu_d8_cand(u, g, d);
+    float dist1 = e8cu_d8_cand(u, g, &k1, &s1);
     const int c = dist1 < dist0 ? 1 : 0;
+    const int kc = c ? k1 : k0;
+    const float sc = c ? s1 : s0;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        const float h = c ? g[i] : f[i];
+        float h = c ? g[i] : f[i];
+        h = kc == i ? h + sc : h;
         p2[i] = (int16_t)(2 * __float2int_rz(h) + c);
     }
 }

@@ -286,7 +286,7 @@ template <int P>
 static cudaError_t e8cu_launch_q_wide(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     if (e8cu_fast_ok(L, P, 2)) {
-        int mb = e8cu_min_blocks("E8CU_FAST_Q_MINBLOCKS", 2);
+        int mb = e8cu_min_blocks("E8CU_FAST_Q_MINBLOCKS", 3);
         return mb == 2 ? e8cu_launch_q<P, 2, 2, true>(L, stream, sms)
              : mb == 3 ? e8cu_launch_q<P, 2, 3, true>(L, stream, sms) : e8cu_launch_q<P, 2, 4, true>(L, stream, sms);
     }

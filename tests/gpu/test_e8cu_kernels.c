@@ -11,6 +11,8 @@
  * - The branch-free E8 search (e8cu_e8_block) equals e8c_ref_e8_block on blocks full of ties
  *   (multiples of 1/8 and 1/4, half-integers: equal |residuals|, equal distances of the two
  *   cosets) and on Gaussian blocks of several sizes.
+ * - The decoder's fp16 store (one packed conversion per pair, the saturating rule redone where
+ *   a half overflowed) equals the per-element saturating conversion for every fp32 bit pattern.
  * GPU_QUICK=1 runs a reduced set (for compute-sanitizer).
  */
 #include <setjmp.h>
@@ -29,6 +31,7 @@
 int e8cu_test_div(const float *h_scales, uint32_t n_scales, uint32_t per_scale, int mode,
                   unsigned long long *bad, unsigned long long *first);
 int e8cu_test_e8(const float *h_t, int16_t *h_p2, size_t n_blocks);
+int e8cu_test_f16_store(uint64_t n_groups, unsigned long long *bad, unsigned long long *first);
 
 static int quick;
 
@@ -111,6 +114,18 @@ static void test_e8_ties_and_gauss(void **state)
     assert_int_equal(bad, 0);
 }
 
+static void test_f16_store_all_floats(void **state)
+{
+    (void)state;
+    unsigned long long bad = 0, first = 0;
+    uint64_t groups = quick ? (1u << 16) : (1ull << 29);
+    int e = e8cu_test_f16_store(groups, &bad, &first);
+    if (e) fail_msg("e8cu_test_f16_store: CUDA error %d", e);
+    if (bad) fail_msg("fp16 store: %llu of %llu values differ from the saturating rule, first: fp32 bits 0x%08llx", bad,
+                      (unsigned long long)groups * 8, first);
+    printf("fp16 store: %llu fp32 bit patterns identical to the saturating rule\n", (unsigned long long)groups * 8);
+}
+
 int main(void)
 {
     quick = e8cu_test_start("test_e8cu_kernels");
@@ -119,6 +134,7 @@ int main(void)
         cmocka_unit_test(test_div_exhaustive),
         cmocka_unit_test(test_div_all_scales),
         cmocka_unit_test(test_e8_ties_and_gauss),
+        cmocka_unit_test(test_f16_store_all_floats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
