@@ -119,6 +119,21 @@ static int put_locate_parent(put_state *s, kvd_status *st) {
   return 0;
 }
 
+/* session_metadata's entries checked (sizes, UTF-8) as CreateSession checks them. */
+static int put_meta_check(const E8kv__V1__PutHeader *h, kvd_status *st) {
+  size_t nm = h->n_session_metadata;
+  char **mk = calloc(nm + 1, sizeof *mk), **mv = calloc(nm + 1, sizeof *mv);
+  int rc = (!mk || !mv) ? kvd_error(st, KVD_RESOURCE, "out of memory") : 0;
+  for (size_t i = 0; rc == 0 && i < nm; i++) {
+    mk[i] = h->session_metadata[i]->key;
+    mv[i] = h->session_metadata[i]->value;
+  }
+  if (rc == 0) rc = kvd_sess_meta_check(nm, mk, mv, st);
+  free(mk);
+  free(mv);
+  return rc;
+}
+
 static int put_locate_session(put_state *s, kvd_status *st) {
   const E8kv__V1__PutHeader *h = s->h;
   if (kvd_sess_name_check(h->session, st) != 0) return -1;
@@ -127,6 +142,7 @@ static int put_locate_session(put_state *s, kvd_status *st) {
   if (h->n_session_metadata > KVD_META_ENTRIES_MAX)
     return kvd_error(st, KVD_INVALID, "session_metadata: %zu entries, at most %d",
                      h->n_session_metadata, KVD_META_ENTRIES_MAX);
+  if (put_meta_check(h, st) != 0) return -1; /* refused before any chunk is sent */
   if (kvd_session_lock(s->app, s->who->ns_id, h->session, st) != 0) return -1;
   s->locked = 1;
   if (kvd_sess_load(s->app->store, s->who->ns_id, h->session, 1, &s->sess, st) != 0) {

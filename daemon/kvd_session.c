@@ -33,6 +33,12 @@ int kvd_sess_meta_check(size_t n, char *const *keys, char *const *values, kvd_st
     if (vl > KVD_META_VALUE_MAX)
       return kvd_error(st, KVD_INVALID, "session metadata value of '%s' is %zu bytes, at "
                                         "most %d", keys[i], vl, KVD_META_VALUE_MAX);
+    /* proto3 strings: a malformed one would make every later GetSession / ListSessions
+     * reply undecodable for conforming clients (Python, Go, Java refuse such messages). */
+    if (!e8kv_utf8_valid(keys[i], kl))
+      return kvd_error(st, KVD_INVALID, "session metadata key %zu is not valid UTF-8", i);
+    if (!e8kv_utf8_valid(values[i], vl))
+      return kvd_error(st, KVD_INVALID, "session metadata value %zu is not valid UTF-8", i);
   }
   return 0;
 }
@@ -124,8 +130,12 @@ int kvd_sess_meta_pack(uint32_t chunk_tokens, const E8kv__V1__SessionInfo *base,
     si.n_metadata = m;
     si.metadata = ptrs;
     *len = e8kv__v1__session_info__get_packed_size(&si);
-    *out = malloc(*len + 1);
-    if (!*out) rc = kvd_error(st, KVD_RESOURCE, "out of memory");
+    *out = NULL;
+    if (*len > KVD_META_BYTES_MAX) /* the store's bound on a session's metadata blob */
+      rc = kvd_error(st, KVD_INVALID, "session metadata would take %zu bytes, at most %u in "
+                                      "all (keys, values and their framing)", *len,
+                     KVD_META_BYTES_MAX);
+    else if (!(*out = malloc(*len + 1))) rc = kvd_error(st, KVD_RESOURCE, "out of memory");
     else e8kv__v1__session_info__pack(&si, *out);
   }
   free(ents);

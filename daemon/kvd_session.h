@@ -4,7 +4,8 @@
  * blob. e8kvd's blob is a serialized e8kv.v1.SessionInfo with only `chunk_tokens` and
  * `metadata` (the user's map) set, so a session remembers its chunk size.
  * Session names: 1..255 bytes of [A-Za-z0-9._:/@+=-]; metadata: at most 64 entries, keys
- * 1..128 bytes, values at most 4096 bytes.
+ * 1..128 bytes, values at most 4096 bytes, all UTF-8, the packed blob at most
+ * KVD_META_BYTES_MAX (the store's E8S_META_MAX).
  */
 #ifndef KVD_SESSION_H
 #define KVD_SESSION_H
@@ -15,6 +16,7 @@
 #define KVD_META_ENTRIES_MAX 64
 #define KVD_META_KEY_MAX 128
 #define KVD_META_VALUE_MAX 4096
+#define KVD_META_BYTES_MAX E8S_META_MAX
 #define KVD_CHUNK_TOKENS_DEFAULT 256
 #define KVD_CHUNK_TOKENS_MAX 65536
 

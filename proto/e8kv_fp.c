@@ -120,6 +120,27 @@ static int codec_from_pb(const E8kv__V1__CodecConfig *c, uint32_t n_layers, e8c_
   return 0;
 }
 
+int e8kv_utf8_valid(const char *str, size_t len) {
+  const unsigned char *s = (const unsigned char *)str;
+  size_t i = 0;
+  while (i < len) {
+    unsigned c = s[i];
+    size_t k;
+    unsigned lo = 0x80, hi = 0xbf; /* allowed range of the first continuation byte */
+    if (c < 0x80) { i++; continue; }
+    if (c >= 0xc2 && c <= 0xdf) k = 1;
+    else if (c >= 0xe0 && c <= 0xef) { k = 2; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
+    else if (c >= 0xf0 && c <= 0xf4) { k = 3; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
+    else return 0;
+    if (len - i <= k) return 0;
+    if (s[i + 1] < lo || s[i + 1] > hi) return 0;
+    for (size_t j = 2; j <= k; j++)
+      if (s[i + j] < 0x80 || s[i + j] > 0xbf) return 0;
+    i += k + 1;
+  }
+  return 1;
+}
+
 int e8kv_fingerprint_from_pb(const E8kv__V1__ModelFingerprint *pb, e8c_fingerprint *f,
                              uint8_t id[E8C_ID_SIZE], char *msg, size_t n) {
   memset(f, 0, sizeof *f);
@@ -129,6 +150,8 @@ int e8kv_fingerprint_from_pb(const E8kv__V1__ModelFingerprint *pb, e8c_fingerpri
   if (len < 1 || len >= E8C_MODEL_ID_MAX)
     return fp_fail(msg, n, "fingerprint.model_id must be 1..%u bytes (got %zu)",
                    E8C_MODEL_ID_MAX - 1, len);
+  if (!e8kv_utf8_valid(pb->model_id, len))
+    return fp_fail(msg, n, "fingerprint.model_id is not valid UTF-8");
   memcpy(f->model_id, pb->model_id, len + 1);
   f->n_layers = pb->n_layers;
   f->n_kv_heads = pb->n_kv_heads;

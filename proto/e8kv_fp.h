@@ -65,6 +65,12 @@ int e8kv_fingerprint_from_pb(const E8kv__V1__ModelFingerprint *pb, e8c_fingerpri
 int e8kv_fingerprint_from_pb_bytes(const void *buf, size_t size, e8c_fingerprint *fp,
                                    uint8_t id[E8C_ID_SIZE], char *msg, size_t msg_size);
 
+/* 1 if s[0..len) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most
+ * U+10FFFF), else 0. Every proto3 `string` must be: protobuf-c does not check it on decode, but
+ * other clients' decoders refuse a message holding a malformed one, so what e8kvd stores and
+ * sends back in strings is checked with this first. */
+int e8kv_utf8_valid(const char *s, size_t len);
+
 #ifdef __cplusplus
 }
 #endif
