@@ -216,8 +216,12 @@ void kvd_rpc_list_sessions(kvd_app *app, kvd_call *call, const kvd_principal *wh
   e8s_session_filter f = {.name_prefix = rq->name_prefix,
                           .fp_id = rq->fingerprint_id.len ? rq->fingerprint_id.data : NULL};
   uint8_t last_id[E8S_KEY_BYTES] = {0};
-  int last_ok = 0;
-  while (n_out < page && more) {
+  int last_ok = 0, cut = 0;
+  /* A page also ends before the reply would pass --get-piece-bytes (3 MiB by default, under
+   * the 4 MiB receive limit of gRPC clients; sessions carry up to 64 KiB of metadata each):
+   * next_page_token then continues at the session left out. */
+  uint64_t budget = app->cfg->get_piece_bytes, bytes = 0;
+  while (n_out < page && more && !cut) {
     size_t got = 0;
     int e = e8s_session_list(app->store, who->ns_id, &f, after, buf, page, &got, &more);
     if (e != E8S_OK) { kvd_status_from_store(st, e, "list sessions"); goto out; }
@@ -233,6 +237,15 @@ void kvd_rpc_list_sessions(kvd_app *app, kvd_call *call, const kvd_principal *wh
         kvd_sess_free(&loaded[n_out]);
         continue;
       }
+      uint64_t sz = e8kv__v1__session_info__get_packed_size(&pbs[n_out].m) + 8;
+      if (n_out > 0 && bytes + sz > budget) { /* full: this one starts the next page */
+        kvd_sess_pb_free(&pbs[n_out]);
+        kvd_sess_free(&loaded[n_out]);
+        snprintf(after, sizeof after, "%s", pbs[n_out - 1].name);
+        more = cut = 1;
+        break;
+      }
+      bytes += sz;
       ptrs[n_out] = &pbs[n_out].m;
       n_out++;
       if (n_out == page && i + 1 < got) more = 1;
