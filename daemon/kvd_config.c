@@ -46,7 +46,11 @@ static const kvd_crow g_table[] = {
     {"segment-bytes", CT_SIZE, OFF(segment_bytes), 0, "bytes", "1G", 1 * MiB, 64 * GiB, NULL,
      "Segment file size after which a new segment file is started."},
     {"threads", CT_U32, OFF(threads), 0, "threads", "8", 1, 256, NULL,
-     "gRPC worker threads = calls served at the same time (others wait in the queue)."},
+     "gRPC worker threads of the streaming calls (PutChunks, GetChunks) = those served at the "
+     "same time (others wait in the queue)."},
+    {"unary-threads", CT_U32, OFF(unary_threads), 0, "threads", "4", 1, 256, NULL,
+     "gRPC worker threads of all other calls (Lookup, sessions, stats, admin, health): a pool "
+     "of their own, so streams waiting on slow peers never hold them up."},
     {"max-message-bytes", CT_SIZE, OFF(max_message_bytes), 0, "bytes", "64M", 64 * KiB,
      1 * GiB, NULL,
      "Largest gRPC message received or sent; larger ones fail with RESOURCE_EXHAUSTED."},

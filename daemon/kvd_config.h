@@ -22,7 +22,8 @@ typedef struct kvd_config {
   int n_listen;
   uint64_t capacity_bytes;        /* store byte budget, 0 = unlimited */
   uint64_t segment_bytes;         /* segment file size before a new one starts */
-  uint32_t threads;               /* gRPC worker threads = calls served at once */
+  uint32_t threads;               /* gRPC workers of streaming calls = served at once */
+  uint32_t unary_threads;         /* gRPC workers of all other calls */
   uint64_t max_message_bytes;     /* one gRPC message, either direction */
   uint64_t max_chunk_bytes;       /* one chunk's data on PutChunks (encoded or raw) */
   uint32_t max_chunks_per_call;   /* chunks in one PutChunks / GetChunks call */

@@ -1,7 +1,9 @@
 /* kvd_grpc.c: the only file of e8kvd that touches the gRPC C core API (see kvd_grpc.h).
  *
- * Threads: `threads` workers block in grpc_completion_queue_next on the shared notification
- * queue; one watcher thread serves Health/Watch streams on their own queue; the caller's
+ * Threads: `threads` workers block in grpc_completion_queue_next on the notification queue of
+ * the streaming methods, `unary_threads` on the one of every other call (unary methods,
+ * Health/Check, unknown methods); one watcher thread serves Health/Watch streams on their own
+ * queue; the caller's
  * thread runs kvd_server_shutdown. Each request slot (kvd_slot) owns a completion queue that
  * its call is bound to, so a worker waits on that queue alone while it runs the handler.
  * The mapping kvd_code -> grpc_status_code lives here, in kvd_grpc_status_of(), and nowhere
@@ -77,14 +79,14 @@ typedef struct kvd_watch {     /* one Health/Watch stream (or a pending request 
 struct kvd_server {
   kvd_server_opts o;
   grpc_server *server;
-  grpc_completion_queue *notify_cq, *watch_cq, *shutdown_cq;
+  grpc_completion_queue *notify_cq, *unary_cq, *watch_cq, *shutdown_cq;
   kvd_slot *slots;
   size_t n_slots;
   void *rm_check, *rm_watch;
   int check_method;            /* index of the built-in Check handler in all_methods */
   kvd_method *all_methods;     /* user table + Health/Check */
   size_t n_all;
-  pthread_t *workers;
+  pthread_t *workers;          /* threads stream workers, then unary_threads unary ones */
   pthread_t watcher;
   pthread_mutex_t post_lock;
   int stopping;                /* under post_lock */
@@ -152,8 +154,14 @@ static grpc_slice read_all(grpc_byte_buffer *bb) {
 
 /* ------------------------------------------------------------------ request slots */
 
+/* 1 if calls of slot s go to the stream workers (PutChunks, GetChunks), 0 for the unary ones. */
+static int slot_streams(const kvd_slot *s) {
+  return s->method >= 0 && s->srv->all_methods[s->method].kind != KVD_RPC_UNARY;
+}
+
 static int slot_post(kvd_slot *s) {
   kvd_server *srv = s->srv;
+  grpc_completion_queue *ncq = slot_streams(s) ? srv->notify_cq : srv->unary_cq;
   grpc_call_error e = GRPC_CALL_OK;
   pthread_mutex_lock(&srv->post_lock);
   if (srv->stopping) {
@@ -167,11 +175,10 @@ static int slot_post(kvd_slot *s) {
     e = grpc_server_request_registered_call(srv->server, s->rm, &s->call, &s->deadline, &s->md,
                                             s->method >= 0 && srv->all_methods[s->method].kind !=
                                                 KVD_RPC_CLIENT_STREAM ? &s->payload : NULL,
-                                            s->cq, srv->notify_cq, s);
+                                            s->cq, ncq, s);
   } else {
     grpc_call_details_init(&s->details);
-    e = grpc_server_request_call(srv->server, &s->call, &s->details, &s->md, s->cq,
-                                 srv->notify_cq, s);
+    e = grpc_server_request_call(srv->server, &s->call, &s->details, &s->md, s->cq, ncq, s);
   }
   pthread_mutex_unlock(&srv->post_lock);
   if (e != GRPC_CALL_OK) KVD_ERROR("grpc_request", "call_error=%d", (int)e);
@@ -445,11 +452,11 @@ static void serve_call(kvd_slot *s) {
   if (c.peer) gpr_free(c.peer);
 }
 
+/* arg: the notification queue this worker serves. */
 static void *worker_main(void *arg) {
-  kvd_server *srv = arg;
+  grpc_completion_queue *cq = arg;
   for (;;) {
-    grpc_event ev =
-        grpc_completion_queue_next(srv->notify_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
     if (ev.type != GRPC_OP_COMPLETE) continue;
     kvd_slot *s = ev.tag;
@@ -618,16 +625,22 @@ static int add_ports(kvd_server *srv, char *err, size_t cap) {
   return 0;
 }
 
+/* Pending request slots: per method as many as workers serve its kind (more would only wait
+ * in the notification queue). */
 static int make_slots(kvd_server *srv) {
-  size_t per = srv->o.threads;
-  srv->n_slots = (srv->n_all + 1) * per;
+  size_t ns = srv->o.threads, nu = srv->o.unary_threads;
+  srv->n_slots = 0;
+  for (size_t m = 0; m <= srv->n_all; m++)
+    srv->n_slots += m < srv->n_all && srv->all_methods[m].kind != KVD_RPC_UNARY ? ns : nu;
   srv->slots = calloc(srv->n_slots, sizeof *srv->slots);
   if (!srv->slots) return -1;
   size_t k = 0;
   for (size_t m = 0; m <= srv->n_all; m++) {
     void *rm = NULL;
+    size_t per = nu;
     if (m < srv->n_all) {
       const kvd_method *me = &srv->all_methods[m];
+      if (me->kind != KVD_RPC_UNARY) per = ns;
       rm = grpc_server_register_method(srv->server, me->path, NULL,
                                        me->kind == KVD_RPC_CLIENT_STREAM
                                            ? GRPC_SRM_PAYLOAD_NONE
@@ -648,8 +661,8 @@ static int make_slots(kvd_server *srv) {
 }
 
 int kvd_server_start(const kvd_server_opts *o, kvd_server **out, char *err, size_t cap) {
-  if (o->n_addrs < 1 || o->n_addrs > 16 || o->threads < 1) {
-    snprintf(err, cap, "need 1..16 addresses and >= 1 thread");
+  if (o->n_addrs < 1 || o->n_addrs > 16 || o->threads < 1 || o->unary_threads < 1) {
+    snprintf(err, cap, "need 1..16 addresses and >= 1 thread of each kind");
     return -1;
   }
   grpc_init();
@@ -668,9 +681,11 @@ int kvd_server_start(const kvd_server_opts *o, kvd_server **out, char *err, size
   grpc_channel_args ca = {2, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->notify_cq = grpc_completion_queue_create_for_next(NULL);
+  srv->unary_cq = grpc_completion_queue_create_for_next(NULL);
   srv->watch_cq = grpc_completion_queue_create_for_next(NULL);
   srv->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(srv->server, srv->notify_cq, NULL);
+  grpc_server_register_completion_queue(srv->server, srv->unary_cq, NULL);
   grpc_server_register_completion_queue(srv->server, srv->watch_cq, NULL);
   if (make_slots(srv) != 0) {
     snprintf(err, cap, "cannot register methods");
@@ -679,9 +694,11 @@ int kvd_server_start(const kvd_server_opts *o, kvd_server **out, char *err, size
   if (add_ports(srv, err, cap) != 0) goto fail;
   grpc_server_start(srv->server);
   for (size_t i = 0; i < srv->n_slots; i++) slot_post(&srv->slots[i]);
-  srv->workers = calloc(o->threads, sizeof *srv->workers);
-  for (unsigned i = 0; i < o->threads; i++)
-    pthread_create(&srv->workers[i], NULL, worker_main, srv);
+  unsigned nw = o->threads + o->unary_threads;
+  srv->workers = calloc(nw, sizeof *srv->workers);
+  for (unsigned i = 0; i < nw; i++)
+    pthread_create(&srv->workers[i], NULL, worker_main,
+                   i < o->threads ? srv->notify_cq : srv->unary_cq);
   pthread_create(&srv->watcher, NULL, watcher_main, srv);
   *out = srv;
   return 0;
@@ -714,8 +731,10 @@ void kvd_server_shutdown(kvd_server *srv, unsigned grace_ms) {
     grpc_completion_queue_next(srv->shutdown_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
   }
   grpc_completion_queue_shutdown(srv->notify_cq);
+  grpc_completion_queue_shutdown(srv->unary_cq);
   grpc_completion_queue_shutdown(srv->watch_cq);
-  for (unsigned i = 0; i < srv->o.threads; i++) pthread_join(srv->workers[i], NULL);
+  for (unsigned i = 0; i < srv->o.threads + srv->o.unary_threads; i++)
+    pthread_join(srv->workers[i], NULL);
   pthread_join(srv->watcher, NULL);
   while (srv->watches) { /* requests failed at shutdown never came back as events */
     kvd_watch *w = srv->watches;
@@ -730,9 +749,11 @@ void kvd_server_destroy(kvd_server *srv) {
   for (size_t i = 0; i < srv->n_slots; i++) drain_and_destroy(srv->slots[i].cq);
   if (srv->workers) { /* started: notify/watch queues were shut down by kvd_server_shutdown */
     grpc_completion_queue_destroy(srv->notify_cq);
+    grpc_completion_queue_destroy(srv->unary_cq);
     grpc_completion_queue_destroy(srv->watch_cq);
   } else {
     drain_and_destroy(srv->notify_cq);
+    drain_and_destroy(srv->unary_cq);
     drain_and_destroy(srv->watch_cq);
   }
   drain_and_destroy(srv->shutdown_cq);

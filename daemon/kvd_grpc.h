@@ -5,14 +5,19 @@
  * a server that runs a table of methods, and a kvd_call to read request messages from, write
  * response messages to, and finish with a kvd_status.
  *
- * How it works. Each registered method has `threads` pending request slots; unknown methods
- * have their own slots and are answered UNIMPLEMENTED at once. Every slot owns a private
- * completion queue its call is bound to, and all slots notify one shared queue served by
- * `threads` worker threads. A worker takes a new call, runs its handler to the end with
- * blocking reads and writes on the slot's private queue, sends the status, and posts the slot
- * again. So at most `threads` calls run at once, each on one thread; waiting calls stay queued
- * in gRPC. grpc.health.v1.Health/Watch streams live on one extra thread (they last long and
- * do nothing), so they never hold a worker.
+ * How it works. Each registered method has pending request slots; unknown methods have their
+ * own slots and are answered UNIMPLEMENTED at once. Every slot owns a private completion queue
+ * its call is bound to. Slots of streaming methods notify one queue served by `threads` worker
+ * threads, slots of every other call (unary methods, Health/Check, unknown methods) another
+ * one served by `unary_threads` workers. A worker takes a new call, runs its handler to the
+ * end with blocking reads and writes on the slot's private queue, sends the status, and posts
+ * the slot again. So at most `threads` streaming and `unary_threads` other calls run at once,
+ * each on one thread; waiting calls stay queued in gRPC. The two pools keep short calls
+ * (Lookup, sessions, stats, health) served while every stream worker is held by streams that
+ * wait on their peer (an uploader between chunks, a reader that reads slowly): with one pool,
+ * `threads` idle streams stopped every other call until --max-call-ms.
+ * grpc.health.v1.Health/Watch streams live on one extra thread (they last long and do
+ * nothing), so they never hold a worker.
  *
  * Limits. Messages larger than max_message_bytes are refused by gRPC itself with
  * RESOURCE_EXHAUSTED "... larger than max (<size> vs. <limit>)". Deadlines: gRPC cancels the
@@ -61,7 +66,8 @@ typedef struct kvd_server_opts {
   const char *tls_cert_pem;      /* PEM text (not a path); NULL = plaintext */
   const char *tls_key_pem;
   uint64_t max_message_bytes;    /* receive and send limit per message */
-  unsigned threads;              /* worker threads, >= 1 */
+  unsigned threads;              /* workers of streaming calls, >= 1 */
+  unsigned unary_threads;        /* workers of all other calls, >= 1 */
   uint32_t max_call_ms;          /* a call running longer is cancelled (DEADLINE_EXCEEDED) */
   const kvd_method *methods;     /* the table; must outlive the server */
   size_t n_methods;

@@ -146,8 +146,8 @@ static int start_server(kvd_app *app, char **cert, char **key, char *err, size_t
   kvd_server_opts o = {
       .addrs = (const char *const *)c->listen_addrs, .n_addrs = c->n_listen,
       .tls_cert_pem = *cert, .tls_key_pem = *key, .max_message_bytes = c->max_message_bytes,
-      .threads = c->threads, .max_call_ms = c->max_call_ms, .methods = m, .n_methods = n, .app = app,
-      .on_done = on_call_done};
+      .threads = c->threads, .unary_threads = c->unary_threads, .max_call_ms = c->max_call_ms,
+      .methods = m, .n_methods = n, .app = app, .on_done = on_call_done};
   return kvd_server_start(&o, &app->server, err, cap);
 }
 
@@ -202,9 +202,9 @@ int main(int argc, char **argv) {
   if (start_server(&app, &cert, &key, err, sizeof err) != 0) goto out;
   pthread_create(&maint, NULL, maint_main, &app);
   maint_started = 1;
-  KVD_INFO("ready", "data_dir=%s threads=%u max_message_bytes=%llu metrics_port=%d "
+  KVD_INFO("ready", "data_dir=%s threads=%u unary_threads=%u max_message_bytes=%llu metrics_port=%d "
                     "namespaces=%zu auth=%s io_engine=%s codec=\"%s\"",
-           cfg.data_dir, cfg.threads, (unsigned long long)cfg.max_message_bytes, port,
+           cfg.data_dir, cfg.threads, cfg.unary_threads, (unsigned long long)cfg.max_message_bytes, port,
            kvd_auth_n_namespaces(app.auth), *cfg.tokens_file ? "tokens" : "open",
            e8s_io_engine_used(app.store) == E8S_IO_URING ? "io_uring" : "pwrite",
            e8c_version());
