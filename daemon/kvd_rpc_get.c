@@ -151,6 +151,16 @@ static int get_decode(get_state *g, size_t idx, const uint8_t *chunk, size_t cle
   int64_t need = e8c_chunk_raw_size(g->ctx, lb, le, ci->n_tokens, *dt);
   if (e8c_is_error(need))
     return kvd_error(st, KVD_INVALID, "chunk %zu: %s", idx, e8c_error_string(need));
+  /* A frame may decode to far more than it takes (an uploaded E8_FRAME chunk is bounded by
+   * --max-chunk-bytes encoded, not decoded): bound the decoded buffer as uploads are bound,
+   * x2 so that any chunk uploaded raw at the limit still decodes to fp32. */
+  uint64_t cap = 2 * g->app->cfg->max_chunk_bytes;
+  if ((uint64_t)need > cap)
+    return kvd_error(st, KVD_RESOURCE, "chunk %zu decodes to %lld bytes (%u tokens, layers "
+                                       "[%u, %u), %zu-byte dtype), over 2 x --max-chunk-bytes "
+                                       "= %llu: ask a smaller layer range or the encoded "
+                                       "frames", idx, (long long)need, ci->n_tokens, lb, le,
+                     e8c_dtype_size(*dt), (unsigned long long)cap);
   if (get_buf(g, &g->out, g->buf, (size_t)need) != 0)
     return kvd_error(st, KVD_RESOURCE, "out of memory decoding chunk %zu", idx);
   int64_t r = e8c_chunk_decode(g->ctx, chunk, clen, lb, le, NULL, kvd_buf_data(g->out), *dt,
