@@ -250,6 +250,86 @@ def test_fingerprints_never_mix(daemon):
     assert lk.matched_tokens == CT
 
 
+def test_decoded_size_is_bounded():
+    """An E8_FRAME chunk is bounded by --max-chunk-bytes as uploaded, but may decode to far
+    more (zeros compress ~40x): GetChunks RAW allocated whatever the frame's geometry asked."""
+    base = tempfile.mkdtemp(prefix="kvdadv-bomb-")
+    data, fp, n = os.path.join(base, "data"), fingerprint(), 1024
+    toks = list(range(n))
+    zeros = np.zeros((2, 2, 2, n, 64), np.float16).tobytes()  # 1 MiB raw fp16
+    d = Daemon(data=data)
+    r = d.stub.PutChunks(put_msgs(raw_header(fp, n), [(toks, zeros)]), timeout=20)
+    frame = bytes(get_all(d.stub, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=r.chunk_keys)))[0]
+                  ["data"])
+    assert d.stop(rm=False) == 0
+    assert len(frame) < 64 << 10
+    d = Daemon(data=data, extra=["--max-chunk-bytes=256K"])
+    try:
+        s = d.stub
+        # the frame itself is small enough to be uploaded again under the low limit
+        again = s.PutChunks(put_msgs(kv.PutHeader(fingerprint=fp, chunk_tokens=n,
+                                                  encoding=kv.ENCODING_E8_FRAME),
+                                     [(toks, frame)]), timeout=20)
+        assert again.chunks_deduplicated == 1
+        K = kv.ChunkKeys(keys=r.chunk_keys)
+        code, msg = code_of(get_all, s, kv.GetChunksRequest(keys=K, encoding=kv.ENCODING_RAW,
+                                                            dtype=kv.DTYPE_FP32))
+        assert code == C.RESOURCE_EXHAUSTED and "decodes to 2097152 bytes" in msg, (code, msg)
+        code, msg = code_of(get_all, s, kv.GetChunksRequest(keys=K, encoding=kv.ENCODING_RAW))
+        assert code == C.RESOURCE_EXHAUSTED, (code, msg)
+        one = get_all(s, kv.GetChunksRequest(keys=K, encoding=kv.ENCODING_RAW, layer_end=1))
+        assert len(one[0]["data"]) == 512 << 10
+        assert not np.frombuffer(bytes(one[0]["data"]), np.float16).any()  # zeros (maybe -0)
+        assert bytes(get_all(s, kv.GetChunksRequest(keys=K))[0]["data"]) == frame
+    finally:
+        assert d.stop() == 0
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_eviction_never_takes_pinned_or_leased_chunks():
+    d = Daemon(extra=["--capacity-bytes=200K", "--segment-bytes=1M"])
+    try:
+        s, fp = d.stub, fingerprint()
+        ptoks = list(range(10 ** 6, 10 ** 6 + 4 * CT))
+        s.PutChunks(put_msgs(raw_header(fp, CT, session="pinned", create_session=True),
+                             [(ptoks[i * CT:(i + 1) * CT], raw_kv(i, 2, 2, CT, 64).tobytes())
+                              for i in range(4)]), timeout=10)
+        first = list(range(CT))
+        s.PutChunks(put_msgs(raw_header(fp, CT), [(first, raw_kv(99, 2, 2, CT, 64).tobytes())]),
+                    timeout=10)
+        lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=first),
+                      timeout=5)
+        assert lk.matched_tokens == CT and lk.lease
+        for i in range(1, 60):  # unpinned cache entries, 4x the budget
+            toks = list(range(i * CT * 10, i * CT * 10 + CT))
+            s.PutChunks(put_msgs(raw_header(fp, CT), [(toks, raw_kv(i, 2, 2, CT, 64).tobytes())]),
+                        timeout=10)
+        st = stats(s).store_stats
+        assert st.evictions > 20 and st.live_bytes <= 200 << 10
+        assert get_all(s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=lk.chunk_keys),
+                                              release_lease=lk.lease))[0]["tokens"] == first
+        got = get_all(s, kv.GetChunksRequest(range=kv.SessionRange(session="pinned")))
+        assert [g["tokens"] for g in got] == [ptoks[i * CT:(i + 1) * CT] for i in range(4)]
+        codes = []
+        for i in range(40):  # pinned sessions until the budget is all pinned
+            toks = list(range(5 * 10 ** 6 + i * CT, 5 * 10 ** 6 + (i + 1) * CT))
+            codes.append(code_of(s.PutChunks, put_msgs(
+                raw_header(fp, CT, session=f"p{i}", create_session=True),
+                [(toks, raw_kv(i, 2, 2, CT, 64).tobytes())]), timeout=10))
+        refused = [m for c, m in codes if c != C.OK]
+        assert refused and all("pinned" in m for m in refused), codes
+        assert all(c == C.RESOURCE_EXHAUSTED for c, _ in codes if c != C.OK)
+        ok = [i for i, (c, _) in enumerate(codes) if c == C.OK]
+        for i in ok:
+            assert get_all(s, kv.GetChunksRequest(range=kv.SessionRange(session=f"p{i}")))
+        for i in sorted(set(range(40)) - set(ok)):  # refused: the session was not created
+            assert code_of(s.GetSession, kv.GetSessionRequest(name=f"p{i}"),
+                           timeout=5)[0] == C.NOT_FOUND
+        assert s.Verify(kv.VerifyRequest(), timeout=10).corrupt_records == 0
+    finally:
+        assert d.stop() == 0
+
+
 # ------------------------------------------------------------------ namespaces
 
 def test_namespaces_isolated_with_stolen_keys_and_leases():
@@ -314,6 +394,49 @@ def test_namespaces_isolated_with_stolen_keys_and_leases():
 
 
 # ------------------------------------------------------------------ concurrency
+
+def test_stream_cut_midway_leaves_session_as_it_was(daemon):
+    s, fp = daemon.stub, fingerprint()
+    toks = list(range(4 * CT))
+    chunks = [(toks[i * CT:(i + 1) * CT], raw_kv(i, 2, 2, CT, 64).tobytes()) for i in range(4)]
+    s.PutChunks(put_msgs(raw_header(fp, CT, session="cut", create_session=True), chunks[:1]),
+                timeout=10)
+    for cut_after in (1, 3, 6, 9):  # messages sent before the client goes away
+        def gen():
+            for i, m in enumerate(put_msgs(raw_header(fp, CT, session="cut",
+                                                      session_metadata={"x": "y"}),
+                                           chunks[1:], piece=3000)):
+                if i == cut_after:
+                    raise RuntimeError("client gone")  # grpcio cancels the call
+                yield m
+        code, _ = code_of(s.PutChunks, gen(), timeout=10)
+        # ABORTED: the call before is still releasing the session's write lock
+        assert code in (C.CANCELLED, C.UNKNOWN, C.ABORTED), code
+        info = s.GetSession(kv.GetSessionRequest(name="cut", include_chunk_keys=True),
+                            timeout=5).session
+        assert info.n_tokens == CT and len(info.chunk_keys) == 1 and "x" not in info.metadata
+    # a call cut by its deadline, the same
+    def slow():
+        for i, m in enumerate(put_msgs(raw_header(fp, CT, session="cut"), chunks[1:])):
+            if i == 2:
+                time.sleep(1.5)
+            yield m
+    for _ in range(50):  # the cancelled call before may hold the session's lock a few ms
+        code = code_of(s.PutChunks, slow(), timeout=1)[0]
+        if code != C.ABORTED:
+            break
+        time.sleep(0.05)
+    assert code == C.DEADLINE_EXCEEDED, code
+    assert s.GetSession(kv.GetSessionRequest(name="cut"), timeout=5).session.n_tokens == CT
+    for _ in range(50):
+        try:
+            r = s.PutChunks(put_msgs(raw_header(fp, CT, session="cut"), chunks[1:]), timeout=10)
+            break
+        except grpc.RpcError as e:
+            assert e.code() == C.ABORTED, e
+            time.sleep(0.1)
+    assert r.session.n_tokens == 4 * CT
+
 
 def test_same_key_written_concurrently_with_different_bytes(daemon):
     """8 clients store the same tokens at once, each with other KV: one chunk is stored, all
