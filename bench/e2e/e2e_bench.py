@@ -198,6 +198,20 @@ class Bench:
         self.notes = []
         self.non_torch_bytes()          # the baseline: CUDA context, nothing of the codec yet
 
+    def use_py_fetch(self, why):
+        """Switches every transport's restore fetch to grpcio's (kvio.Fetcher); False when
+        that is already so."""
+        if all(f.kind == "py" for f in self.fetchers.values()):
+            return False
+        for t, f in list(self.fetchers.items()):
+            if f.kind != "py":
+                f.close()
+                self.fetchers[t] = kvio.Fetcher(self.d.address(t), self.a.fetch_streams,
+                                                timeout=600, max_streams=2 * self.a.fetch_streams)
+                self.fetch_impl[t] = f"Python gRPC (switched from the C fetch {why})"
+        self.notes.append(f"restore fetch switched to grpcio's {why}")
+        return True
+
     def left(self):
         return self.a.deadline - (time.monotonic() - self.t_start)
 
@@ -278,24 +292,30 @@ class Bench:
             if st is None:
                 st = states[kind] = self.setup(kind, preset)
             t_step = time.monotonic()
-            for attempt in (0, 1):
+            for attempt in (0, 1, 2):
                 try:
                     self.step(kind, st, L)
                     break
                 except Exception as e:  # noqa: BLE001 -- recorded; CPU codec tried once
                     import traceback
                     traceback.print_exc()
-                    self.notes.append(f"{kind} {L} tokens, codec {st['kvc'].name}: "
+                    self.notes.append(f"{kind} {L} tokens, codec {st['kvc'].name}, fetch "
+                                      f"{sorted(set(self.fetch_impl.values()))}: "
                                       f"failed: {type(e).__name__}: {e}")
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
+                    codec_err = type(e).__name__ == "CudaCodecError" or isinstance(e, OSError)
                     # the CPU codec only when the CUDA codec itself failed (not for an out of
                     # memory or a daemon error: those would fail again, only slower)
-                    if attempt or isinstance(st["kvc"], kvio.CpuCodec) or not (
-                            type(e).__name__ == "CudaCodecError" or isinstance(e, OSError)):
-                        break
-                    st["kvc"] = kvio.CpuCodec(st["fp"], threads=16)
-                    self.notes.append(f"{kind}: switched to the CPU codec after that failure")
+                    if codec_err and not isinstance(st["kvc"], kvio.CpuCodec):
+                        st["kvc"] = kvio.CpuCodec(st["fp"], threads=16)
+                        self.notes.append(f"{kind}: switched to the CPU codec after that "
+                                          "failure")
+                        continue
+                    # any other failure while the C fetch is in use: once more with grpcio's
+                    if not codec_err and self.use_py_fetch("after that failure"):
+                        continue
+                    break
             if L > CHUNK:
                 st["last"] = (L, time.monotonic() - t_step)
             self.write()
