@@ -194,6 +194,7 @@ class Bench:
                                             max_streams=2 * args.fetch_streams)
                             for t in args.transports} if args.breakdown else {}
         self.runs, self.detail = [], []
+        self.deferred_store = True      # store through encode_chunks_deferred when the codec has it
         self.t_start = time.monotonic()
         self.notes = []
         self.non_torch_bytes()          # the baseline: CUDA context, nothing of the codec yet
@@ -292,7 +293,7 @@ class Bench:
             if st is None:
                 st = states[kind] = self.setup(kind, preset)
             t_step = time.monotonic()
-            for attempt in (0, 1, 2):
+            for attempt in range(4):
                 try:
                     self.step(kind, st, L)
                     break
@@ -314,6 +315,12 @@ class Bench:
                         continue
                     # any other failure while the C fetch is in use: once more with grpcio's
                     if not codec_err and self.use_py_fetch("after that failure"):
+                        continue
+                    # then without the two-step (deferred) encode of the store
+                    if not codec_err and self.deferred_store:
+                        self.deferred_store = False
+                        self.notes.append(f"{kind}: store without encode_chunks_deferred "
+                                          "after that failure")
                         continue
                     break
             if L > CHUNK:
@@ -355,7 +362,8 @@ class Bench:
             for f in self.fetchers.values():
                 f.prepare(est)
             job = kvio.store_prefix(self.clients[a.transports[0]], fp, layers, tokens[:L], kvc,
-                                   chunk_tokens=CHUNK, background=True)
+                                   chunk_tokens=CHUNK, background=True,
+                                   deferred=self.deferred_store)
             sync(dev)
             # the upload runs on while the engine decodes: greedy steps timed meanwhile
             overlap = None

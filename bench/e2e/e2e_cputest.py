@@ -220,6 +220,19 @@ def _fetch_and_store(bench, fails):
                 _check_native(fails, t, bench.d.address(t), keys, one, lk.fingerprint_id)
             else:
                 fails.append(f"{t}: the C fetch was not used: {bench.fetch_impl[t]}")
+        # the same KV stored without the deferred encode (new chains): the same chunk bytes
+        client = bench.clients[bench.a.transports[0]]
+        got = {}
+        for dfr in (True, False):
+            tokens[0] = 3000 + dfr
+            r = kvio.store_prefix(client, fp, layers, tokens[:n], kvc, chunk_tokens=CHUNK,
+                                  deferred=dfr)
+            if bool(r.get("encode_deferred")) != dfr or r["chunks_written"] != 8:
+                fails.append(f"store deferred={dfr}: {r}")
+            keys = list(client.lookup(fp, tokens[:n], chunk_tokens=CHUNK).chunk_keys)
+            got[dfr] = [c.data for c in client.get_chunks(keys, encoding="e8")]
+        if got[True] != got[False] or len(got[True]) != 8:
+            fails.append("deferred and direct stores wrote different chunks")
         # chunks encoded for another fingerprint: the daemon refuses them during the upload
         other = kvio.CpuCodec(e2e_bench.ehf.model_fingerprint(
             model, model_id="e2e-cputest/other", preset="K3V2"), threads=2)

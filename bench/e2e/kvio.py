@@ -240,12 +240,14 @@ def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
 
 
 def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=8,
-                 background=False):
+                 background=False, deferred=True):
     """Stores the KV of ``tokens`` (token t at layers[l][0/1][:, t]) as chunks in e8kvd;
     chunks already stored (Lookup) are not sent again. The caller's thread encodes (a group
     of chunks per codec call) and queues the frames; a background thread streams them with
     PutChunks as they come (the queue holds compressed bytes only, never waits on the
-    upload, so encoding never stalls on the network). background=False: waits for the reply
+    upload, so encoding never stalls on the network); with ``deferred`` and a codec that has
+    encode_chunks_deferred, the whole prefix is encoded in one call and the chunks assembled
+    on the upload thread. background=False: waits for the reply
     and returns the dict of StoreJob.result(); True: returns the StoreJob right after the
     last chunk is encoded (its KV tensors are no longer read: the caller may free or
     overwrite them)."""
@@ -276,7 +278,7 @@ def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=
     job.thread.start()
     job.tokens = tokens
     try:
-        if hasattr(kvc, "encode_chunks_deferred"):
+        if deferred and hasattr(kvc, "encode_chunks_deferred"):
             # the whole prefix in one codec call (GPU work and frames to pinned memory on
             # this thread); the chunk assembly runs on the upload thread
             te = time.perf_counter()
