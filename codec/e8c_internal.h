@@ -22,7 +22,7 @@
 #define E8C_CHUNK_FIXED 64u
 #define E8C_FP_MAX 65536u
 #define E8C_MAX_ABS 18446744073709551616.0 /* 2^64 */
-#define E8C_R32_TAB (5u * 4096u) /* bytes of the rans32 decoder's slot tables */
+#define E8C_R32_TAB (2u * 5u * 4096u) /* bytes of the rans32 decoder's slot tables (two sets) */
 
 enum { E8C_METHOD_RAW = 0, E8C_METHOD_E8 = 1 };
 enum { E8C_STREAM_SCALES_HI, E8C_STREAM_SCALES_LO, E8C_STREAM_COSETS,
@@ -65,7 +65,7 @@ struct e8c_ctx {
     float *rc_cos, *rc_sin;    /* [n][rotary_dim/2] */
     ZSTD_CCtx *zc;
     ZSTD_DCtx *zd;
-    uint8_t r32tab[E8C_R32_TAB]; /* rans32 decoder slot tables */
+    uint32_t r32tab[E8C_R32_TAB / 4]; /* rans32 decoder slot tables */
     e8c_work w;
 };
 
@@ -151,7 +151,11 @@ size_t e8c_rans32_encode_ref(const uint8_t *sym, size_t n, uint8_t *dst, size_t 
 int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
 size_t e8c_rans32_encode(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap);
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
-                      void *tab /* E8C_R32_TAB bytes, 2-aligned */);
+                      void *tab /* E8C_R32_TAB / 2 bytes, 4-aligned */);
+/* two streams at once, the same verdicts (see e8c_rans32.c) */
+int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
+                       const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb,
+                       void *tab /* E8C_R32_TAB bytes, 4-aligned */);
 
 /* pack/unpack (e8c_pack.c) */
 int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap);

@@ -462,6 +462,18 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
     lens[E8C_STREAM_MODES] = d[E8C_STREAM_MODES][1];
     for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
         uint8_t *out = s == E8C_STREAM_RAW ? (uint8_t *)q->raw : w->sbuf[s];
+        if (s == E8C_STREAM_COORDS && ctx->backend != 1 && d[s][0] == E8C_CODING_RANS32 &&
+            d[s + 1][0] == E8C_CODING_RANS32 && d[s][1] == lens[s] && d[s + 1][1] == lens[s + 1]) {
+            /* coords and halves side by side (the halves' lone lane hides
+             * in the coords' eight) */
+            if (lens[s] == 0 || lens[s + 1] == 0 ||
+                e8c_rans32_decode2(st[s], d[s][2], out, lens[s], st[s + 1], d[s + 1][2],
+                                   w->sbuf[s + 1], lens[s + 1], ctx->r32tab))
+                return e8c_fail(ctx, E8C_ERR_CORRUPT, "rans32 coords/halves streams do not decode to %zu/%zu bytes",
+                                lens[s], lens[s + 1]);
+            s++;
+            continue;
+        }
         if ((rc = get_stream(ctx, st[s], d[s], out, lens[s]))) return rc;
     }
     if (!raw_finite(q->raw, (size_t)H * (N - Q) * n, fp->src_dtype))

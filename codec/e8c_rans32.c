@@ -246,89 +246,221 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
     return fixed + W2;
 }
 
-/* One decoding step of lane state x with the split slot tables (tf: f,
- * tb: slot - start, ts: symbol), then the branch-free renormalization:
- * need = x < 2^16 from the borrow of a 64-bit subtraction. */
-#define R32_STEP(xl, o)                                                         \
+/* A parsed coding-3 stream: lanes, table, states, words. */
+typedef struct r32_dec {
+    uint32_t K, x[32];
+    int nsym;
+    const uint8_t *wd;
+    size_t W, p;
+    uint32_t f[256], start[256];
+} r32_dec;
+
+/* Parses the header of src[0..len) for N symbols: 0, or -1 if corrupt. */
+static int r32_open(r32_dec *d, const uint8_t *src, size_t len, size_t N)
+{
+    if (len < 1 || N == 0) return -1;
+    d->K = src[0];
+    size_t off = 1;
+    if (d->K < 1 || d->K > 32) return -1;
+    d->nsym = table_get(src, len, &off, d->f, d->start);
+    if (d->nsym < 0 || len - off < 4 * (size_t)d->K) return -1;
+    for (uint32_t l = 0; l < d->K; l++) {
+        d->x[l] = e8c_get32(src + off + 4 * l);
+        if (d->x[l] < R32_L) return -1;
+    }
+    off += 4 * (size_t)d->K;
+    if ((len - off) % 2) return -1;
+    d->wd = src + off;
+    d->W = (len - off) / 2;
+    d->p = 0;
+    return 0;
+}
+
+/* Decoder slot tables, two kinds (E8C_R32_TAB / 2 bytes either way):
+ *  - one lane (latency-bound: one load per step, and the table is a fill,
+ *    cheap for the short streams that take K = 1): P[slot] = f << 20 |
+ *    start << 8 | symbol (f <= 4095 whenever there are two symbols or
+ *    more; a one-symbol table never reaches it);
+ *  - 8 or more lanes (throughput-bound: no extraction work per step):
+ *    u16 f[4096], u16 slot - start[4096], u8 symbol[4096]. */
+static void r32_table(const r32_dec *d, void *tab)
+{
+    if (d->K == 1) {
+        uint32_t *P = tab;
+        for (uint32_t s = 0; s < 256; s++) {
+            uint32_t v = d->f[s] << 20 | d->start[s] << 8 | s, *t = P + d->start[s];
+            for (uint32_t k = 0; k < d->f[s]; k++) t[k] = v;
+        }
+        return;
+    }
+    uint16_t *tf = tab, *tb = tf + R32_M;
+    uint8_t *ts = (uint8_t *)(tb + R32_M);
+    for (uint32_t s = 0; s < 256; s++) {
+        uint32_t f = d->f[s], st = d->start[s];
+        if (!f) continue;
+        memset(ts + st, (int)s, f);
+        for (uint32_t k = 0; k < f; k++) { tf[st + k] = (uint16_t)f; tb[st + k] = (uint16_t)k; }
+    }
+}
+
+/* One decoding step of lane state x: symbol to o, x to the next state;
+ * _P with the one-lane table P, _S with the split tables tf, tb, ts. */
+#define R32_STEP_P(xl, o)                                                       \
+    do {                                                                        \
+        uint32_t slot_ = (xl) & (R32_M - 1), e_ = P[slot_];                     \
+        (o) = (uint8_t)e_;                                                      \
+        (xl) = (e_ >> 20) * ((xl) >> 12) + slot_ - ((e_ >> 8) & (R32_M - 1));   \
+    } while (0)
+#define R32_STEP_S(xl, o)                                                       \
     do {                                                                        \
         uint32_t slot_ = (xl) & (R32_M - 1);                                    \
         (o) = ts[slot_];                                                        \
         (xl) = (uint32_t)tf[slot_] * ((xl) >> 12) + tb[slot_];                  \
     } while (0)
-#define R32_RENORM(xl)                                                          \
+/* Renormalization with word p (callers guarantee it exists): _C as a
+ * conditional move (short dependency chain, for one lane), _T with masks
+ * (fewer instructions, for 8 or 32 lanes side by side). */
+#define R32_RENORM_C(xl, wd, p)                                                 \
+    do {                                                                        \
+        uint32_t w_ = e8c_get16((wd) + 2 * (p)), y_ = (xl) << 16 | w_;          \
+        int need_ = (xl) < R32_L;                                               \
+        (xl) = need_ ? y_ : (xl);                                               \
+        (p) += (size_t)need_;                                                   \
+    } while (0)
+#define R32_RENORM_T(xl, wd, p)                                                 \
     do {                                                                        \
         uint32_t need_ = (uint32_t)(((uint64_t)(xl) - R32_L) >> 63);            \
-        uint32_t w_ = e8c_get16(wd + 2 * p);                                    \
+        uint32_t w_ = e8c_get16((wd) + 2 * (p));                                \
         (xl) = ((xl) << (need_ << 4)) | (w_ & (0u - need_));                    \
-        p += need_;                                                             \
+        (p) += need_;                                                           \
     } while (0)
 
-int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)
+/* Symbols i .. N-1 with every word checked, then the end conditions. */
+static int r32_finish(r32_dec *d, const void *tab, uint8_t *out, size_t i, size_t N)
 {
-    uint32_t f[256], start[256], x[32];
-    if (len < 1 || N == 0) return -1;
-    uint32_t K = src[0];
-    size_t off = 1;
-    if (K < 1 || K > 32) return -1;
-    int nsym = table_get(src, len, &off, f, start);
-    if (nsym < 0 || len - off < 4 * (size_t)K) return -1;
-    for (uint32_t l = 0; l < K; l++) {
-        x[l] = e8c_get32(src + off + 4 * l);
-        if (x[l] < R32_L) return -1;
-    }
-    off += 4 * (size_t)K;
-    if ((len - off) % 2) return -1;
-    const uint8_t *wd = src + off;
-    size_t W = (len - off) / 2, p = 0;
-    if (nsym == 1) { /* f = 4096: states never change, no words */
-        int s = 0;
-        while (!f[s]) s++;
-        memset(out, s, N);
-        for (uint32_t l = 0; l < K; l++)
-            if (x[l] != R32_L) return -1;
-        return W == 0 ? 0 : -1;
-    }
-    uint16_t *tf = (uint16_t *)tab, *tb = tf + R32_M;
-    uint8_t *ts = (uint8_t *)(tb + R32_M);
-    for (int s = 0; s < 256; s++) {
-        if (!f[s]) continue;
-        memset(ts + start[s], s, f[s]);
-        for (uint32_t k = 0; k < f[s]; k++) { tf[start[s] + k] = (uint16_t)f[s]; tb[start[s] + k] = (uint16_t)k; }
-    }
-    size_t i = 0, full = N / K * K;
-    if (K == 1) {
-        uint32_t x0 = x[0];
-        for (; i < N && p < W; i++) {
-            R32_STEP(x0, out[i]);
-            R32_RENORM(x0);
-        }
-        x[0] = x0;
-    } else if (K == 8) { /* lanes in registers */
-        uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
-        for (; i < full && W - p >= 8; i += 8) {
-            R32_STEP(x0, out[i]); R32_RENORM(x0); R32_STEP(x1, out[i + 1]); R32_RENORM(x1);
-            R32_STEP(x2, out[i + 2]); R32_RENORM(x2); R32_STEP(x3, out[i + 3]); R32_RENORM(x3);
-            R32_STEP(x4, out[i + 4]); R32_RENORM(x4); R32_STEP(x5, out[i + 5]); R32_RENORM(x5);
-            R32_STEP(x6, out[i + 6]); R32_RENORM(x6); R32_STEP(x7, out[i + 7]); R32_RENORM(x7);
-        }
-        x[0] = x0; x[1] = x1; x[2] = x2; x[3] = x3; x[4] = x4; x[5] = x5; x[6] = x6; x[7] = x7;
-    } else {
-        for (; i < full && W - p >= K; i += K)
-            for (uint32_t l = 0; l < K; l++) {
-                R32_STEP(x[l], out[i + l]);
-                R32_RENORM(x[l]);
-            }
-    }
-    for (; i < N; i++) { /* tail: every word checked */
+    uint32_t K = d->K, *x = d->x;
+    const uint32_t *P = tab;
+    const uint16_t *tf = tab, *tb = tf + R32_M;
+    const uint8_t *ts = (const uint8_t *)(tb + R32_M), *wd = d->wd;
+    size_t p = d->p;
+    for (; i < N; i++) {
         uint32_t l = (uint32_t)(i % K);
-        R32_STEP(x[l], out[i]);
+        if (K == 1) R32_STEP_P(x[l], out[i]);
+        else R32_STEP_S(x[l], out[i]);
         if (x[l] < R32_L) {
-            if (p >= W) return -1;
+            if (p >= d->W) return -1;
             x[l] = (x[l] << 16) | e8c_get16(wd + 2 * p++);
         }
     }
-    if (p != W) return -1;
+    if (p != d->W) return -1;
     for (uint32_t l = 0; l < K; l++)
         if (x[l] != R32_L) return -1;
     return 0;
+}
+
+/* The one-symbol stream: f = 4096, the states never change, no words. */
+static int r32_single(const r32_dec *d, uint8_t *out, size_t N)
+{
+    int s = 0;
+    while (!d->f[s]) s++;
+    memset(out, s, N);
+    for (uint32_t l = 0; l < d->K; l++)
+        if (d->x[l] != R32_L) return -1;
+    return d->W == 0 ? 0 : -1;
+}
+
+/* Decodes whole rounds while at least K words are left (no checks), from
+ * symbol *pi; leaves the states and p in d. */
+static void r32_rounds(r32_dec *d, const void *tab, uint8_t *restrict out, size_t *pi, size_t N)
+{
+    uint32_t K = d->K;
+    const uint32_t *P = tab;
+    const uint16_t *tf = tab, *tb = tf + R32_M;
+    const uint8_t *ts = (const uint8_t *)(tb + R32_M), *wd = d->wd;
+    size_t i = *pi, p = d->p, W = d->W, full = N / K * K;
+    if (K == 1) {
+        uint32_t x0 = d->x[0];
+        for (; i < N && p < W; i++) {
+            R32_STEP_P(x0, out[i]);
+            R32_RENORM_C(x0, wd, p);
+        }
+        d->x[0] = x0;
+    } else if (K == 8) { /* lanes in registers */
+        uint32_t x0 = d->x[0], x1 = d->x[1], x2 = d->x[2], x3 = d->x[3];
+        uint32_t x4 = d->x[4], x5 = d->x[5], x6 = d->x[6], x7 = d->x[7];
+        for (; i < full && W - p >= 8; i += 8) {
+            R32_STEP_S(x0, out[i]); R32_RENORM_T(x0, wd, p);
+            R32_STEP_S(x1, out[i + 1]); R32_RENORM_T(x1, wd, p);
+            R32_STEP_S(x2, out[i + 2]); R32_RENORM_T(x2, wd, p);
+            R32_STEP_S(x3, out[i + 3]); R32_RENORM_T(x3, wd, p);
+            R32_STEP_S(x4, out[i + 4]); R32_RENORM_T(x4, wd, p);
+            R32_STEP_S(x5, out[i + 5]); R32_RENORM_T(x5, wd, p);
+            R32_STEP_S(x6, out[i + 6]); R32_RENORM_T(x6, wd, p);
+            R32_STEP_S(x7, out[i + 7]); R32_RENORM_T(x7, wd, p);
+        }
+        d->x[0] = x0; d->x[1] = x1; d->x[2] = x2; d->x[3] = x3;
+        d->x[4] = x4; d->x[5] = x5; d->x[6] = x6; d->x[7] = x7;
+    } else {
+        uint32_t *x = d->x;
+        for (; i < full && W - p >= K; i += K)
+            for (uint32_t l = 0; l < K; l++) {
+                R32_STEP_S(x[l], out[i + l]);
+                R32_RENORM_T(x[l], wd, p);
+            }
+    }
+    d->p = p;
+    *pi = i;
+}
+
+int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)
+{
+    r32_dec d;
+    if (r32_open(&d, src, len, N)) return -1;
+    if (d.nsym == 1) return r32_single(&d, out, N);
+    r32_table(&d, tab);
+    size_t i = 0;
+    r32_rounds(&d, tab, out, &i, N);
+    return r32_finish(&d, tab, out, i, N);
+}
+
+/* Two streams at once (E8C_R32_TAB bytes of tables): where A has 8 lanes
+ * and B one (the coords and halves of a frame of up to 65535 halves), each
+ * round of A also takes one step of B, so B's serial dependency chain runs
+ * in the shadow of A's eight; the rest of each stream (and every other
+ * case) decodes as e8c_rans32_decode does.  Same results and verdicts as
+ * two e8c_rans32_decode calls (-1 if either stream is corrupt). */
+int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
+                       const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb, void *tab)
+{
+    r32_dec a, b;
+    void *tb_ = (uint8_t *)tab + E8C_R32_TAB / 2;
+    if (r32_open(&a, sa, la, na) || r32_open(&b, sb, lb, nb)) return -1;
+    if (a.K != 8 || b.K != 1 || a.nsym == 1 || b.nsym == 1)
+        return e8c_rans32_decode(sa, la, oa, na, tab) | e8c_rans32_decode(sb, lb, ob, nb, tb_);
+    r32_table(&a, tab);
+    r32_table(&b, tb_);
+    const uint16_t *tf = tab, *tb = tf + R32_M;
+    const uint8_t *ts = (const uint8_t *)(tb + R32_M), *wa = a.wd, *wb = b.wd;
+    const uint32_t *P = tb_;
+    size_t i = 0, j = 0, p = a.p, q = b.p, full = na / 8 * 8;
+    uint32_t x0 = a.x[0], x1 = a.x[1], x2 = a.x[2], x3 = a.x[3];
+    uint32_t x4 = a.x[4], x5 = a.x[5], x6 = a.x[6], x7 = a.x[7], y = b.x[0];
+    for (; i < full && a.W - p >= 8 && j < nb && q < b.W; i += 8, j++) {
+        R32_STEP_P(y, ob[j]);
+        R32_STEP_S(x0, oa[i]); R32_RENORM_T(x0, wa, p);
+        R32_STEP_S(x1, oa[i + 1]); R32_RENORM_T(x1, wa, p);
+        R32_STEP_S(x2, oa[i + 2]); R32_RENORM_T(x2, wa, p);
+        R32_STEP_S(x3, oa[i + 3]); R32_RENORM_T(x3, wa, p);
+        R32_RENORM_C(y, wb, q);
+        R32_STEP_S(x4, oa[i + 4]); R32_RENORM_T(x4, wa, p);
+        R32_STEP_S(x5, oa[i + 5]); R32_RENORM_T(x5, wa, p);
+        R32_STEP_S(x6, oa[i + 6]); R32_RENORM_T(x6, wa, p);
+        R32_STEP_S(x7, oa[i + 7]); R32_RENORM_T(x7, wa, p);
+    }
+    a.x[0] = x0; a.x[1] = x1; a.x[2] = x2; a.x[3] = x3;
+    a.x[4] = x4; a.x[5] = x5; a.x[6] = x6; a.x[7] = x7; b.x[0] = y;
+    a.p = p; b.p = q;
+    r32_rounds(&a, tab, oa, &i, na);
+    r32_rounds(&b, tb_, ob, &j, nb);
+    return r32_finish(&a, tab, oa, i, na) | r32_finish(&b, tb_, ob, j, nb);
 }

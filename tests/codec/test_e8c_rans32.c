@@ -23,20 +23,23 @@
 #define MAXN 140000u
 static uint8_t *g_sym, *g_a, *g_b, *g_out, *g_out2;
 static uint16_t *g_words;
-static uint16_t g_tab[E8C_R32_TAB / 2];
+static uint32_t g_tab[E8C_R32_TAB / 4];
+static uint8_t *g_c, *g_o3, *g_o4;
 
 static int setup(void **state)
 {
     (void)state;
     g_sym = malloc(MAXN); g_a = malloc(2 * MAXN + 1024); g_b = malloc(2 * MAXN + 1024);
     g_out = malloc(MAXN); g_out2 = malloc(MAXN); g_words = malloc(2 * MAXN);
-    return !g_sym || !g_a || !g_b || !g_out || !g_out2 || !g_words;
+    g_c = malloc(2 * MAXN + 1024); g_o3 = malloc(MAXN); g_o4 = malloc(MAXN);
+    return !g_sym || !g_a || !g_b || !g_out || !g_out2 || !g_words || !g_c || !g_o3 || !g_o4;
 }
 
 static int teardown(void **state)
 {
     (void)state;
     free(g_sym); free(g_a); free(g_b); free(g_out); free(g_out2); free(g_words);
+    free(g_c); free(g_o3); free(g_o4);
     return 0;
 }
 
@@ -192,11 +195,58 @@ static void test_hostile_streams(void **state)
     assert_int_equal(agree(g_a, len, 0), -1);
 }
 
+/* e8c_rans32_decode2 (two streams side by side) gives the reference's
+ * symbols and verdicts for both streams: every pair of lane counts, then
+ * the 8-lane + 1-lane pair it interleaves with one stream damaged
+ * (truncated, flipped bits, a word dropped, a symbol count off). */
+static void test_decode2(void **state)
+{
+    (void)state;
+    e8t_rng r = {13};
+    static const size_t na_[] = {43008, 9000, 70000, 3000, 43008, 20000};
+    static const size_t nb_[] = {6144, 6144, 5000, 700, 12000, 1};
+    for (size_t k = 0; k < 6; k++) {
+        size_t na = na_[k], nb = nb_[k];
+        fill(&r, g_sym, na, 0, 1.5);
+        size_t la = encode_both(na, 2 * na + 1024);
+        fill(&r, g_sym, nb, k == 5 ? 2 : 0, 0.8);
+        size_t lb = e8c_rans32_encode_ref(g_sym, nb, g_c, 2 * nb + 1024, g_words);
+        assert_true(la > 0 && lb > 0);
+        for (int it = 0; it < 60; it++) {
+            memcpy(g_b, g_a, la);
+            uint8_t *c2 = g_b + la + 16; /* B's copy */
+            memcpy(c2, g_c, lb);
+            size_t la2 = la, lb2 = lb, na2 = na, nb2 = nb;
+            uint8_t *hit = it % 2 ? c2 : g_b;
+            size_t hl = it % 2 ? lb : la;
+            switch (it % 12 / 2) {
+            case 0: break;                                            /* intact */
+            case 1: hit[e8t_u64(&r) % hl] ^= (uint8_t)(1u << (e8t_u64(&r) % 8)); break;
+            case 2: if (it % 2) lb2 -= 1 + e8t_u64(&r) % lb; else la2 -= 1 + e8t_u64(&r) % la; break;
+            case 3: if (it % 2) nb2++; else na2--; break;
+            case 4: if (hl > 200) memmove(hit + hl / 2, hit + hl / 2 + 2, hl / 2 - 2);
+                    if (it % 2) lb2 -= hl > 200 ? 2 : 0; else la2 -= hl > 200 ? 2 : 0; break;
+            default: hit[hl - 1 - e8t_u64(&r) % 8] ^= 0x80; break;
+            }
+            int ra = e8c_rans32_decode_ref(g_b, la2, g_out, na2);
+            int rb = e8c_rans32_decode_ref(c2, lb2, g_o3, nb2);
+            int both = e8c_rans32_decode2(g_b, la2, g_out2, na2, c2, lb2, g_o4, nb2, g_tab);
+            assert_int_equal(both, ra | rb);
+            if (both == 0) {
+                assert_memory_equal(g_out, g_out2, na2);
+                assert_memory_equal(g_o3, g_o4, nb2);
+            }
+            if (it == 0) assert_int_equal(both, 0);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_equals_fast),
         cmocka_unit_test(test_hostile_streams),
+        cmocka_unit_test(test_decode2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
