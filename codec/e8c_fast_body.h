@@ -156,8 +156,21 @@ static void FN(rope)(const e8c_rope *r, float *restrict x, const float *restrict
 static uint16_t FN(scale)(const float *restrict y, uint32_t n, float step)
 {
     double A[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#ifdef __AVX2__
+    /* lanes 0-3 and 4-7 of the 8 f64 sums, each in ascending j as the
+     * spec says (products then sums, two roundings; no FMA in this build) */
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    for (uint32_t j = 0; j < n; j += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(y + j)), hi = _mm256_cvtps_pd(_mm_loadu_ps(y + j + 4));
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(lo, lo));
+        a1 = _mm256_add_pd(a1, _mm256_mul_pd(hi, hi));
+    }
+    _mm256_storeu_pd(A, a0);
+    _mm256_storeu_pd(A + 4, a1);
+#else
     for (uint32_t j = 0; j < n; j += 8)
         for (int l = 0; l < 8; l++) A[l] = A[l] + (double)y[j + l] * (double)y[j + l];
+#endif
     double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
     if (T == 0) return 0;
     return e8c_scale_code(sqrt(T / n), step);
