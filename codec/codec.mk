@@ -7,12 +7,14 @@
 #
 # codec/cuda/ has its own fragment; nothing here includes it.
 # -ffp-contract=off: FORMAT.md fixes every rounding; no fused multiply-add.
-# e8c_fast_avx2.c alone is built with -mavx2 -mf16c and runs only where
-# cpuid says so, so the library itself runs on any x86-64.
+# e8c_fast_avx2.c (-mavx2 -mf16c) and e8c_rans32_avx2.c (-mavx2) alone are
+# built for AVX2 and run only where cpuid says so, so the library itself
+# runs on any x86-64.
 
 E8C_PKGS    := libzstd libisal libcrypto
-E8C_SRCS    := $(filter-out codec/e8c_fast_avx2.c,$(wildcard codec/*.c))
-E8C_OBJS    := $(E8C_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/codec/e8c_fast_avx2.o
+E8C_SRCS    := $(filter-out codec/e8c_fast_avx2.c codec/e8c_rans32_avx2.c,$(wildcard codec/*.c))
+E8C_OBJS    := $(E8C_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/codec/e8c_fast_avx2.o \
+               $(BUILD)/obj/codec/e8c_rans32_avx2.o
 E8C_PIC_OBJS:= $(E8C_OBJS:$(BUILD)/obj/%.o=$(BUILD)/pic/%.o)
 E8C_LIB     := $(BUILD)/lib/libe8codec.a
 E8C_SO      := $(BUILD)/lib/libe8codec.so
@@ -23,6 +25,7 @@ CFLAGS_codec += $(call pc_cflags,$(E8C_PKGS)) -ffp-contract=off -fno-fast-math
 $(E8C_OBJS): CFLAGS_codec += -O3
 CFLAGS_tests += $(call pc_cflags,cmocka)
 $(BUILD)/obj/codec/e8c_fast_avx2.o: CFLAGS_codec += -mavx2 -mf16c
+$(BUILD)/obj/codec/e8c_rans32_avx2.o: CFLAGS_codec += -mavx2
 
 LIBS += $(E8C_LIB) $(E8C_SO)
 
@@ -55,10 +58,11 @@ $(BUILD)/tests/codec/e8c_corpus_replay: $(BUILD)/obj/tests/codec/e8c_fuzz_frame.
 # clang + libFuzzer + ASan/UBSan build of the library and the target.
 E8C_FUZZ_CFLAGS := $(CSTD) -g -O1 -I. -D_GNU_SOURCE -ffp-contract=off \
                    -fsanitize=fuzzer-no-link,address,undefined $(call pc_cflags,$(E8C_PKGS))
-E8C_FUZZ_OBJS   := $(patsubst %.c,$(BUILD)/fuzzobj/%.o,$(E8C_SRCS) codec/e8c_fast_avx2.c \
+E8C_FUZZ_OBJS   := $(patsubst %.c,$(BUILD)/fuzzobj/%.o,$(E8C_SRCS) codec/e8c_fast_avx2.c codec/e8c_rans32_avx2.c \
                      tests/codec/e8c_fuzz_frame.c tests/codec/e8c_testgen.c)
 FUZZ_BINS += $(BUILD)/fuzz/e8c_fuzz_frame
 $(BUILD)/fuzzobj/codec/e8c_fast_avx2.o: E8C_FUZZ_CFLAGS += -mavx2 -mf16c
+$(BUILD)/fuzzobj/codec/e8c_rans32_avx2.o: E8C_FUZZ_CFLAGS += -mavx2
 $(BUILD)/fuzzobj/%.o: %.c
 	@mkdir -p $(dir $@)
 	clang $(E8C_FUZZ_CFLAGS) -c $< -o $@

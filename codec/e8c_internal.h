@@ -149,7 +149,12 @@ uint32_t e8c_rans32_lanes(size_t n);
 size_t e8c_rans32_encode_ref(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap,
                              uint16_t *words /* n entries */);
 int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
-size_t e8c_rans32_encode(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap);
+size_t e8c_rans32_encode(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap); /* scalar */
+size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap,
+                            int simd /* 1: AVX2 rounds; only where e8c_cpu_has_avx2() */);
+int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x,
+                           const uint32_t *es, uint8_t **wp, const uint8_t *dst);
+int e8c_cpu_has_avx2(void);
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
                       void *tab /* E8C_R32_TAB / 2 bytes, 4-aligned */);
 /* two streams at once, the same verdicts (see e8c_rans32.c) */

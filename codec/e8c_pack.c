@@ -94,7 +94,7 @@ static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t 
         /* the default: coding 3 if smaller than the raw bytes, else stored */
         size_t c3 = len - 1 < room ? len - 1 : room, k;
         k = !c3 ? 0 : ref ? e8c_rans32_encode_ref(src, len, o, c3, (uint16_t *)(void *)ctx->w.rtmp)
-                          : e8c_rans32_encode(src, len, o, c3);
+                          : e8c_rans32_encode_ex(src, len, o, c3, ctx->backend == 3);
         if (k) { out = k; coded = E8C_CODING_RANS32; }
     } else if (len > 0 && ent != E8C_ENTROPY_RANS32) {
         /* best / v1: the smallest, ties to the earlier of stored, zstd,
@@ -111,7 +111,7 @@ static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t 
         }
         if (lattice && ent == E8C_ENTROPY_BEST && best > 1) {
             size_t k = ref ? e8c_rans32_encode_ref(src, len, tmp, best - 1, (uint16_t *)(void *)ctx->w.rtmp)
-                           : e8c_rans32_encode(src, len, tmp, best - 1);
+                           : e8c_rans32_encode_ex(src, len, tmp, best - 1, ctx->backend == 3);
             if (k) { memcpy(o, tmp, k); out = k; coded = E8C_CODING_RANS32; }
         }
     }

@@ -185,8 +185,10 @@ static inline uint32_t r32_put(uint32_t x, const r32_esym *e, uint8_t **wp)
 }
 
 /* Same bytes as e8c_rans32_encode_ref, without scratch: the words are
- * written backwards from dst + cap, then moved behind the states. */
-size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
+ * written backwards from dst + cap, then moved behind the states.  simd:
+ * the whole rounds of 8 and 32 lanes with AVX2 (e8c_rans32_avx2.c; the
+ * caller has checked the CPU). */
+size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap, int simd)
 {
     uint32_t f[256], start[256], x[32];
     r32_esym es[256];
@@ -212,6 +214,16 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
      * bytes left below them means the total exceeds cap (fixed > 2K). */
     size_t full = N / K * K, i = N;
     while (i > full) { i--; x[i % K] = r32_put(x[i % K], &es[sym[i]], &wp); } /* room: fixed > 2K */
+#if defined(__x86_64__)
+    if (simd && (K == 8 || K == 32)) {
+        uint32_t es32[256];
+        for (int s = 0; s < 256; s++) es32[s] = f[s] | start[s] << 16;
+        if (e8c_rans32_rounds_avx2(sym, i, K, x, es32, &wp, dst)) return 0;
+        i = 0;
+    }
+#else
+    (void)simd;
+#endif
     if (K == 1) {
         uint32_t x0 = x[0];
         while (i > 0) {
@@ -426,6 +438,11 @@ static void r32_rounds(r32_dec *d, const void *tab, uint8_t *restrict out, size_
     }
     d->p = p;
     *pi = i;
+}
+
+size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
+{
+    return e8c_rans32_encode_ex(sym, N, dst, cap, 0);
 }
 
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)

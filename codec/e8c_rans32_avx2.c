@@ -1,0 +1,108 @@
+/*
+ * e8c_rans32_avx2.c: the rans32 encoder's whole rounds for 8 and 32 lanes
+ * with AVX2 (built with -mavx2, codec.mk; called only where cpuid reports
+ * AVX2, through e8c_rans32.c).  The same bytes as the scalar rounds
+ * (FORMAT.md 5.4), 8 lanes per register, 32 lanes as 4 independent
+ * registers:
+ *  - renormalize where x >= f << 20, i.e. (x >> 20) >= f; the round's words
+ *    (x & 0xFFFF of those lanes, ascending lane order) are compressed with a
+ *    permutation table to the top of a 16-byte store that ends at wp, so
+ *    the bytes below are scratch the next store overwrites (the caller's
+ *    room check: at least 16 bytes below wp);
+ *  - x / f without a divider for integers: q0 = trunc(float(x) * rcp),
+ *    rcp = float(1 / f), is within 1 of q = floor(x / f) (x < f * 2^20
+ *    after renormalization, so x / f < 2^20, and the three roundings
+ *    together are off by less than 2^-22 relative, under 1/4 absolute);
+ *    then r = x - q0 * f is corrected once either way; x' = q * 4096 + r +
+ *    start, exactly the spec's step.
+ */
+#include <immintrin.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "codec/e8c_internal.h"
+
+static uint32_t r32_cmp_lut[256][8]; /* mask -> lanes, right-aligned, ascending */
+static pthread_once_t r32_lut_once = PTHREAD_ONCE_INIT;
+
+static void lut_init(void)
+{
+    for (uint32_t m = 0; m < 256; m++) {
+        uint32_t c = (uint32_t)__builtin_popcount(m), k = 8 - c;
+        for (uint32_t l = 0; l < 8; l++) r32_cmp_lut[m][l] = 0;
+        for (uint32_t l = 0; l < 8; l++)
+            if (m >> l & 1) r32_cmp_lut[m][k++] = l;
+    }
+}
+
+/* One 8-lane block of a round: symbols s8 (8 bytes), state x; words
+ * stored ending at *wp. */
+static inline __m256i enc8(__m256i x, const uint8_t *s8, const int *es, const float *rcp,
+                           uint8_t **wp)
+{
+    const __m256i lo16 = _mm256_set1_epi32(0xFFFF), zero = _mm256_setzero_si256();
+    const __m256i take = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)s8));
+    __m256i e = _mm256_i32gather_epi32(es, idx, 4); /* gathers: off the state's chain */
+    __m256 rf = _mm256_i32gather_ps(rcp, idx, 4);
+    __m256i f = _mm256_and_si256(e, lo16), st = _mm256_srli_epi32(e, 16);
+    __m256i keep = _mm256_cmpgt_epi32(f, _mm256_srli_epi32(x, 20)); /* no word */
+    uint32_t m = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(keep)) ^ 0xFFu;
+    __m256i w = _mm256_permutevar8x32_epi32(x, _mm256_loadu_si256((const __m256i *)r32_cmp_lut[m]));
+    w = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(w, take), 0x08);
+    _mm_storeu_si128((__m128i *)(*wp - 16), _mm256_castsi256_si128(w));
+    *wp -= 2 * (uint32_t)__builtin_popcount(m);
+    x = _mm256_blendv_epi8(_mm256_srli_epi32(x, 16), x, keep);
+    /* q = floor(x / f), r = x mod f */
+    __m256 xf = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), _mm256_set1_ps(65536.0f)),
+                              _mm256_cvtepi32_ps(_mm256_and_si256(x, lo16)));
+    __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(xf, rf));
+    __m256i r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, f));
+    __m256i neg = _mm256_cmpgt_epi32(zero, r);                       /* q one too big */
+    q = _mm256_add_epi32(q, neg);
+    r = _mm256_add_epi32(r, _mm256_and_si256(f, neg));
+    __m256i big = _mm256_xor_si256(_mm256_cmpgt_epi32(f, r), _mm256_set1_epi32(-1)); /* r >= f */
+    q = _mm256_sub_epi32(q, big);
+    r = _mm256_sub_epi32(r, _mm256_and_si256(f, big));
+    return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, 12), r), st);
+}
+
+/* Whole rounds i - K .. 0 (i a multiple of K, K = 8 or 32), descending.
+ * es[s] = f | start << 16.  Returns 0, or -1 when fewer than 16 bytes are
+ * left below the words before a block (then the stream cannot fit: see
+ * e8c_rans32.c).  x and *wp are updated either way. */
+int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x,
+                           const uint32_t *es, uint8_t **wp, const uint8_t *dst)
+{
+    pthread_once(&r32_lut_once, lut_init);
+    const int *e = (const int *)es;
+    float rcp[256];
+    for (int s = 0; s < 256; s++) rcp[s] = (es[s] & 0xFFFF) ? 1.0f / (float)(es[s] & 0xFFFF) : 0.0f;
+    uint8_t *w = *wp;
+    int rc = 0;
+    if (K == 8) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
+        while (i > 0) {
+            if (w - dst < 16) { rc = -1; break; }
+            i -= 8;
+            x0 = enc8(x0, sym + i, e, rcp, &w);
+        }
+        _mm256_storeu_si256((__m256i *)x, x0);
+    } else {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+        __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+        while (i > 0) {
+            if (w - dst < 64) { rc = -1; break; }
+            i -= 32;
+            x3 = enc8(x3, sym + i + 24, e, rcp, &w);
+            x2 = enc8(x2, sym + i + 16, e, rcp, &w);
+            x1 = enc8(x1, sym + i + 8, e, rcp, &w);
+            x0 = enc8(x0, sym + i, e, rcp, &w);
+        }
+        _mm256_storeu_si256((__m256i *)x, x0); _mm256_storeu_si256((__m256i *)(x + 8), x1);
+        _mm256_storeu_si256((__m256i *)(x + 16), x2); _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    }
+    *wp = w;
+    return rc;
+}
