@@ -152,8 +152,45 @@ int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *dst, size_t n
 size_t e8c_rans32_encode(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap); /* scalar */
 size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t n, uint8_t *dst, size_t cap,
                             int simd /* 1: AVX2 rounds; only where e8c_cpu_has_avx2() */);
+/* two streams at once, the same bytes (*lb: B's size or 0; see e8c_rans32.c) */
+size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa,
+                          const uint8_t *sb, size_t nb, uint8_t *db, size_t capb, size_t *lb,
+                          int simd);
+
+/* rans32 encoder step (e8c_rans32.c, e8c_rans32_avx2.c) */
+typedef struct e8c_r32_esym {
+    uint64_t xmax; /* renormalize when x >= xmax = f << 20 */
+    uint64_t rcp;  /* ceil(2^44 / f): x / f = (x * rcp) >> 44 for x < f << 20 */
+    uint32_t cmpl; /* 4096 - f */
+    uint32_t start;
+} e8c_r32_esym;
+
+/* One encoding step.  Branch-free: the word is stored speculatively at
+ * *wp - 2 (the caller guarantees room) and kept only if needed. */
+static inline uint32_t e8c_r32_put(uint32_t x, const e8c_r32_esym *e, uint8_t **wp)
+{
+    uint32_t need = (uint64_t)x >= e->xmax;
+    e8c_put16(*wp - 2, x & 0xFFFF);
+    *wp -= 2 * need;
+    x >>= 16 * need;
+    uint32_t q = (uint32_t)(((uint64_t)x * e->rcp) >> 44);
+    return x + e->start + q * e->cmpl;
+}
+
+/* A one-lane stream encoded alongside the AVX2 rounds of another: symbols
+ * i-1 .. 0 left, state, table, words written down from wp (stops where
+ * fewer than 2 bytes are left above dst). */
+typedef struct e8c_r32_side {
+    const uint8_t *sym;
+    size_t i;
+    uint32_t x;
+    const e8c_r32_esym *es;
+    uint8_t *wp;
+    const uint8_t *dst;
+} e8c_r32_side;
 int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x,
-                           const uint32_t *es, uint8_t **wp, const uint8_t *dst);
+                           const uint32_t *es, uint8_t **wp, const uint8_t *dst,
+                           e8c_r32_side *side /* or NULL */);
 int e8c_cpu_has_avx2(void);
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
                       void *tab /* E8C_R32_TAB / 2 bytes, 4-aligned */);

@@ -81,6 +81,25 @@ size_t e8c_frame_bound(const e8c_fingerprint *fp, uint32_t N)
 
 /* ------------------------------------------------------------- encoder */
 
+/* Finishes a stream at dst+*off: coded (out bytes already there) or, for
+ * E8C_CODING_STORED, the raw bytes copied; fills desc. */
+static int64_t put_done(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
+                        size_t *off, uint8_t *desc, int coded, size_t out)
+{
+    uint8_t *o = dst + *off;
+    if (!coded) {
+        if (cap - *off < len) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
+        if (len) memcpy(o, src, len);
+        out = len;
+    }
+    desc[0] = (uint8_t)coded;
+    e8c_put32(desc + 1, (uint32_t)len);
+    e8c_put32(desc + 5, (uint32_t)out);
+    e8c_put32(desc + 9, e8c_crc32c(o, out));
+    *off += out;
+    return 0;
+}
+
 /* Writes stream bytes at dst+*off with the coding FORMAT.md 5.2 picks for
  * the config's entropy mode; lattice = streams 0-4.  Fills desc. */
 static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst,
@@ -115,17 +134,27 @@ static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t 
             if (k) { memcpy(o, tmp, k); out = k; coded = E8C_CODING_RANS32; }
         }
     }
-    if (!coded) {
-        if (room < len) return e8c_fail(ctx, E8C_ERR_DST_SIZE, "frame buffer of %zu bytes too small", cap);
-        if (len) memcpy(o, src, len);
-        out = len;
-    }
-    desc[0] = (uint8_t)coded;
-    e8c_put32(desc + 1, (uint32_t)len);
-    e8c_put32(desc + 5, (uint32_t)out);
-    e8c_put32(desc + 9, e8c_crc32c(o, out));
-    *off += out;
-    return 0;
+    return put_done(ctx, src, len, dst, cap, off, desc, coded, out);
+}
+
+/* Coords and halves with the default coding (rans32) on the AVX2 backend:
+ * encoded together (the halves' one lane inside the coords' AVX2 rounds),
+ * the halves into scratch first; then each exactly as put_stream would
+ * write it (coding 3 only if smaller than the raw bytes and within the
+ * room). */
+static int64_t put_pair(e8c_ctx *ctx, const uint8_t *sc, size_t lc, const uint8_t *sh, size_t lh,
+                        uint8_t *dst, size_t cap, size_t *off, uint8_t *desc)
+{
+    size_t room = cap - *off, kh = 0;
+    size_t kc = e8c_rans32_encode2(sc, lc, dst + *off, lc - 1 < room ? lc - 1 : room, sh, lh,
+                                   ctx->w.rtmp2, lh - 1, &kh, 1);
+    int64_t rc = put_done(ctx, sc, lc, dst, cap, off, desc, kc ? E8C_CODING_RANS32 : E8C_CODING_STORED,
+                          kc);
+    if (rc) return rc;
+    if (kh > cap - *off) kh = 0; /* put_stream's cap: min(lh - 1, room) */
+    if (kh) memcpy(dst + *off, ctx->w.rtmp2, kh);
+    return put_done(ctx, sh, lh, dst, cap, off, desc + E8C_DESC_SIZE,
+                    kh ? E8C_CODING_RANS32 : E8C_CODING_STORED, kh);
 }
 
 /* S integers of one head into ints[Q][n] (FORMAT.md 5.2).  Every 8-block
@@ -272,6 +301,14 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
                                       (size_t)H * (N - Q) * n * es};
         for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
             const uint8_t *src = s == E8C_STREAM_RAW ? (const uint8_t *)q->raw : w->sbuf[s];
+            if (s == E8C_STREAM_COORDS && fp->config.entropy == E8C_ENTROPY_RANS32 && ctx->backend == 3 &&
+                lens[s] > 0 && lens[s + 1] > 0) {
+                rc = put_pair(ctx, src, lens[s], w->sbuf[s + 1], lens[s + 1], dst, cap, &off,
+                              desc + E8C_DESC_SIZE * s);
+                if (rc) return rc;
+                s++;
+                continue;
+            }
             rc = put_stream(ctx, src, lens[s], dst, cap, &off, desc + E8C_DESC_SIZE * s,
                             s <= E8C_STREAM_HALVES);
             if (rc) return rc;

@@ -165,69 +165,67 @@ int e8c_rans32_decode_ref(const uint8_t *src, size_t len, uint8_t *out, size_t N
 
 /* ------------------------------------------------------------ fast */
 
-typedef struct r32_esym {
-    uint64_t xmax; /* renormalize when x >= xmax = f << 20 */
-    uint64_t rcp;  /* ceil(2^44 / f) */
-    uint32_t cmpl; /* 4096 - f */
-    uint32_t start;
-} r32_esym;
+typedef e8c_r32_esym r32_esym;
+#define r32_put e8c_r32_put
 
-/* One encoding step.  Branch-free: the word is stored speculatively at
- * *wp - 2 (the caller guarantees room) and kept only if needed. */
-static inline uint32_t r32_put(uint32_t x, const r32_esym *e, uint8_t **wp)
-{
-    uint32_t need = (uint64_t)x >= e->xmax;
-    e8c_put16(*wp - 2, x & 0xFFFF);
-    *wp -= 2 * need;
-    x >>= 16 * need;
-    uint32_t q = (uint32_t)(((uint64_t)x * e->rcp) >> 44);
-    return x + e->start + q * e->cmpl;
-}
-
-/* Same bytes as e8c_rans32_encode_ref, without scratch: the words are
- * written backwards from dst + cap, then moved behind the states.  simd:
- * the whole rounds of 8 and 32 lanes with AVX2 (e8c_rans32_avx2.c; the
- * caller has checked the CPU). */
-size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap, int simd)
-{
-    uint32_t f[256], start[256], x[32];
+/* One stream being encoded: lanes, symbol table, states, the words
+ * written backwards from dst + cap, the header. */
+typedef struct r32_enc {
+    const uint8_t *sym;
+    uint8_t *dst, *end, *wp;
+    size_t i, cap, h, fixed;
+    uint32_t K, x[32];
+    uint32_t es32[256]; /* f | start << 16, for the AVX2 rounds */
     r32_esym es[256];
     uint8_t hdr[1 + 2 + 256 * 3];
-    if (N == 0) return 0;
+} r32_enc;
+
+/* Tables, header and the last (partial) round.  0, or -1: cannot fit. */
+static int r32_enc_open(r32_enc *e, const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
+{
+    uint32_t f[256], start[256];
+    if (N == 0) return -1;
     freqs(sym, N, f, start);
     uint32_t K = e8c_rans32_lanes(N);
-    hdr[0] = (uint8_t)K;
-    size_t h = 1 + table_put(f, hdr + 1), fixed = h + 4 * (size_t)K;
-    if (fixed > cap) return 0;
+    e->K = K;
+    e->hdr[0] = (uint8_t)K;
+    e->h = 1 + table_put(f, e->hdr + 1);
+    e->fixed = e->h + 4 * (size_t)K;
+    if (e->fixed > cap) return -1;
     for (int s = 0; s < 256; s++) {
+        e->es32[s] = f[s] | start[s] << 16;
         if (!f[s]) continue; /* symbols that do not occur: never looked up */
         uint32_t fs = f[s];
-        es[s].xmax = (uint64_t)fs << 20;
-        es[s].rcp = ((1ull << 44) + fs - 1) / fs;
-        es[s].cmpl = R32_M - fs;
-        es[s].start = start[s];
+        e->es[s].xmax = (uint64_t)fs << 20;
+        e->es[s].rcp = ((1ull << 44) + fs - 1) / fs;
+        e->es[s].cmpl = R32_M - fs;
+        e->es[s].start = start[s];
     }
-    for (uint32_t l = 0; l < K; l++) x[l] = R32_L;
-    uint8_t *end = dst + cap, *wp = end;
+    for (uint32_t l = 0; l < K; l++) e->x[l] = R32_L;
+    e->sym = sym; e->dst = dst; e->cap = cap;
+    e->end = e->wp = dst + cap;
     /* symbol i, from N-1 down: round descending, lane descending.  Words
      * may run down over the header's place (written last); fewer than 2K
      * bytes left below them means the total exceeds cap (fixed > 2K). */
     size_t full = N / K * K, i = N;
-    while (i > full) { i--; x[i % K] = r32_put(x[i % K], &es[sym[i]], &wp); } /* room: fixed > 2K */
-#if defined(__x86_64__)
-    if (simd && (K == 8 || K == 32)) {
-        uint32_t es32[256];
-        for (int s = 0; s < 256; s++) es32[s] = f[s] | start[s] << 16;
-        if (e8c_rans32_rounds_avx2(sym, i, K, x, es32, &wp, dst)) return 0;
-        i = 0;
-    }
-#else
-    (void)simd;
-#endif
+    while (i > full) { i--; e->x[i % K] = r32_put(e->x[i % K], &e->es[sym[i]], &e->wp); } /* room: fixed > 2K */
+    e->i = i;
+    return 0;
+}
+
+/* The remaining whole rounds, scalar.  0, or -1: cannot fit. */
+static int r32_enc_rounds(r32_enc *e)
+{
+    const uint8_t *sym = e->sym, *dst = e->dst;
+    const r32_esym *es = e->es;
+    uint8_t *wp = e->wp;
+    size_t i = e->i;
+    uint32_t K = e->K, *x = e->x;
+    int rc = 0;
     if (K == 1) {
         uint32_t x0 = x[0];
         while (i > 0) {
-            if (wp - dst < 2) return 0; /* room for the speculative store */
+            if (wp - dst < 2) { rc = -1; break; } /* room for the speculative store */
             i--;
             x0 = r32_put(x0, &es[sym[i]], &wp);
         }
@@ -235,7 +233,7 @@ size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t c
     } else if (K == 8) { /* lanes in registers */
         uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
         while (i > 0) {
-            if (wp - dst < 16) return 0;
+            if (wp - dst < 16) { rc = -1; break; }
             i -= 8;
             x7 = r32_put(x7, &es[sym[i + 7]], &wp); x6 = r32_put(x6, &es[sym[i + 6]], &wp);
             x5 = r32_put(x5, &es[sym[i + 5]], &wp); x4 = r32_put(x4, &es[sym[i + 4]], &wp);
@@ -245,17 +243,75 @@ size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t c
         x[0] = x0; x[1] = x1; x[2] = x2; x[3] = x3; x[4] = x4; x[5] = x5; x[6] = x6; x[7] = x7;
     } else {
         while (i > 0) {
-            if (wp - dst < (ptrdiff_t)(2 * K)) return 0;
+            if (wp - dst < (ptrdiff_t)(2 * K)) { rc = -1; break; }
             i -= K;
             for (uint32_t l = K; l-- > 0;) x[l] = r32_put(x[l], &es[sym[i + l]], &wp);
         }
     }
-    size_t W2 = (size_t)(end - wp);
-    if (fixed + W2 > cap) return 0;
-    memmove(dst + fixed, wp, W2);
-    memcpy(dst, hdr, h);
-    for (uint32_t l = 0; l < K; l++) e8c_put32(dst + h + 4 * l, x[l]);
-    return fixed + W2;
+    e->wp = wp;
+    e->i = i;
+    return rc;
+}
+
+/* The rounds with AVX2 where they exist (8 and 32 lanes), B's one lane
+ * (if any) alongside; then whatever is left, scalar. */
+static int r32_enc_rounds_simd(r32_enc *e, r32_enc *b)
+{
+#if defined(__x86_64__)
+    if (e->K == 8 || e->K == 32) {
+        e8c_r32_side side, *sp = NULL;
+        if (b && b->K == 1) {
+            side = (e8c_r32_side){b->sym, b->i, b->x[0], b->es, b->wp, b->dst};
+            sp = &side;
+        }
+        int rc = e8c_rans32_rounds_avx2(e->sym, e->i, e->K, e->x, e->es32, &e->wp, e->dst, sp);
+        if (sp) { b->i = side.i; b->x[0] = side.x; b->wp = side.wp; }
+        if (rc) return -1;
+        e->i = 0;
+    }
+#else
+    (void)b;
+#endif
+    return r32_enc_rounds(e);
+}
+
+/* Words behind the header and the states: the stream size, or 0. */
+static size_t r32_enc_close(r32_enc *e)
+{
+    size_t W2 = (size_t)(e->end - e->wp);
+    if (e->fixed + W2 > e->cap) return 0;
+    memmove(e->dst + e->fixed, e->wp, W2);
+    memcpy(e->dst, e->hdr, e->h);
+    for (uint32_t l = 0; l < e->K; l++) e8c_put32(e->dst + e->h + 4 * l, e->x[l]);
+    return e->fixed + W2;
+}
+
+/* Same bytes as e8c_rans32_encode_ref, without scratch: the words are
+ * written backwards from dst + cap, then moved behind the states.  simd:
+ * the whole rounds of 8 and 32 lanes with AVX2 (e8c_rans32_avx2.c; the
+ * caller has checked the CPU). */
+size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap, int simd)
+{
+    r32_enc e;
+    if (r32_enc_open(&e, sym, N, dst, cap)) return 0;
+    if (simd ? r32_enc_rounds_simd(&e, NULL) : r32_enc_rounds(&e)) return 0;
+    return r32_enc_close(&e);
+}
+
+/* Two streams, the same bytes as two e8c_rans32_encode_ex calls (*lb: B's
+ * size or 0).  With simd, where A has 8 or 32 lanes and B one, B's steps
+ * run inside A's AVX2 rounds (one per block of 8 A lanes): B's serial
+ * chain on the scalar units while A's vector chain waits on latency. */
+size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa,
+                          const uint8_t *sb, size_t nb, uint8_t *db, size_t capb, size_t *lb,
+                          int simd)
+{
+    r32_enc a, b;
+    int fa = r32_enc_open(&a, sa, na, da, capa), fb = r32_enc_open(&b, sb, nb, db, capb);
+    if (!fa) fa = simd ? r32_enc_rounds_simd(&a, fb ? NULL : &b) : r32_enc_rounds(&a);
+    if (!fb) fb = simd ? r32_enc_rounds_simd(&b, NULL) : r32_enc_rounds(&b);
+    *lb = fb ? 0 : r32_enc_close(&b);
+    return fa ? 0 : r32_enc_close(&a);
 }
 
 /* A parsed coding-3 stream: lanes, table, states, words. */

@@ -68,18 +68,34 @@ static inline __m256i enc8(__m256i x, const uint8_t *s8, const int *es, const fl
     return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, 12), r), st);
 }
 
+/* B's next step, if it has symbols and room (else the scalar rounds
+ * after these finish it, or find that it does not fit). */
+#define SIDE_STEP()                                                                 \
+    do {                                                                            \
+        if (bi > 0 && bw - side->dst >= 2) {                                        \
+            bi--;                                                                   \
+            bx = e8c_r32_put(bx, &side->es[side->sym[bi]], &bw);                    \
+        }                                                                           \
+    } while (0)
+
 /* Whole rounds i - K .. 0 (i a multiple of K, K = 8 or 32), descending.
- * es[s] = f | start << 16.  Returns 0, or -1 when fewer than 16 bytes are
- * left below the words before a block (then the stream cannot fit: see
- * e8c_rans32.c).  x and *wp are updated either way. */
+ * es[s] = f | start << 16.  Returns 0, or -1 when fewer than 2K bytes are
+ * left below the words before a round (then the stream cannot fit: see
+ * e8c_rans32.c).  x and *wp are updated either way.  side: a one-lane
+ * stream that takes one step per block of 8 lanes, or NULL. */
 int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x,
-                           const uint32_t *es, uint8_t **wp, const uint8_t *dst)
+                           const uint32_t *es, uint8_t **wp, const uint8_t *dst,
+                           e8c_r32_side *side)
 {
     pthread_once(&r32_lut_once, lut_init);
     const int *e = (const int *)es;
     float rcp[256];
     for (int s = 0; s < 256; s++) rcp[s] = (es[s] & 0xFFFF) ? 1.0f / (float)(es[s] & 0xFFFF) : 0.0f;
-    uint8_t *w = *wp;
+    e8c_r32_side none = {NULL, 0, 0, NULL, NULL, NULL};
+    if (!side) side = &none;
+    size_t bi = side->i;
+    uint32_t bx = side->x;
+    uint8_t *w = *wp, *bw = side->wp;
     int rc = 0;
     if (K == 8) {
         __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
@@ -87,6 +103,7 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
             if (w - dst < 16) { rc = -1; break; }
             i -= 8;
             x0 = enc8(x0, sym + i, e, rcp, &w);
+            SIDE_STEP();
         }
         _mm256_storeu_si256((__m256i *)x, x0);
     } else {
@@ -97,12 +114,17 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
             i -= 32;
             x3 = enc8(x3, sym + i + 24, e, rcp, &w);
             x2 = enc8(x2, sym + i + 16, e, rcp, &w);
+            SIDE_STEP();
             x1 = enc8(x1, sym + i + 8, e, rcp, &w);
             x0 = enc8(x0, sym + i, e, rcp, &w);
+            SIDE_STEP();
         }
         _mm256_storeu_si256((__m256i *)x, x0); _mm256_storeu_si256((__m256i *)(x + 8), x1);
         _mm256_storeu_si256((__m256i *)(x + 16), x2); _mm256_storeu_si256((__m256i *)(x + 24), x3);
     }
+    side->i = bi;
+    side->x = bx;
+    side->wp = bw;
     *wp = w;
     return rc;
 }
