@@ -187,7 +187,8 @@ def test_pack_frames_path_builds_the_library_chunks(monkeypatch, qb):
     refs = [c.encode_chunk(raws[0], first_pos=0), c.encode_chunk(raws[1], first_pos=256)]
     frames = [r[o:o + s] for r in refs for o, s in cuda.parse_chunk(r)["frames"]]
     lib = _FakePackLib(frames)
-    cc = _fake_codec(monkeypatch, lib, 16)
+    # arena segments of 1 MiB; with 16 bytes the first room is the qbatch size (1000: too small)
+    cc = _fake_codec(monkeypatch, lib, 1 << 20 if qb > 1000 else 16)
     items = np.zeros(len(frames), dtype=cuda.ITEM_DTYPE)
     # the output buffer starts at the qbatch's size: 1000 bytes is too small for these frames
     got = cc._pack_frames(items, None, torch.zeros(8), qb, [(0, 0, 256), (256, 256, 40)], None)

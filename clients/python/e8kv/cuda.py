@@ -592,14 +592,15 @@ class CudaCodec:
         codec to the host packer for good (the library refused the config, or failed:
         pack_fallback says why; the caller quantizes again and packs on the host). Bad input
         (NaN/inf, out of range) raises. The room asked for is the frames' expected size
-        (the largest frames/qbatch ratio seen, x 1.5); frames that do not fit are quantized
-        and packed again into room of their exact need x 1.25."""
+        (the largest frames/qbatch ratio seen, x 1.5; before any: the qbatch's size, at most
+        one arena segment); frames that do not fit are quantized and packed again into room
+        of their exact need x 1.25."""
         lib, n = _cu(), len(items)
         offs = np.zeros(n, dtype=np.uint64)
         sizes = np.zeros(n, dtype=np.uint64)
         total = _sz(0)
         want = min(qb, int(qb * self._frames_ratio * 1.5) + (64 << 10)) \
-            if self._frames_ratio else qb
+            if self._frames_ratio else min(qb, ARENA_SEGMENT_BYTES)
         for attempt in (0, 1):
             seg, base = arena.room(want)
             cap = seg.numel() - base
