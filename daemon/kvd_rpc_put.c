@@ -522,6 +522,10 @@ static int put_read_stream(put_state *s, E8kv__V1__PutHeader **hdr, kvd_status *
     if (r < 0) { kvd_call_check(s->call, st); return -1; }
     if (r == 0) break;
     E8kv__V1__PutChunksRequest *m = e8kv__v1__put_chunks_request__unpack(NULL, n, d);
+    if (m && kvd_wire_strings_check(&e8kv__v1__put_chunks_request__descriptor, d, n, st)) {
+      e8kv__v1__put_chunks_request__free_unpacked(m, NULL);
+      return -1;
+    }
     kvd_call_recv_release(s->call); /* keep one copy of a large message, not two */
     if (!m) return kvd_error(st, KVD_INVALID, "message %zu: malformed PutChunksRequest (%zu "
                                               "bytes that do not decode as protobuf)",

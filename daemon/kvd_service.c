@@ -42,6 +42,56 @@ const kvd_method *kvd_service_methods(size_t *n) {
 
 const char *const *kvd_service_method_names(void) { return g_names; }
 
+/* Next varint of d[*i..n) into *v; -1 when it runs past n. */
+static int wire_varint(const uint8_t *d, size_t n, size_t *i, uint64_t *v) {
+  *v = 0;
+  for (unsigned s = 0; *i < n && s < 64; s += 7) {
+    uint8_t b = d[(*i)++];
+    *v |= (uint64_t)(b & 0x7f) << s;
+    if (!(b & 0x80)) return 0;
+  }
+  return -1;
+}
+
+/* The wire walk of kvd_wire_strings_check; 1 = a NUL found (*field named). */
+static int wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t n,
+                    const char **field, int depth) {
+  size_t i = 0;
+  uint64_t tag, len;
+  while (i < n) {
+    if (wire_varint(d, n, &i, &tag) != 0) return 0;
+    switch (tag & 7) {
+      case 0: if (wire_varint(d, n, &i, &len) != 0) return 0; break;
+      case 1: i += 8; break;
+      case 5: i += 4; break;
+      case 2: {
+        if (wire_varint(d, n, &i, &len) != 0 || len > n - i) return 0;
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+        if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(d + i, 0, (size_t)len)) {
+          *field = f->name;
+          return 1;
+        }
+        if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && depth < 16 &&
+            wire_nul(f->descriptor, d + i, (size_t)len, field, depth + 1))
+          return 1;
+        i += (size_t)len;
+        break;
+      }
+      default: return 0; /* groups: protobuf-c refuses them already */
+    }
+  }
+  return 0;
+}
+
+int kvd_wire_strings_check(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t n,
+                           kvd_status *st) {
+  const char *field = "";
+  if (!wire_nul(desc, d, n, &field, 0)) return 0;
+  return kvd_error(st, KVD_INVALID, "%s: string field '%s' holds a NUL byte", desc->name,
+                   field);
+}
+
 ProtobufCMessage *kvd_recv_request(kvd_call *call, const ProtobufCMessageDescriptor *desc,
                                    kvd_status *st) {
   const uint8_t *d;
@@ -52,6 +102,11 @@ ProtobufCMessage *kvd_recv_request(kvd_call *call, const ProtobufCMessageDescrip
     return NULL;
   }
   ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, n, d);
+  if (m && kvd_wire_strings_check(desc, d, n, st) != 0) {
+    protobuf_c_message_free_unpacked(m, NULL);
+    kvd_call_recv_release(call);
+    return NULL;
+  }
   kvd_call_recv_release(call);
   if (!m) kvd_fail(st, KVD_INVALID, "malformed %s: %zu bytes that do not decode as protobuf",
                    desc->name, n);

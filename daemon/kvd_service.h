@@ -57,9 +57,17 @@ const char *const *kvd_service_method_names(void);
 int kvd_session_lock(kvd_app *app, uint32_t ns_id, const char *name, kvd_status *st);
 void kvd_session_unlock(kvd_app *app, uint32_t ns_id, const char *name);
 
+/* 0 if no `string` field in the wire bytes d[0..n) of a message of type desc (sub-messages and
+ * map entries included) holds a NUL byte; else -1 with INVALID naming the field. protobuf-c
+ * keeps strings NUL-terminated, so "a\0b" would silently be read as "a": a model_id or session
+ * name cut that way would address another model's or session's data. */
+int kvd_wire_strings_check(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t n,
+                           kvd_status *st);
+
 /* Reads the single request message of a unary or server-streaming call and decodes it with
  * desc. Returns the message (free with protobuf_c_message_free_unpacked) or NULL with st set
- * (INVALID for malformed bytes, CANCELLED/DEADLINE for a broken call). */
+ * (INVALID for malformed bytes or a string holding a NUL, CANCELLED/DEADLINE for a broken
+ * call). */
 ProtobufCMessage *kvd_recv_request(kvd_call *call, const ProtobufCMessageDescriptor *desc,
                                    kvd_status *st);
 
