@@ -83,6 +83,33 @@ def test_malformed_utf8_is_refused_and_cannot_poison_listings(daemon):
     assert got.metadata["ключ"] == "値 ✓ 𝄞" and got.fingerprint.model_id == "adv/é✓𝄞"
 
 
+def test_nul_in_strings_is_refused(daemon):
+    """protobuf-c keeps strings NUL-terminated: model_id 'adv/model\0v2' was read as
+    'adv/model' (same fingerprint id: another model's cache served), session 'ab\0cd' as 'ab'."""
+    s, fp = daemon.stub, fingerprint()
+    toks = list(range(CT))
+    s.PutChunks(put_msgs(raw_header(fp, CT, session="ab", create_session=True),
+                         [(toks, raw_kv(1, 2, 2, CT, 64).tobytes())]), timeout=10)
+    other = fingerprint(model="adv/model\0v2")
+    code, msg = code_of(s.Lookup, kv.LookupRequest(fingerprint=other, chunk_tokens=CT,
+                                                   token_ids=toks), timeout=5)
+    assert code == C.INVALID_ARGUMENT and "'model_id' holds a NUL" in msg, (code, msg)
+    code, msg = code_of(s.GetSession, kv.GetSessionRequest(name="ab\0cd"), timeout=5)
+    assert code == C.INVALID_ARGUMENT and "'name' holds a NUL" in msg, (code, msg)
+    code, msg = code_of(s.DeleteSession, kv.DeleteSessionRequest(name="ab\0"), timeout=5)
+    assert code == C.INVALID_ARGUMENT, (code, msg)
+    code, msg = code_of(s.CreateSession, kv.CreateSessionRequest(
+        name="m", fingerprint=fp, metadata={"k\0": "v"}), timeout=5)
+    assert code == C.INVALID_ARGUMENT and "NUL" in msg, (code, msg)
+    code, msg = code_of(s.PutChunks, put_msgs(raw_header(fp, CT, session="ab\0x"),
+                                              [(list(range(CT, 2 * CT)),
+                                                raw_kv(2, 2, 2, CT, 64).tobytes())]), timeout=10)
+    assert code == C.INVALID_ARGUMENT and "'session' holds a NUL" in msg, (code, msg)
+    info = s.GetSession(kv.GetSessionRequest(name="ab"), timeout=5).session
+    assert info.n_tokens == CT
+    assert [x.name for x in s.ListSessions(kv.ListSessionsRequest(), timeout=5).sessions] == ["ab"]
+
+
 def test_metadata_over_the_store_bound_is_a_clear_error(daemon):
     """64 entries x 4 KiB passed the daemon's per-entry checks and failed in the store with
     'session_create: bad argument (meta 262840 bytes, max 65536)'."""
