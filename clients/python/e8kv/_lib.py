@@ -149,6 +149,7 @@ def find_library(name: str, env_var: str, first=()) -> str:
     if os.environ.get("E8KV_BUILD"):
         cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / name)
     cands.append(Path(__file__).resolve().parents[3] / "build" / "lib" / name)
+    cands = list(dict.fromkeys(Path(c).resolve() for c in cands))   # each place once
     for c in cands:
         if c.is_file():
             return str(c)
