@@ -69,8 +69,10 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
     r.store_stats = &ss;
   }
   ds.uptime_s = (uint64_t)(mono_now() - app->started);
-  ds.lookups = s.lookups;
-  ds.lookup_hits = s.lookups - s.lookup_misses;
+  /* The Lookup RPC's own counters, as /metrics reports them (e8kvd_lookup_*_total): a hit is
+   * a lookup that matched at least one chunk. */
+  ds.lookups = kvd_metrics_counter(app->metrics, KVD_M_LOOKUPS);
+  ds.lookup_hits = kvd_metrics_counter(app->metrics, KVD_M_LOOKUP_HITS);
   ds.calls_in_flight = kvd_server_in_flight(app->server);
   ds.lookup_matched_tokens = kvd_metrics_counter(app->metrics, KVD_M_LOOKUP_MATCHED_TOKENS);
   kvd_metrics_bytes(app->metrics, &ds.bytes_in, &ds.bytes_out);

@@ -76,6 +76,9 @@ const char *ctl_fmt_value(const json_t *v, ctl_fmt f, char *buf, size_t n) {
   if (!v || json_is_null(v)) { snprintf(buf, n, "-"); return buf; }
   double num = json_is_number(v) ? json_number_value(v) : 0;
   switch (f) {
+    case CTL_F_LIMIT:
+      if (json_is_number(v) && num == 0) { snprintf(buf, n, "unlimited"); return buf; }
+      /* fall through */
     case CTL_F_BYTES:
       if (json_is_number(v)) { ctl_fmt_bytes(num, buf, n); return buf; }
       break;

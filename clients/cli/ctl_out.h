@@ -18,6 +18,7 @@ typedef enum ctl_fmt {
   CTL_F_STR,    /* string as is */
   CTL_F_INT,    /* integer */
   CTL_F_BYTES,  /* integer bytes, shown as 1.5 MiB */
+  CTL_F_LIMIT,  /* a byte budget: as CTL_F_BYTES, but 0 is shown as "unlimited" */
   CTL_F_FLOAT,  /* real, 3 significant decimals */
   CTL_F_PCT,    /* real fraction 0..1, shown as 12.5% */
   CTL_F_TIME,   /* integer milliseconds since the epoch, shown as UTC */

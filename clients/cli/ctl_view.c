@@ -83,7 +83,7 @@ const ctl_col ctl_cols_stat[] = {
     {"namespace.bpe", "bits per element", CTL_F_FLOAT, 0},
     {"hit_rate", "lookup hit rate", CTL_F_PCT, 0},
     {"store.used_bytes", "store used", CTL_F_BYTES, 0},
-    {"store.capacity_bytes", "store capacity", CTL_F_BYTES, 0},
+    {"store.capacity_bytes", "store capacity", CTL_F_LIMIT, 0},
     {"store.chunks", "store chunks", CTL_F_INT, 0},
     {"store.sessions", "store sessions", CTL_F_INT, 0},
     {"store.namespaces", "namespaces", CTL_F_INT, 0},
