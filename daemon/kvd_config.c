@@ -37,7 +37,7 @@ static const kvd_crow g_table[] = {
     {"data-dir", CT_STR, OFF(data_dir), CAP(data_dir), "path", "./e8kv-data", 0, 0, NULL,
      "Store directory (segment files and LMDB index); created if missing. One e8kvd per "
      "directory."},
-    {"listen", CT_STR, OFF(listen), CAP(listen), "addresses", "127.0.0.1:50051", 0, 0, NULL,
+    {"listen", CT_STR, OFF(listen), CAP(listen), "addresses", E8KV_DEFAULT_ADDR, 0, 0, NULL,
      "Comma-separated gRPC listen addresses: host:port (TCP, IPv6 as [::1]:port) or "
      "unix:/path/to.sock (at most 8)."},
     {"capacity-bytes", CT_SIZE, OFF(capacity_bytes), 0, "bytes", "0", 0, UINT64_MAX, NULL,
@@ -195,7 +195,7 @@ void kvd_config_print_help(FILE *f, const char *argv0) {
     fprintf(f, "  --%-22s %s (default: '%s'%s%s)\n      %s\n", r->name, r->unit, r->def,
             *b ? ", bounds: " : "", b, r->desc);
   }
-  fprintf(f, "  --help / --help-markdown / --version\n"
+  fprintf(f, "  -h, --help / --help-markdown / --version\n"
              "\nSignals: SIGTERM or SIGINT stop accepting calls, let in-flight calls finish\n"
              "(--shutdown-grace-ms), close the store and exit 0.\n");
 }
@@ -214,6 +214,28 @@ void kvd_config_print_markdown(FILE *f) {
   }
 }
 
+/* 0 when a is an address gRPC listens on: host:port, [v6]:port or unix:PATH; else a message
+ * naming the forms (tcp://host:port and bare socket paths are what people try). */
+static int check_addr(const char *a, FILE *err) {
+  static const char forms[] = "use host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock";
+  if (strncmp(a, "unix:", 5) == 0) {
+    if (a[5]) return 0;
+    fprintf(err, "e8kvd: --listen '%s': no socket path: %s\n", a, forms);
+    return -1;
+  }
+  const char *colon = strrchr(a, ':');
+  if (strstr(a, "://"))
+    fprintf(err, "e8kvd: --listen '%s': URL schemes are not taken: %s\n", a, forms);
+  else if (*a == '/' || *a == '.' || !colon)
+    fprintf(err, "e8kvd: --listen '%s' has no port%s: %s\n", a,
+            *a == '/' || *a == '.' ? " (a socket path is written unix:PATH)" : "", forms);
+  else if (colon == a || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+    fprintf(err, "e8kvd: --listen '%s' is not host:port: %s\n", a, forms);
+  else
+    return 0;
+  return -1;
+}
+
 static int split_listen(kvd_config *cfg, FILE *err) {
   char *copy = strdup(cfg->listen), *save = NULL;
   if (!copy) return -1;
@@ -222,6 +244,10 @@ static int split_listen(kvd_config *cfg, FILE *err) {
     if (!*t) continue;
     if (cfg->n_listen == KVD_MAX_LISTEN) {
       fprintf(err, "e8kvd: --listen: more than %d addresses\n", KVD_MAX_LISTEN);
+      free(copy);
+      return -1;
+    }
+    if (check_addr(t, err) != 0) {
       free(copy);
       return -1;
     }
@@ -266,11 +292,14 @@ kvd_config_action kvd_config_parse(kvd_config *cfg, int argc, char **argv, FILE 
   optind = 1;
   opterr = 0;
   for (;;) {
-    int c = getopt_long(argc, argv, "", opts, NULL);
+    int c = getopt_long(argc, argv, "h", opts, NULL);
     if (c == -1) break;
-    if (c == 1000) { kvd_config_print_help(out, argv[0]); return KVD_CONFIG_EXIT_OK; }
+    if (c == 1000 || c == 'h') { kvd_config_print_help(out, argv[0]); return KVD_CONFIG_EXIT_OK; }
     if (c == 1001) { kvd_config_print_markdown(out); return KVD_CONFIG_EXIT_OK; }
-    if (c == 1002) { fprintf(out, "e8kvd (e8kv.v1)\n"); return KVD_CONFIG_EXIT_OK; }
+    if (c == 1002) {
+      fprintf(out, "e8kvd %s (API e8kv.v1)\n", E8KV_VERSION);
+      return KVD_CONFIG_EXIT_OK;
+    }
     if (c < 256 || (size_t)(c - 256) >= N_ROWS) {
       fprintf(err, "e8kvd: unknown or incomplete flag '%s' (see --help)\n", argv[optind - 1]);
       return KVD_CONFIG_EXIT_ERR;

@@ -15,6 +15,14 @@
 
 #define KVD_MAX_LISTEN 8
 
+/* The e8kv release: `e8kvd --version`, `e8kvctl -V`, libe8kv's pkg-config file and the Python
+ * package's __version__ all say this (tests/clients/test_ctl_e2e.py checks they agree). */
+#define E8KV_VERSION "0.1.0"
+/* The one default daemon address: e8kvd's default --listen, e8kvctl's default --addr (when
+ * $E8KV_ADDR is unset) and the address README's examples use. TCP on loopback, because it
+ * needs no directory or permission the way a unix socket under /run would. */
+#define E8KV_DEFAULT_ADDR "127.0.0.1:50051"
+
 typedef struct kvd_config {
   char data_dir[1024];            /* store directory (created if missing) */
   char listen[1024];              /* comma-separated gRPC addresses */

@@ -12,13 +12,13 @@
 #include "clients/cli/ctl_exit.h"
 #include "clients/cli/ctl_out.h"
 #include "clients/cli/ctl_runs.h"
+#include "daemon/kvd_config.h" /* E8KV_VERSION, E8KV_DEFAULT_ADDR: the daemon's, so they agree */
 
-#define CTL_VERSION "0.1.0"
-#define CTL_DEFAULT_ADDR "unix:/run/e8kv/e8kvd.sock"
+#define CTL_DEFAULT_ADDR E8KV_DEFAULT_ADDR
 
 const ctl_optdef ctl_global_opts[] = {
     {CTL_O_ADDR, "addr", 'a', "ADDR", "$E8KV_ADDR or " CTL_DEFAULT_ADDR,
-     "daemon address: host:port or unix:/path"},
+     "daemon address: host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock"},
     {CTL_O_TOKEN_FILE, "token-file", 't', "FILE", NULL,
      "read the bearer token from FILE (first line); else $E8KV_TOKEN"},
     {CTL_O_NAMESPACE, "namespace", 'n', "NS", "default",
@@ -179,11 +179,35 @@ static int ctl_check_namespace(ctl_ctx *ctx) {
   return rc;
 }
 
+/* A clear usage error for address forms people try that gRPC does not take (tcp://h:p,
+ * a bare socket path); 0 when the form is one of host:port, [v6]:port, unix:PATH (and
+ * dns:///host:port, which libe8kv also takes). */
+static int ctl_check_addr(ctl_ctx *ctx, const char *a, const char *from) {
+  static const char forms[] = "use host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock";
+  if (!*a) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s: empty address: %s", from, forms);
+  if (strncmp(a, "unix:", 5) == 0 || strncmp(a, "dns:///", 7) == 0) return 0;
+  if (strstr(a, "://"))
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s \"%s\": URL schemes are not taken: %s",
+                     from, a, forms);
+  const char *colon = strrchr(a, ':');
+  if (*a == '/' || *a == '.' || !colon)
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+                     "%s \"%s\" has no port%s: %s", from, a,
+                     *a == '/' || *a == '.' ? " (a socket path is written unix:PATH)" : "", forms);
+  if (colon == a || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s \"%s\" is not host:port: %s", from, a,
+                     forms);
+  return 0;
+}
+
 static int ctl_open_client(ctl_ctx *ctx) {
   e8kv_options o;
   e8kv_options_init(&o);
+  const char *from = ctx->opt[CTL_O_ADDR]  ? "--addr"
+                     : getenv("E8KV_ADDR") ? "$E8KV_ADDR" : NULL;
   o.address = ctx->opt[CTL_O_ADDR] ? ctx->opt[CTL_O_ADDR]
               : getenv("E8KV_ADDR") ? getenv("E8KV_ADDR") : CTL_DEFAULT_ADDR;
+  if (from && ctl_check_addr(ctx, o.address, from)) return CTL_EXIT_USAGE;
   char *token = NULL;
   int rc;
   if (ctx->opt[CTL_O_TOKEN_FILE] && (rc = ctl_read_token(ctx, ctx->opt[CTL_O_TOKEN_FILE], &token)))
@@ -218,11 +242,21 @@ int main(int argc, char **argv) {
   /* Global options up to the command name. */
   int n = ctl_parse_opts(&ctx, ctl_global_opts, NULL, argc, argv, 1);
   if (n < 0) return CTL_EXIT_USAGE;
-  if (ctx.opt[CTL_O_VERSION]) { printf("e8kvctl %s\n", CTL_VERSION); return CTL_EXIT_OK; }
+  if (ctx.opt[CTL_O_VERSION]) { printf("e8kvctl %s\n", E8KV_VERSION); return CTL_EXIT_OK; }
   if (n == 0) {
     if (ctx.opt[CTL_O_HELP]) { ctl_help_main(stdout); return CTL_EXIT_OK; }
     ctl_help_main(stderr);
     return CTL_EXIT_USAGE;
+  }
+  if (strcmp(argv[1], "help") == 0) { /* `e8kvctl help [COMMAND]` = --help */
+    ctx.json = ctx.opt[CTL_O_JSON] != NULL;
+    const ctl_cmd *hc = n == 2 ? ctl_cmd_find(argv[2]) : NULL;
+    if (n == 1) ctl_help_main(stdout);
+    else if (hc) ctl_help_cmd(stdout, hc);
+    else
+      return ctl_error(&ctx, CTL_EXIT_USAGE, "usage", "help takes one command name at most%s%s",
+                       n == 2 ? ", not " : "", n == 2 ? argv[2] : "");
+    return CTL_EXIT_OK;
   }
   const ctl_cmd *cmd = ctl_cmd_find(argv[1]);
   if (!cmd) {

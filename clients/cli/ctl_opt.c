@@ -114,7 +114,7 @@ void ctl_help_main(FILE *f) {
   fprintf(f, "\nexit codes:\n");
   for (const ctl_exit_info *e = ctl_exit_table; e->name; e++)
     fprintf(f, "  %2d  %-12s %s\n", e->code, e->name, e->meaning);
-  fprintf(f, "\n`e8kvctl COMMAND --help` shows a command's options.\n");
+  fprintf(f, "\n`e8kvctl COMMAND --help` (or `e8kvctl help COMMAND`) shows a command's options.\n");
 }
 
 void ctl_help_markdown(FILE *f) {

@@ -1,7 +1,7 @@
 """e8kv: Python client of e8kvd, the compressed KV-cache store (see DESIGN.md).
 
     import e8kv
-    with e8kv.Client("unix:/tmp/e8kvd.sock") as c:
+    with e8kv.Client("127.0.0.1:50051") as c:
         r = c.lookup(fingerprint, token_ids)
 
 Modules: ``e8kv.Client`` (gRPC, client.py), ``e8kv.pb`` (the generated messages of

@@ -2,7 +2,7 @@
 frames written straight into one caller buffer.
 
     from e8kv.fetch import NativeFetcher
-    nf = NativeFetcher("unix:/tmp/e8kvd.sock", streams=4)
+    nf = NativeFetcher("127.0.0.1:50051", streams=4)
     with nf.start(lookup.chunk_keys) as run:          # a FetchRun
         for batch in run.batches():                   # [Fetched] as chunks complete
             for ch in batch:

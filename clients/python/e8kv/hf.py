@@ -1,7 +1,7 @@
 """e8kv.hf: store a transformers model's KV cache in e8kvd and restore it for a later request.
 
     import e8kv, e8kv.hf
-    client = e8kv.Client("unix:/run/e8kvd.sock")
+    client = e8kv.Client("127.0.0.1:50051")
     logits, cache = e8kv.hf.prefill(model, input_ids)              # or your own forward
     e8kv.hf.store_prefix(client, model, input_ids, cache)          # after the prefill
     ...
