@@ -18,9 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import re
 import tempfile
 import time
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_xfile_seeds as xfile  # the export format written from EXPORT.md (independent writer)
@@ -31,6 +33,7 @@ TMP = None
 SOCK = None
 DATA = None
 DAEMON = None
+METRICS_PORT = None
 ADMIN = "tok-admin-1234567890"
 USER = "tok-team-0987654321"
 SHAPE = ["--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--chunk-tokens", "64"]
@@ -63,14 +66,15 @@ def ctl(*args, token=ADMIN, addr=None, expect=OK, json_out=True, offline=False):
 
 
 def start_daemon():
-    global DAEMON
+    global DAEMON, METRICS_PORT
     tokens = os.path.join(TMP, "tokens")
     with open(tokens, "w") as f:
         f.write("# token namespace [admin]\n%s default admin\n%s team\n" % (ADMIN, USER))
     log = open(os.path.join(TMP, "e8kvd.log"), "a")
     DAEMON = subprocess.Popen(
         [os.path.join(BUILD, "bin", "e8kvd"), "--data-dir=" + DATA, "--listen=unix:" + SOCK,
-         "--metrics-listen=", "--threads=2", "--tokens-file=" + tokens, "--log-level=warn"],
+         "--metrics-listen=127.0.0.1:0", "--threads=2", "--tokens-file=" + tokens,
+         "--log-level=info"],
         stdout=log, stderr=log)
     for _ in range(100):
         if DAEMON.poll() is not None:
@@ -78,6 +82,8 @@ def start_daemon():
         p = subprocess.run([CTL, "-a", "unix:" + SOCK, "health"], capture_output=True,
                            env=dict(os.environ, E8KV_TOKEN=ADMIN))
         if p.returncode == 0:
+            m = re.search(r"event=ready .*metrics_port=(\d+)", open(log.name).read())
+            METRICS_PORT = int(m.group(1)) if m else None
             return
         time.sleep(0.1)
     raise RuntimeError("e8kvd did not become healthy in 10 s")
@@ -202,6 +208,26 @@ class E2E(unittest.TestCase):
         self.assertEqual(j["namespace"]["namespace_name"], "team")
         self.assertIsNone(j["store"])
 
+    def test_07_stat_agrees_with_metrics(self):
+        """GetStats' lookups and hits are /metrics' counters (test_00 made a partial-match
+        lookup: a hit that did not match to the end of its query), and the hit rate is
+        their ratio; capacity 0 reads "unlimited"."""
+        self.assertIsNotNone(METRICS_PORT, "no metrics_port in e8kvd's ready line")
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % METRICS_PORT,
+                                      timeout=10).read().decode()
+        m = {k: int(float(v)) for k, v in re.findall(
+            r"^(e8kvd_lookup_(?:hits|misses)_total) (\S+)$", text, re.M)}
+        j, _ = ctl("stat")
+        d = j["daemon"]
+        self.assertGreaterEqual(m["e8kvd_lookup_hits_total"], 2)
+        self.assertEqual(d["lookup_hits"], m["e8kvd_lookup_hits_total"])
+        self.assertEqual(d["lookups"], m["e8kvd_lookup_hits_total"] + m["e8kvd_lookup_misses_total"])
+        self.assertAlmostEqual(j["hit_rate"], d["lookup_hits"] / d["lookups"])
+        self.assertEqual(j["store"]["capacity_bytes"], 0)
+        out, _ = ctl("stat", json_out=False)
+        self.assertRegex(out, r"store capacity: +unlimited")
+        self.assertRegex(out, r"lookup hit rate: +%.1f%%" % (100 * j["hit_rate"]))
+
     def test_08_export_import_round_trip(self):
         f1, f2, f3 = (os.path.join(TMP, n) for n in ("s1.e8x", "s1-again.e8x", "s1-offline.e8x"))
         j, _ = ctl("export", "s1", f1)
@@ -298,6 +324,24 @@ class E2E(unittest.TestCase):
             h, _ = ctl(cmd, "--help", json_out=False)
             self.assertIn("usage: e8kvctl", h)
         self.assertIn("exit codes:", out)
+        h, _ = ctl("help", json_out=False)
+        self.assertEqual(h, out)  # `e8kvctl help` = --help
+        h, _ = ctl("help", "show", json_out=False)
+        self.assertIn("usage: e8kvctl [OPTIONS] show", h)
+        ctl("help", "frob", expect=USAGE)
+
+    def test_12b_address_forms(self):
+        """tcp://, a bare path and a missing port get a usage error naming the forms."""
+        for bad in ("tcp://127.0.0.1:50051", "/run/e8kv.sock", "localhost", "host:port"):
+            j, err = ctl("health", addr=bad, expect=USAGE)
+            self.assertIn("host:port", err)
+            self.assertIn("unix:/path", err)
+        _, err = ctl("health", addr="/tmp/x.sock", expect=USAGE)
+        self.assertIn("unix:PATH", err)
+        env = dict(os.environ, E8KV_ADDR="tcp://127.0.0.1:1")
+        p = subprocess.run([CTL, "health"], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(p.returncode, USAGE, p.stderr)
+        self.assertIn("$E8KV_ADDR", p.stderr)
 
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
@@ -378,6 +422,50 @@ class Tls(unittest.TestCase):
             kvd.wait(timeout=20)
 
 
+class Cli(unittest.TestCase):
+    """Flags and defaults the two programs must agree on (no daemon needed)."""
+
+    def run_(self, *cmd):
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60)
+
+    def test_same_version(self):
+        kvd = os.path.join(BUILD, "bin", "e8kvd")
+        a, b = self.run_(kvd, "--version"), self.run_(CTL, "-V")
+        self.assertEqual((a.returncode, b.returncode), (0, 0), a.stderr + b.stderr)
+        va = re.match(r"e8kvd (\d+\.\d+\.\d+) ", a.stdout)
+        vb = re.match(r"e8kvctl (\d+\.\d+\.\d+)$", b.stdout.strip())
+        self.assertTrue(va and vb, a.stdout + b.stdout)
+        self.assertEqual(va.group(1), vb.group(1))
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        py = open(os.path.join(root, "clients", "python", "e8kv", "__init__.py")).read()
+        self.assertIn('__version__ = "%s"' % va.group(1), py)
+
+    def test_same_default_address(self):
+        kvd = os.path.join(BUILD, "bin", "e8kvd")
+        md = self.run_(kvd, "--help-markdown").stdout
+        listen = re.search(r"^\| `--listen` \| [^|]+\| `([^`]+)` \|", md, re.M).group(1)
+        h = self.run_(CTL, "--help").stdout
+        self.assertIn("(default: $E8KV_ADDR or %s)" % listen, h)
+        readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                   "README.md")).read()
+        # Every daemon address in README is the default or one unix socket path.
+        addrs = set(re.findall(r"unix:/[\w./-]+\.sock", readme)) - {"unix:/path/to.sock"}
+        self.assertLessEqual(len(addrs), 1, addrs)
+
+    def test_e8kvd_flags(self):
+        kvd = os.path.join(BUILD, "bin", "e8kvd")
+        a, b = self.run_(kvd, "-h"), self.run_(kvd, "--help")
+        self.assertEqual(a.returncode, 0, a.stderr)
+        self.assertEqual(a.stdout, b.stdout)
+        for bad, want in (("tcp://127.0.0.1:50051", "URL schemes"), ("/tmp/x.sock", "unix:PATH"),
+                          ("localhost", "no port")):
+            p = self.run_(kvd, "--data-dir=" + os.path.join(TMP, "never"), "--listen=" + bad)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(want, p.stderr)
+            self.assertIn("unix:/path", p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(TMP, "never")))
+
+
 class Docs(unittest.TestCase):
     def test_readme_has_the_tables(self):
         """README's e8kvctl section carries `e8kvctl --help-markdown` verbatim."""
@@ -404,6 +492,7 @@ def main():
         start_daemon()
         suite = unittest.defaultTestLoader.loadTestsFromTestCase(E2E)
         suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(Tls))
+        suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(Cli))
         suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(Docs))
         res = unittest.TextTestRunner(verbosity=2, failfast=False).run(suite)
         ok = res.wasSuccessful()
