@@ -17,5 +17,8 @@ PY_NEEDS := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so $(BUILD)/lib/libe8kv.s
 
 TEST_CMDS += "$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/python/test_codec_*' tests/python"
 
+# The demo builds what it loads and refuses raw KV transfers (tests/demo/test_demo_guard.sh).
+TEST_CMDS += "tests/demo/test_demo_guard.sh $(E8KV_VENV)/bin/python"
+
 demo: $(PY_NEEDS)
 	$(PY_ENV) $(PYTHON) demo/e8kv_demo.py --build $(BUILD)
