@@ -208,7 +208,7 @@ def main():
     print(f"  transfer encoding      {res['encoding']}")
     print("times (wall-clock s, this run, shared machine: equal work can take different time):")
     print(f"  prefill, request 1     {res['prefill1_s']:.2f} s: the first prefill of "
-          f"{tokens} tokens (cold: includes first-call warm-up)")
+          f"{tokens} tokens (the run's first forward pass)")
     print(f"  store                  {res['store_s']:.2f} s: encode + PutChunks of that cache")
     print(f"  restore                {res['restore_s']:.3f} s: request 2's {res['n_cached']} "
           f"cached tokens (lookup, fetch, decode, DynamicCache)")
