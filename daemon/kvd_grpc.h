@@ -84,7 +84,8 @@ int kvd_server_port(const kvd_server *srv, int i);
 /* Stops accepting calls and health reports NOT_SERVING (Watch streams get it and end); lets
  * in-flight calls run up to grace_ms, then cancels them; joins every thread. Blocks. */
 void kvd_server_shutdown(kvd_server *srv, unsigned grace_ms);
-/* Frees a shut down server. NULL is a no-op. */
+/* Frees a shut down server (gRPC itself stays initialized: for the process's exit). NULL is a
+ * no-op. */
 void kvd_server_destroy(kvd_server *srv);
 /* Calls running now (for metrics). */
 unsigned kvd_server_in_flight(const kvd_server *srv);

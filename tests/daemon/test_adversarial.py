@@ -131,9 +131,11 @@ def test_metadata_over_the_store_bound_is_a_clear_error(daemon):
     assert info.n_tokens == 0 and len(info.metadata) == 15
 
 
-def test_list_sessions_pages_fit_default_client_limit(daemon):
+def test_list_sessions_pages_fit_default_client_limit():
     """A default page of sessions with ~60 KiB metadata each was a 6 MB reply, over the 4 MiB
-    receive limit of every default gRPC client: the namespace could not be listed."""
+    receive limit of every default gRPC client: the namespace could not be listed. After such
+    replies SIGTERM to exit also took 10 s (grpc_shutdown waiting on gRPC's executor)."""
+    daemon = Daemon()
     s, fp = daemon.stub, fingerprint()
     meta = {f"k{i}": "v" * 4000 for i in range(15)}
     want = sorted(f"big{i:03d}" for i in range(80))
@@ -149,6 +151,9 @@ def test_list_sessions_pages_fit_default_client_limit(daemon):
         if not token:
             break
     assert names == want and pages >= 2
+    t0 = time.time()
+    assert daemon.stop() == 0
+    assert time.time() - t0 < 5
 
 
 # ------------------------------------------------------------------ hostile requests
