@@ -661,6 +661,15 @@ def test_full_disk_is_an_error_and_loses_nothing():
                                                                  acked[-1] * 1000 + 64))),
                            timeout=5)
         assert lk.matched_tokens == 64
+        # the disk grows (an operator freed space): writes work again, no restart needed
+        import subprocess
+        subprocess.run(h.wrap + ["mount", "-o", "remount,size=16m", data], check=True)
+        for i in range(3):
+            toks = list(range(7 * 10 ** 6 + i * 64, 7 * 10 ** 6 + (i + 1) * 64))
+            d.stub.PutChunks(put_msgs(raw_header(fp, 64, session=f"g{i}", create_session=True),
+                                      [(toks, raw_kv(i, 2, 2, 64, 64).tobytes())]), timeout=10)
+        d.stub.DeleteSession(kv.DeleteSessionRequest(name=f"s{acked[0]}"), timeout=5)
+        assert d.stub.Verify(kv.VerifyRequest(), timeout=20).corrupt_records == 0
         assert d.stop(rm=False) == 0
     finally:
         h.close()
