@@ -86,6 +86,10 @@ static const kvd_crow g_table[] = {
     {"max-call-ms", CT_U32, OFF(max_call_ms), 0, "ms", "600000", 1000, 86400000, NULL,
      "Hard limit on one call's duration (besides the client's deadline): a call still running "
      "then, e.g. a reader that stopped reading, is cancelled with DEADLINE_EXCEEDED."},
+    {"stall-ms", CT_U32, OFF(stall_ms), 0, "ms", "60000", 1000, 86400000, NULL,
+     "Longest wait on a call's peer (its next request message, or one response message "
+     "written): a client that stops sending or reading is cancelled with DEADLINE_EXCEEDED "
+     "after this, so it holds a worker no longer."},
     {"lookup-lease-ms", CT_U32, OFF(lookup_lease_ms), 0, "ms", "30000", 100, 3600000, NULL,
      "How long a Lookup pins the chunks it matched (so a GetChunks that follows cannot lose "
      "them to eviction), unless GetChunks' release_lease ends the lease sooner."},

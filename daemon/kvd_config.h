@@ -45,6 +45,7 @@ typedef struct kvd_config {
   char metrics_listen[256];       /* host:port of the Prometheus endpoint; "" = off */
   uint32_t shutdown_grace_ms;     /* in-flight calls may finish this long after SIGTERM */
   uint32_t max_call_ms;           /* hard limit on one call's duration */
+  uint32_t stall_ms;              /* longest wait on the peer within a call */
   uint32_t lookup_lease_ms;       /* lifetime of a Lookup's pins (store lease) */
   char io_engine[16];             /* auto | uring | pwrite */
 } kvd_config;

@@ -59,6 +59,7 @@ struct kvd_call {
   char *peer;
   gpr_timespec hard_limit;     /* start + max_call_ms (monotonic) */
   int limit_hit;
+  int stalled;                 /* cancelled because one wait passed stall_ms */
 };
 
 typedef struct kvd_watch {     /* one Health/Watch stream (or a pending request for one) */
@@ -195,16 +196,26 @@ static void slot_release(kvd_slot *s) {
 }
 
 /* Waits on the call's private queue for `tag`; absorbs the close notification on the way.
- * A call still running at its hard limit (--max-call-ms from its start) is cancelled with
- * DEADLINE_EXCEEDED, so a client that stops reading cannot hold a worker forever. */
+ * A call still running at its hard limit (--max-call-ms from its start), or whose peer made
+ * this one wait (the next request message, a response message written) last longer than
+ * --stall-ms, is cancelled with DEADLINE_EXCEEDED: a client that stops sending or reading
+ * holds a worker for stall_ms, not for the whole --max-call-ms. */
 static int call_wait(kvd_call *c, void *tag) {
   for (;;) {
-    gpr_timespec until = c->limit_hit ? gpr_inf_future(GPR_CLOCK_MONOTONIC) : c->hard_limit;
+    gpr_timespec until = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    if (!c->limit_hit) {
+      until = after_ms((long)c->slot->srv->o.stall_ms);
+      if (gpr_time_cmp(c->hard_limit, until) < 0) until = c->hard_limit;
+    }
     grpc_event ev = grpc_completion_queue_next(c->slot->cq, until, NULL);
     if (ev.type == GRPC_QUEUE_TIMEOUT) {
       c->limit_hit = 1;
+      c->stalled = gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), c->hard_limit) < 0;
       grpc_call_cancel_with_status(c->slot->call, kvd_grpc_status_of(KVD_DEADLINE),
-                                   "call ran longer than the server's --max-call-ms", NULL);
+                                   c->stalled ? "the peer sent or read nothing for the "
+                                                "server's --stall-ms"
+                                              : "call ran longer than the server's "
+                                                "--max-call-ms", NULL);
       continue;
     }
     if (ev.type != GRPC_OP_COMPLETE) return -1;
@@ -374,6 +385,10 @@ int kvd_call_check(kvd_call *c, kvd_status *st) {
                           gpr_convert_clock_type(c->slot->deadline, GPR_CLOCK_MONOTONIC)) >= 0;
   if (late) {
     kvd_fail(st, KVD_DEADLINE, "deadline exceeded");
+    return -1;
+  }
+  if (c->stalled) {
+    kvd_fail(st, KVD_DEADLINE, "the peer sent or read nothing for the server's --stall-ms");
     return -1;
   }
   if (c->limit_hit || gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), c->hard_limit) >= 0) {

@@ -69,6 +69,7 @@ typedef struct kvd_server_opts {
   unsigned threads;              /* workers of streaming calls, >= 1 */
   unsigned unary_threads;        /* workers of all other calls, >= 1 */
   uint32_t max_call_ms;          /* a call running longer is cancelled (DEADLINE_EXCEEDED) */
+  uint32_t stall_ms;             /* one wait on the peer longer than this: the same, >= 1 */
   const kvd_method *methods;     /* the table; must outlive the server */
   size_t n_methods;
   void *app;                     /* passed to handlers */

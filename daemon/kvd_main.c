@@ -147,7 +147,8 @@ static int start_server(kvd_app *app, char **cert, char **key, char *err, size_t
       .addrs = (const char *const *)c->listen_addrs, .n_addrs = c->n_listen,
       .tls_cert_pem = *cert, .tls_key_pem = *key, .max_message_bytes = c->max_message_bytes,
       .threads = c->threads, .unary_threads = c->unary_threads, .max_call_ms = c->max_call_ms,
-      .methods = m, .n_methods = n, .app = app, .on_done = on_call_done};
+      .stall_ms = c->stall_ms, .methods = m, .n_methods = n, .app = app,
+      .on_done = on_call_done};
   return kvd_server_start(&o, &app->server, err, cap);
 }
 

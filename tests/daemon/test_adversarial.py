@@ -539,6 +539,45 @@ def test_idle_streams_do_not_block_other_calls():
         assert d.stop() == 0
 
 
+def test_stalled_stream_frees_its_worker_after_stall_ms():
+    """An uploader that stops sending held its stream worker for all of --max-call-ms (10 min
+    by default); --stall-ms bounds one wait on the peer."""
+    d = Daemon(extra=["--threads=1", "--stall-ms=1000"])
+    try:
+        fp = fingerprint()
+        toks = list(range(2 * CT))
+        chunks = [(toks[:CT], raw_kv(1, 2, 2, CT, 64).tobytes()),
+                  (toks[CT:], raw_kv(2, 2, 2, CT, 64).tobytes())]
+
+        def stalled():
+            yield kv.PutChunksRequest(header=raw_header(fp, CT, session="st",
+                                                        create_session=True))
+            time.sleep(8)
+            yield from list(put_msgs(raw_header(fp, CT), chunks))[1:]
+        t0 = time.time()
+        code, msg = code_of(d.stub.PutChunks, stalled(), timeout=20)
+        assert code == C.DEADLINE_EXCEEDED and "--stall-ms" in msg, (code, msg)
+        assert time.time() - t0 < 7
+        assert code_of(d.stub.GetSession, kv.GetSessionRequest(name="st"), timeout=5)[0] == \
+            C.NOT_FOUND
+
+        def steady():  # slow but never 1 s without a message: served
+            for m in put_msgs(raw_header(fp, CT, session="st", create_session=True), chunks,
+                              piece=6000):
+                time.sleep(0.4)
+                yield m
+        for _ in range(50):  # the stalled call may still hold the session's lock a moment
+            code, msg = code_of(d.stub.PutChunks, steady(), timeout=20)
+            if code != C.ABORTED:
+                break
+            time.sleep(0.1)
+        assert code == C.OK, (code, msg)
+        assert d.stub.GetSession(kv.GetSessionRequest(name="st"), timeout=5).session.n_tokens \
+            == 2 * CT
+    finally:
+        assert d.stop() == 0
+
+
 # ------------------------------------------------------------------ crashes and a full disk
 
 def test_sigkill_during_concurrent_writes_keeps_every_acked_chunk():
