@@ -574,6 +574,19 @@ def test_stalled_stream_frees_its_worker_after_stall_ms():
         assert code == C.OK, (code, msg)
         assert d.stub.GetSession(kv.GetSessionRequest(name="st"), timeout=5).session.n_tokens \
             == 2 * CT
+        # a reader that stops reading (8 MiB decoded in 64 KiB pieces, past the flow window)
+        big, n = fingerprint(layers=8, heads=4, dim=128), 256
+        r = d.stub.PutChunks(put_msgs(raw_header(big, n), [(list(range(n)),
+                                                            raw_kv(3, 8, 4, n, 128).tobytes())]),
+                             timeout=30)
+        it = d.stub.GetChunks(kv.GetChunksRequest(
+            keys=kv.ChunkKeys(keys=r.chunk_keys), encoding=kv.ENCODING_RAW, dtype=kv.DTYPE_FP32,
+            max_piece_bytes=65536), timeout=30)
+        next(it)
+        time.sleep(3)
+        code, msg = code_of(list, it)
+        assert code == C.DEADLINE_EXCEEDED and "--stall-ms" in msg, (code, msg)
+        assert get_all(d.stub, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=r.chunk_keys)))
     finally:
         assert d.stop() == 0
 
