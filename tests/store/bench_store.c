@@ -9,8 +9,8 @@
  * Reads are cold: the segment files are dropped from the page cache first (posix_fadvise
  * DONTNEED), as fio does for its file (invalidate=1); both read through the page cache (psync,
  * buffered: the store has no O_DIRECT path). Cold reads on this shared virtio disk swing 3x
- * between seconds, so each round runs READ_PASSES store/fio pairs back to back and keeps the
- * median of each side.
+ * between seconds, so each round runs READ_PASSES store/fio pairs back to back, the order
+ * alternating (store-fio, fio-store, ...), and keeps the median of each side.
  * build/bench/store.json: {"record_bytes", "write_GBps", "read_GBps", "write_p99_ms",
  * "read_p99_ms", "fio_write_GBps", "fio_read_GBps", "engine"} where write_* is the W-writer
  * store run and fio_write_GBps the fio job with the same parallelism that writes fastest
@@ -18,6 +18,9 @@
  * "fio_write1_GBps", "fio_writeW_GBps", "fio_write_uring_GBps", "writers", "batch",
  * "rounds", "load1"). GB = 1e9 bytes of payload (fio: data bytes).
  * Write latency is per put call (acknowledged = on disk and indexed); read latency per record.
+ * Every removal of files is followed by a syncfs before the next timed job: the filesystem is
+ * mounted with online discard, and the discards of freed blocks go out at the journal commit,
+ * which would otherwise land in whichever job runs next (store or fio).
  * The machine is shared and noisy: ROUNDS rounds run every pair back to back (1 writer: fio
  * first, as read-1 reads its file; else store first), on
  * fresh files; throughputs are medians over rounds (per-round ratios printed), latency
@@ -172,7 +175,7 @@ static double median(const double *v, int n);
 static store_out store_run(const char *data, size_t n, size_t batch, int pw, int writers,
                            double *wl, double *rl, const fio_cfg *f) {
   char cmd[1300], segdir[1200];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", data);
+  snprintf(cmd, sizeof cmd, "rm -rf %s && sync -f %s", data, f->dir);
   sh(cmd);
   snprintf(segdir, sizeof segdir, "%s/segments", data);
   e8s_config cfg;
@@ -207,6 +210,7 @@ static store_out store_run(const char *data, size_t n, size_t batch, int pw, int
   e8s_test_put_times_get(st, &o.pt);
   double sr[READ_PASSES], fr[READ_PASSES];
   for (int pass = 0; rl && pass < READ_PASSES; pass++) {
+    if (pass % 2) fr[pass] = run_fio(f, "read-1", "read", n); /* order alternates: SF FS SF */
     drop_cache(segdir);
     uint8_t *buf = malloc(REC), parent[32] = {0}, key[32];
     uint32_t tok[CT];
@@ -222,7 +226,7 @@ static store_out store_run(const char *data, size_t n, size_t batch, int pw, int
     }
     sr[pass] = (double)per * REC / (now_s() - t0) / 1e9;
     free(buf);
-    fr[pass] = run_fio(f, "read-1", "read", n);
+    if (pass % 2 == 0) fr[pass] = run_fio(f, "read-1", "read", n);
   }
   if (rl) o.r_gbps = median(sr, READ_PASSES), o.fio_r_gbps = median(fr, READ_PASSES);
   o.engine = e8s_io_engine_used(st) == E8S_IO_URING ? "io_uring" : "pwrite";
@@ -292,7 +296,7 @@ int main(int argc, char **argv) {
     store_out o = store_run(data, n, batch, pw, 1, wl1 + k * nb, rl + k * n, &fc);
     s1[k] = o.w_gbps, sr[k] = o.r_gbps, fr[k] = o.fio_r_gbps, engine = o.engine;
     if (k == rounds / 2) pt1 = o.pt;
-    snprintf(cmd, sizeof cmd, "rm -f %s/fio.*", dir);
+    snprintf(cmd, sizeof cmd, "rm -f %s/fio.* && sync -f %s", dir, dir);
     sh(cmd);
     o = store_run(data, n, batch, pw, writers, wlw + k * nb, NULL, &fc);
     sw[k] = o.w_gbps;
