@@ -16,7 +16,7 @@
  * store run and fio_write_GBps the fio job with the same parallelism that writes fastest
  * (write-W or write-uring); the other pairs are there too under their own names ("write1_*",
  * "fio_write1_GBps", "fio_writeW_GBps", "fio_write_uring_GBps", "writers", "batch",
- * "rounds", "load1"). GB = 1e9 bytes of payload (fio: data bytes).
+ * "rounds", "load1_max", "read_pattern"). GB = 1e9 bytes of payload (fio: data bytes).
  * Write latency is per put call (acknowledged = on disk and indexed); read latency per record.
  * Every removal of files is followed by a syncfs before the next timed job: the filesystem is
  * mounted with online discard, and the discards of freed blocks go out at the journal commit,
@@ -339,6 +339,11 @@ int main(int argc, char **argv) {
   json_object_set_new(o, "write1_p99_ms", json_real(w1_p99));
   json_object_set_new(o, "fio_write1_GBps", json_real(mf1));
   json_object_set_new(o, "load1_max", json_real(lmax));
+  json_object_set_new(o, "read_pattern",
+                      json_string("both buffered (page cache, no O_DIRECT), cold: store e8s_get "
+                                  "of 1 MiB records in write order after POSIX_FADV_DONTNEED of "
+                                  "the segments; fio read-1 psync bs=1M invalidate=1 direct=0; "
+                                  "medians of 3 alternating pairs per round"));
   if (json_dump_file(o, outp, JSON_INDENT(2)) != 0) return fprintf(stderr, "write %s\n", outp), 1;
   json_decref(o);
 
