@@ -2,6 +2,7 @@
 generated at import time from proto/ by grpcio-tools, a daemon started on a temp dir (or a
 given data dir, for restarts) with a unix socket, and wire-level builders.
 Not a test file itself (no test_ prefix)."""
+import atexit
 import os
 import re
 import shutil
@@ -34,6 +35,15 @@ def _gen():
 
 kv, kvg = _gen()
 C = grpc.StatusCode
+_started = []  # every daemon started: a failed test must not leave one running
+
+
+@atexit.register
+def _kill_leftovers():
+    for p in _started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 class Daemon:
@@ -49,6 +59,7 @@ class Daemon:
                 "--shutdown-grace-ms=2000", *extra]
         self.logf = open(self.log, "w")
         self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
+        _started.append(self.proc)
         self.metrics_port = 0
         self.channel = None
         if wait:

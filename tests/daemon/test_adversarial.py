@@ -650,6 +650,7 @@ class TmpfsHolder:
     tmpfs on `path`; daemons started in it through nsenter see the full-size-limited disk."""
 
     def __init__(self, path, size="4m"):
+        import advlib
         import subprocess
         flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
         self.proc = subprocess.Popen(
@@ -657,6 +658,7 @@ class TmpfsHolder:
              f'mount -t tmpfs -o size={size} tmpfs "{path}" && echo mounted && exec sleep 600'],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
+        advlib._started.append(self.proc)
         assert line.strip() == "mounted", "cannot mount a tmpfs for the full-disk test: " + \
             line + self.proc.stdout.read()
         self.wrap = ["nsenter", "-t", str(self.proc.pid), "-m"] + \
