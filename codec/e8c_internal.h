@@ -194,10 +194,14 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
 int e8c_cpu_has_avx2(void);
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
                       void *tab /* E8C_R32_TAB / 2 bytes, 4-aligned */);
+int e8c_rans32_decode_ex(const uint8_t *src, size_t len, uint8_t *dst, size_t n, void *tab,
+                         int simd /* 1: AVX2 for 32 lanes; only where e8c_cpu_has_avx2() */);
+void e8c_rans32_dec32_avx2(uint32_t *x, const uint32_t *P, const uint8_t *wd, size_t *pp, size_t W,
+                           uint8_t *out, size_t *pi, size_t N);
 /* two streams at once, the same verdicts (see e8c_rans32.c) */
 int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
                        const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb,
-                       void *tab /* E8C_R32_TAB bytes, 4-aligned */);
+                       void *tab /* E8C_R32_TAB bytes, 4-aligned */, int simd);
 
 /* pack/unpack (e8c_pack.c) */
 int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap);

@@ -371,7 +371,7 @@ static int64_t get_stream(e8c_ctx *ctx, const uint8_t *src, const uint32_t d[4],
     if (d[0] == E8C_CODING_STORED) { if (want) memcpy(out, src, want); return 0; }
     if (d[0] == E8C_CODING_RANS32) {
         int bad = want == 0 || (ctx->backend == 1 ? e8c_rans32_decode_ref(src, d[2], out, want)
-                                                  : e8c_rans32_decode(src, d[2], out, want, ctx->r32tab));
+                                                  : e8c_rans32_decode_ex(src, d[2], out, want, ctx->r32tab, ctx->backend == 3));
         if (bad) return e8c_fail(ctx, E8C_ERR_CORRUPT, "rans32 stream does not decode to %zu bytes", want);
         return 0;
     }
@@ -505,7 +505,7 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
              * in the coords' eight) */
             if (lens[s] == 0 || lens[s + 1] == 0 ||
                 e8c_rans32_decode2(st[s], d[s][2], out, lens[s], st[s + 1], d[s + 1][2],
-                                   w->sbuf[s + 1], lens[s + 1], ctx->r32tab))
+                                   w->sbuf[s + 1], lens[s + 1], ctx->r32tab, ctx->backend == 3))
                 return e8c_fail(ctx, E8C_ERR_CORRUPT, "rans32 coords/halves streams do not decode to %zu/%zu bytes",
                                 lens[s], lens[s + 1]);
             s++;

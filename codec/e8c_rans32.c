@@ -317,7 +317,7 @@ size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa
 /* A parsed coding-3 stream: lanes, table, states, words. */
 typedef struct r32_dec {
     uint32_t K, x[32];
-    int nsym;
+    int nsym, packed; /* packed: the one-load table (r32_table) */
     const uint8_t *wd;
     size_t W, p;
     uint32_t f[256], start[256];
@@ -341,6 +341,7 @@ static int r32_open(r32_dec *d, const uint8_t *src, size_t len, size_t N)
     d->wd = src + off;
     d->W = (len - off) / 2;
     d->p = 0;
+    d->packed = d->K == 1;
     return 0;
 }
 
@@ -351,9 +352,9 @@ static int r32_open(r32_dec *d, const uint8_t *src, size_t len, size_t N)
  *    more; a one-symbol table never reaches it);
  *  - 8 or more lanes (throughput-bound: no extraction work per step):
  *    u16 f[4096], u16 slot - start[4096], u8 symbol[4096]. */
-static void r32_table(const r32_dec *d, void *tab)
+static void r32_table(r32_dec *d, void *tab)
 {
-    if (d->K == 1) {
+    if (d->packed) {
         uint32_t *P = tab;
         for (uint32_t s = 0; s < 256; s++) {
             uint32_t v = d->f[s] << 20 | d->start[s] << 8 | s, *t = P + d->start[s];
@@ -429,7 +430,7 @@ static int r32_finish(r32_dec *d, const void *tab, uint8_t *out, size_t i, size_
     size_t p = d->p;
     for (; i < N; i++) {
         uint32_t l = (uint32_t)(i % K);
-        if (K == 1) R32_STEP_P(x[l], out[i]);
+        if (d->packed) R32_STEP_P(x[l], out[i]);
         else R32_STEP_S(x[l], out[i]);
         if (x[l] < R32_L) {
             if (p >= d->W) return -1;
@@ -501,31 +502,46 @@ size_t e8c_rans32_encode(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
     return e8c_rans32_encode_ex(sym, N, dst, cap, 0);
 }
 
-int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)
+int e8c_rans32_decode_ex(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab, int simd)
 {
     r32_dec d;
     if (r32_open(&d, src, len, N)) return -1;
     if (d.nsym == 1) return r32_single(&d, out, N);
-    r32_table(&d, tab);
     size_t i = 0;
+#if defined(__x86_64__)
+    if (simd && d.K == 32) { /* 4 AVX2 registers; the tail as usual */
+        d.packed = 1;
+        r32_table(&d, tab);
+        e8c_rans32_dec32_avx2(d.x, tab, d.wd, &d.p, d.W, out, &i, N);
+        return r32_finish(&d, tab, out, i, N);
+    }
+#else
+    (void)simd;
+#endif
+    r32_table(&d, tab);
     r32_rounds(&d, tab, out, &i, N);
     return r32_finish(&d, tab, out, i, N);
+}
+
+int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, void *tab)
+{
+    return e8c_rans32_decode_ex(src, len, out, N, tab, 0);
 }
 
 /* Two streams at once (E8C_R32_TAB bytes of tables): where A has 8 lanes
  * and B one (the coords and halves of a frame of up to 65535 halves), each
  * round of A also takes one step of B, so B's serial dependency chain runs
  * in the shadow of A's eight; the rest of each stream (and every other
- * case) decodes as e8c_rans32_decode does.  Same results and verdicts as
+ * case) decodes as e8c_rans32_decode_ex does.  Same results and verdicts as
  * two e8c_rans32_decode calls (-1 if either stream is corrupt). */
 int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
-                       const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb, void *tab)
+                       const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb, void *tab, int simd)
 {
     r32_dec a, b;
     void *tb_ = (uint8_t *)tab + E8C_R32_TAB / 2;
     if (r32_open(&a, sa, la, na) || r32_open(&b, sb, lb, nb)) return -1;
     if (a.K != 8 || b.K != 1 || a.nsym == 1 || b.nsym == 1)
-        return e8c_rans32_decode(sa, la, oa, na, tab) | e8c_rans32_decode(sb, lb, ob, nb, tb_);
+        return e8c_rans32_decode_ex(sa, la, oa, na, tab, simd) | e8c_rans32_decode_ex(sb, lb, ob, nb, tb_, simd);
     r32_table(&a, tab);
     r32_table(&b, tb_);
     const uint16_t *tf = tab, *tb = tf + R32_M;

@@ -128,3 +128,66 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
     *wp = w;
     return rc;
 }
+
+/* ------------------------------------------------------------ decoder */
+
+static uint32_t r32_exp_lut[256][8]; /* mask -> for each lane, its word's rank */
+static pthread_once_t r32_exp_once = PTHREAD_ONCE_INIT;
+
+static void exp_init(void)
+{
+    for (uint32_t m = 0; m < 256; m++)
+        for (uint32_t l = 0, c = 0; l < 8; l++) {
+            r32_exp_lut[m][l] = c;
+            c += m >> l & 1;
+        }
+}
+
+/* One 8-lane block of a decoding round (FORMAT.md 5.4): P[slot] = f << 20
+ * | start << 8 | symbol; the lanes below 2^16 take the next words in
+ * ascending lane order (at least 8 words readable at wd + 2 * *p). */
+static inline __m256i dec8(__m256i x, const int *P, const uint8_t *wd, size_t *p, uint8_t *out)
+{
+    const __m256i m12 = _mm256_set1_epi32(4095), sg = _mm256_set1_epi32((int)0x80000000u);
+    const __m256i lim = _mm256_set1_epi32((int)(0x80000000u | 0x10000u));
+    const __m256i take = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i slot = _mm256_and_si256(x, m12);
+    __m256i e = _mm256_i32gather_epi32(P, slot, 4);
+    __m256i st = _mm256_and_si256(_mm256_srli_epi32(e, 8), m12);
+    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, 12)),
+                         _mm256_sub_epi32(slot, st));
+    __m256i sy = _mm256_shuffle_epi8(e, take); /* low byte of each lane */
+    uint64_t b8 = (uint32_t)_mm256_extract_epi32(sy, 0) | (uint64_t)(uint32_t)_mm256_extract_epi32(sy, 4) << 32;
+    memcpy(out, &b8, 8);
+    __m256i need = _mm256_cmpgt_epi32(lim, _mm256_xor_si256(x, sg)); /* x < 2^16, unsigned */
+    uint32_t m = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(wd + 2 * *p)));
+    w = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)r32_exp_lut[m]));
+    *p += (uint32_t)__builtin_popcount(m);
+    return _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+}
+
+/* Whole 32-lane rounds from symbol *pi while at least 32 words are left
+ * (4 independent registers; one register alone is latency-bound and no
+ * faster than the scalar 8-lane loop, so 8 lanes stay scalar).  P: the
+ * one-load table above.  Updates x, *pi and *pp. */
+void e8c_rans32_dec32_avx2(uint32_t *x, const uint32_t *P, const uint8_t *wd, size_t *pp, size_t W,
+                           uint8_t *out, size_t *pi, size_t N)
+{
+    pthread_once(&r32_exp_once, exp_init);
+    const int *T = (const int *)P;
+    size_t i = *pi, p = *pp, full = N / 32 * 32;
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+    for (; i < full && W - p >= 32; i += 32) {
+        x0 = dec8(x0, T, wd, &p, out + i);
+        x1 = dec8(x1, T, wd, &p, out + i + 8);
+        x2 = dec8(x2, T, wd, &p, out + i + 16);
+        x3 = dec8(x3, T, wd, &p, out + i + 24);
+    }
+    _mm256_storeu_si256((__m256i *)x, x0); _mm256_storeu_si256((__m256i *)(x + 8), x1);
+    _mm256_storeu_si256((__m256i *)(x + 16), x2); _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    *pi = i;
+    *pp = p;
+}
