@@ -235,8 +235,10 @@ static int forget_drops_fn(e8s_store *st, MDB_txn *txn, void *vc) {
   return e;
 }
 
-/* The highest segment id of the index and of the drop markers (ids never to reuse). */
-static int max_indexed_id(e8s_store *st, uint64_t *max) {
+/* The highest segment id of the index and of the drop markers (ids never to reuse); *markers
+ * = how many drop markers there are. */
+static int max_indexed_id(e8s_store *st, uint64_t *max, size_t *markers) {
+  *markers = 0;
   MDB_txn *txn;
   int e = store_rtxn_begin(st, &txn);
   if (e) return e;
@@ -257,6 +259,7 @@ static int max_indexed_id(e8s_store *st, uint64_t *max) {
       if (k.mv_size != 9 || ((uint8_t *)k.mv_data)[0] != 'D') break;
       uint64_t id = store_rd_be64((uint8_t *)k.mv_data + 1);
       if (id > *max) *max = id;
+      (*markers)++;
     }
     mdb_cursor_close(c);
   }
@@ -280,11 +283,12 @@ int store_replay(e8s_store *st) {
     free(p);
   }
   free(ids);
-  if (e == E8S_OK) e = max_indexed_id(st, &max_id);
+  size_t markers = 0;
+  if (e == E8S_OK) e = max_indexed_id(st, &max_id, &markers);
   st->next_seg_id = max_id + 1;
   if (e == E8S_OK && changed && fsync(st->segdirfd) != 0)
     e = store_err(E8S_ERR_IO, "fsync %s: %s", st->segdir, strerror(errno));
-  if (e == E8S_OK) e = store_wtxn_run(st, forget_drops_fn, NULL);
+  if (e == E8S_OK && markers) e = store_wtxn_run(st, forget_drops_fn, NULL);
   st->replayed_at_open = replayed;
   return e;
 }
