@@ -11,12 +11,15 @@
  */
 #include "daemon/kvd_grpc.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -615,10 +618,30 @@ static void *watcher_main(void *arg) {
 
 /* ------------------------------------------------------------------ start / shutdown */
 
+/* 1 when a process accepts connections on the unix socket at path (another e8kvd, most
+ * likely), 0 when nothing does (no file, or a stale socket file left by a killed daemon, which
+ * gRPC replaces). gRPC unlinks the path before it binds, so without this check a second daemon
+ * silently takes the address of a running one, and unlinks it again when it exits. */
+static int unix_socket_live(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) return 0;      /* gRPC refuses it with its own error */
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  int live = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 || errno == EAGAIN;
+  close(fd);
+  return live;
+}
+
 static int add_ports(kvd_server *srv, char *err, size_t cap) {
   for (int i = 0; i < srv->o.n_addrs; i++) {
     const char *a = srv->o.addrs[i];
     int is_unix = strncmp(a, "unix:", 5) == 0;
+    if (is_unix && unix_socket_live(a + 5 + (strncmp(a, "unix://", 7) == 0 ? 2 : 0))) {
+      snprintf(err, cap, "cannot listen on '%s': another process (another e8kvd?) is serving "
+                         "it; stop it or choose another path", a);
+      return -1;
+    }
     grpc_server_credentials *cr;
     if (srv->o.tls_cert_pem && !is_unix) {
       grpc_ssl_pem_key_cert_pair kp = {srv->o.tls_key_pem, srv->o.tls_cert_pem};
@@ -690,10 +713,13 @@ int kvd_server_start(const kvd_server_opts *o, kvd_server **out, char *err, size
   pthread_mutex_init(&srv->post_lock, NULL);
   atomic_store(&srv->serving, 1);
   int lim = o->max_message_bytes > 0x7fffffff ? 0x7fffffff : (int)o->max_message_bytes;
-  grpc_arg args[2] = {
+  /* SO_REUSEPORT off: gRPC sets it by default, which lets a second daemon bind the same TCP
+   * port and the kernel share connections between two stores. */
+  grpc_arg args[3] = {
       {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = lim},
-      {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = lim}};
-  grpc_channel_args ca = {2, args};
+      {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = lim},
+      {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0}};
+  grpc_channel_args ca = {3, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->notify_cq = grpc_completion_queue_create_for_next(NULL);
   srv->unary_cq = grpc_completion_queue_create_for_next(NULL);
