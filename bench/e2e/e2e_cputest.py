@@ -39,17 +39,21 @@ def _fields_and_numbers(bench, fails):
         fails.append(f"missing runs {sorted(want - have)}")
     for r in runs:
         if set(r) != {"model", "prefix_tokens", "transport", "cache", "recompute_ttft_s",
-                      "restore_ttft_s", "store_s", "store_engine_s", "store_upload_s",
-                      "decision"}:
+                      "restore_ttft_s", "decided_ttft_s", "store_s", "store_engine_s",
+                      "store_upload_s", "decision"}:
             fails.append(f"run fields {sorted(r)}")
-        for k in ("recompute_ttft_s", "restore_ttft_s", "store_s", "store_engine_s",
-                  "store_upload_s"):
+        for k in ("recompute_ttft_s", "restore_ttft_s", "decided_ttft_s", "store_s",
+                  "store_engine_s", "store_upload_s"):
             if not (isinstance(r.get(k), float) and r[k] > 0):
                 fails.append(f"{k} = {r.get(k)!r}")
         if r.get("store_engine_s", 0) > r.get("store_s", 0):
             fails.append(f"store_engine_s {r['store_engine_s']} > store_s {r['store_s']}")
         if r["decision"] not in ("restore", "recompute"):
             fails.append(f"decision {r['decision']!r}")
+        elif r.get("decided_ttft_s") != (r["restore_ttft_s"] if r["decision"] == "restore"
+                                         else r["recompute_ttft_s"]):
+            fails.append(f"decided_ttft_s {r.get('decided_ttft_s')!r} is not the TTFT of the "
+                         f"{r['decision']} path")
 
 
 def _details(bench, fails):

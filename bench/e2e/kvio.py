@@ -19,12 +19,17 @@ Transfer (the engine's thread never waits on the network longer than it must):
     contiguous slices of the chunk list; restore() decodes whatever chunks have arrived, so
     decoding of early chunks overlaps the fetch of later ones.
 
-Decision (Decider): restore when the predicted restore time of the n cached tokens
-(this request's measured lookup + n x the per-token restore time measured on this client's
-earlier restores, or, before any, on the first chunk of this one) is below the predicted
-recompute time of those n tokens (the engine's own measured prefill times: the largest
-measured prefill of at most n tokens, scaled linearly to n, which under-estimates long
-prefills (attention grows quadratically), so doubtful cases lean to recompute).
+Decision (Decider): restore when the predicted time to first token of restoring is below
+that of recomputing. Restoring n cached tokens before r remaining ones costs this request's
+measured lookup + n x the per-token restore time measured on this client's earlier restores (or,
+before any, on the first chunk of this one) + the forward of the r tokens over the restored
+cache (the fastest such forward measured at the nearest cached length; before any, the prefill
+of r tokens alone). Recomputing costs the prefill of n + r tokens (the engine's own measured
+prefills: the fastest run of that very length when one was measured, else a fit c + a n + b n^2
+over the lengths measured, else the nearest length scaled linearly). For a small model the
+forward of the remaining tokens over a long cache can alone cost more than recomputing
+everything (SmolLM2-135M on an H200: 0.03-0.04 s after restoring 8K tokens, 0.025 s to prefill
+them), which is why it is part of the prediction.
 """
 import queue
 import threading
@@ -134,12 +139,29 @@ class Decider:
     def __init__(self):
         self.prefills = []          # (tokens, seconds) of the engine's own prefills
         self.restores = []          # (tokens, seconds of fetch + decode, lookup excluded)
+        self.forwards = {}          # cached tokens -> {rest tokens: fastest forward seconds}
 
     def add_prefill(self, n, s):
         self.prefills.append((int(n), float(s)))
 
     def add_restore(self, n, s):
         self.restores.append((int(n), float(s)))
+
+    def add_forward(self, rest, n_cached, s):
+        """A forward of `rest` tokens over a restored cache of `n_cached` tokens took s."""
+        d = self.forwards.setdefault(int(n_cached), {})
+        d[int(rest)] = min(float(s), d.get(int(rest), float(s)))
+
+    def forward_s(self, rest, n):
+        """Predicted forward of rest tokens over n restored ones: the fastest measured at the
+        nearest cached length (log distance) for the nearest rest length, scaled linearly in
+        rest; before any, the prefill of rest tokens alone."""
+        import math
+        if not self.forwards:
+            return self.prefill_s(rest)
+        m = min(self.forwards, key=lambda x: abs(math.log(max(x, 1) / max(n, 1))))
+        r = min(self.forwards[m], key=lambda x: abs(math.log(max(x, 1) / max(rest, 1))))
+        return self.forwards[m][r] * max(1.0, rest / max(r, 1))
 
     def prefill_s(self, n):
         """Predicted prefill time of n tokens: least squares of t = c + a n + b n^2 (c, a, b
@@ -151,6 +173,9 @@ class Decider:
         best = {}
         for m, t in self.prefills:             # fastest run of each length
             best[m] = min(t, best.get(m, t))
+        near = min(best, key=lambda x: abs(x - n))
+        if abs(near - n) <= 0.02 * max(n, 1):  # this length was measured: no model needed
+            return best[near]
         if len(best) >= 3:
             ms = np.array(sorted(best), dtype=np.float64)
             ts = np.array([best[m] for m in sorted(best)])
@@ -163,9 +188,12 @@ class Decider:
         return best[m] * n / m
 
     def recompute_s(self, n, rest=1):
-        """Predicted extra time of recomputing n cached tokens before the rest tokens."""
-        full, part = self.prefill_s(n + rest), self.prefill_s(rest)
-        return None if full is None else full - part
+        """Predicted time to first token when recomputing all n + rest tokens."""
+        return self.prefill_s(n + rest)
+
+    def restore_ttft_s(self, t_lookup, n, rest, per_tok):
+        """Predicted time to first token when restoring n tokens and computing the rest."""
+        return t_lookup + n * per_tok + self.forward_s(rest, n)
 
     def restore_per_token_s(self):
         if not self.restores:
@@ -573,10 +601,13 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
     per_tok = decider.restore_per_token_s()
     if policy == "recompute":
         return Restore(decision="recompute", reason="policy", n_cached=0, cache=None, timings=tm)
-    if policy == "auto" and per_tok is not None and t_lookup + n * per_tok >= est_c:
+    rest = len(tokens) - n
+    if policy == "auto" and per_tok is not None and \
+            decider.restore_ttft_s(t_lookup, n, rest, per_tok) >= est_c:
         return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
-                       reason=f"predicted restore {t_lookup + n * per_tok:.4f} s >= recompute "
-                              f"{est_c:.4f} s")
+                       reason=f"predicted TTFT restore "
+                              f"{decider.restore_ttft_s(t_lookup, n, rest, per_tok):.4f} s >= "
+                              f"recompute {est_c:.4f} s")
     counts = list(lk.chunk_token_counts)
     need, got = [], 0
     while got < n:
@@ -608,11 +639,12 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
                 _sync(device)
                 per_tok = (time.perf_counter() - t1) / done_tok
                 decided = True
-                if policy == "auto" and t_lookup + n * per_tok >= est_c:
+                pred = decider.restore_ttft_s(t_lookup, n, rest, per_tok)
+                if policy == "auto" and pred >= est_c:
                     run.close()
                     decider.add_restore(done_tok, time.perf_counter() - t1)
                     return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
-                                   reason=f"predicted restore {t_lookup + n * per_tok:.4f} s >= "
+                                   reason=f"predicted TTFT restore {pred:.4f} s >= "
                                           f"recompute {est_c:.4f} s (first chunk timed)")
                 continue
             while len(batch) < batch_chunks:
@@ -647,5 +679,6 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
               first_chunk_s=t_first, wait_for_data_s=wait_s, decode_calls=n_calls,
               fetch_streams=len(run.threads))
     reason = "policy" if policy == "restore" else \
-        f"predicted restore {t_lookup + n * per_tok:.4f} s < recompute {est_c:.4f} s"
+        f"predicted TTFT restore {decider.restore_ttft_s(t_lookup, n, rest, per_tok):.4f} s < " \
+        f"recompute {est_c:.4f} s"
     return Restore(decision="restore", reason=reason, n_cached=n, cache=cache, timings=tm)
