@@ -327,16 +327,18 @@ static kvt_stream *put_open_partial(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return s;
 }
 
-/* Waits (up to 10 s) until a call holds session `name`'s write lock, probing with a delete
+/* Waits (up to 30 s) until a call holds session `name`'s write lock, probing with a delete
  * whose expectation can never match: ABORTED while locked, FAILED_PRECONDITION otherwise
- * (and nothing is deleted either way). */
+ * (and nothing is deleted either way). 10 s was not always enough on a loaded 2-core VM (one
+ * failure in a clean-clone CI run, 2026-11-29, passing alone): the header is only taken once
+ * the daemon's stream worker gets to it, behind the disk. */
 static void wait_session_locked(kvt_conn *c, const char *name) {
   E8kv__V1__DeleteSessionRequest q;
   e8kv__v1__delete_session_request__init(&q);
   q.name = (char *)name;
   q.session_expect_case = E8KV__V1__DELETE_SESSION_REQUEST__SESSION_EXPECT_EXPECT_SESSION_TOKENS;
   q.expect_session_tokens = 999999999;
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < 600; i++) {
     ProtobufCMessage *r = NULL;
     kvt_status st;
     int code = kvt_unary(c, KVT_SVC "DeleteSession", &q.base,
