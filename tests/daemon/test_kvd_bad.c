@@ -327,28 +327,42 @@ static kvt_stream *put_open_partial(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return s;
 }
 
-/* Waits (up to 30 s) until a call holds session `name`'s write lock, probing with a delete
- * whose expectation can never match: ABORTED while locked, FAILED_PRECONDITION otherwise
- * (and nothing is deleted either way). 10 s was not always enough on a loaded 2-core VM (one
- * failure in a clean-clone CI run, 2026-11-29, passing alone): the header is only taken once
- * the daemon's stream worker gets to it, behind the disk. */
-static void wait_session_locked(kvt_conn *c, const char *name) {
+/* 1 once (within 2 s) a call holds session `name`'s write lock, 0 if none does. The probe is a
+ * delete whose expectation can never match: ABORTED while locked, FAILED_PRECONDITION otherwise
+ * (nothing is deleted either way). The probe takes the session lock itself for a moment, so a
+ * writer whose header arrives in that moment is the one ABORTED and never holds the lock: the
+ * caller then opens a new writer (open_locked_writer). That race made this test fail now and then
+ * ("session w never became locked") once unary calls got their own worker pool. */
+static int wait_session_locked(kvt_conn *c, const char *name) {
   E8kv__V1__DeleteSessionRequest q;
   e8kv__v1__delete_session_request__init(&q);
   q.name = (char *)name;
   q.session_expect_case = E8KV__V1__DELETE_SESSION_REQUEST__SESSION_EXPECT_EXPECT_SESSION_TOKENS;
   q.expect_session_tokens = 999999999;
-  for (int i = 0; i < 600; i++) {
+  for (int i = 0; i < 40; i++) {
     ProtobufCMessage *r = NULL;
     kvt_status st;
     int code = kvt_unary(c, KVT_SVC "DeleteSession", &q.base,
                          &e8kv__v1__delete_session_response__descriptor, &r, &st, 5000);
     if (r) protobuf_c_message_free_unpacked(r, NULL);
-    if (code == 10) return;
+    if (code == 10) return 1;
     assert_int_equal(code, 9);
     usleep(50 * 1000);
   }
-  fail_msg("session %s never became locked", name);
+  return 0;
+}
+
+/* A PutChunks stream that has sent its header and half a chunk and holds session `name`. */
+static kvt_stream *open_locked_writer(kvt_conn *c, const E8kv__V1__PutHeader *h,
+                                      const one_chunk *ch, const char *name) {
+  for (int attempt = 0; attempt < 10; attempt++) {
+    kvt_stream *s = put_open_partial(c, h, ch);
+    if (wait_session_locked(c, name)) return s;
+    kvt_cancel(s);
+    kvt_free(s);
+  }
+  fail_msg("session %s never became locked (10 writers)", name);
+  return NULL;
 }
 
 static void test_bad_clients(void **state) {
@@ -366,8 +380,7 @@ static void test_bad_clients(void **state) {
   assert_int_equal(kvt_put(c, &h, &c0.ch, 1, 0, &r, &st), 0);
   e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
   /* concurrent writers of one session: the second gets ABORTED at once */
-  kvt_stream *s1 = put_open_partial(c, &h, &c1);
-  wait_session_locked(c, "w"); /* the daemon has read the header and holds the session */
+  kvt_stream *s1 = open_locked_writer(c, &h, &c1, "w"); /* the daemon holds the session */
   assert_int_equal(kvt_put(c, &h, &c1.ch, 1, 0, &r, &st), 10 /* ABORTED */);
   assert_non_null(strstr(st.msg, "another call"));
   /* the first writer disconnects mid-chunk: nothing is committed */
@@ -415,8 +428,7 @@ static void test_bad_clients(void **state) {
   assert_int_equal(ng, 2);
   kvt_got_free(got, ng);
   /* SIGTERM with a call in flight: the daemon waits (grace 3 s), cancels it, exits 0 */
-  kvt_stream *s2 = put_open_partial(c, &h, &c1);
-  wait_session_locked(c, "w"); /* the call is in flight in the daemon */
+  kvt_stream *s2 = open_locked_writer(c, &h, &c1, "w"); /* the call is in flight */
   time_t t0 = time(NULL);
   assert_int_equal(kvt_daemon_stop(&d), 0);
   /* well before the in-flight call's own 30 s deadline: the grace ended it, not the
