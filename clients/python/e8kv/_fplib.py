@@ -46,14 +46,7 @@ def lib():
     """libe8kv with the prototypes above declared (loaded once)."""
     global _handle
     if _handle is None:
-        h = ctypes.CDLL(library_path())
-        for name, (res, args) in _PROTOTYPES.items():
-            try:
-                fn = getattr(h, name)
-            except AttributeError:
-                raise OSError(f"{library_path()} lacks {name}: rebuild it (make)") from None
-            fn.restype, fn.argtypes = res, args
-        _handle = h
+        _handle = L.declare(ctypes.CDLL(library_path()), _PROTOTYPES, path=library_path())
     return _handle
 
 

@@ -162,17 +162,27 @@ def library_path() -> str:
     return find_library("libe8codec.so", "E8KV_LIB")
 
 
+def declare(handle, prototypes, optional=None, path=None):
+    """Declares {name: (restype, argtypes)} on a ctypes library handle; functions of `optional`
+    are declared where the library has them. A missing required function raises OSError naming
+    `path` when it is given, else ctypes' AttributeError. Returns the handle."""
+    for name, (res, args) in prototypes.items():
+        fn = getattr(handle, name, None)
+        if fn is None:
+            if path is not None:
+                raise OSError(f"{path} lacks {name}: rebuild it (make)")
+            fn = getattr(handle, name)
+        fn.restype, fn.argtypes = res, args
+    for name, (res, args) in (optional or {}).items():
+        fn = getattr(handle, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = res, args
+    return handle
+
+
 def lib():
     """The loaded library with every prototype declared (loaded once)."""
     global _lib
     if _lib is None:
-        handle = ctypes.CDLL(library_path())
-        for name, (res, args) in PROTOTYPES.items():
-            fn = getattr(handle, name)
-            fn.restype, fn.argtypes = res, args
-        for name, (res, args) in OPTIONAL.items():
-            if hasattr(handle, name):
-                fn = getattr(handle, name)
-                fn.restype, fn.argtypes = res, args
-        _lib = handle
+        _lib = declare(ctypes.CDLL(library_path()), PROTOTYPES, OPTIONAL)
     return _lib

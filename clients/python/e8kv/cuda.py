@@ -159,15 +159,7 @@ def library_path():
 def _cu():
     global _handle
     if _handle is None:
-        h = ctypes.CDLL(library_path())
-        for name, (res, args) in _PROTOTYPES.items():
-            fn = getattr(h, name)
-            fn.restype, fn.argtypes = res, args
-        for name, (res, args) in _OPTIONAL.items():
-            fn = getattr(h, name, None)
-            if fn is not None:
-                fn.restype, fn.argtypes = res, args
-        _handle = h
+        _handle = L.declare(ctypes.CDLL(library_path()), _PROTOTYPES, _OPTIONAL)
     return _handle
 
 

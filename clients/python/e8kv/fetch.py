@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 
 from . import _fplib
+from . import _lib as L
 from . import errors
 
 __all__ = ["NativeFetcher", "FetchRun", "Fetched", "available"]
@@ -74,13 +75,7 @@ DEADLINE_EXCEEDED = 4
 def _l():
     global _lib
     if _lib is None:
-        h = _fplib.lib()
-        for name, (res, args) in _PROTOTYPES.items():
-            fn = getattr(h, name, None)
-            if fn is None:
-                raise OSError(f"{_fplib.library_path()} lacks {name}: rebuild it (make)")
-            fn.restype, fn.argtypes = res, args
-        _lib = h
+        _lib = L.declare(_fplib.lib(), _PROTOTYPES, path=_fplib.library_path())
     return _lib
 
 
