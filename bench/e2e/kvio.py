@@ -19,17 +19,10 @@ Transfer (the engine's thread never waits on the network longer than it must):
     contiguous slices of the chunk list; restore() decodes whatever chunks have arrived, so
     decoding of early chunks overlaps the fetch of later ones.
 
-Decision (Decider): restore when the predicted time to first token of restoring is below
-that of recomputing. Restoring n cached tokens before r remaining ones costs this request's
-measured lookup + n x the per-token restore time measured on this client's earlier restores (or,
-before any, on the first chunk of this one) + the forward of the r tokens over the restored
-cache (the fastest such forward measured at the nearest cached length; before any, the prefill
-of r tokens alone). Recomputing costs the prefill of n + r tokens (the engine's own measured
-prefills: the fastest run of that very length when one was measured, else a fit c + a n + b n^2
-over the lengths measured, else the nearest length scaled linearly). For a small model the
-forward of the remaining tokens over a long cache can alone cost more than recomputing
-everything (SmolLM2-135M on an H200: 0.03-0.04 s after restoring 8K tokens, 0.025 s to prefill
-them), which is why it is part of the prediction.
+Decision: e8kv.decide.Decider (the library's rule, also e8kv.hf's): restore when the predicted
+time to first token of restoring (lookup + fetch/decode + the forward of the remaining tokens
+over the restored cache, learned per cached length) is below the measured prefill of that
+length; see e8kv/decide.py.
 """
 import queue
 import threading
@@ -39,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from e8kv import codec as e8codec
+from e8kv import decide as e8decide
 from e8kv.client import ChunkIn
 
 
@@ -133,73 +127,8 @@ def make_codec(fingerprint, device, want="auto"):
 
 # ------------------------------------------------------------------------------ decision
 
-class Decider:
-    """Measured times of one model on one client (see the module doc)."""
-
-    def __init__(self):
-        self.prefills = []          # (tokens, seconds) of the engine's own prefills
-        self.restores = []          # (tokens, seconds of fetch + decode, lookup excluded)
-        self.forwards = {}          # cached tokens -> {rest tokens: fastest forward seconds}
-
-    def add_prefill(self, n, s):
-        self.prefills.append((int(n), float(s)))
-
-    def add_restore(self, n, s):
-        self.restores.append((int(n), float(s)))
-
-    def add_forward(self, rest, n_cached, s):
-        """A forward of `rest` tokens over a restored cache of `n_cached` tokens took s."""
-        d = self.forwards.setdefault(int(n_cached), {})
-        d[int(rest)] = min(float(s), d.get(int(rest), float(s)))
-
-    def forward_s(self, rest, n):
-        """Predicted forward of rest tokens over n restored ones: the fastest measured at the
-        nearest cached length (log distance) for the nearest rest length, scaled linearly in
-        rest; before any, the prefill of rest tokens alone."""
-        import math
-        if not self.forwards:
-            return self.prefill_s(rest)
-        m = min(self.forwards, key=lambda x: abs(math.log(max(x, 1) / max(n, 1))))
-        r = min(self.forwards[m], key=lambda x: abs(math.log(max(x, 1) / max(rest, 1))))
-        return self.forwards[m][r] * max(1.0, rest / max(r, 1))
-
-    def prefill_s(self, n):
-        """Predicted prefill time of n tokens: least squares of t = c + a n + b n^2 (c, a, b
-        >= 0: launch overhead, weights, attention) over the measured prefills of at least 3
-        distinct lengths, else the nearest measured length scaled linearly."""
-        import numpy as np
-        if not self.prefills:
-            return None
-        best = {}
-        for m, t in self.prefills:             # fastest run of each length
-            best[m] = min(t, best.get(m, t))
-        near = min(best, key=lambda x: abs(x - n))
-        if abs(near - n) <= 0.02 * max(n, 1):  # this length was measured: no model needed
-            return best[near]
-        if len(best) >= 3:
-            ms = np.array(sorted(best), dtype=np.float64)
-            ts = np.array([best[m] for m in sorted(best)])
-            # relative error is what matters: weight each sample by 1/t
-            A = np.stack([np.ones_like(ms), ms, ms * ms], 1) / ts[:, None]
-            coef = np.linalg.lstsq(A, np.ones_like(ts), rcond=None)[0]
-            coef = np.maximum(coef, 0.0)
-            return float(coef[0] + coef[1] * n + coef[2] * n * n)
-        m = min(best, key=lambda x: abs(np.log(x / max(n, 1))))
-        return best[m] * n / m
-
-    def recompute_s(self, n, rest=1):
-        """Predicted time to first token when recomputing all n + rest tokens."""
-        return self.prefill_s(n + rest)
-
-    def restore_ttft_s(self, t_lookup, n, rest, per_tok):
-        """Predicted time to first token when restoring n tokens and computing the rest."""
-        return t_lookup + n * per_tok + self.forward_s(rest, n)
-
-    def restore_per_token_s(self):
-        if not self.restores:
-            return None
-        m, s = max(self.restores)
-        return s / m
+# The rule lives in the library (e8kv.decide), shared with e8kv.hf.restore_prefix.
+Decider = e8decide.Decider
 
 
 # ------------------------------------------------------------------------------ store
@@ -595,19 +524,17 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
     if n == 0:
         return Restore(decision="miss", reason="nothing stored", n_cached=0, cache=None,
                        timings=tm)
-    est_c = decider.recompute_s(n, len(tokens) - n)
-    if est_c is None:
+    if decider.recompute_s(n, len(tokens) - n) is None:
         raise RuntimeError("no prefill measured yet: call decider.add_prefill first")
     per_tok = decider.restore_per_token_s()
     if policy == "recompute":
         return Restore(decision="recompute", reason="policy", n_cached=0, cache=None, timings=tm)
     rest = len(tokens) - n
-    if policy == "auto" and per_tok is not None and \
-            decider.restore_ttft_s(t_lookup, n, rest, per_tok) >= est_c:
-        return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
-                       reason=f"predicted TTFT restore "
-                              f"{decider.restore_ttft_s(t_lookup, n, rest, per_tok):.4f} s >= "
-                              f"recompute {est_c:.4f} s")
+    if policy == "auto" and per_tok is not None:
+        d = decider.decide(t_lookup, n, rest, per_tok)
+        if not d.restore:
+            return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
+                           reason=d.reason)
     counts = list(lk.chunk_token_counts)
     need, got = [], 0
     while got < n:
@@ -639,13 +566,12 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
                 _sync(device)
                 per_tok = (time.perf_counter() - t1) / done_tok
                 decided = True
-                pred = decider.restore_ttft_s(t_lookup, n, rest, per_tok)
-                if policy == "auto" and pred >= est_c:
+                d = decider.decide(t_lookup, n, rest, per_tok)
+                if policy == "auto" and not d.restore:
                     run.close()
                     decider.add_restore(done_tok, time.perf_counter() - t1)
                     return Restore(decision="recompute", n_cached=0, cache=None, timings=tm,
-                                   reason=f"predicted TTFT restore {pred:.4f} s >= "
-                                          f"recompute {est_c:.4f} s (first chunk timed)")
+                                   reason=d.reason + " (first chunk timed)")
                 continue
             while len(batch) < batch_chunks:
                 try:
@@ -678,7 +604,5 @@ def restore(client, model, fp_pb, kvc, tokens, decider, *, policy="auto", chunk_
     tm.update(fetch_decode_s=t_restore, restore_s=t_lookup + t_restore, fetched_bytes=run.bytes,
               first_chunk_s=t_first, wait_for_data_s=wait_s, decode_calls=n_calls,
               fetch_streams=len(run.threads))
-    reason = "policy" if policy == "restore" else \
-        f"predicted TTFT restore {decider.restore_ttft_s(t_lookup, n, rest, per_tok):.4f} s < " \
-        f"recompute {est_c:.4f} s"
+    reason = "policy" if policy == "restore" else decider.decide(t_lookup, n, rest, per_tok).reason
     return Restore(decision="restore", reason=reason, n_cached=n, cache=cache, timings=tm)

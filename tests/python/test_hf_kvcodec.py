@@ -221,3 +221,48 @@ def test_get_chunks_parallel_same_chunks_errors_and_early_close(client):
     run.close()
     assert all(not th.is_alive() for th in run._threads)
     assert list(client.get_chunks_parallel([], streams=4)) == []
+
+
+def test_hf_auto_decision_is_the_library_rule_with_the_forward_over_the_cache(tiny, client):
+    """policy="auto" through e8kv.decide.Decider: it measures (a calibration prefill, the
+    restore, the forward run through hf.prefill(decider=)) and predicts the forward of the
+    remaining tokens over the restored cache; fake timings then steer it both ways, including
+    the case the old per-token-rate rule got wrong (restore + forward slower than recompute)."""
+    from e8kv.decide import Decider
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-decide")
+    p = ids_of(64, 11)
+    _, cache = hf.prefill(tiny, p[None])
+    hf.store_prefix(client, tiny, p, cache, fingerprint=fp, chunk_tokens=C)
+    q = torch.cat([p, ids_of(8, 12)])
+    client.deciders.clear()
+    r = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C)
+    dec = hf.decider_for(client, tiny, fp)
+    assert r.decider is dec and isinstance(dec, Decider)
+    assert r.decision in ("restore", "recompute") and r.reason
+    assert [n for n, _ in dec.prefills] == [C] and dec.restores           # both measured
+    assert r.timings["predicted_recompute_s"] > 0
+    if r.decision == "restore":                  # the first forward, timed and recorded
+        hf.prefill(tiny, r.input_ids[:, r.n_cached:], r.attention_mask, r.cache, decider=dec)
+        assert list(dec.forwards) == [64] and list(dec.forwards[64]) == [8]
+
+    # fake timings: restoring costs 1 us per token, the lookup ~nothing
+    def fake(prefill_s, forward_s):
+        d = client.deciders[hf._decider_key(tiny, fp)] = Decider()
+        d.add_prefill(72, prefill_s)
+        d.add_restore(64, 64e-6)
+        if forward_s is not None:
+            d.add_forward(8, 64, forward_s)
+        return d
+    fake(10.0, None)                             # recomputing takes 10 s: restore
+    r = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C)
+    assert r.decision == "restore" and r.n_cached == 64 and "< recompute" in r.reason
+    d = fake(0.5, 1.0)                           # the forward over the cache alone takes 1 s
+    assert 64 * d.restore_per_token_s() < d.recompute_s(64, 8)    # per-token rates: restore
+    r = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C)
+    assert r.decision == "recompute" and r.n_cached == 0 and r.cache.get_seq_length() == 0
+    assert "forward of 8 tokens 1.0000" in r.reason
+    assert r.timings["predicted_restore_s"] > r.timings["predicted_recompute_s"] == 0.5
+    # the recompute run through hf.prefill(decider=) is recorded as a prefill of its length
+    hf.prefill(tiny, r.input_ids, r.attention_mask, decider=r.decider)
+    assert [n for n, _ in d.prefills] == [72, 72]
+    client.deciders.clear()

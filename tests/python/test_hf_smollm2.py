@@ -275,14 +275,14 @@ def test_hf_smollm2_load_or_recompute_decision(lm, text_ids, client):
     fp = fp_of(model, "K3V2", "decide")
     p = text_ids[:128]
     hf.store_prefix(client, model, p, exact_cache(model, p), fingerprint=fp, chunk_tokens=C)
-    rates = hf.rates_for(client, model, fp)
-    rates.clear()
+    client.deciders.clear()
     r = hf.restore_prefix(client, model, text_ids[:140], fingerprint=fp, chunk_tokens=C)
     assert r.decision in ("restore", "recompute") and r.reason
-    assert rates["prefill_tok_s"] > 0 and rates["restore_tok_s"] > 0       # both measured
-    rates["prefill_tok_s"] = 1e12                       # recomputing would be instant
+    dec = hf.decider_for(client, model, fp)
+    assert dec.prefills and dec.restores                                    # both measured
+    dec.prefills[:] = [(140, 1e-9)]                     # recomputing would be instant
     r = hf.restore_prefix(client, model, text_ids[:140], fingerprint=fp, chunk_tokens=C)
     assert r.decision == "recompute" and r.n_cached == 0 and r.cache.get_seq_length() == 0
-    rates["prefill_tok_s"] = 1e-3                       # recomputing would take forever
+    dec.prefills[:] = [(140, 1e6)]                      # recomputing would take forever
     r = hf.restore_prefix(client, model, text_ids[:140], fingerprint=fp, chunk_tokens=C)
     assert r.decision == "restore" and r.n_cached == 128

@@ -108,8 +108,8 @@ class Client:
             self._channel = grpc.insecure_channel(address, options=opts)
         self._stub = pb_grpc.KVStoreStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        # Measured rates used by e8kv.hf's load-or-recompute decision (see hf.py).
-        self.rates = {}
+        # e8kv.decide.Decider per model of e8kv.hf's load-or-recompute decision (hf.decider_for).
+        self.deciders = {}
 
     # ------------------------------------------------------------------ plumbing
     def close(self):

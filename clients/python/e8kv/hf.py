@@ -48,14 +48,22 @@ dtype and the daemon encodes / decodes it. Restore fetches with several GetChunk
 at once and decodes chunks as they arrive; the DynamicCache takes the decoded tensors
 without a copy.
 
-Load or recompute. :func:`restore_prefix` restores only when fetching + decoding the
-cached tokens is expected to take less time than recomputing them, from measured rates
-kept on the client (``client.rates``): the model's prefill throughput (tokens/s, measured
-once per model and device by a prefill of ``chunk_tokens`` tokens; a rate measured on a
-short prefill over-estimates the speed of long recomputes, so the choice leans toward
-recompute) and the restore throughput (tokens/s of fetch + decode, measured on every
-restore, the first chunk of the first restore timed before the rest is fetched). The
-result says which it chose (``.decision``, ``.reason``), also logged on logger "e8kv.hf".
+Load or recompute. :func:`restore_prefix` (policy="auto") restores only when its predicted
+time to first token is below recomputing's, by the rule of e8kv.decide.Decider (the same one
+bench/e2e uses): restore TTFT = the Lookup just made + the cached tokens x the per-token fetch
++ decode time measured on this client's earlier restores (before any, on this restore's
+first chunk, timed alone) + the forward of the remaining tokens over the restored cache
+(learned per cached length; before any, the prefill of those tokens alone); recompute TTFT =
+the prefill of all the tokens (measured lengths; a fit over >= 3 lengths; else the nearest
+scaled linearly). One Decider per model, device and model_id lives on the client
+(:func:`decider_for`). Its measurements: a prefill of ``chunk_tokens`` random tokens timed on
+the first auto decision (:func:`calibrate` times more lengths, e.g. at engine start), every
+restore, and the forwards run through :func:`prefill` with ``decider=`` (the restored
+result's ``r.decider``): run the first forward after a restore (or the recompute) that way,
+or report your own with ``decider.add_forward`` / ``add_prefill``, so that the rule knows what
+the forward over a long restored cache costs (for a small model it can cost more than
+recomputing). The result says which it chose (``.decision``, ``.reason``, both predictions
+in ``.timings``), also logged on logger "e8kv.hf".
 """
 import inspect
 import logging
@@ -65,6 +73,7 @@ import time
 import torch
 
 from . import errors
+from .decide import Decider
 from .client import ChunkIn
 from .hfmodel import (_TORCH_DTYPES, _text_config, load_gguf, model_fingerprint,  # noqa: F401
                       rope_config)
@@ -148,18 +157,37 @@ def positions_from_mask(attention_mask):
 
 
 @torch.no_grad()
-def prefill(model, input_ids, attention_mask=None, cache=None):
+def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
     """One forward over ``input_ids`` ([B, T]) after ``cache`` (None = empty), with position
     ids from ``attention_mask`` ([B, cached + T], covering the cache too) so that each row's
     real tokens sit at positions 0..n-1 whatever its padding; returns (logits [B, T, vocab],
-    cache)."""
+    cache). ``decider`` (an e8kv.decide.Decider, e.g. a Restored's ``.decider``): the forward
+    is timed (the device synchronized) and recorded there: as a prefill of B x T tokens over
+    an empty cache, else as the forward of B x T tokens over a cache of its length."""
     kw = {cache_kwarg(model): cache} if cache is not None else {}
+    past = cache.get_seq_length() if cache is not None else 0
     if attention_mask is not None:
         kw["attention_mask"] = attention_mask
-        past = cache.get_seq_length() if cache is not None else 0
         kw["position_ids"] = positions_from_mask(attention_mask)[:, past:]
+    if decider is not None:
+        dev = next(model.parameters()).device
+        _sync(dev)
+        t0 = time.perf_counter()
     out = model(input_ids=input_ids, use_cache=True, **kw)
+    if decider is not None:
+        _sync(dev)
+        s = time.perf_counter() - t0
+        n = int(input_ids.shape[0] * input_ids.shape[1])
+        if past:
+            decider.add_forward(n, past, s)
+        else:
+            decider.add_prefill(n, s)
     return out.logits, output_cache(out)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _rows(input_ids, attention_mask):
@@ -409,7 +437,10 @@ class Restored(tuple):
     decision: "restore" | "recompute" | "miss" (nothing stored); reason: why, in words;
     input_ids / attention_mask: what to give generate() or forward() with this cache
     (cached tokens first, then each row's padding, then the rest; use position_ids from
-    the mask); cache_kwarg: "cache" or "past_key_values"; timings: seconds and rates.
+    the mask); cache_kwarg: "cache" or "past_key_values"; timings: seconds and rates
+    (with policy="auto": predicted_restore_s / predicted_recompute_s, the two TTFTs the
+    decision compared); decider: the model's e8kv.decide.Decider on this client (pass it
+    to :func:`prefill` for the first forward, so the next decisions know its cost).
     """
 
     def __new__(cls, cache, n_cached, **attrs):
@@ -426,30 +457,36 @@ class Restored(tuple):
         return self[1]
 
 
-def _rate_key(model, fp):
+def _decider_key(model, fp):
     dev = next(model.parameters()).device
     return (id(model), str(dev), fp.model_id)
 
 
-def rates_for(client, model, fingerprint=None):
-    """The dict of measured rates the decision uses for this model on this client:
-    "prefill_tok_s" and "restore_tok_s" (tokens/s); set them to override measurements."""
+def decider_for(client, model, fingerprint=None):
+    """The e8kv.decide.Decider of this model (on its device, under the fingerprint's model_id)
+    on this client, made on first use; add your own measurements to it (seconds, tokens)."""
     fp = fingerprint or model_fingerprint(model)
-    return client.rates.setdefault(_rate_key(model, fp), {})
+    return client.deciders.setdefault(_decider_key(model, fp), Decider())
 
 
 @torch.no_grad()
-def measure_prefill_rate(client, model, n_tokens=DEFAULT_CHUNK_TOKENS, fingerprint=None):
-    """Times one prefill of ``n_tokens`` tokens; stores and returns tokens/s on the client."""
-    fp = fingerprint or model_fingerprint(model)
+def calibrate(client, model, lengths=(DEFAULT_CHUNK_TOKENS,), fingerprint=None, repeat=1):
+    """Times prefills of random tokens of each length (the fastest of ``repeat`` runs, after
+    one untimed warm-up forward) into the model's Decider; returns {length: seconds}. Three
+    lengths or more let the decision fit prefill time against length (attention's quadratic
+    term) instead of scaling the nearest one linearly."""
+    dec = decider_for(client, model, fingerprint)
     vocab = _text_config(model).vocab_size
-    ids = torch.randint(0, vocab, (1, n_tokens), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(next(model.parameters()).device)
-    t0 = time.perf_counter()
-    model(input_ids=ids, use_cache=True)
-    rate = n_tokens / (time.perf_counter() - t0)
-    client.rates.setdefault(_rate_key(model, fp), {})["prefill_tok_s"] = rate
-    return rate
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    model(input_ids=torch.randint(0, vocab, (1, 8), generator=g).to(dev), use_cache=True)
+    out = {}
+    for n in lengths:
+        ids = torch.randint(0, vocab, (1, int(n)), generator=g).to(dev)
+        for _ in range(max(1, repeat)):
+            prefill(model, ids, decider=dec)
+        out[int(n)] = min(t for m, t in dec.prefills if m == int(n))
+    return out
 
 
 DEFAULT_FETCH_STREAMS = 4     # concurrent GetChunks per row (README "Python": measured)
@@ -490,8 +527,9 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
 
     Returns a :class:`Restored`: ``cache, n_cached = restore_prefix(...)``. The cache is on
     the model's device in the fingerprint's source dtype and holds ``n_cached`` tokens of
-    every row; at least one token of every row is left to compute. policy: "auto" (measured
-    load-or-recompute decision), "restore" (always restore what is stored), "recompute"
+    every row; at least one token of every row is left to compute. policy: "auto" (the
+    measured load-or-recompute decision of the module doc, "Load or recompute"; for a batch
+    its token counts are those of all rows together), "restore" (always restore what is stored), "recompute"
     (look up only). With decision "recompute" or "miss" the cache is empty and n_cached 0.
 
     Data path: the cache tensors are allocated once, at their final size, on the model's
@@ -519,22 +557,27 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
         log.info("restore_prefix: %s (%s)", decision, reason)
         return Restored(cache, n_cached, decision=decision, reason=reason, input_ids=new_ids,
                         attention_mask=new_mask, cache_kwarg=cache_kwarg(model),
-                        timings=timings, fingerprint=fp)
+                        timings=timings, fingerprint=fp,
+                        decider=decider_for(client, model, fp))
 
     if n == 0:
         return result(new_cache(model, []), 0, "miss", "no stored prefix (at least one token "
                       "of every row must stay to compute)")
-    rates = rates_for(client, model, fp)
+    dec = decider_for(client, model, fp)
     if policy == "recompute":
         return result(new_cache(model, []), 0, "recompute", "policy=recompute")
-    if policy == "auto" and "prefill_tok_s" not in rates:
-        measure_prefill_rate(client, model, chunk_tokens, fp)
-    decided = policy == "restore" or "restore_tok_s" in rates
+    if policy == "auto" and not dec.prefills:
+        calibrate(client, model, (chunk_tokens,), fp)
+    # the batch's tokens: B rows of n cached tokens each, and every row's remaining ones
+    n_all, rest = len(rows) * n, sum(len(tok) - n for tok, _ in rows)
+    per_tok = dec.restore_per_token_s()
+    decided = policy == "restore" or per_tok is not None
+    d = None
     if policy == "auto" and decided:
-        est_r, est_c = n / rates["restore_tok_s"], n / rates["prefill_tok_s"]
-        if est_r >= est_c:
-            return result(new_cache(model, []), 0, "recompute",
-                          f"estimated restore {est_r:.3f} s >= recompute {est_c:.3f} s")
+        d = dec.decide(t_lookup, n_all, rest, per_tok)
+        timings.update(predicted_restore_s=d.restore_s, predicted_recompute_s=d.recompute_s)
+        if not d.restore:
+            return result(new_cache(model, []), 0, "recompute", d.reason)
     coder = _Coder(fp, kv_codec, None)
     try:
         use_codec = coder.agree(lks[0].fingerprint_id, fp.model_id)
@@ -569,17 +612,19 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
                                                                 pos_offset=0)
                     else:
                         fetched += sum(_copy_raw(c, views, fp, dt) for c in batch)
-                    if not decided:     # first chunk ever: decide from its measured rate
+                    if not decided:     # first restore ever: decide from its first chunk
                         decided = True
                         if use_codec:
                             coder.kvc.synchronize()
-                        rate = fetched / (time.perf_counter() - t1)
-                        est_r, est_c = n / rate, n / rates["prefill_tok_s"]
-                        if est_r >= est_c:
-                            rates["restore_tok_s"] = rate
+                        _sync(device)
+                        d = dec.decide(t_lookup, n_all, rest,
+                                       (time.perf_counter() - t1) / fetched)
+                        timings.update(predicted_restore_s=d.restore_s,
+                                       predicted_recompute_s=d.recompute_s)
+                        if not d.restore:
+                            dec.add_restore(fetched, time.perf_counter() - t1)
                             return result(new_cache(model, []), 0, "recompute",
-                                          f"estimated restore {est_r:.3f} s >= recompute "
-                                          f"{est_c:.3f} s (first chunk measured)")
+                                          d.reason + " (first chunk timed)")
             finally:
                 run.close()
         if use_codec:
@@ -590,18 +635,15 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
         kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
     cache = new_cache(model, kv)
     dt_restore = time.perf_counter() - t1
-    rate = fetched / dt_restore
-    rates["restore_tok_s"] = rate if "restore_tok_s" not in rates \
-        else 0.5 * rates["restore_tok_s"] + 0.5 * rate
-    timings.update(restore_s=dt_restore, restore_tok_s=rate,
-                   prefill_tok_s=rates.get("prefill_tok_s"), fetch_streams=fetch_streams,
+    dec.add_restore(fetched, dt_restore)
+    timings.update(restore_s=dt_restore, restore_tok_s=fetched / dt_restore,
+                   fetch_streams=fetch_streams,
                    codec=getattr(coder.kvc, "name", type(coder.kvc).__name__)
                    if use_codec else "raw (daemon decodes)")
     if policy == "restore":
         reason = "policy=restore"
     else:
-        reason = (f"estimated restore {n / rates['restore_tok_s']:.3f} s < recompute "
-                  f"{n / rates['prefill_tok_s']:.3f} s")
+        reason = d.reason
     return result(cache, n, "restore", reason)
 
 
@@ -629,6 +671,6 @@ def attention_mask_all_ones(mask):
 
 
 __all__ = ["model_fingerprint", "rope_config", "store_prefix", "restore_prefix", "prefill",
-           "measure_prefill_rate", "rates_for", "load_gguf", "cache_kwarg", "output_cache",
+           "calibrate", "decider_for", "Decider", "load_gguf", "cache_kwarg", "output_cache",
            "cache_layers", "new_cache", "positions_from_mask", "Restored", "StoreResult",
            "errors", "DEFAULT_FETCH_STREAMS"]
