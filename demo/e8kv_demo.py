@@ -262,8 +262,8 @@ def run_requests(a, model, tok, client, fp, kvc, prompt1, prompt2):
     print(f"request 1: prefilled {len(prompt1)} tokens, stored {st['chunks_written']} chunks")
     del cache1
 
-    # Request 2 shares the prefix. The prefill rate for the decision is measured once.
-    e8kv.hf.measure_prefill_rate(client, model, e8kv.hf.DEFAULT_CHUNK_TOKENS, fp)
+    # Request 2 shares the prefix. A prefill for the decision (e8kv.decide) is timed once.
+    e8kv.hf.calibrate(client, model, (e8kv.hf.DEFAULT_CHUNK_TOKENS,), fp)
     t = time.perf_counter()
     fkw = dict(kv_codec=kvc)
     if a.fetch_streams is not None:
