@@ -65,7 +65,7 @@ TEST_CMDS += "tests/daemon/check_readme.sh $(KVD_BIN)"
 
 # ---------------------------------------------------------------- fuzzing
 # libFuzzer target on request decoding (make fuzz); its corpus is replayed by `make test`.
-KVD_FUZZ_SRCS := tests/daemon/fuzz_kvd_request.c proto/e8kv_fp.c daemon/kvd_fp.c daemon/kvd_session.c \
+KVD_FUZZ_SRCS := tests/daemon/fuzz_kvd_request.c proto/e8kv_fp.c proto/e8kv_addr.c daemon/kvd_fp.c daemon/kvd_session.c \
                  daemon/kvd_status.c daemon/kvd_health.c daemon/kvd_payload.c \
                  daemon/kvd_config.c daemon/kvd_auth.c daemon/kvd_log.c
 KVD_FUZZ_LIBS := $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a \

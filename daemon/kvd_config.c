@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/e8kv_addr.h"
+
 typedef enum kvd_ctype { CT_STR, CT_SIZE, CT_U32 } kvd_ctype;
 
 typedef struct kvd_crow {
@@ -218,25 +220,12 @@ void kvd_config_print_markdown(FILE *f) {
   }
 }
 
-/* 0 when a is an address gRPC listens on: host:port, [v6]:port or unix:PATH; else a message
- * naming the forms (tcp://host:port and bare socket paths are what people try). */
+/* 0 when a is an address e8kvd listens on (proto/e8kv_addr.h: the rule the clients share);
+ * else the reason on err. */
 static int check_addr(const char *a, FILE *err) {
-  static const char forms[] = "use host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock";
-  if (strncmp(a, "unix:", 5) == 0) {
-    if (a[5]) return 0;
-    fprintf(err, "e8kvd: --listen '%s': no socket path: %s\n", a, forms);
-    return -1;
-  }
-  const char *colon = strrchr(a, ':');
-  if (strstr(a, "://"))
-    fprintf(err, "e8kvd: --listen '%s': URL schemes are not taken: %s\n", a, forms);
-  else if (*a == '/' || *a == '.' || !colon)
-    fprintf(err, "e8kvd: --listen '%s' has no port%s: %s\n", a,
-            *a == '/' || *a == '.' ? " (a socket path is written unix:PATH)" : "", forms);
-  else if (colon == a || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
-    fprintf(err, "e8kvd: --listen '%s' is not host:port: %s\n", a, forms);
-  else
-    return 0;
+  char why[256];
+  if (e8kv_addr_check(a, why, sizeof why) == 0) return 0;
+  fprintf(err, "e8kvd: --listen \"%s\": %s\n", a, why);
   return -1;
 }
 
@@ -258,10 +247,7 @@ static int split_listen(kvd_config *cfg, FILE *err) {
     cfg->listen_addrs[cfg->n_listen++] = strdup(t);
   }
   free(copy);
-  if (cfg->n_listen == 0) {
-    fprintf(err, "e8kvd: --listen: no address given\n");
-    return -1;
-  }
+  if (cfg->n_listen == 0) return check_addr("", err); /* "empty address" and the forms */
   return 0;
 }
 

@@ -9,8 +9,12 @@
  *   handle (client streams), so a session of any size moves in bounded memory.
  *
  * Addresses
- *   "host:port" or "dns:///host:port"  TCP (IPv4/IPv6 literals as "[::1]:7000").
- *   "unix:/abs/path" or "unix:rel/path" a unix-domain socket.
+ *   Exactly the forms e8kvd --listen takes (one rule, proto/e8kv_addr.h):
+ *   "host:port"                     TCP; IPv6 literals in brackets, "[::1]:7000".
+ *   "unix:/abs/path", "unix:rel/path" or "unix:///abs/path"  a unix-domain socket.
+ *   Anything else (tcp://..., dns:///..., a bare socket path, no port, a port over
+ *   65535, a socket path over 107 bytes) fails in e8kv_client_open with E8KV_E_USAGE
+ *   and a message naming the reason and the forms.
  *   TLS is used when e8kv_options.tls is set or a TLS file is given; a bearer token,
  *   when given, is sent on every call as "authorization: Bearer <token>" metadata.
  *   Without TLS the token crosses the network in clear: use TLS, a unix socket, or
@@ -20,7 +24,11 @@
  *   Every unary call carries deadline_ms (default 30 s), every stream
  *   stream_deadline_ms for its whole life (default 1 h). A call to an address
  *   where nothing listens fails at once with E8KV_UNAVAILABLE (no waiting for
- *   the daemon to appear: gRPC's wait-for-ready is off).
+ *   the daemon to appear: gRPC's wait-for-ready is off). Where something listens
+ *   but never answers (a stopped or hung daemon, another program), a call fails
+ *   at its deadline with E8KV_DEADLINE_EXCEEDED, or after gRPC's 20 s connect
+ *   timeout with E8KV_UNAVAILABLE, whichever comes first; both messages name the
+ *   address (and the deadline that passed).
  *
  * Errors: one space (e8kv_status)
  *   Codes 0..16 are the gRPC status codes with the same numbers and meaning (what

@@ -22,6 +22,7 @@ struct kvc_stream {
   grpc_completion_queue *cq;
   grpc_call *call;
   char method[128];
+  uint32_t deadline_ms; /* the call's deadline, 0 = none (for the message when it passes) */
   grpc_metadata_array initial_md;
   grpc_metadata_array trailing_md;
   int got_initial_md;  /* RECV_INITIAL_METADATA done */
@@ -78,6 +79,11 @@ static e8kv_status kvc_status_error(kvc_stream *s, e8kv_error *err) {
   if (s->status == E8KV_UNAVAILABLE)
     return kvc_fail(err, s->status, "%s: cannot reach e8kvd at %s: %s", s->method,
                     s->client->address, s->message);
+  if (s->status == E8KV_DEADLINE_EXCEEDED)
+    return kvc_fail(err, s->status,
+                    "%s: no answer from e8kvd at %s within the %u ms deadline (daemon stopped, "
+                    "overloaded, or not e8kvd): %s", s->method, s->client->address,
+                    s->deadline_ms, s->message);
   return kvc_fail(err, s->status, "%s: %s", s->method, s->message);
 }
 
@@ -93,6 +99,7 @@ e8kv_status kvc_stream_open(e8kv_client *c, const char *method, int kind, kvc_st
   grpc_metadata_array_init(&s->initial_md);
   grpc_metadata_array_init(&s->trailing_md);
   uint32_t ms = kind == KVC_UNARY ? atomic_load(&c->deadline_ms) : c->stream_deadline_ms;
+  s->deadline_ms = ms;
   gpr_timespec deadline = ms ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                             gpr_time_from_millis(ms, GPR_TIMESPAN))
                              : gpr_inf_future(GPR_CLOCK_MONOTONIC);

@@ -12,6 +12,7 @@
 #include <grpc/support/alloc.h>
 
 #include "clients/c/e8kv_int.h"
+#include "proto/e8kv_addr.h"
 
 #define KVC_PEM_MAX (1u << 20) /* a PEM file larger than 1 MiB is refused */
 
@@ -41,19 +42,13 @@ static e8kv_status kvc_read_pem(const char *path, char **out, e8kv_error *err) {
   return E8KV_OK;
 }
 
-/* Checks the address form; gRPC itself resolves names later. */
+/* Checks the address form by the daemon's own rule (proto/e8kv_addr.h); gRPC resolves
+ * names later. */
 static e8kv_status kvc_check_address(const char *a, e8kv_error *err) {
-  if (!a || !*a) return kvc_fail(err, E8KV_E_USAGE, "no daemon address given");
-  if (strncmp(a, "unix:", 5) == 0) {
-    if (!a[5]) return kvc_fail(err, E8KV_E_USAGE, "address \"%s\" has no socket path", a);
-    return E8KV_OK;
-  }
-  const char *hp = strncmp(a, "dns:///", 7) == 0 ? a + 7 : a;
-  const char *colon = strrchr(hp, ':');
-  if (!colon || colon == hp || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
-    return kvc_fail(err, E8KV_E_USAGE,
-                    "address \"%s\" is neither host:port nor unix:/path", a);
-  return E8KV_OK;
+  char why[256];
+  if (!a) return kvc_fail(err, E8KV_E_USAGE, "no daemon address given: %s", E8KV_ADDR_FORMS);
+  if (e8kv_addr_check(a, why, sizeof why) == 0) return E8KV_OK;
+  return kvc_fail(err, E8KV_E_USAGE, "address \"%s\": %s", a, why);
 }
 
 static e8kv_status kvc_make_creds(const e8kv_options *o, grpc_channel_credentials **out,

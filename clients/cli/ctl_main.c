@@ -12,6 +12,7 @@
 #include "clients/cli/ctl_exit.h"
 #include "clients/cli/ctl_out.h"
 #include "clients/cli/ctl_runs.h"
+#include "proto/e8kv_addr.h"
 #include "daemon/kvd_config.h" /* E8KV_VERSION, E8KV_DEFAULT_ADDR: the daemon's, so they agree */
 
 #define CTL_DEFAULT_ADDR E8KV_DEFAULT_ADDR
@@ -179,25 +180,12 @@ static int ctl_check_namespace(ctl_ctx *ctx) {
   return rc;
 }
 
-/* A clear usage error for address forms people try that gRPC does not take (tcp://h:p,
- * a bare socket path); 0 when the form is one of host:port, [v6]:port, unix:PATH (and
- * dns:///host:port, which libe8kv also takes). */
+/* A clear usage error for an address e8kvd could not listen on (proto/e8kv_addr.h, the
+ * rule the daemon and libe8kv share: tcp://h:p and bare socket paths are what people try). */
 static int ctl_check_addr(ctl_ctx *ctx, const char *a, const char *from) {
-  static const char forms[] = "use host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock";
-  if (!*a) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s: empty address: %s", from, forms);
-  if (strncmp(a, "unix:", 5) == 0 || strncmp(a, "dns:///", 7) == 0) return 0;
-  if (strstr(a, "://"))
-    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s \"%s\": URL schemes are not taken: %s",
-                     from, a, forms);
-  const char *colon = strrchr(a, ':');
-  if (*a == '/' || *a == '.' || !colon)
-    return ctl_error(ctx, CTL_EXIT_USAGE, "usage",
-                     "%s \"%s\" has no port%s: %s", from, a,
-                     *a == '/' || *a == '.' ? " (a socket path is written unix:PATH)" : "", forms);
-  if (colon == a || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
-    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s \"%s\" is not host:port: %s", from, a,
-                     forms);
-  return 0;
+  char why[256];
+  if (e8kv_addr_check(a, why, sizeof why) == 0) return 0;
+  return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s \"%s\": %s", from, a, why);
 }
 
 static int ctl_open_client(ctl_ctx *ctx) {

@@ -343,6 +343,47 @@ class E2E(unittest.TestCase):
         self.assertEqual(p.returncode, USAGE, p.stderr)
         self.assertIn("$E8KV_ADDR", p.stderr)
 
+    def test_12c_address_table(self):
+        """--addr takes exactly the forms of tests/clients/addr_cases.txt (e8kvd's rule)."""
+        table = os.path.join(os.path.dirname(os.path.abspath(__file__)), "addr_cases.txt")
+        n = 0
+        for line in open(table, encoding="utf-8"):
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            kind, addr, *want = line.split("|")
+            p = subprocess.run([CTL, "--timeout", "3000", "-a", addr, "health"],
+                               capture_output=True, text=True, timeout=60)
+            if kind == "ok":
+                self.assertNotEqual(p.returncode, USAGE, (addr, p.stderr))
+            else:
+                self.assertEqual(p.returncode, USAGE, (addr, p.stderr))
+                self.assertIn('--addr "%s": %s' % (addr, ""), p.stderr)
+                self.assertIn(want[0], p.stderr)
+                self.assertIn("unix:/path/to.sock", p.stderr)
+            n += 1
+        self.assertGreater(n, 20)
+
+    def test_12d_silent_address_deadline(self):
+        """Something listens but never answers: exit 3 at --timeout, naming address + deadline."""
+        import socket
+        path = os.path.join(TMP, "silent.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(64)
+        try:
+            t0 = time.monotonic()
+            p = subprocess.run([CTL, "--timeout", "1500", "-a", "unix:" + path, "stat"],
+                               capture_output=True, text=True, timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+            os.unlink(path)
+        self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
+        self.assertLess(took, 10)
+        self.assertIn("unix:" + path, p.stderr)
+        self.assertIn("1500 ms deadline", p.stderr)
+
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
         # A session of its own shape, written last: its chunk is the newest record of the

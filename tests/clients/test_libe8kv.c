@@ -11,10 +11,15 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "clients/c/e8kv.h"
+#include "tests/clients/addr_cases.h"
 
 static void test_status_names(void **state) {
   (void)state;
@@ -34,18 +39,37 @@ static e8kv_status open_addr(const char *addr, e8kv_client **c, e8kv_error *err)
   return e8kv_client_open(&o, c, err);
 }
 
+/* e8kv_client_open takes exactly what e8kvd --listen takes (tests/clients/addr_cases.txt, the
+ * table the daemon's, the CLI's and the Python client's tests read too): the others fail at
+ * once with E8KV_E_USAGE, the address, the reason and the forms. */
 static void test_bad_addresses(void **state) {
   (void)state;
-  const char *bad[] = {"", "unix:", "localhost", "localhost:", "host:12x", ":80", NULL};
-  for (int i = 0; bad[i]; i++) {
+  addr_case cases[64];
+  int n = addr_cases_load(cases, 64);
+  assert_true(n > 20);
+  for (int i = 0; i < n; i++) {
     e8kv_client *c = (e8kv_client *)1;
     e8kv_error err;
-    assert_int_equal(open_addr(bad[i], &c, &err), E8KV_E_USAGE);
+    e8kv_status s = open_addr(cases[i].addr, &c, &err);
+    if (cases[i].ok) {
+      if (s != E8KV_OK) fail_msg("refused \"%s\": %s", cases[i].addr, err.message);
+      assert_string_equal(e8kv_client_address(c), cases[i].addr);
+      e8kv_client_close(c);
+      continue;
+    }
+    if (s != E8KV_E_USAGE) fail_msg("took \"%s\" (status %d)", cases[i].addr, s);
     assert_null(c);
     assert_int_equal(err.code, E8KV_E_USAGE);
-    assert_true(strlen(err.message) > 0);
+    if (!strstr(err.message, cases[i].want) || !strstr(err.message, cases[i].addr) ||
+        !strstr(err.message, "unix:/path/to.sock"))
+      fail_msg("\"%s\": message \"%s\" lacks \"%s\"", cases[i].addr, err.message,
+               cases[i].want);
   }
-  e8kv_client *c = NULL;
+  /* A control character (the table cannot hold one). */
+  e8kv_client *c = (e8kv_client *)1;
+  e8kv_error err;
+  assert_int_equal(open_addr("localhost:50051\n", &c, &err), E8KV_E_USAGE);
+  assert_non_null(strstr(err.message, "control character at byte 15"));
   assert_int_equal(e8kv_client_open(NULL, &c, NULL), E8KV_E_USAGE);
   e8kv_options o;
   e8kv_options_init(&o);
@@ -101,6 +125,59 @@ static void test_no_daemon_is_unavailable(void **state) {
     assert_true(time(NULL) - t0 < 5); /* failed fast, not at the deadline */
     e8kv_client_close(c);
   }
+}
+
+/* Something listens but never answers (a stopped or hung daemon): unary calls and streams
+ * fail at their deadline with E8KV_DEADLINE_EXCEEDED, naming the address and the deadline. */
+static void test_silent_address_deadline(void **state) {
+  (void)state;
+  char dir[] = "/tmp/e8kv-silent-XXXXXX", path[64], addr[96];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/s.sock", dir);
+  snprintf(addr, sizeof addr, "unix:%s", path);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(fd, 64), 0); /* the kernel accepts; nobody answers */
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = addr;
+  o.deadline_ms = 1500;
+  o.stream_deadline_ms = 1500;
+  e8kv_client *c = NULL;
+  e8kv_error err;
+  assert_int_equal(e8kv_client_open(&o, &c, &err), E8KV_OK);
+  for (int k = 0; k < 2; k++) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    e8kv_status s;
+    if (k == 0) {
+      E8kv__V1__GetStatsResponse *r = NULL;
+      s = e8kv_get_stats(c, &r, &err);
+      assert_null(r);
+    } else {
+      E8kv__V1__PutHeader h = E8KV__V1__PUT_HEADER__INIT;
+      e8kv_put *p = NULL;
+      s = e8kv_put_begin(c, &h, &p, &err);
+      if (s == E8KV_OK) {
+        uint32_t tok = 1;
+        s = e8kv_put_chunk(p, &tok, 1, "x", 1, NULL, 0, &err);
+        E8kv__V1__PutChunksResponse *pr = NULL;
+        if (s == E8KV_OK) s = e8kv_put_finish(p, &pr, &err);
+        else e8kv_put_abort(p);
+      }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (s != E8KV_DEADLINE_EXCEEDED || took < 1.0 || took > 10.0 ||
+        !strstr(err.message, addr) || !strstr(err.message, "1500 ms deadline"))
+      fail_msg("call %d: status %d after %.2f s: %s", k, s, took, err.message);
+  }
+  e8kv_client_close(c);
+  close(fd);
+  unlink(path);
+  rmdir(dir);
 }
 
 static void test_null_arguments(void **state) {
@@ -162,6 +239,7 @@ int main(void) {
       cmocka_unit_test(test_bad_addresses),
       cmocka_unit_test(test_tls_files),
       cmocka_unit_test(test_no_daemon_is_unavailable),
+      cmocka_unit_test(test_silent_address_deadline),
       cmocka_unit_test(test_null_arguments),
       cmocka_unit_test(test_fetch_usage_and_no_daemon),
   };

@@ -16,6 +16,7 @@
 #include "daemon/kvd_config.h"
 #include "daemon/kvd_payload.h"
 #include "daemon/kvd_session.h"
+#include "tests/clients/addr_cases.h"
 
 static void test_sizes(void **state) {
   (void)state;
@@ -64,6 +65,39 @@ static void test_config(void **state) {
   assert_int_equal(parse(&c, "--listen=,", NULL), KVD_CONFIG_EXIT_ERR);
   assert_int_equal(parse(&c, "stray", NULL), KVD_CONFIG_EXIT_ERR);
   assert_int_equal(parse(&c, "--help", NULL), KVD_CONFIG_EXIT_OK);
+}
+
+/* --listen takes exactly the addresses of tests/clients/addr_cases.txt's "ok" lines (the rule
+ * libe8kv, e8kvctl and the Python client share) and refuses the others with their reason, the
+ * address and the forms. */
+static void test_listen_addresses(void **state) {
+  (void)state;
+  addr_case cases[64];
+  int n = addr_cases_load(cases, 64);
+  assert_true(n > 20);
+  for (int i = 0; i < n; i++) {
+    char arg[300], *msg = NULL;
+    size_t len = 0;
+    snprintf(arg, sizeof arg, "--listen=%s", cases[i].addr);
+    char *argv[] = {"e8kvd", arg, NULL};
+    FILE *err = open_memstream(&msg, &len), *devnull = fopen("/dev/null", "w");
+    kvd_config c;
+    kvd_config_action r = kvd_config_parse(&c, 2, argv, devnull, err);
+    fclose(err);
+    fclose(devnull);
+    if (cases[i].ok) {
+      if (r != KVD_CONFIG_RUN) fail_msg("--listen refused \"%s\": %s", cases[i].addr, msg);
+      assert_int_equal(c.n_listen, 1);
+      assert_string_equal(c.listen_addrs[0], cases[i].addr);
+      kvd_config_free(&c);
+    } else {
+      if (r != KVD_CONFIG_EXIT_ERR) fail_msg("--listen took \"%s\"", cases[i].addr);
+      if (!strstr(msg, cases[i].want) || !strstr(msg, "unix:/path/to.sock"))
+        fail_msg("--listen \"%s\": message \"%s\" lacks \"%s\"", cases[i].addr, msg,
+                 cases[i].want);
+    }
+    free(msg);
+  }
 }
 
 static char *write_tmp(const char *text) {
@@ -306,6 +340,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sizes),
       cmocka_unit_test(test_config),
+      cmocka_unit_test(test_listen_addresses),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_fingerprints),
       cmocka_unit_test(test_fingerprint_codec_default),

@@ -11,6 +11,13 @@ Errors: every failed call raises an ``e8kv.E8kvError`` subclass carrying the gRP
 code (``.code``) and the daemon's message (``.message``); see e8kv/errors.py. Errors of a
 stream surface while iterating it.
 
+Deadlines: every call has one, so no call waits forever on a daemon that is stopped or
+hung: 30 s for unary calls (``timeout=``), 1 h for streams (PutChunks, GetChunks) and for
+Verify and Compact, which scan the store (``stream_timeout=``), as in libe8kv. A call to an
+address where nothing listens fails at once with e8kv.Unavailable; one where something
+listens that never answers as gRPC fails after at most gRPC's 20 s connect timeout (or the
+deadline, when shorter). Both errors name the address (and the deadline that passed).
+
 Parallel fetch: ``get_chunks_parallel`` reads a list of chunk keys with several GetChunks
 calls at once, each on its own channel (its own connection), and yields whole chunks as
 they complete, so the caller decodes while the rest arrives (see its doc for measurements).
@@ -26,11 +33,14 @@ import grpc
 from google.protobuf import json_format
 
 from . import errors
+from ._addr import check_address
 from .v1 import kvstore_pb2 as pb
 from .v1 import kvstore_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20   # e8kvd's default --max-message-bytes
 DEFAULT_PIECE_BYTES = 2 << 20          # data bytes per ChunkPiece sent by put_chunks
+DEFAULT_TIMEOUT_S = 30.0               # deadline of a unary call (libe8kv's deadline_ms)
+DEFAULT_STREAM_TIMEOUT_S = 3600.0      # of a stream, Verify, Compact (stream_deadline_ms)
 
 DTYPES = {"fp16": pb.DTYPE_FP16, "bf16": pb.DTYPE_BF16, "fp32": pb.DTYPE_FP32}
 ENCODINGS = {"e8": pb.ENCODING_E8_FRAME, "raw": pb.ENCODING_RAW}
@@ -86,17 +96,25 @@ def as_fingerprint(fp):
 class Client:
     """Connection to one e8kvd.
 
-    address: "host:port", "unix:/path/to/socket" (any gRPC target). token: the bearer token
+    address: "host:port", "[v6]:port", "unix:/path/to.sock" or "unix:///abs/path": the forms
+    e8kvd --listen takes; anything else (tcp://..., a bare socket path, no port) raises
+    ValueError here, naming the reason (e8kv/_addr.py). token: the bearer token
     of your namespace (sent as ``authorization: Bearer <token>``); None without a tokens
-    file on the daemon. timeout: default deadline per call in seconds (None = none).
+    file on the daemon. timeout: deadline of each unary call in seconds (default 30 s);
+    stream_timeout: of put_chunks, get_chunks*, verify and compact (default 1 h); a call's
+    own ``timeout=`` overrides either; None = no deadline (a stopped daemon then blocks the
+    call for ever).
     credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None = plaintext.
     """
 
-    def __init__(self, address, token=None, *, timeout=None, credentials=None,
+    def __init__(self, address, token=None, *, timeout=DEFAULT_TIMEOUT_S,
+                 stream_timeout=DEFAULT_STREAM_TIMEOUT_S, credentials=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, options=()):
-        self.address = address
+        self.address = check_address(address)
         self.timeout = timeout
-        self._conn = dict(token=token, timeout=timeout, credentials=credentials,
+        self.stream_timeout = stream_timeout
+        self._conn = dict(token=token, timeout=timeout, stream_timeout=stream_timeout,
+                          credentials=credentials,
                           max_message_bytes=max_message_bytes, options=tuple(options))
         self._siblings = []                   # extra channels of get_chunks_parallel
         self._siblings_lock = threading.Lock()
@@ -125,12 +143,30 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, name, request, timeout=None):
+    def _deadline(self, timeout, stream=False):
+        """A call's deadline in seconds: its own, else the client's (unary or stream)."""
+        return timeout or (self.stream_timeout if stream else self.timeout)
+
+    def _error(self, e, method, deadline):
+        """The E8kvError for a failed call; UNAVAILABLE and DEADLINE_EXCEEDED name the address
+        (and the deadline), since gRPC's own text says neither clearly."""
+        err = errors.from_rpc_error(e, method)
+        if err.code == grpc.StatusCode.UNAVAILABLE:
+            msg = f"cannot reach e8kvd at {self.address}: {err.message}"
+        elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            msg = (f"no answer from e8kvd at {self.address} within the {deadline:g} s deadline "
+                   f"(daemon stopped, overloaded, or not e8kvd): {err.message}")
+        else:
+            return err
+        return type(err)(err.code, msg, method)
+
+    def _call(self, name, request, timeout=None, stream=False):
+        deadline = self._deadline(timeout, stream)
         try:
-            return getattr(self._stub, name)(request, timeout=timeout or self.timeout,
+            return getattr(self._stub, name)(request, timeout=deadline,
                                              metadata=self._metadata)
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e, name) from None
+            raise self._error(e, name, deadline) from None
 
     def wait_ready(self, timeout=10.0):
         """Blocks until the channel connects; raises e8kv.Unavailable after ``timeout`` s."""
@@ -144,11 +180,12 @@ class Client:
         """grpc.health.v1 Check: returns "SERVING", "NOT_SERVING", ... for ``service``."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         stub = health_pb2_grpc.HealthStub(self._channel)
+        deadline = self._deadline(timeout)
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=service),
-                           timeout=timeout or self.timeout, metadata=self._metadata)
+                           timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e, "Health.Check") from None
+            raise self._error(e, "Health.Check", deadline) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
     # ------------------------------------------------------------------ chunks
@@ -194,7 +231,7 @@ class Client:
                         first = False
                     yield pb.PutChunksRequest(pieces=[piece])
                     off = end
-        return self._call("PutChunks", requests(), timeout)
+        return self._call("PutChunks", requests(), timeout, stream=True)
 
     def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, timeout=None):
         """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse."""
@@ -228,13 +265,13 @@ class Client:
                                 layer_end, encoding, dtype, max_piece_bytes,
                                 expect_fingerprint_id)
         stream = None
+        deadline = self._deadline(timeout, stream=True)
         try:
-            stream = self._stub.GetChunks(req, timeout=timeout or self.timeout,
-                                          metadata=self._metadata)
+            stream = self._stub.GetChunks(req, timeout=deadline, metadata=self._metadata)
             for msg in stream:
                 yield msg
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e, "GetChunks") from None
+            raise self._error(e, "GetChunks", deadline) from None
         finally:
             if stream is not None:
                 stream.cancel()         # left early: free the daemon's worker (no-op if done)
@@ -280,6 +317,7 @@ class Client:
                 c = self._conn
                 self._siblings.append(Client(
                     self.address, c["token"], timeout=c["timeout"],
+                    stream_timeout=c["stream_timeout"],
                     credentials=c["credentials"], max_message_bytes=c["max_message_bytes"],
                     options=(*c["options"], ("grpc.use_local_subchannel_pool", 1))))
             return [self] + self._siblings[:n - 1]
@@ -350,12 +388,13 @@ class Client:
     def verify(self, *, quarantine=False, max_bytes=0, timeout=None):
         """Verify (admin); returns VerifyResponse."""
         return self._call("Verify", pb.VerifyRequest(quarantine=quarantine, max_bytes=max_bytes),
-                          timeout)
+                          timeout, stream=True)
 
     def compact(self, *, min_dead_fraction=0.0, max_bytes=0, timeout=None):
         """Compact (admin); returns CompactResponse."""
         return self._call("Compact", pb.CompactRequest(min_dead_fraction=min_dead_fraction,
-                                                       max_bytes=max_bytes), timeout)
+                                                       max_bytes=max_bytes), timeout,
+                          stream=True)
 
 
 class ParallelFetch:

@@ -1,0 +1,130 @@
+"""e8kv.Client's address rule and deadlines, without a daemon.
+
+The address table is tests/clients/addr_cases.txt, the one the tests of e8kvd --listen,
+libe8kv and e8kvctl read too: the Python client takes exactly what the daemon takes. The
+deadline tests use a socket that listens but never answers (a stopped or hung daemon looks
+the same to a client): every call must fail within its deadline, naming the address.
+"""
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import e8kv
+from e8kv import client as client_mod
+
+TABLE = Path(__file__).resolve().parents[1] / "clients" / "addr_cases.txt"
+
+
+def cases():
+    out = []
+    for line in TABLE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            kind, addr, *want = line.split("|")
+            out.append((kind, addr, want[0] if want else ""))
+    assert len(out) > 20
+    return out
+
+
+@pytest.mark.parametrize("kind,addr,want", cases())
+def test_address_table(kind, addr, want):
+    if kind == "ok":
+        e8kv.Client(addr).close()
+        return
+    with pytest.raises(ValueError) as ei:
+        e8kv.Client(addr)
+    msg = str(ei.value)
+    assert f'address "{addr}": ' in msg and want in msg and "unix:/path/to.sock" in msg, msg
+
+
+def test_address_types_and_control_characters():
+    with pytest.raises(TypeError):
+        e8kv.Client(None)
+    with pytest.raises(TypeError):
+        e8kv.Client(b"127.0.0.1:50051")
+    with pytest.raises(ValueError, match="control character at byte 15"):
+        e8kv.Client("localhost:50051\n")
+
+
+@pytest.fixture
+def silent():
+    """A unix socket that accepts connections (kernel backlog) and never answers."""
+    d = tempfile.mkdtemp(prefix="e8kv-silent-")
+    path = os.path.join(d, "s.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(64)
+    yield "unix:" + path
+    s.close()
+    os.unlink(path)
+    os.rmdir(d)
+
+
+def test_default_deadlines_are_set():
+    c = e8kv.Client("127.0.0.1:1")
+    assert c.timeout == client_mod.DEFAULT_TIMEOUT_S == 30.0
+    assert c.stream_timeout == client_mod.DEFAULT_STREAM_TIMEOUT_S == 3600.0
+    c.close()
+
+
+@pytest.mark.parametrize("call", ["health", "get_stats", "lookup", "get_chunks", "put_chunks",
+                                  "verify"])
+def test_silent_address_fails_within_the_deadline(silent, call):
+    c = e8kv.Client(silent, timeout=1.5, stream_timeout=1.5)
+    fp = {"model_id": "m", "n_layers": 1, "n_kv_heads": 1, "head_dim": 8}
+    run = {"health": lambda: c.health(),
+           "get_stats": lambda: c.get_stats(),
+           "lookup": lambda: c.lookup(fp, [1, 2, 3]),
+           "get_chunks": lambda: list(c.get_chunks([b"\0" * 32])),
+           "put_chunks": lambda: c.put_chunks(fp, [e8kv.ChunkIn([1], b"x")]),
+           "verify": lambda: c.verify()}[call]
+    t0 = time.monotonic()
+    with pytest.raises(e8kv.DeadlineExceeded) as ei:
+        run()
+    took = time.monotonic() - t0
+    assert 1.0 < took < 10.0, took
+    assert silent in ei.value.message and "1.5 s deadline" in ei.value.message, ei.value.message
+    c.close()
+
+
+def test_nothing_listening_fails_at_once_naming_the_address():
+    with tempfile.TemporaryDirectory() as d:
+        addr = f"unix:{d}/none.sock"
+        c = e8kv.Client(addr)
+        t0 = time.monotonic()
+        with pytest.raises(e8kv.Unavailable) as ei:
+            c.get_stats()
+        assert time.monotonic() - t0 < 5
+        assert f"cannot reach e8kvd at {addr}" in ei.value.message
+        c.close()
+
+
+def test_python_rule_equals_the_c_rule_on_random_strings():
+    """e8kv/_addr.py against proto/e8kv_addr.c (in libe8kv.so, built by `make`): the same
+    verdict and the same message on the table and on 20000 random strings built from the
+    pieces addresses are made of."""
+    import ctypes
+    import random
+    from e8kv import _addr, _fplib
+    c = ctypes.CDLL(_fplib.library_path())
+    c.e8kv_addr_check.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    c.e8kv_addr_check.restype = ctypes.c_int
+    pieces = ["unix:", "unix://", "/", "//", "tcp://", "dns:///", "[", "]", ":", "::1", ".",
+              "~", "-", "_", "@", " ", "\x01", "é", "a", "host", "127.0.0.1", "0", "80",
+              "65535", "65536", "000001", "x" * 60, "sock"]
+    rng = random.Random(7)
+    samples = [a for _, a, _ in cases()]
+    samples += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+                for _ in range(20000)]
+    buf = ctypes.create_string_buffer(512)
+    for a in samples:
+        rc = c.e8kv_addr_check(a.encode(), buf, len(buf))
+        why = _addr._why(a)
+        if why is None:
+            assert rc == 0, (a, buf.value.decode())
+        else:
+            assert rc == -1, (a, why)
+            assert buf.value.decode() == f"{why}: {_addr.FORMS}", a
