@@ -105,9 +105,44 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
     }
 }
 
+#ifdef __AVX2__
+/* bh for one power-of-two block of NV = n/8 registers (n = 64 or 128),
+ * the whole vector in registers: the same butterflies, in the same stage
+ * order, as bh (strides 1, 2, 4 inside a register, then whole registers),
+ * then the gain.  sign (or NULL) multiplies x first (hfwd's sign0 step). */
+static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, const float *restrict sign,
+                                                             float g, const uint32_t NV)
+{
+    __m256 v[16];
+    for (uint32_t i = 0; i < NV; i++) {
+        __m256 a = _mm256_loadu_ps(x + 8 * i), y;
+        if (sign) a = _mm256_mul_ps(a, _mm256_loadu_ps(sign + 8 * i));
+        y = _mm256_permute_ps(a, 0xB1);
+        a = _mm256_blend_ps(_mm256_add_ps(a, y), _mm256_sub_ps(y, a), 0xAA);
+        y = _mm256_permute_ps(a, 0x4E);
+        a = _mm256_blend_ps(_mm256_add_ps(a, y), _mm256_sub_ps(y, a), 0xCC);
+        y = _mm256_permute2f128_ps(a, a, 1);
+        v[i] = _mm256_blend_ps(_mm256_add_ps(a, y), _mm256_sub_ps(y, a), 0xF0);
+    }
+    for (uint32_t hs = 1; hs < NV; hs <<= 1)
+        for (uint32_t j = 0; j < NV; j += 2 * hs)
+            for (uint32_t k = 0; k < hs; k++) {
+                __m256 a = v[j + k], c = v[j + k + hs];
+                v[j + k] = _mm256_add_ps(a, c);
+                v[j + k + hs] = _mm256_sub_ps(a, c);
+            }
+    const __m256 vg = _mm256_set1_ps(g);
+    for (uint32_t i = 0; i < NV; i++) _mm256_storeu_ps(x + 8 * i, _mm256_mul_ps(v[i], vg));
+}
+#endif
+
 static void FN(hfwd)(const e8c_hplan *restrict hp, float *restrict x, float *restrict tmp)
 {
     uint32_t n = hp->n;
+#ifdef __AVX2__
+    if (n == 64) { FN(bh_reg)(x, hp->sign0, hp->gain[0], 8); return; }
+    if (n == 128) { FN(bh_reg)(x, hp->sign0, hp->gain[0], 16); return; }
+#endif
     for (uint32_t j = 0; j < n; j++) x[j] = x[j] * hp->sign0[j];
     FN(bh)(hp, x);
     if (hp->pow2) return;
@@ -124,6 +159,11 @@ static void FN(hinv)(const e8c_hplan *restrict hp, float *restrict y, float *res
         for (uint32_t k = 0; k < n; k++) tmp[hp->perm[k]] = y[k] * hp->sign1[k];
         memcpy(y, tmp, sizeof(float) * n);
     }
+#ifdef __AVX2__
+    if (n == 64) FN(bh_reg)(y, NULL, hp->gain[0], 8);
+    else if (n == 128) FN(bh_reg)(y, NULL, hp->gain[0], 16);
+    else
+#endif
     FN(bh)(hp, y);
     for (uint32_t j = 0; j < n; j++) y[j] = y[j] * hp->sign0[j];
 }
