@@ -109,11 +109,19 @@ static void FN(bh)(const e8c_hplan *restrict hp, float *restrict v)
 /* bh for one power-of-two block of NV = n/8 registers (n = 64 or 128),
  * the whole vector in registers: the same butterflies, in the same stage
  * order, as bh (strides 1, 2, 4 inside a register, then whole registers),
- * then the gain.  sign (or NULL) multiplies x first (hfwd's sign0 step). */
+ * then the gain (NV = 8 or 16).  sign (or NULL) multiplies x first (hfwd's sign0 step). */
+static inline __attribute__((always_inline)) void FN(bf)(__m256 *a, __m256 *c)
+{
+    __m256 x = *a, y = *c;
+    *a = _mm256_add_ps(x, y);
+    *c = _mm256_sub_ps(x, y);
+}
+
 static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, const float *restrict sign,
                                                              float g, const uint32_t NV)
 {
     __m256 v[16];
+#pragma GCC unroll 16
     for (uint32_t i = 0; i < NV; i++) {
         __m256 a = _mm256_loadu_ps(x + 8 * i), y;
         if (sign) a = _mm256_mul_ps(a, _mm256_loadu_ps(sign + 8 * i));
@@ -124,14 +132,20 @@ static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, 
         y = _mm256_permute2f128_ps(a, a, 1);
         v[i] = _mm256_blend_ps(_mm256_add_ps(a, y), _mm256_sub_ps(y, a), 0xF0);
     }
-    for (uint32_t hs = 1; hs < NV; hs <<= 1)
-        for (uint32_t j = 0; j < NV; j += 2 * hs)
-            for (uint32_t k = 0; k < hs; k++) {
-                __m256 a = v[j + k], c = v[j + k + hs];
-                v[j + k] = _mm256_add_ps(a, c);
-                v[j + k + hs] = _mm256_sub_ps(a, c);
-            }
+    /* whole-register strides 8, 16, 32 (64): stage by stage across the
+     * 8-register halves, which do not meet before stride 64 */
+    for (uint32_t o = 0; o < NV; o += 8) {
+        FN(bf)(&v[o + 0], &v[o + 1]); FN(bf)(&v[o + 2], &v[o + 3]);
+        FN(bf)(&v[o + 4], &v[o + 5]); FN(bf)(&v[o + 6], &v[o + 7]);
+        FN(bf)(&v[o + 0], &v[o + 2]); FN(bf)(&v[o + 1], &v[o + 3]);
+        FN(bf)(&v[o + 4], &v[o + 6]); FN(bf)(&v[o + 5], &v[o + 7]);
+        FN(bf)(&v[o + 0], &v[o + 4]); FN(bf)(&v[o + 1], &v[o + 5]);
+        FN(bf)(&v[o + 2], &v[o + 6]); FN(bf)(&v[o + 3], &v[o + 7]);
+    }
+    if (NV == 16)
+        for (uint32_t k = 0; k < 8; k++) FN(bf)(&v[k], &v[k + 8]);
     const __m256 vg = _mm256_set1_ps(g);
+#pragma GCC unroll 16
     for (uint32_t i = 0; i < NV; i++) _mm256_storeu_ps(x + 8 * i, _mm256_mul_ps(v[i], vg));
 }
 #endif
