@@ -279,31 +279,35 @@ static inline void FN(tr8)(__m256 r[8])
 }
 
 /* FORMAT.md section 4's cand() for 8 blocks at once, structure of arrays:
- * u[i] holds coordinate i of blocks 0..7.  Branch-free: the parity fix
- * goes to the first coordinate with the largest |d| (strict >), as in the
- * reference; the distance sums in the spec's tree order. */
+ * u[i] holds coordinate i of blocks 0..7.  Branch-free.  The parity of
+ * the integer sum from the float sum of the f_i: exact, since |t| <=
+ * sqrt(n) / (step * 0.94) < 1600 for every vector (sum of squares n * rms^2,
+ * step >= 1/64, the scale rounded down at most 6 %), so every partial sum is
+ * an integer below 2^24.  The parity fix goes to the first coordinate with
+ * the largest |d| (the reference's strict >), adj = d >= 0 ? +1 : -1; the
+ * distance sums in the spec's tree order. */
 static inline __m256 FN(cand8)(const __m256 u[8], __m256 f[8])
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    __m256 d[8], m;
-    __m256i sum = _mm256_setzero_si256(), k = _mm256_setzero_si256();
+    const __m256 one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f), zero = _mm256_setzero_ps();
+    __m256 d[8], ad[8], m, fs;
     for (int i = 0; i < 8; i++) {
         f[i] = _mm256_round_ps(u[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         d[i] = _mm256_sub_ps(u[i], f[i]);
-        sum = _mm256_add_epi32(sum, _mm256_cvtps_epi32(f[i]));
+        ad[i] = _mm256_and_ps(d[i], absmask);
     }
-    m = _mm256_and_ps(d[0], absmask);
-    for (int i = 1; i < 8; i++) {
-        __m256 ad = _mm256_and_ps(d[i], absmask), gt = _mm256_cmp_ps(ad, m, _CMP_GT_OQ);
-        m = _mm256_blendv_ps(m, ad, gt);
-        k = _mm256_blendv_epi8(k, _mm256_set1_epi32(i), _mm256_castps_si256(gt));
-    }
-    __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(sum, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
+    fs = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(f[0], f[1]), _mm256_add_ps(f[2], f[3])),
+                       _mm256_add_ps(_mm256_add_ps(f[4], f[5]), _mm256_add_ps(f[6], f[7])));
+    m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(ad[0], ad[1]), _mm256_max_ps(ad[2], ad[3])),
+                      _mm256_max_ps(_mm256_max_ps(ad[4], ad[5]), _mm256_max_ps(ad[6], ad[7])));
+    /* blocks with an odd sum still to fix: cleared at their first maximum */
+    __m256 todo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtps_epi32(fs), 31));
+    todo = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(todo), 31));
     __m256 e[8];
     for (int i = 0; i < 8; i++) {
-        __m256 sel = _mm256_castsi256_ps(_mm256_and_si256(odd, _mm256_cmpeq_epi32(k, _mm256_set1_epi32(i))));
-        __m256 adj = _mm256_blendv_ps(_mm256_set1_ps(-1.0f), one, _mm256_cmp_ps(d[i], zero, _CMP_GE_OQ));
+        __m256 sel = _mm256_and_ps(todo, _mm256_cmp_ps(ad[i], m, _CMP_EQ_OQ));
+        todo = _mm256_andnot_ps(sel, todo);
+        __m256 adj = _mm256_blendv_ps(mone, one, _mm256_cmp_ps(d[i], zero, _CMP_GE_OQ));
         f[i] = _mm256_add_ps(f[i], _mm256_and_ps(sel, adj));
         __m256 r = _mm256_sub_ps(u[i], f[i]);
         e[i] = _mm256_mul_ps(r, r);
