@@ -280,10 +280,11 @@ static inline void FN(tr8)(__m256 r[8])
 
 /* FORMAT.md section 4's cand() for 8 blocks at once, structure of arrays:
  * u[i] holds coordinate i of blocks 0..7.  Branch-free.  The parity of
- * the integer sum from the float sum of the f_i: exact, since |t| <=
- * sqrt(n) / (step * 0.94) < 1600 for every vector (sum of squares n * rms^2,
- * step >= 1/64, the scale rounded down at most 6 %), so every partial sum is
- * an integer below 2^24.  The parity fix goes to the first coordinate with
+ * the integer sum from the float sum of the f_i: exact, since |y_j| <=
+ * sqrt(n) * rms and the scale is at least 2/3 of rms * step (3-bit rounding
+ * loses at most 1/16 for normal values, 1/3 in the bf16 subnormal range,
+ * the clamp only raises it), so with step >= 1/64 and n <= 512 every |t| <
+ * 2200 and every partial sum is an integer below 2^24.  The parity fix goes to the first coordinate with
  * the largest |d| (the reference's strict >), adj = d >= 0 ? +1 : -1; the
  * distance sums in the spec's tree order. */
 static inline __m256 FN(cand8)(const __m256 u[8], __m256 f[8])
