@@ -196,6 +196,11 @@ class Bench:
                             for t in args.transports} if args.breakdown else {}
         self.runs, self.detail = [], []
         self.deferred_store = True      # store through encode_chunks_deferred when the codec has it
+        self.native_upload = None       # PutChunks through libe8kv's C upload where it loads
+        up = self.clients[args.transports[0]].upload_path()
+        print(f"store upload: {up}", flush=True)
+        if up != "libe8kv":
+            print(f"WARNING: the store's upload goes through Python gRPC: {up}", flush=True)
         self.t_start = time.monotonic()
         self.notes = []
         self.non_torch_bytes()          # the baseline: CUDA context, nothing of the codec yet
@@ -212,6 +217,9 @@ class Bench:
                                                 timeout=600, max_streams=2 * self.a.fetch_streams)
                 self.fetch_impl[t] = f"Python gRPC (switched from the C fetch {why})"
         self.notes.append(f"restore fetch switched to grpcio's {why}")
+        if self.native_upload is None:
+            self.native_upload = False
+            self.notes.append(f"store upload switched to grpcio's {why}")
         return True
 
     def left(self):
@@ -364,7 +372,7 @@ class Bench:
                 f.prepare(est)
             job = kvio.store_prefix(self.clients[a.transports[0]], fp, layers, tokens[:L], kvc,
                                    chunk_tokens=CHUNK, background=True,
-                                   deferred=self.deferred_store)
+                                   deferred=self.deferred_store, native=self.native_upload)
             sync(dev)
             # the upload runs on while the engine decodes: greedy steps timed meanwhile
             overlap = None

@@ -18,6 +18,7 @@ the same daemon:
     closing a run early stops its streams; the C fetch alone: a buffer smaller than the
     fetch (the rest in its own memory, same bytes), every chunk's index and start_token, a
     wrong expected fingerprint id (FAILED_PRECONDITION), get() after close refused;
+  * the store's upload ran through libe8kv's C upload (upload_path "libe8kv");
   * a background store whose PutChunks the daemon refuses (chunks of another fingerprint)
     raises INVALID_ARGUMENT from StoreJob.result().
 """
@@ -77,6 +78,9 @@ def _details(bench, fails):
         sto = d["store"]
         if sto["skipped_tokens"] != 0 and L > CHUNK:
             fails.append(f"store skipped {sto['skipped_tokens']} tokens of a new prefix")
+        if sto.get("upload_path") != "libe8kv":
+            fails.append(f"L={L}: the upload did not take libe8kv's C path: "
+                         f"{sto.get('upload_path')!r}")
         if not sto.get("encode_deferred") or sto.get("encoded_bytes", 0) <= 0:
             fails.append(f"L={L}: the store did not take the deferred encode path: {sto}")
         if not (0 < sto["encode_s"] <= sto["engine_s"] <= sto["store_s"]

@@ -14,6 +14,13 @@ moved to every position by rewriting the positions in its chunk and frame header
 recomputed; e8kvd checks those on PutChunks). This measures moving bytes, not decoding.
 The daemon's page cache is warm (the chunks were just written). Each configuration is
 fetched --repeat times; the best and the median are reported (OUT/fetch.json).
+
+Upload (PutChunks of the same chunks, each run a new chain of token ids so that every chunk
+is written, fdatasync'ed and indexed, not deduplicated): "py" = grpcio (Client.put_chunks
+native=False: messages built and serialized on the calling thread, GIL held) against "c" =
+libe8kv's e8kv_upload (native=True: a C thread packs each message from the caller's buffer),
+--put-repeat runs each, alternating, per transport ("put_runs" in fetch.json; --put-only
+skips the fetches).
 """
 import argparse
 import json
@@ -106,6 +113,41 @@ def fetch_rows(res, a, d, t, impl, keys, total, streams):
         f.close()
 
 
+def put_rows(res, a, d, fp, tokens, chunks, total):
+    """Times PutChunks of every chunk (a new chain each run) through grpcio ("py") and
+    libe8kv's C upload ("c"), alternating, per transport; rows in res["put_runs"]."""
+    impls = [i for i in a.impls.split(",") if i in ("py", "c")]
+    salt = 1 << 20
+    for t in a.transports.split(","):
+        with e8kv.Client(d.address(t), timeout=600) as c:
+            secs = {i: [] for i in impls}
+            cpu = {i: [] for i in impls}
+            for _ in range(a.put_repeat):
+                for impl in impls:
+                    salt += 1
+                    toks = [salt] + tokens[1:]     # a new chain: every chunk written
+                    t0, p0 = time.perf_counter(), time.process_time()
+                    r = c.put_chunks(fp, (e8kv.ChunkIn(toks[i * CHUNK:(i + 1) * CHUNK], x)
+                                          for i, x in enumerate(chunks)), chunk_tokens=CHUNK,
+                                     native=impl == "c")
+                    secs[impl].append(time.perf_counter() - t0)
+                    cpu[impl].append(time.process_time() - p0)   # all threads of this process
+                    if r.chunks_stored != len(chunks):
+                        raise RuntimeError(f"put {impl}: {r.chunks_stored} of {len(chunks)} "
+                                           "chunks stored")
+            for impl in impls:
+                row = dict(transport=t, impl=impl, best_s=min(secs[impl]),
+                           median_s=statistics.median(secs[impl]),
+                           best_GBps=total / min(secs[impl]) / 1e9,
+                           median_GBps=total / statistics.median(secs[impl]) / 1e9,
+                           client_cpu_s=statistics.median(cpu[impl]),
+                           path=c.upload_path() if impl == "c" else "grpcio")
+                res["put_runs"].append(row)
+                print(f"{t:4} put {impl:2}: best {row['best_s']:.3f} s ({row['best_GBps']:.2f} "
+                      f"GB/s), median {row['median_s']:.3f} s ({row['median_GBps']:.2f} GB/s); "
+                      f"client CPU {row['client_cpu_s']:.3f} s (median)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--e8kvd", required=True)
@@ -119,6 +161,9 @@ def main():
     ap.add_argument("--impls", default="py,c", help="fetch implementations: py, c")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--daemon-threads", type=int, default=8)
+    ap.add_argument("--put-repeat", type=int, default=3,
+                    help="uploads per implementation and transport (0: none)")
+    ap.add_argument("--put-only", action="store_true", help="measure the upload only")
     ap.add_argument("--work-dir", default=None,
                     help="where e8kvd's data directory goes (default: OUT's parent)")
     a = ap.parse_args()
@@ -135,7 +180,7 @@ def main():
           flush=True)
     d = e2e_bench.Daemon(a.e8kvd, root, threads=a.daemon_threads)
     res = dict(model=a.model, chunks=a.chunks, bytes=total, repeat=a.repeat,
-               daemon_threads=a.daemon_threads, runs=[])
+               daemon_threads=a.daemon_threads, runs=[], put_runs=[])
     try:
         with e8kv.Client(d.address("unix"), timeout=600) as c:
             t0 = time.perf_counter()
@@ -144,8 +189,10 @@ def main():
             res["put_s"] = time.perf_counter() - t0
             print(f"PutChunks: {r.chunks_stored} chunks in {res['put_s']:.2f} s", flush=True)
             keys = list(c.lookup(fp, tokens, chunk_tokens=CHUNK).chunk_keys)
+        if a.put_repeat:
+            put_rows(res, a, d, fp, tokens, chunks, total)
         del chunks
-        for t in a.transports.split(","):
+        for t in ([] if a.put_only else a.transports.split(",")):
             for impl in a.impls.split(","):
                 fetch_rows(res, a, d, t, impl, keys, total, streams)
     finally:

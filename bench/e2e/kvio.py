@@ -14,7 +14,9 @@ would need is described in bench/e2e/README.md.
 
 Transfer (the engine's thread never waits on the network longer than it must):
   * store_prefix(background=True) returns a StoreJob as soon as the last chunk is encoded;
-    PutChunks streams the compressed chunks from a queue in a thread meanwhile and after;
+    PutChunks streams the compressed chunks from a queue in a thread meanwhile and after
+    (Client.put_chunks: libe8kv's C upload, whose own C thread sends while the Python one
+    only queues; grpcio where libe8kv.so is missing: the store's ``upload_path`` says which);
   * Fetcher runs N GetChunks calls at once, one gRPC channel (connection) each, over
     contiguous slices of the chunk list; restore() decodes whatever chunks have arrived, so
     decoding of early chunks overlaps the fetch of later ones.
@@ -163,7 +165,7 @@ class StoreJob:
         return self.res
 
 
-def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
+def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end, native):
     """PutChunks fed from q (items ChunkIn, then None); fills job.res when it replies."""
     def chunks():
         while True:
@@ -185,7 +187,7 @@ def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
     t0 = time.perf_counter()
     try:
         r = client.put_chunks(fp_pb, chunks(), encoding="e8", chunk_tokens=C,
-                              parent_key=parent_key, parent_end_token=parent_end)
+                              parent_key=parent_key, parent_end_token=parent_end, native=native)
         t1 = time.perf_counter()
         job.res.update(chunks_written=r.chunks_stored, stored_bytes=r.stored_bytes,
                        upload_s=t1 - t0, store_s=t1 - job.t0,
@@ -197,7 +199,7 @@ def _put_thread(client, fp_pb, q, job, over, C, parent_key, parent_end):
 
 
 def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=8,
-                 background=False, deferred=True):
+                 background=False, deferred=True, native=None):
     """Stores the KV of ``tokens`` (token t at layers[l][0/1][:, t]) as chunks in e8kvd;
     chunks already stored (Lookup) are not sent again. The caller's thread encodes (a group
     of chunks per codec call) and queues the frames; a background thread streams them with
@@ -207,7 +209,7 @@ def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=
     on the upload thread. background=False: waits for the reply
     and returns the dict of StoreJob.result(); True: returns the StoreJob right after the
     last chunk is encoded (its KV tensors are no longer read: the caller may free or
-    overwrite them)."""
+    overwrite them). native: Client.put_chunks' (None: libe8kv's C upload where it loads)."""
     C, n = chunk_tokens, len(tokens)
     t0 = time.perf_counter()
     lk = client.lookup(fp_pb, tokens, chunk_tokens=C)
@@ -218,7 +220,8 @@ def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=
         full += 1
     F = full * C
     res = dict(tokens=n, skipped_tokens=F, chunks_written=0, encoded_bytes=0, stored_bytes=0,
-               lookup_s=t_lookup, encode_s=0.0, upload_s=0.0, upload_tail_s=0.0)
+               lookup_s=t_lookup, encode_s=0.0, upload_s=0.0, upload_tail_s=0.0,
+               upload_path=client.upload_path() if native is not False else "grpcio")
     job = StoreJob(res, t0)
     if lk.matched_tokens == n:
         now = time.perf_counter()
@@ -231,7 +234,7 @@ def store_prefix(client, fp_pb, layers, tokens, kvc, *, chunk_tokens=256, group=
     q = queue.Queue()                   # unbounded: compressed frames only
     over = threading.Event()
     job.thread = threading.Thread(target=_put_thread, daemon=True, args=(
-        client, fp_pb, q, job, over, C, keys[full - 1] if full else b"", F))
+        client, fp_pb, q, job, over, C, keys[full - 1] if full else b"", F, native))
     job.thread.start()
     job.tokens = tokens
     try:

@@ -9,6 +9,7 @@ include proto/proto.mk
 
 KVC_SRCS     := clients/c/e8kv_err.c clients/c/e8kv_conn.c clients/c/e8kv_call.c \
                 clients/c/e8kv_rpc.c clients/c/e8kv_stream.c clients/c/e8kv_fetch.c \
+                clients/c/e8kv_upload.c \
                 clients/c/e8kv_codec.c
 KVC_OBJS     := $(KVC_SRCS:%.c=$(BUILD)/obj/%.o) $(PROTO_OBJS)
 KVC_LIB      := $(BUILD)/lib/libe8kv.a
@@ -63,3 +64,14 @@ install-libe8kv: $(KVC_LIB) $(KVC_SO) $(KVC_PC) $(KVC_CODEC)
 	install -m 644 proto/e8kv_fp.h $(DESTDIR)$(PREFIX)/include/e8kv/proto/
 	install -m 644 $(PROTO_GEN)/e8kv/v1/kvstore.pb-c.h $(DESTDIR)$(PREFIX)/include/e8kv/gen/e8kv/v1/
 	install -m 644 $(PROTO_GEN)/grpc/health/v1/health.pb-c.h $(DESTDIR)$(PREFIX)/include/e8kv/gen/grpc/health/v1/
+
+# The background upload (e8kv_upload_*) against real daemons it starts and kills (through
+# tests/daemon's kvt_daemon helpers; literal paths: daemon/daemon.mk is read after this).
+KVC_UPLOAD_TEST := $(BUILD)/tests/clients/test_libe8kv_upload
+KVC_UPLOAD_HELP := $(BUILD)/obj/tests/daemon/kvt_client.o $(BUILD)/obj/tests/daemon/kvt_util.o
+$(BUILD)/obj/tests/clients/test_libe8kv_upload.o: | $(PROTO_GEN_H)
+$(KVC_UPLOAD_TEST): $(BUILD)/obj/tests/clients/test_libe8kv_upload.o $(KVC_UPLOAD_HELP) \
+                    $(KVC_LIB) $(KVC_CODEC) | $(BUILD)/bin/e8kvd
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(call pc_libs,cmocka) $(KVC_LDLIBS)
+TEST_BINS += $(KVC_UPLOAD_TEST)

@@ -214,6 +214,71 @@ e8kv_status e8kv_put_finish(e8kv_put *p, E8kv__V1__PutChunksResponse **out, e8kv
 /* Cancels the call and frees p. NULL is a no-op. */
 void e8kv_put_abort(e8kv_put *p);
 
+/* ---- background upload: PutChunks on a C thread, from the caller's buffers ----------
+ * For an engine that stores a prefill's chunks while it goes on computing (and for bindings:
+ * Python's e8kv.upload releases the GIL for the whole upload). e8kv_upload_start starts one
+ * thread that opens a PutChunks call on `c` and sends `header`; e8kv_upload_add queues one
+ * chunk and returns at once (the thread sends it as soon as it can); e8kv_upload_finish waits
+ * until every queued chunk is sent and the daemon's reply (every chunk durable) is in. Each
+ * message carries up to piece_bytes of data: consecutive small chunks share one message, a
+ * larger chunk is cut into pieces; the data is copied once, from the caller's buffer into the
+ * message (protobuf-c packs it into gRPC's slice). Several uploads (e.g. one per sequence, on
+ * one client or on several) run in parallel, one thread each; the chunks of one sequence go
+ * through one upload (each chunk's key chains on the previous one).
+ *
+ * Ownership: token ids are copied by add; `data` is NOT copied: it must stay valid and
+ * unchanged until the chunk is sent (e8kv_upload_stats' chunks_sent > the chunk's position,
+ * counted from 0 in the order added: its bytes are then in gRPC's own buffers) or until
+ * e8kv_upload_finish or e8kv_upload_abort returns. `c` must outlive the
+ * upload (it may serve other calls meanwhile).
+ *
+ * Errors: the first error of the upload (the daemon's answer, e.g. NOT_FOUND for an unknown
+ * session without create_session, INVALID_ARGUMENT / FAILED_PRECONDITION for frames of
+ * another fingerprint; UNAVAILABLE when the daemon goes away mid-stream; DEADLINE_EXCEEDED
+ * after stream_deadline_ms) stops the thread; every later e8kv_upload_add returns it at once
+ * (stop producing), and e8kv_upload_finish returns it. Nothing of a failed or aborted upload
+ * joins a session; chunks the daemon had already committed stay stored as cache entries
+ * (see PutChunksResponse).
+ *
+ * Threads: add, stats and finish/abort may be called from any thread, but not concurrently
+ * with finish/abort (which free the handle). */
+typedef struct e8kv_upload e8kv_upload;
+
+/* piece_bytes: data bytes per message, 4096..64 MiB, 0 = E8KV_PUT_PIECE_BYTES_DEFAULT (it
+ * must stay under the daemon's --max-message-bytes). The header is copied. Errors:
+ * E8KV_E_USAGE (NULL argument, piece_bytes out of range, a header with no field set),
+ * E8KV_E_NOMEM; the wire's errors come later, from add and finish. On E8KV_OK *out must be
+ * finished or aborted. */
+e8kv_status e8kv_upload_start(e8kv_client *c, const E8kv__V1__PutHeader *header,
+                              size_t piece_bytes, e8kv_upload **out, e8kv_error *err);
+/* The same with the header as serialized protobuf bytes (for bindings with their own protobuf
+ * library); bytes that do not parse as a PutHeader: E8KV_E_USAGE. */
+e8kv_status e8kv_upload_start_packed(e8kv_client *c, const void *header, size_t header_len,
+                                     size_t piece_bytes, e8kv_upload **out, e8kv_error *err);
+/* Queues one chunk: n_tokens (1..chunk_tokens) token ids and its data (len >= 1 bytes: an E8
+ * chunk frame or raw KV, as the header's encoding says), in sequence order; alias_key /
+ * alias_len: the engine's own hash of the chunk (1..64 bytes, copied), or NULL/0. Does not
+ * wait for the network. Errors: E8KV_E_USAGE (bad argument, after finish/abort),
+ * E8KV_E_NOMEM, or the upload's first error (see above). */
+e8kv_status e8kv_upload_add(e8kv_upload *u, const uint32_t *token_ids, size_t n_tokens,
+                            const void *data, size_t len, const void *alias_key,
+                            size_t alias_len, e8kv_error *err);
+/* Data bytes and chunks sent so far (handed to gRPC), and chunks queued in all. Any pointer
+ * may be NULL. */
+void e8kv_upload_stats(const e8kv_upload *u, uint64_t *bytes_sent, size_t *chunks_sent,
+                       size_t *chunks_queued);
+/* Sends what is queued, half-closes, waits for the reply and frees u (in every case). On
+ * E8KV_OK *out (when out is not NULL) is the reply: free it with e8kv_msg_free. */
+e8kv_status e8kv_upload_finish(e8kv_upload *u, E8kv__V1__PutChunksResponse **out,
+                               e8kv_error *err);
+/* Cancels the call, waits for the thread and frees u. NULL is a no-op. */
+void e8kv_upload_abort(e8kv_upload *u);
+
+/* Serializes a message of this library (e.g. a reply) as protobuf bytes, for bindings that
+ * parse it with their own protobuf library: returns its packed size, and writes it to out
+ * when cap >= that size. NULL msg: 0. */
+size_t e8kv_msg_pack(const void *msg, void *out, size_t cap);
+
 /* ---- GetChunks (server stream) ----------------------------------------------
  * Reassembles the pieces of each chunk and calls fn once per chunk, in the
  * daemon's order. The e8kv_chunk and everything it points to live until fn

@@ -18,14 +18,22 @@ address where nothing listens fails at once with e8kv.Unavailable; one where som
 listens that never answers as gRPC fails after at most gRPC's 20 s connect timeout (or the
 deadline, when shorter). Both errors name the address (and the deadline that passed).
 
+Uploads: ``put_chunks`` runs in C (libe8kv's e8kv_upload, through e8kv.upload: a C thread
+sends while this one only queues, the GIL released) wherever libe8kv.so loads and the client
+is plaintext; elsewhere (no libe8kv.so, or ``credentials=``) it goes through grpcio, which
+holds the GIL and spends 4-5x the client CPU per byte (fetch_bench --put-only): a warning
+says so once per process.
+
 Parallel fetch: ``get_chunks_parallel`` reads a list of chunk keys with several GetChunks
 calls at once, each on its own channel (its own connection), and yields whole chunks as
 they complete, so the caller decodes while the rest arrives (see its doc for measurements).
 
 Thread safety: a Client (one gRPC channel) may be shared by threads; iterators may not.
 """
+import logging
 import queue
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
@@ -36,6 +44,8 @@ from . import errors
 from ._addr import check_address
 from .v1 import kvstore_pb2 as pb
 from .v1 import kvstore_pb2_grpc as pb_grpc
+
+log = logging.getLogger("e8kv")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20   # e8kvd's default --max-message-bytes
 DEFAULT_PIECE_BYTES = 2 << 20          # data bytes per ChunkPiece sent by put_chunks
@@ -126,11 +136,17 @@ class Client:
             self._channel = grpc.insecure_channel(address, options=opts)
         self._stub = pb_grpc.KVStoreStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._native = {}                     # e8kv.upload.NativeUploader per deadline
+        self._native_lock = threading.Lock()
         # e8kv.decide.Decider per model of e8kv.hf's load-or-recompute decision (hf.decider_for).
         self.deciders = {}
 
     # ------------------------------------------------------------------ plumbing
     def close(self):
+        with self._native_lock:
+            for nu in self._native.values():
+                nu.close()
+            self._native = {}
         with self._siblings_lock:
             for c in self._siblings:
                 c.close()
@@ -193,13 +209,16 @@ class Client:
                    raw_dtype=None, chunk_tokens=0, session="", create_session=False,
                    parent_key=b"", parent_end_token=0, session_start_token=None,
                    expect_session_tokens=None, session_metadata=None,
-                   piece_bytes=DEFAULT_PIECE_BYTES, timeout=None):
+                   piece_bytes=DEFAULT_PIECE_BYTES, timeout=None, native=None):
         """PutChunks: stores ``chunks`` (in sequence order) and returns PutChunksResponse.
 
         encoding "e8": each data is a codec chunk frame; "raw": raw KV
         [n_layers][2][n_kv_heads][n_tokens][head_dim] in ``raw_dtype`` ("fp16", "bf16",
-        "fp32") for the daemon to encode. Chunks are sent lazily in pieces of at most
-        ``piece_bytes`` data bytes, so a long sequence never sits in one message.
+        "fp32") for the daemon to encode. Chunks are consumed lazily and sent in pieces of
+        at most ``piece_bytes`` data bytes, so a long sequence never sits in one message.
+        ``native``: None = libe8kv's C upload when it is available (see the module doc),
+        True = it or an error, False = grpcio. With the C upload each chunk's data is kept
+        (not copied) until it is sent: do not modify it before this call returns.
         """
         header = pb.PutHeader(
             fingerprint=as_fingerprint(fingerprint), chunk_tokens=chunk_tokens,
@@ -213,6 +232,15 @@ class Client:
             header.expect_session_tokens = expect_session_tokens
         if piece_bytes <= 0:
             raise ValueError("piece_bytes must be > 0")
+        deadline = self._deadline(timeout, stream=True)
+        nu = self._native_uploader(deadline, native)
+        if nu is not None:
+            try:
+                return _put_native(nu, header, chunks, piece_bytes)
+            except errors.DeadlineExceeded as e:    # worded as every call of this client
+                raise type(e)(e.code, f"no answer from e8kvd at {self.address} within the "
+                              f"{deadline:g} s deadline (daemon stopped, overloaded, or not "
+                              f"e8kvd): {e.message}", "PutChunks") from None
 
         def requests():
             yield pb.PutChunksRequest(header=header)
@@ -232,6 +260,48 @@ class Client:
                     yield pb.PutChunksRequest(pieces=[piece])
                     off = end
         return self._call("PutChunks", requests(), timeout, stream=True)
+
+    def upload_path(self):
+        """Which path put_chunks takes by default: "libe8kv" (the C upload) or
+        "grpcio: <why>" (TLS credentials, or why libe8kv.so is unavailable)."""
+        if self._conn["credentials"] is not None:
+            return "grpcio: TLS credentials (libe8kv cannot take grpcio's)"
+        from . import upload
+        ok = upload.available()
+        return "libe8kv" if ok is True else f"grpcio: {ok}"
+
+    def _native_uploader(self, timeout, native):
+        """The e8kv.upload.NativeUploader for this deadline, or None for the grpcio path
+        (native False; TLS credentials, which libe8kv cannot take from grpcio; no
+        libe8kv.so: warned once per process)."""
+        global _NATIVE_WARNED
+        if native is False:
+            return None
+        if self._conn["credentials"] is not None:
+            if native:
+                raise ValueError("native=True: libe8kv's upload cannot use grpcio credentials")
+            return None
+        from . import upload
+        ok = upload.available()
+        if ok is not True:
+            if native:
+                raise OSError(f"native=True: libe8kv's upload is unavailable: {ok}")
+            if not _NATIVE_WARNED:
+                _NATIVE_WARNED = True
+                msg = (f"e8kv: libe8kv.so is unavailable ({ok}); PutChunks goes through "
+                       "Python gRPC (grpcio), holding the GIL, 4-5x the CPU per byte. Build it "
+                       "(make) or set E8KV_CLIENT_LIB / E8KV_BUILD")
+                log.warning(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            return None
+        with self._native_lock:
+            nu = self._native.get(timeout)
+            if nu is None:
+                c = self._conn
+                nu = self._native[timeout] = upload.NativeUploader(
+                    self.address, token=c["token"], timeout=timeout,
+                    max_message_bytes=c["max_message_bytes"])
+            return nu
 
     def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, timeout=None):
         """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse."""
@@ -395,6 +465,23 @@ class Client:
         return self._call("Compact", pb.CompactRequest(min_dead_fraction=min_dead_fraction,
                                                        max_bytes=max_bytes), timeout,
                           stream=True)
+
+
+_NATIVE_WARNED = False
+
+
+def _put_native(nu, header, chunks, piece_bytes):
+    """PutChunks of ``chunks`` through libe8kv's upload (e8kv.upload); the reply."""
+    from .errors import E8kvError
+    up = nu.start(header, min(max(int(piece_bytes), 4096), 64 << 20))
+    try:
+        for c in chunks:
+            up.add(c.token_ids, c.data, c.alias_key)
+    except BaseException as e:
+        if not isinstance(e, E8kvError):
+            up.abort()                  # (an E8kvError from add: already aborted)
+        raise
+    return up.finish()
 
 
 class ParallelFetch:
