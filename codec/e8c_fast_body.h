@@ -117,14 +117,14 @@ static inline __attribute__((always_inline)) void FN(bf)(__m256 *a, __m256 *c)
     *c = _mm256_sub_ps(x, y);
 }
 
-static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, const float *restrict sign,
-                                                             float g, const uint32_t NV)
+/* bh for one power-of-two block of NV = n/8 registers (n = 64 or 128) held
+ * in v: the same butterflies, in the same stage order, as bh (strides 1, 2,
+ * 4 inside a register, then whole registers), then the gain. */
+static inline __attribute__((always_inline)) void FN(bh_v)(__m256 *v, float g, const uint32_t NV)
 {
-    __m256 v[16];
 #pragma GCC unroll 16
     for (uint32_t i = 0; i < NV; i++) {
-        __m256 a = _mm256_loadu_ps(x + 8 * i), y;
-        if (sign) a = _mm256_mul_ps(a, _mm256_loadu_ps(sign + 8 * i));
+        __m256 a = v[i], y;
         y = _mm256_permute_ps(a, 0xB1);
         a = _mm256_blend_ps(_mm256_add_ps(a, y), _mm256_sub_ps(y, a), 0xAA);
         y = _mm256_permute_ps(a, 0x4E);
@@ -146,7 +146,87 @@ static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, 
         for (uint32_t k = 0; k < 8; k++) FN(bf)(&v[k], &v[k + 8]);
     const __m256 vg = _mm256_set1_ps(g);
 #pragma GCC unroll 16
-    for (uint32_t i = 0; i < NV; i++) _mm256_storeu_ps(x + 8 * i, _mm256_mul_ps(v[i], vg));
+    for (uint32_t i = 0; i < NV; i++) v[i] = _mm256_mul_ps(v[i], vg);
+}
+
+/* bh_v on x in memory; sign (or NULL) multiplies x first (hfwd's sign0). */
+static inline __attribute__((always_inline)) void FN(bh_reg)(float *restrict x, const float *restrict sign,
+                                                             float g, const uint32_t NV)
+{
+    __m256 v[16];
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        if (sign) v[i] = _mm256_mul_ps(v[i], _mm256_loadu_ps(sign + 8 * i));
+    }
+    FN(bh_v)(v, g, NV);
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) _mm256_storeu_ps(x + 8 * i, v[i]);
+}
+
+/* Split-half RoPE on registers (rotary_dim = n): a = v[i], b = v[i + NV/2];
+ * remove (apply = 0): a' = a*c + b*s, b' = b*c - a*s; apply: a' = a*c - b*s,
+ * b' = b*c + a*s (FORMAT.md 2.3, products then the sum). */
+static inline __attribute__((always_inline)) void FN(rope_v)(__m256 *v, const float *c, const float *s,
+                                                             int apply, const uint32_t NV)
+{
+#pragma GCC unroll 8
+    for (uint32_t i = 0; i < NV / 2; i++) {
+        __m256 a = v[i], b = v[i + NV / 2], vc = _mm256_loadu_ps(c + 8 * i), vs = _mm256_loadu_ps(s + 8 * i);
+        __m256 ac = _mm256_mul_ps(a, vc), bs = _mm256_mul_ps(b, vs), bc = _mm256_mul_ps(b, vc), as = _mm256_mul_ps(a, vs);
+        v[i] = apply ? _mm256_sub_ps(ac, bs) : _mm256_add_ps(ac, bs);
+        v[i + NV / 2] = apply ? _mm256_add_ps(bc, as) : _mm256_sub_ps(bc, as);
+    }
+}
+
+/* Encoder front for fp16 rows (stride 1) and n = 8 NV (64 or 128): fp16
+ * load, range check, RoPE removal (c NULL: none; split-half, rotary_dim =
+ * n), sign0, BH, into x.  0 if an element is NaN, inf or above 2^64 (the
+ * caller reports it). */
+static inline __attribute__((always_inline)) int FN(front_v)(const uint16_t *p, const float *c, const float *s,
+                                                             const e8c_hplan *hp, float *restrict x,
+                                                             const uint32_t NV)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), lim = _mm256_set1_ps(0x1p64f);
+    __m256 v[16], bad = _mm256_setzero_ps();
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) {
+        v[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8 * i)));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(v[i], absmask), lim, _CMP_NLE_UQ));
+    }
+    if (c) FN(rope_v)(v, c, s, 0, NV);
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) v[i] = _mm256_mul_ps(v[i], _mm256_loadu_ps(hp->sign0 + 8 * i));
+    FN(bh_v)(v, hp->gain[0], NV);
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) _mm256_storeu_ps(x + 8 * i, v[i]);
+    return _mm256_testz_ps(bad, bad);
+}
+
+/* Decoder back for n = 8 NV (64 or 128) into fp16 rows (stride 1): points
+ * times the scale, BH, sign0, RoPE restore (c NULL: none; split-half,
+ * rotary_dim = n), fp16 with saturation (FORMAT.md 1). */
+static inline __attribute__((always_inline)) void FN(back_v)(const int16_t *p2, float sf, const float *c,
+                                                             const float *s, const e8c_hplan *hp,
+                                                             uint16_t *o, const uint32_t NV)
+{
+    const __m256 vsf = _mm256_set1_ps(sf), half = _mm256_set1_ps(0.5f);
+    const __m256 mx = _mm256_set1_ps(65504.0f), mn = _mm256_set1_ps(-65504.0f);
+    __m256 v[16];
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) {
+        __m256 pf = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p2 + 8 * i))));
+        v[i] = _mm256_mul_ps(vsf, _mm256_mul_ps(half, pf));
+    }
+    FN(bh_v)(v, hp->gain[0], NV);
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) v[i] = _mm256_mul_ps(v[i], _mm256_loadu_ps(hp->sign0 + 8 * i));
+    if (c) FN(rope_v)(v, c, s, 1, NV);
+#pragma GCC unroll 16
+    for (uint32_t i = 0; i < NV; i++) {
+        __m256 y = _mm256_min_ps(_mm256_max_ps(v[i], mn), mx);
+        _mm_storeu_si128((__m128i *)(o + 8 * i), _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT));
+    }
 }
 #endif
 
@@ -382,18 +462,35 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
     }
     float step = g->kind == E8C_K ? fp->config.k_step : fp->config.v_step;
     float *x = ctx->w.vec, *tmp = ctx->w.vec + E8C_MAX_HEAD_DIM;
+#ifdef __AVX2__
+    /* fp16 rows, head_dim 64 or 128, full split-half RoPE or none: the
+     * front of the pipeline in registers (front_v) */
+    int fastv = (n == 64 || n == 128) && src->dtype == E8C_DTYPE_F16 && src->stride_dim == 1 &&
+                (!rope || (fp->rope.layout == E8C_ROPE_LAYOUT_SPLIT_HALF && fp->rope.rotary_dim == n));
+#endif
     for (uint32_t h = 0; h < g->H; h++)
         for (uint32_t j = 0; j < Q; j++) {
             int64_t base = (int64_t)h * src->stride_head + (int64_t)(g->raw_head + j) * src->stride_token;
-            if (!FN(load)(src, base, n, x)) {
+            int ok;
+#ifdef __AVX2__
+            if (fastv) {
+                const uint16_t *p = (const uint16_t *)src->data + base;
+                const float *c = rope ? ct + (size_t)j * hr : NULL, *sn = rope ? st + (size_t)j * hr : NULL;
+                ok = n == 64 ? FN(front_v)(p, c, sn, &ctx->hp, x, 8) : FN(front_v)(p, c, sn, &ctx->hp, x, 16);
+                if (!ok) FN(load)(src, base, n, x); /* for the report below */
+            } else
+#endif
+            {
+                ok = FN(load)(src, base, n, x);
+                if (ok && rope) FN(rope)(&fp->rope, x, ct + (size_t)j * hr, st + (size_t)j * hr, 0);
+                if (ok) FN(hfwd)(&ctx->hp, x, tmp);
+            }
+            if (!ok)
                 for (uint32_t i = 0; i < n; i++)
                     if (!(fabsf(x[i]) <= 0x1p64f))
                         return e8c_fail(ctx, isfinite(x[i]) ? E8C_ERR_RANGE : E8C_ERR_NONFINITE,
                                         "head %u token %u dim %u is %g (must be finite, |x| <= 2^64)",
                                         h, g->raw_head + j, i, (double)x[i]);
-            }
-            if (rope) FN(rope)(&fp->rope, x, ct + (size_t)j * hr, st + (size_t)j * hr, 0);
-            FN(hfwd)(&ctx->hp, x, tmp);
             size_t v = (size_t)h * Q + j;
             uint16_t s = FN(scale)(x, n, step);
             q->scales[v] = s;
@@ -594,11 +691,27 @@ int64_t FN(e8c_fast_dequantize_layer)(e8c_ctx *ctx, const e8c_qlayer *q,
         if (rc) return rc;
     }
     float *x = ctx->w.vec, *tmp = ctx->w.vec + E8C_MAX_HEAD_DIM;
+#ifdef __AVX2__
+    /* fp16 rows, head_dim 64 or 128, full split-half RoPE or none: the
+     * back of the pipeline in registers (back_v) */
+    int fastv = (n == 64 || n == 128) && dst->dtype == E8C_DTYPE_F16 && dst->stride_dim == 1 &&
+                (!rope || (fp->rope.layout == E8C_ROPE_LAYOUT_SPLIT_HALF && fp->rope.rotary_dim == n));
+#endif
     for (uint32_t h = 0; h < fp->n_kv_heads; h++)
         for (uint32_t j = 0; j < Q; j++) {
             size_t v = (size_t)h * Q + j;
             float sf = e8c_bf16_to_f32(q->scales[v]);
             const int16_t *p2 = &q->points2[v * n];
+#ifdef __AVX2__
+            if (fastv) {
+                uint16_t *o = (uint16_t *)dst->data + (int64_t)h * dst->stride_head +
+                              (int64_t)(q->n_raw_head + j) * dst->stride_token;
+                const float *c = rope ? ct + (size_t)j * hr : NULL, *sn = rope ? st + (size_t)j * hr : NULL;
+                if (n == 64) FN(back_v)(p2, sf, c, sn, &ctx->hp, o, 8);
+                else FN(back_v)(p2, sf, c, sn, &ctx->hp, o, 16);
+                continue;
+            }
+#endif
             for (uint32_t i = 0; i < n; i++) x[i] = sf * (0.5f * (float)p2[i]);
             FN(hinv)(&ctx->hp, x, tmp);
             if (rope) FN(rope)(&fp->rope, x, ct + (size_t)j * hr, st + (size_t)j * hr, 1);

@@ -168,6 +168,64 @@ static void test_ref_equals_fast_random(void **state)
     }
 }
 
+/* The fast path's fp16 rows at head_dim 64 and 128 (the whole front and
+ * back of the pipeline in registers where RoPE is none or full split-half):
+ * frames and fp16 decodes equal the reference's, for K and V, every RoPE
+ * layout (interleaved and partial rotary take the general path), positions
+ * past 4096, strided heads; a NaN, an inf or a value above 65504 is not
+ * possible in fp16 rows except NaN/inf, which both refuse alike. */
+static void test_fast_f16_rows(void **state)
+{
+    (void)state;
+    e8t_rng r = {77};
+    for (int k = 0; k < 16; k++) {
+        tcase c = {0};
+        c.n = k & 1 ? 128 : 64;
+        c.H = 2; c.T = 37 + (uint32_t)k;
+        c.rope = (k & 6) == 0 ? E8C_ROPE_NONE : E8C_ROPE_DEFAULT;
+        c.il = (k & 6) == 4;
+        c.kind = (k & 8) ? E8C_V : E8C_K;
+        c.first = k * 1000u;
+        c.dt = E8C_DTYPE_F16;
+        c.strided = (k & 6) == 6;
+        e8c_ctx *ctx[3];
+        make_ctxs(&c, ctx);
+        if (k % 7 == 3) /* partial rotary */
+            for (int b = 0; b < 3; b++) {
+                e8c_fingerprint fp = *e8c_ctx_fingerprint(ctx[b]);
+                e8c_ctx_free(ctx[b]);
+                fp.rope.rotary_dim = c.n / 2;
+                ctx[b] = e8c_ctx_create(&fp, NULL);
+                assert_non_null(ctx[b]);
+            }
+        assert_int_equal(e8c_ctx_set_backend(ctx[0], E8C_BACKEND_REF), 0);
+        assert_int_equal(e8c_ctx_set_backend(ctx[1], E8C_BACKEND_FAST_SCALAR), 0);
+        void *in;
+        e8c_tensor t = make_input(&c, &r, &in);
+        e8c_frame_params p = {1, c.kind, c.T, c.first, 0, 0};
+        int64_t na = e8c_frame_encode(ctx[0], &p, &t, g_a, BUF);
+        assert_true(na > 0);
+        size_t ne = (size_t)c.H * c.T * c.n;
+        uint16_t *o[3];
+        for (int b = 0; b < 3; b++) {
+            assert_int_equal(e8c_frame_encode(ctx[b], &p, &t, g_b, BUF), na);
+            assert_memory_equal(g_a, g_b, (size_t)na);
+            o[b] = malloc(2 * ne);
+            memset(o[b], 0xA5, 2 * ne);
+            e8c_tensor ot = e8c_tensor_contiguous(o[b], E8C_DTYPE_F16, c.T, c.n);
+            assert_int_equal(e8c_frame_decode(ctx[b], g_a, (size_t)na, NULL, &ot), 0);
+            if (b) assert_memory_equal(o[0], o[b], 2 * ne);
+        }
+        /* a NaN or inf row element: the same error from every backend */
+        uint16_t *h16 = in;
+        h16[(size_t)(k % 3) * c.n + (size_t)k % c.n] = k & 1 ? 0x7E00 : 0xFC00;
+        for (int b = 0; b < 3; b++)
+            assert_int_equal(e8c_frame_encode(ctx[b], &p, &t, g_b, BUF), E8C_ERR_NONFINITE);
+        for (int b = 0; b < 3; b++) { free(o[b]); e8c_ctx_free(ctx[b]); }
+        free(in);
+    }
+}
+
 /* Gaussian K/V at the default preset: quality floor through the bytes. */
 /* Ties on purpose: constant, alternating, integer and half-integer
  * patterns make many coordinates share |d| and round at .5, so the E8
@@ -606,6 +664,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_equals_fast_random),
         cmocka_unit_test(test_ref_equals_fast_ties),
+        cmocka_unit_test(test_fast_f16_rows),
         cmocka_unit_test(test_entropy_selection),
         cmocka_unit_test(test_version1_compat),
         cmocka_unit_test(test_quality_floor),
