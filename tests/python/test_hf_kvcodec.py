@@ -99,6 +99,15 @@ def test_hf_kvcodec_restore_decodes_into_the_cache_tensors(tiny, client):
     assert d.timings["codec"] == "cpu" and d.timings["fetch_streams"] == 1
     for (ka, va), (kb, vb) in zip(restored, hf.cache_layers(d.cache)):
         assert torch.equal(ka, kb) and torch.equal(va, vb)
+    # fetched by libe8kv's C fetch; grpcio's (where libe8kv is missing) gives the same cache
+    assert r.timings["fetch"] == d.timings["fetch"] == "libe8kv e8kv_fetch (C)"
+    client.native_fetcher = lambda *a, **k: None
+    g = hf.restore_prefix(client, tiny, q, fingerprint=fp, chunk_tokens=C, policy="restore",
+                          fetch_streams=2)
+    del client.native_fetcher
+    assert g.timings["fetch"] == "grpcio"
+    for (ka, va), (kb, vb) in zip(restored, hf.cache_layers(g.cache)):
+        assert torch.equal(ka, kb) and torch.equal(va, vb)
     # and close to the exact cache (K3V2 through real bytes)
     for (ka, va), (ke, ve) in zip(restored, hf.cache_layers(cache)):
         assert 0 < rel_err(ka, ke) < 0.3 and 0 < rel_err(va, ve) < 0.5

@@ -262,46 +262,72 @@ class Client:
         return self._call("PutChunks", requests(), timeout, stream=True)
 
     def upload_path(self):
-        """Which path put_chunks takes by default: "libe8kv" (the C upload) or
-        "grpcio: <why>" (TLS credentials, or why libe8kv.so is unavailable)."""
+        """Which path put_chunks (and e8kv.hf's restore fetch) takes by default: "libe8kv"
+        (the C upload / fetch) or "grpcio: <why>" (TLS credentials, or why libe8kv.so is
+        unavailable)."""
         if self._conn["credentials"] is not None:
             return "grpcio: TLS credentials (libe8kv cannot take grpcio's)"
         from . import upload
         ok = upload.available()
         return "libe8kv" if ok is True else f"grpcio: {ok}"
 
-    def _native_uploader(self, timeout, native):
-        """The e8kv.upload.NativeUploader for this deadline, or None for the grpcio path
-        (native False; TLS credentials, which libe8kv cannot take from grpcio; no
-        libe8kv.so: warned once per process)."""
-        global _NATIVE_WARNED
+    def _libe8kv_ok(self, what, native):
+        """True when libe8kv may carry ``what`` ("PutChunks", "GetChunks") for this client;
+        False for the grpcio path: native False, TLS credentials (libe8kv cannot take
+        grpcio's), no libe8kv.so (warned once per process and call kind). native True:
+        the grpcio path is an error instead."""
         if native is False:
-            return None
+            return False
         if self._conn["credentials"] is not None:
             if native:
-                raise ValueError("native=True: libe8kv's upload cannot use grpcio credentials")
-            return None
+                raise ValueError(f"native=True: libe8kv's {what} cannot use grpcio credentials")
+            return False
         from . import upload
         ok = upload.available()
-        if ok is not True:
-            if native:
-                raise OSError(f"native=True: libe8kv's upload is unavailable: {ok}")
-            if not _NATIVE_WARNED:
-                _NATIVE_WARNED = True
-                msg = (f"e8kv: libe8kv.so is unavailable ({ok}); PutChunks goes through "
-                       "Python gRPC (grpcio), holding the GIL, 4-5x the CPU per byte. Build it "
-                       "(make) or set E8KV_CLIENT_LIB / E8KV_BUILD")
-                log.warning(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if ok is True:
+            return True
+        if native:
+            raise OSError(f"native=True: libe8kv's {what} is unavailable: {ok}")
+        if what not in _NATIVE_WARNED:
+            _NATIVE_WARNED.add(what)
+            msg = (f"e8kv: libe8kv.so is unavailable ({ok}); {what} goes through Python "
+                   "gRPC (grpcio), holding the GIL, 4-5x the CPU per byte. Build it (make) or "
+                   "set E8KV_CLIENT_LIB / E8KV_BUILD")
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        return False
+
+    def _native_uploader(self, timeout, native):
+        """The e8kv.upload.NativeUploader for this deadline, or None for the grpcio path."""
+        if not self._libe8kv_ok("PutChunks", native):
             return None
+        from . import upload
         with self._native_lock:
-            nu = self._native.get(timeout)
+            nu = self._native.get(("put", timeout))
             if nu is None:
                 c = self._conn
-                nu = self._native[timeout] = upload.NativeUploader(
+                nu = self._native[("put", timeout)] = upload.NativeUploader(
                     self.address, token=c["token"], timeout=timeout,
                     max_message_bytes=c["max_message_bytes"])
             return nu
+
+    def native_fetcher(self, streams, *, native=None):
+        """An e8kv.fetch.NativeFetcher (libe8kv's parallel GetChunks in C: ``streams``
+        connections, frames into one host buffer) to this client's daemon, made once per
+        stream count and kept until close(); None where libe8kv cannot serve (see
+        upload_path; warned once). One user at a time: its buffer is reused by every start."""
+        if not self._libe8kv_ok("GetChunks", native):
+            return None
+        from . import fetch
+        with self._native_lock:
+            nf = self._native.get(("get", streams))
+            if nf is None:
+                c = self._conn
+                nf = self._native[("get", streams)] = fetch.NativeFetcher(
+                    self.address, streams, token=c["token"],
+                    timeout=self._deadline(None, stream=True), pinned=False,
+                    max_message_bytes=c["max_message_bytes"])
+            return nf
 
     def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, timeout=None):
         """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse."""
@@ -467,7 +493,7 @@ class Client:
                           stream=True)
 
 
-_NATIVE_WARNED = False
+_NATIVE_WARNED = set()      # call kinds already warned about (grpcio instead of libe8kv)
 
 
 def _put_native(nu, header, chunks, piece_bytes):

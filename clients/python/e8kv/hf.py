@@ -68,6 +68,7 @@ in ``.timings``), also logged on logger "e8kv.hf".
 import inspect
 import logging
 import queue
+import threading
 import time
 
 import torch
@@ -519,6 +520,68 @@ def _needed(lk, n):
     return keys, got
 
 
+class _FetchRows:
+    """The chunks of one row's restore, in completion order, in batches: through libe8kv's C
+    fetch (``nf``, an e8kv.fetch.NativeFetcher: E8 frames as memoryviews into its buffer,
+    valid until close(); one restore at a time per fetcher, others wait), else grpcio's
+    Client.get_chunks_parallel (E8 frames, or raw KV as Chunk objects for _copy_raw)."""
+
+    def __init__(self, client, nf, keys, streams, use_codec, dt, fpid):
+        self.nf, self.native = nf, None
+        if nf is not None:
+            lock = _fetcher_lock(nf)
+            lock.acquire()
+            try:
+                self.native = nf.start(keys, streams=streams, expect_fingerprint_id=fpid)
+            except BaseException:
+                lock.release()
+                raise
+            self.lock = lock
+        else:
+            kw = dict(encoding="e8") if use_codec else \
+                dict(encoding="raw", dtype=_TORCH_DTYPES[dt][1])
+            self.run = client.get_chunks_parallel(keys, streams=streams, **kw)
+        self.use_codec = use_codec
+
+    def batch(self, most):
+        """1..most ready chunks (waiting for the first); [] at the end."""
+        if self.native is not None:
+            return [f.view for f in self.native.get(most)]
+        ch = self.run.get()
+        if ch is None:
+            return []
+        out = [ch]
+        while len(out) < most:
+            try:
+                more = self.run.get(block=False)
+            except queue.Empty:
+                break
+            if more is None:
+                break
+            out.append(more)
+        return [c.data for c in out] if self.use_codec else out
+
+    def close(self):
+        if self.native is not None:
+            self.native.close()
+            self.native = None
+            self.lock.release()
+        elif self.nf is None:
+            self.run.close()
+
+
+_LOCKS_LOCK = threading.Lock()
+
+
+def _fetcher_lock(nf):
+    """The lock that gives one restore at a time a NativeFetcher (its buffer is shared)."""
+    with _LOCKS_LOCK:
+        lock = getattr(nf, "_e8kv_hf_lock", None)
+        if lock is None:
+            lock = nf._e8kv_hf_lock = threading.Lock()
+        return lock
+
+
 def restore_prefix(client, model, input_ids, *, attention_mask=None,
                    chunk_tokens=DEFAULT_CHUNK_TOKENS, model_id=None, preset=None, codec=None,
                    fingerprint=None, policy="auto", kv_codec=None,
@@ -534,7 +597,9 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
 
     Data path: the cache tensors are allocated once, at their final size, on the model's
     device; chunks are fetched by ``fetch_streams`` concurrent GetChunks calls (separate
-    connections) and decoded into those tensors as they arrive, by ``kv_codec`` (the
+    connections: libe8kv's C fetch, client.native_fetcher, where it loads; else grpcio's
+    Client.get_chunks_parallel, warned once; ``r.timings["fetch"]`` says which) and decoded
+    into those tensors as they arrive, by ``kv_codec`` (the
     e8kv.kvcodec interface, e.g. e8kv.cuda.CudaCodec for a CUDA model; default: CpuKVCodec),
     or copied from raw chunks the daemon decoded when no codec library is available. The
     DynamicCache then takes the tensors without copying them (see :func:`new_cache`).
@@ -588,28 +653,18 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
                torch.empty(shape, dtype=dt, device=device)) for _ in range(fp.n_layers)]
         t1 = time.perf_counter()
         fetched = 0
+        nf = client.native_fetcher(fetch_streams) if use_codec else None
         for b, (keys, got) in enumerate(need):
             views = [(k[b], v[b]) for k, v in kv]
-            get_kw = dict(encoding="e8") if use_codec else \
-                dict(encoding="raw", dtype=_TORCH_DTYPES[dt][1])
-            run = client.get_chunks_parallel(keys, streams=fetch_streams, **get_kw)
+            run = _FetchRows(client, nf, keys, fetch_streams, use_codec, dt,
+                             lks[b].fingerprint_id)
             try:
                 while True:
-                    ch = run.get()
-                    if ch is None:
+                    batch = run.batch(DECODE_BATCH if decided else 1)
+                    if not batch:
                         break
-                    batch = [ch]
-                    while decided and len(batch) < DECODE_BATCH:
-                        try:
-                            more = run.get(block=False)
-                        except queue.Empty:
-                            break
-                        if more is None:
-                            break
-                        batch.append(more)
                     if use_codec:
-                        fetched += coder.kvc.decode_chunks_into([c.data for c in batch], views,
-                                                                pos_offset=0)
+                        fetched += coder.kvc.decode_chunks_into(batch, views, pos_offset=0)
                     else:
                         fetched += sum(_copy_raw(c, views, fp, dt) for c in batch)
                     if not decided:     # first restore ever: decide from its first chunk
@@ -626,7 +681,10 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
                             return result(new_cache(model, []), 0, "recompute",
                                           d.reason + " (first chunk timed)")
             finally:
+                if use_codec:           # the decode may read the fetch buffer until then
+                    coder.kvc.synchronize()
                 run.close()
+        timings["fetch"] = "libe8kv e8kv_fetch (C)" if nf is not None else "grpcio"
         if use_codec:
             coder.kvc.synchronize()
     finally:
