@@ -55,6 +55,25 @@
  *   e8s_compact(). So disk usage can exceed used bytes by dead bytes until compaction;
  *   call e8s_maintain() periodically (the daemon: from a background thread, every few seconds).
  *
+ * FULL DISK
+ *   A full disk is an error to the caller (E8S_ERR_NOSPC, detail "disk full ..."), never a lost
+ *   acknowledged record, and deleting frees space through the API (store_space.c):
+ *   - the index keeps its data file allocated index_reserve_bytes past its last page (blocks
+ *     past the end of the file), so deletes, evictions, compaction and quarantine can commit
+ *     on a full disk; while that reserve cannot be refilled, puts and session creates/appends
+ *     fail E8S_ERR_NOSPC before writing anything;
+ *   - a put is admitted only when the file system's free bytes (plus what the active segments
+ *     have allocated ahead) cover its new records; otherwise unpinned chunks are evicted in LRU
+ *     order (as for the budget) until segment files that became empty give the bytes back, and
+ *     if that is not enough the put fails E8S_ERR_NOSPC. So on a full disk: delete sessions (their
+ *     chunks become evictable), and the next put makes room. Compaction needs free space for
+ *     the records it copies; on a full disk it may fail E8S_ERR_NOSPC (nothing lost);
+ *   - an LMDB commit that fails with EIO while the file system has no room (LMDB reports its
+ *     short write on a full disk as EIO) is E8S_ERR_NOSPC, not E8S_ERR_IO;
+ *   - a delete whose transaction needs more new index pages than the reserve (a session of
+ *     very many chunks) can still fail E8S_ERR_NOSPC on a full disk: delete smaller sessions
+ *     first, or free disk space.
+ *
  * THREAD SAFETY
  *   An e8s_store is fully thread safe: any number of threads may call any function on the same
  *   handle at the same time. How: every index mutation (put, session and namespace changes,
@@ -113,7 +132,8 @@ typedef enum e8s_err {
   E8S_ERR_DATALOSS = -5,   /* stored bytes fail their CRC: the chunk is quarantined and gone;
                               recompute it (everything else keeps working) */
   E8S_ERR_IO = -6,         /* I/O error (EIO, fsync failure): nothing of the call is visible */
-  E8S_ERR_NOSPC = -7,      /* disk full: nothing of the failed records is visible; free disk */
+  E8S_ERR_NOSPC = -7,      /* disk full: nothing of the failed records is visible; delete
+                              sessions (the next put evicts) or free disk (see FULL DISK) */
   E8S_ERR_MAPFULL = -8,    /* LMDB map full at e8s_config.map_max_bytes: raise it */
   E8S_ERR_FULL = -9,       /* over the store budget and every chunk is pinned */
   E8S_ERR_QUOTA = -10,     /* over the namespace quota and every chunk of it is pinned */
@@ -156,6 +176,10 @@ typedef struct e8s_config {
                                64 GiB; E8S_ERR_MAPFULL beyond */
   uint32_t lease_ms;        /* lifetime of lookup pins (E8S_LOOKUP_PIN), default 30000 */
   uint32_t uring_entries;   /* io_uring submission queue size, default 64 */
+  uint64_t index_reserve_bytes; /* disk kept allocated for the index past its last page, so
+                               that deletes, evictions and compaction can commit on a full
+                               disk; at most 1/16 of the file system, at least 64 KiB;
+                               default 16 MiB (see FULL DISK) */
 } e8s_config;
 
 typedef struct e8s_store e8s_store;

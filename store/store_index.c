@@ -134,13 +134,14 @@ int store_map_grow(e8s_store *st) {
 }
 
 int store_txn_commit(e8s_store *st, MDB_txn *txn) {
-  (void)st;
   if (store_fault_map_full()) {
     mdb_txn_abort(txn);
     return STORE_MAPFULL_RETRY;
   }
   int rc = mdb_txn_commit(txn);
-  return rc ? store_err_mdb(rc, "commit") : E8S_OK;
+  if (rc) return store_space_commit_err(st, rc);
+  store_space_refill(st);
+  return E8S_OK;
 }
 
 int store_index_commit_lazy(e8s_store *st, MDB_txn *txn, int lazy) {

@@ -5,7 +5,8 @@
  * (store_io_*.c), segment table (store_seg.c), LMDB index (store_index.c), pins and leases
  * (store_pin.c), eviction (store_evict.c), put (store_put.c), reads (store_read.c), sessions
  * (store_session.c), namespaces and fingerprints (store_ns.c), compaction, verify, quarantine
- * (store_compact.c, store_verify.c), open/close/recovery (store_open.c).
+ * (store_compact.c, store_verify.c), open/close/recovery (store_open.c), full disk
+ * (store_space.c).
  */
 #ifndef STORE_INT_H
 #define STORE_INT_H
@@ -192,6 +193,8 @@ typedef struct store_lane {
   uint64_t serving;          /* sync_mu: ticket whose fdatasyncs run now */
   store_io *io, *sio;        /* data stage's and sync stage's io engines (same kind) */
   int led;                   /* gc_mu: a put group's data stage holds the lane */
+  _Atomic uint64_t ahead;    /* wprealloc - wpos: allocated room left in wseg (dlock writes;
+                                read without it by store_space_admit) */
 } store_lane;
 
 /* ---------------------------------------------------------------- the handle */
@@ -229,6 +232,12 @@ struct e8s_store {
   uint64_t next_lease_id;
   store_touch_ent *touches;
   size_t n_touches;
+
+  int ix_fd;                 /* LMDB data file (-1 until store_space_open) */
+  uint64_t ix_psize;         /* LMDB page size, bytes */
+  uint64_t ix_reserve;       /* index reserve, bytes (store_space.c) */
+  _Atomic uint64_t ix_alloc_end; /* the data file is allocated up to here, bytes */
+  _Atomic int ix_short;      /* the reserve could not be refilled: the disk is full */
 
   _Atomic uint64_t tick;     /* logical LRU clock */
   uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */
@@ -394,6 +403,21 @@ int store_make_room(MDB_txn *txn, e8s_store *st, store_retire_list *rs, uint32_t
  * (both header CRCs, payload CRC32C) and indexed as a put would have; files are cut after the
  * last valid record; files of dropped segments are unlinked (store_replay.c). */
 int store_replay(e8s_store *st);
+
+/* ---------------------------------------------------------------- full disk (store_space.c) */
+/* Read-write open: the index reserve (size, first allocation). */
+int store_space_open(e8s_store *st);
+/* After a write commit (wlock held): allocates the index data file up to its last page plus
+ * the reserve again; sets or clears ix_short. */
+void store_space_refill(e8s_store *st);
+/* A failed mdb_txn_commit: E8S_ERR_NOSPC (detail says disk full) when the file system has no
+ * room (LMDB reports a short write as EIO), else the usual mapping. */
+int store_space_commit_err(e8s_store *st, int mdb_rc);
+/* Admission of a put of `bytes` record bytes (no lock held): E8S_OK, or E8S_ERR_NOSPC after
+ * evicting unpinned chunks did not free enough disk. */
+int store_space_admit(e8s_store *st, uint64_t bytes);
+/* E8S_ERR_NOSPC while the index reserve cannot be kept (before sessions grow), else E8S_OK. */
+int store_space_grow_ok(e8s_store *st);
 
 /* Reads up to max chunk records in key order after `after` (exclusive; NULL = first). */
 typedef struct scan_item { uint8_t key[32]; store_chunk_val rec; } scan_item;

@@ -19,6 +19,7 @@ void e8s_config_init(e8s_config *cfg) {
   cfg->map_max_bytes = 64ull << 30;
   cfg->lease_ms = 30000;
   cfg->uring_entries = 64;
+  cfg->index_reserve_bytes = 16ull << 20;
 }
 
 static void fill_defaults(e8s_config *c) {
@@ -31,6 +32,7 @@ static void fill_defaults(e8s_config *c) {
   if (c->map_max_bytes < c->map_bytes) c->map_max_bytes = c->map_bytes;
   if (!c->lease_ms) c->lease_ms = d.lease_ms;
   if (!c->uring_entries) c->uring_entries = d.uring_entries;
+  if (!c->index_reserve_bytes) c->index_reserve_bytes = d.index_reserve_bytes;
 }
 
 static int make_dirs(e8s_store *st) {
@@ -108,6 +110,7 @@ static int open_inner(e8s_store *st) {
   if (!st->readonly && (e = take_lock(st))) return e;
   if ((e = pick_engine(st)) || (e = pick_lane_engines(st))) return e;
   if ((e = store_index_open(st))) return e;
+  if ((e = store_space_open(st))) return e;
   MDB_txn *txn;
   if ((e = store_rtxn_begin(st, &txn))) return e;
   uint64_t tick, format;
@@ -141,7 +144,7 @@ int e8s_open(const e8s_config *cfg, e8s_store **out) {
   st->cfg = *cfg;
   fill_defaults(&st->cfg);
   st->readonly = (cfg->flags & E8S_OPEN_READONLY) != 0;
-  st->lockfd = st->segdirfd = -1;
+  st->lockfd = st->segdirfd = st->ix_fd = -1;
   size_t n = strlen(cfg->dir) + 16;
   st->dir = strdup(cfg->dir);
   st->segdir = malloc(n);

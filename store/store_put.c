@@ -572,6 +572,37 @@ static int group_commit(e8s_store *st, put_ctx *c) {
   return c->rc;
 }
 
+/* Record bytes of the call's records whose key is not stored yet (what a put would write). */
+static uint64_t fresh_bytes(e8s_store *st, put_ctx *c) {
+  MDB_txn *txn;
+  if (store_rtxn_begin(st, &txn) != E8S_OK) return c->bytes;
+  uint64_t b = 0;
+  for (size_t i = 0; i < c->n; i++) {
+    store_chunk_val v;
+    if (c->r[i].result == E8S_OK && c->it[i].dup_of < 0 &&
+        store_chunk_get(txn, st, c->r[i].key, &v) != E8S_OK)
+      b += c->it[i].bytes;
+  }
+  store_rtxn_end(st, txn);
+  return b;
+}
+
+/* Full-disk admission (store_space.c): the call's records fail E8S_ERR_NOSPC before anything
+ * is written when the disk cannot take them. Records already stored are not counted. */
+static int admit(e8s_store *st, put_ctx *c) {
+  int e = store_space_admit(st, c->bytes);
+  if (e == E8S_ERR_NOSPC) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", e8s_last_error_detail());
+    uint64_t fresh = fresh_bytes(st, c);
+    e = fresh < c->bytes ? store_space_admit(st, fresh) : store_err(e, "%s", msg);
+  }
+  if (e == E8S_OK) return E8S_OK;
+  for (size_t i = 0; i < c->n; i++)
+    if (c->r[i].result == E8S_OK) c->r[i].result = e;
+  return e;
+}
+
 int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
             e8s_put_rec *recs, size_t n_recs) {
   if (!st || !fp_id || (!recs && n_recs)) return store_err(E8S_ERR_INVAL, "put: NULL argument");
@@ -595,7 +626,8 @@ int e8s_put(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
       }
   }
   atomic_fetch_add(&st->t_prep_ns, mono_ns() - t0);
-  int e = group_commit(st, &c);
+  int e = admit(st, &c);
+  if (e == E8S_OK) e = group_commit(st, &c);
   free(c.it);
   return e;
 }

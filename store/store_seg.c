@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,7 @@ void store_seg_seal_active(e8s_store *st, store_lane *l) {
   /* give back the preallocated tail (the records all lie below wpos) */
   if (l->wseg && l->wprealloc > l->wpos) (void)ftruncate(l->wseg->fd, (off_t)l->wpos);
   l->wprealloc = 0;
+  atomic_store(&l->ahead, 0);
   pthread_mutex_lock(&st->seg_mu);
   store_seg *s = l->wseg;
   l->wseg = NULL;
@@ -230,6 +232,7 @@ int store_seg_reserve(e8s_store *st, store_lane *l, uint64_t bytes, store_seg **
   *seg = l->wseg;
   *off = l->wpos;
   l->wpos += bytes;
+  atomic_store(&l->ahead, l->wprealloc > l->wpos ? l->wprealloc - l->wpos : 0);
   return E8S_OK;
 }
 

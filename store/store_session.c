@@ -114,6 +114,8 @@ int e8s_session_create(e8s_store *st, uint32_t ns_id, const char *name,
                      meta_bytes, E8S_META_MAX);
   sess_ctx c = {.ns_id = ns_id, .name = name, .fp = fp_id, .meta = meta,
                 .meta_bytes = meta_bytes, .flags = flags};
+  int g = store_space_grow_ok(st); /* before the index grows on a full disk */
+  if (g) return g;
   return store_wtxn_run(st, create_fn, &c);
 }
 
@@ -169,6 +171,8 @@ int e8s_session_append(e8s_store *st, uint32_t ns_id, const char *name,
                        const uint8_t (*keys)[E8S_KEY_BYTES], size_t n_keys) {
   if (!st || (!keys && n_keys)) return store_err(E8S_ERR_INVAL, "session_append: NULL");
   sess_ctx c = {.ns_id = ns_id, .name = name, .keys = keys, .n_keys = n_keys};
+  int g = store_space_grow_ok(st); /* before the index grows on a full disk */
+  if (g) return g;
   return store_wtxn_run(st, append_fn, &c);
 }
 
@@ -304,6 +308,10 @@ int e8s_session_write(e8s_store *st, uint32_t ns_id, const char *name,
                        .set_meta = chg->set_meta},
                  .expect = chg->expect_chunks, .keep = chg->keep_chunks,
                  .create = chg->create != 0};
+  if (chg->create || chg->n_keys) { /* the index grows: not on a full disk */
+    int g = store_space_grow_ok(st);
+    if (g) return g;
+  }
   return store_wtxn_run(st, write_fn, &w);
 }
 

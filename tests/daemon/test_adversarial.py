@@ -669,11 +669,10 @@ class TmpfsHolder:
         self.proc.wait()
 
 
-def fill_disk(d, fp, strict=False):
+def fill_disk(d, fp):
     """Puts sessions of one chunk until the disk is full; the acked ones. A failing put must be
-    RESOURCE_EXHAUSTED 'disk full'; unless strict, also the store's INTERNAL 'I/O error (index:
-    commit: Input/output error)' (LMDB's short write on a full disk, reported as EIO: store bug,
-    checked strictly by the skipped test_full_disk_space_can_be_freed_by_deleting)."""
+    RESOURCE_EXHAUSTED 'disk full' (never INTERNAL: LMDB's short write on a full disk, EIO, is
+    reported as disk full by the store)."""
     acked = []
     for i in range(400):
         toks = list(range(i * 1000, i * 1000 + 64))
@@ -683,9 +682,7 @@ def fill_disk(d, fp, strict=False):
         if code == C.OK:
             acked.append(i)
             continue
-        lmdb_eio = code == C.INTERNAL and "index: commit: Input/output error" in msg
-        assert (code == C.RESOURCE_EXHAUSTED and "disk full" in msg) or \
-            (lmdb_eio and not strict), (code, msg)
+        assert code == C.RESOURCE_EXHAUSTED and "disk full" in msg, (code, msg)
         if i > len(acked) + 3:
             return acked
     raise AssertionError("a 4 MiB disk never filled")
@@ -730,12 +727,6 @@ def test_full_disk_is_an_error_and_loses_nothing():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.skip(reason="store bugs, reported (adversarial tester, session 3): on a full disk "
-                  "(1) DeleteSession fails ('delete session: disk full (index: commit: No space "
-                  "left on device)') because the LMDB commit needs new pages, so space can "
-                  "never be freed through the API; (2) a put or delete may fail INTERNAL 'I/O "
-                  "error (index: commit: Input/output error)' (LMDB short write = EIO) instead "
-                  "of RESOURCE_EXHAUSTED 'disk full'")
 def test_full_disk_space_can_be_freed_by_deleting():
     base = tempfile.mkdtemp(prefix="kvdadv-full2-")
     data = os.path.join(base, "data")
@@ -744,7 +735,7 @@ def test_full_disk_space_can_be_freed_by_deleting():
     try:
         fp = fingerprint(preset="K4V4")
         d = Daemon(data=data, wrap=h.wrap, extra=["--segment-bytes=1M"])
-        acked = fill_disk(d, fp, strict=True)
+        acked = fill_disk(d, fp)
         for i in acked[: len(acked) // 2]:
             code, msg = code_of(d.stub.DeleteSession, kv.DeleteSessionRequest(name=f"s{i}"),
                                 timeout=5)

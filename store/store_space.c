@@ -1,0 +1,178 @@
+/* store_space.c: a full disk. Keeps the index able to commit deletes on a full disk, refuses
+ * puts before the disk is full, evicts cache entries when the disk (not the budget) is short,
+ * and tells a full disk from an I/O error when LMDB fails a commit.
+ *
+ * Index reserve: LMDB writes its pages with pwrite at the end of its data file, so on a full
+ * disk every commit that needs a new page fails (short write: LMDB says EIO), deletes and
+ * compaction included: space could never be freed through the API. So the data file is kept
+ * allocated (fallocate FALLOC_FL_KEEP_SIZE: blocks past the end of the file, its size and
+ * LMDB's view unchanged) reserve bytes past the last page in use: after every write commit the
+ * allocation is raised again. When that fails (the disk is full) the store is "short": puts
+ * and new sessions are refused with E8S_ERR_NOSPC before they write anything, while deletes,
+ * evictions, compaction and quarantine commit into the reserve. The reserve is
+ * e8s_config.index_reserve_bytes, at most a sixteenth of the file system.
+ *
+ * Admission of a put (store_space_admit, before its data stage): the file system's free bytes
+ * plus what the write lanes have allocated ahead must cover the call's record bytes; if not,
+ * or if the index is short, unpinned chunks are evicted in LRU order (as a budget would) until
+ * segment files that became empty give the bytes back, then the check is made again; a put
+ * that still does not fit fails E8S_ERR_NOSPC without writing. A put admitted on a disk that
+ * fills meanwhile (other writers, other processes) still gets ENOSPC from its write or its
+ * fdatasync: E8S_ERR_NOSPC, nothing of it visible. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "store/store_int.h"
+
+#define SPACE_RESERVE_MIN (64ull << 10)
+
+static uint64_t fs_avail(const char *path, uint64_t *total) {
+  struct statvfs v;
+  if (statvfs(path, &v) != 0) {
+    if (total) *total = 0;
+    return UINT64_MAX; /* unknown: don't refuse on a guess */
+  }
+  if (total) *total = (uint64_t)v.f_blocks * v.f_frsize;
+  return (uint64_t)v.f_bavail * v.f_frsize;
+}
+
+/* Index pages in use, bytes (the meta's last page). */
+static uint64_t index_used_end(e8s_store *st) {
+  MDB_envinfo info;
+  mdb_env_info(st->env, &info);
+  return (uint64_t)(info.me_last_pgno + 1) * st->ix_psize;
+}
+
+int store_space_open(e8s_store *st) {
+  if (st->readonly) return E8S_OK;
+  MDB_stat ms;
+  int rc = mdb_env_stat(st->env, &ms);
+  if (!rc) rc = mdb_env_get_fd(st->env, &st->ix_fd);
+  if (rc) return store_err_mdb(rc, "index: stat");
+  st->ix_psize = ms.ms_psize;
+  uint64_t total = 0;
+  fs_avail(st->dir, &total);
+  uint64_t r = st->cfg.index_reserve_bytes;
+  if (total && r > total / 16) r = total / 16;
+  if (r < SPACE_RESERVE_MIN) r = SPACE_RESERVE_MIN;
+  st->ix_reserve = r;
+  store_space_refill(st);
+  return E8S_OK;
+}
+
+void store_space_refill(e8s_store *st) {
+  if (st->readonly || st->ix_fd < 0 || !st->ix_psize) return;
+  uint64_t want = index_used_end(st) + st->ix_reserve;
+  if (want <= atomic_load(&st->ix_alloc_end) && !atomic_load(&st->ix_short)) return;
+  /* refill in steps of a quarter reserve, so a commit costs no fallocate most of the time */
+  uint64_t to = want + st->ix_reserve / 4;
+  int ok = fallocate(st->ix_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)to) == 0;
+  if (!ok && errno != ENOSPC && errno != EDQUOT) ok = 1; /* no fallocate here: no reserve */
+  if (ok) atomic_store(&st->ix_alloc_end, to);
+  else if (fallocate(st->ix_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)want) == 0) {
+    atomic_store(&st->ix_alloc_end, want);
+    ok = 1;
+  }
+  atomic_store(&st->ix_short, !ok);
+}
+
+int store_space_commit_err(e8s_store *st, int mdb_rc) {
+  int e = store_err_mdb(mdb_rc, "commit");
+  if (e != E8S_ERR_IO && e != E8S_ERR_NOSPC) return e;
+  /* LMDB reports a short page write as EIO: on a file system without room it is a full disk */
+  uint64_t avail = fs_avail(st->dir, NULL);
+  if (mdb_rc == ENOSPC || mdb_rc == EDQUOT || avail < st->ix_reserve + st->ix_psize) {
+    atomic_store(&st->ix_short, 1);
+    return store_err(E8S_ERR_NOSPC, "index: commit: disk full (%llu bytes free: %s)",
+                     (unsigned long long)(avail == UINT64_MAX ? 0 : avail),
+                     mdb_strerror(mdb_rc));
+  }
+  return e;
+}
+
+static uint64_t room(e8s_store *st) {
+  uint64_t ahead = 0;
+  for (int i = 0; i < STORE_LANES; i++) ahead += atomic_load(&st->lanes[i].ahead);
+  uint64_t avail = fs_avail(st->segdir, NULL);
+  return avail == UINT64_MAX ? UINT64_MAX : avail + ahead;
+}
+
+typedef struct evict_ctx {
+  uint64_t need, freed;
+  store_retire_list rs;
+} evict_ctx;
+
+static int evict_fn(e8s_store *st, MDB_txn *txn, void *ctx) {
+  evict_ctx *c = ctx;
+  return store_evict(txn, st, 0, c->need, &c->freed, &c->rs);
+}
+
+/* Bytes of the files of segments in rs (what unlinking them gives back, at most). */
+static uint64_t files_bytes(e8s_store *st, const store_retire_list *rs) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < rs->n; i++) {
+    char *p = store_seg_path(st, rs->ids[i]);
+    struct stat sb;
+    if (p && stat(p, &sb) == 0) sum += (uint64_t)sb.st_blocks * 512;
+    free(p);
+  }
+  return sum;
+}
+
+/* Evicts LRU unpinned chunks until segment files that became empty give back `need` bytes, or
+ * nothing is left to evict. Each step is its own (durable) commit into the index reserve. */
+static void evict_for_disk(e8s_store *st, uint64_t need) {
+  uint64_t back = 0;
+  for (int step = 0; step < 256 && back < need; step++) {
+    evict_ctx c = {.need = need};
+    int e = store_wtxn_run(st, evict_fn, &c);
+    if (e || c.freed == 0) {
+      free(c.rs.ids);
+      return;
+    }
+    back += files_bytes(st, &c.rs);
+    store_retire_apply(st, &c.rs);
+    pthread_mutex_lock(&st->wlock);
+    store_space_refill(st);
+    pthread_mutex_unlock(&st->wlock);
+  }
+}
+
+int store_space_admit(e8s_store *st, uint64_t bytes) {
+  if (!bytes) return E8S_OK;
+  uint64_t r = room(st);
+  if (!atomic_load(&st->ix_short) && r >= bytes) return E8S_OK;
+  pthread_mutex_lock(&st->wlock); /* maybe space came back (deletes, another process) */
+  store_space_refill(st);
+  pthread_mutex_unlock(&st->wlock);
+  r = room(st);
+  if (atomic_load(&st->ix_short) || r < bytes) {
+    uint64_t need = r < bytes ? bytes - r : 0;
+    evict_for_disk(st, need + st->ix_reserve);
+    r = room(st);
+  }
+  if (atomic_load(&st->ix_short))
+    return store_err(E8S_ERR_NOSPC, "disk full: the index keeps its last %llu bytes for "
+                     "deletes; delete sessions or free disk space",
+                     (unsigned long long)st->ix_reserve);
+  if (r < bytes)
+    return store_err(E8S_ERR_NOSPC, "disk full: %llu bytes to write, %llu free; delete "
+                     "sessions or free disk space", (unsigned long long)bytes,
+                     (unsigned long long)r);
+  return E8S_OK;
+}
+
+int store_space_grow_ok(e8s_store *st) {
+  if (!atomic_load(&st->ix_short)) return E8S_OK;
+  pthread_mutex_lock(&st->wlock);
+  store_space_refill(st);
+  pthread_mutex_unlock(&st->wlock);
+  if (!atomic_load(&st->ix_short)) return E8S_OK;
+  return store_err(E8S_ERR_NOSPC, "disk full: the index keeps its last %llu bytes for deletes; "
+                   "delete sessions or free disk space", (unsigned long long)st->ix_reserve);
+}

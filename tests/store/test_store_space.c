@@ -1,0 +1,212 @@
+/* test_store_space.c: a really full disk. Each test mounts a 4 MiB tmpfs (in a private mount
+ * namespace: as root, or in a user namespace otherwise; the program fails, never skips, if
+ * neither is allowed) and fills it with sessions of one chunk through the store:
+ *   - every put that fails says E8S_ERR_NOSPC (never IO: LMDB's short write on a full disk is
+ *     EIO), and the failed chunk is not visible, now or after a reopen;
+ *   - deleting sessions on the full disk works (the index commits into its reserve), and a put
+ *     after them works (unpinned chunks are evicted until a segment file goes);
+ *   - every acknowledged chunk whose session was kept reads back byte-identical, also after a
+ *     reopen on the full disk. */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include "tests/store/store_test_util.h"
+
+#define CHUNK_BYTES (16u << 10)
+#define MAX_PUTS 1000
+
+static int write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, text, strlen(text));
+  close(fd);
+  return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+/* A private mount namespace for this process (single-threaded at this point). */
+static int private_mounts(void) {
+  uid_t uid = getuid();
+  gid_t gid = getgid();
+  if (uid == 0 && unshare(CLONE_NEWNS) == 0) goto priv;
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) return -1;
+  char map[64];
+  snprintf(map, sizeof map, "0 %u 1", (unsigned)uid);
+  if (write_file("/proc/self/setgroups", "deny") || write_file("/proc/self/uid_map", map))
+    return -1;
+  snprintf(map, sizeof map, "0 %u 1", (unsigned)gid);
+  if (write_file("/proc/self/gid_map", map)) return -1;
+priv:
+  return mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL);
+}
+
+typedef struct space_env {
+  tu_env env;
+  char mnt[200];
+} space_env;
+
+static int setup(void **state) {
+  space_env *s = calloc(1, sizeof *s);
+  assert_non_null(s);
+  tu_mkdtemp(s->mnt, sizeof s->mnt);
+  if (mount("tmpfs", s->mnt, "tmpfs", 0, "size=4m") != 0) fail_msg("mount tmpfs: %s", strerror(errno));
+  tu_env *env = &s->env;
+  snprintf(env->dir, sizeof env->dir, "%s/data", s->mnt);
+  tu_config(env);
+  env->cfg.segment_bytes = 1u << 20;
+  int e = e8s_open(&env->cfg, &env->st);
+  assert_int_equal(e, E8S_OK);
+  e8s_ns_info ns;
+  assert_int_equal(e8s_ns_create(env->st, "t", NULL, 0, &ns), E8S_OK);
+  env->ns = ns.id;
+  memcpy(env->salt, ns.salt, 32);
+  memset(env->fp, 0x5a, 32);
+  assert_int_equal(e8s_fp_register(env->st, env->fp, "fp", 2), E8S_OK);
+  *state = s;
+  return 0;
+}
+
+static int teardown(void **state) {
+  space_env *s = *state;
+  e8s_close(s->env.st);
+  umount2(s->mnt, MNT_DETACH);
+  rmdir(s->mnt);
+  free(s);
+  return 0;
+}
+
+static void name_of(char *out, size_t n, int i) { snprintf(out, n, "s%d", i); }
+
+/* Puts chunk i (seed i) and a session "s<i>" pinning it; the put's rc. */
+static int put_session(tu_env *env, int i, uint8_t key[32]) {
+  uint32_t toks[16];
+  tu_tokens(toks, 16, (uint32_t)i);
+  uint8_t keys[1][32];
+  int e = tu_put_chain(env, toks, 1, 16, (uint32_t)i, CHUNK_BYTES, keys);
+  memcpy(key, keys[0], 32);
+  if (e) return e;
+  char nm[32];
+  name_of(nm, sizeof nm, i);
+  e8s_session_change chg = {.create = 1, .fp_id = env->fp, .keys = (const uint8_t(*)[32])keys,
+                            .n_keys = 1};
+  return e8s_session_write(env->st, env->ns, nm, &chg);
+}
+
+/* Fills the disk; acked[i] = 1 for sessions stored. Returns how many were; failed_key gets the
+ * key of the first failed put. */
+static int fill(tu_env *env, uint8_t (*keys)[32], int *acked, int *n_tried) {
+  int n_ok = 0, fails = 0, i;
+  for (i = 0; i < MAX_PUTS && fails < 4; i++) {
+    int e = put_session(env, i, keys[i]);
+    acked[i] = e == E8S_OK;
+    if (e == E8S_OK) {
+      n_ok++;
+      continue;
+    }
+    if (e != E8S_ERR_NOSPC)
+      fail_msg("put %d on a full disk: %s (%s), want E8S_ERR_NOSPC", i, e8s_error_name(e),
+               e8s_last_error_detail());
+    fails++;
+  }
+  if (fails < 4) fail_msg("a 4 MiB disk took %d chunks of %u bytes", MAX_PUTS, CHUNK_BYTES);
+  *n_tried = i;
+  return n_ok;
+}
+
+static void check_kept(tu_env *env, uint8_t (*keys)[32], const int *acked, int n, int from) {
+  for (int i = from; i < n; i++) {
+    e8s_chunk_info ci;
+    if (!acked[i]) {
+      assert_int_equal(e8s_chunk_stat(env->st, env->ns, keys[i], &ci), E8S_ERR_NOTFOUND);
+      continue;
+    }
+    int e = tu_check(env, keys[i], (uint32_t)i, CHUNK_BYTES);
+    if (e) fail_msg("chunk %d: %s (%s)", i, e8s_error_name(e), e8s_last_error_detail());
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    e8s_session_info si;
+    assert_int_equal(e8s_session_get(env->st, env->ns, nm, &si, NULL, 0, NULL, 0), E8S_OK);
+  }
+}
+
+static void test_full_disk_delete_frees(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static uint8_t keys[MAX_PUTS][32];
+  static int acked[MAX_PUTS];
+  int n;
+  int ok = fill(env, keys, acked, &n);
+  assert_true(ok > 20);
+  check_kept(env, keys, acked, n, 0);
+  /* delete the older half of the sessions: every delete commits on the full disk */
+  int half = n / 2;
+  for (int i = 0; i < half; i++) {
+    if (!acked[i]) continue;
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    int e = e8s_session_delete(env->st, env->ns, nm);
+    if (e) fail_msg("delete %s on a full disk: %s (%s)", nm, e8s_error_name(e),
+                    e8s_last_error_detail());
+  }
+  e8s_compact_report rep;
+  assert_int_equal(e8s_compact(env->st, 0.1, &rep, NULL, NULL), E8S_OK);
+  /* a new put evicts the unpinned chunks and gets their segment's space */
+  uint8_t key[32];
+  int e = put_session(env, 5000, key);
+  if (e) fail_msg("put after deletes: %s (%s)", e8s_error_name(e), e8s_last_error_detail());
+  assert_int_equal(tu_check(env, key, 5000, CHUNK_BYTES), E8S_OK);
+  check_kept(env, keys, acked, n, half);
+  /* reopen on the (again nearly) full disk: the same sessions, the same bytes */
+  tu_reopen(env);
+  check_kept(env, keys, acked, n, half);
+  assert_int_equal(tu_check(env, key, 5000, CHUNK_BYTES), E8S_OK);
+  e8s_stats stt;
+  assert_int_equal(e8s_stats_get(env->st, &stt), E8S_OK);
+  int kept = 1;
+  for (int i = half; i < n; i++) kept += acked[i];
+  assert_int_equal(stt.sessions, (uint64_t)kept);
+}
+
+static void test_full_disk_reopen_then_delete(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static uint8_t keys[MAX_PUTS][32];
+  static int acked[MAX_PUTS];
+  int n;
+  fill(env, keys, acked, &n);
+  tu_reopen(env); /* open on a full disk: recovery and the reserve's allocation must cope */
+  check_kept(env, keys, acked, n, 0);
+  uint8_t key[32];
+  int e = put_session(env, 7000, key);
+  assert_int_equal(e, E8S_ERR_NOSPC); /* still full: everything is pinned */
+  for (int i = 0; i < n; i++) {
+    if (!acked[i]) continue;
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    e = e8s_session_delete(env->st, env->ns, nm);
+    if (e) fail_msg("delete %s after reopen: %s (%s)", nm, e8s_error_name(e),
+                    e8s_last_error_detail());
+  }
+  e = put_session(env, 7001, key);
+  if (e) fail_msg("put after deleting everything: %s (%s)", e8s_error_name(e),
+                  e8s_last_error_detail());
+}
+
+int main(void) {
+  if (private_mounts() != 0) {
+    fprintf(stderr, "test_store_space: cannot make a private mount namespace for a tmpfs "
+            "(unshare: %s); this test needs root or unprivileged user namespaces\n",
+            strerror(errno));
+    return 1;
+  }
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_full_disk_delete_frees, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_full_disk_reopen_then_delete, setup, teardown),
+  };
+  return TU_RUN_BOTH("store_space", tests);
+}
