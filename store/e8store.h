@@ -175,6 +175,13 @@ typedef struct e8s_config {
   uint64_t map_max_bytes;   /* the map grows (doubling) up to this on MDB_MAP_FULL; default
                                64 GiB; E8S_ERR_MAPFULL beyond */
   uint32_t lease_ms;        /* lifetime of lookup pins (E8S_LOOKUP_PIN), default 30000 */
+  uint64_t lease_max_chunks;    /* chunks held by unexpired lookup leases in the store, at most
+                                   (a chunk counted once per lease); default 2^20 */
+  uint64_t lease_ns_max_chunks; /* the same per namespace, default 2^18 (<= lease_max_chunks).
+                                   A new lease that would pass a cap ends the oldest leases
+                                   first, of its namespace for the namespace cap, of the store
+                                   for the store cap (one tenant's lookups cannot take the
+                                   whole store's cap) */
   uint32_t uring_entries;   /* io_uring submission queue size, default 64 */
   uint64_t index_reserve_bytes; /* disk kept allocated for the index past its last page, so
                                that deletes, evictions and compaction can commit on a full
@@ -291,7 +298,11 @@ typedef struct e8s_lookup_result {
   size_t n_chunks;          /* matched chunks: keys[0..n_chunks) */
   uint64_t tokens_matched;  /* tokens covered by them (a prefix of the query) */
   uint64_t lease_id;        /* with E8S_LOOKUP_PIN and n_chunks > 0: release with
-                               e8s_lease_release; otherwise 0 */
+                               e8s_lease_release; otherwise 0. Leases are capped
+                               (e8s_config.lease_max_chunks, lease_ns_max_chunks): a lease may
+                               end before lease_ms when newer ones need its place (oldest
+                               first); its chunks are then no longer pinned (e8s_chunk_open may
+                               say NOTFOUND: the end of the prefix) */
 } e8s_lookup_result;
 
 /* Longest stored prefix of tokens[0..n_tokens) cut into chunks of chunk_tokens tokens (the last
@@ -301,11 +312,14 @@ typedef struct e8s_lookup_result {
  * keys_out has room for max_keys keys; the lookup stops there. Touches matched chunks (LRU).
  * With E8S_LOOKUP_PIN the lease is taken just after the index read: a chunk evicted in between
  * shows up as E8S_ERR_NOTFOUND at e8s_chunk_open (treat it as the end of the prefix).
- * Errors: NOTFOUND (namespace), INVAL. A prefix of 0 chunks is success. */
+ * Errors: NOTFOUND (namespace), INVAL, FULL (with E8S_LOOKUP_PIN: the match alone has more
+ * chunks than a lease cap; the result is filled, nothing is leased, lease_id is 0).
+ * A prefix of 0 chunks is success. */
 int e8s_lookup(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES],
                const uint32_t *tokens, size_t n_tokens, uint32_t chunk_tokens, uint32_t flags,
                uint8_t (*keys_out)[E8S_KEY_BYTES], size_t max_keys, e8s_lookup_result *res);
-/* Releases a lookup lease before it expires. Unknown or expired ids: E8S_ERR_NOTFOUND. */
+/* Releases a lookup lease before it expires. Unknown, expired or capped-out (ended early by
+ * the lease caps) ids: E8S_ERR_NOTFOUND. */
 int e8s_lease_release(e8s_store *st, uint64_t lease_id);
 
 /* ---------------------------------------------------------------- get */
@@ -436,6 +450,8 @@ typedef struct e8s_stats {
   uint64_t lookups, lookup_hit_chunks, lookup_misses; /* a miss = a lookup that ended before
                                                          the end of its query */
   uint64_t evictions, puts_stored, puts_existed, reads, read_bytes, crc_failures;
+  uint64_t lease_chunks;     /* chunks held by unexpired lookup leases now */
+  uint64_t leases_dropped;   /* leases ended early by the lease caps */
   e8s_io_engine engine;
 } e8s_stats;
 

@@ -166,10 +166,17 @@ typedef struct store_pin {
 
 typedef struct store_lease {
   uint64_t id, until_ms;
+  uint32_t ns_id;
   size_t n;
   uint8_t (*keys)[32];
   struct store_lease *next;
 } store_lease;
+
+typedef struct store_lease_ns {     /* leased chunks of one namespace (pin_mu) */
+  uint32_t ns_id;
+  uint64_t chunks;
+  struct store_lease_ns *next;
+} store_lease_ns;
 
 #define STORE_PIN_BUCKETS 1024
 #define STORE_TOUCH_MAX 65536
@@ -230,6 +237,9 @@ struct e8s_store {
   store_pin *pins[STORE_PIN_BUCKETS];
   store_lease *leases, *leases_tail;
   uint64_t next_lease_id;
+  uint64_t lease_chunks;     /* pin_mu: chunks held by unexpired leases (cap: lease_max_chunks) */
+  store_lease_ns *lease_ns;  /* pin_mu: the same per namespace (cap: lease_ns_max_chunks) */
+  _Atomic uint64_t c_lease_dropped; /* leases ended early by the caps */
   store_touch_ent *touches;
   size_t n_touches;
 
@@ -344,7 +354,10 @@ char *store_seg_path(const e8s_store *st, uint64_t id);
 void store_pin_reader_add(e8s_store *st, const uint8_t key[32]);
 void store_pin_reader_drop(e8s_store *st, const uint8_t key[32]);
 int store_pin_is_pinned(e8s_store *st, const uint8_t key[32], uint64_t now_ms);
-uint64_t store_lease_create(e8s_store *st, const uint8_t (*keys)[32], size_t n);
+/* A lease on keys[0..n) of namespace ns_id; drops the oldest leases (of the namespace first)
+ * to stay under the caps. Returns its id, 0 when out of memory, or UINT64_MAX when n alone is
+ * over a cap (nothing leased). */
+uint64_t store_lease_create(e8s_store *st, uint32_t ns_id, const uint8_t (*keys)[32], size_t n);
 int store_lease_drop(e8s_store *st, uint64_t id);
 void store_lease_expire(e8s_store *st, uint64_t now_ms);
 void store_pin_free(e8s_store *st);

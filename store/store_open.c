@@ -20,6 +20,8 @@ void e8s_config_init(e8s_config *cfg) {
   cfg->lease_ms = 30000;
   cfg->uring_entries = 64;
   cfg->index_reserve_bytes = 16ull << 20;
+  cfg->lease_max_chunks = 1u << 20;
+  cfg->lease_ns_max_chunks = 1u << 18;
 }
 
 static void fill_defaults(e8s_config *c) {
@@ -33,6 +35,9 @@ static void fill_defaults(e8s_config *c) {
   if (!c->lease_ms) c->lease_ms = d.lease_ms;
   if (!c->uring_entries) c->uring_entries = d.uring_entries;
   if (!c->index_reserve_bytes) c->index_reserve_bytes = d.index_reserve_bytes;
+  if (!c->lease_max_chunks) c->lease_max_chunks = d.lease_max_chunks;
+  if (!c->lease_ns_max_chunks) c->lease_ns_max_chunks = d.lease_ns_max_chunks;
+  if (c->lease_ns_max_chunks > c->lease_max_chunks) c->lease_ns_max_chunks = c->lease_max_chunks;
 }
 
 static int make_dirs(e8s_store *st) {
@@ -263,6 +268,10 @@ int e8s_stats_get(e8s_store *st, e8s_stats *out) {
   out->reads = atomic_load(&st->c_reads);
   out->read_bytes = atomic_load(&st->c_read_bytes);
   out->crc_failures = atomic_load(&st->c_crc_failures);
+  pthread_mutex_lock(&st->pin_mu);
+  out->lease_chunks = st->lease_chunks;
+  pthread_mutex_unlock(&st->pin_mu);
+  out->leases_dropped = atomic_load(&st->c_lease_dropped);
   out->engine = e8s_io_engine_used(st);
   return e;
 }

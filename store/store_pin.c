@@ -66,35 +66,22 @@ int store_pin_is_pinned(e8s_store *st, const uint8_t key[32], uint64_t now_ms) {
   return pinned;
 }
 
-uint64_t store_lease_create(e8s_store *st, const uint8_t (*keys)[32], size_t n) {
-  store_lease *l = calloc(1, sizeof *l);
-  if (!l) return 0;
-  l->keys = malloc(n * 32);
-  if (!l->keys) {
-    free(l);
-    return 0;
-  }
-  memcpy(l->keys, keys, n * 32);
-  l->n = n;
-  uint64_t now = store_mono_ms();
-  l->until_ms = now + st->cfg.lease_ms;
-  pthread_mutex_lock(&st->pin_mu);
-  l->id = ++st->next_lease_id;
-  for (size_t i = 0; i < n; i++) {
-    store_pin *p = pin_find(st, keys[i], 1);
-    if (!p) continue; /* out of memory: this key is simply not pinned */
-    p->leases++;
-    if (p->lease_until_ms < l->until_ms) p->lease_until_ms = l->until_ms;
-  }
-  if (st->leases_tail) st->leases_tail->next = l;
-  else st->leases = l;
-  st->leases_tail = l;
-  pthread_mutex_unlock(&st->pin_mu);
-  store_lease_expire(st, now);
-  return l->id;
+static store_lease_ns *ns_count(e8s_store *st, uint32_t ns_id, int create) { /* pin_mu */
+  for (store_lease_ns *c = st->lease_ns; c; c = c->next)
+    if (c->ns_id == ns_id) return c;
+  if (!create) return NULL;
+  store_lease_ns *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->ns_id = ns_id;
+  c->next = st->lease_ns;
+  st->lease_ns = c;
+  return c;
 }
 
 static void lease_unpin(e8s_store *st, store_lease *l) { /* pin_mu held */
+  st->lease_chunks -= l->n;
+  store_lease_ns *c = ns_count(st, l->ns_id, 0);
+  if (c) c->chunks -= l->n;
   for (size_t i = 0; i < l->n; i++) {
     store_pin *p = pin_find(st, l->keys[i], 0);
     if (!p || !p->leases) continue;
@@ -123,8 +110,63 @@ int store_lease_drop(e8s_store *st, uint64_t id) {
     lease_unpin(st, l);
   }
   pthread_mutex_unlock(&st->pin_mu);
-  return found ? E8S_OK : store_err(E8S_ERR_NOTFOUND, "lease %llu unknown or expired",
+  return found ? E8S_OK : store_err(E8S_ERR_NOTFOUND, "lease %llu unknown, expired, or "
+                                    "ended early by the lease caps (lease_max_chunks)",
                                     (unsigned long long)id);
+}
+
+/* Drops the oldest lease of namespace ns_id (any namespace if 0); 0 if there is none. */
+static int drop_oldest(e8s_store *st, uint32_t ns_id) { /* pin_mu held */
+  store_lease *prev = NULL, *l = st->leases;
+  while (l && ns_id && l->ns_id != ns_id) prev = l, l = l->next;
+  if (!l) return 0;
+  lease_unlink(st, prev, l);
+  lease_unpin(st, l);
+  atomic_fetch_add(&st->c_lease_dropped, 1);
+  return 1;
+}
+
+uint64_t store_lease_create(e8s_store *st, uint32_t ns_id, const uint8_t (*keys)[32], size_t n) {
+  if (n > st->cfg.lease_max_chunks || n > st->cfg.lease_ns_max_chunks) return UINT64_MAX;
+  store_lease *l = calloc(1, sizeof *l);
+  if (!l) return 0;
+  l->keys = malloc(n * 32);
+  if (!l->keys) {
+    free(l);
+    return 0;
+  }
+  memcpy(l->keys, keys, n * 32);
+  l->n = n;
+  l->ns_id = ns_id;
+  uint64_t now = store_mono_ms();
+  l->until_ms = now + st->cfg.lease_ms;
+  store_lease_expire(st, now);
+  pthread_mutex_lock(&st->pin_mu);
+  store_lease_ns *c = ns_count(st, ns_id, 1);
+  if (!c) {
+    pthread_mutex_unlock(&st->pin_mu);
+    free(l->keys);
+    free(l);
+    return 0;
+  }
+  /* the caps: the namespace's oldest leases end first, then the store's */
+  while (c->chunks + n > st->cfg.lease_ns_max_chunks && drop_oldest(st, ns_id)) {}
+  while (st->lease_chunks + n > st->cfg.lease_max_chunks && drop_oldest(st, 0)) {}
+  l->id = ++st->next_lease_id;
+  for (size_t i = 0; i < n; i++) {
+    store_pin *p = pin_find(st, keys[i], 1);
+    if (!p) continue; /* out of memory: this key is simply not pinned */
+    p->leases++;
+    if (p->lease_until_ms < l->until_ms) p->lease_until_ms = l->until_ms;
+  }
+  st->lease_chunks += n;
+  c->chunks += n;
+  if (st->leases_tail) st->leases_tail->next = l;
+  else st->leases = l;
+  st->leases_tail = l;
+  uint64_t id = l->id;
+  pthread_mutex_unlock(&st->pin_mu);
+  return id;
 }
 
 void store_lease_expire(e8s_store *st, uint64_t now_ms) {
@@ -146,6 +188,12 @@ void store_pin_free(e8s_store *st) {
     free(l);
   }
   st->leases_tail = NULL;
+  while (st->lease_ns) {
+    store_lease_ns *c = st->lease_ns;
+    st->lease_ns = c->next;
+    free(c);
+  }
+  st->lease_chunks = 0;
   for (int b = 0; b < STORE_PIN_BUCKETS; b++) {
     store_pin *p = st->pins[b];
     while (p) {

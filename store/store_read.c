@@ -177,8 +177,16 @@ int e8s_lookup(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES]
   if (pos < n_tokens) atomic_fetch_add(&st->c_misses, 1);
   for (size_t i = 0; i < res->n_chunks; i++) store_touch(st, keys_out[i]);
   if ((flags & E8S_LOOKUP_PIN) && res->n_chunks > 0) {
-    res->lease_id = store_lease_create(st, (const uint8_t(*)[32])keys_out, res->n_chunks);
+    res->lease_id = store_lease_create(st, ns_id, (const uint8_t(*)[32])keys_out,
+                                       res->n_chunks);
     if (!res->lease_id) return E8S_ERR_NOMEM;
+    if (res->lease_id == UINT64_MAX) {
+      res->lease_id = 0;
+      return store_err(E8S_ERR_FULL, "lookup: a lease on %zu chunks is over the lease caps "
+                       "(lease_max_chunks %llu, lease_ns_max_chunks %llu)", res->n_chunks,
+                       (unsigned long long)st->cfg.lease_max_chunks,
+                       (unsigned long long)st->cfg.lease_ns_max_chunks);
+    }
   }
   return E8S_OK;
 }

@@ -1,5 +1,5 @@
 /* test_store_evict.c: budgets and pins. LRU eviction order, session pins, a read in flight
- * pins its chunk, lookup leases expire, namespace quotas, fully dead segments are removed,
+ * pins its chunk, lookup leases expire and are capped, namespace quotas, fully dead segments are removed,
  * per-namespace counters (chunks, bytes, tokens, raw bytes).
  * Runs on both io engines. */
 #include <dirent.h>
@@ -160,6 +160,73 @@ static void test_lease_expiry(void **state) {
   assert_true(present(env, k[2]));
 }
 
+static uint64_t lease1(tu_env *env, uint32_t i) {
+  uint32_t tok[CT];
+  tu_tokens(tok, CT, 1000 + i);
+  uint8_t got[1][32];
+  e8s_lookup_result res;
+  assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok, CT, CT, E8S_LOOKUP_PIN, got, 1,
+                              &res), E8S_OK);
+  assert_int_equal(res.n_chunks, 1);
+  assert_true(res.lease_id != 0);
+  return res.lease_id;
+}
+
+static void lease_counts(tu_env *env, uint64_t chunks, uint64_t dropped) {
+  e8s_stats s;
+  assert_int_equal(e8s_stats_get(env->st, &s), E8S_OK);
+  assert_int_equal(s.lease_chunks, chunks);
+  assert_int_equal(s.leases_dropped, dropped);
+}
+
+/* Lookup leases are capped per namespace and per store: the oldest end first (of the
+ * namespace for its cap), a match over a cap alone is FULL with nothing leased. */
+static void test_lease_caps(void **state) {
+  tu_env *env = *state;
+  env->cfg.lease_ms = 600000;
+  env->cfg.lease_max_chunks = 6;
+  env->cfg.lease_ns_max_chunks = 4;
+  tu_reopen(env);
+  uint8_t k[8][32];
+  uint64_t id[8];
+  for (uint32_t i = 0; i < 5; i++) assert_int_equal(put1(env, i, k[i]), E8S_OK);
+  for (uint32_t i = 0; i < 4; i++) id[i] = lease1(env, i);
+  lease_counts(env, 4, 0);
+  id[4] = lease1(env, 4); /* namespace cap: its oldest lease ends */
+  lease_counts(env, 4, 1);
+  assert_int_equal(e8s_lease_release(env->st, id[0]), E8S_ERR_NOTFOUND);
+  /* another namespace fills the store cap: the store's oldest lease (id[1]) ends */
+  e8s_ns_info o;
+  assert_int_equal(e8s_ns_create(env->st, "other", env->salt, 0, &o), E8S_OK);
+  uint32_t t_ns = env->ns;
+  env->ns = o.id;
+  uint8_t ko[2][32];
+  uint64_t oid[3];
+  for (uint32_t i = 0; i < 2; i++) assert_int_equal(put1(env, 100 + i, ko[i]), E8S_OK);
+  oid[0] = lease1(env, 100);
+  oid[1] = lease1(env, 101);
+  lease_counts(env, 6, 1);
+  oid[2] = lease1(env, 100);
+  lease_counts(env, 6, 2);
+  env->ns = t_ns;
+  assert_int_equal(e8s_lease_release(env->st, id[1]), E8S_ERR_NOTFOUND);
+  assert_int_equal(e8s_lease_release(env->st, id[2]), E8S_OK);
+  assert_int_equal(e8s_lease_release(env->st, oid[0]), E8S_OK);
+  lease_counts(env, 4, 2);
+  /* a match larger than the namespace cap: FULL, the result filled, nothing leased */
+  uint32_t tok[5 * CT];
+  tu_tokens(tok, 5 * CT, 77);
+  assert_int_equal(tu_put_chain(env, tok, 5, CT, 77, PB, NULL), E8S_OK);
+  uint8_t got[5][32];
+  e8s_lookup_result res;
+  assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok, 5 * CT, CT, E8S_LOOKUP_PIN, got,
+                              5, &res), E8S_ERR_FULL);
+  assert_int_equal(res.n_chunks, 5);
+  assert_int_equal(res.lease_id, 0);
+  lease_counts(env, 4, 2);
+  (void)oid;
+}
+
 static void test_quota(void **state) {
   tu_env *env = *state;
   e8s_ns_info q;
@@ -286,6 +353,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_session_pins, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_evict_during_slow_read, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_lease_expiry, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_lease_caps, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_quota, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_dead_segment_removed, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_ns_counters, tu_setup, tu_teardown),
