@@ -24,9 +24,13 @@
  * Every removal of files is followed by a syncfs before the next timed job: the filesystem is
  * mounted with online discard, and the discards of freed blocks go out at the journal commit,
  * which would otherwise land in whichever job runs next (store or fio).
- * The machine is shared and noisy: ROUNDS rounds run every pair back to back, store first, on
- * fresh files; throughputs are medians over rounds (per-round ratios printed), latency
- * percentiles are over all samples of all rounds. The store's time is broken down by stage
+ * The machine is shared and noisy: ROUNDS rounds run every pair back to back on fresh files,
+ * the store first in even rounds and fio first in odd ones (so neither side always follows
+ * the other on the disk); throughputs are medians over rounds, and the per-round (paired)
+ * store/fio ratios are reported with their median and spread ("write_ratio_median", "_min",
+ * "_max", "_rounds"; the same for write1 and read): a pair sees the same minute of a disk
+ * whose speed moves 3-10x between minutes. Latency percentiles are over all samples of all
+ * rounds. The store's time is broken down by stage
  * (e8s_test_put_times_get).
  * Usage: bench_store DIR RECORDS BATCH OUT.json [io_uring|pwrite] [WRITERS] [ROUNDS] [FIO_JOB] */
 #include <dirent.h>
@@ -251,6 +255,33 @@ static double median(const double *v, int n) {
   return pct(c, (size_t)n, 0.5);
 }
 
+static double vmin(const double *v, int n) {
+  double m = v[0];
+  for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
+  return m;
+}
+
+static double vmax(const double *v, int n) {
+  double m = v[0];
+  for (int i = 1; i < n; i++) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+/* name_median, name_min, name_max, name_rounds (the list) */
+static void ratio_set(json_t *o, const char *name, const double *q, int n) {
+  char k[64];
+  json_t *a = json_array();
+  for (int i = 0; i < n; i++) json_array_append_new(a, json_real(q[i]));
+  snprintf(k, sizeof k, "%s_rounds", name);
+  json_object_set_new(o, k, a);
+  snprintf(k, sizeof k, "%s_median", name);
+  json_object_set_new(o, k, json_real(median(q, n)));
+  snprintf(k, sizeof k, "%s_min", name);
+  json_object_set_new(o, k, json_real(vmin(q, n)));
+  snprintf(k, sizeof k, "%s_max", name);
+  json_object_set_new(o, k, json_real(vmax(q, n)));
+}
+
 static double load1(void) {
   double l = -1;
   FILE *f = fopen("/proc/loadavg", "r");
@@ -286,33 +317,48 @@ int main(int argc, char **argv) {
   double *wl1 = malloc(rounds * nb * sizeof *wl1), *wlw = malloc(rounds * nb * sizeof *wlw);
   double *rl = malloc(rounds * n * sizeof *rl);
   double s1[MAXR], sw[MAXR], sr[MAXR], f1[MAXR], fw[MAXR], fu[MAXR], fr[MAXR], ld[MAXR];
+  double q1[MAXR], qw[MAXR], qr[MAXR]; /* per-round store/fio ratios (same round) */
   e8s_test_put_times pt1 = {0}, ptw = {0};
   const char *engine = "pwrite";
   double lmax = 0;
   for (int k = 0; k < rounds; k++) {
     ld[k] = load1();
     if (ld[k] > lmax) lmax = ld[k];
-    store_out o = store_run(data, n, batch, pw, 1, wl1 + k * nb, rl + k * n);
-    s1[k] = o.w_gbps, sr[k] = o.r_gbps, engine = o.engine;
-    if (k == rounds / 2) pt1 = o.pt;
-    f1[k] = run_fio(&fc, "write-1", "write", n); /* its file is read-1's */
-    double frp[READ_PASSES];
-    for (int pass = 0; pass < READ_PASSES; pass++) frp[pass] = run_fio(&fc, "read-1", "read", n);
-    fr[k] = median(frp, READ_PASSES);
-    snprintf(cmd, sizeof cmd, "rm -f %s/fio.* && sync -f %s", dir, dir);
-    sh(cmd);
-    o = store_run(data, n, batch, pw, writers, wlw + k * nb, NULL);
-    sw[k] = o.w_gbps;
-    if (k == rounds / 2) ptw = o.pt;
-    fw[k] = run_fio(&fc, "write-W", "write", n / (size_t)writers);
-    sh(cmd);
-    fu[k] = run_fio(&fc, "write-uring", "write", n);
-    sh(cmd);
-    fprintf(stderr, "round %d (load %.1f): write 1 writer store %.3f fio %.3f (%.0f%%) | %d writers "
-            "store %.3f fio psync %.3f (%.0f%%) fio io_uring %.3f (%.0f%%) | read store %.3f fio "
-            "%.3f (%.0f%%) GB/s\n", k + 1, ld[k], s1[k], f1[k], 100 * s1[k] / f1[k], writers,
-            sw[k], fw[k], 100 * sw[k] / fw[k], fu[k], 100 * sw[k] / fu[k], sr[k], fr[k],
-            100 * sr[k] / fr[k]);
+    /* odd rounds run fio first: neither side always gets the disk right after the other */
+    int fio_first = k % 2;
+    store_out o;
+    for (int side = 0; side < 2; side++) {
+      if (side == fio_first) {
+        o = store_run(data, n, batch, pw, 1, wl1 + k * nb, rl + k * n);
+        s1[k] = o.w_gbps, sr[k] = o.r_gbps, engine = o.engine;
+        if (k == rounds / 2) pt1 = o.pt;
+      } else {
+        f1[k] = run_fio(&fc, "write-1", "write", n); /* its file is read-1's */
+        double frp[READ_PASSES];
+        for (int pass = 0; pass < READ_PASSES; pass++) frp[pass] = run_fio(&fc, "read-1", "read", n);
+        fr[k] = median(frp, READ_PASSES);
+        snprintf(cmd, sizeof cmd, "rm -f %s/fio.* && sync -f %s", dir, dir);
+        sh(cmd);
+      }
+    }
+    for (int side = 0; side < 2; side++) {
+      if (side == fio_first) {
+        o = store_run(data, n, batch, pw, writers, wlw + k * nb, NULL);
+        sw[k] = o.w_gbps;
+        if (k == rounds / 2) ptw = o.pt;
+      } else {
+        fw[k] = run_fio(&fc, "write-W", "write", n / (size_t)writers);
+        sh(cmd);
+        fu[k] = run_fio(&fc, "write-uring", "write", n);
+        sh(cmd);
+      }
+    }
+    q1[k] = s1[k] / f1[k], qw[k] = sw[k] / (fw[k] > fu[k] ? fw[k] : fu[k]), qr[k] = sr[k] / fr[k];
+    fprintf(stderr, "round %d (load %.1f, %s first): write 1 writer store %.3f fio %.3f (%.0f%%) | "
+            "%d writers store %.3f fio psync %.3f (%.0f%%) fio io_uring %.3f (%.0f%%) | read "
+            "store %.3f fio %.3f (%.0f%%) GB/s\n", k + 1, ld[k], fio_first ? "fio" : "store",
+            s1[k], f1[k], 100 * q1[k], writers, sw[k], fw[k], 100 * sw[k] / fw[k], fu[k],
+            100 * sw[k] / fu[k], sr[k], fr[k], 100 * qr[k]);
   }
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   sh(cmd);
@@ -342,6 +388,11 @@ int main(int argc, char **argv) {
   json_object_set_new(o, "write1_p99_ms", json_real(w1_p99));
   json_object_set_new(o, "fio_write1_GBps", json_real(mf1));
   json_object_set_new(o, "load1_max", json_real(lmax));
+  /* paired ratios: each round's store run against the fio runs next to it (the disk's speed
+   * moves 3-10x between minutes; a pair sees the same minute), median and spread */
+  ratio_set(o, "write_ratio", qw, rounds);
+  ratio_set(o, "write1_ratio", q1, rounds);
+  ratio_set(o, "read_ratio", qr, rounds);
   json_object_set_new(o, "read_pattern",
                       json_string("both buffered (page cache, no O_DIRECT), cold: store e8s_get "
                                   "of 1 MiB records in write order after POSIX_FADV_DONTNEED of "
@@ -364,6 +415,12 @@ int main(int argc, char **argv) {
          "(iodepth %zu)\n", "write, writers:", writers, mw, mfu, 100 * mw / mfu, batch);
   printf("%-24s %10.3f %10.3f %8.0f%% %12.2f %12.2f   fio read-1 (per record; cold)\n", "read",
          mr, mfr, 100 * mr / mfr, r_p50, r_p99);
+  printf("paired per-round store/fio ratios, median [min..max] over %d rounds: write %d writers "
+         "%.0f%% [%.0f..%.0f] (vs the faster fio job of the round), write 1 writer %.0f%% "
+         "[%.0f..%.0f], read %.0f%% [%.0f..%.0f]\n", rounds, writers, 100 * median(qw, rounds),
+         100 * vmin(qw, rounds), 100 * vmax(qw, rounds), 100 * median(q1, rounds),
+         100 * vmin(q1, rounds), 100 * vmax(q1, rounds), 100 * median(qr, rounds),
+         100 * vmin(qr, rounds), 100 * vmax(qr, rounds));
   printf("store time by stage (middle round; stages overlap with several writers):\n");
   print_times("1 writer", &pt1, s1[rounds / 2], n);
   char lbl[32];
