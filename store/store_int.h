@@ -229,6 +229,9 @@ struct e8s_store {
   struct put_ctx *gc_head, *gc_tail;
   struct put_group *ix_head, *ix_tail; /* gc_mu: synced groups waiting for the index stage */
   int ix_busy;               /* gc_mu: a thread runs the index stage */
+  int n_syncing;             /* gc_mu: put groups written, not yet in the index queue */
+  uint64_t commit_ns;        /* gc_mu: running mean of an index stage's duration, ns */
+  _Atomic uint64_t n_lingers; /* index stages that waited for a syncing group (and shared) */
 
   pthread_mutex_t seg_mu;    /* the segment table */
   store_seg *segs;

@@ -494,16 +494,40 @@ static int finish_group(e8s_store *st, put_group *g, int lane, uint64_t ticket) 
     if (st->ix_tail) st->ix_tail->next = g;
     else st->ix_head = g;
     st->ix_tail = g;
+    st->n_syncing--;
+    pthread_cond_broadcast(&st->gc_cv); /* a lingering index stage may take it along */
+    uint64_t linger_until = 0;
     while (!g->ix_done) {
       if (st->ix_busy) {
         pthread_cond_wait(&st->gc_cv, &st->gc_mu);
         continue;
       }
+      /* Group commit across lanes: another group is in its fdatasync and will want an index
+       * commit right after; waiting for it (at most as long as a commit takes, which is what
+       * the wait saves) lets both share one LMDB commit and its flush. */
+      if (st->n_syncing > 0) {
+        uint64_t now = mono_ns();
+        if (!linger_until) linger_until = now + st->commit_ns;
+        if (now < linger_until) {
+          struct timespec ts;
+          clock_gettime(CLOCK_REALTIME, &ts);
+          uint64_t d = linger_until - now;
+          ts.tv_sec += (time_t)(d / 1000000000u);
+          ts.tv_nsec += (long)(d % 1000000000u);
+          if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+          pthread_cond_timedwait(&st->gc_cv, &st->gc_mu, &ts);
+          continue;
+        }
+      }
       st->ix_busy = 1;
       put_group *head = take_index_groups(st);
+      if (head->next) atomic_fetch_add(&st->n_lingers, linger_until != 0);
       pthread_mutex_unlock(&st->gc_mu);
+      uint64_t c0 = mono_ns();
       int r = index_groups(st, head);
+      uint64_t dt = mono_ns() - c0;
       pthread_mutex_lock(&st->gc_mu);
+      st->commit_ns = st->commit_ns ? (st->commit_ns * 7 + dt) / 8 : dt;
       for (put_group *p = head, *nx; p; p = nx) { /* p's owner may return once done is set */
         nx = p->next;
         p->ix_rc = r;
@@ -554,6 +578,7 @@ static int group_commit(e8s_store *st, put_ctx *c) {
     uint64_t ticket = store_wp_write(st, lane, g.wr, g.nwr);
     pthread_mutex_lock(&st->gc_mu); /* the next group may start its data stage here */
     st->lanes[lane].led = 0;
+    if (g.c) st->n_syncing++; /* finish_group counts it down when it joins the index queue */
     pthread_cond_broadcast(&st->gc_cv);
     pthread_mutex_unlock(&st->gc_mu);
     int e = finish_group(st, &g, lane, ticket);
