@@ -84,8 +84,10 @@
  *   submission, one fdatasync per segment and one LMDB commit; and while group n waits for its
  *   fdatasync or its LMDB commit, group n+1 is already being written, into a second active
  *   segment (two write lanes: two groups' fdatasyncs in flight at once), and groups that wait
- *   for the LMDB stage together share one commit (the order payload -> fdatasync -> LMDB
- *   commit -> return holds for each). Concurrent callers therefore get more
+ *   for the LMDB stage together share one commit; a group that reaches the LMDB stage while
+ *   another is in its fdatasync waits for it (at most about one commit's time) so that both
+ *   share the commit and its flush (the order payload -> fdatasync -> LMDB commit -> return
+ *   holds for each). Concurrent callers therefore get more
  *   throughput than one (the daemon: serve puts from several threads); a single caller should
  *   still batch its records into one call. Readers (lookup, get, session get/list, stats) never
  *   take the writer mutex: they use their own LMDB read transaction and pread(), in parallel with each

@@ -11,7 +11,9 @@
  *      the next group's bytes are copied while this group waits for the disk;
  *   2. sync stage: fdatasync of each segment touched, in the lane's data-stage order;
  *   3. index stage: the group joins the index queue; one thread at a time takes the queued
- *      groups (up to the group limits) into one LMDB write transaction under the writer mutex:
+ *      groups (up to the group limits) into one LMDB write transaction under the writer mutex
+ *      (a thread that finds another group in its sync stage first waits for it, at most a
+ *      running mean of the index stage's duration, so both share the commit and its flush):
  *      plan each call: existed (same key, same token digest: idempotent, first writer wins) or
  *      conflict (same key, other digest), else make room: evict LRU unpinned chunks of the
  *      namespace (quota) and of the store (budget), in this same transaction; a planned record
