@@ -192,6 +192,7 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
                            const uint32_t *es, uint8_t **wp, const uint8_t *dst,
                            e8c_r32_side *side /* or NULL */);
 int e8c_cpu_has_avx2(void);
+void e8c_hist_avx2(const uint8_t *src, size_t n, uint32_t cnt[256]); /* adds to cnt */
 int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t n,
                       void *tab /* E8C_R32_TAB / 2 bytes, 4-aligned */);
 int e8c_rans32_decode_ex(const uint8_t *src, size_t len, uint8_t *dst, size_t n, void *tab,

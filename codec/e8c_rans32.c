@@ -81,10 +81,20 @@ static int table_get(const uint8_t *src, size_t len, size_t *off, uint32_t f[256
     return acc == R32_M ? (int)nsym : -1;
 }
 
-static void freqs(const uint8_t *src, size_t n, uint32_t f[256], uint32_t start[256])
+static void freqs(const uint8_t *src, size_t n, uint32_t f[256], uint32_t start[256], int simd)
 {
     uint32_t cnt[256] = {0}, c4[4][256];
     size_t i = 0;
+#if defined(__x86_64__)
+    if (simd) {
+        e8c_hist_avx2(src, n, cnt);
+        e8c_rans_normalize(cnt, n, f);
+        for (uint32_t s = 0, acc = 0; s < 256; s++) { start[s] = acc; acc += f[s]; }
+        return;
+    }
+#else
+    (void)simd;
+#endif
     memset(c4, 0, sizeof c4); /* four sub-histograms: no store-to-load stalls on repeats */
     for (; i + 4 <= n; i += 4) {
         c4[0][src[i]]++; c4[1][src[i + 1]]++; c4[2][src[i + 2]]++; c4[3][src[i + 3]]++;
@@ -105,7 +115,7 @@ size_t e8c_rans32_encode_ref(const uint8_t *sym, size_t N, uint8_t *dst, size_t 
     uint32_t f[256], start[256], x[32];
     uint8_t hdr[1 + 2 + 256 * 3];
     if (N == 0) return 0;
-    freqs(sym, N, f, start);
+    freqs(sym, N, f, start, 0);
     uint32_t K = e8c_rans32_lanes(N);
     size_t R = (N + K - 1) / K, W = 0, end = N; /* words fill words[end - W .. end) */
     hdr[0] = (uint8_t)K;
@@ -182,11 +192,11 @@ typedef struct r32_enc {
 } r32_enc;
 
 /* Tables, header and the last (partial) round.  0, or -1: cannot fit. */
-static int r32_enc_open(r32_enc *e, const uint8_t *sym, size_t N, uint8_t *dst, size_t cap)
+static int r32_enc_open(r32_enc *e, const uint8_t *sym, size_t N, uint8_t *dst, size_t cap, int simd)
 {
     uint32_t f[256], start[256];
     if (N == 0) return -1;
-    freqs(sym, N, f, start);
+    freqs(sym, N, f, start, simd);
     uint32_t K = e8c_rans32_lanes(N);
     e->K = K;
     e->hdr[0] = (uint8_t)K;
@@ -294,7 +304,7 @@ static size_t r32_enc_close(r32_enc *e)
 size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t cap, int simd)
 {
     r32_enc e;
-    if (r32_enc_open(&e, sym, N, dst, cap)) return 0;
+    if (r32_enc_open(&e, sym, N, dst, cap, simd)) return 0;
     if (simd ? r32_enc_rounds_simd(&e, NULL) : r32_enc_rounds(&e)) return 0;
     return r32_enc_close(&e);
 }
@@ -308,7 +318,7 @@ size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa
                           int simd)
 {
     r32_enc a, b;
-    int fa = r32_enc_open(&a, sa, na, da, capa), fb = r32_enc_open(&b, sb, nb, db, capb);
+    int fa = r32_enc_open(&a, sa, na, da, capa, simd), fb = r32_enc_open(&b, sb, nb, db, capb, simd);
     if (!fa) fa = simd ? r32_enc_rounds_simd(&a, fb ? NULL : &b) : r32_enc_rounds(&a);
     if (!fb) fb = simd ? r32_enc_rounds_simd(&b, NULL) : r32_enc_rounds(&b);
     *lb = fb ? 0 : r32_enc_close(&b);

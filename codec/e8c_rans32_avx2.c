@@ -192,3 +192,38 @@ void e8c_rans32_dec32_avx2(uint32_t *x, const uint32_t *P, const uint8_t *wd, si
     *pi = i;
     *pp = p;
 }
+
+/* ---------------------------------------------------------- histogram */
+
+/* Adds the byte counts of src[0..n) to cnt.  Lattice symbols are mostly
+ * below 16: those are counted 32 at a time with compares into byte
+ * counters (flushed before they wrap); the bytes of a 32-byte block above
+ * 15 are counted one by one.  The same counts as the scalar loop. */
+void e8c_hist_avx2(const uint8_t *src, size_t n, uint32_t cnt[256])
+{
+    const __m256i lim = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+    __m256i acc[16];
+    for (int k = 0; k < 16; k++) acc[k] = zero;
+    size_t i = 0;
+    uint32_t iter = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(src + i));
+        uint32_t big = ~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(v, lim), lim));
+        while (big) {
+            cnt[src[i + (uint32_t)__builtin_ctz(big)]]++;
+            big &= big - 1;
+        }
+        for (int k = 0; k < 16; k++)
+            acc[k] = _mm256_sub_epi8(acc[k], _mm256_cmpeq_epi8(v, _mm256_set1_epi8((char)k)));
+        if (++iter == 255 || i + 64 > n) { /* flush the byte counters */
+            for (int k = 0; k < 16; k++) {
+                __m256i sums = _mm256_sad_epu8(acc[k], zero); /* four u64 partial sums */
+                __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+                cnt[k] += (uint32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+                acc[k] = zero;
+            }
+            iter = 0;
+        }
+    }
+    for (; i < n; i++) cnt[src[i]]++;
+}
