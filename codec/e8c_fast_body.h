@@ -307,7 +307,13 @@ static uint16_t FN(scale)(const float *restrict y, uint32_t n, float step)
 #endif
     double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
     if (T == 0) return 0;
-    return e8c_scale_code(sqrt(T / n), step);
+    /* e8c_scale_code, inline: the call sat on each vector's serial chain */
+    float v = (float)(sqrt(T / n) * (double)step);
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x7ffffu + ((u >> 20) & 1u)) & 0xfff00000u;
+    uint16_t sc = (uint16_t)(u >> 16);
+    return sc == 0 ? 0x0010 : sc;
 }
 
 #ifdef __AVX2__
@@ -448,6 +454,17 @@ static void FN(e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
 }
 #endif
 
+/* The error of the first element of x[0..n) that is NaN, inf or above 2^64. */
+static int64_t FN(bad_elem)(e8c_ctx *ctx, const float *x, uint32_t n, uint32_t h, uint32_t t)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (!(fabsf(x[i]) <= 0x1p64f))
+            return e8c_fail(ctx, isfinite(x[i]) ? E8C_ERR_RANGE : E8C_ERR_NONFINITE,
+                            "head %u token %u dim %u is %g (must be finite, |x| <= 2^64)", h, t, i,
+                            (double)x[i]);
+    return e8c_fail(ctx, E8C_ERR_RANGE, "head %u token %u: value out of range", h, t);
+}
+
 int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
                                     const e8c_tensor *src, e8c_qlayer *q)
 {
@@ -468,29 +485,45 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
     int fastv = (n == 64 || n == 128) && src->dtype == E8C_DTYPE_F16 && src->stride_dim == 1 &&
                 (!rope || (fp->rope.layout == E8C_ROPE_LAYOUT_SPLIT_HALF && fp->rope.rotary_dim == n));
 #endif
+#ifdef __AVX2__
+    /* Four tokens at a time: their fronts, then their scales, then their
+     * lattice points, so that the serial chain of each vector (sum of
+     * squares, sqrt, scale, division) overlaps with the next ones'; the
+     * first bad element in token order is reported, as below. */
+    if (fastv)
+        for (uint32_t h = 0; h < g->H; h++)
+            for (uint32_t j = 0; j < Q; j += 4) {
+                uint32_t nb = Q - j < 4 ? Q - j : 4;
+                uint16_t sc[4];
+                for (uint32_t b = 0; b < nb; b++) {
+                    int64_t base = (int64_t)h * src->stride_head + (int64_t)(g->raw_head + j + b) * src->stride_token;
+                    const uint16_t *p = (const uint16_t *)src->data + base;
+                    const float *c = rope ? ct + (size_t)(j + b) * hr : NULL;
+                    const float *sn = rope ? st + (size_t)(j + b) * hr : NULL;
+                    float *xb = x + (size_t)b * n; /* w.vec: 4 rows of up to 512 */
+                    int ok = n == 64 ? FN(front_v)(p, c, sn, &ctx->hp, xb, 8) : FN(front_v)(p, c, sn, &ctx->hp, xb, 16);
+                    if (!ok) {
+                        FN(load)(src, base, n, xb);
+                        return FN(bad_elem)(ctx, xb, n, h, g->raw_head + j + b);
+                    }
+                }
+                for (uint32_t b = 0; b < nb; b++) sc[b] = FN(scale)(x + (size_t)b * n, n, step);
+                for (uint32_t b = 0; b < nb; b++) {
+                    size_t v = (size_t)h * Q + j + b;
+                    q->scales[v] = sc[b];
+                    if (sc[b] == 0) memset(&q->points2[v * n], 0, sizeof(int16_t) * n);
+                    else FN(e8_vec)(x + (size_t)b * n, n, e8c_bf16_to_f32(sc[b]), &q->points2[v * n]);
+                }
+            }
+    if (fastv) return 0;
+#endif
     for (uint32_t h = 0; h < g->H; h++)
         for (uint32_t j = 0; j < Q; j++) {
             int64_t base = (int64_t)h * src->stride_head + (int64_t)(g->raw_head + j) * src->stride_token;
-            int ok;
-#ifdef __AVX2__
-            if (fastv) {
-                const uint16_t *p = (const uint16_t *)src->data + base;
-                const float *c = rope ? ct + (size_t)j * hr : NULL, *sn = rope ? st + (size_t)j * hr : NULL;
-                ok = n == 64 ? FN(front_v)(p, c, sn, &ctx->hp, x, 8) : FN(front_v)(p, c, sn, &ctx->hp, x, 16);
-                if (!ok) FN(load)(src, base, n, x); /* for the report below */
-            } else
-#endif
-            {
-                ok = FN(load)(src, base, n, x);
-                if (ok && rope) FN(rope)(&fp->rope, x, ct + (size_t)j * hr, st + (size_t)j * hr, 0);
-                if (ok) FN(hfwd)(&ctx->hp, x, tmp);
-            }
-            if (!ok)
-                for (uint32_t i = 0; i < n; i++)
-                    if (!(fabsf(x[i]) <= 0x1p64f))
-                        return e8c_fail(ctx, isfinite(x[i]) ? E8C_ERR_RANGE : E8C_ERR_NONFINITE,
-                                        "head %u token %u dim %u is %g (must be finite, |x| <= 2^64)",
-                                        h, g->raw_head + j, i, (double)x[i]);
+            int ok = FN(load)(src, base, n, x);
+            if (ok && rope) FN(rope)(&fp->rope, x, ct + (size_t)j * hr, st + (size_t)j * hr, 0);
+            if (ok) FN(hfwd)(&ctx->hp, x, tmp);
+            if (!ok) return FN(bad_elem)(ctx, x, n, h, g->raw_head + j);
             size_t v = (size_t)h * Q + j;
             uint16_t s = FN(scale)(x, n, step);
             q->scales[v] = s;
