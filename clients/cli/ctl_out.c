@@ -3,11 +3,14 @@
  * scripts; terminal width from TIOCGWINSZ.
  */
 #include <inttypes.h>
+#include <locale.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
+#include <wchar.h>
 
 #include "clients/cli/ctl_out.h"
 
@@ -23,19 +26,72 @@ int ctl_term_width(void) {
   return w > 0 ? w : 80;
 }
 
+/* Length (1..4) and code point of the UTF-8 sequence at s; 0 when it is not one (a stray,
+ * overlong or truncated byte sequence, a surrogate, beyond U+10FFFF). */
+static int ctl_utf8_decode(const unsigned char *s, uint32_t *cp) {
+  if (s[0] < 0x80) { *cp = s[0]; return 1; }
+  int n = s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 && s[0] < 0xE0 ? 2 : 0;
+  if (!n) return 0;
+  uint32_t c = s[0] & (0x7F >> n);
+  for (int i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    c = c << 6 | (s[i] & 0x3F);
+  }
+  static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+  *cp = c;
+  return n;
+}
+
+/* Terminal columns of one code point (glibc's wcwidth in a UTF-8 locale: 2 for CJK and
+ * other wide characters, 0 for combining marks; 1 where it has no answer). */
+static int ctl_cp_width(uint32_t cp) {
+  if (cp < 0x80) return 1;
+  static locale_t utf8;
+  if (!utf8) utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+  if (!utf8) return 1;
+  locale_t old = uselocale(utf8);
+  int w = wcwidth((wchar_t)cp);
+  uselocale(old);
+  return w < 0 ? 1 : w;
+}
+
+/* Display width of the code point at s (a byte that starts none counts 1); *len its bytes. */
+static size_t ctl_glyph(const char *s, size_t *len) {
+  uint32_t cp;
+  int n = ctl_utf8_decode((const unsigned char *)s, &cp);
+  *len = n ? (size_t)n : 1;
+  return n ? (size_t)ctl_cp_width(cp) : 1;
+}
+
 size_t ctl_utf8_width(const char *s) {
-  size_t w = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) w++;
+  size_t w = 0, len;
+  for (; *s; s += len) w += ctl_glyph(s, &len);
   return w;
 }
 
-/* Byte offset of the code point that starts display column `col` of s. */
-static size_t ctl_utf8_offset(const char *s, size_t col) {
-  size_t w = 0, i = 0;
-  for (; s[i]; i++)
-    if (((unsigned char)s[i] & 0xC0) != 0x80 && w++ == col) return i;
-  return i;
+size_t ctl_text_safe(const char *in, char *out, size_t n) {
+  size_t o = 0;
+  if (!n) return 0;
+  for (const unsigned char *p = (const unsigned char *)in; *p;) {
+    char esc[12];
+    uint32_t cp = 0;
+    int len = ctl_utf8_decode(p, &cp);
+    if (!len) snprintf(esc, sizeof esc, "\\x%02x", *p), len = 1;
+    else if (cp == '\n') snprintf(esc, sizeof esc, "\\n");
+    else if (cp == '\t') snprintf(esc, sizeof esc, "\\t");
+    else if (cp == '\r') snprintf(esc, sizeof esc, "\\r");
+    else if (cp < 0x20 || cp == 0x7F) snprintf(esc, sizeof esc, "\\x%02x", (unsigned)cp);
+    else if (cp >= 0x80 && cp < 0xA0) snprintf(esc, sizeof esc, "\\u%04x", (unsigned)cp);
+    else esc[0] = '\0';
+    size_t add = esc[0] ? strlen(esc) : (size_t)len;
+    if (o + add >= n) break; /* never half a code point or half an escape */
+    memcpy(out + o, esc[0] ? esc : (const char *)p, add);
+    o += add;
+    p += len;
+  }
+  out[o] = '\0';
+  return o;
 }
 
 /* Cuts s in place to at most `width` display columns, keeping its start and its end
@@ -44,7 +100,13 @@ static void ctl_utf8_cut(char *s, size_t width) {
   size_t w = ctl_utf8_width(s);
   if (w <= width || width == 0) return;
   size_t head = (width - 1) / 2 + (width - 1) % 2, tail = width - 1 - head;
-  size_t h = ctl_utf8_offset(s, head), t = ctl_utf8_offset(s, w - tail);
+  size_t h = 0, hw = 0, len, t = strlen(s);
+  for (size_t gw; s[h] && hw + (gw = ctl_glyph(s + h, &len)) <= head; h += len) hw += gw;
+  /* The tail: the longest suffix of at most `tail` columns that starts a code point. */
+  for (size_t i = h; s[i]; i += len) {
+    ctl_glyph(s + i, &len);
+    if (ctl_utf8_width(s + i) <= tail) { t = i; break; }
+  }
   s[h] = '~';
   memmove(s + h + 1, s + t, strlen(s + t) + 1);
 }
@@ -105,13 +167,13 @@ const char *ctl_fmt_value(const json_t *v, ctl_fmt f, char *buf, size_t n) {
       break;
     case CTL_F_STR: break;
   }
-  if (json_is_string(v)) snprintf(buf, n, "%s", json_string_value(v));
+  if (json_is_string(v)) ctl_text_safe(json_string_value(v), buf, n);
   else if (json_is_integer(v)) snprintf(buf, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
   else if (json_is_real(v)) snprintf(buf, n, "%g", json_real_value(v));
   else if (json_is_boolean(v)) snprintf(buf, n, "%s", json_is_true(v) ? "true" : "false");
   else {
     char *d = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    snprintf(buf, n, "%s", d ? d : "?");
+    ctl_text_safe(d ? d : "?", buf, n);
     free(d);
   }
   return buf;

@@ -35,8 +35,14 @@ typedef struct ctl_col {
 
 /* Width of the terminal on stdout; 0 when stdout is not a terminal (no limit). */
 int ctl_term_width(void);
-/* Display width of a UTF-8 string (code points; e8kv names are mostly ASCII). */
+/* Display width of a UTF-8 string in terminal columns (wide characters such as CJK count 2,
+ * combining marks 0; a byte that starts no valid sequence counts 1). */
 size_t ctl_utf8_width(const char *s);
+/* Copies UTF-8 text `in` into out (n bytes, always NUL-terminated, cut only between code
+ * points) for a terminal: control characters (C0, DEL, C1) and invalid bytes become visible
+ * escapes (\n, \t, \r, \x1b, \u009b, \xff), so text from the daemon or the store (a
+ * model_id, metadata) can neither move the cursor nor fake output lines. Returns the length. */
+size_t ctl_text_safe(const char *in, char *out, size_t n);
 /* Formats v per f into buf (always NUL-terminated); missing/null values give "-". */
 const char *ctl_fmt_value(const json_t *v, ctl_fmt f, char *buf, size_t n);
 /* Looks up "a.b.c" in obj; NULL when absent. */

@@ -102,6 +102,56 @@ static void test_formats(void **state) {
   assert_int_equal(ctl_utf8_width("h\xc3\xa9llo"), 5);
 }
 
+/* Display widths of each line (terminal columns) of a rendered table. */
+static void line_widths(const char *s, size_t *w, int max, int *n) {
+  *n = 0;
+  char line[1024];
+  while (*s && *n < max) {
+    size_t len = strcspn(s, "\n");
+    snprintf(line, sizeof line, "%.*s", (int)len, s);
+    w[(*n)++] = ctl_utf8_width(line);
+    s += len + (s[len] == '\n');
+  }
+}
+
+/* Text from the daemon (a model_id, metadata) cannot move the cursor or fake lines, and
+ * wide characters (CJK) count two columns, so tables stay aligned and within the width. */
+static void test_unsafe_and_wide_text(void **state) {
+  (void)state;
+  char buf[64];
+  ctl_text_safe("a\x1b[31mb\nc\td\re\x7f" "f\xc2\x9bg\xffh\xc3", buf, sizeof buf);
+  assert_string_equal(buf, "a\\x1b[31mb\\nc\\td\\re\\x7ff\\u009bg\\xffh\\xc3");
+  ctl_text_safe("\xe6\x97\xa5\xe6\x9c\xac", buf, 5); /* room for one 3-byte code point */
+  assert_string_equal(buf, "\xe6\x97\xa5");
+  ctl_text_safe("ab\x1b", buf, 5); /* an escape is never cut in half */
+  assert_string_equal(buf, "ab");
+  json_t *v = json_string("evil\x1b[2J\nfake");
+  assert_string_equal(ctl_fmt_value(v, CTL_F_STR, buf, sizeof buf), "evil\\x1b[2J\\nfake");
+  json_decref(v);
+  assert_int_equal(ctl_utf8_width("\xe6\x97\xa5\xe6\x9c\xac"), 4); /* 日本 */
+  assert_int_equal(ctl_utf8_width("e\xcc\x81"), 1);                 /* e + combining acute */
+  assert_int_equal(ctl_utf8_width("a\xff"), 2);
+  json_t *rows = json_pack("[{s:s,s:i,s:i},{s:s,s:i,s:i},{s:s,s:i,s:i}]",
+                           "name", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\xe3\x83\xa2\xe3\x83\x87"
+                                   "\xe3\x83\xab-model", "n", 1, "b", 1,
+                           "name", "ascii-model-name", "n", 22, "b", 2,
+                           "name", "two\nlines", "n", 333, "b", 3);
+  size_t w[8];
+  int n;
+  char *wide = render_table(cols, rows, 0);
+  line_widths(wide, w, 8, &n);
+  assert_int_equal(n, 4); /* title + 3 rows: the newline in a name did not add one */
+  for (int i = 1; i < n; i++) assert_int_equal(w[i], w[0]);
+  char *narrow = render_table(cols, rows, 30);
+  line_widths(narrow, w, 8, &n);
+  assert_int_equal(n, 4);
+  for (int i = 0; i < n; i++) assert_true(w[i] <= 30 && w[i] == w[0]);
+  assert_non_null(strstr(narrow, "~"));
+  free(wide);
+  free(narrow);
+  json_decref(rows);
+}
+
 static void test_progress_render(void **state) {
   (void)state;
   ctl_prog p;
@@ -125,6 +175,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_table_fits_width),
       cmocka_unit_test(test_formats),
+      cmocka_unit_test(test_unsafe_and_wide_text),
       cmocka_unit_test(test_progress_render),
   };
   return cmocka_run_group_tests_name("ctl_out", tests, NULL, NULL);
