@@ -29,6 +29,9 @@
  *   at its deadline with E8KV_DEADLINE_EXCEEDED, or after gRPC's 20 s connect
  *   timeout with E8KV_UNAVAILABLE, whichever comes first; both messages name the
  *   address (and the deadline that passed).
+ *   After a lost connection (a daemon restart) the client tries to reconnect
+ *   at most 1 s apart (gRPC's default backoff grows to 2 min), so calls work
+ *   again within about a second of the daemon serving again.
  *
  * Errors: one space (e8kv_status)
  *   Codes 0..16 are the gRPC status codes with the same numbers and meaning (what

@@ -15,6 +15,8 @@
 #include "proto/e8kv_addr.h"
 
 #define KVC_PEM_MAX (1u << 20) /* a PEM file larger than 1 MiB is refused */
+#define KVC_RECONNECT_INITIAL_MS 100 /* first reconnect attempt after a lost connection */
+#define KVC_RECONNECT_MAX_MS 1000    /* longest wait between attempts (gRPC: 120 s) */
 
 void e8kv_options_init(e8kv_options *o) {
   memset(o, 0, sizeof *o);
@@ -95,8 +97,17 @@ e8kv_status e8kv_client_open(const e8kv_options *o, e8kv_client **out, e8kv_erro
     grpc_shutdown();
     return s;
   }
-  grpc_arg args[3];
+  grpc_arg args[5];
   size_t nargs = 0;
+  /* Reconnect within KVC_RECONNECT_MAX_MS of a restarted daemon: gRPC's default backoff
+   * grows to 120 s, so after an outage of a minute calls kept failing (UNAVAILABLE, no
+   * connection attempt) for tens of seconds after e8kvd was back. */
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+  args[nargs++].value.integer = KVC_RECONNECT_INITIAL_MS;
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+  args[nargs++].value.integer = KVC_RECONNECT_MAX_MS;
   /* Each client its own connection: channels to one address would otherwise share a
    * subchannel (one TCP/unix connection), and parallel streams (e8kv_fetch_start over
    * several clients) would queue on it. */

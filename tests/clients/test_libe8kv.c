@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -180,6 +182,74 @@ static void test_silent_address_deadline(void **state) {
   rmdir(dir);
 }
 
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Accepts and closes connections on a listening socket until *stop; counts them. */
+typedef struct accept_loop {
+  int fd;
+  atomic_int stop, accepts;
+} accept_loop;
+
+static void *accept_run(void *arg) {
+  accept_loop *l = arg;
+  while (!atomic_load(&l->stop)) {
+    int a = accept(l->fd, NULL, NULL); /* blocking; shutdown() of fd ends it */
+    if (a < 0) continue;
+    atomic_fetch_add(&l->accepts, 1);
+    shutdown(a, SHUT_RDWR);
+    close(a);
+  }
+  return NULL;
+}
+
+/* After a daemon outage a long-lived client tries to reconnect at most ~1 s apart (gRPC's
+ * default backoff grows 1.6x per attempt up to 2 min, so calls kept failing long after e8kvd
+ * was back): count the connection attempts that reach a socket which appears after a 15 s
+ * outage and accepts and closes each one (a daemon not ready yet). */
+static void test_reconnect_backoff_is_bounded(void **state) {
+  (void)state;
+  char dir[] = "/tmp/e8kv-reconnect-XXXXXX", path[64], addr[96];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/s.sock", dir);
+  snprintf(addr, sizeof addr, "unix:%s", path);
+  e8kv_options o;
+  e8kv_options_init(&o);
+  o.address = addr;
+  o.deadline_ms = 500;
+  e8kv_client *c = NULL;
+  e8kv_error err;
+  assert_int_equal(e8kv_client_open(&o, &c, &err), E8KV_OK);
+  int serving;
+  for (double t0 = now_s(); now_s() - t0 < 15;) {
+    assert_int_equal(e8kv_health_check(c, "", &serving, &err), E8KV_UNAVAILABLE);
+    usleep(100000);
+  }
+  accept_loop l = {.fd = socket(AF_UNIX, SOCK_STREAM, 0)};
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  assert_int_equal(bind(l.fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(l.fd, 64), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, accept_run, &l), 0);
+  for (double t1 = now_s(); now_s() - t1 < 8;) {
+    e8kv_health_check(c, "", &serving, &err);
+    usleep(100000);
+  }
+  atomic_store(&l.stop, 1);
+  shutdown(l.fd, SHUT_RDWR);
+  pthread_join(th, NULL);
+  e8kv_client_close(c);
+  close(l.fd);
+  unlink(path);
+  rmdir(dir);
+  if (atomic_load(&l.accepts) < 4) /* gRPC's default: at most 2 (5.2-10.5 s apart by now) */
+    fail_msg("%d connection attempts in 8 s", atomic_load(&l.accepts));
+}
+
 static void test_null_arguments(void **state) {
   (void)state;
   e8kv_client *c = NULL;
@@ -240,6 +310,7 @@ int main(void) {
       cmocka_unit_test(test_tls_files),
       cmocka_unit_test(test_no_daemon_is_unavailable),
       cmocka_unit_test(test_silent_address_deadline),
+      cmocka_unit_test(test_reconnect_backoff_is_bounded),
       cmocka_unit_test(test_null_arguments),
       cmocka_unit_test(test_fetch_usage_and_no_daemon),
   };

@@ -128,3 +128,52 @@ def test_python_rule_equals_the_c_rule_on_random_strings():
         else:
             assert rc == -1, (a, why)
             assert buf.value.decode() == f"{why}: {_addr.FORMS}", a
+
+
+def test_reconnect_attempts_stay_at_most_a_second_apart():
+    """After a daemon outage, a long-lived Client must try to reconnect often, so that calls
+    work again soon after e8kvd is back. gRPC's default backoff grows 1.6x per attempt up to
+    2 min (after a 10 s outage attempts are already 3-7 s apart, and after a minute ~40 s);
+    e8kv bounds it at 1 s. Measured by counting the connection attempts that reach a socket
+    which appears after a 10 s outage (it accepts and closes each, like a daemon not ready)."""
+    import threading
+    d = tempfile.mkdtemp(prefix="e8kv-reconnect-")
+    path = os.path.join(d, "s.sock")
+    c = e8kv.Client("unix:" + path, timeout=1)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:            # the outage: calls keep failing at once
+        with pytest.raises(e8kv.Unavailable):
+            c.health()
+        time.sleep(0.1)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(64)
+    s.settimeout(0.2)
+    accepts, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except socket.timeout:
+                continue
+            accepts.append(time.monotonic())
+            conn.close()
+    th = threading.Thread(target=serve)
+    th.start()
+    t1 = time.monotonic()
+    try:
+        while time.monotonic() - t1 < 5:
+            try:
+                c.health(timeout=0.5)
+            except e8kv.E8kvError:
+                pass
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        th.join()
+        c.close()
+        s.close()
+        os.unlink(path)
+        os.rmdir(d)
+    assert len(accepts) >= 3, f"{len(accepts)} connection attempts in 5 s"
