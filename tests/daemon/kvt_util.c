@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -79,8 +80,13 @@ int kvt_daemon_start(kvt_daemon *d, int tcp, const char *const *extra) {
   fseek(lf, 0, SEEK_END);
   long from = ftell(lf);
   fflush(lf);
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
+    /* The daemon dies with the test that started it: a test that crashes, fails an
+     * assertion outside its teardown or is killed by a timeout left e8kvd running (an
+     * orphan holding a socket, a data dir and memory on a shared machine). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
     dup2(fileno(lf), 2);
     dup2(fileno(lf), 1);
     execv(g_bin, (char *const *)argv);

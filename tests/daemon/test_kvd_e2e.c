@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -728,6 +731,43 @@ static void test_restart_and_kill9(void **state) {
   seq_free(&t);
 }
 
+/* A daemon started through kvt dies with the process that started it, even when that
+ * process ends without kvt_daemon_stop/cleanup (a crash, an assertion, a timeout kill). */
+static void test_daemon_dies_with_its_starter(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t starter = fork();
+  assert_true(starter >= 0);
+  if (starter == 0) {
+    kvt_daemon d;
+    if (kvt_daemon_init(&d) || kvt_daemon_start(&d, 0, NULL)) _exit(1);
+    if (write(fds[1], &d, sizeof d) != (ssize_t)sizeof d) _exit(1);
+    _exit(0); /* no stop, no cleanup */
+  }
+  kvt_daemon d;
+  assert_int_equal(read(fds[0], &d, sizeof d), (ssize_t)sizeof d);
+  close(fds[0]);
+  close(fds[1]);
+  int st;
+  assert_int_equal(waitpid(starter, &st, 0), starter);
+  assert_true(d.pid > 0);
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)d.pid);
+  int dead = 0;
+  for (int i = 0; i < 100 && !dead; i++) { /* 5 s */
+    FILE *f = fopen(path, "r");
+    char *rp = f ? strrchr(fgets(line, sizeof line, f) ? line : "", ')') : NULL;
+    dead = !f || (rp && (rp[2] == 'Z' || rp[2] == 'X')); /* gone, or a zombie of init */
+    if (f) fclose(f);
+    if (!dead) usleep(50000);
+  }
+  if (!dead) kill(d.pid, SIGKILL);
+  d.pid = 0;
+  kvt_daemon_cleanup(&d);
+  assert_true(dead);
+}
+
 int main(int argc, char **argv) {
   (void)argc;
   kvt_set_binary_from_argv0(argv[0]);
@@ -742,6 +782,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_stats_verify_compact),
       cmocka_unit_test(test_metrics),
       cmocka_unit_test(test_restart_and_kill9),
+      cmocka_unit_test(test_daemon_dies_with_its_starter),
   };
   return cmocka_run_group_tests_name("e8kvd end-to-end", tests, setup, teardown);
 }
