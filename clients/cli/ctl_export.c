@@ -363,6 +363,25 @@ static int ctl_imp_empty(ctl_ctx *ctx, const E8kv__V1__SessionInfo *m, const cha
   return CTL_EXIT_OK;
 }
 
+/* CTL_EXIT_OK when no session `name` exists; otherwise the error a person can act on (the
+ * put's own refusal, "holds N tokens, expected 0", told neither what nor how). The put still
+ * carries expect_session_tokens = 0, so a session created meanwhile is never overwritten. */
+static int ctl_imp_check_free(ctl_ctx *ctx, const char *name) {
+  E8kv__V1__GetSessionRequest req = E8KV__V1__GET_SESSION_REQUEST__INIT;
+  req.name = (char *)name;
+  E8kv__V1__GetSessionResponse *r = NULL;
+  e8kv_error err;
+  e8kv_status s = e8kv_get_session(ctx->client, &req, &r, &err);
+  if (s == E8KV_NOT_FOUND) return CTL_EXIT_OK;
+  if (s) return ctl_error_e8kv(ctx, &err);
+  unsigned long long tokens = r->session ? (unsigned long long)r->session->n_tokens : 0;
+  e8kv_msg_free(r);
+  return ctl_error(ctx, CTL_EXIT_REJECTED, "ALREADY_EXISTS",
+                   "session \"%s\" already exists (%llu tokens) and import never overwrites: "
+                   "import under another name (--name NEW) or remove it first (e8kvctl rm %s)",
+                   name, tokens, name);
+}
+
 int ctl_on_import(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   const char *path = argv[0];
@@ -373,6 +392,10 @@ int ctl_on_import(ctl_ctx *ctx, int argc, char **argv) {
   int rc = ctl_imp_read(ctx, path, &m, NULL, NULL, NULL);
   if (rc) return rc;
   const char *name = ctx->opt[CTL_O_NAME] ? ctx->opt[CTL_O_NAME] : m->name;
+  if ((rc = ctl_imp_check_free(ctx, name))) {
+    e8kv_msg_free(m);
+    return rc;
+  }
   E8kv__V1__PutHeader h = E8KV__V1__PUT_HEADER__INIT;
   h.fingerprint = m->fingerprint;
   h.chunk_tokens = m->chunk_tokens;

@@ -248,7 +248,10 @@ class E2E(unittest.TestCase):
         self.assertEqual((j["session"], j["chunks"], j["tokens"]), ("s1", 3, 192))
         ctl("export", "s1", f2)
         self.assertEqual(open(f1, "rb").read(), open(f2, "rb").read(), "export->import->export differs")
-        ctl("import", f1, expect=REJECTED)  # s1 holds tokens: never overwritten
+        j, _ = ctl("import", f1, expect=REJECTED)  # s1 holds tokens: never overwritten
+        self.assertEqual(j["error"]["code"], "ALREADY_EXISTS")
+        self.assertIn("already exists", j["error"]["message"])
+        self.assertIn("--name", j["error"]["message"])
         j, _ = ctl("import", "--name", "s1-copy", f1)
         self.assertEqual(j["session"], "s1-copy")
         j, _ = ctl("import", "--name", "s1-team", f1, token=USER)  # into another namespace
