@@ -92,23 +92,25 @@ def fetch_rows(res, a, d, t, impl, keys, total, streams):
     f.prepare(total + (1 << 20))         # the C fetch's buffer, allocated untimed
     try:
         for k in streams:
-            secs = []
+            secs, cpu = [], []
             for _ in range(a.repeat):
-                t0 = time.perf_counter()
+                t0, p0 = time.perf_counter(), time.process_time()
                 run = f.start(keys, streams=k)
                 got = sum(len(x) for x in run)
                 secs.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - p0)     # all threads of this process
                 run.close()
                 if got != total:
                     raise RuntimeError(f"{impl}: fetched {got} bytes of {total}")
             row = dict(transport=t, impl=impl, streams=k, best_s=min(secs),
                        median_s=statistics.median(secs),
                        best_GBps=total / min(secs) / 1e9,
-                       median_GBps=total / statistics.median(secs) / 1e9, fetcher=why)
+                       median_GBps=total / statistics.median(secs) / 1e9,
+                       client_cpu_s=statistics.median(cpu), fetcher=why)
             res["runs"].append(row)
             print(f"{t:4} {impl:2} {k} stream(s): best {row['best_s']:.3f} s "
-                  f"({row['best_GBps']:.2f} GB/s), median {row['median_s']:.3f} s",
-                  flush=True)
+                  f"({row['best_GBps']:.2f} GB/s), median {row['median_s']:.3f} s; client CPU "
+                  f"{row['client_cpu_s']:.3f} s (median)", flush=True)
     finally:
         f.close()
 

@@ -9,7 +9,7 @@ include proto/proto.mk
 
 KVC_SRCS     := clients/c/e8kv_err.c clients/c/e8kv_conn.c clients/c/e8kv_call.c \
                 clients/c/e8kv_rpc.c clients/c/e8kv_stream.c clients/c/e8kv_fetch.c \
-                clients/c/e8kv_upload.c \
+                clients/c/e8kv_upload.c clients/c/e8kv_piece.c \
                 clients/c/e8kv_codec.c
 KVC_OBJS     := $(KVC_SRCS:%.c=$(BUILD)/obj/%.o) $(PROTO_OBJS)
 KVC_LIB      := $(BUILD)/lib/libe8kv.a
@@ -75,3 +75,22 @@ $(KVC_UPLOAD_TEST): $(BUILD)/obj/tests/clients/test_libe8kv_upload.o $(KVC_UPLOA
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(call pc_libs,cmocka) $(KVC_LDLIBS)
 TEST_BINS += $(KVC_UPLOAD_TEST)
+
+# The in-place GetChunksResponse parser (e8kv_piece.c): libFuzzer target against protobuf-c
+# (make fuzz), and its corpus replayed by make test without libFuzzer.
+KVC_PIECE_FUZZ   := $(BUILD)/fuzz/fuzz_kvc_piece
+KVC_PIECE_REPLAY := $(BUILD)/tests/clients/replay_kvc_piece
+FUZZ_BINS += $(KVC_PIECE_FUZZ)
+$(KVC_PIECE_FUZZ): tests/clients/fuzz_kvc_piece.c clients/c/e8kv_piece.c $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -I. -I$(PROTO_GEN) $(call pc_cflags,$(KVC_PKGS)) \
+	  -fsanitize=fuzzer,address,undefined tests/clients/fuzz_kvc_piece.c clients/c/e8kv_piece.c \
+	  $(PROTO_GEN)/e8kv/v1/kvstore.pb-c.c -o $@ $(call pc_libs,libprotobuf-c)
+$(BUILD)/obj/tests/clients/replay_kvc_piece.o $(BUILD)/obj/tests/clients/fuzz_kvc_piece.o: \
+  | $(PROTO_GEN_H)
+$(KVC_PIECE_REPLAY): $(BUILD)/obj/tests/clients/replay_kvc_piece.o \
+                     $(BUILD)/obj/tests/clients/fuzz_kvc_piece.o $(KVC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(KVC_LDLIBS)
+all: $(KVC_PIECE_REPLAY)
+TEST_CMDS += "$(KVC_PIECE_REPLAY) tests/clients/corpus_kvc_piece"

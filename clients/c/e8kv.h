@@ -322,7 +322,8 @@ e8kv_status e8kv_get_chunks(e8kv_client *c, const E8kv__V1__GetChunksRequest *re
  * each client separately: every e8kv_client has its own connection) over contiguous
  * slices of `keys` (n_keys chunk keys of 32 bytes, back to back, e.g. a LookupResponse's
  * chunk_keys), each in its own thread, as E8 chunk frames. Each chunk's pieces are
- * written straight to its place in `buf` (cap bytes, the caller's: e.g. pinned host
+ * written straight to its place in `buf` (each reply is parsed where gRPC received it, so
+ * the data is copied once, from gRPC's buffers) (cap bytes, the caller's: e.g. pinned host
  * memory for a GPU decode; regions are claimed in arrival order, chunks never straddle)
  * or, once buf is full, to memory the fetch allocates (still valid, just not in buf;
  * e8kv_fetch_stats tells how much). e8kv_fetch_wait hands out whole chunks in the order

@@ -159,7 +159,7 @@ e8kv_status kvc_stream_close_send(kvc_stream *s, e8kv_error *err) {
 
 /* Receives the next message's bytes into *bb (NULL at the end of the stream: then the
  * call's final status is returned). */
-static e8kv_status kvc_recv_bb(kvc_stream *s, grpc_byte_buffer **bb, e8kv_error *err) {
+e8kv_status kvc_stream_recv_bb(kvc_stream *s, grpc_byte_buffer **bb, e8kv_error *err) {
   *bb = NULL;
   if (s->have_status) return s->status ? kvc_status_error(s, err) : E8KV_OK;
   grpc_op ops[2];
@@ -185,7 +185,7 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
                             ProtobufCMessage **out, e8kv_error *err) {
   *out = NULL;
   grpc_byte_buffer *bb;
-  e8kv_status st = kvc_recv_bb(s, &bb, err);
+  e8kv_status st = kvc_stream_recv_bb(s, &bb, err);
   if (st || !bb) return st;
   grpc_byte_buffer_reader reader;
   if (!grpc_byte_buffer_reader_init(&reader, bb)) {
@@ -201,103 +201,6 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
   if (!*out)
     return kvc_fail(err, E8KV_E_PROTOCOL, "%s: reply of %zu bytes is not a valid %s", s->method,
                     len, d->name);
-  return E8KV_OK;
-}
-
-/* ---- reusable memory for large replies (kvc_arena, e8kv_int.h) ---- */
-
-typedef struct kvc_extra {
-  struct kvc_extra *next;
-  max_align_t data[];
-} kvc_extra;
-
-static void *kvc_arena_alloc(void *ad, size_t n) {
-  kvc_arena *a = ad;
-  n = (n + 15) & ~(size_t)15;
-  a->want += n;
-  if (a->used + n <= a->cap) {
-    void *p = a->mem + a->used;
-    a->used += n;
-    return p;
-  }
-  kvc_extra *e = malloc(sizeof *e + n);
-  if (!e) return NULL;
-  e->next = a->extra;
-  a->extra = e;
-  return e->data;
-}
-
-static void kvc_arena_free_noop(void *ad, void *p) {
-  (void)ad;
-  (void)p; /* everything goes at kvc_arena_reset */
-}
-
-void kvc_arena_init(kvc_arena *a) {
-  memset(a, 0, sizeof *a);
-  a->pa.alloc = kvc_arena_alloc;
-  a->pa.free = kvc_arena_free_noop;
-  a->pa.allocator_data = a;
-}
-
-void kvc_arena_reset(kvc_arena *a) {
-  while (a->extra) {
-    kvc_extra *e = a->extra;
-    a->extra = e->next;
-    free(e);
-  }
-  if (a->want > a->cap) { /* grow to what the last message needed: next time no malloc */
-    free(a->mem);
-    a->mem = malloc(a->want);
-    a->cap = a->mem ? a->want : 0;
-  }
-  a->used = a->want = 0;
-}
-
-void kvc_arena_free(kvc_arena *a) {
-  kvc_arena_reset(a);
-  free(a->mem);
-  free(a->raw);
-  memset(a, 0, sizeof *a);
-}
-
-e8kv_status kvc_stream_recv_arena(kvc_stream *s, const ProtobufCMessageDescriptor *d,
-                                  kvc_arena *a, ProtobufCMessage **out, e8kv_error *err) {
-  *out = NULL;
-  kvc_arena_reset(a);
-  grpc_byte_buffer *bb;
-  e8kv_status st = kvc_recv_bb(s, &bb, err);
-  if (st || !bb) return st;
-  size_t len = grpc_byte_buffer_length(bb);
-  if (len > a->raw_cap) {
-    free(a->raw);
-    a->raw = malloc(len ? len : 1);
-    a->raw_cap = a->raw ? len : 0;
-    if (!a->raw) {
-      grpc_byte_buffer_destroy(bb);
-      return kvc_fail(err, E8KV_E_NOMEM, "%s: out of memory for a %zu-byte reply", s->method,
-                      len);
-    }
-  }
-  grpc_byte_buffer_reader reader;
-  if (!grpc_byte_buffer_reader_init(&reader, bb)) {
-    grpc_byte_buffer_destroy(bb);
-    return kvc_fail(err, E8KV_E_PROTOCOL, "%s: unreadable reply", s->method);
-  }
-  size_t at = 0;
-  grpc_slice sl;
-  while (grpc_byte_buffer_reader_next(&reader, &sl)) {
-    size_t n = GRPC_SLICE_LENGTH(sl);
-    if (n > len - at) n = len - at; /* cannot happen: the length is the slices' sum */
-    memcpy(a->raw + at, GRPC_SLICE_START_PTR(sl), n);
-    at += n;
-    grpc_slice_unref(sl);
-  }
-  grpc_byte_buffer_reader_destroy(&reader);
-  grpc_byte_buffer_destroy(bb);
-  *out = protobuf_c_message_unpack(d, &a->pa, at, a->raw);
-  if (!*out)
-    return kvc_fail(err, E8KV_E_PROTOCOL, "%s: reply of %zu bytes is not a valid %s", s->method,
-                    at, d->name);
   return E8KV_OK;
 }
 

@@ -2,7 +2,8 @@
  * e8kv_fetch.c: parallel GetChunks into one caller buffer (e8kv_fetch_*, e8kv.h).
  *
  * One thread per client runs one GetChunks call over a contiguous slice of the key list
- * and writes each piece straight to the chunk's place: a region of the caller's buffer
+ * and writes each piece straight to the chunk's place (the message is parsed where gRPC
+ * received it, kvc_piece_parse, so the data is copied once, from gRPC's slices): a region of the caller's buffer
  * claimed (bump allocation under the fetch's lock) when the chunk's first piece tells its
  * size, or, once the buffer is full, a malloc'd block the fetch owns. Whole chunks are
  * appended to a ready list that e8kv_fetch_wait hands out in completion order, so the
@@ -15,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <grpc/byte_buffer_reader.h>
 
 #include "clients/c/e8kv_int.h"
 
@@ -100,20 +103,20 @@ typedef struct kvf_cur {
   uint8_t *dst;
 } kvf_cur;
 
-/* Takes one piece (m stays the caller's). */
-static e8kv_status kvf_piece(kvf_worker *w, kvf_cur *c, const E8kv__V1__GetChunksResponse *m,
-                             e8kv_error *err) {
+/* Takes one piece, parsed in place over segs (m and segs stay the caller's). */
+static e8kv_status kvf_piece(kvf_worker *w, kvf_cur *c, const kvc_piece *m, const kvc_seg *segs,
+                             size_t n_segs, e8kv_error *err) {
   struct e8kv_fetch *f = w->f;
   if (!c->open) {
     size_t want = w->begin + m->chunk_index;
     if (m->offset != 0 || m->chunk_bytes > E8KV_MAX_CHUNK_BYTES_DEFAULT ||
-        m->data.len > m->chunk_bytes || m->chunk_index >= w->end - w->begin)
+        m->data_len > m->chunk_bytes || m->chunk_index >= w->end - w->begin)
       return kvc_fail(err, E8KV_E_PROTOCOL,
                       "GetChunks: chunk %u starts at offset %llu with %llu bytes announced",
                       m->chunk_index, (unsigned long long)m->offset,
                       (unsigned long long)m->chunk_bytes);
-    if (m->chunk_key.len != KVF_KEY || memcmp(m->chunk_key.data, f->keys + want * KVF_KEY,
-                                             KVF_KEY) != 0)
+    if (m->chunk_key_len != KVF_KEY || memcmp(m->chunk_key, f->keys + want * KVF_KEY,
+                                              KVF_KEY) != 0)
       return kvc_fail(err, E8KV_E_PROTOCOL,
                       "GetChunks: chunk %u of the answer is not the key asked at that place",
                       m->chunk_index);
@@ -130,14 +133,14 @@ static e8kv_status kvf_piece(kvf_worker *w, kvf_cur *c, const E8kv__V1__GetChunk
     c->bytes = m->chunk_bytes;
     c->have = 0;
   } else if (m->chunk_index != c->index || m->chunk_bytes != c->bytes || m->offset != c->have ||
-             m->data.len > c->bytes - c->have) {
+             m->data_len > c->bytes - c->have) {
     return kvc_fail(err, E8KV_E_PROTOCOL,
                     "GetChunks: piece at offset %llu does not continue chunk %u (have %llu of "
                     "%llu bytes)", (unsigned long long)m->offset, c->index,
                     (unsigned long long)c->have, (unsigned long long)c->bytes);
   }
-  if (m->data.len) memcpy(c->dst + c->have, m->data.data, m->data.len);
-  c->have += m->data.len;
+  if (m->data_len) kvc_piece_copy_data(segs, n_segs, m, c->dst + c->have); /* the one copy */
+  c->have += m->data_len;
   if (!m->last_piece) return E8KV_OK;
   if (c->have != c->bytes)
     return kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: chunk %u ended after %llu of %llu bytes",
@@ -193,17 +196,45 @@ static e8kv_status kvf_call(kvf_worker *w, e8kv_error *err) {
   if (!(st = kvc_stream_send(s, &req.base, err))) st = kvc_stream_close_send(s, err);
   free(keys);
   kvf_cur cur = {0};
-  size_t got = 0;
-  kvc_arena arena;
-  kvc_arena_init(&arena);
+  size_t got = 0, seg_cap = 0;
+  kvc_seg *segs = NULL;
   while (!st) {
-    ProtobufCMessage *m = NULL;
-    st = kvc_stream_recv_arena(s, &e8kv__v1__get_chunks_response__descriptor, &arena, &m, err);
-    if (st || !m) break;
-    st = kvf_piece(w, &cur, (E8kv__V1__GetChunksResponse *)m, err);
-    if (!st && ((E8kv__V1__GetChunksResponse *)m)->last_piece) got++;
+    grpc_byte_buffer *bb = NULL;
+    st = kvc_stream_recv_bb(s, &bb, err);
+    if (st || !bb) break;
+    /* the message where gRPC received it: its slices, parsed in place */
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+      grpc_byte_buffer_destroy(bb);
+      st = kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: unreadable reply");
+      break;
+    }
+    size_t n_segs = 0;
+    grpc_slice *sl;
+    while (!st && grpc_byte_buffer_reader_peek(&rd, &sl)) {
+      if (n_segs == seg_cap) {
+        size_t cap = seg_cap ? 2 * seg_cap : 64;
+        kvc_seg *g = realloc(segs, cap * sizeof *g);
+        if (!g) {
+          st = kvc_fail(err, E8KV_E_NOMEM, "out of memory");
+          break;
+        }
+        segs = g;
+        seg_cap = cap;
+      }
+      segs[n_segs].p = GRPC_SLICE_START_PTR(*sl);
+      segs[n_segs++].n = GRPC_SLICE_LENGTH(*sl);
+    }
+    kvc_piece pc;
+    if (!st && kvc_piece_parse(segs, n_segs, &pc))
+      st = kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: a reply of %zu bytes is not a valid "
+                    "GetChunksResponse", grpc_byte_buffer_length(bb));
+    if (!st) st = kvf_piece(w, &cur, &pc, segs, n_segs, err);
+    if (!st && pc.last_piece) got++;
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(bb);
   }
-  kvc_arena_free(&arena);
+  free(segs);
   if (!st && (cur.open || got != n))
     st = kvc_fail(err, E8KV_E_PROTOCOL, "GetChunks: the stream ended after %zu of %zu chunks%s",
                   got, n, cur.open ? " inside a chunk" : "");

@@ -48,26 +48,9 @@ e8kv_status kvc_stream_recv(kvc_stream *s, const ProtobufCMessageDescriptor *d,
  * Returns the call's status (E8KV_OK when it ended cleanly). NULL: E8KV_OK. */
 e8kv_status kvc_stream_finish(kvc_stream *s, e8kv_error *err);
 
-/* Memory reused from one large reply to the next (the parallel fetch's streams): the
- * message bytes are gathered into `raw` and unpacked by protobuf-c into `mem` (a bump
- * allocator that grows to the largest reply), so a 5 MB chunk costs no fresh pages. */
-typedef struct kvc_arena {
-  ProtobufCAllocator pa;   /* alloc/free over this arena (free is a no-op) */
-  uint8_t *mem;
-  size_t cap, used, want;  /* want: what the current message asked for in all */
-  struct kvc_extra *extra; /* allocations past cap (freed at reset) */
-  uint8_t *raw;            /* the last message's wire bytes */
-  size_t raw_cap;
-} kvc_arena;
-
-void kvc_arena_init(kvc_arena *a);
-/* Ends the last message (its memory is reused). */
-void kvc_arena_reset(kvc_arena *a);
-void kvc_arena_free(kvc_arena *a);
-/* kvc_stream_recv with the message unpacked into `a`: valid until the next call with a
- * (or kvc_arena_reset); never free it with e8kv_msg_free. */
-e8kv_status kvc_stream_recv_arena(kvc_stream *s, const ProtobufCMessageDescriptor *d,
-                                  kvc_arena *a, ProtobufCMessage **out, e8kv_error *err);
+/* Receives the next message as gRPC's byte buffer (the caller destroys it): no copy. At the
+ * end of the stream *bb is NULL and the call's final status is returned (E8KV_OK: clean). */
+e8kv_status kvc_stream_recv_bb(kvc_stream *s, grpc_byte_buffer **bb, e8kv_error *err);
 
 /* Cancels the call from any thread (grpc_call_cancel is thread-safe): the owner's
  * pending and later batches fail, and its recv returns CANCELLED. s stays the owner's. */
@@ -77,6 +60,33 @@ void kvc_stream_cancel(kvc_stream *s);
 e8kv_status kvc_unary(e8kv_client *c, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                       e8kv_error *err);
+
+/* A GetChunksResponse read in place (e8kv_piece.c) over the segments gRPC received it in
+ * (no copy of the message): small fields copied, the data field only located. */
+typedef struct kvc_seg {
+  const uint8_t *p;
+  size_t n;
+} kvc_seg;
+
+typedef struct kvc_piece {
+  uint32_t chunk_index, n_tokens, layer_begin, layer_end;
+  int32_t encoding, dtype;
+  uint64_t start_token, chunk_bytes, offset;
+  int last_piece;
+  uint8_t chunk_key[64];      /* chunk_key_len bytes (a longer key is a parse error) */
+  size_t chunk_key_len;
+  uint8_t fingerprint_id[64]; /* fingerprint_id_len bytes (likewise) */
+  size_t fingerprint_id_len;
+  size_t n_token_ids;         /* counted, not kept */
+  size_t data_len;            /* the data field: data_len bytes from segment data_seg, */
+  size_t data_seg, data_off;  /*   offset data_off (copied by kvc_piece_copy_data) */
+} kvc_piece;
+
+/* 0, or -1 when the bytes are not a GetChunksResponse (see e8kv_piece.c for the rules). */
+int kvc_piece_parse(const kvc_seg *segs, size_t n_segs, kvc_piece *pc);
+/* Copies the data field of a parsed piece (pc->data_len bytes) to dst. */
+void kvc_piece_copy_data(const kvc_seg *segs, size_t n_segs, const kvc_piece *pc,
+                         uint8_t *dst);
 
 /* Reassembly of GetChunks pieces into chunks (e8kv_stream.c; exposed for tests). */
 typedef struct kvc_asm {
