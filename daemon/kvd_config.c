@@ -240,6 +240,16 @@ static int split_listen(kvd_config *cfg, FILE *err) {
       free(copy);
       return -1;
     }
+    /* "unix:/a,/b.sock" is one socket path with a comma (which the rule refuses, with its
+     * reason), not the list "unix:/a" and "/b.sock" ("has no port" would puzzle) */
+    const char *prev = cfg->n_listen ? cfg->listen_addrs[cfg->n_listen - 1] : NULL;
+    if (prev && strncmp(prev, "unix:", 5) == 0 && e8kv_addr_check(t, NULL, 0) != 0) {
+      char *joined = NULL;
+      if (asprintf(&joined, "%s,%s", prev, t) > 0) check_addr(joined, err);
+      free(joined);
+      free(copy);
+      return -1;
+    }
     if (check_addr(t, err) != 0) {
       free(copy);
       return -1;

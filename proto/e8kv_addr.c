@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The bytes of a host name (and of an IPv6 zone) */
+#define ADDR_NAME_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+
 /* Writes "<reason>: <forms>" into why; always returns -1. */
 static int addr_refuse(char *why, size_t cap, const char *fmt, ...) {
   if (!why || !cap) return -1;
@@ -27,6 +30,13 @@ static int addr_check_unix(const char *a, char *why, size_t cap) {
     path += 2;
   }
   if (!*path) return addr_refuse(why, cap, "no socket path after unix:");
+  /* gRPC reads a unix: path as a URI path: %XX is decoded (unix:/run/a%41.sock binds
+   * /run/aA.sock, past e8kvd's check for a live daemon there) and a comma separates
+   * several sockets (e8kvd --listen splits on it too), so neither names one path. */
+  const char *odd = strpbrk(path, "%,");
+  if (odd)
+    return addr_refuse(why, cap, "the socket path has '%c', which gRPC reads as %s", *odd,
+                       *odd == '%' ? "a %XX escape" : "a list of sockets");
   size_t n = strlen(path);
   if (n > E8KV_ADDR_UNIX_PATH_MAX)
     return addr_refuse(why, cap, "the socket path is %zu bytes; a unix socket takes at most %d",
@@ -61,6 +71,16 @@ int e8kv_addr_check(const char *a, char *why, size_t cap) {
     if (!close) return addr_refuse(why, cap, "has '[' but no ']'");
     if (close == a + 1) return addr_refuse(why, cap, "has no host between [ and ]");
     if (close[1] != ':') return addr_refuse(why, cap, "has no port after ]");
+    /* hex digits, ':' and '.' (an IPv4 tail), then maybe a %zone (fe80::1%eth0) */
+    const char *e = a + 1 + strspn(a + 1, "0123456789ABCDEFabcdef:.");
+    if (*e == '%' && e + 1 < close) e += 1 + strspn(e + 1, ADDR_NAME_CHARS);
+    if (e != close) {
+      unsigned char b = (unsigned char)*e;
+      return b > 0x20 && b < 0x7f
+                 ? addr_refuse(why, cap, "the IPv6 address has '%c', which no IPv6 address has", b)
+                 : addr_refuse(why, cap, "the IPv6 address has byte 0x%02x, which no IPv6 "
+                               "address has", b);
+    }
     port = close + 2;
   } else {
     const char *colon = strrchr(a, ':');
@@ -68,7 +88,7 @@ int e8kv_addr_check(const char *a, char *why, size_t cap) {
     if (colon == a) return addr_refuse(why, cap, "has no host");
     if (memchr(a, ':', (size_t)(colon - a)))
       return addr_refuse(why, cap, "an IPv6 address is written in brackets, [v6]:port");
-    size_t ok = strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-");
+    size_t ok = strspn(a, ADDR_NAME_CHARS);
     if (a + ok != colon) {
       unsigned char b = (unsigned char)a[ok];
       return b > 0x20 && b < 0x7f

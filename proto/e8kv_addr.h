@@ -13,8 +13,11 @@
  * Refused, each with its own reason: an empty address; spaces or control characters; URL
  * schemes (tcp://, http://, dns:///; gRPC names schemes the daemon cannot listen on); a bare
  * socket path (written unix:PATH); no port, a port that is not a number in 0..65535; no
- * host; an IPv6 literal without brackets; unix: without a path, unix://NAME (two slashes: a
- * host, not a path); a socket path longer than a unix socket holds (107 bytes).
+ * host; an IPv6 literal without brackets, or with a byte no IPv6 literal has (hex digits,
+ * ':', '.', then an optional %zone); unix: without a path, unix://NAME (two slashes: a
+ * host, not a path); a socket path longer than a unix socket holds (107 bytes); a socket
+ * path with '%' or ',' (gRPC decodes %XX in it, so unix:/run/a%41.sock would bind
+ * /run/aA.sock, and reads a comma as a list of sockets; e8kvd --listen splits on commas).
  *
  * Thread safety: pure function (no global state).
  */

@@ -11,6 +11,7 @@ import re
 FORMS = "use host:port (TCP, IPv6 as [::1]:port) or unix:/path/to.sock"
 UNIX_PATH_MAX = 107        # bytes: sun_path less its NUL
 _HOST = re.compile(r"[A-Za-z0-9._-]*")
+_V6 = re.compile(r"[0-9A-Fa-f:.]*")
 
 
 def _why(address):
@@ -30,6 +31,10 @@ def _why(address):
             path = path[2:]
         if not path:
             return "no socket path after unix:"
+        odd = next((ch for ch in path if ch in "%,"), None)
+        if odd is not None:
+            what = "a %XX escape" if odd == "%" else "a list of sockets"
+            return f"the socket path has '{odd}', which gRPC reads as {what}"
         n = len(path.encode())
         if n > UNIX_PATH_MAX:
             return f"the socket path is {n} bytes; a unix socket takes at most {UNIX_PATH_MAX}"
@@ -48,6 +53,13 @@ def _why(address):
             return "has no host between [ and ]"
         if a[close + 1:close + 2] != ":":
             return "has no port after ]"
+        ok = _V6.match(a, 1).end()   # hex, ':', '.', then maybe a %zone (fe80::1%eth0)
+        if a[ok] == "%" and ok + 1 < close:
+            ok = _HOST.match(a, ok + 1).end()
+        if ok != close:
+            b = a[ok].encode()[0]
+            what = f"'{a[ok]}'" if 0x20 < b < 0x7f else f"byte 0x{b:02x}"
+            return f"the IPv6 address has {what}, which no IPv6 address has"
         port = a[close + 2:]
     else:
         colon = a.rfind(":")
