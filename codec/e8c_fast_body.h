@@ -543,8 +543,13 @@ uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict
                              uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
                              size_t b0, int32_t *restrict prev, int16_t *restrict p2)
 {
-    const __m256i one = _mm256_set1_epi32(1), lo = _mm256_set1_epi32(-16384), hi = _mm256_set1_epi32(16383);
-    const __m256i is7 = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 0, -1), v255 = _mm256_set1_epi32(255);
+    const __m256i one = _mm256_set1_epi32(1), v255 = _mm256_set1_epi32(255);
+    const __m256i shifts = _mm256_setr_epi32(1, 1, 1, 1, 1, 1, 1, 2);
+    const __m256i pmin = _mm256_set1_epi32(-32768), pmax = _mm256_set1_epi32(32767);
+    /* P - (S << shift) by coset c and parity par: c in every lane, 2 par
+     * more in lane 7 (P_i = 2 S_i + c, P_7 = 2 (2 S_7 + par) + c) */
+    static const int32_t addv[4][8] = {{0, 0, 0, 0, 0, 0, 0, 0}, {1, 1, 1, 1, 1, 1, 1, 1},
+                                       {0, 0, 0, 0, 0, 0, 0, 2}, {1, 1, 1, 1, 1, 1, 1, 3}};
     __m256i bad = _mm256_setzero_si256();
     for (uint32_t j = 0; j < n; j++) prev[j] = 0;
     size_t blk = b0, nb = (size_t)Q * (n / 8);
@@ -565,16 +570,15 @@ uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict
         } else if (mode == 3) {
             S = _mm256_add_epi32(S, _mm256_loadu_si256((const __m256i *)(M + j)));
         }
-        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(lo, S), _mm256_cmpgt_epi32(S, hi)));
         /* parity of S_0..S_6 from their low bits */
         int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(S, 31))) & 0x7f;
-        int32_t par = __builtin_popcount((unsigned)mask) & 1;
-        int32_t c = (cos_bits[blk >> 3] >> (blk & 7)) & 1;
-        /* lane 7: q7 = 2 S7 + par; then P = 2 q + c (|P| < 2^16 checked) */
-        __m256i T = _mm256_add_epi32(S, _mm256_and_si256(is7, _mm256_add_epi32(S, _mm256_set1_epi32(par))));
-        __m256i P = _mm256_add_epi32(_mm256_slli_epi32(T, 1), _mm256_set1_epi32(c));
-        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(-32768), P),
-                                                   _mm256_cmpgt_epi32(P, _mm256_set1_epi32(32767))));
+        uint32_t par = (uint32_t)__builtin_popcount((unsigned)mask) & 1;
+        uint32_t c = (cos_bits[blk >> 3] >> (blk & 7)) & 1;
+        /* |P| < 2^15 checked; for lanes 0-6 that is exactly head_points'
+         * check of S (P = 2 S + c), for lane 7 it implies it */
+        __m256i P = _mm256_add_epi32(_mm256_sllv_epi32(S, shifts),
+                                     _mm256_loadu_si256((const __m256i *)addv[c | par << 1]));
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(pmin, P), _mm256_cmpgt_epi32(P, pmax)));
         __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(P), _mm256_extracti128_si256(P, 1));
         _mm_storeu_si128((__m128i *)(p2 + 8 * k), p16);
     }
