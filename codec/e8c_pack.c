@@ -497,7 +497,14 @@ int64_t e8c_unpack(e8c_ctx *ctx, const uint8_t *src, size_t size, e8c_qlayer *q,
         return e8c_fail(ctx, E8C_ERR_CORRUPT, "escape or mode stream too long");
     lens[E8C_STREAM_ESCAPES] = d[E8C_STREAM_ESCAPES][1];
     lens[E8C_STREAM_MODES] = d[E8C_STREAM_MODES][1];
-    for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
+    /* the two scale streams side by side where both are rans32 and well
+     * formed; anything else (or a corrupt stream) goes the usual way below,
+     * which reports it */
+    int scales_done = ctx->backend != 1 && lens[0] > 0 && d[0][0] == E8C_CODING_RANS32 &&
+                      d[1][0] == E8C_CODING_RANS32 && d[0][1] == lens[0] && d[1][1] == lens[1] &&
+                      e8c_rans32_decode2(st[0], d[0][2], w->sbuf[0], lens[0], st[1], d[1][2], w->sbuf[1],
+                                         lens[1], ctx->r32tab, ctx->backend == 3) == 0;
+    for (uint32_t s = scales_done ? 2 : 0; s < E8C_N_STREAMS; s++) {
         uint8_t *out = s == E8C_STREAM_RAW ? (uint8_t *)q->raw : w->sbuf[s];
         if (s == E8C_STREAM_COORDS && ctx->backend != 1 && d[s][0] == E8C_CODING_RANS32 &&
             d[s + 1][0] == E8C_CODING_RANS32 && d[s][1] == lens[s] && d[s + 1][1] == lens[s + 1]) {

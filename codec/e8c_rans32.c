@@ -570,11 +570,38 @@ int e8c_rans32_decode(const uint8_t *src, size_t len, uint8_t *out, size_t N, vo
     return e8c_rans32_decode_ex(src, len, out, N, tab, 0);
 }
 
+/* Two one-lane streams (the two scale streams of a frame) step by step
+ * side by side: each alone is a serial chain of table load, multiply and
+ * renormalization; two hide each other's latency.  Then each finishes as
+ * e8c_rans32_decode_ex would. */
+static int r32_two1(r32_dec *a, uint8_t *oa, size_t na, r32_dec *b, uint8_t *ob, size_t nb, void *tab)
+{
+    void *tb_ = (uint8_t *)tab + E8C_R32_TAB / 2;
+    r32_table(a, tab);
+    r32_table(b, tb_);
+    const uint32_t *PA = tab, *PB = tb_;
+    const uint8_t *wa = a->wd, *wb = b->wd;
+    size_t i = 0, p = a->p, q = b->p;
+    uint32_t x = a->x[0], y = b->x[0];
+    for (; i < na && i < nb && p < a->W && q < b->W; i++) {
+        { const uint32_t *P = PA; R32_STEP_P(x, oa[i]); }
+        { const uint32_t *P = PB; R32_STEP_P(y, ob[i]); }
+        R32_RENORM_C(x, wa, p);
+        R32_RENORM_C(y, wb, q);
+    }
+    a->x[0] = x; b->x[0] = y; a->p = p; b->p = q;
+    size_t j = i;
+    r32_rounds(a, tab, oa, &i, na);
+    r32_rounds(b, tb_, ob, &j, nb);
+    return r32_finish(a, tab, oa, i, na) | r32_finish(b, tb_, ob, j, nb);
+}
+
 /* Two streams at once (E8C_R32_TAB bytes of tables): where A has 8 lanes
  * and B one (the coords and halves of a frame of up to 65535 halves), each
  * round of A also takes one step of B, so B's serial dependency chain runs
- * in the shadow of A's eight; the rest of each stream (and every other
- * case) decodes as e8c_rans32_decode_ex does.  Same results and verdicts as
+ * in the shadow of A's eight; two one-lane streams step side by side
+ * (r32_two1); the rest of each stream (and every other case) decodes as
+ * e8c_rans32_decode_ex does.  Same results and verdicts as
  * two e8c_rans32_decode calls (-1 if either stream is corrupt). */
 int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
                        const uint8_t *sb, size_t lb, uint8_t *ob, size_t nb, void *tab, int simd)
@@ -582,6 +609,7 @@ int e8c_rans32_decode2(const uint8_t *sa, size_t la, uint8_t *oa, size_t na,
     r32_dec a, b;
     void *tb_ = (uint8_t *)tab + E8C_R32_TAB / 2;
     if (r32_open(&a, sa, la, na) || r32_open(&b, sb, lb, nb)) return -1;
+    if (a.K == 1 && b.K == 1 && a.nsym > 1 && b.nsym > 1) return r32_two1(&a, oa, na, &b, ob, nb, tab);
     if (a.K != 8 || b.K != 1 || a.nsym == 1 || b.nsym == 1)
         return e8c_rans32_decode_ex(sa, la, oa, na, tab, simd) | e8c_rans32_decode_ex(sb, lb, ob, nb, tb_, simd);
     r32_table(&a, tab);
