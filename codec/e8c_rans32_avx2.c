@@ -38,17 +38,21 @@ static void lut_init(void)
     }
 }
 
-/* One 8-lane block of a round: symbols s8 (8 bytes), state x; words
- * stored ending at *wp. */
-static inline __m256i enc8(__m256i x, const uint8_t *s8, const int *es, const float *rcp,
-                           uint8_t **wp)
+#define R32_BLK 512u /* symbols per block of table look-ups (a multiple of 32) */
+
+/* One 8-lane block of a round: state x, table entries E of its 8 symbols;
+ * words stored ending at *wp. */
+static inline __m256i enc8(__m256i x, const uint64_t *E, uint8_t **wp)
 {
     const __m256i lo16 = _mm256_set1_epi32(0xFFFF), zero = _mm256_setzero_si256();
     const __m256i take = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
                                           0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
-    __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)s8));
-    __m256i e = _mm256_i32gather_epi32(es, idx, 4); /* gathers: off the state's chain */
-    __m256 rf = _mm256_i32gather_ps(rcp, idx, 4);
+    /* E[l] = (f | start << 16) | float(2 / f) << 32 of lane l's symbol,
+     * looked up beforehand by scalar loads (two 8-wide gathers cost 24
+     * cycles here, more than the rest of the round) */
+    __m256 g0 = _mm256_loadu_ps((const float *)(const void *)E), g1 = _mm256_loadu_ps((const float *)(const void *)(E + 4));
+    __m256i e = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(g0, g1, 0x88)), 0xD8);
+    __m256 rf = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(g0, g1, 0xDD)), 0xD8));
     __m256i f = _mm256_and_si256(e, lo16), st = _mm256_srli_epi32(e, 16);
     __m256i keep = _mm256_cmpgt_epi32(f, _mm256_srli_epi32(x, 20)); /* no word */
     uint32_t m = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(keep)) ^ 0xFFu;
@@ -89,39 +93,54 @@ int e8c_rans32_rounds_avx2(const uint8_t *sym, size_t i, uint32_t K, uint32_t *x
                            e8c_r32_side *side)
 {
     pthread_once(&r32_lut_once, lut_init);
-    const int *e = (const int *)es;
-    float rcp[256];
-    for (int s = 0; s < 256; s++) rcp[s] = (es[s] & 0xFFFF) ? 2.0f / (float)(es[s] & 0xFFFF) : 0.0f;
+    uint64_t e64[256], E[R32_BLK];
+    for (int s = 0; s < 256; s++) {
+        float rcp = (es[s] & 0xFFFF) ? 2.0f / (float)(es[s] & 0xFFFF) : 0.0f;
+        uint32_t rb;
+        memcpy(&rb, &rcp, 4);
+        e64[s] = es[s] | (uint64_t)rb << 32;
+    }
     e8c_r32_side none = {NULL, 0, 0, NULL, NULL, NULL};
     if (!side) side = &none;
     size_t bi = side->i;
     uint32_t bx = side->x;
     uint8_t *w = *wp, *bw = side->wp;
     int rc = 0;
-    if (K == 8) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
-        while (i > 0) {
-            if (w - dst < 16) { rc = -1; break; }
-            i -= 8;
-            x0 = enc8(x0, sym + i, e, rcp, &w);
-            SIDE_STEP();
-        }
-        _mm256_storeu_si256((__m256i *)x, x0);
-    } else {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
-        __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
-        while (i > 0) {
-            if (w - dst < 64) { rc = -1; break; }
-            i -= 32;
-            x3 = enc8(x3, sym + i + 24, e, rcp, &w);
-            x2 = enc8(x2, sym + i + 16, e, rcp, &w);
-            SIDE_STEP();
-            x1 = enc8(x1, sym + i + 8, e, rcp, &w);
-            x0 = enc8(x0, sym + i, e, rcp, &w);
-            SIDE_STEP();
-        }
-        _mm256_storeu_si256((__m256i *)x, x0); _mm256_storeu_si256((__m256i *)(x + 8), x1);
-        _mm256_storeu_si256((__m256i *)(x + 16), x2); _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = x0, x2 = x0, x3 = x0;
+    if (K == 32) {
+        x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+        x2 = _mm256_loadu_si256((const __m256i *)(x + 16));
+        x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+    }
+    /* blocks of R32_BLK symbols (a multiple of K: i and lo stay multiples
+     * of K): their table entries first, then their rounds */
+    while (i > 0 && !rc) {
+        size_t lo = i > R32_BLK ? i - R32_BLK : 0;
+        for (size_t k = lo; k < i; k++) E[k - lo] = e64[sym[k]];
+        if (K == 8)
+            while (i > lo) {
+                if (w - dst < 16) { rc = -1; break; }
+                i -= 8;
+                x0 = enc8(x0, E + (i - lo), &w);
+                SIDE_STEP();
+            }
+        else
+            while (i > lo) {
+                if (w - dst < 64) { rc = -1; break; }
+                i -= 32;
+                x3 = enc8(x3, E + (i - lo) + 24, &w);
+                x2 = enc8(x2, E + (i - lo) + 16, &w);
+                SIDE_STEP();
+                x1 = enc8(x1, E + (i - lo) + 8, &w);
+                x0 = enc8(x0, E + (i - lo), &w);
+                SIDE_STEP();
+            }
+    }
+    _mm256_storeu_si256((__m256i *)x, x0);
+    if (K == 32) {
+        _mm256_storeu_si256((__m256i *)(x + 8), x1);
+        _mm256_storeu_si256((__m256i *)(x + 16), x2);
+        _mm256_storeu_si256((__m256i *)(x + 24), x3);
     }
     side->i = bi;
     side->x = bx;
