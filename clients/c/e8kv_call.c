@@ -17,6 +17,9 @@
 
 #include "clients/c/e8kv_int.h"
 
+#define KVC_TLS_HINT \
+  " (the server closed the connection at once: if e8kvd serves TLS there, connect with TLS)"
+
 struct kvc_stream {
   e8kv_client *client;
   grpc_completion_queue *cq;
@@ -76,9 +79,10 @@ static e8kv_status kvc_status_error(kvc_stream *s, e8kv_error *err) {
   if (s->status == E8KV_OK)
     return kvc_fail(err, E8KV_E_PROTOCOL, "%s: the call ended before the expected reply",
                     s->method);
-  if (s->status == E8KV_UNAVAILABLE)
-    return kvc_fail(err, s->status, "%s: cannot reach e8kvd at %s: %s", s->method,
-                    s->client->address, s->message);
+  if (s->status == E8KV_UNAVAILABLE) /* a plaintext client at a TLS port sees only this: */
+    return kvc_fail(err, s->status, "%s: cannot reach e8kvd at %s: %s%s", s->method,
+                    s->client->address, s->message,
+                    !s->client->tls && strstr(s->message, "Socket closed") ? KVC_TLS_HINT : "");
   if (s->status == E8KV_DEADLINE_EXCEEDED)
     return kvc_fail(err, s->status,
                     "%s: no answer from e8kvd at %s within the %u ms deadline (daemon stopped, "

@@ -139,6 +139,7 @@ e8kv_status e8kv_client_open(const e8kv_options *o, e8kv_client **out, e8kv_erro
     free(v);
     c->has_token = 1;
   }
+  c->tls = o->tls || o->tls_ca_file || o->tls_cert_file || o->tls_key_file;
   atomic_store(&c->deadline_ms, o->deadline_ms ? o->deadline_ms : 30000);
   c->stream_deadline_ms = o->stream_deadline_ms;
   *out = c;

@@ -19,6 +19,7 @@ struct e8kv_client {
   char *address;
   grpc_slice auth_value;  /* "Bearer <token>", valid when has_token */
   int has_token;
+  int tls;                /* the channel uses TLS credentials */
   _Atomic uint32_t deadline_ms;
   uint32_t stream_deadline_ms; /* 0: no deadline */
 };

@@ -457,7 +457,10 @@ class Tls(unittest.TestCase):
             self.assertEqual(j["status"], "SERVING")
             j, _ = ctl("--tls-ca", cert, "ls", addr=addr, token=None)
             self.assertEqual(j["sessions"], [])
-            ctl("health", addr=addr, token=None, expect=UNREACHABLE)          # plaintext to TLS
+            j, _ = ctl("health", addr=addr, token=None, expect=UNREACHABLE)   # plaintext to TLS
+            self.assertIn("connect with TLS", j["error"]["message"])          # ... says so
+            j, _ = ctl("--tls", "health", addr=addr, token=None, expect=UNREACHABLE)
+            self.assertNotIn("connect with TLS", j["error"]["message"])
             ctl("--tls", "health", addr=addr, token=None, expect=UNREACHABLE)  # untrusted cert
             ctl("--tls-ca", os.path.join(d, "missing.pem"), "health", addr=addr, expect=IO)
             ctl("--tls-key", key, "health", addr=addr, expect=USAGE)  # key without certificate

@@ -177,3 +177,48 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
         os.unlink(path)
         os.rmdir(d)
     assert len(accepts) >= 3, f"{len(accepts)} connection attempts in 5 s"
+
+
+def test_plaintext_client_at_a_closing_server_hints_at_tls():
+    """A plaintext client at e8kvd's TLS port sees only 'Socket closed' (the server drops the
+    connection at once): the error says that TLS may be the reason. Simulated by a socket
+    that reads what each connection sends first, then closes it (as a TLS server does)."""
+    import threading
+    d = tempfile.mkdtemp(prefix="e8kv-tlshint-")
+    path = os.path.join(d, "s.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(8)
+    s.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn = s.accept()[0]
+            except socket.timeout:
+                continue
+            conn.settimeout(2)
+            try:
+                conn.recv(4096)         # the client's HTTP/2 preface, as a TLS server reads
+            except OSError:
+                pass
+            conn.close()
+    th = threading.Thread(target=serve)
+    th.start()
+    try:
+        with pytest.raises(e8kv.Unavailable) as ei:
+            e8kv.Client("unix:" + path, timeout=5).health()
+        assert "Socket closed" in ei.value.message, ei.value.message
+        assert "connect with TLS" in ei.value.message, ei.value.message
+        import grpc
+        with pytest.raises(e8kv.Unavailable) as ei:     # a TLS client gets no such hint
+            e8kv.Client("unix:" + path, timeout=5,
+                        credentials=grpc.ssl_channel_credentials()).health()
+        assert "connect with TLS" not in ei.value.message
+    finally:
+        stop.set()
+        th.join()
+        s.close()
+        os.unlink(path)
+        os.rmdir(d)

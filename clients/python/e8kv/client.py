@@ -56,6 +56,8 @@ DEFAULT_STREAM_TIMEOUT_S = 3600.0      # of a stream, Verify, Compact (stream_de
 # Reconnect attempts at most 1 s apart after a lost connection, as libe8kv: gRPC's default
 # backoff grows to 120 s, so after a daemon outage of a minute calls kept failing with
 # Unavailable for tens of seconds after e8kvd was back.
+TLS_HINT = (" (the server closed the connection at once: if e8kvd serves TLS there, connect "
+            "with TLS)")
 RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
                      ("grpc.max_reconnect_backoff_ms", 1000))
 
@@ -177,6 +179,8 @@ class Client:
         err = errors.from_rpc_error(e, method)
         if err.code == grpc.StatusCode.UNAVAILABLE:
             msg = f"cannot reach e8kvd at {self.address}: {err.message}"
+            if self._conn["credentials"] is None and "Socket closed" in err.message:
+                msg += TLS_HINT                 # all a plaintext client at a TLS port sees
         elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
             msg = (f"no answer from e8kvd at {self.address} within the {deadline:g} s deadline "
                    f"(daemon stopped, overloaded, or not e8kvd): {err.message}")
