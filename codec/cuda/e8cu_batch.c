@@ -149,6 +149,16 @@ static int span_add(const e8cu_ctx *ctx, e8cu_span *s, uint32_t first, uint32_t 
     return 1;
 }
 
+/* floor(v / d) = umulhi(2v, m) >> l for every v < 2^31: l = ceil(log2 d), m = ceil(2^(31+l) / d)
+ * (< 2^32; Granlund & Montgomery 1994, with N = 31). d >= 1. */
+static void launch_magic(uint32_t d, uint32_t *m, uint32_t *l)
+{
+    uint32_t lg = 0;
+    while (lg < 32 && ((uint64_t)1 << lg) < d) lg++;
+    *l = lg;
+    *m = (uint32_t)((((uint64_t)1 << (31 + lg)) + d - 1) / d);
+}
+
 static void launch_common(const e8cu_ctx *ctx, e8cu_launch *L, void *d_q)
 {
     const e8c_fingerprint *fp = &ctx->fp;
@@ -240,6 +250,15 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
             }
             L.vec_per_item = uv ? (uint32_t)nv : 0;
             L.raw_per_item = ur ? (uint32_t)nr : 0;
+            L.vec_magic = 0;
+            if (uv && L.n_vec < (1ull << 31) && nv % ctx->fp.n_kv_heads == 0) {
+                L.nq_uni = (uint32_t)nv / ctx->fp.n_kv_heads;
+                launch_magic((uint32_t)nv, &L.vec_magic, &L.vec_shift);
+                launch_magic(L.nq_uni, &L.nq_magic, &L.nq_shift);
+            }
+            L.all16 = L.items[0].dtype == E8C_DTYPE_F16 ? 1 : L.items[0].dtype == E8C_DTYPE_BF16 ? 2 : 0;
+            for (uint32_t k = 1; k < L.n_items; k++)
+                if (L.items[k].dtype != L.items[0].dtype) L.all16 = 0;
         }
         if (dir == 1) L.out_dtype = items[i].t.dtype;
         /* dequantize writes every item's own dtype: launch per run of equal dtypes */

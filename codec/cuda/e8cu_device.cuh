@@ -279,18 +279,19 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
         }
     }
     /* cross-lane stride m: the lower lane of a pair gets x + p, the upper one p - x, which is
-     * exactly p + (-x) (IEEE subtraction is addition of the negation; the sum commutes): one
-     * sign flip by the lane's bit and one add, no select between two results */
+     * exactly p + (-x) (IEEE subtraction is addition of the negation; the sum commutes). Both
+     * are one fma by ±1: x·(±1) is exact (signed zeros included), so fma(x, ±1, p) rounds the
+     * same real sum once, like the add: one instruction, no sign flip, no select */
 #pragma unroll
     for (int m = 1; m < P; m <<= 1) {
-        const uint32_t neg = (lane & m) ? 0x80000000u : 0u;
+        const float sgn = (lane & m) ? -1.0f : 1.0f;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
             const bool on = FULL || (1 << hc.lg[s]) > m;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 const float p = __shfl_xor_sync(gmask, x[s][i], m);
-                const float y = p + __uint_as_float(__float_as_uint(x[s][i]) ^ neg);
+                const float y = __fmaf_rn(x[s][i], sgn, p);
                 x[s][i] = on ? y : x[s][i];
             }
         }

@@ -61,6 +61,11 @@ typedef struct e8cu_launch {
     uint64_t n_raw_blocks;       /* raw-kept 8-blocks in the launch */
     uint32_t vec_per_item;       /* every item has this many vectors and n_vec < 2^32, else 0 */
     uint32_t raw_per_item;       /* the same for raw 8-blocks */
+    /* vec_per_item != 0 and n_vec < 2^31: item = umulhi(2v, vec_magic) >> vec_shift (=
+     * v / vec_per_item), and the same for head = lv / n_q with n_q = vec_per_item / H
+     * (Granlund & Montgomery; e8cu_fastq.cuh). vec_magic == 0: not set, divide. */
+    uint32_t vec_magic, vec_shift, nq_uni, nq_magic, nq_shift;
+    uint32_t all16;              /* 1: every item's src dtype is fp16, 2: every one bf16, else 0 */
     uint8_t  bh_log2[E8C_MAX_HEAD_DIM / 8]; /* per 8-block: log2(8-blocks of its BH block) */
     float    bh_gain[8];         /* gain of a BH block of 8·2^k elements: fp32(1/sqrt(m)) */
     e8cu_kitem items[E8CU_LAUNCH_ITEMS];

@@ -11,7 +11,7 @@
  * Bad input (NaN/inf; |x| > 2^64 or a raw value that overflows the source dtype) lowers the
  * item's status word to the key of the first bad element in the CPU path's scan order (see
  * e8cu_batch.c); the host turns it into E8C_ERR_NONFINITE / _RANGE. */
-#include "codec/cuda/e8cu_device.cuh"
+#include "codec/cuda/e8cu_fastq.cuh"
 
 #define E8CU_THREADS 256
 #define E8CU_MAX_ABS 18446744073709551616.0f /* 2^64 */
@@ -37,21 +37,104 @@ struct e8cu_vec {
     const char *src;
 };
 
+/* Item and head of vector v: by multiply-high (e8cu_fastq.cuh) where the host set the magic
+ * numbers (every item has the same vector count, fewer than 2^31 vectors: the launch's
+ * constants, no registers), else by division. */
 __device__ __forceinline__ e8cu_vec e8cu_locate(const e8cu_launch &L, uint64_t v)
 {
     e8cu_vec r;
-    r.item = e8cu_find_item(L, v, 0);
+    uint32_t lv;
+    if (L.vec_magic) {
+        r.item = (int)(__umulhi((uint32_t)v << 1, L.vec_magic) >> L.vec_shift);
+        lv = (uint32_t)v - (uint32_t)r.item * L.vec_per_item;
+        r.h = __umulhi(lv << 1, L.nq_magic) >> L.nq_shift;
+        r.j = lv - r.h * L.nq_uni;
+    } else {
+        r.item = e8cu_find_item(L, v, 0);
+        const e8cu_kitem &it = L.items[r.item];
+        lv = (uint32_t)(v - it.vec_begin);
+        r.h = lv / it.n_q;
+        r.j = lv - r.h * it.n_q;
+    }
     const e8cu_kitem &it = L.items[r.item];
-    uint32_t lv = (uint32_t)(v - it.vec_begin);
-    r.h = lv / it.n_q;
-    r.j = lv - r.h * it.n_q;
     r.tok = it.n_raw_head + r.j;
     int64_t esz = it.dtype == E8C_DTYPE_F32 ? 4 : 2;
     r.src = (const char *)it.src + ((int64_t)r.h * it.stride_head + (int64_t)r.tok * it.stride_token) * esz;
     return r;
 }
 
-template <int P, int NB, int MB, bool FAST>
+/* Load of 8-block b of a vector at src, and its conversion to fp32. DT: 0 any dtype (two
+ * 16-byte words per block held, fp32 possible), 1 or 2: every item of the launch is fp16 or
+ * bf16 (one word, a conversion without a dtype test). */
+template <int DT>
+__device__ __forceinline__ void e8cu_ldv(const char *src, int b, uint32_t dtype, uint4 (&r)[DT ? 1 : 2])
+{
+    constexpr bool W16 = DT != 0;
+    if (W16) {
+        r[0] = __ldg((const uint4 *)(src + (size_t)b * 16));
+    } else {
+        r[0] = __ldg((const uint4 *)(src + (size_t)b * 8 * (dtype == E8C_DTYPE_F32 ? 4 : 2)));
+        if (dtype == E8C_DTYPE_F32) r[W16 ? 0 : 1] = __ldg((const uint4 *)(src + (size_t)b * 32) + 1);
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void e8cu_cvtv(const uint4 (&r)[DT ? 1 : 2], uint32_t dtype, float x[8])
+{
+    uint4 rr[2] = {r[0], r[DT ? 0 : 1]};
+    e8cu_cvt8(rr, DT == 1 ? (uint32_t)E8C_DTYPE_F16 : DT == 2 ? (uint32_t)E8C_DTYPE_BF16 : dtype, x);
+}
+
+/* FORMAT §1 on the group's vector, read again from its source: every bad element reported. */
+template <int P, int NB>
+__device__ __noinline__ void e8cu_check_vec(const e8cu_launch &L, const e8cu_kitem &it, const e8cu_vec &cv, int lane)
+{
+    const int R = (int)L.R, n = (int)L.head_dim;
+    for (int s = NB - 1; s >= 0; s--) {
+        const int b = lane + P * s;
+        if (b >= R) continue;
+        float x[8];
+        e8cu_load8(cv.src + (size_t)b * 8 * (it.dtype == E8C_DTYPE_F32 ? 4 : 2), it.dtype, x);
+        for (int i = 7; i >= 0; i--) {
+            int c = e8cu_check(x[i]);
+            if (c) e8cu_report(L, it, 1, ((uint64_t)cv.h * it.n_q + cv.j) * n + 8 * b + i, c);
+        }
+    }
+}
+
+/* FORMAT §4's scale from the f64 sum of squares: A[l] = sum over j = l + 8k ascending (through
+ * shared memory), then the fixed tree. All P lanes of the group call it together. */
+template <int P, int NB, bool FAST>
+__device__ __forceinline__ uint16_t e8cu_scale_exact(const float x[NB][8], double *sm, int lane, int gbase,
+                                                     unsigned gmask, const e8cu_launch &L, float step)
+{
+    const int R = (int)L.R, n = (int)L.head_dim;
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        int b = lane + P * s;
+        if (FAST || b < R) {
+            double2 *d2 = (double2 *)(sm + 8 * b);
+#pragma unroll
+            for (int i = 0; i < 8; i += 2)
+                d2[i / 2] = make_double2((double)x[s][i] * (double)x[s][i], (double)x[s][i + 1] * (double)x[s][i + 1]);
+        }
+    }
+    __syncwarp(gmask);
+    double A = 0.0;
+    if (lane < 8)
+        for (int k = 0; k < R; k++) A = A + sm[8 * k + lane];
+    A = A + __shfl_xor_sync(gmask, A, 4);
+    A = A + __shfl_xor_sync(gmask, A, 2);
+    A = A + __shfl_xor_sync(gmask, A, 1);
+    double T = __shfl_sync(gmask, A, gbase);
+    __syncwarp(gmask);
+    if (T == 0.0) return 0;
+    /* T / n: for a power-of-two n the exact scaling by 1/n (T >= 2^-298, no underflow) */
+    double rms = sqrt(L.pow2 ? T * (1.0 / (double)n) : T / (double)n);
+    return e8cu_scale_code(rms, step);
+}
+
+template <int P, int NB, int MB, bool FAST, int DT = 0>
 __global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 {
@@ -63,22 +146,21 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
     double *sm = e8cu_smem + (size_t)grp * (P * NB * 8);
     float *smf = (float *)sm;
     const int n = (int)L.head_dim, R = (int)L.R;
-    const double inv_n = 1.0 / (double)n;
     e8cu_hconst<NB> hc;
     e8cu_hconst_init<P, NB>(hc, lane, L);
     const uint64_t stride = (uint64_t)gridDim.x * gpb;
+    const float inv_n = 1.0f / (float)n; /* exact: FAST implies a power-of-two n */
 
     /* software pipeline: the next vector's bytes are requested before this one is processed */
     uint64_t v = (uint64_t)blockIdx.x * gpb + grp;
-    uint4 nraw[NB][2];
+    uint4 nraw[NB][DT ? 1 : 2]; /* DT: every item 16-bit, one 16-byte load per 8-block */
     e8cu_vec nv = {0, 0, 0, 0, nullptr};
     if (v < L.n_vec) {
         nv = e8cu_locate(L, v);
 #pragma unroll
         for (int s = 0; s < NB; s++)
-            if (lane + P * s < R)
-                e8cu_ld8(nv.src + (size_t)(lane + P * s) * 8 * (L.items[nv.item].dtype == E8C_DTYPE_F32 ? 4 : 2),
-                         L.items[nv.item].dtype, nraw[s]);
+            if (FAST || lane + P * s < R)
+                e8cu_ldv<DT>(nv.src, lane + P * s, L.items[nv.item].dtype, nraw[s]);
     }
     for (; v < L.n_vec; v += stride) {
         const e8cu_vec cv = nv;
@@ -87,10 +169,12 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         int bad = 0;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
-            if (lane + P * s < R) {
-                e8cu_cvt8(nraw[s], it.dtype, x[s]);
+            if (FAST || lane + P * s < R) {
+                e8cu_cvtv<DT>(nraw[s], it.dtype, x[s]);
+                if (!FAST) {
 #pragma unroll
-                for (int i = 0; i < 8; i++) bad |= !(fabsf(x[s][i]) <= E8CU_MAX_ABS); /* NaN, inf, > 2^64 */
+                    for (int i = 0; i < 8; i++) bad |= !(fabsf(x[s][i]) <= E8CU_MAX_ABS); /* NaN, inf, > 2^64 */
+                }
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; i++) x[s][i] = 0.0f;
@@ -101,11 +185,10 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
             const e8cu_kitem &nt = L.items[nv.item];
 #pragma unroll
             for (int s = 0; s < NB; s++)
-                if (lane + P * s < R)
-                    e8cu_ld8(nv.src + (size_t)(lane + P * s) * 8 * (nt.dtype == E8C_DTYPE_F32 ? 4 : 2), nt.dtype,
-                             nraw[s]);
+                if (FAST || lane + P * s < R)
+                    e8cu_ldv<DT>(nv.src, lane + P * s, nt.dtype, nraw[s]);
         }
-        if (bad) {
+        if (!FAST && bad) {
 #pragma unroll
             for (int s = NB - 1; s >= 0; s--)
 #pragma unroll
@@ -151,57 +234,69 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
             e8cu_bh<P, NB, FAST>(x, lane, gmask, hc);
         }
 
-        /* scale, FORMAT §4: A[l] = sum over j = l + 8k ascending, then the fixed tree */
-#pragma unroll
-        for (int s = 0; s < NB; s++) {
-            int b = lane + P * s;
-            if (b < R) {
-                double2 *d2 = (double2 *)(sm + 8 * b);
-#pragma unroll
-                for (int i = 0; i < 8; i += 2)
-                    d2[i / 2] = make_double2((double)x[s][i] * (double)x[s][i],
-                                             (double)x[s][i + 1] * (double)x[s][i + 1]);
-            }
-        }
-        __syncwarp(gmask);
-        double A = 0.0;
-        if (lane < 8)
-            for (int k = 0; k < R; k++) A = A + sm[8 * k + lane];
-        A = A + __shfl_xor_sync(gmask, A, 4);
-        A = A + __shfl_xor_sync(gmask, A, 2);
-        A = A + __shfl_xor_sync(gmask, A, 1);
-        double T = __shfl_sync(gmask, A, gbase);
-        __syncwarp(gmask);
+        /* scale, FORMAT §4. FAST: from an fp32 sum of squares where e8cu_scale_fast proves the
+         * code equal to the exact one; else (a near-tie of the code, extreme or bad input: then
+         * also the input check of FORMAT §1) the exact f64 sum. The group decides together. */
+        const float step = it.kind == E8C_K ? L.k_step : L.v_step;
         uint16_t sc = 0;
-        if (T != 0.0) {
-            /* T / n: for a power-of-two n the exact scaling by 1/n (T >= 2^-298, no underflow) */
-            double rms = sqrt(L.pow2 ? T * inv_n : T / (double)n);
-            float step = it.kind == E8C_K ? L.k_step : L.v_step;
-            sc = e8cu_scale_code(rms, step);
+        int fastsc = 0;
+        float Tq = 0.0f;
+        if (FAST) {
+            float a0 = x[0][0] * x[0][0], a1 = x[NB - 1][0] * x[NB - 1][0];
+#pragma unroll
+            for (int i = 1; i < 8; i++) {
+                a0 = __fmaf_rn(x[0][i], x[0][i], a0);
+                a1 = __fmaf_rn(x[NB - 1][i], x[NB - 1][i], a1);
+            }
+            float T = NB == 2 ? a0 + a1 : a0;
+#pragma unroll
+            for (int m = 1; m < P; m <<= 1) T += __shfl_xor_sync(gmask, T, m);
+            Tq = T;
+            fastsc = e8cu_scale_fast(T, inv_n, step, &sc);
+            if (!fastsc) e8cu_check_vec<P, NB>(L, it, cv, lane);
         }
+        if (!fastsc) sc = e8cu_scale_exact<P, NB, FAST>(x, sm, lane, gbase, gmask, L, step);
         const e8cu_div D = e8cu_div_init(e8cu_bf16_to_f32(sc));
+        /* FAST: a bound on every |t| of the vector for e8cu_e8_fast: |y_j| <= sqrt(T) and T~ is
+         * within 40u of T, sqrt by rsqrtf within 2 ulp; 1.01 covers both and the division */
+        e8cu_e8thr th = {0.0f, 0.0f};
+        if (FAST && fastsc) th = e8cu_e8_thresholds(1.01f * (Tq * rsqrtf(Tq)) * D.r);
 
         int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)cv.h * it.n_q + cv.j) * n;
 #pragma unroll
         for (int s = 0; s < NB; s++) {
             int b = lane + P * s;
-            if (b < R) {
-                int16_t pt[8];
-                if (sc == 0) {
+            if (FAST || b < R) {
+                uint32_t w[4];
+                int ok = 0;
+                float t[8];
+                if (fastsc) {
+                    /* the fast division of e8cu_div_by without its range checks: the scale is
+                     * in its range here, and e8cu_e8_fast fails on any |t| < 2^-22 (where the
+                     * quotient might not be exact; its guard is >= 2^-22), |t| < 2^11 by the
+                     * scale */
 #pragma unroll
-                    for (int i = 0; i < 8; i++) pt[i] = 0;
-                } else {
-                    float t[8];
-#pragma unroll
-                    for (int i = 0; i < 8; i++) t[i] = e8cu_div_by(D, x[s][i]);
-                    e8cu_e8_block(t, pt);
+                    for (int i = 0; i < 8; i++) {
+                        const float q0 = __fmul_rn(x[s][i], D.r);
+                        t[i] = __fmaf_rn(__fmaf_rn(-q0, D.sf, x[s][i]), D.r, q0);
+                    }
+                    ok = e8cu_e8_fast(t, th, w);
                 }
-                uint4 w;
-                w.x = (uint32_t)(uint16_t)pt[0] | ((uint32_t)(uint16_t)pt[1] << 16);
-                w.y = (uint32_t)(uint16_t)pt[2] | ((uint32_t)(uint16_t)pt[3] << 16);
-                w.z = (uint32_t)(uint16_t)pt[4] | ((uint32_t)(uint16_t)pt[5] << 16);
-                w.w = (uint32_t)(uint16_t)pt[6] | ((uint32_t)(uint16_t)pt[7] << 16);
-                *(uint4 *)(p2 + 8 * b) = w;
+                if (!ok) {
+                    int16_t pt[8];
+                    if (sc == 0) {
+#pragma unroll
+                        for (int i = 0; i < 8; i++) pt[i] = 0;
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < 8; i++) t[i] = e8cu_div_by(D, x[s][i]);
+                        e8cu_e8_block(t, pt);
+                    }
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        w[i] = (uint32_t)(uint16_t)pt[2 * i] | ((uint32_t)(uint16_t)pt[2 * i + 1] << 16);
+                }
+                *(uint4 *)(p2 + 8 * b) = make_uint4(w[0], w[1], w[2], w[3]);
             }
         }
         if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)cv.h * it.n_q + cv.j] = sc;
@@ -269,15 +364,38 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_raw_kernel(const __grid_con
     }
 }
 
-template <int P, int NB, int MB, bool FAST = false>
+template <int P, int NB, int MB, bool FAST = false, int DT = 0>
 static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
-    unsigned grid = (unsigned)(need < (uint64_t)sms * MB ? need : (uint64_t)sms * MB);
-    e8cu_quantize_kernel<P, NB, MB, FAST><<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    /* fast kernels: E8CU_Q_GRID resident waves of blocks (default 4): blocks that finish
+     * early are replaced, so warps that ran slower do not leave multiprocessors idle at the
+     * end of a launch (a grid of exactly one wave left them idle ~30% of the time) */
+    uint64_t waves = 1;
+    if (FAST) {
+        const char *g = getenv("E8CU_Q_GRID");
+        int gv = g ? atoi(g) : 4;
+        waves = gv >= 1 && gv <= 64 ? (uint64_t)gv : 4;
+    }
+    uint64_t cap = (uint64_t)sms * MB * waves;
+    unsigned grid = (unsigned)(need < cap ? need : cap);
+    e8cu_quantize_kernel<P, NB, MB, FAST, DT><<<grid, E8CU_THREADS, smem, stream>>>(*L);
     return cudaGetLastError();
+}
+
+/* The fast kernel, specialised where every item is fp16 or every item bf16 (E8CU_W16=0
+ * turns that off). */
+template <int P, int MB>
+static cudaError_t e8cu_launch_q_fast(const e8cu_launch *L, cudaStream_t stream, int sms)
+{
+    const char *w = getenv("E8CU_W16");
+    if (!(w && *w == '0')) {
+        if (L->all16 == 1) return e8cu_launch_q<P, 2, MB, true, 1>(L, stream, sms);
+        if (L->all16 == 2) return e8cu_launch_q<P, 2, MB, true, 2>(L, stream, sms);
+    }
+    return e8cu_launch_q<P, 2, MB, true>(L, stream, sms);
 }
 
 /* Two 8-blocks per lane (NB = 2): the fast kernel where e8cu_fast_ok, else the general one.
@@ -287,8 +405,8 @@ static cudaError_t e8cu_launch_q_wide(const e8cu_launch *L, cudaStream_t stream,
 {
     if (e8cu_fast_ok(L, P, 2)) {
         int mb = e8cu_min_blocks("E8CU_FAST_Q_MINBLOCKS", 3);
-        return mb == 2 ? e8cu_launch_q<P, 2, 2, true>(L, stream, sms)
-             : mb == 3 ? e8cu_launch_q<P, 2, 3, true>(L, stream, sms) : e8cu_launch_q<P, 2, 4, true>(L, stream, sms);
+        return mb == 2 ? e8cu_launch_q_fast<P, 2>(L, stream, sms)
+             : mb == 3 ? e8cu_launch_q_fast<P, 3>(L, stream, sms) : e8cu_launch_q_fast<P, 4>(L, stream, sms);
     }
     return e8cu_min_blocks("E8CU_WIDE_MINBLOCKS", 2) == 2 ? e8cu_launch_q<P, 2, 2>(L, stream, sms) : e8cu_launch_q<P, 2, 3>(L, stream, sms);
 }
@@ -318,7 +436,7 @@ extern "C" int e8cu_launch_quantize(const e8cu_launch *L, cudaStream_t stream)
               : mb == 3 ? (R <= 16 ? e8cu_launch_q<16, 1, 3>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms))
                         : (R <= 16 ? e8cu_launch_q<16, 1, 4>(L, stream, sms) : e8cu_launch_q<32, 1, 3>(L, stream, sms));
         } else if (R <= 8) e = e8cu_launch_q<8, 1, 4>(L, stream, sms);
-        else if (R > 32) e = e8cu_fast_ok(L, 32, 2) ? e8cu_launch_q<32, 2, 2, true>(L, stream, sms) : e8cu_launch_q<32, 2, 2>(L, stream, sms);
+        else if (R > 32) e = e8cu_fast_ok(L, 32, 2) ? e8cu_launch_q_fast<32, 2>(L, stream, sms) : e8cu_launch_q<32, 2, 2>(L, stream, sms);
         else e = R <= 16 ? e8cu_launch_q_wide<8>(L, stream, sms) : e8cu_launch_q_wide<16>(L, stream, sms);
         if (e != cudaSuccess) return (int)e;
     }
