@@ -150,7 +150,7 @@ static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, cons
         {"E8CU_FAST_Q_MINBLOCKS", "2"}, {"E8CU_FAST_Q_MINBLOCKS", "3"}, {"E8CU_FAST_Q_MINBLOCKS", "4"},
         {"E8CU_FAST_DQ_MINBLOCKS", "2"}, {"E8CU_FAST_DQ_MINBLOCKS", "3"}, {"E8CU_FAST_DQ_MINBLOCKS", "4"},
         {"E8CU_FAST", "0"}, {"E8CU_NARROW", "1"}, {"E8CU_W16", "0"},
-        {"E8CU_Q_GRID", "1"}, {"E8CU_Q_GRID", "2"}, {"E8CU_Q_GRID", "8"}, {"E8CU_Q_GRID", "32"},
+        {"E8CU_Q_GRID", "1"}, {"E8CU_Q_GRID", "4"}, {"E8CU_Q_GRID", "16"},
     };
     const double gb = (double)bytes / 1e9;
     unsigned char *ref_q = malloc(qbytes), *ref_o = malloc(bytes), *buf = malloc(bytes > qbytes ? bytes : qbytes);

@@ -85,19 +85,22 @@ __device__ __forceinline__ void e8cu_cvtv(const uint4 (&r)[DT ? 1 : 2], uint32_t
     e8cu_cvt8(rr, DT == 1 ? (uint32_t)E8C_DTYPE_F16 : DT == 2 ? (uint32_t)E8C_DTYPE_BF16 : dtype, x);
 }
 
-/* FORMAT §1 on the group's vector, read again from its source: every bad element reported. */
+/* FORMAT §1 on the group's vector (quantized index vq of its item, at src), read again from
+ * its source: every bad element reported. Arguments by value: a struct by reference would
+ * live in local memory in the caller's hot loop. */
 template <int P, int NB>
-__device__ __noinline__ void e8cu_check_vec(const e8cu_launch &L, const e8cu_kitem &it, const e8cu_vec &cv, int lane)
+__device__ __noinline__ void e8cu_check_vec(const e8cu_launch &L, int item, const char *src, uint64_t vq, int lane)
 {
+    const e8cu_kitem &it = L.items[item];
     const int R = (int)L.R, n = (int)L.head_dim;
     for (int s = NB - 1; s >= 0; s--) {
         const int b = lane + P * s;
         if (b >= R) continue;
         float x[8];
-        e8cu_load8(cv.src + (size_t)b * 8 * (it.dtype == E8C_DTYPE_F32 ? 4 : 2), it.dtype, x);
+        e8cu_load8(src + (size_t)b * 8 * (it.dtype == E8C_DTYPE_F32 ? 4 : 2), it.dtype, x);
         for (int i = 7; i >= 0; i--) {
             int c = e8cu_check(x[i]);
-            if (c) e8cu_report(L, it, 1, ((uint64_t)cv.h * it.n_q + cv.j) * n + 8 * b + i, c);
+            if (c) e8cu_report(L, it, 1, vq * n + 8 * b + i, c);
         }
     }
 }
@@ -253,7 +256,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
             for (int m = 1; m < P; m <<= 1) T += __shfl_xor_sync(gmask, T, m);
             Tq = T;
             fastsc = e8cu_scale_fast(T, inv_n, step, &sc);
-            if (!fastsc) e8cu_check_vec<P, NB>(L, it, cv, lane);
+            if (!fastsc) e8cu_check_vec<P, NB>(L, cv.item, cv.src, (uint64_t)cv.h * it.n_q + cv.j, lane);
         }
         if (!fastsc) sc = e8cu_scale_exact<P, NB, FAST>(x, sm, lane, gbase, gmask, L, step);
         const e8cu_div D = e8cu_div_init(e8cu_bf16_to_f32(sc));
@@ -263,40 +266,46 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         if (FAST && fastsc) th = e8cu_e8_thresholds(1.01f * (Tq * rsqrtf(Tq)) * D.r);
 
         int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)cv.h * it.n_q + cv.j) * n;
+        /* all blocks' fast paths first, fallbacks after: the blocks' E8 searches are
+         * independent, so their long dependency chains can interleave */
+        uint32_t w[NB][4];
+        int ok[NB];
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            ok[s] = 0;
+            if ((FAST || lane + P * s < R) && fastsc) {
+                /* the fast division of e8cu_div_by without its range checks: the scale is in
+                 * its range here, and e8cu_e8_fast fails on any |t| < 2^-22 (where the
+                 * quotient might not be exact; its guard is >= 2^-22), |t| < 2^11 by the scale */
+                float t[8];
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const float q0 = __fmul_rn(x[s][i], D.r);
+                    t[i] = __fmaf_rn(__fmaf_rn(-q0, D.sf, x[s][i]), D.r, q0);
+                }
+                ok[s] = e8cu_e8_fast(t, th, w[s]);
+            }
+        }
 #pragma unroll
         for (int s = 0; s < NB; s++) {
             int b = lane + P * s;
             if (FAST || b < R) {
-                uint32_t w[4];
-                int ok = 0;
-                float t[8];
-                if (fastsc) {
-                    /* the fast division of e8cu_div_by without its range checks: the scale is
-                     * in its range here, and e8cu_e8_fast fails on any |t| < 2^-22 (where the
-                     * quotient might not be exact; its guard is >= 2^-22), |t| < 2^11 by the
-                     * scale */
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        const float q0 = __fmul_rn(x[s][i], D.r);
-                        t[i] = __fmaf_rn(__fmaf_rn(-q0, D.sf, x[s][i]), D.r, q0);
-                    }
-                    ok = e8cu_e8_fast(t, th, w);
-                }
-                if (!ok) {
+                if (!ok[s]) {
                     int16_t pt[8];
                     if (sc == 0) {
 #pragma unroll
                         for (int i = 0; i < 8; i++) pt[i] = 0;
                     } else {
+                        float t[8];
 #pragma unroll
                         for (int i = 0; i < 8; i++) t[i] = e8cu_div_by(D, x[s][i]);
                         e8cu_e8_block(t, pt);
                     }
 #pragma unroll
                     for (int i = 0; i < 4; i++)
-                        w[i] = (uint32_t)(uint16_t)pt[2 * i] | ((uint32_t)(uint16_t)pt[2 * i + 1] << 16);
+                        w[s][i] = (uint32_t)(uint16_t)pt[2 * i] | ((uint32_t)(uint16_t)pt[2 * i + 1] << 16);
                 }
-                *(uint4 *)(p2 + 8 * b) = make_uint4(w[0], w[1], w[2], w[3]);
+                *(uint4 *)(p2 + 8 * b) = make_uint4(w[s][0], w[s][1], w[s][2], w[s][3]);
             }
         }
         if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)cv.h * it.n_q + cv.j] = sc;
@@ -370,14 +379,15 @@ static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int 
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
     uint64_t gpb = E8CU_THREADS / P;
     uint64_t need = (L->n_vec + gpb - 1) / gpb;
-    /* fast kernels: E8CU_Q_GRID resident waves of blocks (default 4): blocks that finish
+    /* fast kernels: E8CU_Q_GRID resident waves of blocks (default 8): blocks that finish
      * early are replaced, so warps that ran slower do not leave multiprocessors idle at the
-     * end of a launch (a grid of exactly one wave left them idle ~30% of the time) */
+     * end of a launch (a grid of exactly one wave left them idle ~30% of the time; H200,
+     * 2026-11-29: 1 wave 410 GB/s, 2: 520, 4: 616, 8: 676, 32: 622) */
     uint64_t waves = 1;
     if (FAST) {
         const char *g = getenv("E8CU_Q_GRID");
-        int gv = g ? atoi(g) : 4;
-        waves = gv >= 1 && gv <= 64 ? (uint64_t)gv : 4;
+        int gv = g ? atoi(g) : 8;
+        waves = gv >= 1 && gv <= 64 ? (uint64_t)gv : 8;
     }
     uint64_t cap = (uint64_t)sms * MB * waves;
     unsigned grid = (unsigned)(need < cap ? need : cap);
