@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include "codec/cuda/e8cu_internal.h"
 
 /* ----------------------------------------------------------- conversions (FORMAT §1) */
@@ -66,10 +67,13 @@ __device__ __forceinline__ void e8cu_load8(const void *p, uint32_t dtype, float 
     }
 }
 
-/* Stores 8 fp32 values at p (16-byte aligned) in dtype with the decoder's rounding. fp16:
- * pairs converted by one packed RNE conversion; a word where either half came out inf or NaN
- * (exponent field all ones: adding 1 to it carries into the half's sign bit) is redone by the
- * saturating per-element rule, so the result is e8cu_f32_to_f16_sat's for every input. */
+/* Stores 8 fp32 values at p (16-byte aligned) in dtype with the decoder's rounding. fp16 and
+ * bf16: pairs converted by one packed RNE conversion; a word where either half came out inf
+ * or NaN (exponent field all ones: adding 1 to it carries into the half's sign bit) is redone
+ * by the per-element rule, so the result is e8cu_f32_to_f16_sat's / e8cu_f32_to_bf16's for
+ * every input (for finite inputs whose result is finite both are RNE of the same value; the
+ * rules differ only on inf/NaN results: fp16 saturates, bf16's integer rule keeps NaN
+ * payloads the hardware canonicalises). */
 __device__ __forceinline__ void e8cu_store8(void *p, uint32_t dtype, const float x[8])
 {
     if (dtype == E8C_DTYPE_F32) {
@@ -90,13 +94,17 @@ __device__ __forceinline__ void e8cu_store8(void *p, uint32_t dtype, const float
         }
         *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
     } else {
-        uint32_t w[4];
+        uint32_t w[4], over = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            uint16_t lo, hi;
-            if (dtype == E8C_DTYPE_F16) { lo = e8cu_f32_to_f16_sat(x[2 * i]); hi = e8cu_f32_to_f16_sat(x[2 * i + 1]); }
-            else { lo = e8cu_f32_to_bf16(x[2 * i]); hi = e8cu_f32_to_bf16(x[2 * i + 1]); }
-            w[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+            __nv_bfloat162 h = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+            w[i] = *(const uint32_t *)&h;
+            over |= ((w[i] & 0x7f807f80u) + 0x00800080u) & 0x80008000u;
+        }
+        if (over) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                w[i] = (uint32_t)e8cu_f32_to_bf16(x[2 * i]) | ((uint32_t)e8cu_f32_to_bf16(x[2 * i + 1]) << 16);
         }
         *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
     }

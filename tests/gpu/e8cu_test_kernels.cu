@@ -160,18 +160,19 @@ extern "C" int e8cu_test_scale(const float *h_y, uint32_t n, size_t n_vec, float
     return (int)e;
 }
 
-__global__ void e8cu_tk_f16_kernel(uint64_t n_groups, unsigned long long *bad, unsigned long long *first)
+__global__ void e8cu_tk_f16_kernel(uint64_t n_groups, int bf16, unsigned long long *bad, unsigned long long *first)
 {
     for (uint64_t g = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; g < n_groups; g += (uint64_t)gridDim.x * blockDim.x) {
         float x[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) x[i] = __uint_as_float((uint32_t)(8 * g + i));
         uint4 w;
-        e8cu_store8(&w, E8C_DTYPE_F16, x);
+        e8cu_store8(&w, bf16 ? E8C_DTYPE_BF16 : E8C_DTYPE_F16, x);
         const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            uint16_t got = (uint16_t)(ww[i / 2] >> (16 * (i & 1))), want = e8cu_f32_to_f16_sat(x[i]);
+            uint16_t got = (uint16_t)(ww[i / 2] >> (16 * (i & 1)));
+            uint16_t want = bf16 ? e8cu_f32_to_bf16(x[i]) : e8cu_f32_to_f16_sat(x[i]);
             if (got != want) {
                 atomicAdd(bad, 1ull);
                 atomicMin(first, (unsigned long long)(8 * g + i));
@@ -180,15 +181,16 @@ __global__ void e8cu_tk_f16_kernel(uint64_t n_groups, unsigned long long *bad, u
     }
 }
 
-/* The decoder's fp16 store (e8cu_store8: packed conversion, saturating redo) against the
- * per-element saturating rule, for the fp32 bit patterns 0 .. 8·n_groups-1 (2^29 groups: all). */
-extern "C" int e8cu_test_f16_store(uint64_t n_groups, unsigned long long *bad, unsigned long long *first)
+/* The decoder's fp16 (bf16 = 0) or bf16 store (e8cu_store8: packed conversion, the per-element
+ * rule redone where a half came out inf or NaN) against the per-element rule, for the fp32
+ * bit patterns 0 .. 8·n_groups-1 (2^29 groups: all). */
+extern "C" int e8cu_test_f16_store(uint64_t n_groups, int bf16, unsigned long long *bad, unsigned long long *first)
 {
     unsigned long long *d_r = NULL, init[2] = {0, ~0ull};
     cudaError_t e = cudaMalloc((void **)&d_r, sizeof init);
     if (!e) e = cudaMemcpy(d_r, init, sizeof init, cudaMemcpyHostToDevice);
     if (!e) {
-        e8cu_tk_f16_kernel<<<2048, 256>>>(n_groups, d_r, d_r + 1);
+        e8cu_tk_f16_kernel<<<2048, 256>>>(n_groups, bf16, d_r, d_r + 1);
         e = cudaGetLastError();
     }
     if (!e) e = cudaMemcpy(init, d_r, sizeof init, cudaMemcpyDeviceToHost);

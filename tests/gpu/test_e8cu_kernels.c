@@ -15,8 +15,9 @@
  *   its threshold, tiny and small values, ±0.5 and integers ± ulps); both paths must run.
  * - The scale code from an fp32 sum of squares (e8cu_scale_fast) with its exact f64 fallback
  *   equals e8c_ref_scale, also on vectors whose rms·step sits on the code's rounding midpoints.
- * - The decoder's fp16 store (one packed conversion per pair, the saturating rule redone where
- *   a half overflowed) equals the per-element saturating conversion for every fp32 bit pattern.
+ * - The decoder's fp16 and bf16 stores (one packed conversion per pair, the per-element rule
+ *   redone where a half came out inf or NaN) equal the per-element conversions (fp16:
+ *   saturating) for every fp32 bit pattern.
  * GPU_QUICK=1 runs a reduced set (for compute-sanitizer).
  */
 #include <setjmp.h>
@@ -38,7 +39,7 @@ int e8cu_test_div(const float *h_scales, uint32_t n_scales, uint32_t per_scale, 
 int e8cu_test_e8(const float *h_t, int16_t *h_p2, size_t n_blocks, int mode, unsigned long long *n_fast);
 int e8cu_test_scale(const float *h_y, uint32_t n, size_t n_vec, float step, uint16_t *h_sc,
                     unsigned long long *n_fast);
-int e8cu_test_f16_store(uint64_t n_groups, unsigned long long *bad, unsigned long long *first);
+int e8cu_test_f16_store(uint64_t n_groups, int bf16, unsigned long long *bad, unsigned long long *first);
 
 static int quick;
 
@@ -214,16 +215,29 @@ static void test_scale_fast(void **state)
     assert_true(nfast > nv / 8 && nfast < nv - nv / 8);
 }
 
+static void check_store(int bf16)
+{
+    unsigned long long bad = 0, first = 0;
+    uint64_t groups = quick ? (1u << 16) : (1ull << 29);
+    const char *name = bf16 ? "bf16" : "fp16";
+    int e = e8cu_test_f16_store(groups, bf16, &bad, &first);
+    if (e) fail_msg("e8cu_test_f16_store(%s): CUDA error %d", name, e);
+    if (bad) fail_msg("%s store: %llu of %llu values differ from the per-element rule, first: fp32 bits 0x%08llx", name,
+                      bad, (unsigned long long)groups * 8, first);
+    printf("%s store: %llu fp32 bit patterns identical to the per-element rule\n", name,
+           (unsigned long long)groups * 8);
+}
+
 static void test_f16_store_all_floats(void **state)
 {
     (void)state;
-    unsigned long long bad = 0, first = 0;
-    uint64_t groups = quick ? (1u << 16) : (1ull << 29);
-    int e = e8cu_test_f16_store(groups, &bad, &first);
-    if (e) fail_msg("e8cu_test_f16_store: CUDA error %d", e);
-    if (bad) fail_msg("fp16 store: %llu of %llu values differ from the saturating rule, first: fp32 bits 0x%08llx", bad,
-                      (unsigned long long)groups * 8, first);
-    printf("fp16 store: %llu fp32 bit patterns identical to the saturating rule\n", (unsigned long long)groups * 8);
+    check_store(0);
+}
+
+static void test_bf16_store_all_floats(void **state)
+{
+    (void)state;
+    check_store(1);
 }
 
 int main(void)
@@ -237,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_e8_fast_filter),
         cmocka_unit_test(test_scale_fast),
         cmocka_unit_test(test_f16_store_all_floats),
+        cmocka_unit_test(test_bf16_store_all_floats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
