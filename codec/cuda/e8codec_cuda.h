@@ -46,8 +46,11 @@
  *   frame's [n_kv_heads][n_tokens][head_dim] tensor in device memory with its e8c_frame_params.
  *   One kernel launch covers up to 192 frames (plus one launch for raw-kept tokens, if any).
  *   All items of a call share the context's fingerprint; n_tokens, positions, layer and kind
- *   vary per item. The tuning variables E8CU_NARROW, E8CU_WIDE_MINBLOCKS, E8CU_Q_MINBLOCKS and
- *   E8CU_DQ_MINBLOCKS change only the kernels' thread layout, never a result.
+ *   vary per item. The tuning variables E8CU_NARROW, E8CU_WIDE_MINBLOCKS, E8CU_Q_MINBLOCKS,
+ *   E8CU_DQ_MINBLOCKS, E8CU_FAST_Q_MINBLOCKS, E8CU_FAST_DQ_MINBLOCKS, E8CU_Q_GRID (waves of
+ *   blocks per quantize launch, 1..64, default 8), E8CU_W16=0 (no fp16/bf16-specialised
+ *   quantize kernel) and E8CU_FAST=0 (the general kernels, whose every decision is the exact
+ *   rule) change only the kernels' layout and speed, never a result.
  *
  * STREAMS AND EVENTS
  *   Functions ending in _async enqueue work on `stream` (the last argument) and return without
