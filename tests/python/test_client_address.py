@@ -133,15 +133,15 @@ def test_python_rule_equals_the_c_rule_on_random_strings():
 def test_reconnect_attempts_stay_at_most_a_second_apart():
     """After a daemon outage, a long-lived Client must try to reconnect often, so that calls
     work again soon after e8kvd is back. gRPC's default backoff grows 1.6x per attempt up to
-    2 min (after a 10 s outage attempts are already 3-7 s apart, and after a minute ~40 s);
+    2 min (after a 15 s outage attempts are already 5-8 s apart, and after a minute ~40 s);
     e8kv bounds it at 1 s. Measured by counting the connection attempts that reach a socket
-    which appears after a 10 s outage (it accepts and closes each, like a daemon not ready)."""
+    which appears after a 15 s outage (it accepts and closes each, like a daemon not ready)."""
     import threading
     d = tempfile.mkdtemp(prefix="e8kv-reconnect-")
     path = os.path.join(d, "s.sock")
     c = e8kv.Client("unix:" + path, timeout=1)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 10:            # the outage: calls keep failing at once
+    while time.monotonic() - t0 < 15:            # the outage: calls keep failing at once
         with pytest.raises(e8kv.Unavailable):
             c.health()
         time.sleep(0.1)
@@ -163,7 +163,7 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
     th.start()
     t1 = time.monotonic()
     try:
-        while time.monotonic() - t1 < 5:
+        while time.monotonic() - t1 < 8:
             try:
                 c.health(timeout=0.5)
             except e8kv.E8kvError:
@@ -176,7 +176,7 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
         s.close()
         os.unlink(path)
         os.rmdir(d)
-    assert len(accepts) >= 3, f"{len(accepts)} connection attempts in 5 s"
+    assert len(accepts) >= 4, f"{len(accepts)} connection attempts in 8 s (default: <= 2)"
 
 
 def test_plaintext_client_at_a_closing_server_hints_at_tls():
