@@ -17,6 +17,8 @@
  * and a table on stdout.
  *   e8c_bench [--quick] [--out FILE] [--data DIR]
  *   e8c_bench --sweep       step sizes vs bpe/SNR (to pick presets)
+ *   e8c_bench --stages      K3V2 ns per element of the four halves of a frame's
+ *                           path (quantize, pack, unpack, dequantize to fp16)
  */
 #include <jansson.h>
 #include <math.h>
@@ -181,6 +183,59 @@ static int run(const dataset *d, float k_step, float v_step, const char *preset,
     return 0;
 }
 
+/* var = best of 9 timings of reps calls of expr, in ns per element. */
+#define STAGE_NS(var, expr)                                                         \
+    do {                                                                            \
+        double best_ = 1e30;                                                        \
+        for (int t_ = 0; t_ < 9; t_++) {                                            \
+            double a_ = now();                                                      \
+            for (int k_ = 0; k_ < reps; k_++) rc |= (expr) < 0;                     \
+            double b_ = (now() - a_) / reps;                                        \
+            if (b_ < best_) best_ = b_;                                             \
+        }                                                                           \
+        (var) = best_ * 1e9 / (double)ne;                                           \
+    } while (0)
+
+/* --stages: layer 1's K and V frames of each data set at K3V2 through the
+ * public halves of the codec (e8c_quantize, e8c_qlayer_pack,
+ * e8c_qlayer_unpack, e8c_dequantize to fp16), so that a change can be
+ * placed; perf names the functions inside each half. */
+static int stages(const dataset *d)
+{
+    e8c_fingerprint fp;
+    fingerprint_for(d, &fp);
+    if (e8c_preset_apply("K3V2", &fp.config)) return -1;
+    e8c_ctx *ctx = e8c_ctx_create(&fp, NULL);
+    if (!ctx || e8c_ctx_reserve(ctx, d->T)) return -1;
+    size_t ne = (size_t)d->H * d->T * d->n, per = ne;
+    int64_t cap = e8c_frame_max_size(ctx, d->T), rc = 0;
+    e8c_qlayer_sizes qs;
+    e8c_qlayer_size(ctx, d->T, &qs);
+    e8c_qlayer q = {0};
+    q.scales = malloc(qs.scales); q.points2 = malloc(qs.points2); q.raw = malloc(qs.raw + 16);
+    q.n_tokens = d->T;
+    uint8_t *buf = malloc((size_t)cap);
+    uint16_t *out = malloc(2 * ne);
+    int reps = 20;
+    for (uint32_t kind = 0; kind < 2 && q.scales && q.points2 && q.raw && buf && out; kind++) {
+        e8c_tensor t = e8c_tensor_contiguous(d->raw + (2 * 1 + kind) * per, E8C_DTYPE_F16, d->T, d->n);
+        e8c_tensor o = e8c_tensor_contiguous(out, E8C_DTYPE_F16, d->T, d->n);
+        e8c_frame_params p = {1, kind, d->T, d->T, 0, 0};
+        int64_t fs = e8c_frame_encode(ctx, &p, &t, buf, (size_t)cap);
+        if (fs < 0 || e8c_frame_decode(ctx, buf, (size_t)fs, NULL, &o)) { rc = -1; break; }
+        double qn, pk, up, dq;
+        STAGE_NS(qn, e8c_quantize(ctx, &p, &t, &q));
+        STAGE_NS(pk, e8c_qlayer_pack(ctx, &q, buf, (size_t)cap));
+        STAGE_NS(up, e8c_qlayer_unpack(ctx, buf, (size_t)fs, &q));
+        STAGE_NS(dq, e8c_dequantize(ctx, &q, NULL, &o));
+        printf("%-9s hd%-4u %c  quantize %6.3f  pack %6.3f  | unpack %6.3f  dequantize %6.3f  ns/element"
+               "  (encode %.3f, decode %.3f)\n", d->name, d->n, kind ? 'V' : 'K', qn, pk, up, dq, qn + pk, up + dq);
+    }
+    free(q.scales); free(q.points2); free(q.raw); free(buf); free(out);
+    e8c_ctx_free(ctx);
+    return rc ? -1 : 0;
+}
+
 static void machine_name(char *out, size_t cap)
 {
     snprintf(out, cap, "unknown x86-64");
@@ -198,14 +253,15 @@ static void machine_name(char *out, size_t cap)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, sweep = 0;
+    int quick = 0, sweep = 0, stage = 0;
     const char *out = "build/bench/codec.json", *dir = "tests/data/smollm2_kv";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--sweep")) sweep = 1;
+        else if (!strcmp(argv[i], "--stages")) stage = 1;
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--data") && i + 1 < argc) dir = argv[++i];
-        else { fprintf(stderr, "usage: %s [--quick] [--sweep] [--out FILE] [--data DIR]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--sweep] [--stages] [--out FILE] [--data DIR]\n", argv[0]); return 2; }
     }
     dataset ds[3];
     int nds = 0;
@@ -214,6 +270,11 @@ int main(int argc, char **argv)
     if (make_gaussian(&ds[nds++], 64, quick ? 4 : 8, 256) || make_gaussian(&ds[nds++], 128, quick ? 4 : 8, 256))
         return 1;
     int reps = quick ? 2 : 5;
+    if (stage) {
+        for (int di = 0; di < nds; di++)
+            if (stages(&ds[di])) return 1;
+        return 0;
+    }
     if (sweep) {
         static const float steps[] = {0.25f, 0.3f, 0.35f, 0.4f, 0.45f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1.0f, 1.2f, 1.4f};
         for (int di = 0; di < nds; di++)
