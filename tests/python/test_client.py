@@ -195,3 +195,36 @@ def test_namespaces_and_tokens(tmp_path):
                 a.verify()
     finally:
         assert d.stop() == 0
+
+
+def test_deadlines_checked_infinity_is_none(daemon):
+    """A deadline is seconds > 0 or None. Infinity (and past libe8kv's uint32 milliseconds)
+    is no deadline: grpcio made every call fail at once as DEADLINE_EXCEEDED, and the C upload
+    raised OverflowError (inf) or wrapped the milliseconds (4294967.297 s became 1 ms). NaN, 0
+    and negative numbers are refused when the client is made, not reported by every call
+    later as "no answer from e8kvd"."""
+    import math
+    from e8kv import _deadline
+    tokens = list(range(500, 500 + C))
+    for t in (math.inf, 1e30, 2 ** 63, 4294967.297):
+        with e8kv.Client(daemon.address, timeout=t, stream_timeout=t) as c:
+            assert c.health() == "SERVING" and c.health(timeout=t) == "SERVING"
+            for native in (True, False):
+                r = put_raw(c, fingerprint(f"deadline-{native}"), tokens, kv(C, 7), native=native)
+                assert r.tokens == C and len(r.chunk_keys) == 1
+        with e8kv.Client(daemon.address) as c:
+            assert put_raw(c, fingerprint("deadline-call"), tokens, kv(C, 8),
+                           timeout=t).tokens == C
+    assert _deadline.millis(4294967.297) == 0 and _deadline.millis(4294967.295) == 4294967295
+    assert _deadline.millis(1e-9) == 1 and _deadline.millis(None) == 0
+    for bad in (0, -1, math.nan, -math.inf):
+        for kw in ("timeout", "stream_timeout"):
+            with pytest.raises(ValueError, match="seconds > 0"):
+                e8kv.Client(daemon.address, **{kw: bad})
+    for bad in ("5", True, b"1"):
+        with pytest.raises(TypeError, match="number of seconds"):
+            e8kv.Client(daemon.address, timeout=bad)
+    with e8kv.Client(daemon.address) as c:
+        for bad in (-1, math.nan):
+            with pytest.raises(ValueError, match="seconds > 0"):
+                c.health(timeout=bad)

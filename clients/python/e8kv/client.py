@@ -42,6 +42,7 @@ from typing import Iterable, Iterator, Optional
 import grpc
 from google.protobuf import json_format
 
+from . import _deadline as deadlines
 from . import errors
 from ._addr import check_address
 from .v1 import kvstore_pb2 as pb
@@ -130,6 +131,8 @@ class Client:
                  stream_timeout=DEFAULT_STREAM_TIMEOUT_S, credentials=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, options=()):
         self.address = check_address(address)
+        timeout = deadlines.seconds(timeout, "timeout")
+        stream_timeout = deadlines.seconds(stream_timeout, "stream_timeout")
         self.timeout = timeout
         self.stream_timeout = stream_timeout
         self._conn = dict(token=token, timeout=timeout, stream_timeout=stream_timeout,
@@ -170,8 +173,11 @@ class Client:
         self.close()
 
     def _deadline(self, timeout, stream=False):
-        """A call's deadline in seconds: its own, else the client's (unary or stream)."""
-        return timeout or (self.stream_timeout if stream else self.timeout)
+        """A call's deadline in seconds: its own, else the client's (unary or stream); None:
+        no deadline (e8kv/_deadline.py: infinity is none; NaN, negative numbers refused)."""
+        if timeout is None or (timeout == 0 and not isinstance(timeout, bool)):
+            return self.stream_timeout if stream else self.timeout
+        return deadlines.seconds(timeout)
 
     def _error(self, e, method, deadline):
         """The E8kvError for a failed call; UNAVAILABLE and DEADLINE_EXCEEDED name the address
@@ -182,7 +188,8 @@ class Client:
             if self._conn["credentials"] is None and "Socket closed" in err.message:
                 msg += TLS_HINT                 # all a plaintext client at a TLS port sees
         elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            msg = (f"no answer from e8kvd at {self.address} within the {deadline:g} s deadline "
+            within = f"the {deadline:g} s deadline" if deadline is not None else "no deadline"
+            msg = (f"no answer from e8kvd at {self.address} within {within} "
                    f"(daemon stopped, overloaded, or not e8kvd): {err.message}")
         else:
             return err

@@ -29,6 +29,7 @@ import ctypes
 import grpc
 import numpy as np
 
+from . import _deadline
 from . import _fplib
 from . import _lib as L
 from . import errors
@@ -125,7 +126,7 @@ class NativeFetcher:
         lib.e8kv_options_init(ctypes.byref(o))
         o.address = address.encode()
         o.token = token.encode() if token else None
-        o.stream_deadline_ms = int(timeout * 1000) if timeout else 0
+        o.stream_deadline_ms = _deadline.millis(timeout)
         o.max_message_bytes = int(max_message_bytes)
         for _ in range(self.streams):
             c, e = _vp(), _Error()

@@ -26,6 +26,7 @@ import ctypes
 
 import numpy as np
 
+from . import _deadline
 from . import _fplib
 from . import _lib as L
 from .fetch import _Error, _Options, _raise
@@ -79,7 +80,7 @@ class NativeUploader:
         lib.e8kv_options_init(ctypes.byref(o))
         o.address = address.encode()
         o.token = token.encode() if token else None
-        o.stream_deadline_ms = int(timeout * 1000) if timeout else 0
+        o.stream_deadline_ms = _deadline.millis(timeout)
         o.max_message_bytes = int(max_message_bytes)
         c, e = _vp(), _Error()
         rc = lib.e8kv_client_open(ctypes.byref(o), ctypes.byref(c), ctypes.byref(e))
