@@ -139,3 +139,20 @@ def test_without_libe8kv_put_chunks_warns_and_uses_grpcio(daemon):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and "fallback ok" in p.stdout, p.stdout + p.stderr
+
+
+def test_native_and_grpcio_refuse_a_chunk_without_tokens_or_data_alike(client):
+    """A chunk with no token ids or no data is InvalidArgument through both paths (the C
+    upload's usage error came out as E8kvError INTERNAL 'libe8kv code 100'), and the failed
+    native upload is aborted, not left running."""
+    fp = fingerprint("upload-empty")
+    tokens, chunks = frames(fp, 2 * C, 9)
+    for bad in ([chunks[0], e8kv.ChunkIn([], chunks[1].data)],
+                [chunks[0], e8kv.ChunkIn(tokens[C:], b"")]):
+        for native in (True, False):
+            with pytest.raises(e8kv.InvalidArgument):
+                client.put_chunks(fp, bad, chunk_tokens=C, session=f"empty-{native}",
+                                  create_session=True, native=native)
+            with pytest.raises(e8kv.NotFound):      # nothing of the failed call joined it
+                client.get_session(f"empty-{native}")
+    assert client.put_chunks(fp, chunks, chunk_tokens=C, native=True).tokens == 2 * C

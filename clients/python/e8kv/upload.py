@@ -24,17 +24,20 @@ NativeUploader (one connection) may serve uploads of several threads at once.
 import collections
 import ctypes
 
+import grpc
 import numpy as np
 
 from . import _deadline
 from . import _fplib
 from . import _lib as L
+from . import errors
 from .fetch import _Error, _Options, _raise
 from .v1 import kvstore_pb2 as pb
 
 __all__ = ["NativeUploader", "Upload", "available"]
 
 _vp, _sz, _u64 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64
+_E_USAGE = 100                      # E8KV_E_USAGE (clients/c/e8kv.h)
 _P = ctypes.POINTER
 _PROTOTYPES = {
     "e8kv_options_init": (None, [_P(_Options)]),
@@ -144,6 +147,12 @@ class Upload:
                                   buf.nbytes, alias or None, len(alias), ctypes.byref(e))
         if rc:
             self.abort()
+            if rc == _E_USAGE:      # the chunk itself (no token ids or data, too many ids):
+                # InvalidArgument, as the daemon answers it on the grpcio path
+                raise errors.InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT,
+                                             f"chunk {self.added}: "
+                                             f"{e.message.decode(errors='replace')}",
+                                             "PutChunks")
             _raise(rc, e, "PutChunks")
         self._keep.append((self.added, buf))
         self.added += 1
