@@ -3,13 +3,13 @@
  *
  * One thread per client runs one GetChunks call over a contiguous slice of the key list
  * and writes each piece straight to the chunk's place (the message is parsed where gRPC
- * received it, kvc_piece_parse, so the data is copied once, from gRPC's slices): a region of the caller's buffer
- * claimed (bump allocation under the fetch's lock) when the chunk's first piece tells its
- * size, or, once the buffer is full, a malloc'd block the fetch owns. Whole chunks are
- * appended to a ready list that e8kv_fetch_wait hands out in completion order, so the
- * consumer decodes chunk k while later ones are still on the wire. Pieces are checked as
- * e8kv_get_chunks checks them (offsets in order, sizes adding up, the same chunk on every
- * piece), and each chunk's key and index against the request.
+ * received it, kvc_piece_parse, so the data is copied once, from gRPC's slices): a region
+ * of the caller's buffer claimed (bump allocation under the fetch's lock) when the chunk's
+ * first piece tells its size, or, once the buffer is full, a malloc'd block the fetch owns.
+ * Whole chunks are appended to a ready list that e8kv_fetch_wait hands out in completion
+ * order, so the consumer decodes chunk k while later ones are still on the wire. Pieces are
+ * checked as e8kv_get_chunks checks them (offsets in order, sizes adding up, the same chunk
+ * on every piece), and each chunk's key and index against the request.
  */
 #include <errno.h>
 #include <pthread.h>

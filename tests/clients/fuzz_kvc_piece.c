@@ -54,7 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
               pc.offset == m->offset && pc.last_piece == (m->last_piece != 0) &&
               pc.n_token_ids == m->n_token_ids);
     fkp_check(pc.chunk_key_len == m->chunk_key.len &&
-              (!pc.chunk_key_len || memcmp(pc.chunk_key, m->chunk_key.data, pc.chunk_key_len) == 0));
+              (!pc.chunk_key_len ||
+               memcmp(pc.chunk_key, m->chunk_key.data, pc.chunk_key_len) == 0));
     fkp_check(pc.fingerprint_id_len == m->fingerprint_id.len &&
               (!pc.fingerprint_id_len ||
                memcmp(pc.fingerprint_id, m->fingerprint_id.data, pc.fingerprint_id_len) == 0));

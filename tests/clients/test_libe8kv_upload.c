@@ -218,7 +218,8 @@ static void test_upload_errors(void **state) {
   h = header(&g_fp, "aborted", 1);
   assert_int_equal(e8kv_upload_start(c, &h, 4096, &u, &err), E8KV_OK);
   for (int i = 0; i < NCH; i++)
-    e8kv_upload_add(u, ch.tokens + (size_t)i * CT, chunk_n(i), ch.frame[i], ch.len[i], NULL, 0, &err);
+    e8kv_upload_add(u, ch.tokens + (size_t)i * CT, chunk_n(i), ch.frame[i], ch.len[i], NULL, 0,
+                    &err);
   e8kv_upload_abort(u);
   E8kv__V1__GetSessionRequest gq = E8KV__V1__GET_SESSION_REQUEST__INIT;
   gq.name = "aborted";
@@ -271,7 +272,8 @@ static void test_upload_daemon_gone_mid_stream(void **state) {
   E8kv__V1__PutHeader h = header(&g_fp, NULL, 0);
   e8kv_upload *u;
   assert_int_equal(e8kv_upload_start(c, &h, 4096, &u, &err), E8KV_OK);
-  assert_int_equal(e8kv_upload_add(u, ch.tokens, CT, ch.frame[0], ch.len[0], NULL, 0, &err), E8KV_OK);
+  assert_int_equal(e8kv_upload_add(u, ch.tokens, CT, ch.frame[0], ch.len[0], NULL, 0, &err),
+                   E8KV_OK);
   size_t sent = 0;
   for (int tries = 0; tries < 1000 && sent < 1; tries++) {
     e8kv_upload_stats(u, NULL, &sent, NULL);
@@ -282,7 +284,8 @@ static void test_upload_daemon_gone_mid_stream(void **state) {
   double t0 = now_s();
   e8kv_status st = E8KV_OK;
   for (int i = 1; i < NCH && !st; i++)
-    st = e8kv_upload_add(u, ch.tokens + (size_t)i * CT, chunk_n(i), ch.frame[i], ch.len[i], NULL, 0, &err);
+    st = e8kv_upload_add(u, ch.tokens + (size_t)i * CT, chunk_n(i), ch.frame[i], ch.len[i], NULL,
+                         0, &err);
   E8kv__V1__PutChunksResponse *r = NULL;
   memset(&err, 0, sizeof err);
   st = e8kv_upload_finish(u, &r, &err);

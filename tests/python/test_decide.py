@@ -1,5 +1,6 @@
 """The restore-or-recompute rule of e8kv.decide.Decider (used by e8kv.hf and bench/e2e's kvio),
-from measured times alone (no model, no daemon). Figures are those of the session-3 H200 run (bench/e2e/results/2026-11-29-h200-s3):
+from measured times alone (no model, no daemon). Figures are those of the session-3 H200 run
+(bench/e2e/results/2026-11-29-h200-s3):
 for SmolLM2-135M the forward of the 64 remaining tokens over an 8K restored cache (0.030 s) costs
 more than recomputing all 8K tokens (0.025 s), so restoring can never win there, while for the
 Llama-3-8B shape restoring 8K tokens wins clearly."""
@@ -83,7 +84,8 @@ def test_decide_before_any_restore_and_any_prefill():
         d.decide(0.001, 1024, 16)
     d.add_prefill(256, 0.01)
     dec = d.decide(0.001, 1024, 16)
-    assert dec.restore and dec.restore_s is None and dec.recompute_s == pytest.approx(0.01 * 1040 / 256)
+    assert dec.restore and dec.restore_s is None
+    assert dec.recompute_s == pytest.approx(0.01 * 1040 / 256)
     # with the first chunk's time given, the rule runs: 1 s per token can never win
     assert not d.decide(0.001, 1024, 16, per_tok=1.0).restore
 
