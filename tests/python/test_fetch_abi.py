@@ -65,3 +65,21 @@ def test_no_daemon_is_unavailable(tmp_path):
             nf.start([b"short"])
         with pytest.raises(ValueError, match="no keys"):
             nf.start([])
+
+
+def test_reserve_closes_an_open_run_before_replacing_its_buffer(tmp_path):
+    """reserve() dropped the buffer an open FetchRun's C threads write into (numpy then frees
+    it under them); now it closes the run first (joining its threads), as start() does, and
+    a run keeps its buffer alive while it is open."""
+    with F.NativeFetcher(f"unix:{tmp_path}/none.sock", 1, pinned=False) as nf:
+        nf.reserve(1 << 16)
+        run = nf.start([bytes(32)])
+        assert run._buf is nf._buf
+        nf.reserve(1 << 10)                 # already that big: the run stays open
+        assert run._h is not None
+        nf.reserve(1 << 20)
+        assert run._h is None and run._buf is None and nf.buffer_bytes >= 1 << 20
+        with pytest.raises(RuntimeError, match="closed"):
+            run.get()
+        with nf.start([bytes(32)], expect_bytes=1 << 22) as run2:  # start grows it too
+            assert nf.buffer_bytes >= 1 << 22 and run2._buf is nf._buf

@@ -156,9 +156,13 @@ class NativeFetcher:
         self.close()
 
     def reserve(self, nbytes):
-        """Makes the buffer at least nbytes (pinned when asked and possible)."""
+        """Makes the buffer at least nbytes (pinned when asked and possible). A FetchRun
+        still open is closed first, as start() does: its C threads write into the buffer
+        this replaces (dropping it under them freed memory they were writing to)."""
         if self._buf is not None and self._buf.nbytes >= nbytes:
             return
+        if self._run is not None:
+            self._run.close()
         self._buf = self._keep = None
         if self.pinned:
             try:
@@ -209,7 +213,7 @@ class FetchRun:
         self.nf, self.n_keys = nf, len(keys)
         self._keys = b"".join(keys)
         clients = (_vp * n_streams)(*[c.value for c in nf._clients[:n_streams]])
-        buf = nf._buf
+        buf = self._buf = nf._buf      # alive while the C threads may write into it
         self._fpid = bytes(fpid) if fpid is not None else None
         h, e = _vp(), _Error()
         rc = lib.e8kv_fetch_start(clients, n_streams, self._keys, len(keys),
@@ -265,6 +269,7 @@ class FetchRun:
             self.nf.largest = max(self.nf.largest, total)
             _l().e8kv_fetch_close(self._h)
             self._h = None
+            self._buf = None
             if self.nf._run is self:
                 self.nf._run = None
 
