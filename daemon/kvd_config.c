@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "proto/e8kv_addr.h"
 
 typedef enum kvd_ctype { CT_STR, CT_SIZE, CT_U32 } kvd_ctype;
@@ -261,6 +264,34 @@ static int split_listen(kvd_config *cfg, FILE *err) {
   return 0;
 }
 
+int kvd_config_hostport(const char *hp, struct sockaddr_storage *ss, socklen_t *sl) {
+  char host[256];
+  const char *colon = strrchr(hp, ':');
+  if (!colon || (size_t)(colon - hp) >= sizeof host) return -1;
+  snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) return -1;
+  memset(ss, 0, sizeof *ss);
+  size_t hl = strlen(host);
+  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    host[hl - 1] = 0;
+    if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1) return -1;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((uint16_t)port);
+    *sl = sizeof *a;
+    return 0;
+  }
+  struct sockaddr_in *a = (struct sockaddr_in *)ss;
+  if (strcmp(host, "localhost") == 0) snprintf(host, sizeof host, "127.0.0.1");
+  if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return -1;
+  a->sin_family = AF_INET;
+  a->sin_port = htons((uint16_t)port);
+  *sl = sizeof *a;
+  return 0;
+}
+
 static int check_cross(kvd_config *cfg, FILE *err) {
   if (!*cfg->tls_cert != !*cfg->tls_key) {
     fprintf(err, "e8kvd: --tls-cert and --tls-key must be given together\n");
@@ -274,6 +305,15 @@ static int check_cross(kvd_config *cfg, FILE *err) {
   }
   if (!*cfg->data_dir) {
     fprintf(err, "e8kvd: --data-dir must not be empty\n");
+    return -1;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (*cfg->metrics_listen && kvd_config_hostport(cfg->metrics_listen, &ss, &sl) != 0) {
+    /* here, not when the server starts: a typo then had already opened the store */
+    fprintf(err, "e8kvd: --metrics-listen \"%s\": use IPv4:port, localhost:port or "
+                 "[IPv6]:port (port 0 picks a free one); '' turns metrics off\n",
+            cfg->metrics_listen);
     return -1;
   }
   return split_listen(cfg, err);

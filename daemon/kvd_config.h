@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #define KVD_MAX_LISTEN 8
 
@@ -66,6 +67,10 @@ kvd_config_action kvd_config_parse(kvd_config *cfg, int argc, char **argv, FILE 
 /* Writes the table for `--help` (plain text) or as Markdown (README section). */
 void kvd_config_print_help(FILE *f, const char *argv0);
 void kvd_config_print_markdown(FILE *f);
+
+/* Parses --metrics-listen's "IPv4:port", "localhost:port" or "[IPv6]:port" (numeric hosts:
+ * the metrics server binds without name resolution) into *ss / *sl; -1 when it is not one. */
+int kvd_config_hostport(const char *hp, struct sockaddr_storage *ss, socklen_t *sl);
 
 /* Parses a size with optional suffix K/M/G/T (x1024^n, optional "iB"/"B"); -1 on error. */
 int kvd_config_parse_size(const char *s, uint64_t *out);

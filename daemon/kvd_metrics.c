@@ -1,5 +1,6 @@
 /* kvd_metrics.c: counters, histograms and the libmicrohttpd endpoint (see kvd_metrics.h). */
 #include "daemon/kvd_metrics.h"
+#include "daemon/kvd_config.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -213,39 +214,11 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
   return ret;
 }
 
-static int parse_hostport(const char *hp, struct sockaddr_storage *ss, socklen_t *sl) {
-  char host[256];
-  const char *colon = strrchr(hp, ':');
-  if (!colon || (size_t)(colon - hp) >= sizeof host) return -1;
-  snprintf(host, sizeof host, "%.*s", (int)(colon - hp), hp);
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535) return -1;
-  memset(ss, 0, sizeof *ss);
-  size_t hl = strlen(host);
-  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-    host[hl - 1] = 0;
-    if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1) return -1;
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons((uint16_t)port);
-    *sl = sizeof *a;
-    return 0;
-  }
-  struct sockaddr_in *a = (struct sockaddr_in *)ss;
-  if (strcmp(host, "localhost") == 0) snprintf(host, sizeof host, "127.0.0.1");
-  if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return -1;
-  a->sin_family = AF_INET;
-  a->sin_port = htons((uint16_t)port);
-  *sl = sizeof *a;
-  return 0;
-}
-
 int kvd_metrics_serve(kvd_metrics *m, const char *hostport, kvd_gauges_fn gauges, void *gctx,
                       int *port_out, char *err, size_t cap) {
   struct sockaddr_storage ss;
   socklen_t sl;
-  if (parse_hostport(hostport, &ss, &sl) != 0) {
+  if (kvd_config_hostport(hostport, &ss, &sl) != 0) { /* checked at parse time too */
     snprintf(err, cap, "--metrics-listen '%s': expected host:port (IPv4 or [IPv6])",
              hostport);
     return -1;

@@ -510,6 +510,9 @@ class Cli(unittest.TestCase):
             self.assertEqual(p.returncode, 2, p.stderr)
             self.assertIn(want, p.stderr)
             self.assertIn("unix:/path", p.stderr)
+        p = self.run_(kvd, "--data-dir=" + os.path.join(TMP, "never"), "--metrics-listen=localhost")
+        self.assertEqual(p.returncode, 2, p.stderr)               # a usage error, store untouched
+        self.assertIn("localhost:port", p.stderr)
         self.assertFalse(os.path.exists(os.path.join(TMP, "never")))
 
 

@@ -63,6 +63,17 @@ static void test_config(void **state) {
   assert_int_equal(parse(&c, "--tls-cert=/x.pem", NULL), KVD_CONFIG_EXIT_ERR); /* no key */
   assert_int_equal(parse(&c, "--max-message-bytes=1M", NULL), KVD_CONFIG_EXIT_ERR); /* piece */
   assert_int_equal(parse(&c, "--listen=,", NULL), KVD_CONFIG_EXIT_ERR);
+  /* --metrics-listen is checked here, before the daemon opens the store. */
+  const char *mbad[] = {"--metrics-listen=localhost", "--metrics-listen=tcp://127.0.0.1:9464",
+                        "--metrics-listen=127.0.0.1:65536", "--metrics-listen=unix:/tmp/m",
+                        "--metrics-listen=example.org:9464", NULL};
+  for (int i = 0; mbad[i]; i++) assert_int_equal(parse(&c, mbad[i], NULL), KVD_CONFIG_EXIT_ERR);
+  const char *mok[] = {"--metrics-listen=", "--metrics-listen=127.0.0.1:0",
+                       "--metrics-listen=localhost:9464", "--metrics-listen=[::1]:0", NULL};
+  for (int i = 0; mok[i]; i++) {
+    assert_int_equal(parse(&c, mok[i], NULL), KVD_CONFIG_RUN);
+    kvd_config_free(&c);
+  }
   assert_int_equal(parse(&c, "stray", NULL), KVD_CONFIG_EXIT_ERR);
   assert_int_equal(parse(&c, "--help", NULL), KVD_CONFIG_EXIT_OK);
 }
