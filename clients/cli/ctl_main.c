@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <grpc/support/log.h>
+
 #include "clients/cli/ctl_cmd.h"
 #include "clients/cli/ctl_exit.h"
 #include "clients/cli/ctl_out.h"
@@ -216,10 +218,16 @@ static int ctl_open_client(ctl_ctx *ctx) {
   return ctx->opt[CTL_O_NAMESPACE] ? ctl_check_namespace(ctx) : CTL_EXIT_OK;
 }
 
+/* gRPC's own log lines (e.g. "E1129 ... ssl_transport_security.cc ... Handshake failed")
+ * would precede e8kvctl's one-line error, which already carries gRPC's reason; they come
+ * back with GRPC_VERBOSITY set. */
+static void ctl_grpc_log_drop(gpr_log_func_args *args) { (void)args; }
+
 int main(int argc, char **argv) {
   ctl_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.prog = argv[0];
+  if (!getenv("GRPC_VERBOSITY")) gpr_set_log_function(ctl_grpc_log_drop);
   /* --json is known before parsing, so that usage errors come as JSON too. */
   for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
     if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "-j") == 0) ctx.json = 1;
