@@ -52,6 +52,10 @@ static int kvp_varint(kvp_cur *c, uint64_t *v, int max_bytes) {
   return -1;
 }
 
+/* The length of a length-delimited field: a varint of at most 5 bytes, as protobuf-c's
+ * scan_length_prefix reads it (it refuses a longer one, e.g. 0 written in 7 bytes). */
+static int kvp_len(kvp_cur *c, uint64_t *v) { return kvp_varint(c, v, 5); }
+
 static int kvp_skip(kvp_cur *c, uint64_t n) {
   if (n > c->left) return -1;
   c->left -= n;
@@ -102,7 +106,7 @@ enum { KVP_VARINT = 0, KVP_FIXED64 = 1, KVP_LEN = 2, KVP_FIXED32 = 5 };
 /* A length-delimited bytes field of at most 64 bytes into dst. */
 static int kvp_small_bytes(kvp_cur *c, uint8_t *dst, size_t *len) {
   uint64_t n;
-  if (kvp_varint(c, &n, 10) || n > 64 || n > c->left) return -1;
+  if (kvp_len(c, &n) || n > 64 || n > c->left) return -1;
   *len = (size_t)n;
   return kvp_read(c, dst, (size_t)n);
 }
@@ -113,14 +117,14 @@ static int kvp_field(kvp_cur *c, uint32_t field, int wt, kvc_piece *pc) {
     if (wt != KVP_LEN) return -1;
     if (field == 2) return kvp_small_bytes(c, pc->chunk_key, &pc->chunk_key_len);
     if (field == 13) return kvp_small_bytes(c, pc->fingerprint_id, &pc->fingerprint_id_len);
-    if (kvp_varint(c, &v, 10) || v > c->left) return -1;
+    if (kvp_len(c, &v) || v > c->left) return -1;
     pc->data_len = (size_t)v;
     kvp_here(c, &pc->data_seg, &pc->data_off);
     return kvp_skip(c, v);
   }
   if (field == 14) { /* repeated uint32: packed, or one varint per occurrence */
     if (wt == KVP_LEN) {
-      if (kvp_varint(c, &v, 10)) return -1;
+      if (kvp_len(c, &v)) return -1;
       return kvp_packed_ids(c, v, &pc->n_token_ids);
     }
     if (wt != KVP_VARINT || kvp_varint(c, &v, 10)) return -1;
@@ -147,7 +151,7 @@ static int kvp_field(kvp_cur *c, uint32_t field, int wt, kvc_piece *pc) {
     case KVP_VARINT: return kvp_varint(c, &v, 10);
     case KVP_FIXED64: return kvp_skip(c, 8);
     case KVP_FIXED32: return kvp_skip(c, 4);
-    case KVP_LEN: return kvp_varint(c, &v, 10) || kvp_skip(c, v) ? -1 : 0;
+    case KVP_LEN: return kvp_len(c, &v) || kvp_skip(c, v) ? -1 : 0;
     default: return -1; /* groups (3, 4) and 6, 7 */
   }
 }
