@@ -47,6 +47,12 @@ def test_address_types_and_control_characters():
         e8kv.Client(b"127.0.0.1:50051")
     with pytest.raises(ValueError, match="control character at byte 15"):
         e8kv.Client("localhost:50051\n")
+    # a lone surrogate (from os.fsdecode of odd bytes, say) has no UTF-8 bytes: the rule's
+    # own message, not a UnicodeEncodeError from its byte count or from gRPC
+    for addr in ("h\udc80st:50051", "unix:/tmp/e8kvd-\udcff.sock", "localhost:50051\ud800\n"):
+        with pytest.raises(ValueError) as ei:
+            e8kv.Client(addr)
+        assert not isinstance(ei.value, UnicodeError) and "lone surrogate" in str(ei.value)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ def _why(address):
     if not a:
         return "empty address"
     for i, ch in enumerate(a):
+        if 0xd800 <= ord(ch) <= 0xdfff:     # no bytes to give gRPC (or the C rule)
+            return f"has a lone surrogate (U+{ord(ch):04X}) at character {i}, not UTF-8 text"
         if ord(ch) < 0x20 or ord(ch) == 0x7f:
             return f"has a control character at byte {len(a[:i].encode())}"
     if a.startswith("unix:"):
