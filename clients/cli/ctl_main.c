@@ -193,10 +193,10 @@ static int ctl_check_addr(ctl_ctx *ctx, const char *a, const char *from) {
 static int ctl_open_client(ctl_ctx *ctx) {
   e8kv_options o;
   e8kv_options_init(&o);
-  const char *from = ctx->opt[CTL_O_ADDR]  ? "--addr"
-                     : getenv("E8KV_ADDR") ? "$E8KV_ADDR" : NULL;
-  o.address = ctx->opt[CTL_O_ADDR] ? ctx->opt[CTL_O_ADDR]
-              : getenv("E8KV_ADDR") ? getenv("E8KV_ADDR") : CTL_DEFAULT_ADDR;
+  const char *env = getenv("E8KV_ADDR");
+  if (env && !*env) env = NULL; /* E8KV_ADDR= (set but empty) means unset, as for E8KV_TOKEN */
+  const char *from = ctx->opt[CTL_O_ADDR] ? "--addr" : env ? "$E8KV_ADDR" : NULL;
+  o.address = ctx->opt[CTL_O_ADDR] ? ctx->opt[CTL_O_ADDR] : env ? env : CTL_DEFAULT_ADDR;
   if (from && ctl_check_addr(ctx, o.address, from)) return CTL_EXIT_USAGE;
   char *token = NULL;
   int rc;

@@ -345,6 +345,11 @@ class E2E(unittest.TestCase):
         p = subprocess.run([CTL, "health"], capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(p.returncode, USAGE, p.stderr)
         self.assertIn("$E8KV_ADDR", p.stderr)
+        env = dict(os.environ, E8KV_ADDR="")      # set but empty = unset: the default address
+        p = subprocess.run([CTL, "--timeout", "2000", "health"], capture_output=True, text=True,
+                           env=env, timeout=60)
+        self.assertNotEqual(p.returncode, USAGE, p.stderr)
+        self.assertNotIn("empty address", p.stderr)
 
     def test_12c_address_table(self):
         """--addr takes exactly the forms of tests/clients/addr_cases.txt (e8kvd's rule)."""
