@@ -47,13 +47,18 @@ int store_index_open(e8s_store *st) {
     free(path);
     return store_err(store_err_errno(-e), "mkdir %s/index: %s", st->dir, strerror(e));
   }
-  int rc = mdb_env_create(&st->env);
+  int rc = store_space_prealloc(st, path);
+  if (rc) {
+    free(path);
+    return rc;
+  }
+  rc = mdb_env_create(&st->env);
   if (rc) {
     free(path);
     return store_err_mdb(rc, "mdb_env_create");
   }
   mdb_env_set_maxdbs(st->env, 16);
-  mdb_env_set_maxreaders(st->env, 1024);
+  mdb_env_set_maxreaders(st->env, STORE_MAXREADERS);
   mdb_env_set_mapsize(st->env, st->cfg.map_bytes);
   unsigned fl = MDB_NOTLS | (st->readonly ? MDB_RDONLY : 0);
   rc = mdb_env_open(st->env, path, fl, 0644);

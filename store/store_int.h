@@ -259,6 +259,7 @@ struct e8s_store {
 };
 
 /* ---------------------------------------------------------------- index (store_index.c) */
+#define STORE_MAXREADERS 1024 /* LMDB reader slots (sizes the lock file) */
 int store_index_open(e8s_store *st);
 void store_index_close(e8s_store *st);
 /* Read transaction with the map read-lock held; end with store_rtxn_end. */
@@ -422,6 +423,9 @@ int store_replay(e8s_store *st);
 
 /* ---------------------------------------------------------------- full disk (store_space.c) */
 /* Read-write open: the index reserve (size, first allocation). */
+/* Before mdb_env_open (read-write): allocates the blocks of ixdir's lock file (all of it) and
+ * data file's first pages, creating them; a full disk is E8S_ERR_NOSPC naming st->dir. */
+int store_space_prealloc(e8s_store *st, const char *ixdir);
 int store_space_open(e8s_store *st);
 /* After a write commit (wlock held): allocates the index data file up to its last page plus
  * the reserve again; sets or clears ix_short. */

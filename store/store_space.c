@@ -18,7 +18,14 @@
  * segment files that became empty give the bytes back, then the check is made again; a put
  * that still does not fit fails E8S_ERR_NOSPC without writing. A put admitted on a disk that
  * fills meanwhile (other writers, other processes) still gets ENOSPC from its write or its
- * fdatasync: E8S_ERR_NOSPC, nothing of it visible. */
+ * fdatasync: E8S_ERR_NOSPC, nothing of it visible.
+ *
+ * Index files at open (store_space_prealloc, before mdb_env_open): LMDB ftruncates its lock file
+ * (sparse) and writes it through a shared mmap, so a page of it with no block behind it is a
+ * SIGBUS on a full disk: at open (reader slot on a fresh page) or later (the 65th reader of a
+ * running daemon). So every read-write open allocates the whole lock file first (fallocate
+ * KEEP_SIZE: blocks only, LMDB sizes it), and the first pages plus the minimum reserve of the
+ * data file; a full disk fails the open with E8S_ERR_NOSPC naming the directory. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -26,10 +33,47 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "store/store_int.h"
 
 #define SPACE_RESERVE_MIN (64ull << 10)
+
+/* Blocks for [0, bytes) of DIR/name (created if missing), its size unchanged; 0 or errno. */
+static int prealloc_file(const char *ixdir, const char *name, uint64_t bytes, int *was_new) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", ixdir, name);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return errno;
+  struct stat sb;
+  int e = fstat(fd, &sb) == 0 ? 0 : errno;
+  if (!e && (uint64_t)sb.st_size > bytes) bytes = (uint64_t)sb.st_size;
+  if (!e) *was_new = sb.st_size == 0;
+  if (!e && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) != 0) e = errno;
+  if (e == EOPNOTSUPP || e == ENOSYS) e = 0; /* no fallocate here: nothing to allocate ahead */
+  close(fd);
+  return e;
+}
+
+int store_space_prealloc(e8s_store *st, const char *ixdir) {
+  if (st->readonly) return E8S_OK;
+  /* LMDB's lock file: a 64-byte slot per reader after a header of a few cache lines */
+  uint64_t lock = ((uint64_t)(STORE_MAXREADERS + 8) * 64 + 4095) & ~4095ull;
+  int lock_new = 0, data_new = 0;
+  int e = prealloc_file(ixdir, "lock.mdb", lock, &lock_new);
+  const char *what = "lock.mdb";
+  if (!e) {
+    e = prealloc_file(ixdir, "data.mdb", SPACE_RESERVE_MIN, &data_new);
+    what = "data.mdb";
+    /* an existing data file's reserve is store_space_refill's business (short, not failed) */
+    if ((e == ENOSPC || e == EDQUOT) && !data_new) e = 0;
+  }
+  if (!e) return E8S_OK;
+  if (e == ENOSPC || e == EDQUOT)
+    return store_err(E8S_ERR_NOSPC, "disk full: cannot allocate the index (%s) in %s; free "
+                     "disk space", what, st->dir);
+  return store_err(store_err_errno(-e), "index: allocate %s/%s: %s", ixdir, what, strerror(e));
+}
 
 static uint64_t fs_avail(const char *path, uint64_t *total) {
   struct statvfs v;

@@ -6,7 +6,10 @@
  *   - deleting sessions on the full disk works (the index commits into its reserve), and a put
  *     after them works (unpinned chunks are evicted until a segment file goes);
  *   - every acknowledged chunk whose session was kept reads back byte-identical, also after a
- *     reopen on the full disk. */
+ *     reopen on the full disk;
+ *   - opening a NEW store on a full disk fails E8S_ERR_NOSPC naming the directory (it was a
+ *     SIGBUS: LMDB writes its sparse lock file through mmap), run in a child process so that a
+ *     signal fails the test; every open leaves LMDB's lock file fully allocated. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -14,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/store/store_test_util.h"
@@ -197,6 +202,75 @@ static void test_full_disk_reopen_then_delete(void **state) {
                   e8s_last_error_detail());
 }
 
+/* Child: opens a new store in dir; exit 0 if it failed E8S_ERR_NOSPC naming dir, else 3. */
+static void open_new_child(const char *dir) {
+  tu_env env;
+  memset(&env, 0, sizeof env);
+  snprintf(env.dir, sizeof env.dir, "%.200s", dir);
+  tu_config(&env);
+  int e = e8s_open(&env.cfg, &env.st);
+  const char *d = e8s_last_error_detail();
+  fprintf(stderr, "open on a full disk: %s (%s)\n", e8s_error_name(e), d ? d : "");
+  if (e == E8S_OK) e8s_close(env.st);
+  _exit(e == E8S_ERR_NOSPC && d && strstr(d, dir) && strstr(d, "disk full") ? 0 : 3);
+}
+
+static void test_full_disk_open_new(void **state) {
+  (void)state;
+  char mnt[200], path[300];
+  tu_mkdtemp(mnt, sizeof mnt);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) fail_msg("mount tmpfs: %s", strerror(errno));
+  snprintf(path, sizeof path, "%s/junk", mnt);
+  int fd = open(path, O_WRONLY | O_CREAT, 0644);
+  assert_true(fd >= 0);
+  static char buf[64 << 10];
+  while (write(fd, buf, sizeof buf) > 0) {}
+  close(fd);
+  snprintf(path, sizeof path, "%s/data", mnt);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) open_new_child(path);
+  int ws = 0;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  umount2(mnt, MNT_DETACH);
+  rmdir(mnt);
+  if (WIFSIGNALED(ws)) fail_msg("open of a new store on a full disk died of signal %d", WTERMSIG(ws));
+  assert_int_equal(WEXITSTATUS(ws), 0);
+}
+
+/* Blocks of LMDB's lock file cover its size (no page of it left sparse). */
+static void assert_lock_allocated(const char *dir) {
+  char p[300];
+  snprintf(p, sizeof p, "%s/index/lock.mdb", dir);
+  struct stat sb;
+  assert_int_equal(stat(p, &sb), 0);
+  assert_true(sb.st_size > 0);
+  if ((uint64_t)sb.st_blocks * 512 < (uint64_t)sb.st_size)
+    fail_msg("lock.mdb: %lld bytes, %lld allocated", (long long)sb.st_size,
+             (long long)sb.st_blocks * 512);
+}
+
+static void test_lock_file_allocated(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  assert_lock_allocated(env->dir);
+  /* a sparse lock file left by an older version is allocated at the next open */
+  e8s_close(env->st);
+  env->st = NULL;
+  char p[300];
+  snprintf(p, sizeof p, "%s/index/lock.mdb", env->dir);
+  struct stat sb;
+  assert_int_equal(stat(p, &sb), 0);
+  assert_int_equal(unlink(p), 0);
+  int fd = open(p, O_RDWR | O_CREAT, 0644);
+  assert_true(fd >= 0);
+  assert_int_equal(ftruncate(fd, sb.st_size), 0);
+  close(fd);
+  assert_int_equal(e8s_open(&env->cfg, &env->st), E8S_OK);
+  assert_lock_allocated(env->dir);
+}
+
 int main(void) {
   if (private_mounts() != 0) {
     fprintf(stderr, "test_store_space: cannot make a private mount namespace for a tmpfs "
@@ -207,6 +281,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_full_disk_delete_frees, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_reopen_then_delete, setup, teardown),
+      cmocka_unit_test(test_full_disk_open_new),
+      cmocka_unit_test_setup_teardown(test_lock_file_allocated, setup, teardown),
   };
   return TU_RUN_BOTH("store_space", tests);
 }
