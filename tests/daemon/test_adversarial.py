@@ -750,6 +750,29 @@ def test_full_disk_space_can_be_freed_by_deleting():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_full_disk_new_data_dir_is_an_error():
+    """A new data dir on a full disk: e8kvd exits 1 saying 'disk full' (it died of SIGBUS in
+    LMDB, which writes its sparse lock file through mmap)."""
+    import subprocess
+    from advlib import E8KVD
+    base = tempfile.mkdtemp(prefix="kvdadv-full3-")
+    mnt = os.path.join(base, "mnt")
+    os.makedirs(mnt)
+    h = TmpfsHolder(mnt, size="1m")
+    try:
+        subprocess.run(h.wrap + ["sh", "-c", f'dd if=/dev/zero of="{mnt}/junk" bs=64k 2>/dev/null;'
+                                 " true"], check=True)
+        r = subprocess.run(h.wrap + [E8KVD, f"--data-dir={mnt}/data",
+                                     f"--listen=unix:{base}/sock", "--metrics-listen="],
+                           capture_output=True, text=True, timeout=30)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, (r.returncode, out)
+        assert "disk full" in out and f"{mnt}/data" in out, out
+    finally:
+        h.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # ------------------------------------------------------------------ metrics endpoint
 
 def test_metrics_endpoint_survives_junk():
