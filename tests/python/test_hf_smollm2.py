@@ -168,12 +168,14 @@ def test_hf_smollm2_one_token_prompt(lm, text_ids, client):
     assert res["chunks_written"] == 1 and res["tokens"] == 1
     r = hf.restore_prefix(client, model, p, fingerprint=fp, chunk_tokens=C, policy="restore")
     assert r.n_cached == 0 and r.decision == "miss" and r.cache.get_seq_length() == 0
+    assert "one token must stay" in r.reason, r.reason
     assert client.lookup(fp, p.tolist(), chunk_tokens=C).matched_tokens == 1
     # a two-token prompt starting with that token: its first chunk holds 2 tokens, a key
     # other than the stored 1-token chunk's, so nothing is found (chunks match whole)
     r2 = hf.restore_prefix(client, model, text_ids[:2], fingerprint=fp, chunk_tokens=C,
                            policy="restore")
     assert r2.n_cached == 0 and r2.decision == "miss"
+    assert "nothing stored" in r2.reason and "match whole" in r2.reason, r2.reason
     # generation from an empty restored cache works as from scratch
     assert greedy(model, r.cache, p, 4) == greedy(model, hf.new_cache(model, []), p, 4)
 

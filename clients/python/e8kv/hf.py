@@ -626,8 +626,13 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
                         decider=decider_for(client, model, fp))
 
     if n == 0:
-        return result(new_cache(model, []), 0, "miss", "no stored prefix (at least one token "
-                      "of every row must stay to compute)")
+        if any(lk.matched_tokens == 0 for lk in lks):
+            why = (f"nothing stored for this fingerprint (model_id {fp.model_id!r}) matches the "
+                   f"start of the prompt: chunks of {chunk_tokens} tokens match whole, so a "
+                   "stored short last chunk matches only the same tokens, not a longer prompt")
+        else:
+            why = "the stored prefix is the whole 1-token prompt: one token must stay to compute"
+        return result(new_cache(model, []), 0, "miss", why)
     dec = decider_for(client, model, fp)
     if policy == "recompute":
         return result(new_cache(model, []), 0, "recompute", "policy=recompute")
