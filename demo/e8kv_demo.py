@@ -214,10 +214,12 @@ def main():
           f"cached tokens (lookup, fetch, decode, DynamicCache)")
     print(f"  recompute (baseline)   {res['recompute_s']:.3f} s: prefill of the same "
           f"{res['n_cached']} tokens, measured right after the restore: "
-          f"{res['recompute_s'] / res['restore_s']:.0f}x the restore")
+          f"{res['recompute_s'] / res['restore_s']:.0f}x the restore (the KV cache of those "
+          "tokens only)")
     print(f"  decision (policy=auto) {res['decision']}: {res['reason']}")
-    print("                         (an estimate: tokens / a prefill rate timed once on "
-          f"{e8kv.hf.DEFAULT_CHUNK_TOKENS} random tokens; the baseline above is the measurement)")
+    print("                         (predicted times to first token, e8kv.decide: restore + the "
+          "forward of the\n                         remaining tokens against a prefill of all; "
+          "this is the ratio an engine gets)")
     print(f"quality of the restored cache ({res['n_cont']} continuation tokens of the real text "
           "scored on both caches, teacher-forced):")
     print(f"  KL(exact || restored)  {res['kl_mean']:.5f} nats/token: mean distance of the "
