@@ -126,7 +126,7 @@ static int move_piece(e8s_store *st, piece_ctx *c) {
     map[nw++] = i;
   }
   if (nw) {
-    uint64_t t = store_wp_write(st, 0, w, nw);
+    uint64_t t = store_wp_write_all(st, 0, w, nw); /* a failed piece leaves nothing */
     store_wp_sync(st, 0, t, w, nw);
   }
   for (size_t j = 0; j < nw && !e; j++) {

@@ -194,6 +194,7 @@ typedef struct store_lane {
                                 pointer changes under dlock + seg_mu */
   uint64_t wpos;             /* next write offset in wseg (dlock) */
   uint64_t wprealloc;        /* wseg is allocated (fallocate) up to here (dlock) */
+  uint64_t wfirst;           /* offset of wseg's first record (dlock) */
   uint64_t next_ticket;      /* dlock: order of data batches */
   pthread_mutex_t sync_mu;   /* sync stage: one batch's fdatasyncs at a time, in ticket order */
   pthread_cond_t sync_cv;
@@ -320,6 +321,9 @@ typedef struct store_wrec {
 } store_wrec;
 /* Data stage: returns the batch's ticket for store_wp_sync. Records with err set are skipped. */
 uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n);
+/* The same, all or nothing (compaction): if one record fails, every record of the batch fails
+ * and the active segment is cut back to where the batch began (its space given back). */
+uint64_t store_wp_write_all(e8s_store *st, int lane, store_wrec *r, size_t n);
 /* Sync stage of the lane's ticket (every ticket must pass here exactly once, in any thread). */
 void store_wp_sync(e8s_store *st, int lane, uint64_t ticket, store_wrec *r, size_t n);
 /* The records no longer hold their segments (after the index commit, or on giving up). */

@@ -164,6 +164,7 @@ static int create_segment(e8s_store *st, store_lane *l) {
   l->wseg = s;
   pthread_mutex_unlock(&st->seg_mu);
   l->wpos = store_fault_segment_start();
+  l->wfirst = l->wpos;
   l->wprealloc = 0;
   return E8S_OK;
 }

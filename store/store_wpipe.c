@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store/store_int.h"
 
@@ -31,12 +32,41 @@ static uint64_t mono_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
+/* After a failed write in the batch (dlock held): the active segment is cut back to the end
+ * of what is kept in it (the batch's start, or past its last record written whole unless `all`
+ * fails the whole batch), so a partial record gives its blocks back and the segment's append
+ * offset never runs past its file; then it is sealed. A segment this batch created that keeps
+ * nothing is retired (its file goes when its pending records are released): it was never
+ * indexed. With `all`, every record of the batch fails. */
+static void cut_after_failure(e8s_store *st, store_lane *l, store_wrec *r, const size_t *map,
+                              size_t nw, store_seg *seg0, uint64_t pos0, int all, int code) {
+  store_seg *s = l->wseg;
+  if (all) /* the detail stays the failed write's */
+    for (size_t j = 0; j < nw; j++)
+      if (!r[map[j]].err) r[map[j]].err = code;
+  if (s) {
+    uint64_t cut = s == seg0 ? pos0 : l->wfirst;
+    for (size_t j = 0; j < nw; j++) {
+      const store_wrec *x = &r[map[j]];
+      if (x->seg == s && !x->err && x->off + x->bytes > cut) cut = x->off + x->bytes;
+    }
+    if (ftruncate(s->fd, (off_t)cut) == 0) {
+      l->wpos = cut;
+      l->wprealloc = 0; /* nothing allocated past the cut: seal truncates nothing more */
+    }
+    if (cut <= l->wfirst) store_seg_retire(st, s->id);
+  }
+  store_seg_seal_active(st, l);
+}
+
+static uint64_t wp_write(e8s_store *st, int lane, store_wrec *r, size_t n, int all) {
   store_lane *l = &st->lanes[lane];
   uint64_t t0 = mono_ns();
   store_iow *w = calloc(n ? n : 1, sizeof *w);
   size_t *map = calloc(n ? n : 1, sizeof *map);
   pthread_mutex_lock(&l->dlock);
+  store_seg *seg0 = l->wseg;
+  uint64_t pos0 = l->wpos;
   size_t nw = 0;
   for (size_t i = 0; i < n; i++) {
     r[i].seg = NULL;
@@ -64,19 +94,28 @@ uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
   for (size_t j = 0; j < nw; j++) {
     store_wrec *x = &r[map[j]];
     if (!w[j].res) continue;
-    x->err = store_err(store_err_errno(w[j].res), "segment %llu offset %llu: write: %s",
+    x->err = store_err_errno(w[j].res);
+    if (failed) continue; /* the detail names the first failed record */
+    failed = store_err(x->err, "segment %llu offset %llu: write: %s",
                        (unsigned long long)x->seg_id, (unsigned long long)x->off,
                        strerror(-w[j].res));
-    failed = 1;
   }
-  /* a failed write leaves the segment's tail unknown: seal it, append elsewhere */
-  if (failed) store_seg_seal_active(st, l);
+  /* a failed write leaves the segment's tail unknown: cut it, seal it, append elsewhere */
+  if (failed) cut_after_failure(st, l, r, map, nw, seg0, pos0, all, failed);
   uint64_t ticket = l->next_ticket++;
   pthread_mutex_unlock(&l->dlock);
   free(w);
   free(map);
   atomic_fetch_add(&st->t_write_ns, mono_ns() - t0);
   return ticket;
+}
+
+uint64_t store_wp_write(e8s_store *st, int lane, store_wrec *r, size_t n) {
+  return wp_write(st, lane, r, n, 0);
+}
+
+uint64_t store_wp_write_all(e8s_store *st, int lane, store_wrec *r, size_t n) {
+  return wp_write(st, lane, r, n, 1);
 }
 
 /* The index of r's segment in segs[0..nf), or nf. */

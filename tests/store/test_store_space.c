@@ -10,6 +10,7 @@
  *   - opening a NEW store on a full disk fails E8S_ERR_NOSPC naming the directory (it was a
  *     SIGBUS: LMDB writes its sparse lock file through mmap), run in a child process so that a
  *     signal fails the test; every open leaves LMDB's lock file fully allocated. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -202,6 +204,97 @@ static void test_full_disk_reopen_then_delete(void **state) {
                   e8s_last_error_detail());
 }
 
+/* Segment files of env's store: how many, and their bytes (size, allocated). */
+typedef struct seg_sum { int files; unsigned long long size, blocks; } seg_sum;
+static seg_sum seg_files(tu_env *env) {
+  seg_sum r = {0, 0, 0};
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/segments", env->dir);
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  for (struct dirent *de; (de = readdir(d)) != NULL;) {
+    if (!strstr(de->d_name, ".seg")) continue;
+    char p[900];
+    snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+    struct stat sb;
+    if (stat(p, &sb) != 0) continue;
+    r.files++;
+    r.size += (unsigned long long)sb.st_size;
+    r.blocks += (unsigned long long)sb.st_blocks * 512;
+  }
+  closedir(d);
+  return r;
+}
+
+static unsigned long long disk_free(tu_env *env) {
+  struct statvfs v;
+  assert_int_equal(statvfs(env->dir, &v), 0);
+  return (unsigned long long)v.f_bavail * v.f_frsize;
+}
+
+/* Every other session deleted on a full disk, then a put (evicts the unpinned chunks: every
+ * segment is half dead, none empty) and a Compact. A Compact that fails on the full disk must
+ * fail E8S_ERR_NOSPC and leave nothing behind: no new segment file, no segment file longer,
+ * the disk's free bytes given back (its partial copy was left in the active segment: the last
+ * blocks of the disk gone, STORE-1), the index unchanged; a later put (that may still fail
+ * NOSPC) writes no partial record either; every kept session reads back, also after a reopen. */
+static void test_full_disk_failed_compact_leaves_nothing(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static uint8_t keys[MAX_PUTS][32];
+  static int acked[MAX_PUTS];
+  int n;
+  int ok = fill(env, keys, acked, &n);
+  assert_true(ok > 20);
+  for (int i = 1; i < n; i += 2) {
+    if (!acked[i]) continue;
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
+    acked[i] = 0;
+  }
+  uint8_t key[32];
+  int e = put_session(env, 5000, key);
+  if (e != E8S_OK && e != E8S_ERR_NOSPC)
+    fail_msg("put after deletes: %s (%s)", e8s_error_name(e), e8s_last_error_detail());
+  for (int round = 0; round < 3; round++) {
+    seg_sum before = seg_files(env);
+    unsigned long long free0 = disk_free(env);
+    e8s_stats st0, st1;
+    assert_int_equal(e8s_stats_get(env->st, &st0), E8S_OK);
+    e8s_compact_report rep;
+    e = e8s_compact(env->st, 0.1, &rep, NULL, NULL);
+    printf("compact on the full disk, round %d: %s (%s), %llu segments compacted\n", round,
+           e8s_error_name(e), e ? e8s_last_error_detail() : "", (unsigned long long)rep.segments_compacted);
+    if (e == E8S_OK) break;
+    if (e != E8S_ERR_NOSPC)
+      fail_msg("compact on a full disk: %s (%s)", e8s_error_name(e), e8s_last_error_detail());
+    seg_sum after = seg_files(env);
+    unsigned long long free1 = disk_free(env);
+    if (after.files > before.files || after.size > before.size || after.blocks > before.blocks ||
+        free1 < free0)
+      fail_msg("round %d: a failed compact left %d segment files (%llu bytes, %llu allocated; "
+               "%llu free) where there were %d (%llu, %llu; %llu free): %s", round, after.files,
+               after.size, after.blocks, free1, before.files, before.size, before.blocks, free0,
+               e8s_last_error_detail());
+    assert_int_equal(e8s_stats_get(env->st, &st1), E8S_OK);
+    assert_int_equal(st1.chunks, st0.chunks);
+    before = after;
+    free0 = free1;
+    e = put_session(env, 6000 + round, key); /* refused or stored, never a partial record */
+    if (e != E8S_OK && e != E8S_ERR_NOSPC)
+      fail_msg("put after a failed compact: %s (%s)", e8s_error_name(e),
+               e8s_last_error_detail());
+    after = seg_files(env);
+    if (e == E8S_ERR_NOSPC && (after.size > before.size || after.blocks > before.blocks))
+      fail_msg("a refused put grew the segment files from %llu (%llu allocated) to %llu (%llu)",
+               before.size, before.blocks, after.size, after.blocks);
+  }
+  check_kept(env, keys, acked, n, 0);
+  tu_reopen(env);
+  check_kept(env, keys, acked, n, 0);
+}
+
 /* Child: opens a new store in dir; exit 0 if it failed E8S_ERR_NOSPC naming dir, else 3. */
 static void open_new_child(const char *dir) {
   tu_env env;
@@ -281,6 +374,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_full_disk_delete_frees, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_reopen_then_delete, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_full_disk_failed_compact_leaves_nothing, setup,
+                                      teardown),
       cmocka_unit_test(test_full_disk_open_new),
       cmocka_unit_test_setup_teardown(test_lock_file_allocated, setup, teardown),
   };
