@@ -89,7 +89,7 @@ $(KVC_PIECE_FUZZ): tests/clients/fuzz_kvc_piece.c clients/c/e8kv_piece.c $(PROTO
 $(BUILD)/obj/tests/clients/replay_kvc_piece.o $(BUILD)/obj/tests/clients/fuzz_kvc_piece.o: \
   | $(PROTO_GEN_H)
 $(KVC_PIECE_REPLAY): $(BUILD)/obj/tests/clients/replay_kvc_piece.o \
-                     $(BUILD)/obj/tests/clients/fuzz_kvc_piece.o $(KVC_LIB)
+                     $(BUILD)/obj/tests/clients/fuzz_kvc_piece.o $(KVC_LIB) $(KVC_CODEC)
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $(filter %.o,$^) $(KVC_LIB) $(LDFLAGS_BASE) $(KVC_LDLIBS)
 all: $(KVC_PIECE_REPLAY)
