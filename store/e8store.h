@@ -65,9 +65,18 @@
  *   - a put is admitted only when the file system's free bytes (plus what the active segments
  *     have allocated ahead) cover its new records; otherwise unpinned chunks are evicted in LRU
  *     order (as for the budget) until segment files that became empty give the bytes back, and
- *     if that is not enough the put fails E8S_ERR_NOSPC. So on a full disk: delete sessions (their
- *     chunks become evictable), and the next put makes room. Compaction needs free space for
- *     the records it copies; on a full disk it may fail E8S_ERR_NOSPC (nothing lost);
+ *     if that is still not enough (every segment keeps some live chunks), the emptiest sealed
+ *     segments are compacted (below) until the put fits, else the put fails E8S_ERR_NOSPC. So
+ *     on a full disk: delete sessions (their chunks become evictable), and the next put makes
+ *     room;
+ *   - compaction copies a segment's live records only when they fit: in the free bytes, or on
+ *     a full disk in the index reserve but its last quarter, lent for the copy and taken back
+ *     after (puts and session creates are refused E8S_ERR_NOSPC meanwhile). A segment whose
+ *     live records do not fit is skipped; so deleting sessions frees a full disk only where a
+ *     segment becomes mostly dead (live bytes under about 3/4 of the reserve): deleting every
+ *     other session of a disk of few segments may leave it full until more is deleted. A copy
+ *     whose write fails (disk filled meanwhile) is cut off again: nothing lost, nothing left
+ *     (one whose index commit fails stays an unindexed segment tail until the next open);
  *   - an LMDB commit that fails with EIO while the file system has no room (LMDB reports its
  *     short write on a full disk as EIO) is E8S_ERR_NOSPC, not E8S_ERR_IO;
  *   - a delete whose transaction needs more new index pages than the reserve (a session of
@@ -489,7 +498,11 @@ typedef struct e8s_compact_report {
 /* Rewrites every sealed segment whose dead fraction is >= min_dead_ratio (0..1; 0.5 is a good
  * default) by copying its live records to the active segment, then removes it once no reader
  * uses it. Live records are read outside the writer mutex and copied under it in pieces of at
- * most 64 MiB, so puts wait at most one piece. */
+ * most 64 MiB, so puts wait at most one piece. Segments go emptiest first (fewest live bytes),
+ * each only when its live records fit in what the disk has free (see FULL DISK); one that does
+ * not is skipped. E8S_ERR_NOSPC when none could be compacted for lack of room (detail: bytes
+ * needed and free) or a copy failed on a disk that filled meanwhile: either way no copy is
+ * left behind and the index is unchanged. */
 int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
                 e8s_progress_fn fn, void *ctx);
 

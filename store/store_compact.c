@@ -5,7 +5,12 @@
  * When the old segment has no live record left its index entry goes in that same transaction
  * and its file is unlinked once no reader holds it (store_seg_retire). A crash at any point
  * leaves either the old location indexed (the copies are an unindexed tail, cut at open) or the
- * new one. Work is done in pieces of at most 64 MiB under the writer mutex, so puts wait at
+ * new one. Candidates go emptiest first (fewest live bytes), each only when its live records
+ * fit in what the disk has free now: on a full disk the index reserve but its last quarter is
+ * lent for the copies (store_space_lend; the quarter kept keeps the compaction's commit and deletes possible)
+ * and taken back after; a segment that does not fit is skipped, and a Compact that could do
+ * none fails E8S_ERR_NOSPC saying so. Full-disk admission of a put runs the same step
+ * (store_compact_for_room) after eviction freed no whole segment. Work is done in pieces of at most 64 MiB under the writer mutex, so puts wait at
  * most one piece. */
 #include <stdlib.h>
 #include <string.h>
@@ -211,6 +216,48 @@ static int compact_one(e8s_store *st, uint64_t id, e8s_compact_report *rep) {
   return e;
 }
 
+static int by_live(const void *a, const void *b) {
+  const cand *x = a, *y = b;
+  if (x->live != y->live) return x->live < y->live ? -1 : 1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Room a segment's copies take beyond their bytes: a new segment's header page, page ends. */
+#define COMPACT_SLACK (16ull << 10)
+
+/* Compacts c if its live records fit in what is free (borrowing the index reserve on a
+ * full disk); *fit = 0 and nothing done if they do not. */
+static int compact_fit(e8s_store *st, const cand *c, e8s_compact_report *rep, int *fit,
+                       uint64_t *need_out, uint64_t *room_out) {
+  uint64_t need = c->live ? c->live + COMPACT_SLACK : 0, r = store_space_room(st), lent = 0;
+  *need_out = need, *room_out = r;
+  if (r < need && (lent = store_space_lend(st, need - r)) == 0) {
+    *fit = 0;
+    return E8S_OK;
+  }
+  *fit = 1;
+  int e = compact_one(st, c->id, rep);
+  if (lent) store_space_lend_end(st);
+  return e;
+}
+
+void store_compact_for_room(e8s_store *st, uint64_t need) {
+  if (st->readonly) return;
+  cand *cs;
+  size_t n;
+  if (list_candidates(st, 0.01, &cs, &n) != E8S_OK) return;
+  qsort(cs, n, sizeof *cs, by_live);
+  e8s_compact_report rep = {0};
+  for (size_t i = 0, done = 0; i < n && done < 4 && store_space_room(st) < need; i++) {
+    int fit;
+    uint64_t nd, r;
+    if (compact_fit(st, &cs[i], &rep, &fit, &nd, &r) != E8S_OK) break;
+    done += fit;
+    if (!fit) break; /* the next ones have more live records */
+  }
+  free(cs);
+}
+
 int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
                 e8s_progress_fn fn, void *ctx) {
   if (!st || !rep || !(min_dead_ratio >= 0.0 && min_dead_ratio <= 1.0))
@@ -220,16 +267,30 @@ int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
   cand *cs;
   size_t n;
   int e = list_candidates(st, min_dead_ratio, &cs, &n);
+  if (!e) qsort(cs, n, sizeof *cs, by_live); /* emptiest first: the most room for the least copying */
+  size_t skipped = 0;
+  uint64_t need0 = 0, room0 = 0;
   for (size_t i = 0; i < n && !e; i++) {
-    uint64_t before = rep->bytes_moved;
-    e = compact_one(st, cs[i].id, rep);
+    uint64_t before = rep->bytes_moved, need, r;
+    int fit;
+    e = compact_fit(st, &cs[i], rep, &fit, &need, &r);
     if (e) break;
+    if (!fit) { /* its copies do not fit on the disk now: the later ones have more */
+      if (!skipped++) need0 = need, room0 = r;
+      continue;
+    }
     rep->segments_compacted++;
     uint64_t moved = rep->bytes_moved - before;
     rep->bytes_reclaimed += cs[i].end > moved ? cs[i].end - moved : 0;
     if (fn && fn(ctx, i + 1, n)) break;
   }
   free(cs);
+  if (!e && skipped && !rep->segments_compacted)
+    e = store_err(E8S_ERR_NOSPC, "compact: disk full: the emptiest segment's live records need "
+                  "%llu bytes, %llu free (with the index reserve lent but %llu bytes); delete "
+                  "sessions (the next put evicts their chunks) or free disk space",
+                  (unsigned long long)need0, (unsigned long long)room0,
+                  (unsigned long long)(st->ix_reserve / 4));
   return e;
 }
 

@@ -252,6 +252,7 @@ struct e8s_store {
   uint64_t ix_reserve;       /* index reserve, bytes (store_space.c) */
   _Atomic uint64_t ix_alloc_end; /* the data file is allocated up to here, bytes */
   _Atomic int ix_short;      /* the reserve could not be refilled: the disk is full */
+  _Atomic int ix_lent;       /* a compaction borrows the reserve (store_space_lend) */
 
   _Atomic uint64_t tick;     /* logical LRU clock */
   uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */
@@ -440,6 +441,21 @@ int store_space_commit_err(e8s_store *st, int mdb_rc);
 /* Admission of a put of `bytes` record bytes (no lock held): E8S_OK, or E8S_ERR_NOSPC after
  * evicting unpinned chunks did not free enough disk. */
 int store_space_admit(e8s_store *st, uint64_t bytes);
+/* Bytes that can be written now: the file system's free bytes plus what the write lanes have
+ * allocated ahead. */
+uint64_t store_space_room(e8s_store *st);
+/* Compaction on a full disk: gives the index reserve but its last quarter (at least 32 KiB)
+ * back to the file system (the blocks past the index file; the quarter kept is for the
+ * compaction's commit and for deletes) so that a segment's live records of `need` bytes can be copied. Only one lender at
+ * a time; meanwhile the store counts as short (puts refused, no refill). Returns the bytes
+ * lent, 0 if none (another lender, no fallocate, or not enough to cover need: then nothing is
+ * lent). store_space_lend_end takes the reserve back (wlock not held by the caller). */
+uint64_t store_space_lend(e8s_store *st, uint64_t need);
+void store_space_lend_end(e8s_store *st);
+/* Full-disk admission's last step (store_compact.c): compacts sealed segments with dead bytes,
+ * emptiest first, each only when its live records fit (store_space_lend), until `need` bytes
+ * are free or none fits; at most a few segments. */
+void store_compact_for_room(e8s_store *st, uint64_t need);
 /* E8S_ERR_NOSPC while the index reserve cannot be kept (before sessions grow), else E8S_OK. */
 int store_space_grow_ok(e8s_store *st);
 

@@ -15,8 +15,10 @@
  * Admission of a put (store_space_admit, before its data stage): the file system's free bytes
  * plus what the write lanes have allocated ahead must cover the call's record bytes; if not,
  * or if the index is short, unpinned chunks are evicted in LRU order (as a budget would) until
- * segment files that became empty give the bytes back, then the check is made again; a put
- * that still does not fit fails E8S_ERR_NOSPC without writing. A put admitted on a disk that
+ * segment files that became empty give the bytes back, then the check is made again; if no
+ * segment became empty, the emptiest sealed segments whose live records fit are compacted
+ * (store_compact_for_room: the index reserve but its last quarter is lent for the copies,
+ * store_space_lend); a put that still does not fit fails E8S_ERR_NOSPC without writing. A put admitted on a disk that
  * fills meanwhile (other writers, other processes) still gets ENOSPC from its write or its
  * fdatasync: E8S_ERR_NOSPC, nothing of it visible.
  *
@@ -110,7 +112,7 @@ int store_space_open(e8s_store *st) {
 }
 
 void store_space_refill(e8s_store *st) {
-  if (st->readonly || st->ix_fd < 0 || !st->ix_psize) return;
+  if (st->readonly || st->ix_fd < 0 || !st->ix_psize || atomic_load(&st->ix_lent)) return;
   uint64_t want = index_used_end(st) + st->ix_reserve;
   if (want <= atomic_load(&st->ix_alloc_end) && !atomic_load(&st->ix_short)) return;
   /* refill in steps of a quarter reserve, so a commit costs no fallocate most of the time */
@@ -125,6 +127,8 @@ void store_space_refill(e8s_store *st) {
   atomic_store(&st->ix_short, !ok);
 }
 
+static uint64_t room(e8s_store *st);
+
 int store_space_commit_err(e8s_store *st, int mdb_rc) {
   int e = store_err_mdb(mdb_rc, "commit");
   if (e != E8S_ERR_IO && e != E8S_ERR_NOSPC) return e;
@@ -138,6 +142,38 @@ int store_space_commit_err(e8s_store *st, int mdb_rc) {
   }
   return e;
 }
+
+uint64_t store_space_lend(e8s_store *st, uint64_t need) {
+  if (st->readonly || st->ix_fd < 0 || !st->ix_psize) return 0;
+  int zero = 0;
+  if (!atomic_compare_exchange_strong(&st->ix_lent, &zero, 1)) return 0;
+  uint64_t lent = 0;
+  pthread_mutex_lock(&st->wlock); /* no index write transaction writes pages meanwhile */
+  struct stat sb;
+  uint64_t keep = index_used_end(st);
+  if (fstat(st->ix_fd, &sb) == 0 && (uint64_t)sb.st_size > keep) keep = (uint64_t)sb.st_size;
+  keep += st->ix_reserve / 4 > (32u << 10) ? st->ix_reserve / 4 : (32u << 10);
+  uint64_t end = atomic_load(&st->ix_alloc_end);
+  if (end > keep && end - keep >= need &&
+      fallocate(st->ix_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)keep,
+                (off_t)(end - keep)) == 0) {
+    lent = end - keep;
+    atomic_store(&st->ix_alloc_end, keep);
+    atomic_store(&st->ix_short, 1); /* puts wait for the reserve to come back */
+  }
+  pthread_mutex_unlock(&st->wlock);
+  if (!lent) atomic_store(&st->ix_lent, 0);
+  return lent;
+}
+
+void store_space_lend_end(e8s_store *st) {
+  pthread_mutex_lock(&st->wlock);
+  atomic_store(&st->ix_lent, 0);
+  store_space_refill(st);
+  pthread_mutex_unlock(&st->wlock);
+}
+
+uint64_t store_space_room(e8s_store *st) { return room(st); }
 
 static uint64_t room(e8s_store *st) {
   uint64_t ahead = 0;
@@ -198,6 +234,14 @@ int store_space_admit(e8s_store *st, uint64_t bytes) {
   if (atomic_load(&st->ix_short) || r < bytes) {
     uint64_t need = r < bytes ? bytes - r : 0;
     evict_for_disk(st, need + st->ix_reserve);
+    r = room(st);
+  }
+  if (atomic_load(&st->ix_short) || r < bytes) {
+    /* evicted, but no segment file became empty: compact the emptiest ones that fit */
+    store_compact_for_room(st, bytes + st->ix_reserve);
+    pthread_mutex_lock(&st->wlock);
+    store_space_refill(st);
+    pthread_mutex_unlock(&st->wlock);
     r = room(st);
   }
   if (atomic_load(&st->ix_short))

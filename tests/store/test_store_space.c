@@ -295,6 +295,38 @@ static void test_full_disk_failed_compact_leaves_nothing(void **state) {
   check_kept(env, keys, acked, n, 0);
 }
 
+/* A full disk where deleting sessions leaves every segment with a few live chunks (so no
+ * segment file can become empty by eviction): the oldest segment keeps 2 of its first 60
+ * sessions and its last 3. The next put evicts, then compacts that mostly dead segment (its live records
+ * fit in half the index reserve) and gets its file's space: it succeeds (STORE-1: it stayed
+ * NOSPC until almost everything was deleted). Every kept session reads back, also after a
+ * reopen. */
+static void test_full_disk_put_compacts_mostly_dead_segment(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static uint8_t keys[MAX_PUTS][32];
+  static int acked[MAX_PUTS];
+  int n;
+  int ok = fill(env, keys, acked, &n);
+  assert_true(ok > 100);
+  for (int i = 0; i < 60; i++) { /* a segment holds 63 of these */
+    if (i % 30 == 0 || !acked[i]) continue;
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
+    acked[i] = 0;
+  }
+  uint8_t key[32];
+  int e = put_session(env, 5000, key);
+  if (e) fail_msg("put after deleting 58 sessions of the oldest segment: %s (%s)",
+                  e8s_error_name(e), e8s_last_error_detail());
+  assert_int_equal(tu_check(env, key, 5000, CHUNK_BYTES), E8S_OK);
+  check_kept(env, keys, acked, n, 0);
+  tu_reopen(env);
+  check_kept(env, keys, acked, n, 0);
+  assert_int_equal(tu_check(env, key, 5000, CHUNK_BYTES), E8S_OK);
+}
+
 /* Child: opens a new store in dir; exit 0 if it failed E8S_ERR_NOSPC naming dir, else 3. */
 static void open_new_child(const char *dir) {
   tu_env env;
@@ -375,6 +407,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_full_disk_delete_frees, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_reopen_then_delete, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_failed_compact_leaves_nothing, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_full_disk_put_compacts_mostly_dead_segment, setup,
                                       teardown),
       cmocka_unit_test(test_full_disk_open_new),
       cmocka_unit_test_setup_teardown(test_lock_file_allocated, setup, teardown),
