@@ -4,12 +4,12 @@
  * named valid-* (written by make_xfile_seeds.py from EXPORT.md alone) must read
  * cleanly to END, every other file must be refused. Usage: replay DIR.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clients/cli/ctl_xfile.h"
+#include "tests/clients/corpus_files.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -33,36 +33,22 @@ static int read_verdict(const char *path, char *msg, size_t cap) {
 
 int main(int argc, char **argv) {
   if (argc != 2) { fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]); return 2; }
-  DIR *d = opendir(argv[1]);
-  if (!d) { perror(argv[1]); return 2; }
+  corpus_file c;
+  if (corpus_open(&c, argv[1])) return 2;
   int files = 0, bad = 0;
-  struct dirent *de;
-  while ((de = readdir(d))) {
-    if (de->d_name[0] == '.') continue;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", argv[1], de->d_name);
-    FILE *f = fopen(path, "rb");
-    if (!f) continue;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, got);
-    free(buf);
+  while (corpus_next(&c)) {
+    LLVMFuzzerTestOneInput(c.buf, c.size);
     char msg[256];
-    int e = read_verdict(path, msg, sizeof msg);
-    int want_ok = strncmp(de->d_name, "valid", 5) == 0;
+    int e = read_verdict(c.path, msg, sizeof msg);
+    int want_ok = strncmp(c.name, "valid", 5) == 0;
     if ((e == 0) != want_ok) {
-      printf("FAIL %s: %s\n", de->d_name, msg);
+      printf("FAIL %s: %s\n", c.name, msg);
       bad++;
     } else {
-      printf("ok   %s: %s\n", de->d_name, msg);
+      printf("ok   %s: %s\n", c.name, msg);
     }
     files++;
   }
-  closedir(d);
   printf("%d passed, %d failed\n", files - bad, bad);
   return bad || files == 0;
 }

@@ -4,37 +4,27 @@
  * any disagreement), and the seeds' verdicts are checked: files named valid-* must parse
  * (as one segment and cut in 1..7-byte segments), bad-* must be refused. Usage: replay DIR.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clients/c/e8kv_int.h"
+#include "tests/clients/corpus_files.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int main(int argc, char **argv) {
   if (argc != 2) { fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]); return 2; }
-  DIR *d = opendir(argv[1]);
-  if (!d) { perror(argv[1]); return 2; }
+  corpus_file c;
+  if (corpus_open(&c, argv[1])) return 2;
   int files = 0, bad = 0;
-  struct dirent *de;
-  while ((de = readdir(d))) {
-    if (de->d_name[0] == '.') continue;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", argv[1], de->d_name);
-    FILE *f = fopen(path, "rb");
-    if (!f) continue;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n + 1 : 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
+  while (corpus_next(&c)) {
+    uint8_t *buf = c.buf;
+    size_t got = c.size;
     files++;
     LLVMFuzzerTestOneInput(buf, got);                 /* the differential check */
-    int valid = strncmp(de->d_name, "valid", 5) == 0;
-    if (valid || strncmp(de->d_name, "bad", 3) == 0) { /* seeds: the message from byte 1 on */
+    int valid = strncmp(c.name, "valid", 5) == 0;
+    if (valid || strncmp(c.name, "bad", 3) == 0) { /* seeds: the message from byte 1 on */
       kvc_seg one = {buf + 1, got ? got - 1 : 0};
       kvc_piece pc;
       int ok = kvc_piece_parse(&one, 1, &pc) == 0;
@@ -43,13 +33,11 @@ int main(int argc, char **argv) {
         LLVMFuzzerTestOneInput(buf, got);
       }
       if (ok != valid) {
-        printf("FAIL %s: %s\n", de->d_name, ok ? "parsed" : "refused");
+        printf("FAIL %s: %s\n", c.name, ok ? "parsed" : "refused");
         bad++;
       }
     }
-    free(buf);
   }
-  closedir(d);
   printf("replay_kvc_piece: %d files, %d failed\n", files, bad);
   return bad ? 1 : 0;
 }
