@@ -58,10 +58,14 @@ class _Fetched(ctypes.Structure):       # e8kv_fetched
                 ("data", _vp), ("bytes", _u64)]
 
 
-_PROTOTYPES = {
+# libe8kv's client functions, shared with e8kv.upload (see _open_client)
+CLIENT_PROTOTYPES = {
     "e8kv_options_init": (None, [_P(_Options)]),
     "e8kv_client_open": (ctypes.c_int, [_P(_Options), _P(_vp), _P(_Error)]),
     "e8kv_client_close": (None, [_vp]),
+}
+_PROTOTYPES = {
+    **CLIENT_PROTOTYPES,
     "e8kv_fetch_start": (ctypes.c_int, [_P(_vp), _sz, _vp, _sz, _vp, _sz, _u32, _vp, _P(_vp),
                                         _P(_Error)]),
     "e8kv_fetch_wait": (ctypes.c_int, [_vp, _P(_Fetched), _sz, ctypes.c_int, _P(_sz),
@@ -87,6 +91,23 @@ def available():
         return True
     except OSError:
         return False
+
+
+def _open_client(lib, address, token, timeout, max_message_bytes):
+    """One libe8kv client (connection) to ``address``: its handle, or the e8kv exception of
+    e8kv_client_open. ``timeout``: seconds for a whole stream (None: no deadline); ``lib``:
+    a library declared with CLIENT_PROTOTYPES."""
+    o = _Options()
+    lib.e8kv_options_init(ctypes.byref(o))
+    o.address = address.encode()
+    o.token = token.encode() if token else None
+    o.stream_deadline_ms = _deadline.millis(timeout)
+    o.max_message_bytes = int(max_message_bytes)
+    c, e = _vp(), _Error()
+    rc = lib.e8kv_client_open(ctypes.byref(o), ctypes.byref(c), ctypes.byref(e))
+    if rc:
+        _raise(rc, e, "e8kv_client_open")
+    return c
 
 
 def _raise(code, err, what):
@@ -122,18 +143,12 @@ class NativeFetcher:
         lib = _l()
         self.address, self.streams, self.pinned = address, max(1, int(streams)), pinned
         self._clients = []
-        o = _Options()
-        lib.e8kv_options_init(ctypes.byref(o))
-        o.address = address.encode()
-        o.token = token.encode() if token else None
-        o.stream_deadline_ms = _deadline.millis(timeout)
-        o.max_message_bytes = int(max_message_bytes)
         for _ in range(self.streams):
-            c, e = _vp(), _Error()
-            rc = lib.e8kv_client_open(ctypes.byref(o), ctypes.byref(c), ctypes.byref(e))
-            if rc:
+            try:
+                c = _open_client(lib, address, token, timeout, max_message_bytes)
+            except Exception:
                 self.close()
-                _raise(rc, e, "e8kv_client_open")
+                raise
             self._clients.append(c)
         self._buf = None                # numpy uint8 view of the buffer
         self._keep = None               # the object owning its memory (torch tensor)

@@ -27,11 +27,10 @@ import ctypes
 import grpc
 import numpy as np
 
-from . import _deadline
 from . import _fplib
 from . import _lib as L
 from . import errors
-from .fetch import _Error, _Options, _raise
+from .fetch import CLIENT_PROTOTYPES, _Error, _open_client, _raise
 from .v1 import kvstore_pb2 as pb
 
 __all__ = ["NativeUploader", "Upload", "available"]
@@ -40,9 +39,7 @@ _vp, _sz, _u64 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64
 _E_USAGE = 100                      # E8KV_E_USAGE (clients/c/e8kv.h)
 _P = ctypes.POINTER
 _PROTOTYPES = {
-    "e8kv_options_init": (None, [_P(_Options)]),
-    "e8kv_client_open": (ctypes.c_int, [_P(_Options), _P(_vp), _P(_Error)]),
-    "e8kv_client_close": (None, [_vp]),
+    **CLIENT_PROTOTYPES,
     "e8kv_upload_start_packed": (ctypes.c_int, [_vp, ctypes.c_char_p, _sz, _sz, _P(_vp),
                                                 _P(_Error)]),
     "e8kv_upload_add": (ctypes.c_int, [_vp, _vp, _sz, _vp, _sz, ctypes.c_char_p, _sz,
@@ -77,19 +74,8 @@ class NativeUploader:
     upload (None: no deadline)."""
 
     def __init__(self, address, *, token=None, timeout=None, max_message_bytes=64 << 20):
-        lib = _l()
         self.address = address
-        o = _Options()
-        lib.e8kv_options_init(ctypes.byref(o))
-        o.address = address.encode()
-        o.token = token.encode() if token else None
-        o.stream_deadline_ms = _deadline.millis(timeout)
-        o.max_message_bytes = int(max_message_bytes)
-        c, e = _vp(), _Error()
-        rc = lib.e8kv_client_open(ctypes.byref(o), ctypes.byref(c), ctypes.byref(e))
-        if rc:
-            _raise(rc, e, "e8kv_client_open")
-        self._c = c
+        self._c = _open_client(_l(), address, token, timeout, max_message_bytes)
 
     def start(self, header, piece_bytes=0):
         """Starts a PutChunks call with ``header`` (e8kv.pb.PutHeader); returns an Upload.
