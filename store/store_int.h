@@ -404,6 +404,12 @@ int store_ns_store(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const store_ns_v
 /* Quarantines key if the index still points at rec (read-write). */
 void store_quarantine(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec,
                       uint32_t found_crc);
+/* 1 if rec's segment file does not exist while the index (read twice, around the check) still
+ * points key at rec: the file was removed or lost outside the store, the chunk's bytes are gone.
+ * (A segment that compaction or eviction retires is unlinked only after the commit that moved
+ * its records, so a reader that sees the same record before and after the check cannot confuse
+ * it with that; other open errors, e.g. EMFILE, are not a loss.) */
+int store_seg_lost(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec);
 
 /* Segment seg_id's index end is raised to cover [off, off + bytes) (the entry is created, with
  * no live bytes, if missing): a record written but not indexed (its put failed, or another

@@ -70,16 +70,26 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
    * visible to our transaction as "not found". Then hold the record's segment; if it was
    * retired meanwhile (compacted), the record moved: look again. */
   store_pin_reader_add(st, key);
-  int e = E8S_OK;
+  int e = E8S_OK, seg_gone = 0;
   for (int attempt = 0; attempt < 4 && !ch->seg; attempt++) {
     MDB_txn *txn;
     if ((e = store_rtxn_begin(st, &txn))) break;
     e = find(txn, st, ns_id, key, &ch->rec);
     store_rtxn_end(st, txn);
+    seg_gone = 0;
     if (e) break;
     ch->seg = store_seg_acquire(st, ch->rec.seg_id);
-    if (!ch->seg) e = store_err(E8S_ERR_NOTFOUND, "chunk's segment %llu is gone",
+    seg_gone = !ch->seg;
+    if (seg_gone) e = store_err(E8S_ERR_NOTFOUND, "chunk's segment %llu is gone",
                                 (unsigned long long)ch->rec.seg_id);
+  }
+  /* the index still points into a segment file that is not there: the bytes are lost */
+  if (seg_gone && e == E8S_ERR_NOTFOUND && store_seg_lost(st, key, &ch->rec)) {
+    atomic_fetch_add(&st->c_crc_failures, 1);
+    store_quarantine(st, key, &ch->rec, ch->rec.crc); /* found = stored: "unreadable" */
+    e = store_err(E8S_ERR_DATALOSS, "segment %llu offset %llu: segment file missing; chunk "
+                  "quarantined", (unsigned long long)ch->rec.seg_id,
+                  (unsigned long long)ch->rec.offset);
   }
   if (e) {
     store_pin_reader_drop(st, key);

@@ -2,8 +2,10 @@
  * quarantine list. A quarantined chunk leaves the chunks database (so lookups stop at it and
  * budgets no longer count it) and enters "quar" with where it was and the CRC found; a later
  * put of the same key stores it afresh and clears the entry. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "store/store_int.h"
 
@@ -33,6 +35,25 @@ void store_quarantine(e8s_store *st, const uint8_t key[32], const store_chunk_va
   quar_ctx c = {.key = key, .rec = rec, .found_crc = found_crc};
   if (store_wtxn_run(st, quar_fn, &c) == E8S_OK) store_retire_apply(st, &c.retire);
   else free(c.retire.ids);
+}
+
+static int index_points_at(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec) {
+  MDB_txn *txn;
+  if (store_rtxn_begin(st, &txn)) return 0;
+  store_chunk_val v;
+  int same = store_chunk_get(txn, st, key, &v) == E8S_OK && v.seg_id == rec->seg_id &&
+             v.offset == rec->offset;
+  store_rtxn_end(st, txn);
+  return same;
+}
+
+int store_seg_lost(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec) {
+  if (!index_points_at(st, key, rec)) return 0;
+  char *p = store_seg_path(st, rec->seg_id);
+  struct stat sb;
+  int missing = p && stat(p, &sb) != 0 && errno == ENOENT;
+  free(p);
+  return missing && index_points_at(st, key, rec);
 }
 
 int store_scan_page(e8s_store *st, const uint8_t *after, scan_item *out, size_t max,
@@ -97,6 +118,10 @@ int e8s_verify(e8s_store *st, e8s_verify_report *rep, e8s_progress_fn fn, void *
       int r = store_seg_read_payload(st, &it->rec, it->key, buf, &found);
       rep->chunks_checked++;
       rep->bytes_checked += it->rec.payload_bytes;
+      if (r == E8S_ERR_NOTFOUND && store_seg_lost(st, it->key, &it->rec)) {
+        r = E8S_ERR_DATALOSS; /* its segment file is missing: "unreadable" (found = stored) */
+        found = it->rec.crc;
+      }
       if (r == E8S_ERR_DATALOSS) {
         rep->newly_quarantined++;
         atomic_fetch_add(&st->c_crc_failures, 1);

@@ -360,6 +360,69 @@ static void test_compaction(void **state) {
   free(want);
 }
 
+/* A segment file removed or lost outside the store (the index still points into it): reads
+ * said NOTFOUND ("chunk not found") forever while lookups kept matching the chunks, and verify
+ * counted them as checked and sound. Now the chunk is lost data: DATALOSS, quarantined (reason
+ * "unreadable": found CRC = stored), found by verify too; the other segments keep serving. */
+static void test_missing_segment_file(void **state) {
+  tu_env *env = *state;
+  env->cfg.segment_bytes = 1 << 20;
+  tu_reopen(env);
+  enum { N = 15, B = 150000 };
+  uint8_t k[N][32];
+  uint64_t seg[N];
+  uint32_t tok[N][CT];
+  for (int i = 0; i < N; i++) {
+    uint8_t kk[1][32];
+    tu_tokens(tok[i], CT, 900 + i);
+    assert_int_equal(tu_put_chain(env, tok[i], 1, CT, 900 + i, B, kk), E8S_OK);
+    memcpy(k[i], kk[0], 32);
+    e8s_chunk_info ci;
+    assert_int_equal(e8s_chunk_stat(env->st, env->ns, k[i], &ci), 0);
+    seg[i] = ci.segment_id;
+  }
+  uint64_t a = seg[0], b = seg[N / 2];
+  assert_true(a != b && b != seg[N - 1]); /* neither is the segment being appended to */
+  int in_a = 0, in_b = 0;
+  for (int i = 0; i < N; i++) in_a += seg[i] == a, in_b += seg[i] == b;
+  e8s_close(env->st);
+  env->st = NULL;
+  char p[300];
+  seg_path(env, a, p, sizeof p);
+  assert_int_equal(unlink(p), 0);
+  seg_path(env, b, p, sizeof p);
+  assert_int_equal(unlink(p), 0);
+  tu_reopen(env);
+  /* a read of a chunk of segment a: lost, and stays lost */
+  assert_int_equal(tu_check(env, k[0], 900, B), E8S_ERR_DATALOSS);
+  assert_non_null(strstr(e8s_last_error_detail(), "missing"));
+  assert_int_equal(tu_check(env, k[0], 900, B), E8S_ERR_DATALOSS);
+  uint8_t got[1][32];
+  e8s_lookup_result lr;
+  assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok[0], CT, CT, 0, got, 1, &lr), 0);
+  assert_int_equal(lr.n_chunks, 0);
+  /* verify finds the rest of both segments' chunks */
+  e8s_verify_report vr;
+  assert_int_equal(e8s_verify(env->st, &vr, NULL, NULL), 0);
+  assert_int_equal(vr.newly_quarantined, (uint64_t)(in_a - 1 + in_b));
+  assert_int_equal(vr.quarantined, (uint64_t)(in_a + in_b));
+  e8s_quarantine_entry q[N];
+  size_t n;
+  int more;
+  assert_int_equal(e8s_quarantine_list(env->st, NULL, q, N, &n, &more), 0);
+  assert_int_equal(n, (size_t)(in_a + in_b));
+  assert_int_equal(q[0].stored_crc, q[0].found_crc);
+  for (int i = 0; i < N; i++) {
+    int want = seg[i] == a || seg[i] == b ? E8S_ERR_DATALOSS : 0;
+    assert_int_equal(tu_check(env, k[i], 900 + i, B), want);
+    assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok[i], CT, CT, 0, got, 1, &lr), 0);
+    assert_int_equal(lr.n_chunks, want ? 0 : 1);
+  }
+  /* a re-put stores a lost chunk afresh */
+  assert_int_equal(tu_put_chain(env, tok[0], 1, CT, 900, B, NULL), E8S_OK);
+  assert_int_equal(tu_check(env, k[0], 900, B), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_write_eio, tu_setup, tu_teardown),
@@ -372,6 +435,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_uring_refused, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_corruption_quarantine, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_compaction, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_missing_segment_file, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_fault", tests);
 }
