@@ -24,9 +24,53 @@ static int ctl_cmp_meta(const void *a, const void *b) {
 
 static int ctl_exp_xf_error(ctl_ctx *ctx, ctl_exp *e, ctl_xf_err xe) {
   int code = xe == CTL_XF_E_IO ? CTL_EXIT_IO : CTL_EXIT_FAILURE;
-  int rc = ctl_error(ctx, code, "io", "%s: %s", e->tmp[0] ? e->tmp : "stdout", e->xf.msg);
+  int rc = ctl_error(ctx, code, "io", "%s: %s", e->tmp[0] ? e->tmp : e->in_place ? e->path : "stdout",
+                     e->xf.msg);
   ctl_exp_abort(e);
   return rc;
+}
+
+/* Opens the output of path. A file is written as a new temporary file beside it and renamed
+ * over it at the end (a failed export leaves the old one); renaming over a device, FIFO or
+ * socket would replace the node itself (as root, `export S /dev/stdout` replaced the link, and
+ * /dev/full became a regular file), so those are written in place; a symlink keeps pointing at
+ * its target, which is replaced. The temporary name is unique: an existing FILE.tmp stays. */
+static int ctl_exp_open(ctl_ctx *ctx, ctl_exp *e, const char *path) {
+  struct stat sb;
+  int have = stat(path, &sb) == 0;
+  if (have && S_ISDIR(sb.st_mode))
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "%s is a directory: give a file name", path);
+  if (have && !S_ISREG(sb.st_mode)) {
+    if (!(e->f = fopen(path, "wb")))
+      return ctl_error(ctx, CTL_EXIT_IO, "io", "cannot open %s: %s", path, strerror(errno));
+    e->in_place = 1;
+    return CTL_EXIT_OK;
+  }
+  char *real = have ? realpath(path, NULL) : NULL; /* through symlinks */
+  int n = snprintf(e->dest, sizeof e->dest, "%s", real ? real : path);
+  free(real);
+  if (n >= (int)sizeof e->dest ||
+      snprintf(e->tmp, sizeof e->tmp, "%s.tmpXXXXXX", e->dest) >= (int)sizeof e->tmp) {
+    e->tmp[0] = '\0';
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "file name too long: %s", path);
+  }
+  int fd = mkstemp(e->tmp);
+  if (fd >= 0) {
+    mode_t um = umask(0);
+    umask(um);
+    if (fchmod(fd, 0666 & ~um) != 0 || !(e->f = fdopen(fd, "wb"))) {
+      int err = errno;
+      close(fd);
+      unlink(e->tmp);
+      errno = err;
+    }
+  }
+  if (!e->f) {
+    int rc = ctl_error(ctx, CTL_EXIT_IO, "io", "cannot create %s: %s", e->tmp, strerror(errno));
+    e->tmp[0] = '\0';
+    return rc;
+  }
+  return CTL_EXIT_OK;
 }
 
 int ctl_exp_begin(ctl_ctx *ctx, ctl_exp *e, const char *path, const E8kv__V1__SessionInfo *s) {
@@ -38,13 +82,8 @@ int ctl_exp_begin(ctl_ctx *ctx, ctl_exp *e, const char *path, const E8kv__V1__Se
                        "export to \"-\" writes binary data: redirect stdout to a file or a pipe");
     e->f = stdout;
   } else {
-    if (snprintf(e->tmp, sizeof e->tmp, "%s.tmp", path) >= (int)sizeof e->tmp)
-      return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "file name too long: %s", path);
-    if (!(e->f = fopen(e->tmp, "wb"))) {
-      int rc = ctl_error(ctx, CTL_EXIT_IO, "io", "cannot create %s: %s", e->tmp, strerror(errno));
-      e->tmp[0] = '\0';
-      return rc;
-    }
+    int rc = ctl_exp_open(ctx, e, path);
+    if (rc != CTL_EXIT_OK) return rc;
   }
   E8kv__V1__SessionInfo m = E8KV__V1__SESSION_INFO__INIT;
   m.name = s->name;
@@ -134,11 +173,24 @@ int ctl_exp_end(ctl_ctx *ctx, ctl_exp *e) {
   ctl_xf_err xe = ctl_xf_write_end(&e->xf);
   if (xe) return ctl_exp_xf_error(ctx, e, xe);
   uint64_t bytes = e->xf.file_bytes;
-  if (e->f != stdout) {
+  int to_stdout = e->f == stdout;
+  if (e->in_place) { /* e.g. /dev/stdout: no report on stdout after the data */
+    struct stat a, b;
+    to_stdout = fstat(fileno(e->f), &a) == 0 && fstat(STDOUT_FILENO, &b) == 0 &&
+                a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    int bad = fflush(e->f) != 0 || (fsync(fileno(e->f)) != 0 && errno != EINVAL);
+    bad |= fclose(e->f) != 0;
+    e->f = NULL;
+    if (bad) {
+      int rc = ctl_error(ctx, CTL_EXIT_IO, "io", "cannot finish %s: %s", e->path, strerror(errno));
+      ctl_exp_abort(e);
+      return rc;
+    }
+  } else if (e->f != stdout) {
     int bad = fsync(fileno(e->f)) != 0;
     bad |= fclose(e->f) != 0;
     e->f = NULL;
-    if (bad || rename(e->tmp, e->path) != 0) {
+    if (bad || rename(e->tmp, e->dest) != 0) {
       int rc = ctl_error(ctx, CTL_EXIT_IO, "io", "cannot finish %s: %s", e->path, strerror(errno));
       ctl_exp_abort(e);
       return rc;
@@ -146,7 +198,7 @@ int ctl_exp_end(ctl_ctx *ctx, ctl_exp *e) {
     e->tmp[0] = '\0';
   }
   ctl_xf_close(&e->xf);
-  if (e->f == stdout) return CTL_EXIT_OK; /* the file is stdout: no report there */
+  if (to_stdout) return CTL_EXIT_OK; /* the file is stdout: no report there */
   if (ctx->json) {
     json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "file", e->path, "chunks", (json_int_t)e->chunks,
                           "tokens", (json_int_t)e->tokens, "file_bytes", (json_int_t)bytes);

@@ -14,8 +14,10 @@
 typedef struct ctl_exp {
   ctl_xf xf;
   FILE *f;
-  const char *path;   /* final name, or "-" for stdout */
-  char tmp[4096];     /* FILE.tmp while writing */
+  const char *path;   /* final name as given, or "-" for stdout */
+  char dest[4096];    /* the file renamed into place: path, or a symlink's target */
+  char tmp[4096];     /* DEST.tmpXXXXXX while writing (empty: written in place) */
+  int in_place;       /* path is a device, FIFO or socket (e.g. /dev/stdout): written as is */
   ctl_prog prog;
   uint64_t want_chunks, want_tokens;
   uint64_t chunks, tokens;
@@ -23,7 +25,9 @@ typedef struct ctl_exp {
   size_t fp_id_len;
 } ctl_exp;
 
-/* Opens path (FILE.tmp), writes the header and META from `s` (name, fingerprint,
+/* Opens path (a new DEST.tmpXXXXXX beside it, renamed over it at the end; a device, FIFO or
+ * socket is written in place, never replaced; a symlink's target is replaced, the link kept),
+ * writes the header and META from `s` (name, fingerprint,
  * fingerprint_id, chunk_tokens, n_tokens, n_chunks, stored_bytes, metadata sorted
  * by key; no times, no chunk keys: an export depends only on the session's content).
  * Returns an exit code, after printing the error. */

@@ -112,7 +112,9 @@ const ctl_cmd ctl_commands[] = {
      "Writes the session (fingerprint, metadata, every chunk's token ids and encoded\n"
      "frames) to FILE in the e8kv export format (clients/cli/EXPORT.md): header\n"
      "with magic and version, CRC32C per record, SHA-256 over the file. FILE \"-\"\n"
-     "is stdout. The file is written to FILE.tmp and renamed when complete.",
+     "is stdout. A file is written to a new FILE.tmpXXXXXX and renamed over FILE\n"
+     "when complete (a symlink's target is replaced, the link kept); a device or\n"
+     "FIFO (/dev/stdout, a named pipe) is written in place.",
      NULL, ctl_on_export, ctl_off_export},
     {"import", "FILE", 1, 1, "create a session from an export file",
      "Checks FILE completely (every CRC and the SHA-256) before sending anything,\n"

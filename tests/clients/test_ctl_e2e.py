@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import re
@@ -261,6 +262,37 @@ class E2E(unittest.TestCase):
         self.assertGreaterEqual(j["chunks_stored"], 2)
         ctl("export", "nope", os.path.join(TMP, "x.e8x"), expect=NOT_FOUND)
         self.assertFalse(os.path.exists(os.path.join(TMP, "x.e8x")))
+
+    def test_08b_export_never_replaces_what_is_not_its_file(self):
+        """export wrote FILE.tmp and renamed it over FILE: a FIFO or a device at FILE was
+        replaced by a regular file (as root, `export s /dev/full` turned /dev/full into a
+        file; `export s /dev/stdout` replaces the link), a symlink was replaced by the file,
+        and a user's own FILE.tmp was overwritten and renamed away."""
+        import threading
+        want = open(os.path.join(TMP, "s1.e8x"), "rb").read()
+        fifo = os.path.join(TMP, "out.fifo")
+        os.mkfifo(fifo)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+        reader.start()
+        ctl("export", "s1", fifo)
+        reader.join(10)  # never returns when the FIFO was renamed over (its writer never came)
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced")
+        self.assertEqual(got, [want])
+        target, link = os.path.join(TMP, "target.e8x"), os.path.join(TMP, "link.e8x")
+        open(target, "wb").write(b"old")
+        os.symlink(target, link)
+        ctl("export", "s1", link)
+        self.assertTrue(os.path.islink(link), "the symlink was replaced")
+        self.assertEqual(open(target, "rb").read(), want)
+        mine = os.path.join(TMP, "keep.e8x")
+        open(mine + ".tmp", "wb").write(b"the user's own file")
+        ctl("export", "s1", mine)
+        self.assertEqual(open(mine, "rb").read(), want)
+        self.assertEqual(open(mine + ".tmp", "rb").read(), b"the user's own file")
+        self.assertEqual([n for n in os.listdir(TMP) if ".tmp" in n], ["keep.e8x.tmp"])
+        j, _ = ctl("export", "s1", TMP, expect=USAGE)
+        self.assertIn("is a directory", j["error"]["message"])
 
     def test_09_damaged_export_file(self):
         good = open(os.path.join(TMP, "s1.e8x"), "rb").read()
