@@ -228,3 +228,45 @@ def test_deadlines_checked_infinity_is_none(daemon):
         for bad in (-1, math.nan):
             with pytest.raises(ValueError, match="seconds > 0"):
                 c.health(timeout=bad)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_put_refuses_raw_arrays_that_disagree_with_the_call(client, native):
+    """The daemon sees only bytes: fp16 KV declared raw_dtype="bf16", or an array in the
+    [L][2][T][H][D] order, has the right byte count and was stored as garbage KV (relative
+    error ~1 after a round trip). An array's own dtype and shape are now checked; a
+    non-contiguous array and a failing chunk producer on the grpcio path said only UNKNOWN
+    "Exception iterating requests!". None of the refused chunks is stored."""
+    fp = fingerprint(f"raw-checks-{native}")
+    tokens = list(range(7000, 7000 + C))
+    x = kv(C, seed=5)
+    bad = [(x.astype(np.float16), "bf16", "raw_dtype"),
+           (np.ascontiguousarray(x.transpose(0, 1, 3, 2, 4)), "fp32", "shape"),
+           (x[:, :, :, :, ::2], "fp32", "contiguous"),
+           (x.astype(np.float64), "fp32", "raw_dtype")]
+    for data, dt, word in bad:
+        with pytest.raises(ValueError, match=word):
+            client.put_chunks(fp, [e8kv.ChunkIn(tokens, data)], encoding="raw", raw_dtype=dt,
+                              chunk_tokens=C, session=f"checks-{native}", create_session=True,
+                              native=native)
+    assert client.lookup(fp, tokens, chunk_tokens=C).matched_tokens == 0
+
+    def producer():
+        yield e8kv.ChunkIn(tokens, x)
+        raise KeyError("producer failed")
+    with pytest.raises(KeyError, match="producer failed"):
+        client.put_chunks(fp, producer(), encoding="raw", raw_dtype="fp32", chunk_tokens=C,
+                          session=f"checks-{native}", create_session=True, native=native)
+    try:  # (its first, sound chunk may stay as a cache entry; the session does not change)
+        assert client.get_session(f"checks-{native}").n_tokens == 0
+    except e8kv.NotFound:
+        pass
+    # what agrees is stored: the array itself, its bytes, bf16 bits as an int16 array
+    r = client.put_chunks(fp, [e8kv.ChunkIn(tokens, x)], encoding="raw", raw_dtype="fp32",
+                          chunk_tokens=C, native=native)
+    assert rel_err(get_raw(client, list(r.chunk_keys)), x) < 0.5
+    import torch
+    bits = torch.from_numpy(x).bfloat16().view(torch.int16).numpy()
+    r = client.put_chunks(fp, [e8kv.ChunkIn(tokens[:C - 1], bits[:, :, :, :C - 1].copy())],
+                          encoding="raw", raw_dtype="bf16", chunk_tokens=C, native=native)
+    assert rel_err(get_raw(client, list(r.chunk_keys)), x[:, :, :, :C - 1]) < 0.5

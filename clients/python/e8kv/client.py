@@ -94,6 +94,42 @@ class Chunk:
     data: bytes = b""
 
 
+# element types an array's own dtype may have for each raw_dtype (bf16: numpy has none; its
+# bits come as int16/uint16, or ml_dtypes' / torch's bfloat16); uint8/int8: plain bytes
+_RAW_ARRAY_DTYPES = {pb.DTYPE_FP16: ("float16",), pb.DTYPE_FP32: ("float32",),
+                     pb.DTYPE_BF16: ("bfloat16", "int16", "uint16")}
+
+
+def _checked_chunks(chunks, header):
+    """The chunks, each checked before it is sent: one contiguous buffer, and for raw KV, an
+    array's own dtype and shape agreeing with the call's raw_dtype and fingerprint. The daemon
+    sees only bytes: fp16 data declared bf16, or a [L][2][T][H][D] array, has the right byte
+    count and used to be stored as garbage KV."""
+    fp, raw = header.fingerprint, header.encoding == pb.ENCODING_RAW
+    for i, c in enumerate(chunks):
+        data = c.data
+        contiguous = getattr(getattr(data, "flags", None), "c_contiguous", None)
+        if contiguous is None and isinstance(data, memoryview):
+            contiguous = data.c_contiguous
+        if contiguous is False:
+            raise ValueError(f"chunk {i}: chunk data must be one contiguous buffer "
+                             "(numpy.ascontiguousarray)")
+        dt = getattr(data, "dtype", None)
+        name = str(dt).replace("torch.", "") if dt is not None else "uint8"
+        if raw and name not in ("uint8", "int8"):
+            allowed = _RAW_ARRAY_DTYPES.get(header.raw_dtype, ())
+            if name not in allowed:
+                raise ValueError(f"chunk {i}: raw data is a {name} array, the call says raw_dtype "
+                                 f"{pb.DType.Name(header.raw_dtype)} (arrays of it: "
+                                 f"{', '.join(allowed)}; or pass bytes)")
+            shape = tuple(getattr(data, "shape", ()))
+            want = (fp.n_layers, 2, fp.n_kv_heads, len(c.token_ids), fp.head_dim)
+            if len(shape) > 1 and shape != want:
+                raise ValueError(f"chunk {i}: raw data has shape {shape}, the layout is "
+                                 f"[n_layers, 2, n_kv_heads, n_tokens, head_dim] = {want}")
+        yield c
+
+
 def _enum(value, table, what):
     """Accepts the protobuf enum number or its short name ("fp16", "raw"...)."""
     if isinstance(value, str):
@@ -252,6 +288,7 @@ class Client:
         if piece_bytes <= 0:
             raise ValueError("piece_bytes must be > 0")
         deadline = self._deadline(timeout, stream=True)
+        chunks = _checked_chunks(chunks, header)
         nu = self._native_uploader(deadline, native)
         if nu is not None:
             try:
@@ -261,7 +298,16 @@ class Client:
                               f"{deadline:g} s deadline (daemon stopped, overloaded, or not "
                               f"e8kvd): {e.message}", "PutChunks") from None
 
+        failed = []   # grpcio turns an exception in the request iterator into UNKNOWN
+
         def requests():
+            try:
+                yield from pieces()
+            except Exception as e:   # noqa: BLE001 -- re-raised below, grpcio cancels the call
+                failed.append(e)
+                raise
+
+        def pieces():
             yield pb.PutChunksRequest(header=header)
             for c in chunks:
                 data = memoryview(c.data).cast("B") if not isinstance(c.data, bytes) else c.data
@@ -278,7 +324,12 @@ class Client:
                         first = False
                     yield pb.PutChunksRequest(pieces=[piece])
                     off = end
-        return self._call("PutChunks", requests(), timeout, stream=True)
+        try:
+            return self._call("PutChunks", requests(), timeout, stream=True)
+        except errors.E8kvError:
+            if failed:       # the chunks' own error (the call was cancelled: nothing stored)
+                raise failed[0] from None
+            raise
 
     def upload_path(self):
         """Which path put_chunks (and e8kv.hf's restore fetch) takes by default: "libe8kv"
