@@ -73,7 +73,7 @@ $(BUILD)/fuzz/e8c_fuzz_frame: $(E8C_FUZZ_OBJS)
 # ------------------------------------------------------------------ bench
 E8C_BENCH := $(BUILD)/bin/e8c_bench
 BINS += $(E8C_BENCH)
-$(E8C_BENCH): $(BUILD)/obj/tests/codec/e8c_bench.o $(E8C_TEST_HELP) $(E8C_LIB)
+$(E8C_BENCH): $(BUILD)/obj/tests/codec/e8c_bench.o $(BUILD)/obj/tests/codec/e8c_floors.o $(E8C_TEST_HELP) $(E8C_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $(filter %.o,$^) $(E8C_LDLIBS) $(call pc_libs,jansson)
 
@@ -82,3 +82,7 @@ bench-codec: $(E8C_BENCH)
 	$(E8C_BENCH) $(if $(QUICK),--quick) --out build/bench/codec.json
 fuzz: $(BUILD)/fuzz/e8c_fuzz_frame
 $(BUILD)/obj/tests/codec/e8c_bench.o: CFLAGS_tests += $(call pc_cflags,jansson)
+# --floors includes the fast body (codec/e8c_fast_body.h) with AVX2, the
+# library's flags, and runs only where cpuid says AVX2
+$(BUILD)/obj/tests/codec/e8c_floors.o: CFLAGS_tests += -mavx2 -mf16c -O3 -ffp-contract=off -fno-fast-math \
+        $(call pc_cflags,$(E8C_PKGS))

@@ -19,6 +19,9 @@
  *   e8c_bench --sweep       step sizes vs bpe/SNR (to pick presets)
  *   e8c_bench --stages      K3V2 ns per element of the four halves of a frame's
  *                           path (quantize, pack, unpack, dequantize to fp16)
+ *   e8c_bench --floors      every stage alone (now) and its tightest loop
+ *                           (floor) against the 10 %-of-memcpy budget
+ *                           (tests/codec/e8c_floors.c, tests/codec/NOTES.md)
  */
 #include <jansson.h>
 #include <math.h>
@@ -28,6 +31,7 @@
 #include <time.h>
 
 #include "codec/e8codec.h"
+#include "tests/codec/e8c_floors.h"
 #include "tests/codec/e8c_testgen.h"
 
 typedef struct dataset {
@@ -253,15 +257,16 @@ static void machine_name(char *out, size_t cap)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, sweep = 0, stage = 0;
+    int quick = 0, sweep = 0, stage = 0, floors = 0;
     const char *out = "build/bench/codec.json", *dir = "tests/data/smollm2_kv";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--sweep")) sweep = 1;
         else if (!strcmp(argv[i], "--stages")) stage = 1;
+        else if (!strcmp(argv[i], "--floors")) floors = 1;
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--data") && i + 1 < argc) dir = argv[++i];
-        else { fprintf(stderr, "usage: %s [--quick] [--sweep] [--stages] [--out FILE] [--data DIR]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--sweep] [--stages] [--floors] [--out FILE] [--data DIR]\n", argv[0]); return 2; }
     }
     dataset ds[3];
     int nds = 0;
@@ -270,6 +275,31 @@ int main(int argc, char **argv)
     if (make_gaussian(&ds[nds++], 64, quick ? 4 : 8, 256) || make_gaussian(&ds[nds++], 128, quick ? 4 : 8, 256))
         return 1;
     int reps = quick ? 2 : 5;
+    if (floors) {
+        for (int di = 0; di < nds; di++) {
+            /* the budget's memcpy: the data set's whole fp16 buffer, as run() times it */
+            const dataset *d = &ds[di];
+            size_t ne = (size_t)d->L * 2 * d->H * d->T * d->n, per = (size_t)d->H * d->T * d->n;
+            uint16_t *cp = malloc(2 * ne);
+            if (!cp) return 1;
+            memcpy(cp, d->raw, 2 * ne);
+            double best = 1e30;
+            for (int t = 0; t < 9; t++) {
+                double a = now();
+                for (int k = 0; k < 20; k++) {
+                    memcpy(cp, d->raw, 2 * ne);
+                    __asm__ volatile("" : : "r"(cp) : "memory");
+                }
+                double b = (now() - a) / 20;
+                if (b < best) best = b;
+            }
+            free(cp);
+            e8c_fingerprint fp;
+            fingerprint_for(d, &fp);
+            if (e8c_floors(d->name, &fp, d->raw + 2 * 1 * per, d->T, best * 1e9 / (double)ne)) return 1;
+        }
+        return 0;
+    }
     if (stage) {
         for (int di = 0; di < nds; di++)
             if (stages(&ds[di])) return 1;
