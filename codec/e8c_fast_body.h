@@ -403,6 +403,75 @@ static inline __m256 FN(cand8)(const __m256 u[8], __m256 f[8])
                          _mm256_add_ps(_mm256_add_ps(e[4], e[5]), _mm256_add_ps(e[6], e[7])));
 }
 
+/* The coset choice of 8 blocks (SoA, as cand8) from one rounding, the
+ * argument of codec/cuda/e8cu_fastq.cuh (e8cu_e8_fast), where it is proven:
+ * with f = rint(t), d = t - f, a = |d|, mt >= max|t_i| of the block (here
+ * the block's own maximum), odd0 = parity of sum f and, when min a >= guard
+ * = 2^-22 (mt + 1), odd1 = odd0 xor parity of the negative d (rint(t - 1/2)
+ * = f - [d < 0]), the reference's dist1 - dist0 has the sign of
+ *   delta = ((2 - sum a) + odd1 * 2 min a) - odd0 * (1 - 2 max a)
+ * (fp32, this order; the sum in the spec's tree order) and is not 0
+ * whenever |delta| > tau = 2^-17 + 2^-20 (mt + 1) (both thresholds here
+ * are rounded once, a relative 2^-24 against a slack of 53 * 2^-24 in the
+ * bound).  Then c = delta < 0, and the chosen candidate is computed
+ * exactly as the reference's cand(t - c/2), with the parity just proven.
+ * Returns 0 (out untouched) when a block of the 8 is not decided: the
+ * caller runs the exact pair of cand8 for the group.  Else out[i] =
+ * points2 as exact floats. */
+static inline int FN(e8_fast8)(const __m256 t[8], __m256 out[8])
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f), zero = _mm256_setzero_ps();
+    __m256 f[8], d[8], a[8], mt = zero;
+    __m256i xd = _mm256_setzero_si256();
+    for (int i = 0; i < 8; i++) {
+        f[i] = _mm256_round_ps(t[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        d[i] = _mm256_sub_ps(t[i], f[i]);
+        a[i] = _mm256_and_ps(d[i], absmask);
+        mt = _mm256_max_ps(mt, _mm256_and_ps(t[i], absmask));
+        xd = _mm256_xor_si256(xd, _mm256_castps_si256(d[i]));
+    }
+    __m256 l1 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
+                              _mm256_add_ps(_mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7])));
+    __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])),
+                              _mm256_max_ps(_mm256_max_ps(a[4], a[5]), _mm256_max_ps(a[6], a[7])));
+    __m256 mn = _mm256_min_ps(_mm256_min_ps(_mm256_min_ps(a[0], a[1]), _mm256_min_ps(a[2], a[3])),
+                              _mm256_min_ps(_mm256_min_ps(a[4], a[5]), _mm256_min_ps(a[6], a[7])));
+    /* parity of sum f from the float sum: exact, see cand8 */
+    __m256 fs = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(f[0], f[1]), _mm256_add_ps(f[2], f[3])),
+                              _mm256_add_ps(_mm256_add_ps(f[4], f[5]), _mm256_add_ps(f[6], f[7])));
+    __m256i odd0 = _mm256_srai_epi32(_mm256_slli_epi32(_mm256_cvtps_epi32(fs), 31), 31);
+    __m256i odd1 = _mm256_xor_si256(odd0, _mm256_srai_epi32(xd, 31));
+    __m256 p1 = _mm256_and_ps(_mm256_castsi256_ps(odd1), _mm256_add_ps(mn, mn));
+    __m256 p0 = _mm256_and_ps(_mm256_castsi256_ps(odd0), _mm256_sub_ps(one, _mm256_add_ps(mx, mx)));
+    __m256 delta = _mm256_sub_ps(_mm256_add_ps(_mm256_sub_ps(_mm256_set1_ps(2.0f), l1), p1), p0);
+    __m256 tau = _mm256_add_ps(_mm256_mul_ps(mt, _mm256_set1_ps(0x1p-20f)), _mm256_set1_ps(0x1p-17f + 0x1p-20f));
+    __m256 guard = _mm256_add_ps(_mm256_mul_ps(mt, _mm256_set1_ps(0x1p-22f)), _mm256_set1_ps(0x1p-22f));
+    __m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(delta, absmask), tau, _CMP_GT_OQ),
+                              _mm256_cmp_ps(mn, guard, _CMP_GE_OQ));
+    if (_mm256_movemask_ps(ok) != 0xFF) return 0;
+    __m256 c = _mm256_cmp_ps(delta, zero, _CMP_LT_OQ);
+    __m256 hc = _mm256_and_ps(c, _mm256_set1_ps(0.5f)), dd[8], ad[8];
+    __m256 todo = _mm256_blendv_ps(_mm256_castsi256_ps(odd0), _mm256_castsi256_ps(odd1), c);
+    for (int i = 0; i < 8; i++) { /* the chosen candidate: the reference's cand(t - c/2) */
+        __m256 w = _mm256_sub_ps(t[i], hc);
+        f[i] = _mm256_round_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        dd[i] = _mm256_sub_ps(w, f[i]);
+        ad[i] = _mm256_and_ps(dd[i], absmask);
+    }
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(ad[0], ad[1]), _mm256_max_ps(ad[2], ad[3])),
+                             _mm256_max_ps(_mm256_max_ps(ad[4], ad[5]), _mm256_max_ps(ad[6], ad[7])));
+    __m256 c1 = _mm256_and_ps(c, one);
+    for (int i = 0; i < 8; i++) {
+        __m256 sel = _mm256_and_ps(todo, _mm256_cmp_ps(ad[i], m, _CMP_EQ_OQ));
+        todo = _mm256_andnot_ps(sel, todo);
+        __m256 adj = _mm256_blendv_ps(mone, one, _mm256_cmp_ps(dd[i], zero, _CMP_GE_OQ));
+        __m256 g = _mm256_add_ps(f[i], _mm256_and_ps(sel, adj));
+        out[i] = _mm256_add_ps(_mm256_add_ps(g, g), c1); /* 2f, or 2g + 1 */
+    }
+    return 1;
+}
+
 static void FN(e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
 {
     const __m256 vsf = _mm256_set1_ps(sf), half = _mm256_set1_ps(0.5f);
@@ -411,17 +480,18 @@ static void FN(e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
         __m256 t[8], u[8], f[8], g[8];
         for (int i = 0; i < 8; i++) t[i] = _mm256_loadu_ps(y + b + 8 * i);
         FN(tr8)(t);
-        for (int i = 0; i < 8; i++) {
-            t[i] = _mm256_div_ps(t[i], vsf);
-            u[i] = _mm256_sub_ps(t[i], half);
+        for (int i = 0; i < 8; i++) t[i] = _mm256_div_ps(t[i], vsf);
+        if (!FN(e8_fast8)(t, u)) { /* a near-tie: the exact pair */
+            for (int i = 0; i < 8; i++) u[i] = _mm256_sub_ps(t[i], half);
+            __m256 d0 = FN(cand8)(t, f), d1 = FN(cand8)(u, g);
+            __m256 c = _mm256_cmp_ps(d1, d0, _CMP_LT_OQ);
+            for (int i = 0; i < 8; i++) { /* 2f, or 2g + 1, as exact floats */
+                __m256 pf = _mm256_add_ps(f[i], f[i]);
+                __m256 pg = _mm256_add_ps(_mm256_add_ps(g[i], g[i]), _mm256_set1_ps(1.0f));
+                u[i] = _mm256_blendv_ps(pf, pg, c);
+            }
         }
-        __m256 d0 = FN(cand8)(t, f), d1 = FN(cand8)(u, g);
-        __m256 c = _mm256_cmp_ps(d1, d0, _CMP_LT_OQ);
-        for (int i = 0; i < 8; i++) { /* 2f, or 2g + 1, as exact floats */
-            __m256 pf = _mm256_add_ps(f[i], f[i]);
-            __m256 pg = _mm256_add_ps(_mm256_add_ps(g[i], g[i]), _mm256_set1_ps(1.0f));
-            t[i] = _mm256_blendv_ps(pf, pg, c);
-        }
+        for (int i = 0; i < 8; i++) t[i] = u[i];
         FN(tr8)(t);
         for (int i = 0; i < 8; i += 2) {
             __m256i a = _mm256_cvtps_epi32(t[i]), z = _mm256_cvtps_epi32(t[i + 1]);
@@ -453,6 +523,26 @@ static void FN(e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
     }
 }
 #endif
+
+/* For tests (test_e8c_math.c): the fast path's lattice points of one
+ * vector, p2 from y[0..n) / sf (n a multiple of 8, sf > 0 finite); returns
+ * how many 8-block groups the AVX2 coset filter (e8_fast8) left to the
+ * exact rule (0 in the baseline build). */
+uint32_t FN(e8c_e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2);
+uint32_t FN(e8c_e8_vec)(const float *y, uint32_t n, float sf, int16_t *p2)
+{
+    uint32_t slow = 0;
+    FN(e8_vec)(y, n, sf, p2);
+#ifdef __AVX2__
+    for (uint32_t b = 0; b + 64 <= n; b += 64) {
+        __m256 t[8], u[8];
+        for (int i = 0; i < 8; i++) t[i] = _mm256_div_ps(_mm256_loadu_ps(y + b + 8 * i), _mm256_set1_ps(sf));
+        FN(tr8)(t);
+        slow += !FN(e8_fast8)(t, u);
+    }
+#endif
+    return slow;
+}
 
 /* The error of the first element of x[0..n) that is NaN, inf or above 2^64. */
 static int64_t FN(bad_elem)(e8c_ctx *ctx, const float *x, uint32_t n, uint32_t h, uint32_t t)

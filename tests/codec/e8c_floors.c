@@ -321,7 +321,12 @@ static int fl_frame_rows(e8c_ctx *ctx, fl_frame *f, const uint8_t *big, size_t n
      * registers of 8 lanes: throughput-bound, as several frames' 8-lane
      * streams side by side would be), at this frame's symbols per element */
     double spe = (double)(f->nc + f->nh + 2 * f->nv) / (double)ne, tb;
-    FL_TIME(tb, reps, nbig, fl_sink += e8c_rans32_encode_ex(big, nbig, dst, 2 * nbig + 4096, 1));
+    uint8_t *bdst = malloc(2 * nbig + 4096);
+    if (!bdst) return -1;
+    FL_TIME(tb, reps, nbig, fl_sink += e8c_rans32_encode_ex(big, nbig, bdst, 2 * nbig + 4096, 1));
+    FL_CHECK(e8c_rans32_encode_ex(big, nbig, bdst, 2 * nbig + 4096, 1) == big32_len && !memcmp(bdst, big32, big32_len),
+             "32-lane encode");
+    free(bdst);
     rows[R_RANS].floor += tb * spe;
 
     FL_TIME(t, reps * 10, ne, fl_sink += e8c_crc32c(f->frame, f->fsize));
@@ -398,6 +403,30 @@ int e8c_floors(const char *name, const e8c_fingerprint *fp0, const uint16_t *lay
     memset(rows, 0, sizeof rows);
     int rc = 0;
     for (uint32_t k = 0; k < 2 && !rc; k++) rc = fl_prepare(ctx, layer_kv, H, T, n, k, &fr[k]);
+    /* byte identity on this data: the reference backend's frames */
+    e8c_ctx *ref = rc ? NULL : e8c_ctx_create(&fp, NULL);
+    uint64_t slow = 0, groups = 0;
+    for (uint32_t k = 0; k < 2 && !rc; k++) {
+        int64_t cap = e8c_frame_max_size(ctx, T);
+        uint8_t *b = malloc((size_t)cap);
+        e8c_tensor t = e8c_tensor_contiguous((void *)(uintptr_t)fr[k].src, E8C_DTYPE_F16, T, n);
+        e8c_frame_params p = {1, k, T, T, 0, 0};
+        int64_t m = b && ref && !e8c_ctx_set_backend(ref, E8C_BACKEND_REF) ? e8c_frame_encode(ref, &p, &t, b, (size_t)cap) : -1;
+        if (m != (int64_t)fr[k].fsize || memcmp(b, fr[k].frame, fr[k].fsize)) {
+            fprintf(stderr, "floors: the reference's %c frame differs from the fast path's\n", k ? 'V' : 'K');
+            rc = -1;
+        }
+        free(b);
+        /* how often the fast E8 filter leaves a group of 8 blocks to the exact rule */
+        int16_t p2[E8C_MAX_HEAD_DIM];
+        fl_front(ctx, &fr[k], 1, fr[k].X, 0);
+        for (size_t v = 0; v < fr[k].nv; v++)
+            if (fr[k].q.scales[v]) {
+                slow += e8c_e8_vec_avx2(fr[k].X + v * n, n, e8c_bf16_to_f32(fr[k].q.scales[v]), p2);
+                groups += n / 64;
+            }
+    }
+    e8c_ctx_free(ref);
     for (uint32_t k = 0; k < 2 && !rc; k++) rc = fl_layout(&fr[k], fp.config.decorrelation) ? -1 : 0;
     size_t nbig = 0;
     uint8_t *big = NULL, *big32 = NULL;
@@ -435,6 +464,8 @@ int e8c_floors(const char *name, const e8c_fingerprint *fp0, const uint16_t *lay
         for (int r = R_SUM_N; r < R_N; r++) printf("  %-66s %8.3f\n", fl_row_name[r], rows[r].now / 2);
         printf("  %-66s %8.3f %8.3f   (real quantize + pack: %.3f)\n", "encode sum", se[0], se[1], real[0] / 2);
         printf("  %-66s %8.3f %8.3f   (real unpack + dequantize: %.3f)\n", "decode sum", sd[0], sd[1], real[1] / 2);
+        printf("  byte identity: both frames equal the reference backend's; E8 groups of 8 blocks left to the exact rule: "
+               "%llu of %llu\n", (unsigned long long)slow, (unsigned long long)groups);
         printf("  floors / budget: encode %.2fx, decode %.2fx (1.00x = 10 %% of memcpy)\n", se[1] / budget,
                sd[1] / budget);
     }

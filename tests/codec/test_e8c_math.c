@@ -201,6 +201,61 @@ static void test_rope_roundtrip_all_variants(void **state)
             }
 }
 
+/* The fast E8 search (AVX2: the coset decided from one rounding with a
+ * proven bound, the exact pair of candidates only on near-ties) against
+ * the reference block by block, on data built to sit at its decision
+ * points: coordinates at quarter- and half-integers (where D8 and D8+1/2
+ * are equally far: |delta| ~ 0) and at integers (the guard), each moved
+ * by a few ulp, plus Gaussian vectors; scales with every 3-bit mantissa.
+ * Both the fast path and the fallback must be taken (counted). */
+static void test_e8_fast_equals_ref(void **state)
+{
+    (void)state;
+    if (!e8c_cpu_has_avx2()) { /* the baseline build runs the reference per block */
+        fail_msg("this test needs an AVX2 CPU (the fast E8 filter is AVX2 code)");
+    }
+    e8t_rng r = {2026};
+    float y[128], t[8];
+    int16_t p[128], q[8];
+    uint64_t slow = 0, groups = 0, diff = 0;
+    for (int k = 0; k < 100000; k++) {
+        uint32_t n = k & 1 ? 128 : 64;
+        /* sf: a bf16 scale with a 3-bit mantissa, 2^-8 .. 2^8 */
+        uint32_t e = 119 + (uint32_t)(e8t_u64(&r) % 17), m = (uint32_t)(e8t_u64(&r) % 8);
+        uint32_t sbits = e << 23 | m << 20;
+        float sf;
+        memcpy(&sf, &sbits, 4);
+        int kind = k % 5;
+        for (uint32_t j = 0; j < n; j++) {
+            double v;
+            if (kind == 3) v = e8t_gauss(&r) * 2.5;
+            else if (kind == 4) /* |d| = 1/4 + O(2^-20): |delta| near the rounding of the distances */
+                v = (double)((int)(e8t_u64(&r) % 41) - 20) + ((j & 1) ? 0.25 : -0.25) +
+                    ldexp((double)((int)(e8t_u64(&r) % 2001) - 1000), -30);
+            else {
+                double grid = kind == 0 ? 0.25 : kind == 1 ? 0.5 : 1.0;
+                v = grid * (double)((int)(e8t_u64(&r) % 41) - 20);
+                if (kind == 0 && (j & 1)) v = 0.25 + 0.5 * (double)((int)(e8t_u64(&r) % 21) - 10);
+            }
+            float tv = (float)v;
+            uint32_t tb;
+            memcpy(&tb, &tv, 4);
+            if (tv != 0 && kind != 4 && e8t_u64(&r) % 3) tb += (uint32_t)(e8t_u64(&r) % 9) - 4; /* a few ulp */
+            memcpy(&tv, &tb, 4);
+            y[j] = tv * sf;
+        }
+        slow += e8c_e8_vec_avx2(y, n, sf, p);
+        groups += n / 64;
+        for (uint32_t b = 0; b < n; b += 8) {
+            for (int i = 0; i < 8; i++) t[i] = y[b + i] / sf;
+            e8c_ref_e8_block(t, q);
+            diff += memcmp(q, p + b, sizeof q) != 0;
+        }
+    }
+    assert_int_equal(diff, 0);
+    assert_true(slow > 0 && slow < groups); /* both paths taken */
+}
+
 /* Removal undoes the model's rotation: rotate with the HF formula in f64
  * (split-half), remove with the codec, compare with the pre-RoPE key. */
 static void test_rope_removal_matches_hf(void **state)
@@ -229,6 +284,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e8_nearest_brute_force),
+        cmocka_unit_test(test_e8_fast_equals_ref),
         cmocka_unit_test(test_hadamard_orthonormal),
         cmocka_unit_test(test_sincos_vs_libm),
         cmocka_unit_test(test_rope_inv_freq),
