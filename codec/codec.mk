@@ -77,6 +77,13 @@ $(E8C_BENCH): $(BUILD)/obj/tests/codec/e8c_bench.o $(BUILD)/obj/tests/codec/e8c_
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $(filter %.o,$^) $(E8C_LDLIBS) $(call pc_libs,jansson)
 
+# e8c_ab: two libe8codec builds in one process (tests/codec/e8c_ab.c, NOTES.md)
+E8C_AB := $(BUILD)/bin/e8c_ab
+BINS += $(E8C_AB)
+$(E8C_AB): $(BUILD)/obj/tests/codec/e8c_ab.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) -o $@ $^ -ldl -lm
+
 bench-codec: $(E8C_BENCH)
 	@mkdir -p build/bench
 	$(E8C_BENCH) $(if $(QUICK),--quick) --out build/bench/codec.json
