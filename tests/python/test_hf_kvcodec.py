@@ -149,6 +149,28 @@ def test_hf_kvcodec_left_padding_and_errors(tiny, client):
     other.close()
 
 
+def test_hf_bad_chunk_tokens_and_empty_rows_are_clear_errors(tiny, client):
+    """chunk_tokens=0 crashed store_prefix with "range() arg 3 must not be zero" and made
+    restore_prefix a silent miss; a restore batch with an all-padding row failed with the
+    daemon's "token_ids is empty" (store_prefix said which row)."""
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-args")
+    p = ids_of(40, 11)
+    cache = hf.prefill(tiny, p[None])[1]
+    for ct in (0, -1, 65537, 16.0, None, True):
+        with pytest.raises(ValueError, match="chunk_tokens must be an int in"):
+            hf.store_prefix(client, tiny, p, cache, fingerprint=fp, chunk_tokens=ct)
+        with pytest.raises(ValueError, match="chunk_tokens must be an int in"):
+            hf.restore_prefix(client, tiny, p, fingerprint=fp, chunk_tokens=ct,
+                              policy="restore")
+    assert client.lookup(fp, p.tolist(), chunk_tokens=C).matched_tokens == 0
+    ids = torch.stack([p, p])
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    with pytest.raises(ValueError, match="row 1 has no tokens"):
+        hf.restore_prefix(client, tiny, ids, attention_mask=mask, fingerprint=fp,
+                          chunk_tokens=C, policy="restore")
+
+
 def test_cpu_kvcodec_checks_before_touching_tensors():
     fpc = codec.Fingerprint(model_id="kvc-check", n_layers=2, n_kv_heads=1, head_dim=32,
                             src_dtype="float16", rope=codec.Rope(theta=10000.0))

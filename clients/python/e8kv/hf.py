@@ -67,6 +67,7 @@ in ``.timings``), also logged on logger "e8kv.hf".
 """
 import inspect
 import logging
+import operator
 import queue
 import threading
 import time
@@ -189,6 +190,18 @@ def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _check_chunk_tokens(chunk_tokens):
+    """ValueError unless chunk_tokens is a whole number in [1, 65536] (0 used to crash a store
+    with "range() arg 3 must not be zero" and make a restore a silent miss)."""
+    try:
+        ok = not isinstance(chunk_tokens, bool) and 1 <= operator.index(chunk_tokens) <= 65536
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"chunk_tokens must be an int in [1, 65536] (default "
+                         f"{DEFAULT_CHUNK_TOKENS}), not {chunk_tokens!r}")
 
 
 def _rows(input_ids, attention_mask):
@@ -325,6 +338,7 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     fingerprint) that encodes straight from the cache tensors; default: e8kv.kvcodec.CpuKVCodec.
     Returns a StoreResult (one dict per row).
     """
+    _check_chunk_tokens(chunk_tokens)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
     ids, mask, rows = _rows(input_ids, attention_mask)
     layers = cache_layers(past_key_values)
@@ -606,8 +620,12 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     """
     if policy not in ("auto", "restore", "recompute"):
         raise ValueError(f"policy must be auto, restore or recompute, not {policy!r}")
+    _check_chunk_tokens(chunk_tokens)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
     ids, mask, rows = _rows(input_ids, attention_mask)
+    for b, (tokens, _) in enumerate(rows):
+        if not tokens:          # (was the daemon's "token_ids is empty" from the Lookup)
+            raise ValueError(f"row {b} has no tokens (all padding)")
     device = next(model.parameters()).device
     dt = [t for t, v in _TORCH_DTYPES.items() if v[0] == fp.source_dtype][0]
     t0 = time.perf_counter()
