@@ -72,11 +72,21 @@
  *   - compaction copies a segment's live records only when they fit: in the free bytes, or on
  *     a full disk in the index reserve but its last quarter, lent for the copy and taken back
  *     after (puts and session creates are refused E8S_ERR_NOSPC meanwhile). A segment whose
- *     live records do not fit is skipped; so deleting sessions frees a full disk only where a
- *     segment becomes mostly dead (live bytes under about 3/4 of the reserve): deleting every
- *     other session of a disk of few segments may leave it full until more is deleted. A copy
- *     whose write fails (disk filled meanwhile) is cut off again: nothing lost, nothing left
- *     (one whose index commit fails stays an unindexed segment tail until the next open);
+ *     live records do not fit is skipped. So that they fit, the segment size is bounded by the
+ *     file system (rule below): on a file system of 4 MiB or more, deleting sessions so that
+ *     some segment is at most about half live (every other session, the older half, ...)
+ *     makes a full disk take puts again; deleting less (say every fourth session) may leave it
+ *     full until more is deleted. Segments written before this bound, or on a larger file
+ *     system, keep their size and may stay too big to compact on a full disk. A copy whose
+ *     write fails (disk filled meanwhile) is cut off again: nothing lost, nothing left (one
+ *     whose index commit fails stays an unindexed segment tail until the next open);
+ *   - sizes, fixed at open from the file system's size FS (statvfs): the index reserve R =
+ *     index_reserve_bytes, raised to segment_bytes where that is at most FS/64, then at most
+ *     FS/16, at least 64 KiB; segments are sealed at min(segment_bytes, R/2) (a record larger
+ *     than that gets a segment of its own). Defaults: 8 MiB FS: R 512 KiB, 256 KiB segments;
+ *     1 GiB FS: R 16 MiB, 8 MiB segments; 16 GiB: R 256 MiB, 128 MiB segments; 64 GiB and
+ *     more: R 1 GiB, 512 MiB segments. The reserve is disk the store's data cannot use, and
+ *     puts are refused while it cannot be allocated (a disk with less than R free);
  *   - an LMDB commit that fails with EIO while the file system has no room (LMDB reports its
  *     short write on a full disk as EIO) is E8S_ERR_NOSPC, not E8S_ERR_IO;
  *   - a delete whose transaction needs more new index pages than the reserve (a session of
@@ -181,7 +191,8 @@ typedef struct e8s_config {
   e8s_io_engine io_engine;  /* default E8S_IO_AUTO */
   uint64_t capacity_bytes;  /* store byte budget (used bytes), 0 = unlimited; default 0 */
   uint64_t segment_bytes;   /* a segment is sealed and a new one started past this size;
-                               default 1 GiB, min 1 MiB */
+                               default 1 GiB, min 1 MiB; the store uses at most half the index
+                               reserve (FULL DISK: sizes) */
   uint64_t map_bytes;       /* initial LMDB map size, default 64 MiB */
   uint64_t map_max_bytes;   /* the map grows (doubling) up to this on MDB_MAP_FULL; default
                                64 GiB; E8S_ERR_MAPFULL beyond */
@@ -196,8 +207,9 @@ typedef struct e8s_config {
   uint32_t uring_entries;   /* io_uring submission queue size, default 64 */
   uint64_t index_reserve_bytes; /* disk kept allocated for the index past its last page, so
                                that deletes, evictions and compaction can commit on a full
-                               disk; at most 1/16 of the file system, at least 64 KiB;
-                               default 16 MiB (see FULL DISK) */
+                               disk; raised to segment_bytes where that is at most 1/64 of
+                               the file system, then at most 1/16 of it, at least 64 KiB;
+                               default 16 MiB (see FULL DISK: sizes) */
 } e8s_config;
 
 typedef struct e8s_store e8s_store;

@@ -33,6 +33,11 @@ void e8s_test_fault_set(e8s_fault kind, unsigned skip, unsigned count);
  * sparse hole), so tests reach offsets past 4 GiB without writing 4 GiB. 0 = normal. */
 void e8s_test_segment_start(unsigned long long offset);
 
+/* on = 1: stores opened from now on use e8s_config.segment_bytes as given, not bounded by the
+ * index reserve (store_space.c): the geometry of a store whose segments were written before
+ * that bound or on a larger file system (segments too big to compact on a full disk). */
+void e8s_test_uncapped_segments(int on);
+
 /* Faults injected since the last e8s_test_fault_set. */
 unsigned e8s_test_fault_hits(void);
 

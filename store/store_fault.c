@@ -82,6 +82,12 @@ uint64_t store_fault_segment_start(void) {
   return o > STORE_SEG_HDR_BYTES ? o : STORE_SEG_HDR_BYTES;
 }
 
+static _Atomic int uncapped;
+
+void e8s_test_uncapped_segments(int on) { atomic_store(&uncapped, on); }
+
+int store_fault_uncapped_segments(void) { return atomic_load(&uncapped); }
+
 unsigned long long e8s_test_replayed_at_open(struct e8s_store *st) {
   return st->replayed_at_open;
 }

@@ -68,6 +68,7 @@ int store_fault_uring_setup(void);    /* -EPERM */
 int store_fault_index_lost(void);     /* 1: the put's commit is dropped but reported done */
 void store_fault_crash_after_sync(void); /* SIGKILLs the process if that fault is due */
 uint64_t store_fault_segment_start(void); /* first record offset of a new segment */
+int store_fault_uncapped_segments(void);  /* 1: segment_bytes is not bounded at open */
 
 /* ---------------------------------------------------------------- io engines */
 typedef struct store_iow {
@@ -194,6 +195,8 @@ typedef struct store_lane {
                                 pointer changes under dlock + seg_mu */
   uint64_t wpos;             /* next write offset in wseg (dlock) */
   uint64_t wprealloc;        /* wseg is allocated (fallocate) up to here (dlock) */
+  int wpre_off;              /* a preallocation failed in this data stage: none more in it,
+                                in any segment (store_seg.c prealloc; dlock) */
   uint64_t wfirst;           /* offset of wseg's first record (dlock) */
   uint64_t next_ticket;      /* dlock: order of data batches */
   pthread_mutex_t sync_mu;   /* sync stage: one batch's fdatasyncs at a time, in ticket order */
@@ -250,6 +253,8 @@ struct e8s_store {
   int ix_fd;                 /* LMDB data file (-1 until store_space_open) */
   uint64_t ix_psize;         /* LMDB page size, bytes */
   uint64_t ix_reserve;       /* index reserve, bytes (store_space.c) */
+  uint64_t seg_bytes;        /* segment size in use, bytes: cfg.segment_bytes bounded by the
+                                index reserve (store_space_sizes) */
   _Atomic uint64_t ix_alloc_end; /* the data file is allocated up to here, bytes */
   _Atomic int ix_short;      /* the reserve could not be refilled: the disk is full */
   _Atomic int ix_lent;       /* a compaction borrows the reserve (store_space_lend) */
@@ -433,11 +438,16 @@ int store_make_room(MDB_txn *txn, e8s_store *st, store_retire_list *rs, uint32_t
 int store_replay(e8s_store *st);
 
 /* ---------------------------------------------------------------- full disk (store_space.c) */
-/* Read-write open: the index reserve (size, first allocation). */
 /* Before mdb_env_open (read-write): allocates the blocks of ixdir's lock file (all of it) and
  * data file's first pages, creating them; a full disk is E8S_ERR_NOSPC naming st->dir. */
 int store_space_prealloc(e8s_store *st, const char *ixdir);
+/* Open (after the index): st->ix_reserve and st->seg_bytes (store_space_sizes), the reserve's
+ * first allocation (read-write). */
 int store_space_open(e8s_store *st);
+/* The index reserve and the segment size for a file system of fs_bytes (0 = unknown) and the
+ * configured reserve and segment size, bytes (the rule: store_space.c, e8store.h FULL DISK). */
+void store_space_sizes(uint64_t fs_bytes, uint64_t cfg_reserve, uint64_t cfg_segment,
+                       uint64_t *reserve, uint64_t *segment);
 /* After a write commit (wlock held): allocates the index data file up to its last page plus
  * the reserve again; sets or clears ix_short. */
 void store_space_refill(e8s_store *st);

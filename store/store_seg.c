@@ -170,19 +170,28 @@ static int create_segment(e8s_store *st, store_lane *l) {
 }
 
 /* Allocates the active segment ahead of the writes, STORE_PREALLOC_STEP bytes at a time (up
- * to segment_bytes, or `need`): appending into allocated blocks inside the file size spares
+ * to the segment size, or `need`): appending into allocated blocks inside the file size spares
  * each fdatasync the block allocation and size update of a growing file (measured on ext4: a
  * 1 MiB buffered append costs 0.4-6 ms into a growing file, 0.2-0.3 ms into an allocated one).
  * The file is longer than its records meanwhile; the tail is cut at seal and at open. A
- * refusal (ENOSPC, EOPNOTSUPP) just means appending to a growing file. */
+ * refusal (ENOSPC, EOPNOTSUPP) just means appending to a growing file, for the rest of the
+ * batch (the data stage clears l->wpre_off): the records reserved after a refusal have no
+ * blocks until they are written, and a later fallocate of the batch that succeeded (smaller,
+ * or of the next segment) would give the disk's last blocks to the range past them, so that
+ * their own writes fail ENOSPC though the space was free (seen on a full disk: a
+ * compaction's copy of 3 to 7 records failed at its first). */
 #define STORE_PREALLOC_STEP (64ull << 20)
 static void prealloc(e8s_store *st, store_lane *l, uint64_t need) {
   uint64_t from = l->wprealloc > l->wpos ? l->wprealloc : l->wpos;
   uint64_t to = from + STORE_PREALLOC_STEP;
-  if (to > st->cfg.segment_bytes) to = st->cfg.segment_bytes;
+  if (to > st->seg_bytes) to = st->seg_bytes;
   if (to < need) to = need;
-  if (fallocate(l->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) l->wprealloc = to;
-  else l->wprealloc = need; /* don't retry for every record */
+  if (!l->wpre_off && fallocate(l->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) {
+    l->wprealloc = to;
+    return;
+  }
+  l->wpre_off = 1;
+  l->wprealloc = need;
 }
 
 int store_seg_busy(e8s_store *st, uint64_t id) {
@@ -223,7 +232,7 @@ int store_seg_sync_failed(e8s_store *st, store_seg *s) {
 int store_seg_reserve(e8s_store *st, store_lane *l, uint64_t bytes, store_seg **seg,
                       uint64_t *off) {
   if (l->wseg && (store_seg_sync_failed(st, l->wseg) ||
-                  (l->wpos > STORE_SEG_HDR_BYTES && l->wpos + bytes > st->cfg.segment_bytes)))
+                  (l->wpos > STORE_SEG_HDR_BYTES && l->wpos + bytes > st->seg_bytes)))
     store_seg_seal_active(st, l);
   if (!l->wseg) {
     int e = create_segment(st, l);

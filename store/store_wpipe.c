@@ -65,6 +65,7 @@ static uint64_t wp_write(e8s_store *st, int lane, store_wrec *r, size_t n, int a
   store_iow *w = calloc(n ? n : 1, sizeof *w);
   size_t *map = calloc(n ? n : 1, sizeof *map);
   pthread_mutex_lock(&l->dlock);
+  l->wpre_off = 0; /* the records of earlier batches are written: they have their blocks */
   store_seg *seg0 = l->wseg;
   uint64_t pos0 = l->wpos;
   size_t nw = 0;

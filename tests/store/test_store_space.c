@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "store/e8store_test.h"
 #include "tests/store/store_test_util.h"
 
 #define CHUNK_BYTES (16u << 10)
@@ -80,11 +81,20 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   space_env *s = *state;
+  e8s_test_uncapped_segments(0);
   e8s_close(s->env.st);
   umount2(s->mnt, MNT_DETACH);
   rmdir(s->mnt);
   free(s);
   return 0;
+}
+
+/* Reopens env's (empty) store with 1 MiB segments on the 4 MiB disk, as a store written before
+ * the segment size was bounded by the index reserve (store_space.c) has them: a half-live
+ * segment's copy (~530 KB) does not fit in the lent reserve (~192 KB). */
+static void use_big_segments(tu_env *env) {
+  e8s_test_uncapped_segments(1);
+  tu_reopen(env);
 }
 
 static void name_of(char *out, size_t n, int i) { snprintf(out, n, "s%d", i); }
@@ -205,9 +215,9 @@ static void test_full_disk_reopen_then_delete(void **state) {
 }
 
 /* Segment files of env's store: how many, and their bytes (size, allocated). */
-typedef struct seg_sum { int files; unsigned long long size, blocks; } seg_sum;
+typedef struct seg_sum { int files; unsigned long long size, blocks, largest; } seg_sum;
 static seg_sum seg_files(tu_env *env) {
-  seg_sum r = {0, 0, 0};
+  seg_sum r = {0, 0, 0, 0};
   char dir[600];
   snprintf(dir, sizeof dir, "%s/segments", env->dir);
   DIR *d = opendir(dir);
@@ -221,6 +231,7 @@ static seg_sum seg_files(tu_env *env) {
     r.files++;
     r.size += (unsigned long long)sb.st_size;
     r.blocks += (unsigned long long)sb.st_blocks * 512;
+    if ((unsigned long long)sb.st_size > r.largest) r.largest = (unsigned long long)sb.st_size;
   }
   closedir(d);
   return r;
@@ -232,8 +243,9 @@ static unsigned long long disk_free(tu_env *env) {
   return (unsigned long long)v.f_bavail * v.f_frsize;
 }
 
-/* Every other session deleted on a full disk, then a put (evicts the unpinned chunks: every
- * segment is half dead, none empty) and a Compact. A Compact that fails on the full disk must
+/* Every other session deleted on a full disk of 1 MiB segments (use_big_segments), then a put
+ * (evicts the unpinned chunks: every segment is half dead, none empty, none fits the lent
+ * reserve) and a Compact. A Compact that fails on the full disk must
  * fail E8S_ERR_NOSPC and leave nothing behind: no new segment file, no segment file longer,
  * the disk's free bytes given back (its partial copy was left in the active segment: the last
  * blocks of the disk gone, STORE-1), the index unchanged; a later put (that may still fail
@@ -244,6 +256,7 @@ static void test_full_disk_failed_compact_leaves_nothing(void **state) {
   static uint8_t keys[MAX_PUTS][32];
   static int acked[MAX_PUTS];
   int n;
+  use_big_segments(env);
   int ok = fill(env, keys, acked, &n);
   assert_true(ok > 20);
   for (int i = 1; i < n; i += 2) {
@@ -295,9 +308,9 @@ static void test_full_disk_failed_compact_leaves_nothing(void **state) {
   check_kept(env, keys, acked, n, 0);
 }
 
-/* A full disk where deleting sessions leaves every segment with a few live chunks (so no
- * segment file can become empty by eviction): the oldest segment keeps 2 of its first 60
- * sessions and its last 3. The next put evicts, then compacts that mostly dead segment (its live records
+/* A full disk of 1 MiB segments (use_big_segments) where deleting sessions leaves every
+ * segment with a few live chunks (so no segment file can become empty by eviction): the
+ * oldest segment keeps 2 of its first 60 sessions and its last 3. The next put evicts, then compacts that mostly dead segment (its live records
  * fit in half the index reserve) and gets its file's space: it succeeds (STORE-1: it stayed
  * NOSPC until almost everything was deleted). Every kept session reads back, also after a
  * reopen. */
@@ -307,6 +320,7 @@ static void test_full_disk_put_compacts_mostly_dead_segment(void **state) {
   static uint8_t keys[MAX_PUTS][32];
   static int acked[MAX_PUTS];
   int n;
+  use_big_segments(env);
   int ok = fill(env, keys, acked, &n);
   assert_true(ok > 100);
   for (int i = 0; i < 60; i++) { /* a segment holds 63 of these */
@@ -325,6 +339,60 @@ static void test_full_disk_put_compacts_mostly_dead_segment(void **state) {
   tu_reopen(env);
   check_kept(env, keys, acked, n, 0);
   assert_int_equal(tu_check(env, key, 5000, CHUNK_BYTES), E8S_OK);
+}
+
+/* STORE-1's last case: every other session deleted on a full disk, so every segment stays about
+ * half live: no segment file becomes empty by eviction and none is mostly dead. The next put
+ * evicts the unpinned chunks, compacts the emptiest segments and succeeds; a Compact succeeds;
+ * puts go on until the disk is full again and store at least three quarters of the bytes
+ * deleted (measured: 98-101 of 104-106). The store bounds its segments by the index reserve
+ * (here 128 KiB segments, a 256 KiB reserve); with the 1 MiB segments asked for, a half-live
+ * segment's copy needs ~530 KB and the reserve lends at most 192 KB: every put and every
+ * Compact stayed NOSPC (STORE-1). Every kept session and every
+ * new one reads back, also after a reopen. */
+static void test_full_disk_every_other_deleted_takes_puts(void **state) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static uint8_t keys[MAX_PUTS][32], nkeys[MAX_PUTS][32];
+  static int acked[MAX_PUTS];
+  int n;
+  int ok = fill(env, keys, acked, &n);
+  assert_true(ok > 100);
+  seg_sum sz = seg_files(env); /* 4 MiB disk: a 256 KiB reserve, so segments of 128 KiB */
+  if (sz.largest > (128u << 10))
+    fail_msg("a segment file of %llu bytes on a 4 MiB disk (at most 128 KiB)", sz.largest);
+  int deleted = 0;
+  for (int i = 1; i < n; i += 2) {
+    if (!acked[i]) continue;
+    char nm[32];
+    name_of(nm, sizeof nm, i);
+    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
+    acked[i] = 0;
+    deleted++;
+  }
+  int e = put_session(env, 5000, nkeys[0]);
+  if (e) fail_msg("put after deleting every other session (%d of %d): %s (%s)", deleted, ok,
+                  e8s_error_name(e), e8s_last_error_detail());
+  e8s_compact_report rep;
+  e = e8s_compact(env->st, 0.1, &rep, NULL, NULL);
+  if (e) fail_msg("compact after deleting every other session: %s (%s)", e8s_error_name(e),
+                  e8s_last_error_detail());
+  int again = 1;
+  while (again < MAX_PUTS && (e = put_session(env, 5000 + again, nkeys[again])) == E8S_OK) again++;
+  if (e != E8S_OK && e != E8S_ERR_NOSPC)
+    fail_msg("put %d after the deletes: %s (%s)", again, e8s_error_name(e),
+             e8s_last_error_detail());
+  printf("every other session deleted: %d of %d; %d stored again before the disk was full\n",
+         deleted, ok, again);
+  if (again * 4 < deleted * 3)
+    fail_msg("%d sessions deleted, only %d stored again: the dead half of the disk did not come "
+             "back (%s)", deleted, again, e8s_last_error_detail());
+  for (int pass = 0; pass < 2; pass++) {
+    check_kept(env, keys, acked, n, 0);
+    for (int j = 0; j < again; j++)
+      assert_int_equal(tu_check(env, nkeys[j], (uint32_t)(5000 + j), CHUNK_BYTES), E8S_OK);
+    if (!pass) tu_reopen(env);
+  }
 }
 
 /* Child: opens a new store in dir; exit 0 if it failed E8S_ERR_NOSPC naming dir, else 3. */
@@ -409,6 +477,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_full_disk_failed_compact_leaves_nothing, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_put_compacts_mostly_dead_segment, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_full_disk_every_other_deleted_takes_puts, setup,
                                       teardown),
       cmocka_unit_test(test_full_disk_open_new),
       cmocka_unit_test_setup_teardown(test_lock_file_allocated, setup, teardown),
