@@ -137,9 +137,10 @@ static int64_t put_stream(e8c_ctx *ctx, const uint8_t *src, size_t len, uint8_t 
     return put_done(ctx, src, len, dst, cap, off, desc, coded, out);
 }
 
-/* Coords and halves with the default coding (rans32) on the AVX2 backend:
- * encoded together (the halves' one lane inside the coords' AVX2 rounds),
- * the halves into scratch first; then each exactly as put_stream would
+/* Coords and halves (or the two scale streams) with the default coding
+ * (rans32) on the AVX2 backend: encoded together (the halves' one lane
+ * inside the coords' AVX2 rounds; two one-lane streams side by side), the
+ * second into scratch first; then each exactly as put_stream would
  * write it (coding 3 only if smaller than the raw bytes and within the
  * room). */
 static int64_t put_pair(e8c_ctx *ctx, const uint8_t *sc, size_t lc, const uint8_t *sh, size_t lh,
@@ -301,8 +302,8 @@ int64_t e8c_pack(e8c_ctx *ctx, const e8c_qlayer *q, uint8_t *dst, size_t cap)
                                       (size_t)H * (N - Q) * n * es};
         for (uint32_t s = 0; s < E8C_N_STREAMS; s++) {
             const uint8_t *src = s == E8C_STREAM_RAW ? (const uint8_t *)q->raw : w->sbuf[s];
-            if (s == E8C_STREAM_COORDS && fp->config.entropy == E8C_ENTROPY_RANS32 && ctx->backend == 3 &&
-                lens[s] > 0 && lens[s + 1] > 0) {
+            if ((s == E8C_STREAM_COORDS || s == E8C_STREAM_SCALES_HI) && fp->config.entropy == E8C_ENTROPY_RANS32 &&
+                ctx->backend == 3 && lens[s] > 0 && lens[s + 1] > 0) {
                 rc = put_pair(ctx, src, lens[s], w->sbuf[s + 1], lens[s + 1], dst, cap, &off,
                               desc + E8C_DESC_SIZE * s);
                 if (rc) return rc;

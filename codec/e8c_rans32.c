@@ -309,8 +309,29 @@ size_t e8c_rans32_encode_ex(const uint8_t *sym, size_t N, uint8_t *dst, size_t c
     return r32_enc_close(&e);
 }
 
+/* Two one-lane streams step by step side by side (each alone is a serial
+ * chain of multiply and shift per symbol; two hide each other's latency),
+ * while both have symbols and room; r32_enc_rounds finishes each (and
+ * finds a stream that does not fit, as it would alone). */
+static void r32_enc_two1(r32_enc *a, r32_enc *b)
+{
+    size_t i = a->i, j = b->i;
+    uint32_t x = a->x[0], y = b->x[0];
+    uint8_t *wa = a->wp, *wb = b->wp;
+    const uint8_t *sa = a->sym, *sb = b->sym, *da = a->dst, *db = b->dst; /* locals: the word */
+    const r32_esym *ea = a->es, *eb = b->es;                               /* stores alias */
+    while (i > 0 && j > 0 && wa - da >= 2 && wb - db >= 2) {
+        i--; j--;
+        x = r32_put(x, &ea[sa[i]], &wa);
+        y = r32_put(y, &eb[sb[j]], &wb);
+    }
+    a->i = i; a->x[0] = x; a->wp = wa;
+    b->i = j; b->x[0] = y; b->wp = wb;
+}
+
 /* Two streams, the same bytes as two e8c_rans32_encode_ex calls (*lb: B's
- * size or 0).  With simd, where A has 8 or 32 lanes and B one, B's steps
+ * size or 0).  Two one-lane streams (the scale streams of a frame) step
+ * side by side (r32_enc_two1).  With simd, where A has 8 or 32 lanes and B one, B's steps
  * run inside A's AVX2 rounds (one per block of 8 A lanes): B's serial
  * chain on the scalar units while A's vector chain waits on latency. */
 size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa,
@@ -319,6 +340,7 @@ size_t e8c_rans32_encode2(const uint8_t *sa, size_t na, uint8_t *da, size_t capa
 {
     r32_enc a, b;
     int fa = r32_enc_open(&a, sa, na, da, capa, simd), fb = r32_enc_open(&b, sb, nb, db, capb, simd);
+    if (!fa && !fb && a.K == 1 && b.K == 1) r32_enc_two1(&a, &b);
     if (!fa) fa = simd ? r32_enc_rounds_simd(&a, fb ? NULL : &b) : r32_enc_rounds(&a);
     if (!fb) fb = simd ? r32_enc_rounds_simd(&b, NULL) : r32_enc_rounds(&b);
     *lb = fb ? 0 : r32_enc_close(&b);

@@ -263,16 +263,17 @@ static void test_decode2(void **state)
 }
 
 /* e8c_rans32_encode2 (two streams; with AVX2, B's lane inside A's
- * rounds) writes the reference's bytes for both, also with capacities
+ * rounds; two one-lane streams side by side) writes the reference's bytes for both, also with capacities
  * around the sizes (each stream fits or not on its own). */
 static void test_encode2(void **state)
 {
     (void)state;
     e8t_rng r = {14};
-    static const size_t na_[] = {43008, 9000, 70000, 3000, 43008, 20000, 65536};
-    static const size_t nb_[] = {6144, 6144, 5000, 700, 12000, 1, 8000};
+    /* the last three: two one-lane streams (side by side), like a frame's scales */
+    static const size_t na_[] = {43008, 9000, 70000, 3000, 43008, 20000, 65536, 765, 300, 8191};
+    static const size_t nb_[] = {6144, 6144, 5000, 700, 12000, 1, 8000, 765, 5000, 8191};
     uint8_t *sb = g_o3, *ra = g_out, *rb = g_out2;
-    for (size_t k = 0; k < 7; k++) {
+    for (size_t k = 0; k < 10; k++) {
         size_t na = na_[k], nb = nb_[k];
         fill(&r, g_sym, na, k == 6 ? 1 : 0, 1.5);
         fill(&r, sb, nb, k == 5 ? 2 : 0, 0.8);
