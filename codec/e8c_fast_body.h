@@ -317,6 +317,41 @@ static uint16_t FN(scale)(const float *restrict y, uint32_t n, float step)
 }
 
 #ifdef __AVX2__
+/* The scale code of sum of squares T (FORMAT.md section 4, as scale). */
+static inline uint16_t FN(scale_code)(double T, uint32_t n, float step)
+{
+    if (T == 0) return 0;
+    float v = (float)(sqrt(T / n) * (double)step);
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x7ffffu + ((u >> 20) & 1u)) & 0xfff00000u;
+    uint16_t sc = (uint16_t)(u >> 16);
+    return sc == 0 ? 0x0010 : sc;
+}
+
+/* scale for four vectors y + b n (b < 4) at once: each vector's eight f64
+ * lane sums keep their order (ascending j), the four vectors' chains of
+ * dependent adds interleave (one alone is latency-bound). */
+static void FN(scale4)(const float *restrict y, uint32_t n, float step, uint16_t sc[4])
+{
+    __m256d a[8];
+    for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_pd();
+    for (uint32_t j = 0; j < n; j += 8)
+        for (int b = 0; b < 4; b++) {
+            const float *p = y + (size_t)b * n + j;
+            __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(p)), hi = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
+            a[2 * b] = _mm256_add_pd(a[2 * b], _mm256_mul_pd(lo, lo));
+            a[2 * b + 1] = _mm256_add_pd(a[2 * b + 1], _mm256_mul_pd(hi, hi));
+        }
+    for (int b = 0; b < 4; b++) {
+        double A[8];
+        _mm256_storeu_pd(A, a[2 * b]);
+        _mm256_storeu_pd(A + 4, a[2 * b + 1]);
+        double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
+        sc[b] = FN(scale_code)(T, n, step);
+    }
+}
+
 /* FORMAT.md section 4 for one 8-block in one register. */
 static inline __m256 FN(cand)(__m256 u, __m256 *dist)
 {
@@ -597,7 +632,9 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
                         return FN(bad_elem)(ctx, xb, n, h, g->raw_head + j + b);
                     }
                 }
-                for (uint32_t b = 0; b < nb; b++) sc[b] = FN(scale)(x + (size_t)b * n, n, step);
+                if (nb == 4) FN(scale4)(x, n, step, sc);
+                else
+                    for (uint32_t b = 0; b < nb; b++) sc[b] = FN(scale)(x + (size_t)b * n, n, step);
                 for (uint32_t b = 0; b < nb; b++) {
                     size_t v = (size_t)h * Q + j + b;
                     q->scales[v] = sc[b];
