@@ -123,6 +123,78 @@ static void fl_e8(const fl_frame *f, int16_t *p2)
     }
 }
 
+/* Floor of the scale: an fp32 sum of squares (8 lanes, any order), fp32
+ * sqrt, the code where the result is more than 256 units of 2^-20 from a
+ * rounding midpoint of the 3-bit code (codec/cuda e8cu_scale_fast's margin
+ * test; there the exact f64 path takes the rest, counted in *slow). */
+static uint64_t fl_scales_fp32(const fl_frame *f, float step, const uint16_t *check, uint32_t *slow)
+{
+    uint64_t acc = 0;
+    uint32_t n = f->n, ns = 0;
+    float inv_n = 1.0f / (float)n;
+    for (size_t v = 0; v < f->nv; v++) {
+        const float *y = f->X + v * n;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (uint32_t j = 0; j < n; j += 16) {
+            __m256 p = _mm256_loadu_ps(y + j), q = _mm256_loadu_ps(y + j + 8);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(p, p));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(q, q));
+        }
+        __m256 a = _mm256_add_ps(a0, a1);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        float T = _mm_cvtss_f32(h), w = sqrtf(T * inv_n) * step;
+        uint32_t b;
+        memcpy(&b, &w, 4);
+        uint32_t off = (b & 0xfffffu) - 0x80000u + 256u;
+        int ok = T >= 0x1p-80f && T <= 0x1p80f && off > 512u;
+        uint16_t sc = (uint16_t)(((b + 0x80000u) & 0xfff00000u) >> 16);
+        ns += !ok;
+        if (check && ok && sc != check[v]) return UINT64_MAX;
+        acc += sc;
+    }
+    if (slow) *slow = ns;
+    return acc;
+}
+
+#ifdef __FMA__
+/* Floor of the E8 stage: t = y / s by one reciprocal and two FMA steps
+ * (Markstein) instead of a division per register, then the library's
+ * e8_fast8 (the exact pair where it cannot decide, from a true division:
+ * as the library).  Checked equal to the library's points below. */
+static void fl_e8_vec_fma(const float *y, uint32_t n, float sf, int16_t *p2)
+{
+    const __m256 vsf = _mm256_set1_ps(sf), r = _mm256_div_ps(_mm256_set1_ps(1.0f), vsf);
+    for (uint32_t b = 0; b < n; b += 64) {
+        __m256 t[8], u[8];
+        for (int i = 0; i < 8; i++) t[i] = _mm256_loadu_ps(y + b + 8 * i);
+        FN(tr8)(t);
+        for (int i = 0; i < 8; i++) {
+            __m256 q0 = _mm256_mul_ps(t[i], r);
+            t[i] = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vsf, t[i]), r, q0);
+        }
+        if (!FN(e8_fast8)(t, u)) {
+            FN(e8_vec)(y + b, 64, sf, p2 + b);
+            continue;
+        }
+        FN(tr8)(u);
+        for (int i = 0; i < 8; i += 2) {
+            __m256i a = _mm256_cvtps_epi32(u[i]), z = _mm256_cvtps_epi32(u[i + 1]);
+            _mm256_storeu_si256((__m256i *)(p2 + b + 8 * i), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, z), 0xD8));
+        }
+    }
+}
+
+static void fl_e8_fma(const fl_frame *f, int16_t *p2)
+{
+    for (size_t v = 0; v < f->nv; v++) {
+        uint16_t s = f->q.scales[v];
+        if (s) fl_e8_vec_fma(f->X + v * f->n, f->n, e8c_bf16_to_f32(s), p2 + v * f->n);
+    }
+}
+#endif
+
 /* e8c_pack's lattice layout: scale bytes, coset bits, per head S +
  * decorrelation choice + coordinate/half symbols (pack_head).  Returns 1 if
  * a head needs escapes (then the symbols are not the stream's). */
@@ -184,7 +256,7 @@ static void fl_back(e8c_ctx *ctx, const fl_frame *f, int rope, uint16_t *out)
 /* Rows of the table: now (the library's stage alone) and floor. */
 enum { R_FRONT, R_ROPE, R_HAD, R_SCALE, R_E8, R_LAYOUT, R_RANS, R_CRC, R_ENC_N,
        R_DCRC = R_ENC_N, R_DRANS, R_POINTS, R_BACK, R_DROPE, R_SUM_N,
-       R_XHIST = R_SUM_N, R_XSCALES, R_XDSCALES, R_N };
+       R_XHIST = R_SUM_N, R_XSCALES, R_XDSCALES, R_XSCALESLOW, R_N };
 static const char *fl_row_name[R_N] = {
     "fp16 load + range check", "RoPE removal (keys)", "randomized Hadamard (+ sign)",
     "per-vector scale", "E8 nearest point, both cosets (incl. t = y / s)",
@@ -193,7 +265,8 @@ static const char *fl_row_name[R_N] = {
     "CRC32C of the frame", "rANS decode", "points from symbols (+ decorrelation undo)",
     "dequantize: scale, Hadamard, sign, fp16 store", "RoPE restore (keys)",
     "(in rANS encode: the histograms)", "(in rANS encode: the two one-lane scale streams)",
-    "(in rANS decode: the two one-lane scale streams)"};
+    "(in rANS decode: the two one-lane scale streams)",
+    "(scale floor: share of vectors its margin test leaves to f64)"};
 
 typedef struct fl_row { double now, floor; } fl_row;
 
@@ -284,12 +357,28 @@ static int fl_frame_rows(e8c_ctx *ctx, fl_frame *f, const uint8_t *big, size_t n
     double t;
     FL_TIME(t, reps, ne, fl_sink += fl_scales(f, step));
     rows[R_SCALE].now += t;
+    uint32_t sslow = 0;
+    FL_CHECK(fl_scales_fp32(f, step, f->q.scales, &sslow) != UINT64_MAX, "fp32 scale");
+    FL_TIME(t, reps, ne, fl_sink += fl_scales_fp32(f, step, NULL, NULL));
+    rows[R_SCALE].floor += t;
+    rows[R_XSCALESLOW].now += (double)sslow / (double)f->nv;
 
     memset(p2, 0, 2 * ne);
     fl_e8(f, p2);
     FL_CHECK(!memcmp(p2, f->q.points2, 2 * f->nv * n), "E8 points");
     FL_TIME(t, reps, ne, fl_e8(f, p2));
     rows[R_E8].now += t;
+    double e8floor = t;
+#ifdef __FMA__
+    if (__builtin_cpu_supports("fma")) {
+        memset(p2, 0, 2 * ne);
+        fl_e8_fma(f, p2);
+        FL_CHECK(!memcmp(p2, f->q.points2, 2 * f->nv * n), "E8 points (FMA division)");
+        FL_TIME(t, reps, ne, fl_e8_fma(f, p2));
+        if (t < e8floor) e8floor = t;
+    }
+#endif
+    rows[R_E8].floor += e8floor;
 
     FL_CHECK(!fl_layout(f, ctx->fp.config.decorrelation), "escape-free symbols (this data needs escapes)");
     FL_CHECK(f->desc[E8C_STREAM_COORDS][1] == f->nc && f->desc[E8C_STREAM_HALVES][1] == f->nh, "symbol counts");
@@ -469,7 +558,9 @@ int e8c_floors(const char *name, const e8c_fingerprint *fp0, const uint16_t *lay
             (r < R_ENC_N ? se : sd)[1] += flo;
         }
         printf("  parts (not summed)\n");
-        for (int r = R_SUM_N; r < R_N; r++) printf("  %-66s %8.3f\n", fl_row_name[r], rows[r].now / 2);
+        for (int r = R_SUM_N; r < R_N; r++)
+            printf("  %-66s %8.3f%s\n", fl_row_name[r], rows[r].now / 2 * (r == R_XSCALESLOW ? 100 : 1),
+                   r == R_XSCALESLOW ? " %" : "");
         printf("  %-66s %8.3f %8.3f   (real quantize + pack: %.3f)\n", "encode sum", se[0], se[1], real[0] / 2);
         printf("  %-66s %8.3f %8.3f   (real unpack + dequantize: %.3f)\n", "decode sum", sd[0], sd[1], real[1] / 2);
         printf("  byte identity: both frames equal the reference backend's; E8 groups of 8 blocks left to the exact rule: "
