@@ -329,11 +329,44 @@ static inline uint16_t FN(scale_code)(double T, uint32_t n, float step)
     return sc == 0 ? 0x0010 : sc;
 }
 
-/* scale for four vectors y + b n (b < 4) at once: each vector's eight f64
- * lane sums keep their order (ascending j), the four vectors' chains of
- * dependent adds interleave (one alone is latency-bound). */
+/* scale for four vectors y + b n (b < 4) at once, n = 64 or 128 (its
+ * callers).  First from an fp32 sum of squares, with the margin test of
+ * codec/cuda's e8cu_scale_fast, where it is proven: T~ (each square
+ * rounded, at most 16 adds per lane, a 3-level tree: 20 roundings of sums
+ * of nonnegative terms) is within 21u T of the exact T (u = 2^-24; the
+ * GPU's bound allows 40u); w = sqrtf(T~ / n) * step (1/n exact for these
+ * n; sqrtf and the product correctly rounded) is within 12u relative of
+ * the real sqrt(T/n) step, the reference's fp32 v within u.  The code rounds at 3
+ * mantissa bits, at midpoints where the low 20 bits of the pattern are
+ * 0x80000; more than 256 units (2^-16 relative at least) away, v lies on
+ * w's side and neither is a tie, so w rounded half up gives v's code.
+ * T~ in [2^-80, 2^80] keeps v normal and far from the 0x0010 rule.  A
+ * vector outside that: the exact f64 sums below, each of its eight lane
+ * sums in the spec's order, the four chains interleaved. */
 static void FN(scale4)(const float *restrict y, uint32_t n, float step, uint16_t sc[4])
 {
+    __m256 s[4];
+    for (int b = 0; b < 4; b++) s[b] = _mm256_setzero_ps();
+    for (uint32_t j = 0; j < n; j += 8)
+        for (int b = 0; b < 4; b++) {
+            __m256 p = _mm256_loadu_ps(y + (size_t)b * n + j);
+            s[b] = _mm256_add_ps(s[b], _mm256_mul_ps(p, p));
+        }
+    const float inv_n = 1.0f / (float)n;
+    int slow = 0;
+    for (int b = 0; b < 4; b++) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s[b]), _mm256_extractf128_ps(s[b], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        float T = _mm_cvtss_f32(h), w = sqrtf(T * inv_n) * step;
+        uint32_t u;
+        memcpy(&u, &w, 4);
+        uint32_t off = (u & 0xfffffu) - 0x80000u + 256u; /* in [0, 512]: near a midpoint */
+        int ok = T >= 0x1p-80f && T <= 0x1p80f && off > 512u;
+        sc[b] = (uint16_t)(((u + 0x80000u) & 0xfff00000u) >> 16);
+        slow |= !ok << b;
+    }
+    if (!slow) return;
     __m256d a[8];
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_pd();
     for (uint32_t j = 0; j < n; j += 8)
@@ -348,8 +381,15 @@ static void FN(scale4)(const float *restrict y, uint32_t n, float step, uint16_t
         _mm256_storeu_pd(A, a[2 * b]);
         _mm256_storeu_pd(A + 4, a[2 * b + 1]);
         double T = ((A[0] + A[4]) + (A[2] + A[6])) + ((A[1] + A[5]) + (A[3] + A[7]));
-        sc[b] = FN(scale_code)(T, n, step);
+        if (slow >> b & 1) sc[b] = FN(scale_code)(T, n, step);
     }
+}
+
+/* For tests (test_e8c_math.c): scale4's codes of four vectors y + b n. */
+void FN(e8c_scale4)(const float *y, uint32_t n, float step, uint16_t sc[4]);
+void FN(e8c_scale4)(const float *y, uint32_t n, float step, uint16_t sc[4])
+{
+    FN(scale4)(y, n, step, sc);
 }
 
 /* FORMAT.md section 4 for one 8-block in one register. */

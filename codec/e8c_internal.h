@@ -117,6 +117,7 @@ void e8c_ref_quantize_vec(const float *y, uint32_t n, float step,
  * the 8-block groups the AVX2 filter left to the exact rule */
 uint32_t e8c_e8_vec_base(const float *y, uint32_t n, float sf, int16_t *p2);
 uint32_t e8c_e8_vec_avx2(const float *y, uint32_t n, float sf, int16_t *p2); /* AVX2 CPUs only */
+void e8c_scale4_avx2(const float *y, uint32_t n, float step, uint16_t sc[4]); /* AVX2 CPUs only */
 void e8c_ref_dequantize_vec(uint16_t scale, const int16_t *p2, uint32_t n,
                             float *y);
 

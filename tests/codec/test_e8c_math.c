@@ -256,6 +256,41 @@ static void test_e8_fast_equals_ref(void **state)
     assert_true(slow > 0 && slow < groups); /* both paths taken */
 }
 
+/* The AVX2 scale of four vectors (fp32 sums with a margin test, the f64
+ * sums near a rounding midpoint of the 3-bit code) against the reference,
+ * on vectors scaled so that rms * step sits at a midpoint, moved by up to
+ * a few 2^-20 (inside and outside the margin), and on plain ones. */
+static void test_scale4_equals_ref(void **state)
+{
+    (void)state;
+    if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (scale4 is AVX2 code)");
+    e8t_rng r = {404};
+    float y[4 * 128];
+    uint64_t diff = 0;
+    for (int k = 0; k < 40000; k++) {
+        uint32_t n = k & 1 ? 128 : 64;
+        float step = (k >> 1) % 3 == 0 ? 0.55f : (k >> 1) % 3 == 1 ? 1.2f : 0.25f;
+        for (int b = 0; b < 4; b++) {
+            double ss = 0;
+            for (uint32_t j = 0; j < n; j++) {
+                y[b * n + j] = (float)e8t_gauss(&r);
+                ss += (double)y[b * n + j] * y[b * n + j];
+            }
+            /* target rms * step: a midpoint (odd sixteenths of the
+             * mantissa) times (1 + delta), |delta| < 2^-14 */
+            double mid = ldexp(1.0 + (double)(2 * (e8t_u64(&r) % 8) + 1) / 16.0, (int)(e8t_u64(&r) % 20) - 10);
+            double delta = ldexp((double)((int)(e8t_u64(&r) % 2001) - 1000), -24);
+            double c = mid * (1 + delta) / step / sqrt(ss / n);
+            if (k % 5 == 4) c = 1; /* plain */
+            for (uint32_t j = 0; j < n; j++) y[b * n + j] = (float)(y[b * n + j] * c);
+        }
+        uint16_t sc[4];
+        e8c_scale4_avx2(y, n, step, sc);
+        for (int b = 0; b < 4; b++) diff += sc[b] != e8c_ref_scale(y + b * n, n, step);
+    }
+    assert_int_equal(diff, 0);
+}
+
 /* Removal undoes the model's rotation: rotate with the HF formula in f64
  * (split-half), remove with the codec, compare with the pre-RoPE key. */
 static void test_rope_removal_matches_hf(void **state)
@@ -285,6 +320,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e8_nearest_brute_force),
         cmocka_unit_test(test_e8_fast_equals_ref),
+        cmocka_unit_test(test_scale4_equals_ref),
         cmocka_unit_test(test_hadamard_orthonormal),
         cmocka_unit_test(test_sincos_vs_libm),
         cmocka_unit_test(test_rope_inv_freq),
