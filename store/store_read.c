@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store/store_int.h"
 
@@ -39,9 +40,16 @@ static int find(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const uint8_t key[3
   if (e == E8S_OK && v->ns_id != ns_id) e = E8S_ERR_NOTFOUND;
   if (e != E8S_ERR_NOTFOUND) return e;
   store_quar_val q;
-  if (store_get_fixed(txn, st->db_quar, key, 32, &q, sizeof q) == E8S_OK && q.rec.ns_id == ns_id)
-    return store_err(E8S_ERR_DATALOSS, "chunk was quarantined (CRC mismatch found at %llu ns)",
-                     (unsigned long long)q.when_ns);
+  if (store_get_fixed(txn, st->db_quar, key, 32, &q, sizeof q) == E8S_OK && q.rec.ns_id == ns_id) {
+    time_t t = (time_t)(q.when_ns / 1000000000ull);
+    struct tm tm;
+    char when[32] = "?";
+    if (gmtime_r(&t, &tm)) strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return store_err(E8S_ERR_DATALOSS, "chunk was quarantined at %s (segment %llu offset %llu: "
+                     "%s)", when, (unsigned long long)q.rec.seg_id,
+                     (unsigned long long)q.rec.offset,
+                     q.found_crc != q.rec.crc ? "CRC mismatch" : "unreadable");
+  }
   return store_err(E8S_ERR_NOTFOUND, "chunk not found");
 }
 

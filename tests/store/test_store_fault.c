@@ -263,6 +263,7 @@ static void test_corruption_quarantine(void **state) {
   assert_int_equal(tu_check(env, k[1], 601, PB), E8S_ERR_DATALOSS);
   assert_non_null(strstr(e8s_last_error_detail(), "CRC"));
   assert_int_equal(tu_check(env, k[1], 601, PB), E8S_ERR_DATALOSS); /* stays an error */
+  assert_non_null(strstr(e8s_last_error_detail(), "CRC mismatch"));
   /* everything else keeps serving */
   assert_int_equal(tu_check(env, k[0], 600, PB), 0);
   assert_int_equal(tu_check(env, k[2], 602, PB), 0);
@@ -397,6 +398,8 @@ static void test_missing_segment_file(void **state) {
   assert_int_equal(tu_check(env, k[0], 900, B), E8S_ERR_DATALOSS);
   assert_non_null(strstr(e8s_last_error_detail(), "missing"));
   assert_int_equal(tu_check(env, k[0], 900, B), E8S_ERR_DATALOSS);
+  assert_non_null(strstr(e8s_last_error_detail(), "unreadable")); /* not "CRC", no raw ns */
+  assert_non_null(strstr(e8s_last_error_detail(), "Z (segment"));
   uint8_t got[1][32];
   e8s_lookup_result lr;
   assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok[0], CT, CT, 0, got, 1, &lr), 0);
