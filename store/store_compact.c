@@ -246,7 +246,7 @@ void store_compact_for_room(e8s_store *st, uint64_t need) {
   cand *cs;
   size_t n;
   if (list_candidates(st, 0.01, &cs, &n) != E8S_OK) return;
-  qsort(cs, n, sizeof *cs, by_live);
+  if (n) qsort(cs, n, sizeof *cs, by_live); /* cs is NULL when n is 0 */
   e8s_compact_report rep = {0};
   for (size_t i = 0, done = 0; i < n && done < 4 && store_space_room(st) < need; i++) {
     int fit;
@@ -267,7 +267,7 @@ int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
   cand *cs;
   size_t n;
   int e = list_candidates(st, min_dead_ratio, &cs, &n);
-  if (!e) qsort(cs, n, sizeof *cs, by_live); /* emptiest first: the most room for the least copying */
+  if (!e && n) qsort(cs, n, sizeof *cs, by_live); /* emptiest first: the most room for the least copying */
   size_t skipped = 0;
   uint64_t need0 = 0, room0 = 0;
   for (size_t i = 0; i < n && !e; i++) {
