@@ -62,7 +62,7 @@ static const kvd_crow g_table[] = {
     {"max-chunk-bytes", CT_SIZE, OFF(max_chunk_bytes), 0, "bytes", "256M", 4 * KiB, 16 * GiB,
      NULL, "Largest data of one chunk in PutChunks (all its pieces together, encoded or raw)."},
     {"max-chunks-per-call", CT_U32, OFF(max_chunks_per_call), 0, "chunks", "65536", 1,
-     16777216, NULL, "Most chunks one PutChunks or GetChunks call may move."},
+     16777216, NULL, "Most chunks one PutChunks or GetChunks call may move (and one Lookup may match)."},
     {"max-lookup-tokens", CT_U32, OFF(max_lookup_tokens), 0, "tokens", "1048576", 1,
      268435456, NULL, "Most token ids in one Lookup or AppendSession request."},
     {"get-piece-bytes", CT_SIZE, OFF(get_piece_bytes), 0, "bytes", "3M", 4 * KiB, 2 * GiB,

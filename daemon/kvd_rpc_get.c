@@ -44,7 +44,11 @@ void kvd_rpc_lookup(kvd_app *app, kvd_call *call, const kvd_principal *who, kvd_
              app->cfg->max_lookup_tokens);
     goto out;
   }
+  /* At most --max-chunks-per-call chunks: what one GetChunks may fetch, and a reply that stays
+   * under gRPC clients' default 4 MiB receive limit at the default (65536 keys ~ 2.4 MB; 140000
+   * 1-token chunks made a 4.9 MB reply that no default client could read). */
   size_t max_keys = (rq->n_token_ids + ct - 1) / ct;
+  if (max_keys > app->cfg->max_chunks_per_call) max_keys = app->cfg->max_chunks_per_call;
   keys = malloc(max_keys * E8S_KEY_BYTES);
   kb = calloc(max_keys, sizeof *kb);
   counts = calloc(max_keys, sizeof *counts);

@@ -282,6 +282,33 @@ def test_fingerprints_never_mix(daemon):
     assert lk.matched_tokens == CT
 
 
+def test_lookup_matches_at_most_what_one_getchunks_may_fetch():
+    """Lookup matched any number of chunks: 140000 stored 1-token chunks made a 4.9 MB reply
+    that no gRPC client with the default 4 MiB receive limit could read, and a reply of more
+    than --max-chunks-per-call keys could not be fetched by one GetChunks anyway. Lookup now
+    matches at most --max-chunks-per-call chunks (a prefix of the stored one)."""
+    d = Daemon(extra=["--max-chunks-per-call=300"])
+    try:
+        s, fp = d.stub, fingerprint(layers=1, heads=1, dim=8)
+        toks = list(range(50, 50 + 500))
+        raw = raw_kv(3, 1, 1, 1, 8).tobytes()
+        for part in (toks[:250], toks[250:]):  # 250 one-token chunks per call, one session
+            s.PutChunks(put_msgs(raw_header(fp, 1, session="long", create_session=True),
+                                 [([t], raw) for t in part]), timeout=60)
+        lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=1, token_ids=toks),
+                      timeout=30)
+        assert lk.matched_tokens == 300 and len(lk.chunk_keys) == 300, lk.matched_tokens
+        got = get_all(s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=lk.chunk_keys),
+                                             release_lease=lk.lease))
+        assert [c["tokens"] for c in got] == [[t] for t in toks[:300]]
+        # the same keys as the session's first 300 chunks
+        first = get_all(s, kv.GetChunksRequest(range=kv.SessionRange(session="long",
+                                                                     end_token=300)))
+        assert [c["key"] for c in first] == list(lk.chunk_keys)
+    finally:
+        assert d.stop() == 0
+
+
 def test_decoded_size_is_bounded():
     """An E8_FRAME chunk is bounded by --max-chunk-bytes as uploaded, but may decode to far
     more (zeros compress ~40x): GetChunks RAW allocated whatever the frame's geometry asked."""
