@@ -774,6 +774,154 @@ static inline __m256i FN(zz8)(__m256i r)
  * bytes.  S gets R (the decorrelated integers), M the means.  Returns the
  * mode; *esc = 1 if some zigzag value is >= 255: then cs/hs are not valid
  * and the caller emits from S with escapes. */
+/* sum of 16 u16 lanes z as 8 i32 pair sums, added to acc (madd works on
+ * signed i16: z ^ 0x8000 = z - 32768, the 16 x 32768 added back once by
+ * the caller per call) */
+static inline __m256i FN(sum16)(__m256i acc, __m256i z)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_xor_si256(z, _mm256_set1_epi16((short)0x8000)),
+                                                   _mm256_set1_epi16(1)));
+}
+
+/* the sum of 8 signed i32 lanes, in 64 bits */
+static inline int64_t FN(hsum_s64)(__m256i v)
+{
+    int32_t a[8];
+    _mm256_storeu_si256((__m256i *)(void *)a, v);
+    return ((int64_t)a[0] + a[1]) + ((int64_t)a[2] + a[3]) + ((int64_t)a[4] + a[5]) + ((int64_t)a[6] + a[7]);
+}
+
+static inline __m256i FN(zz16)(__m256i r)
+{
+    return _mm256_xor_si256(_mm256_slli_epi16(r, 1), _mm256_srai_epi16(r, 15));
+}
+
+/* e8c_pack_head for n a multiple of 16, in 16-bit lanes (16 elements per
+ * register instead of 8): S = (P - c) >> 1, >> 2 for the half lane (7 of
+ * each 8-block), |S| <= 16384, so S, the row differences, S - M and their
+ * zigzag values (< 2^16) fit 16-bit lanes; the sums go to 32 bits (sum16),
+ * the column sums too.  Same integers, sums, mode and bytes as the 32-bit
+ * passes; S16 (Q n i16) lives in the first half of S, and on an escape is
+ * widened in place to the int32 R the caller emits from. */
+static uint32_t FN(pack_head16)(const int16_t *restrict p2, uint32_t Q, uint32_t n, uint32_t forced,
+                                int32_t *restrict S, int32_t *restrict M, uint8_t *restrict cs,
+                                uint8_t *restrict hs, int *esc)
+{
+    int16_t *S16 = (int16_t *)(void *)S, prow[E8C_MAX_HEAD_DIM], M16[E8C_MAX_HEAD_DIM];
+    int32_t col[E8C_MAX_HEAD_DIM];
+    const __m256i one16 = _mm256_set1_epi16(1);
+    int64_t c1 = 0, c2 = 0, c3 = 0; /* sums of zigzag - 32768 (sum16), then the 32768s added */
+    memset(col, 0, sizeof(int32_t) * n);
+    __m256i a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256();
+    uint32_t rows = 0;
+    for (uint32_t t = 0; t < Q; t++) {
+        const int16_t *pr = p2 + (size_t)t * n;
+        int16_t *sr = S16 + (size_t)t * n;
+        for (uint32_t j = 0; j < n; j += 16) {
+            __m256i P = _mm256_loadu_si256((const __m256i *)(pr + j));
+            __m256i s1 = _mm256_srai_epi16(_mm256_sub_epi16(P, _mm256_and_si256(P, one16)), 1);
+            __m256i sv = _mm256_blend_epi16(s1, _mm256_srai_epi16(s1, 1), 0x80);
+            _mm256_storeu_si256((__m256i *)(sr + j), sv);
+            __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sv));
+            __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sv, 1));
+            _mm256_storeu_si256((__m256i *)(col + j), _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j)), lo));
+            _mm256_storeu_si256((__m256i *)(col + j + 8), _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j + 8)), hi));
+            __m256i z1 = FN(zz16)(sv);
+            a1 = FN(sum16)(a1, z1);
+            a2 = FN(sum16)(a2, t ? FN(zz16)(_mm256_sub_epi16(sv, _mm256_loadu_si256((const __m256i *)(sr - n + j)))) : z1);
+        }
+        /* flush the i32 lanes before they can wrap: each gains at most
+         * 2^16 in magnitude per register, n / 16 <= 32 registers per row */
+        if (++rows == 256 || t + 1 == Q) {
+            c1 += FN(hsum_s64)(a1);
+            c2 += FN(hsum_s64)(a2);
+            a1 = a2 = _mm256_setzero_si256();
+            rows = 0;
+        }
+    }
+    for (uint32_t j = 0; j < n; j++) {
+        int64_t num = (int64_t)col[j] + Q / 2;
+        M[j] = (int32_t)(num >= 0 ? num / Q : -((-num + Q - 1) / Q));
+        M16[j] = (int16_t)M[j];
+    }
+    __m256i a3 = _mm256_setzero_si256();
+    rows = 0;
+    for (uint32_t t = 0; t < Q; t++) {
+        const int16_t *sr = S16 + (size_t)t * n;
+        for (uint32_t j = 0; j < n; j += 16)
+            a3 = FN(sum16)(a3, FN(zz16)(_mm256_sub_epi16(_mm256_loadu_si256((const __m256i *)(sr + j)),
+                                                         _mm256_loadu_si256((const __m256i *)(M16 + j)))));
+        if (++rows == 256 || t + 1 == Q) {
+            c3 += FN(hsum_s64)(a3);
+            a3 = _mm256_setzero_si256();
+            rows = 0;
+        }
+    }
+    /* the xor of sum16 took 32768 from every u16: add it back */
+    int64_t bias = (int64_t)Q * n * 32768;
+    c1 += bias; c2 += bias; c3 += bias;
+    uint32_t mode = forced;
+    if (forced == E8C_DECOR_AUTO) {
+        mode = 1;
+        if (c2 < c1) mode = 2;
+        if (c3 < (mode == 2 ? c2 : c1)) mode = 3;
+    }
+    memset(prow, 0, sizeof(int16_t) * n);
+    __m256i big = _mm256_setzero_si256();
+    const __m256i lim = _mm256_set1_epi16(254);
+    /* per 16 bytes (two 8-blocks): the 7 + 7 coordinates first, then the two halves */
+    const __m256i sel = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 7, 15,
+                                         0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 7, 15);
+    size_t nc = 0, nh = 0;
+    for (uint32_t t = 0; t < Q; t++) {
+        int16_t *sr = S16 + (size_t)t * n;
+        for (uint32_t j = 0; j < n; j += 32) {
+            __m256i r[2];
+            for (int k = 0; k < 2; k++) {
+                if (j + 16 * k >= n) { r[k] = _mm256_setzero_si256(); continue; }
+                __m256i sv = _mm256_loadu_si256((const __m256i *)(sr + j + 16 * k)), rv = sv;
+                if (mode == 2) {
+                    rv = _mm256_sub_epi16(sv, _mm256_loadu_si256((const __m256i *)(prow + j + 16 * k)));
+                    _mm256_storeu_si256((__m256i *)(prow + j + 16 * k), sv);
+                } else if (mode == 3) {
+                    rv = _mm256_sub_epi16(sv, _mm256_loadu_si256((const __m256i *)(M16 + j + 16 * k)));
+                }
+                _mm256_storeu_si256((__m256i *)(sr + j + 16 * k), rv);
+                __m256i z = FN(zz16)(rv);
+                big = _mm256_or_si256(big, _mm256_xor_si256(_mm256_max_epu16(z, lim), lim));
+                r[k] = z;
+            }
+            /* bytes of 32 lanes (the second 16 may be past the row: then
+             * only the first 16 are written) */
+            __m256i b = _mm256_permute4x64_epi64(_mm256_packus_epi16(r[0], r[1]), 0xD8);
+            b = _mm256_shuffle_epi8(b, sel); /* per 128 bits: 14 coordinates, 2 halves */
+            __m128i b0 = _mm256_castsi256_si128(b), b1 = _mm256_extracti128_si256(b, 1);
+            _mm_storeu_si128((__m128i *)(cs + nc), b0);
+            uint16_t h0 = (uint16_t)_mm_extract_epi16(b0, 7);
+            memcpy(hs + nh, &h0, 2);
+            nc += 14;
+            nh += 2;
+            if (j + 16 < n) {
+                _mm_storeu_si128((__m128i *)(cs + nc), b1);
+                uint16_t h1 = (uint16_t)_mm_extract_epi16(b1, 7);
+                memcpy(hs + nh, &h1, 2);
+                nc += 14;
+                nh += 2;
+            }
+        }
+    }
+    *esc = !_mm256_testz_si256(big, big);
+    if (*esc) /* R as int32 for the caller's emit with escapes: widen in place, from the end
+               * (byte copies: the i16 and i32 views of one buffer) */
+        for (size_t i = (size_t)Q * n; i-- > 0;) {
+            int16_t v;
+            memcpy(&v, (const char *)S + 2 * i, 2);
+            int32_t w = v;
+            memcpy((char *)S + 4 * i, &w, 4);
+        }
+    return mode;
+}
+
 uint32_t FN(e8c_pack_head)(const int16_t *restrict p2, uint32_t Q, uint32_t n, uint32_t forced,
                            int32_t *restrict S, int32_t *restrict M, uint8_t *restrict cs,
                            uint8_t *restrict hs, int *esc);
@@ -781,6 +929,7 @@ uint32_t FN(e8c_pack_head)(const int16_t *restrict p2, uint32_t Q, uint32_t n, u
                            int32_t *restrict S, int32_t *restrict M, uint8_t *restrict cs,
                            uint8_t *restrict hs, int *esc)
 {
+    if (n % 16 == 0) return FN(pack_head16)(p2, Q, n, forced, S, M, cs, hs, esc);
     const __m256i shifts = _mm256_setr_epi32(1, 1, 1, 1, 1, 1, 1, 2);
     int32_t col[E8C_MAX_HEAD_DIM], prow[E8C_MAX_HEAD_DIM];
     uint64_t c1 = 0, c2 = 0, c3 = 0;

@@ -118,6 +118,10 @@ void e8c_ref_quantize_vec(const float *y, uint32_t n, float step,
 uint32_t e8c_e8_vec_base(const float *y, uint32_t n, float sf, int16_t *p2);
 uint32_t e8c_e8_vec_avx2(const float *y, uint32_t n, float sf, int16_t *p2); /* AVX2 CPUs only */
 void e8c_scale4_avx2(const float *y, uint32_t n, float step, uint16_t sc[4]); /* AVX2 CPUs only */
+/* one head's stored integers, decorrelation mode (forced or chosen), means
+ * and coordinate/half symbols (e8c_fast_body.h; e8c_pack and tests) */
+uint32_t e8c_pack_head_avx2(const int16_t *p2, uint32_t Q, uint32_t n, uint32_t forced, int32_t *S,
+                            int32_t *M, uint8_t *cs, uint8_t *hs, int *esc);
 void e8c_ref_dequantize_vec(uint16_t scale, const int16_t *p2, uint32_t n,
                             float *y);
 

@@ -291,6 +291,93 @@ static void test_scale4_equals_ref(void **state)
     assert_int_equal(diff, 0);
 }
 
+/* The AVX2 layout of one head (e8c_pack_head: stored integers, the
+ * decorrelation costs and mode, means, coordinate and half symbols,
+ * escape flag) against FORMAT.md 5.2 written out here, for head_dims with
+ * and without the 16-bit path (n % 16), token counts 1..300, points of
+ * every size (escapes), rows that repeat (delta wins), columns with mean 0
+ * (modes 1 and 3 tie: the lower wins) and forced modes. */
+static uint32_t zzs(int64_t v) { return v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1); }
+
+static void test_pack_head_equals_spec(void **state)
+{
+    (void)state;
+    if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (pack_head is AVX2 code)");
+    static const uint32_t dims[] = {16, 48, 64, 128, 8, 24, 80};
+    e8t_rng r = {515};
+    enum { QM = 300, NM = 128 };
+    static int16_t p2[QM * NM];
+    static int32_t S[QM * NM], ref[QM * NM], Mv[NM];
+    static uint8_t cs[QM * NM], hs[QM * NM / 8 + 64];
+    int tiesdone = 0;
+    for (int k = 0; k < 700; k++) {
+        uint32_t n = dims[k % 7], Q = 1 + (uint32_t)(e8t_u64(&r) % QM), forced = (uint32_t)(k % 9 < 6 ? 0 : k % 9 - 5);
+        int kind = (k / 7) % 4;
+        double sc = kind == 3 ? 300.0 : 2.0;
+        for (uint32_t t = 0; t < Q; t++)
+            for (uint32_t b = 0; b < n; b += 8) {
+                float tv[8];
+                for (int i = 0; i < 8; i++) {
+                    double g = e8t_gauss(&r) * sc;
+                    if (kind == 1 && t > 0) g = 0.5 * p2[(t - 1) * n + b + i] + 0.3 * e8t_gauss(&r); /* rows repeat */
+                    tv[i] = (float)g;
+                }
+                e8c_ref_e8_block(tv, p2 + t * n + b);
+                if (kind == 2 && (t & 1)) /* the negated previous row: column means 0 */
+                    for (int i = 0; i < 8; i++) p2[t * n + b + i] = (int16_t)-p2[(t - 1) * n + b + i];
+            }
+        /* FORMAT.md 5.2 */
+        for (size_t e = 0; e < (size_t)Q * n; e += 8) {
+            int32_t c = p2[e] & 1;
+            for (int i = 0; i < 8; i++) ref[e + i] = (p2[e + i] - c) >> (i == 7 ? 2 : 1);
+        }
+        int64_t M[NM];
+        uint64_t cost[4] = {0, 0, 0, 0};
+        for (uint32_t j = 0; j < n; j++) {
+            int64_t col = 0;
+            for (uint32_t t = 0; t < Q; t++) col += ref[t * n + j];
+            int64_t num = col + Q / 2;
+            M[j] = num >= 0 ? num / Q : -((-num + Q - 1) / Q);
+            for (uint32_t t = 0; t < Q; t++) {
+                int64_t v = ref[t * n + j];
+                cost[1] += zzs(v);
+                cost[2] += zzs(t ? v - ref[(t - 1) * n + j] : v);
+                cost[3] += zzs(v - M[j]);
+            }
+        }
+        uint32_t mode = forced;
+        if (!forced) {
+            mode = 1;
+            if (cost[2] < cost[mode]) mode = 2;
+            if (cost[3] < cost[mode]) mode = 3;
+        }
+        tiesdone |= !forced && cost[1] == cost[3] && cost[2] > cost[1];
+        int bigz = 0;
+        for (size_t i = (size_t)Q * n; i-- > 0;) {
+            uint32_t t = (uint32_t)(i / n), j = (uint32_t)(i % n);
+            int64_t v = ref[i];
+            if (mode == 2 && t) v -= ref[i - n];
+            else if (mode == 3) v -= M[j];
+            ref[i] = (int32_t)v;
+            bigz |= zzs(v) >= 255;
+        }
+        int esc = -1;
+        uint32_t got = e8c_pack_head_avx2(p2, Q, n, forced, S, Mv, cs, hs, &esc);
+        assert_int_equal(got, mode);
+        assert_int_equal(esc, bigz);
+        for (uint32_t j = 0; j < n; j++) assert_int_equal(Mv[j], M[j]);
+        if (esc) {
+            assert_memory_equal(S, ref, 4 * (size_t)Q * n);
+            continue;
+        }
+        for (size_t e = 0, nc = 0, nh = 0; e < (size_t)Q * n; e += 8) {
+            for (int i = 0; i < 7; i++) assert_int_equal(cs[nc++], zzs(ref[e + i]));
+            assert_int_equal(hs[nh++], zzs(ref[e + 7]));
+        }
+    }
+    assert_true(tiesdone); /* modes 1 and 3 tied at least once */
+}
+
 /* Removal undoes the model's rotation: rotate with the HF formula in f64
  * (split-half), remove with the codec, compare with the pre-RoPE key. */
 static void test_rope_removal_matches_hf(void **state)
@@ -321,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_e8_nearest_brute_force),
         cmocka_unit_test(test_e8_fast_equals_ref),
         cmocka_unit_test(test_scale4_equals_ref),
+        cmocka_unit_test(test_pack_head_equals_spec),
         cmocka_unit_test(test_hadamard_orthonormal),
         cmocka_unit_test(test_sincos_vs_libm),
         cmocka_unit_test(test_rope_inv_freq),
