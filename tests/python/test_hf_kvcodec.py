@@ -6,6 +6,7 @@ A tiny random Llama (2 layers, 1 KV head, head_dim 32) keeps these fast; the GPU
 """
 import copy
 
+import grpc
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -169,6 +170,53 @@ def test_hf_bad_chunk_tokens_and_empty_rows_are_clear_errors(tiny, client):
     with pytest.raises(ValueError, match="row 1 has no tokens"):
         hf.restore_prefix(client, tiny, ids, attention_mask=mask, fingerprint=fp,
                           chunk_tokens=C, policy="restore")
+
+
+def test_hf_store_same_session_from_several_threads(tiny, client):
+    """Writers of one session at once: e8kvd answers ABORTED ("retry") to a call whose view
+    of the session went stale, and e8kv had no exception class for it (a bare E8kvError);
+    store_prefix raised it (22 of 33 stores of a growing chat from 3 threads failed). It now
+    looks up and stores the row again; e8kv.Aborted exists."""
+    import threading
+    assert issubclass(e8kv.Aborted, e8kv.E8kvError)
+    fp = hf.model_fingerprint(tiny, model_id="kvcodec-threads")
+    p = ids_of(7 * C, 21)
+    cache = hf.prefill(tiny, p[None])[1]
+    failures, start = [], threading.Barrier(4)
+
+    def writer():
+        start.wait()
+        for n in (2 * C + 3, 4 * C, 7 * C):      # the chat grows; every thread stores each
+            try:
+                hf.store_prefix(client, tiny, p[:n], cache, session="grow", fingerprint=fp,
+                                chunk_tokens=C)
+            except ValueError:
+                pass                             # the session is already longer: refused
+            except Exception as e:               # noqa: BLE001
+                failures.append(e)
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert client.get_session("grow").n_tokens == 7 * C
+    attempts = []
+    real = client.put_chunks
+
+    def flaky(*a, **kw):                         # the first put of a row: ABORTED
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise e8kv.Aborted(grpc.StatusCode.ABORTED, "changed meanwhile", "PutChunks")
+        return real(*a, **kw)
+    q = ids_of(3 * C, 22)
+    client.put_chunks = flaky
+    try:
+        r = hf.store_prefix(client, tiny, q, hf.prefill(tiny, q[None])[1], session="flaky",
+                            fingerprint=fp, chunk_tokens=C)
+    finally:
+        del client.put_chunks
+    assert len(attempts) == 2 and r[0]["chunks_written"] == 3
 
 
 def test_cpu_kvcodec_checks_before_touching_tensors():

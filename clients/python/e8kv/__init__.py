@@ -22,7 +22,8 @@ _protogen.ensure_in_tree(_Path(__file__).parent, __path__)
 from .v1 import kvstore_pb2 as pb  # noqa: E402
 from .errors import (E8kvError, InvalidArgument, NotFound, AlreadyExists,  # noqa: E402,F401
                      FailedPrecondition, Unauthenticated, PermissionDenied, ResourceExhausted,
-                     Unavailable, DeadlineExceeded, Unimplemented, DataLoss, Internal)
+                     Unavailable, DeadlineExceeded, Unimplemented, DataLoss, Internal,
+                     Aborted, Cancelled, OutOfRange, Unknown)
 from .client import Client, Chunk, ChunkIn  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -34,6 +34,10 @@ class DeadlineExceeded(E8kvError): pass         # noqa: E701
 class Unimplemented(E8kvError): pass            # noqa: E701
 class DataLoss(E8kvError): pass                 # noqa: E701  CRC mismatch on a stored record
 class Internal(E8kvError): pass                 # noqa: E701
+class Aborted(E8kvError): pass                  # noqa: E701  a session changed meanwhile: retry
+class Cancelled(E8kvError): pass                # noqa: E701
+class OutOfRange(E8kvError): pass               # noqa: E701
+class Unknown(E8kvError): pass                  # noqa: E701
 
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -48,6 +52,10 @@ _BY_CODE = {
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.UNKNOWN: Unknown,
 }
 
 

@@ -65,10 +65,12 @@ the forward over a long restored cache costs (for a small model it can cost more
 recomputing). The result says which it chose (``.decision``, ``.reason``, both predictions
 in ``.timings``), also logged on logger "e8kv.hf".
 """
+import contextlib
 import inspect
 import logging
 import operator
 import queue
+import random
 import threading
 import time
 
@@ -320,6 +322,8 @@ class StoreResult(list):
 
 
 ENCODE_GROUP = 8        # chunks per kv_codec.encode_chunks call while a put streams
+STORE_ATTEMPTS = 8      # a row's store is redone (looked up again) when e8kvd answers ABORTED:
+                        # another writer changed its session meanwhile (e8kvd: "retry")
 
 
 def store_prefix(client, model, input_ids, past_key_values, session=None, *,
@@ -336,7 +340,9 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     encoded here when e8kv.codec is available, else "raw"; "raw" or "e8" force one.
     ``kv_codec``: a KV codec (e8kv.kvcodec interface, e.g. e8kv.cuda.CudaCodec for this
     fingerprint) that encodes straight from the cache tensors; default: e8kv.kvcodec.CpuKVCodec.
-    Returns a StoreResult (one dict per row).
+    Returns a StoreResult (one dict per row). Writers of the same session at once: a row whose
+    session another call changed meanwhile (e8kvd answers ABORTED) is looked up and stored
+    again, up to STORE_ATTEMPTS times, then e8kv.Aborted.
     """
     _check_chunk_tokens(chunk_tokens)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
@@ -361,8 +367,15 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     try:
         result = StoreResult()
         for b, (tokens, cols) in enumerate(rows):
-            result.append(_store_row(client, fp, layers, b, tokens, cols, sessions[b],
-                                     chunk_tokens, coder, session_metadata))
+            for attempt in range(STORE_ATTEMPTS):
+                try:
+                    result.append(_store_row(client, fp, layers, b, tokens, cols, sessions[b],
+                                             chunk_tokens, coder, session_metadata))
+                    break
+                except errors.Aborted:   # another call changed the session meanwhile
+                    if attempt + 1 == STORE_ATTEMPTS:
+                        raise
+                    time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
         return result
     finally:
         coder.close()
@@ -388,7 +401,8 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_m
                                   metadata=session_metadata).session.n_tokens
         _check_session_prefix(client, fp, session, tokens, keys, F, S, C)
         if S % C == 0 and S < M:           # stored chunks the session lacks: no data to send
-            client.append_session(session, tokens[S:M], expect_session_tokens=S)
+            with _stale_as_aborted(client, session, S):
+                client.append_session(session, tokens[S:M], expect_session_tokens=S)
             S = M
         if S == n:
             return done(n)
@@ -419,13 +433,33 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_m
             t = _chunk_raw(layers, b, cols[s:s + m], dt)
             yield ChunkIn(tokens[s:s + m],
                           t.view(torch.int16).numpy() if dt == torch.bfloat16 else t.numpy())
-    r = client.put_chunks(fp, encoded() if use_codec else raw(),
-                          encoding="e8" if use_codec else "raw",
-                          raw_dtype=None if use_codec else _TORCH_DTYPES[dt][1],
-                          chunk_tokens=C, **put_kw)
+    with _stale_as_aborted(client, session, put_kw.get("expect_session_tokens")):
+        r = client.put_chunks(fp, encoded() if use_codec else raw(),
+                              encoding="e8" if use_codec else "raw",
+                              raw_dtype=None if use_codec else _TORCH_DTYPES[dt][1],
+                              chunk_tokens=C, **put_kw)
     return dict(tokens=n, chunks_written=r.chunks_stored, chunks_deduplicated=r.chunks_deduplicated,
                 stored_bytes=r.stored_bytes, chunk_keys=keys[:start // C] + list(r.chunk_keys),
                 skipped_tokens=start)
+
+
+@contextlib.contextmanager
+def _stale_as_aborted(client, session, expected):
+    """A FAILED_PRECONDITION of a call made with expect_session_tokens=expected becomes
+    e8kv.Aborted (store_prefix retries) when the session no longer holds that many tokens:
+    another writer changed it meanwhile, the same case as e8kvd's ABORTED."""
+    try:
+        yield
+    except errors.FailedPrecondition as e:
+        if not session or expected is None:
+            raise
+        try:
+            now = client.get_session(session).n_tokens
+        except errors.E8kvError:
+            raise e from None
+        if now == expected:
+            raise
+        raise errors.Aborted(e.code, e.message, e.method) from e
 
 
 def _check_session_prefix(client, fp, session, tokens, keys, F, S, C):
