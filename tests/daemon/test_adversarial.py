@@ -18,7 +18,8 @@ import grpc
 import numpy as np
 import pytest
 
-from advlib import C, Daemon, code_of, fingerprint, get_all, kv, kvg, put_msgs, raw_header, raw_kv
+from advlib import (C, Daemon, code_of, fingerprint, get_all, kv, kvg, put_msgs, raw_header,
+                    raw_kv, tmpdir)
 
 CT = 16
 
@@ -312,7 +313,7 @@ def test_lookup_matches_at_most_what_one_getchunks_may_fetch():
 def test_decoded_size_is_bounded():
     """An E8_FRAME chunk is bounded by --max-chunk-bytes as uploaded, but may decode to far
     more (zeros compress ~40x): GetChunks RAW allocated whatever the frame's geometry asked."""
-    base = tempfile.mkdtemp(prefix="kvdadv-bomb-")
+    base = tmpdir(prefix="kvdadv-bomb-")
     data, fp, n = os.path.join(base, "data"), fingerprint(), 1024
     toks = list(range(n))
     zeros = np.zeros((2, 2, 2, n, 64), np.float16).tobytes()  # 1 MiB raw fp16
@@ -392,7 +393,7 @@ def test_eviction_never_takes_pinned_or_leased_chunks():
 # ------------------------------------------------------------------ namespaces
 
 def test_namespaces_isolated_with_stolen_keys_and_leases():
-    tmp = tempfile.mkdtemp(prefix="kvdadv-tok-")
+    tmp = tmpdir(prefix="kvdadv-tok-")
     tf = os.path.join(tmp, "tokens")
     with open(tf, "w") as f:
         f.write("tokenAAAAAAAAAAAAAAAA nsA\ntokenBBBBBBBBBBBBBBBB nsB\n"
@@ -621,7 +622,7 @@ def test_stalled_stream_frees_its_worker_after_stall_ms():
 # ------------------------------------------------------------------ crashes and a full disk
 
 def test_sigkill_during_concurrent_writes_keeps_every_acked_chunk():
-    data = tempfile.mkdtemp(prefix="kvdadv-kill-") + "/data"
+    data = tmpdir(prefix="kvdadv-kill-") + "/data"
     fp, acked, lock = fingerprint(), {}, threading.Lock()
     rng = random.Random(11)
     for rnd in range(3):
@@ -716,7 +717,7 @@ def fill_disk(d, fp):
 
 
 def test_full_disk_is_an_error_and_loses_nothing():
-    base = tempfile.mkdtemp(prefix="kvdadv-full-")
+    base = tmpdir(prefix="kvdadv-full-")
     data = os.path.join(base, "data")
     os.makedirs(data)
     h = TmpfsHolder(data)
@@ -755,7 +756,7 @@ def test_full_disk_is_an_error_and_loses_nothing():
 
 
 def test_full_disk_space_can_be_freed_by_deleting():
-    base = tempfile.mkdtemp(prefix="kvdadv-full2-")
+    base = tmpdir(prefix="kvdadv-full2-")
     data = os.path.join(base, "data")
     os.makedirs(data)
     h = TmpfsHolder(data)
@@ -782,7 +783,7 @@ def test_full_disk_new_data_dir_is_an_error():
     LMDB, which writes its sparse lock file through mmap)."""
     import subprocess
     from advlib import E8KVD
-    base = tempfile.mkdtemp(prefix="kvdadv-full3-")
+    base = tmpdir(prefix="kvdadv-full3-")
     mnt = os.path.join(base, "mnt")
     os.makedirs(mnt)
     h = TmpfsHolder(mnt, size="1m")

@@ -10,11 +10,11 @@ import tempfile
 
 import grpc
 
-from advlib import E8KVD, Daemon, kv, kvg
+from advlib import E8KVD, Daemon, kv, kvg, tmpdir
 
 
 def _second(listen):
-    d = tempfile.mkdtemp(prefix="kvdadv-2nd-")
+    d = tmpdir(prefix="kvdadv-2nd-")
     return subprocess.run([E8KVD, f"--data-dir={d}/data", f"--listen={listen}",
                            "--metrics-listen=", "--threads=2"],
                           capture_output=True, text=True, timeout=60)
