@@ -153,7 +153,8 @@ def test_hf_kvcodec_left_padding_and_errors(tiny, client):
 def test_hf_bad_chunk_tokens_and_empty_rows_are_clear_errors(tiny, client):
     """chunk_tokens=0 crashed store_prefix with "range() arg 3 must not be zero" and made
     restore_prefix a silent miss; a restore batch with an all-padding row failed with the
-    daemon's "token_ids is empty" (store_prefix said which row)."""
+    daemon's "token_ids is empty" (store_prefix said which row); a restore with another
+    model's fingerprint failed with an IndexError."""
     fp = hf.model_fingerprint(tiny, model_id="kvcodec-args")
     p = ids_of(40, 11)
     cache = hf.prefill(tiny, p[None])[1]
@@ -164,6 +165,13 @@ def test_hf_bad_chunk_tokens_and_empty_rows_are_clear_errors(tiny, client):
             hf.restore_prefix(client, tiny, p, fingerprint=fp, chunk_tokens=ct,
                               policy="restore")
     assert client.lookup(fp, p.tolist(), chunk_tokens=C).matched_tokens == 0
+    # another model's fingerprint (3 layers; 2 KV heads): said so (was an IndexError)
+    for field, v in (("n_layers", 3), ("n_kv_heads", 2), ("head_dim", 64)):
+        other = copy.deepcopy(fp)
+        setattr(other, field, v)
+        with pytest.raises(ValueError, match=f"the fingerprint has {field} = {v}"):
+            hf.restore_prefix(client, tiny, p, fingerprint=other, chunk_tokens=C,
+                              policy="restore")
     ids = torch.stack([p, p])
     mask = torch.ones_like(ids)
     mask[1] = 0

@@ -206,6 +206,21 @@ def _check_chunk_tokens(chunk_tokens):
                          f"{DEFAULT_CHUNK_TOKENS}), not {chunk_tokens!r}")
 
 
+def _check_fits(model, fp):
+    """ValueError unless fingerprint fp has the model's layers, KV heads and head_dim (a
+    restore with another model's fingerprint failed with an IndexError, or fed one model's
+    KV to another when the layer counts allowed it)."""
+    c = _text_config(model)
+    n_heads = c.num_attention_heads
+    have = dict(n_layers=c.num_hidden_layers,
+                n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+                head_dim=getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+    for f, v in have.items():
+        if getattr(fp, f) != v:
+            raise ValueError(f"the fingerprint has {f} = {getattr(fp, f)}, this model {v}: a "
+                             f"fingerprint of another model (model_id {fp.model_id!r})")
+
+
 def _rows(input_ids, attention_mask):
     """[(token list, column indices)] per row, pads dropped."""
     ids = torch.as_tensor(input_ids)
@@ -656,6 +671,7 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
         raise ValueError(f"policy must be auto, restore or recompute, not {policy!r}")
     _check_chunk_tokens(chunk_tokens)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
+    _check_fits(model, fp)
     ids, mask, rows = _rows(input_ids, attention_mask)
     for b, (tokens, _) in enumerate(rows):
         if not tokens:          # (was the daemon's "token_ids is empty" from the Lookup)
