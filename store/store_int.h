@@ -252,7 +252,8 @@ struct e8s_store {
 
   int ix_fd;                 /* LMDB data file (-1 until store_space_open) */
   uint64_t ix_psize;         /* LMDB page size, bytes */
-  uint64_t ix_reserve;       /* index reserve, bytes (store_space.c) */
+  _Atomic uint64_t ix_reserve; /* index reserve in force, bytes (store_space.c) */
+  uint64_t ix_reserve_max;   /* what it becomes once a segment reaches half of it, bytes */
   uint64_t seg_bytes;        /* segment size in use, bytes: cfg.segment_bytes bounded by the
                                 index reserve (store_space_sizes) */
   _Atomic uint64_t ix_alloc_end; /* the data file is allocated up to here, bytes */
@@ -441,13 +442,17 @@ int store_replay(e8s_store *st);
 /* Before mdb_env_open (read-write): allocates the blocks of ixdir's lock file (all of it) and
  * data file's first pages, creating them; a full disk is E8S_ERR_NOSPC naming st->dir. */
 int store_space_prealloc(e8s_store *st, const char *ixdir);
-/* Open (after the index): st->ix_reserve and st->seg_bytes (store_space_sizes), the reserve's
- * first allocation (read-write). */
+/* Open (after the index): st->ix_reserve, ix_reserve_max and seg_bytes (store_space_sizes; the
+ * reserve at its ceiling if a segment already reached half of it), the reserve's first
+ * allocation (read-write). */
 int store_space_open(e8s_store *st);
 /* The index reserve and the segment size for a file system of fs_bytes (0 = unknown) and the
  * configured reserve and segment size, bytes (the rule: store_space.c, e8store.h FULL DISK). */
 void store_space_sizes(uint64_t fs_bytes, uint64_t cfg_reserve, uint64_t cfg_segment,
-                       uint64_t *reserve, uint64_t *segment);
+                       uint64_t *reserve, uint64_t *reserve_max, uint64_t *segment);
+/* A segment of seg_bytes was sealed: the reserve becomes its ceiling if the segment reached
+ * half of it (allocated by the next store_space_refill). Any thread. */
+void store_space_seg_grew(e8s_store *st, uint64_t seg_bytes);
 /* After a write commit (wlock held): allocates the index data file up to its last page plus
  * the reserve again; sets or clears ix_short. */
 void store_space_refill(e8s_store *st);

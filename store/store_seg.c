@@ -108,6 +108,7 @@ void store_seg_table_free(e8s_store *st) {
 void store_seg_seal_active(e8s_store *st, store_lane *l) {
   /* give back the preallocated tail (the records all lie below wpos) */
   if (l->wseg && l->wprealloc > l->wpos) (void)ftruncate(l->wseg->fd, (off_t)l->wpos);
+  if (l->wseg) store_space_seg_grew(st, l->wpos); /* a full segment: the reserve's ceiling */
   l->wprealloc = 0;
   atomic_store(&l->ahead, 0);
   pthread_mutex_lock(&st->seg_mu);

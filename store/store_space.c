@@ -11,17 +11,21 @@
  * and new sessions are refused with E8S_ERR_NOSPC before they write anything, while deletes,
  * evictions, compaction and quarantine commit into the reserve.
  *
- * Sizes (store_space_sizes, at open, from the file system's size FS): the reserve R is
- * e8s_config.index_reserve_bytes, raised to one segment (segment_bytes) where that is at most
- * FS/64, then at most FS/16 and at least 64 KiB; the segment size in use is
- * min(segment_bytes, R/2). Why: on a full disk whose segments all stay about half live (every
+ * Sizes (store_space_sizes, at open, from the file system's size FS): the reserve R starts at
+ * e8s_config.index_reserve_bytes (at most FS/16, at least 64 KiB); its ceiling Rmax is that
+ * raised to one segment (segment_bytes) where that is at most FS/64 (also at most FS/16); the
+ * segment size in use is min(segment_bytes, Rmax/2). R becomes Rmax (store_space_seg_grew)
+ * once a segment reaches R/2 (sealed, or found at open): until then every segment's copy fits
+ * in R's lent part anyway, and a store that holds little (tests, a fresh daemon) does not
+ * take Rmax (1 GiB on a large disk) from the disk: raising it at open for every store filled
+ * this machine's shared disk with the reserves of the test runs' leftover directories. Why: on a full disk whose segments all stay about half live (every
  * other session deleted) only compaction frees space, and its copy of the emptiest segment
  * must fit in the lent reserve: R less its last quarter, less what deletes on the full disk
  * took from it (measured: 60-80 KiB after 100 deletes and evictions on a 4 MiB disk). Half of
  * an R/2 segment (R/4) plus slack fits in that on file systems of 4 MiB and more. Bounding the
  * segment by R keeps the reserve <= FS/16 on small disks (8 MiB: 256 KiB segments); raising
  * R to a segment on large ones keeps segments large (>= 64 GiB: 512 MiB segments, a 1 GiB
- * reserve, <= 1.6 %) rather than 8 MiB ones (131072 open files per TB, a segment start every
+ * reserve once the store holds a segment, <= 1.6 %) rather than 8 MiB ones (131072 open files per TB, a segment start every
  * 8 MiB of puts). Segments written before (or on a larger file system) keep their size.
 
  * Admission of a put (store_space_admit, before its data stage): the file system's free bytes
@@ -107,21 +111,51 @@ static uint64_t index_used_end(e8s_store *st) {
 }
 
 void store_space_sizes(uint64_t fs_bytes, uint64_t cfg_reserve, uint64_t cfg_segment,
-                       uint64_t *reserve, uint64_t *segment) {
+                       uint64_t *reserve, uint64_t *reserve_max, uint64_t *segment) {
   uint64_t fs = fs_bytes ? fs_bytes : UINT64_MAX;
-  uint64_t r = cfg_reserve, hold = cfg_segment < fs / 64 ? cfg_segment : fs / 64;
-  if (r < hold) r = hold;   /* room for a segment when it costs at most 1/64 of the disk */
+  uint64_t r = cfg_reserve, m = cfg_segment < fs / 64 ? cfg_segment : fs / 64;
+  if (m < r) m = r;         /* room for a segment when it costs at most 1/64 of the disk */
   if (r > fs / 16) r = fs / 16;
+  if (m > fs / 16) m = fs / 16;
   if (r < SPACE_RESERVE_MIN) r = SPACE_RESERVE_MIN;
+  if (m < SPACE_RESERVE_MIN) m = SPACE_RESERVE_MIN;
   *reserve = r;
-  *segment = cfg_segment < r / 2 ? cfg_segment : r / 2;
+  *reserve_max = m;
+  *segment = cfg_segment < m / 2 ? cfg_segment : m / 2;
+}
+
+void store_space_seg_grew(e8s_store *st, uint64_t seg_bytes) {
+  uint64_t r = atomic_load(&st->ix_reserve);
+  if (seg_bytes >= r / 2 && r < st->ix_reserve_max) atomic_store(&st->ix_reserve, st->ix_reserve_max);
+}
+
+/* The largest segment the index knows (bytes covered), 0 if none or on error. */
+static uint64_t largest_segment(e8s_store *st) {
+  MDB_txn *txn;
+  if (store_rtxn_begin(st, &txn)) return 0;
+  MDB_cursor *c;
+  uint64_t big = 0;
+  MDB_val k, v;
+  if (mdb_cursor_open(txn, st->db_segs, &c) == 0) {
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+      store_seg_val sv;
+      if (v.mv_size != sizeof sv) continue;
+      memcpy(&sv, v.mv_data, sizeof sv);
+      if (sv.end > big) big = sv.end;
+    }
+    mdb_cursor_close(c);
+  }
+  store_rtxn_end(st, txn);
+  return big;
 }
 
 int store_space_open(e8s_store *st) {
-  uint64_t total = 0;
+  uint64_t total = 0, r;
   fs_avail(st->dir, &total);
-  store_space_sizes(total, st->cfg.index_reserve_bytes, st->cfg.segment_bytes, &st->ix_reserve,
-                    &st->seg_bytes);
+  store_space_sizes(total, st->cfg.index_reserve_bytes, st->cfg.segment_bytes, &r,
+                    &st->ix_reserve_max, &st->seg_bytes);
+  atomic_store(&st->ix_reserve, r);
   if (store_fault_uncapped_segments()) st->seg_bytes = st->cfg.segment_bytes;
   if (st->readonly) return E8S_OK;
   MDB_stat ms;
@@ -129,6 +163,7 @@ int store_space_open(e8s_store *st) {
   if (!rc) rc = mdb_env_get_fd(st->env, &st->ix_fd);
   if (rc) return store_err_mdb(rc, "index: stat");
   st->ix_psize = ms.ms_psize;
+  store_space_seg_grew(st, largest_segment(st));
   store_space_refill(st);
   return E8S_OK;
 }
