@@ -80,13 +80,16 @@
  *     system, keep their size and may stay too big to compact on a full disk. A copy whose
  *     write fails (disk filled meanwhile) is cut off again: nothing lost, nothing left (one
  *     whose index commit fails stays an unindexed segment tail until the next open);
- *   - sizes, fixed at open from the file system's size FS (statvfs): the index reserve R =
- *     index_reserve_bytes, raised to segment_bytes where that is at most FS/64, then at most
- *     FS/16, at least 64 KiB; segments are sealed at min(segment_bytes, R/2) (a record larger
- *     than that gets a segment of its own). Defaults: 8 MiB FS: R 512 KiB, 256 KiB segments;
- *     1 GiB FS: R 16 MiB, 8 MiB segments; 16 GiB: R 256 MiB, 128 MiB segments; 64 GiB and
- *     more: R 1 GiB, 512 MiB segments. The reserve is disk the store's data cannot use, and
- *     puts are refused while it cannot be allocated (a disk with less than R free);
+ *   - sizes, from the file system's size FS (statvfs) at open: the index reserve starts at
+ *     index_reserve_bytes (at most FS/16, at least 64 KiB); its ceiling R is that raised to
+ *     segment_bytes where that is at most FS/64 (also at most FS/16); segments are sealed at
+ *     min(segment_bytes, R/2) (a record larger than that gets a segment of its own). The
+ *     reserve becomes R once a segment reaches half the starting reserve (sealed, or found at
+ *     open), so a store that holds little keeps the small one. Defaults: 8 MiB FS: R 512 KiB,
+ *     256 KiB segments; 1 GiB FS: R 16 MiB, 8 MiB segments; 16 GiB: 16 MiB, then R 256 MiB,
+ *     128 MiB segments; 64 GiB and more: 16 MiB, then R 1 GiB, 512 MiB segments. The reserve
+ *     is disk the store's data cannot use, and puts are refused while it cannot be allocated
+ *     (a disk with less than the reserve free);
  *   - an LMDB commit that fails with EIO while the file system has no room (LMDB reports its
  *     short write on a full disk as EIO) is E8S_ERR_NOSPC, not E8S_ERR_IO;
  *   - a delete whose transaction needs more new index pages than the reserve (a session of
@@ -207,9 +210,10 @@ typedef struct e8s_config {
   uint32_t uring_entries;   /* io_uring submission queue size, default 64 */
   uint64_t index_reserve_bytes; /* disk kept allocated for the index past its last page, so
                                that deletes, evictions and compaction can commit on a full
-                               disk; raised to segment_bytes where that is at most 1/64 of
-                               the file system, then at most 1/16 of it, at least 64 KiB;
-                               default 16 MiB (see FULL DISK: sizes) */
+                               disk; at most 1/16 of the file system, at least 64 KiB;
+                               raised to segment_bytes (where that is at most 1/64 of the file
+                               system) once a segment reaches half of it; default 16 MiB (see
+                               FULL DISK: sizes) */
 } e8s_config;
 
 typedef struct e8s_store e8s_store;
