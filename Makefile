@@ -25,8 +25,16 @@ CSTD    := -std=c11
 CFLAGS_BASE = $(CSTD) $(WARN) $(OPT) $(SAN) -D_GNU_SOURCE -fPIC -I. -MMD -MP
 LDFLAGS_BASE = $(SAN) -pthread
 
-pc_cflags = $(shell pkg-config --cflags $(1))
-pc_libs   = $(shell pkg-config --libs $(1))
+# pkg-config is slow with grpc (1.5-3 s a query on a loaded 2-core VM: absl's many .pc files),
+# so it runs at most once per package and kind (--cflags, --libs) per make invocation, and only
+# when a value is used: $(call pc_cflags,a b) is pkg-config's answer for a, then for b (each
+# answer is complete on its own), each kept in PC_cflags_<package> / PC_libs_<package> after its
+# first use. Fragments use pc_cflags/pc_libs in recipes, recursive (`=`) variables and
+# target-specific `+=` only, never in a `:=` assignment: that would run pkg-config while the
+# Makefile is read, for every goal (`make deps` on a machine without the packages too).
+pc_one    = $(if $(filter undefined,$(origin PC_$(1)_$(2))),$(eval PC_$(1)_$(2) := $$(shell pkg-config --$(1) $(2))))$(PC_$(1)_$(2))
+pc_cflags = $(strip $(foreach p,$(1),$(call pc_one,cflags,$(p))))
+pc_libs   = $(strip $(foreach p,$(1),$(call pc_one,libs,$(p))))
 
 # nvcc is optional: the CUDA half of the codec is built only where it exists.
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)

@@ -18,7 +18,7 @@ E8C_OBJS    := $(E8C_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/codec/e8c_fast_avx2
 E8C_PIC_OBJS:= $(E8C_OBJS:$(BUILD)/obj/%.o=$(BUILD)/pic/%.o)
 E8C_LIB     := $(BUILD)/lib/libe8codec.a
 E8C_SO      := $(BUILD)/lib/libe8codec.so
-E8C_LDLIBS  := $(E8C_LIB) $(call pc_libs,$(E8C_PKGS)) -lm -pthread
+E8C_LDLIBS   = $(E8C_LIB) $(call pc_libs,$(E8C_PKGS)) -lm -pthread
 
 CFLAGS_codec += $(call pc_cflags,$(E8C_PKGS)) -ffp-contract=off -fno-fast-math
 # -O3 for libe8codec's own objects only (same bytes as -O2; codec/cuda keeps its flags)
@@ -56,7 +56,7 @@ $(BUILD)/tests/codec/e8c_corpus_replay: $(BUILD)/obj/tests/codec/e8c_fuzz_frame.
 
 # ------------------------------------------------------------------ fuzz
 # clang + libFuzzer + ASan/UBSan build of the library and the target.
-E8C_FUZZ_CFLAGS := $(CSTD) -g -O1 -I. -D_GNU_SOURCE -ffp-contract=off \
+E8C_FUZZ_CFLAGS  = $(CSTD) -g -O1 -I. -D_GNU_SOURCE -ffp-contract=off \
                    -fsanitize=fuzzer-no-link,address,undefined $(call pc_cflags,$(E8C_PKGS))
 E8C_FUZZ_OBJS   := $(patsubst %.c,$(BUILD)/fuzzobj/%.o,$(E8C_SRCS) codec/e8c_fast_avx2.c codec/e8c_rans32_avx2.c \
                      tests/codec/e8c_fuzz_frame.c tests/codec/e8c_testgen.c)

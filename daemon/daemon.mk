@@ -19,7 +19,7 @@ KVD_PKGS     := grpc libprotobuf-c libmicrohttpd openssl
 # libe8store and libe8codec with the packages they need (their fragments define the rules).
 KVD_DEP_LIBS := $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a
 KVD_DEP_PKGS := lmdb liburing libzstd libisal libcrypto
-KVD_LDLIBS   := $(KVD_LIB) $(PROTO_LIB) $(KVD_DEP_LIBS) \
+KVD_LDLIBS    = $(KVD_LIB) $(PROTO_LIB) $(KVD_DEP_LIBS) \
                 $(call pc_libs,$(KVD_PKGS) $(KVD_DEP_PKGS)) -lm
 
 CFLAGS_daemon += $(call pc_cflags,$(KVD_PKGS)) -I$(PROTO_GEN)
@@ -49,10 +49,10 @@ KVD_TEST_HELP  := $(BUILD)/obj/tests/daemon/kvt_client.o $(BUILD)/obj/tests/daem
 KVD_TEST_NAMES := test_kvd_e2e test_kvd_bad test_kvd_lease
 KVD_TESTS      := $(addprefix $(KVD_TDIR)/,$(KVD_TEST_NAMES))
 KVD_TEST_OBJS  := $(KVD_TEST_HELP) $(patsubst %,$(BUILD)/obj/tests/daemon/%.o,$(KVD_TEST_NAMES))
-KVD_TEST_LIBS  := $(PROTO_LIB) $(BUILD)/lib/libe8codec.a \
+KVD_TEST_LIBS   = $(PROTO_LIB) $(BUILD)/lib/libe8codec.a \
                   $(call pc_libs,grpc libprotobuf-c cmocka libzstd libisal libcrypto) -lm
 
-$(KVD_TEST_OBJS): CFLAGS_tests := -I$(PROTO_GEN) $(call pc_cflags,$(KVD_PKGS) cmocka) $(CFLAGS_tests)
+$(KVD_TEST_OBJS): CFLAGS_tests += -I$(PROTO_GEN) $(call pc_cflags,$(KVD_PKGS) cmocka)
 $(KVD_TEST_OBJS): | $(PROTO_GEN_H)
 
 $(KVD_TDIR)/%: $(BUILD)/obj/tests/daemon/%.o $(KVD_TEST_HELP) $(PROTO_LIB) \
@@ -68,7 +68,7 @@ TEST_CMDS += "tests/daemon/check_readme.sh $(KVD_BIN)"
 KVD_FUZZ_SRCS := tests/daemon/fuzz_kvd_request.c proto/e8kv_fp.c proto/e8kv_addr.c daemon/kvd_fp.c daemon/kvd_session.c \
                  daemon/kvd_status.c daemon/kvd_health.c daemon/kvd_payload.c \
                  daemon/kvd_config.c daemon/kvd_auth.c daemon/kvd_log.c
-KVD_FUZZ_LIBS := $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a \
+KVD_FUZZ_LIBS  = $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a \
                  $(call pc_libs,libprotobuf-c lmdb liburing libzstd libisal openssl) -lm
 KVD_REPLAY    := $(KVD_TDIR)/kvd_fuzz_replay
 
@@ -102,8 +102,8 @@ TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -rs -p no:cacheprovider te
 # ---------------------------------------------------------------- benchmark
 # make bench-daemon [QUICK=1] -> build/bench/daemon.json (e8kvd vs redis-server, same run).
 KVD_BENCH := $(KVD_TDIR)/kvd_bench
-$(BUILD)/obj/tests/daemon/kvd_bench.o: CFLAGS_tests := -I$(PROTO_GEN) \
-    $(call pc_cflags,$(KVD_PKGS) hiredis jansson) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/kvd_bench.o: CFLAGS_tests += -I$(PROTO_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) hiredis jansson)
 $(BUILD)/obj/tests/daemon/kvd_bench.o: | $(PROTO_GEN_H)
 $(KVD_BENCH): $(BUILD)/obj/tests/daemon/kvd_bench.o $(KVD_TEST_HELP) $(PROTO_LIB) \
               $(BUILD)/lib/libe8codec.a | $(KVD_BIN)
@@ -121,8 +121,8 @@ bench-daemon: $(KVD_BENCH) $(KVD_BIN)
 # make bench-daemon-get -> build/bench/daemon_get.json: GetChunks of ~660 MB (a 32K-token
 # prefix of an 8B-class model) through libe8kv, 1 and N parallel calls, unix and TCP.
 KVD_GETBENCH := $(KVD_TDIR)/kvd_getbench
-$(BUILD)/obj/tests/daemon/kvd_getbench.o: CFLAGS_tests := -I$(PROTO_GEN) \
-    $(call pc_cflags,$(KVD_PKGS) jansson) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/kvd_getbench.o: CFLAGS_tests += -I$(PROTO_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) jansson)
 $(BUILD)/obj/tests/daemon/kvd_getbench.o: | $(PROTO_GEN_H)
 $(KVD_GETBENCH): $(BUILD)/obj/tests/daemon/kvd_getbench.o $(KVD_TEST_HELP) $(KVC_LIB) \
                  $(BUILD)/lib/libe8codec.a | $(KVD_BIN)
@@ -139,8 +139,8 @@ bench-daemon-get: $(KVD_GETBENCH) $(KVD_BIN)
 
 # Unit tests of parsers and validators (no server): links the daemon library itself.
 KVD_UNITS := $(KVD_TDIR)/test_kvd_units
-$(BUILD)/obj/tests/daemon/test_kvd_units.o: CFLAGS_tests := -I$(PROTO_GEN) \
-    $(call pc_cflags,$(KVD_PKGS) cmocka) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/test_kvd_units.o: CFLAGS_tests += -I$(PROTO_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) cmocka)
 $(BUILD)/obj/tests/daemon/test_kvd_units.o: | $(PROTO_GEN_H)
 $(KVD_UNITS): $(BUILD)/obj/tests/daemon/test_kvd_units.o $(KVD_LIB) $(PROTO_LIB) \
               $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a
@@ -151,8 +151,8 @@ TEST_BINS += $(KVD_UNITS)
 
 # The all-or-nothing session change, with store steps failed on purpose (real store, no server).
 KVD_SWRITE_T := $(KVD_TDIR)/test_kvd_swrite
-$(BUILD)/obj/tests/daemon/test_kvd_swrite.o: CFLAGS_tests := -I$(PROTO_GEN) \
-    $(call pc_cflags,$(KVD_PKGS) cmocka) $(CFLAGS_tests)
+$(BUILD)/obj/tests/daemon/test_kvd_swrite.o: CFLAGS_tests += -I$(PROTO_GEN) \
+    $(call pc_cflags,$(KVD_PKGS) cmocka)
 $(BUILD)/obj/tests/daemon/test_kvd_swrite.o: | $(PROTO_GEN_H)
 $(KVD_SWRITE_T): $(BUILD)/obj/tests/daemon/test_kvd_swrite.o $(KVD_LIB) $(PROTO_LIB) \
                  $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a

@@ -6,7 +6,7 @@
 
 STORE_PC      := lmdb liburing libisal openssl
 CFLAGS_store  += $(call pc_cflags,$(STORE_PC))
-STORE_LDLIBS  := $(call pc_libs,$(STORE_PC))
+STORE_LDLIBS   = $(call pc_libs,$(STORE_PC))
 
 STORE_SRCS := $(wildcard store/*.c)
 STORE_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(STORE_SRCS))

@@ -21,7 +21,7 @@ KVC_CODEC    := $(BUILD)/lib/libe8codec.a
 PREFIX       ?= /usr/local
 
 CFLAGS_clients += $(call pc_cflags,$(KVC_PKGS) jansson) -I$(PROTO_GEN)
-KVC_LDLIBS   := $(KVC_CODEC) $(call pc_libs,$(KVC_PKGS)) -lm
+KVC_LDLIBS    = $(KVC_CODEC) $(call pc_libs,$(KVC_PKGS)) -lm
 
 LIBS += $(KVC_LIB) $(KVC_SO) $(KVC_PC)
 

@@ -10,7 +10,7 @@ CTL_OBJS := $(CTL_SRCS:%.c=$(BUILD)/obj/%.o)
 CTL_BIN  := $(BUILD)/bin/e8kvctl
 # Offline mode (--data-dir) reads the store directly: libe8store and libe8codec.
 CTL_DEP_LIBS := $(BUILD)/lib/libe8store.a $(BUILD)/lib/libe8codec.a
-CTL_LDLIBS := $(KVC_LDLIBS) $(call pc_libs,jansson libcrypto libisal lmdb liburing libzstd) -lm
+CTL_LDLIBS  = $(KVC_LDLIBS) $(call pc_libs,jansson libcrypto libisal lmdb liburing libzstd) -lm
 
 BINS += $(CTL_BIN)
 
