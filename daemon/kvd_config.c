@@ -44,7 +44,8 @@ static const kvd_crow g_table[] = {
      "directory."},
     {"listen", CT_STR, OFF(listen), CAP(listen), "addresses", E8KV_DEFAULT_ADDR, 0, 0, NULL,
      "Comma-separated gRPC listen addresses: host:port (TCP, IPv6 as [::1]:port) or "
-     "unix:/path/to.sock (at most 8)."},
+     "unix:/path/to.sock (at most 8). A unix socket's directory must exist and be writable "
+     "(e8kvd does not create it)."},
     {"capacity-bytes", CT_SIZE, OFF(capacity_bytes), 0, "bytes", "0", 0, UINT64_MAX, NULL,
      "Store byte budget (record headers + payloads); unpinned chunks are evicted LRU beyond "
      "it. 0 = unlimited."},

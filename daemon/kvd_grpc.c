@@ -30,6 +30,7 @@
 #include <grpc/support/time.h>
 
 #include "daemon/kvd_health.h"
+#include "daemon/kvd_listen.h"
 #include "daemon/kvd_log.h"
 
 #define HEALTH_CHECK "/grpc.health.v1.Health/Check"
@@ -637,9 +638,15 @@ static int add_ports(kvd_server *srv, char *err, size_t cap) {
   for (int i = 0; i < srv->o.n_addrs; i++) {
     const char *a = srv->o.addrs[i];
     int is_unix = strncmp(a, "unix:", 5) == 0;
-    if (is_unix && unix_socket_live(a + 5 + (strncmp(a, "unix://", 7) == 0 ? 2 : 0))) {
+    const char *path = a + 5 + (strncmp(a, "unix://", 7) == 0 ? 2 : 0);
+    if (is_unix && unix_socket_live(path)) {
       snprintf(err, cap, "cannot listen on '%s': another process (another e8kvd?) is serving "
                          "it; stop it or choose another path", a);
+      return -1;
+    }
+    char why[512];
+    if (is_unix && kvd_listen_unix_check(path, why, sizeof why) != 0) {
+      snprintf(err, cap, "cannot listen on '%s': %s", a, why);
       return -1;
     }
     grpc_server_credentials *cr;
@@ -649,11 +656,13 @@ static int add_ports(kvd_server *srv, char *err, size_t cap) {
     } else {
       cr = grpc_insecure_server_credentials_create();
     }
+    kvd_listen_grpc_capture_begin();
     int port = grpc_server_add_http2_port(srv->server, a, cr);
     grpc_server_credentials_release(cr);
+    if (kvd_listen_grpc_capture_end(why, sizeof why) != 0)
+      snprintf(why, sizeof why, "address in use, bad address, or no permission");
     if (port == 0) {
-      snprintf(err, cap, "cannot listen on '%s' (address in use, bad address, or no "
-                         "permission)", a);
+      snprintf(err, cap, "cannot listen on '%s': %s", a, why);
       return -1;
     }
     srv->ports[i] = is_unix ? 0 : port;
@@ -703,6 +712,7 @@ int kvd_server_start(const kvd_server_opts *o, kvd_server **out, char *err, size
     snprintf(err, cap, "need 1..16 addresses and >= 1 thread of each kind");
     return -1;
   }
+  kvd_listen_grpc_log_init();
   grpc_init();
   kvd_server *srv = calloc(1, sizeof *srv);
   srv->o = *o;
