@@ -75,6 +75,11 @@ int ctl_error_e8kv(ctl_ctx *ctx, const e8kv_error *err);
  * out-of-range value prints a usage error and returns -1 (else 0). */
 int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max, uint64_t *out);
 int ctl_opt_double(ctl_ctx *ctx, int id, double deflt, double min, double max, double *out);
+/* A duration in milliseconds: a whole number with an optional unit, "ms" or "s" ("2500",
+ * "2500ms", "30s"; no unit = milliseconds, as libe8kv's deadline_ms and e8kvd's *-ms flags).
+ * Under min_ms (a value no call can meet) or over max_ms is a usage error that says so. */
+int ctl_opt_ms(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min_ms, uint64_t max_ms,
+               uint64_t *out);
 
 /* Parsing and help (ctl_opt.c). */
 int ctl_parse_opts(ctl_ctx *ctx, const ctl_optdef *a, const ctl_optdef *b, int argc,

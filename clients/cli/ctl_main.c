@@ -18,6 +18,9 @@
 #include "daemon/kvd_config.h" /* E8KV_VERSION, E8KV_DEFAULT_ADDR: the daemon's, so they agree */
 
 #define CTL_DEFAULT_ADDR E8KV_DEFAULT_ADDR
+/* --timeout below this is refused: no call to any daemon completes in it ("--timeout 3" meant
+ * 3 ms and then blamed the daemon, found by a new user). */
+#define CTL_MIN_TIMEOUT_MS 100
 
 const ctl_optdef ctl_global_opts[] = {
     {CTL_O_ADDR, "addr", 'a', "ADDR", "$E8KV_ADDR or " CTL_DEFAULT_ADDR,
@@ -29,7 +32,8 @@ const ctl_optdef ctl_global_opts[] = {
     {CTL_O_DATA_DIR, "data-dir", 'd', "DIR", NULL,
      "offline: read this data directory (read-only) instead of asking a daemon"},
     {CTL_O_JSON, "json", 'j', NULL, NULL, "print the result as JSON (for scripts)"},
-    {CTL_O_TIMEOUT, "timeout", 0, "MS", "30000", "deadline of each unary call, milliseconds"},
+    {CTL_O_TIMEOUT, "timeout", 0, "DURATION", "30s",
+     "deadline of each unary call: 2500ms, 30s, or a number = milliseconds (at least 100ms)"},
     {CTL_O_TLS, "tls", 0, NULL, NULL, "use TLS with the system's root certificates"},
     {CTL_O_TLS_CA, "tls-ca", 0, "FILE", NULL, "use TLS, trusting the PEM roots in FILE"},
     {CTL_O_TLS_CERT, "tls-cert", 0, "FILE", NULL, "TLS client certificate (PEM)"},
@@ -211,7 +215,10 @@ static int ctl_open_client(ctl_ctx *ctx) {
   o.tls_key_file = ctx->opt[CTL_O_TLS_KEY];
   o.tls_server_name = ctx->opt[CTL_O_TLS_NAME];
   uint64_t ms;
-  if (ctl_opt_u64(ctx, CTL_O_TIMEOUT, 30000, 1, 86400000, &ms)) { free(token); return CTL_EXIT_USAGE; }
+  if (ctl_opt_ms(ctx, CTL_O_TIMEOUT, 30000, CTL_MIN_TIMEOUT_MS, 86400000, &ms)) {
+    free(token);
+    return CTL_EXIT_USAGE;
+  }
   o.deadline_ms = (uint32_t)ms;
   e8kv_error err;
   e8kv_status s = e8kv_client_open(&o, &ctx->client, &err);

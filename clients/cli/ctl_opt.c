@@ -188,3 +188,30 @@ int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max
   *out = x;
   return 0;
 }
+
+int ctl_opt_ms(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min_ms, uint64_t max_ms,
+               uint64_t *out) {
+  const char *v = ctx->opt[id];
+  if (!v) { *out = deflt; return 0; }
+  const char *name = ctl_opt_name(id);
+  char *end;
+  errno = 0;
+  unsigned long long x = strtoull(v, &end, 10);
+  uint64_t scale = strcmp(end, "s") == 0 ? 1000 : (!*end || strcmp(end, "ms") == 0) ? 1 : 0;
+  if (errno || end == v || *v == '-' || *v == '+' || !scale || x > max_ms / scale) {
+    ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+              "--%s: \"%s\" is not a duration: a whole number of milliseconds, or with a unit "
+              "(\"2500ms\", \"30s\"), at most %" PRIu64 " s", name, v, max_ms / 1000);
+    return -1;
+  }
+  uint64_t ms = x * scale;
+  if (ms < min_ms) {
+    ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+              "--%s %s: %" PRIu64 " ms is too short for a call (at least %" PRIu64 " ms; a "
+              "number without a unit is milliseconds: --%s %llus means %llu seconds)",
+              name, v, ms, min_ms, name, x, x);
+    return -1;
+  }
+  *out = ms;
+  return 0;
+}

@@ -424,6 +424,33 @@ class E2E(unittest.TestCase):
         self.assertIn("unix:" + path, p.stderr)
         self.assertIn("1500 ms deadline", p.stderr)
 
+    def test_12e_timeout_units(self):
+        """--timeout takes ms (no unit, as libe8kv's deadline_ms) or a unit; '3' (3 ms, meant
+        as 3 s by a new user, then blamed on the daemon) is refused with the unit named."""
+        _, err = ctl("--timeout", "3", "health", expect=USAGE, json_out=False)
+        self.assertIn("3 ms is too short", err)
+        self.assertIn("--timeout 3s", err)
+        for bad in ("5x", "2 s", "-1s", "s", "1.5s", "99999999999s"):
+            _, err = ctl("--timeout", bad, "health", expect=USAGE, json_out=False)
+            self.assertIn("not a duration", err)
+        for good in ("3s", "2500ms", "2500", "100ms"):
+            ctl("--timeout", good, "health", json_out=False)
+        self.assertIn("--timeout DURATION", subprocess.run([CTL, "--help"], capture_output=True,
+                                                            text=True).stdout)
+        import socket
+        path = os.path.join(TMP, "silent2.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(64)
+        try:
+            p = subprocess.run([CTL, "--timeout", "1s", "-a", "unix:" + path, "stat"],
+                               capture_output=True, text=True, timeout=60)
+        finally:
+            s.close()
+            os.unlink(path)
+        self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
+        self.assertIn("1000 ms deadline", p.stderr)
+
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
         # A session of its own shape, written last: its chunk is the newest record of the
