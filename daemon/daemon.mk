@@ -97,7 +97,7 @@ FUZZ_BINS += $(BUILD)/fuzz/kvd_fuzz_request
 TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/daemon/test_kvd_grpcio.py"
 # Hostile and careless clients (tests/daemon/test_adversarial.py; the full-disk cases mount a
 # 4 MiB tmpfs in a private mount namespace: unshare -m as root, unshare -r -m otherwise).
-TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/daemon/test_adversarial.py tests/daemon/test_listen_conflicts.py"
+TEST_CMDS += "E8KVD=$(KVD_BIN) $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/daemon/test_adversarial.py tests/daemon/test_listen_conflicts.py tests/daemon/test_session_purge.py"
 
 # ---------------------------------------------------------------- benchmark
 # make bench-daemon [QUICK=1] -> build/bench/daemon.json (e8kvd vs redis-server, same run).

@@ -1,9 +1,11 @@
 /* kvd_rpc_session.c: CreateSession, AppendSession, GetSession, ListSessions, DeleteSession.
  * Every write takes the session's write lock (kvd_session_lock), so two calls never change one
  * session at the same time; the second gets ABORTED at once. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/kvd_log.h"
 #include "daemon/kvd_session.h"
 
 static int reply_session(kvd_app *app, kvd_call *call, const kvd_principal *who,
@@ -269,6 +271,30 @@ out:
   e8kv__v1__list_sessions_request__free_unpacked(rq, NULL);
 }
 
+/* DeleteSession's purge_chunks: deletes each chunk of the (just deleted) session s that
+ * nothing pins now; a pinned one (BUSY: another session, a read, a lookup lease) is counted as
+ * kept, one already gone (evicted meanwhile) as neither. Another store error fails the call,
+ * saying how far it got (the session is deleted by then). */
+static int purge_chunks(kvd_app *app, uint32_t ns_id, const kvd_sess *s,
+                        E8kv__V1__DeleteSessionResponse *r, kvd_status *st) {
+  for (uint64_t i = 0; i < s->info.n_chunks; i++) {
+    int e = e8s_chunk_delete(app->store, ns_id, s->keys[i]);
+    if (e == E8S_OK) r->chunks_purged++;
+    else if (e == E8S_ERR_BUSY) r->chunks_kept++;
+    else if (e != E8S_ERR_NOTFOUND) {
+      char what[E8S_NAME_MAX + 160];
+      snprintf(what, sizeof what, "session '%s' deleted, %u of its %llu chunks purged, then "
+               "purge chunk %llu", s->info.name, r->chunks_purged,
+               (unsigned long long)s->info.n_chunks, (unsigned long long)i);
+      kvd_status_from_store(st, e, what);
+      return -1;
+    }
+  }
+  KVD_INFO("session_purged", "ns=%u chunks_purged=%u chunks_kept=%u", ns_id, r->chunks_purged,
+           r->chunks_kept);
+  return 0;
+}
+
 void kvd_rpc_delete_session(kvd_app *app, kvd_call *call, const kvd_principal *who,
                             kvd_status *st) {
   E8kv__V1__DeleteSessionRequest *rq = (E8kv__V1__DeleteSessionRequest *)kvd_recv_request(
@@ -298,6 +324,7 @@ void kvd_rpc_delete_session(kvd_app *app, kvd_call *call, const kvd_principal *w
   E8kv__V1__DeleteSessionResponse r;
   e8kv__v1__delete_session_response__init(&r);
   r.chunks_unpinned = unpinned;
+  if (rq->purge_chunks && purge_chunks(app, who->ns_id, &s, &r, st) != 0) goto out;
   if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
 out:
   if (locked) kvd_session_unlock(app, who->ns_id, rq->name);

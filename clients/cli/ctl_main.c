@@ -52,6 +52,11 @@ static const ctl_optdef ctl_ls_opts[] = {
     {CTL_O_PREFIX, "prefix", 'p', "PREFIX", NULL, "only sessions whose name starts with PREFIX"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
+static const ctl_optdef ctl_rm_opts[] = {
+    {CTL_O_PURGE, "purge", 0, NULL, NULL,
+     "also delete the session's chunks that no other session pins (no restore finds them)"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
 static const ctl_optdef ctl_import_opts[] = {
     {CTL_O_NAME, "name", 0, "NAME", "the exported name", "create the session under this name"},
     {0, NULL, 0, NULL, NULL, NULL}};
@@ -99,10 +104,15 @@ const ctl_cmd ctl_commands[] = {
      "bytes, bits per element (all stored bytes x 8 / (2 x layers x kv_heads x\n"
      "head_dim x tokens)), ratio to fp16, and when it was created and last used.",
      NULL, ctl_on_show, ctl_off_show},
-    {"rm", "SESSION...", 1, 64, "delete sessions (their chunks become cache entries)",
-     "Deletes sessions. Their chunks stay as cache entries until evicted, unless\n"
-     "another session pins them.",
-     NULL, ctl_on_rm, NULL},
+    {"rm", "SESSION...", 1, 64, "delete sessions (--purge: and their chunks)",
+     "Deletes sessions. Without --purge their chunks stay stored as prefix-cache\n"
+     "entries until LRU eviction: a restore of the same tokens still finds them.\n"
+     "With --purge each chunk of the session that nothing pins any more is deleted\n"
+     "too, so no lookup or restore finds it again; chunks another session lists, or\n"
+     "a read or a lookup lease (--lookup-lease-ms of e8kvd) holds, are kept and\n"
+     "counted. Deleted records stay on disk as dead bytes until `e8kvctl compact`\n"
+     "rewrites their segments (or a segment empties and is deleted).",
+     ctl_rm_opts, ctl_on_rm, NULL},
     {"verify", NULL, 0, 0, "CRC scan of every record; lists quarantined records",
      "Reads every stored record and checks its CRC32C. Records that fail are\n"
      "quarantined (never served) and listed. Exit 6 when any record is bad.\n"

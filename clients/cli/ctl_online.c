@@ -120,6 +120,7 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
   for (int i = 0; i < argc && rc == CTL_EXIT_OK; i++) {
     E8kv__V1__DeleteSessionRequest req = E8KV__V1__DELETE_SESSION_REQUEST__INIT;
     req.name = argv[i];
+    req.purge_chunks = ctx->opt[CTL_O_PURGE] != NULL;
     E8kv__V1__DeleteSessionResponse *r = NULL;
     e8kv_error err;
     if (e8kv_delete_session(ctx->client, &req, &r, &err)) {
@@ -130,8 +131,13 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
       json_decref(done);
       return ctl_error_e8kv(ctx, &err);
     }
-    json_array_append_new(done, json_pack("{s:s,s:i}", "name", argv[i], "chunks_unpinned",
-                                          (json_int_t)r->chunks_unpinned));
+    json_t *e = json_pack("{s:s,s:i}", "name", argv[i], "chunks_unpinned",
+                          (json_int_t)r->chunks_unpinned);
+    if (e && req.purge_chunks) {
+      json_object_set_new(e, "chunks_purged", json_integer(r->chunks_purged));
+      json_object_set_new(e, "chunks_kept", json_integer(r->chunks_kept));
+    }
+    json_array_append_new(done, e);
     e8kv_msg_free(r);
   }
   if (ctx->json) {
@@ -141,8 +147,16 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
   } else {
     for (size_t k = 0; k < json_array_size(done); k++) {
       json_t *e = json_array_get(done, k);
-      printf("deleted %s (%lld chunks unpinned)\n", json_string_value(json_object_get(e, "name")),
-             (long long)json_integer_value(json_object_get(e, "chunks_unpinned")));
+      const char *name = json_string_value(json_object_get(e, "name"));
+      long long unpinned = json_integer_value(json_object_get(e, "chunks_unpinned"));
+      if (json_object_get(e, "chunks_purged"))
+        printf("deleted %s and purged %lld chunks (%lld kept: another session, a read or a "
+               "lookup lease holds them)\n", name,
+               (long long)json_integer_value(json_object_get(e, "chunks_purged")),
+               (long long)json_integer_value(json_object_get(e, "chunks_kept")));
+      else
+        printf("deleted %s (%lld chunks unpinned, still restorable until evicted; --purge "
+               "deletes them)\n", name, unpinned);
     }
     json_decref(done);
   }

@@ -349,6 +349,15 @@ class E2E(unittest.TestCase):
         ctl("rm", "nope", expect=NOT_FOUND)
         j, _ = ctl("rm", "other")
         self.assertGreaterEqual(j["deleted"][0]["chunks_unpinned"], 0)
+        self.assertNotIn("chunks_purged", j["deleted"][0])
+        # rm --purge: the session's chunks go too (nothing else pins a bench session's chunks)
+        ctl("bench", "--session", "purge-me", "--chunks", "2", *SHAPE)
+        before = ctl("stat")[0]
+        j, _ = ctl("rm", "--purge", "purge-me")
+        self.assertEqual((j["deleted"][0]["chunks_purged"], j["deleted"][0]["chunks_kept"]), (2, 0))
+        after = ctl("stat")[0]
+        self.assertEqual(after["namespace"]["chunks"], before["namespace"]["chunks"] - 2)
+        out, _ = ctl("rm", "--purge", "nope", expect=NOT_FOUND, json_out=False)
         for bad in (["frob"], ["show"], ["ls", "--limit", "0"], ["ls", "--bogus"],
                     ["export", "s1"], ["bench", "--head-dim", "65"]):
             j, _ = ctl(*bad, expect=USAGE)
