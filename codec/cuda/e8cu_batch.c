@@ -159,6 +159,10 @@ static void launch_magic(uint32_t d, uint32_t *m, uint32_t *l)
     *m = (uint32_t)((((uint64_t)1 << (31 + lg)) + d - 1) / d);
 }
 
+/* kernel parameters: at most 32764 bytes (Volta and later, CUDA >= 12.1) */
+_Static_assert(sizeof(e8cu_launch) <= 32764, "e8cu_launch exceeds the kernel parameter limit");
+_Static_assert(E8CU_LAUNCH_ITEMS <= 256, "vbucket holds uint8 item indices");
+
 static void launch_common(const e8cu_ctx *ctx, e8cu_launch *L, void *d_q)
 {
     const e8c_fingerprint *fp = &ctx->fp;
@@ -177,6 +181,27 @@ static void launch_common(const e8cu_ctx *ctx, e8cu_launch *L, void *d_q)
     L->src_dtype = fp->src_dtype;
     memcpy(L->bh_log2, ctx->bh_log2, sizeof L->bh_log2);
     memcpy(L->bh_gain, ctx->bh_gain, sizeof L->bh_gain);
+    memcpy(L->sgn_bits, ctx->sgn_bits, sizeof L->sgn_bits);
+    L->vb_shift = 0xff;
+}
+
+/* Items of different sizes: the bucket table of e8cu_launch (vbucket, vb_shift) and each
+ * item's magic numbers for the head division, so that a kernel finds a vector's item and head
+ * by a table read, a short forward walk and a multiply-high (not a binary search over the
+ * items and a division). Needs n_vec < 2^31. */
+static void launch_buckets(e8cu_launch *L)
+{
+    if (L->vec_per_item || L->n_vec == 0 || L->n_vec >= (1ull << 31)) return;
+    uint32_t sh = 0;
+    while ((L->n_vec - 1) >> sh >= E8CU_VBUCKETS) sh++;
+    uint32_t k = 0;
+    for (uint64_t b = 0; b < E8CU_VBUCKETS && (b << sh) < L->n_vec; b++) {
+        while (k + 1 < L->n_items && L->items[k + 1].vec_begin <= (b << sh)) k++;
+        L->vbucket[b] = (uint8_t)k;
+    }
+    for (uint32_t i = 0; i < L->n_items; i++)
+        if (L->items[i].n_q) launch_magic(L->items[i].n_q, &L->items[i].nq_magic, &L->items[i].nq_shift);
+    L->vb_shift = sh;
 }
 
 /* dir 0: quantize; 1: dequantize (dp may ask for new positions). */
@@ -256,6 +281,7 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
                 launch_magic((uint32_t)nv, &L.vec_magic, &L.vec_shift);
                 launch_magic(L.nq_uni, &L.nq_magic, &L.nq_shift);
             }
+            launch_buckets(&L);
             L.all16 = L.items[0].dtype == E8C_DTYPE_F16 ? 1 : L.items[0].dtype == E8C_DTYPE_BF16 ? 2 : 0;
             for (uint32_t k = 1; k < L.n_items; k++)
                 if (L.items[k].dtype != L.items[0].dtype) L.all16 = 0;

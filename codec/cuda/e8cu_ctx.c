@@ -75,6 +75,9 @@ static int64_t init_device(e8cu_ctx *ctx)
     float signs[2 * E8C_MAX_HEAD_DIM];
     e8c_hadamard_signs(fp->config.hadamard_seed, n, 0, signs);
     e8c_hadamard_signs(fp->config.hadamard_seed, n, 1, signs + n);
+    for (uint32_t r = 0; r < 2; r++)
+        for (uint32_t k = 0; k < n; k++)
+            if (signs[r * n + k] < 0.0f) ctx->sgn_bits[r][k / 8] |= (uint8_t)(1u << (k % 8));
     int e = cudaMalloc((void **)&ctx->d_signs, sizeof(float) * 2 * n);
     /* on the legacy stream, waited for: a cudaMemcpy from pageable memory may return before
      * its DMA is done, and the caller's (non-blocking) streams do not wait for that stream */

@@ -55,6 +55,7 @@ struct e8cu_ctx {
     float *d_signs;      /* [2][head_dim] */
     uint8_t bh_log2[E8C_MAX_HEAD_DIM / 8];
     float bh_gain[8];
+    uint8_t sgn_bits[2][E8C_MAX_HEAD_DIM / 8]; /* the signs as bits (e8cu_launch.sgn_bits) */
     e8cu_table tab[E8CU_TABLES];
     uint64_t tick;
     float *h_cos, *h_sin;/* host staging for table builds */

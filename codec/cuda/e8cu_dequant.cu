@@ -60,7 +60,7 @@ e8cu_dequantize_kernel(const __grid_constant__ e8cu_launch L)
             for (int s = 0; s < NB; s++)
                 if (lane + P * s < R) np[s] = __ldg((const uint4 *)(p2 + 8 * (lane + P * s)));
         }
-        uint32_t h = vi / it.n_q, j = vi - h * it.n_q;
+        uint32_t h = e8cu_head_of(L, it, vi), j = vi - h * it.n_q;
         uint32_t tok = it.n_raw_head + j;
         float sf = e8cu_bf16_to_f32(sc);
         float x[NB][8];

@@ -249,10 +249,8 @@ __device__ __forceinline__ void e8cu_hconst_init(e8cu_hconst<NB> &hc, int lane, 
         hc.lg[s] = 0;
         if (b < (int)L.R) {
             hc.lg[s] = L.bh_log2[b];
-            for (int i = 0; i < 8; i++) {
-                if (L.signs[8 * b + i] < 0.0f) m0 |= 1u << i;
-                if (!L.pow2 && L.signs[L.head_dim + 8 * b + i] < 0.0f) m1 |= 1u << i;
-            }
+            m0 = L.sgn_bits[0][b];
+            m1 = L.pow2 ? 0u : L.sgn_bits[1][b];
         }
         hc.gain[s] = L.bh_gain[hc.lg[s]];
         hc.sg0[s] = m0;
@@ -260,9 +258,13 @@ __device__ __forceinline__ void e8cu_hconst_init(e8cu_hconst<NB> &hc, int lane, 
     }
 }
 
+/* x with its sign flipped where bit i of mask is set: the bit shifted to the top, then one
+ * lop3 ((s & 0x80000000) ^ x; the compiler otherwise masks and flips in two instructions) */
 __device__ __forceinline__ float e8cu_flip(float x, uint32_t mask, int i)
 {
-    return __uint_as_float(__float_as_uint(x) ^ (((mask >> i) & 1u) << 31));
+    uint32_t r;
+    asm("lop3.b32 %0, %1, 0x80000000, %2, 0x6A;" : "=r"(r) : "r"(mask << (31 - i)), "r"(__float_as_uint(x)));
+    return __uint_as_float(r);
 }
 
 /* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
@@ -328,6 +330,13 @@ __device__ __forceinline__ int e8cu_find_item(const e8cu_launch &L, uint64_t v, 
 {
     uint32_t per = raw ? L.raw_per_item : L.vec_per_item;
     if (per) return (int)((uint32_t)v / per);
+    if (!raw && L.vb_shift != 0xffu) {
+        /* the bucket table (e8cu_internal.h): one read, then rarely a step or two */
+        const uint32_t v32 = (uint32_t)v;
+        int i = L.vbucket[v32 >> L.vb_shift];
+        while (i + 1 < (int)L.n_items && v32 >= (uint32_t)L.items[i + 1].vec_begin) i++;
+        return i;
+    }
     int lo = 0, hi = (int)L.n_items - 1;
     while (lo < hi) {
         int mid = (lo + hi + 1) >> 1;
@@ -336,6 +345,15 @@ __device__ __forceinline__ int e8cu_find_item(const e8cu_launch &L, uint64_t v, 
         else hi = mid - 1;
     }
     return lo;
+}
+
+/* Head of local vector lv (< the item's vector count) of item it: lv / it.n_q, by a
+ * multiply-high where the host set the magic numbers (e8cu_internal.h), else a division. */
+__device__ __forceinline__ uint32_t e8cu_head_of(const e8cu_launch &L, const e8cu_kitem &it, uint32_t lv)
+{
+    if (L.vec_magic) return __umulhi(lv << 1, L.nq_magic) >> L.nq_shift;
+    if (L.vb_shift != 0xffu) return __umulhi(lv << 1, it.nq_magic) >> it.nq_shift;
+    return lv / it.n_q;
 }
 
 /* Raw loads of 8 elements (16 bytes, or 32 for fp32), then conversion to fp32: split so that

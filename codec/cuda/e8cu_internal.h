@@ -17,6 +17,10 @@ extern "C" {
  * accept up to 32 KiB of parameters). A batch with more items takes several launches. */
 #define E8CU_LAUNCH_ITEMS 192
 
+/* Item lookup table of a launch (e8cu_launch.vbucket): entries, each the item holding the
+ * first vector of a bucket of 2^vb_shift vectors. */
+#define E8CU_VBUCKETS 2048
+
 /* One frame of a launch, as the kernels see it. All offsets in bytes from the qbatch start. */
 typedef struct e8cu_kitem {
     const void *src;        /* device tensor (encode: input; decode: output) */
@@ -34,6 +38,8 @@ typedef struct e8cu_kitem {
     uint32_t n_tokens;
     uint32_t rope_row;      /* table row of token 0's position (keys) */
     uint32_t rope_row2;     /* decode, new positions: row of token 0's stored position */
+    uint32_t nq_magic, nq_shift; /* launch vb_shift set: head of local vector lv < 2^31 is
+                                  * umulhi(2lv, nq_magic) >> nq_shift (= lv / n_q) */
     uint16_t dtype;         /* e8c_dtype of src */
     uint8_t  kind;          /* e8c_kind */
     uint8_t  method;        /* 0: whole layer raw, 1: E8 */
@@ -66,6 +72,13 @@ typedef struct e8cu_launch {
      * (Granlund & Montgomery; e8cu_fastq.cuh). vec_magic == 0: not set, divide. */
     uint32_t vec_magic, vec_shift, nq_uni, nq_magic, nq_shift;
     uint32_t all16;              /* 1: every item's src dtype is fp16, 2: every one bf16, else 0 */
+    /* n_vec < 2^31 and vec_per_item == 0: vbucket[v >> vb_shift] is the item holding vector
+     * (v >> vb_shift) << vb_shift; vector v's item is that one or a later one (walk forward
+     * while v >= the next item's vec_begin). vb_shift = 0xff: no table (binary search). */
+    uint32_t vb_shift;
+    uint8_t  vbucket[E8CU_VBUCKETS];
+    uint8_t  sgn_bits[2][E8C_MAX_HEAD_DIM / 8]; /* Hadamard signs of rounds 0, 1 per 8-block:
+                                                   bit i set = element 8b+i multiplied by -1 */
     uint8_t  bh_log2[E8C_MAX_HEAD_DIM / 8]; /* per 8-block: log2(8-blocks of its BH block) */
     float    bh_gain[8];         /* gain of a BH block of 8·2^k elements: fp32(1/sqrt(m)) */
     e8cu_kitem items[E8CU_LAUNCH_ITEMS];

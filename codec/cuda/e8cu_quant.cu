@@ -49,6 +49,12 @@ __device__ __forceinline__ e8cu_vec e8cu_locate(const e8cu_launch &L, uint64_t v
         lv = (uint32_t)v - (uint32_t)r.item * L.vec_per_item;
         r.h = __umulhi(lv << 1, L.nq_magic) >> L.nq_shift;
         r.j = lv - r.h * L.nq_uni;
+    } else if (L.vb_shift != 0xffu) {
+        r.item = e8cu_find_item(L, v, 0); /* the bucket table; n_vec < 2^31 */
+        const e8cu_kitem &it = L.items[r.item];
+        lv = (uint32_t)v - (uint32_t)it.vec_begin;
+        r.h = __umulhi(lv << 1, it.nq_magic) >> it.nq_shift;
+        r.j = lv - r.h * it.n_q;
     } else {
         r.item = e8cu_find_item(L, v, 0);
         const e8cu_kitem &it = L.items[r.item];
