@@ -212,7 +212,13 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
     int rope = ctx->fp.rope.type != E8C_ROPE_NONE;
     int newpos = dir == 1 && dp && dp->use_new_pos;
     size_t i = 0;
-    while (i < n) {
+    /* encode: a RoPE table that still covers the next launch is not asked for again (no
+     * stream operation between two launches, so that they can overlap: e8cu_quant.cu) and its
+     * use is recorded once, after its last launch, or before another table is asked for */
+    e8cu_table *held = NULL;
+    int after_q = 0; /* the stream's last operation is this call's quantize launch */
+    int64_t rc = 0;
+    while (i < n && rc == 0) {
         e8cu_span A = {0}, B = {0};
         size_t j = i;
         for (; j < n && j - i < E8CU_LAUNCH_ITEMS; j++) {
@@ -230,10 +236,19 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
             B = B2;
         }
         e8cu_table *ta = NULL, *tb = NULL;
-        int64_t rc = 0;
-        if (A.on && (rc = e8cu_table_get(ctx, A.first, A.rows, A.key_L, stream, &ta))) return rc;
-        if (B.on && (rc = e8cu_table_get(ctx, B.first, B.rows, B.key_L, stream, &tb))) return rc;
+        if (A.on && dir == 0 && held && e8cu_table_covers(ctx, held, A.first, A.rows, A.key_L)) {
+            ta = held;
+        } else {
+            if (held && (rc = e8cu_table_used(ctx, held, stream))) break;
+            held = NULL;
+            if (A.on) {
+                after_q = 0;
+                if ((rc = e8cu_table_get(ctx, A.first, A.rows, A.key_L, stream, &ta))) break;
+            }
+        }
+        if (B.on && (rc = e8cu_table_get(ctx, B.first, B.rows, B.key_L, stream, &tb))) break;
         launch_common(ctx, &L, d_q);
+        L.pdl = (uint32_t)(dir == 0 && after_q);
         if (ta) { L.rope_cos = ta->d_cos; L.rope_sin = ta->d_sin; }
         if (tb) { L.rope_cos2 = tb->d_cos; L.rope_sin2 = tb->d_sin; }
         L.n_items = (uint32_t)(j - i);
@@ -294,12 +309,22 @@ static int64_t launch_all(e8cu_ctx *ctx, int dir, size_t n, const e8cu_item *ite
                     return e8cu_fail(ctx, E8C_ERR_DTYPE, "items %zu and %zu: one dequantize call writes one output dtype", i, k);
         }
         int e = dir == 0 ? e8cu_launch_quantize(&L, stream) : e8cu_launch_dequantize(&L, stream);
-        if (e) return e8cu_cuda_fail(ctx, e, dir == 0 ? "quantize launch" : "dequantize launch");
-        if (ta && (rc = e8cu_table_used(ctx, ta, stream))) return rc;
-        if (tb && (rc = e8cu_table_used(ctx, tb, stream))) return rc;
+        if (e) {
+            rc = e8cu_cuda_fail(ctx, e, dir == 0 ? "quantize launch" : "dequantize launch");
+            break;
+        }
+        /* the last kernel of the launch: the quantize kernel, or the raw kernel (before it) */
+        after_q = dir == 0;
+        if (dir == 0) held = ta;
+        else if (ta && (rc = e8cu_table_used(ctx, ta, stream))) break;
+        if (tb && (rc = e8cu_table_used(ctx, tb, stream))) break;
         i = j;
     }
-    return 0;
+    if (held) {
+        int64_t r2 = e8cu_table_used(ctx, held, stream);
+        if (!rc) rc = r2;
+    }
+    return rc;
 }
 
 static int64_t wait_for(e8cu_ctx *ctx, cudaEvent_t ev, cudaStream_t stream)

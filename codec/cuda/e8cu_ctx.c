@@ -157,15 +157,20 @@ static uint32_t table_key(const e8c_fingerprint *fp, uint32_t L)
     return (fp->rope.type == E8C_ROPE_DYNAMIC || fp->rope.type == E8C_ROPE_LONGROPE) ? L : 0;
 }
 
+int e8cu_table_covers(const e8cu_ctx *ctx, const e8cu_table *t, uint32_t first, uint32_t rows, uint32_t L)
+{
+    return t->valid && t->key == table_key(&ctx->fp, L) && t->first <= first &&
+           (uint64_t)first + rows <= (uint64_t)t->first + t->rows;
+}
+
 int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, cudaStream_t stream,
                        e8cu_table **out)
 {
-    uint32_t key = table_key(&ctx->fp, L), hr = ctx->fp.rope.rotary_dim / 2;
+    uint32_t hr = ctx->fp.rope.rotary_dim / 2;
     ctx->tick++;
     for (int i = 0; i < E8CU_TABLES; i++) {
         e8cu_table *t = &ctx->tab[i];
-        if (t->valid && t->key == key && t->first <= first &&
-            (uint64_t)first + rows <= (uint64_t)t->first + t->rows) {
+        if (e8cu_table_covers(ctx, t, first, rows, L)) {
             int e = cudaStreamWaitEvent(stream, t->ready, 0);
             if (e != cudaSuccess) return e8cu_cuda_fail(ctx, e, "waiting for a RoPE table's upload");
             t->last = ctx->tick;
@@ -206,7 +211,7 @@ int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L,
     if (e == cudaSuccess) e = cudaEventRecord(t->ready, stream);
     if (e != cudaSuccess) return e8cu_cuda_fail(ctx, e, "RoPE table upload");
     t->valid = 1;
-    t->key = key;
+    t->key = table_key(&ctx->fp, L);
     t->first = first;
     t->rows = rows;
     t->last = ctx->tick;

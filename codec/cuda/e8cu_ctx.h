@@ -107,6 +107,9 @@ int64_t e8cu_cuda_fail(e8cu_ctx *ctx, int e, const char *what);
  * and stream waits for the upload of a cached one (which another stream may have made). */
 int64_t e8cu_table_get(e8cu_ctx *ctx, uint32_t first, uint32_t rows, uint32_t L, cudaStream_t stream,
                        e8cu_table **out);
+/* 1 when t (valid) holds the rows of positions first .. first+rows-1 for rope_seq_len L, the
+ * check e8cu_table_get starts with; 0 otherwise. */
+int e8cu_table_covers(const e8cu_ctx *ctx, const e8cu_table *t, uint32_t first, uint32_t rows, uint32_t L);
 /* Marks t as read by the work just enqueued on stream. */
 int64_t e8cu_table_used(e8cu_ctx *ctx, e8cu_table *t, cudaStream_t stream);
 

@@ -76,6 +76,9 @@ typedef struct e8cu_launch {
      * (v >> vb_shift) << vb_shift; vector v's item is that one or a later one (walk forward
      * while v >= the next item's vec_begin). vb_shift = 0xff: no table (binary search). */
     uint32_t vb_shift;
+    /* host: 1 when the stream's previous operation is this call's previous quantize launch
+     * (e8cu_launch_quantize may then overlap it, programmatic dependent launch) */
+    uint32_t pdl;
     uint8_t  vbucket[E8CU_VBUCKETS];
     uint8_t  sgn_bits[2][E8C_MAX_HEAD_DIM / 8]; /* Hadamard signs of rounds 0, 1 per 8-block:
                                                    bit i set = element 8b+i multiplied by -1 */

@@ -160,6 +160,10 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
     const uint64_t stride = (uint64_t)gridDim.x * gpb;
     const float inv_n = 1.0f / (float)n; /* exact: FAST implies a power-of-two n */
 
+    /* FAST launches follow each other with programmatic dependent launch (e8cu_launch_q):
+     * the next launch may start its blocks once every block of this one runs */
+    if (FAST) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+
     /* software pipeline: the next vector's bytes are requested before this one is processed */
     uint64_t v = (uint64_t)blockIdx.x * gpb + grp;
     uint4 nraw[NB][DT ? 1 : 2]; /* DT: every item 16-bit, one 16-byte load per 8-block */
@@ -316,12 +320,20 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         }
         if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)cv.h * it.n_q + cv.j] = sc;
     }
+    /* a block ends only after the previous kernel of the stream has completed (and its
+     * writes are visible): so this launch completes after it, and whatever the stream runs
+     * next without the attribute waits for both, as in plain stream order. Returns at once
+     * when the launch did not overlap a previous kernel. */
+    if (FAST) asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
 /* Raw-kept tokens: one thread per 8-block. The raw array is [heads][n_raw][n] in the source
  * dtype: head tokens (0 .. n_raw_head-1), then tail tokens (n_tokens - n_raw_tail ..). */
 __global__ void __launch_bounds__(E8CU_THREADS) e8cu_raw_kernel(const __grid_constant__ e8cu_launch L)
 {
+    /* may overlap the previous launch's kernels and be overlapped by the next: see
+     * e8cu_quantize_kernel and e8cu_launch_pdl */
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     const uint64_t step = (uint64_t)gridDim.x * blockDim.x;
     for (uint64_t g = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; g < L.n_raw_blocks; g += step) {
         const e8cu_kitem &it = L.items[e8cu_find_item(L, g, 1)];
@@ -377,6 +389,36 @@ __global__ void __launch_bounds__(E8CU_THREADS) e8cu_raw_kernel(const __grid_con
         for (int i = 7; i >= 0; i--)
             if (code[i]) e8cu_report(L, it, 0, ((uint64_t)h * it.n_tokens + tok) * L.head_dim + 8 * b + i, code[i]);
     }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+/* Launches kernel k with (pdl = 1) or without programmatic dependent launch (Hopper): with
+ * it, k's blocks may start on the multiprocessors that the stream's previous kernel (this
+ * call's previous quantize or raw kernel, which lets its dependents start at once) leaves
+ * idle at its end; k's blocks end with griddepcontrol.wait, so k still completes after that
+ * kernel and the stream's later work waits for both, as in plain stream order. E8CU_PDL=0:
+ * plain launches. */
+static __thread int e8cu_pdl_next; /* e8cu_launch_quantize -> e8cu_launch_q */
+
+static cudaError_t e8cu_launch_pdl(void (*k)(const e8cu_launch), unsigned grid, size_t smem, cudaStream_t stream,
+                                   int pdl, const e8cu_launch *L)
+{
+    const char *v = getenv("E8CU_PDL");
+    if (pdl && !(v && *v == '0')) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(E8CU_THREADS);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, k, *L);
+    }
+    k<<<grid, E8CU_THREADS, smem, stream>>>(*L);
+    return cudaGetLastError();
 }
 
 template <int P, int NB, int MB, bool FAST = false, int DT = 0>
@@ -397,8 +439,8 @@ static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int 
     }
     uint64_t cap = (uint64_t)sms * MB * waves;
     unsigned grid = (unsigned)(need < cap ? need : cap);
-    e8cu_quantize_kernel<P, NB, MB, FAST, DT><<<grid, E8CU_THREADS, smem, stream>>>(*L);
-    return cudaGetLastError();
+    /* only the fast kernels end with griddepcontrol.wait */
+    return e8cu_launch_pdl(e8cu_quantize_kernel<P, NB, MB, FAST, DT>, grid, smem, stream, FAST && e8cu_pdl_next, L);
 }
 
 /* The fast kernel, specialised where every item is fp16 or every item bf16 (E8CU_W16=0
@@ -439,6 +481,17 @@ extern "C" int e8cu_launch_quantize(const e8cu_launch *L, cudaStream_t stream)
 {
     int sms = e8cu_sm_count();
     cudaError_t e = cudaSuccess;
+    /* the raw kernel (tiny) first: then the quantize kernel follows a kernel of this call
+     * and may overlap it (e8cu_launch_pdl); L->pdl: the stream's previous operation is the
+     * previous launch's kernel */
+    e8cu_pdl_next = (int)L->pdl;
+    if (L->n_raw_blocks > 0) {
+        uint64_t need = (L->n_raw_blocks + E8CU_THREADS - 1) / E8CU_THREADS;
+        unsigned grid = (unsigned)(need < (uint64_t)sms * 8 ? need : (uint64_t)sms * 8);
+        e = e8cu_launch_pdl(e8cu_raw_kernel, grid, 0, stream, e8cu_pdl_next, L);
+        if (e != cudaSuccess) return (int)e;
+        e8cu_pdl_next = 1;
+    }
     if (L->n_vec > 0) {
         /* lanes per vector: two 8-blocks per lane (NB = 2) halves the per-vector work every
          * lane repeats (locating, scale) and the shuffle stages; E8CU_NARROW=1 selects one
@@ -454,13 +507,6 @@ extern "C" int e8cu_launch_quantize(const e8cu_launch *L, cudaStream_t stream)
         } else if (R <= 8) e = e8cu_launch_q<8, 1, 4>(L, stream, sms);
         else if (R > 32) e = e8cu_fast_ok(L, 32, 2) ? e8cu_launch_q_fast<32, 2>(L, stream, sms) : e8cu_launch_q<32, 2, 2>(L, stream, sms);
         else e = R <= 16 ? e8cu_launch_q_wide<8>(L, stream, sms) : e8cu_launch_q_wide<16>(L, stream, sms);
-        if (e != cudaSuccess) return (int)e;
-    }
-    if (L->n_raw_blocks > 0) {
-        uint64_t need = (L->n_raw_blocks + E8CU_THREADS - 1) / E8CU_THREADS;
-        unsigned grid = (unsigned)(need < (uint64_t)sms * 8 ? need : (uint64_t)sms * 8);
-        e8cu_raw_kernel<<<grid, E8CU_THREADS, 0, stream>>>(*L);
-        e = cudaGetLastError();
     }
     return (int)e;
 }
