@@ -139,7 +139,8 @@ static double time_quant(e8cu_ctx *gpu, int dir, size_t n, const e8cu_item *item
 
 /* --sweep: the quantization stage again under each kernel tuning knob of codec/cuda (residency
  * of the fast and general kernels, the general kernels alone, one 8-block per lane, the fast
- * kernel's fp32-capable loads, waves of blocks per launch of the fast quantize kernel). Every
+ * kernel's fp32-capable loads, waves of blocks per launch of the fast quantize kernel, plain
+ * launches instead of overlapping ones). Every
  * setting's qbatch and decoded cache must equal the default's byte for byte (the knobs change
  * speed only); returns [{"env", "quant_encode_GBps", "quant_decode_GBps", "identical"}]. */
 static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, const e8cu_item *oitems,
@@ -150,7 +151,7 @@ static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, cons
         {"E8CU_FAST_Q_MINBLOCKS", "2"}, {"E8CU_FAST_Q_MINBLOCKS", "3"}, {"E8CU_FAST_Q_MINBLOCKS", "4"},
         {"E8CU_FAST_DQ_MINBLOCKS", "2"}, {"E8CU_FAST_DQ_MINBLOCKS", "3"}, {"E8CU_FAST_DQ_MINBLOCKS", "4"},
         {"E8CU_FAST", "0"}, {"E8CU_NARROW", "1"}, {"E8CU_W16", "0"},
-        {"E8CU_Q_GRID", "1"}, {"E8CU_Q_GRID", "4"}, {"E8CU_Q_GRID", "16"},
+        {"E8CU_Q_GRID", "1"}, {"E8CU_Q_GRID", "4"}, {"E8CU_Q_GRID", "16"}, {"E8CU_PDL", "0"},
     };
     const double gb = (double)bytes / 1e9;
     unsigned char *ref_q = malloc(qbytes), *ref_o = malloc(bytes), *buf = malloc(bytes > qbytes ? bytes : qbytes);

@@ -9,7 +9,8 @@
  * two and not), every RoPE variant and layout, partial rotary, positions near 4096, 8192 and
  * 131072, sinks / recent window / protected layers, strided views, new positions on decode;
  * input errors (NaN, out of range, bad layout) reported as the CPU path reports them; and the
- * stream/event contract with a producer kernel that writes the KV late.
+ * stream/event contract with a producer kernel that writes the KV late (on another stream, or
+ * on the quantize stream itself).
  * GPU_QUICK=1 runs a reduced set (for compute-sanitizer).
  */
 #include <setjmp.h>
@@ -578,19 +579,20 @@ static void test_errors(void **state)
     free(x);
 }
 
-/* The stream/event contract: the KV is written by a kernel on another stream that finishes
- * late; quantize waits on its event, so the frame is the one of the final data (the buffer
- * held NaN before the producer ran: reading early would give E8C_ERR_NONFINITE or other
- * bytes). */
-static void test_event_contract(void **state)
+/* The stream/event contract: the KV is written by a kernel that finishes late, on another
+ * stream (quantize waits on its event) or on the quantize stream itself (same_stream: stream
+ * order; the quantize call's first kernel must not overlap it, see e8cu_launch_pdl), so the
+ * frame is the one of the final data (the buffer held NaN before the producer ran: reading
+ * early would give E8C_ERR_NONFINITE or other bytes). first_pos 0: the attention sink is kept
+ * raw, so the raw kernel runs first. */
+static void event_case(int same_stream, uint32_t first_pos)
 {
-    (void)state;
     e8c_fingerprint fp;
     e8t_fingerprint(&fp, 4, 4, 128, E8C_ROPE_DEFAULT, 0);
     const uint32_t H = 4, N = 512, hd = 128;
     e8t_rng rng = {99};
-    case_item ci[2] = {{{.layer = 2, .kind = 0, .n_tokens = N, .first_pos = 1000}, 0},
-                       {{.layer = 2, .kind = 1, .n_tokens = N, .first_pos = 1000}, 0}};
+    case_item ci[2] = {{{.layer = 2, .kind = 0, .n_tokens = N, .first_pos = first_pos}, 0},
+                       {{.layer = 2, .kind = 1, .n_tokens = N, .first_pos = first_pos}, 0}};
     batch b;
     batch_make(&b, &fp, E8C_DTYPE_F16, 2, ci, NULL, &rng);
     e8c_ctx *cpu = e8c_ctx_create(&fp, NULL);
@@ -613,12 +615,14 @@ static void test_event_contract(void **state)
     CK(cudaStreamCreateWithFlags(&cons, cudaStreamNonBlocking));
     CK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     for (int i = 0; i < 2; i++)
-        assert_int_equal(e8cu_test_late_copy(b.d_in[i], stage[i], b.in_bytes[i], 50ull * 1000 * 1000, prod), 0);
+        assert_int_equal(e8cu_test_late_copy(b.d_in[i], stage[i], b.in_bytes[i], 50ull * 1000 * 1000,
+                                             same_stream ? cons : prod), 0);
     CK(cudaEventRecord(ev, prod));
     gpu_out g = {0};
-    int64_t r = gpu_frames(&b, &g, cons, ev);
-    if (r) fail_msg("event contract: %s: %s", e8cu_error_name(r), e8cu_ctx_last_error(g.gpu));
-    compare_frames("event contract", &b, cf, cs, &g);
+    int64_t r = gpu_frames(&b, &g, cons, same_stream ? NULL : ev);
+    const char *what = same_stream ? "producer on the same stream" : "event contract";
+    if (r) fail_msg("%s: %s: %s", what, e8cu_error_name(r), e8cu_ctx_last_error(g.gpu));
+    compare_frames(what, &b, cf, cs, &g);
     CK(cudaStreamSynchronize(prod));
     gpu_out_free(&g, 2);
     for (int i = 0; i < 2; i++) { cudaFree(stage[i]); free(cf[i]); }
@@ -628,6 +632,19 @@ static void test_event_contract(void **state)
     e8c_ctx_free(cpu);
     batch_free(&b);
     (void)hd;
+}
+
+static void test_event_contract(void **state)
+{
+    (void)state;
+    event_case(0, 1000);
+}
+
+static void test_same_stream_producer(void **state)
+{
+    (void)state;
+    event_case(1, 1000);
+    event_case(1, 0);
 }
 
 int main(void)
@@ -642,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_foreign_frame),
         cmocka_unit_test(test_event_contract),
+        cmocka_unit_test(test_same_stream_producer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
