@@ -44,13 +44,17 @@
  * BATCHES
  *   One call covers many frames (layers, K and V, chunks): an array of e8cu_item, each one
  *   frame's [n_kv_heads][n_tokens][head_dim] tensor in device memory with its e8c_frame_params.
- *   One kernel launch covers up to 192 frames (plus one launch for raw-kept tokens, if any).
- *   All items of a call share the context's fingerprint; n_tokens, positions, layer and kind
+ *   One kernel launch covers up to 192 frames (plus one launch for raw-kept tokens, if any);
+ *   on Hopper and later the encode call's consecutive launches overlap (programmatic dependent
+ *   launch: a launch may start where the previous one's last blocks leave multiprocessors idle;
+ *   completion order, and so everything the stream does next, is unchanged; the call's first
+ *   launch waits for the stream's previous work as usual). All items of a call share the context's fingerprint; n_tokens, positions, layer and kind
  *   vary per item. The tuning variables E8CU_NARROW, E8CU_WIDE_MINBLOCKS, E8CU_Q_MINBLOCKS,
  *   E8CU_DQ_MINBLOCKS, E8CU_FAST_Q_MINBLOCKS, E8CU_FAST_DQ_MINBLOCKS, E8CU_Q_GRID (waves of
  *   blocks per quantize launch, 1..64, default 8), E8CU_W16=0 (no fp16/bf16-specialised
- *   quantize kernel) and E8CU_FAST=0 (the general kernels, whose every decision is the exact
- *   rule) change only the kernels' layout and speed, never a result.
+ *   quantize kernel), E8CU_FAST=0 (the general kernels, whose every decision is the exact
+ *   rule) and E8CU_PDL=0 (plain, non-overlapping launches) change only the kernels' layout and
+ *   speed, never a result.
  *
  * STREAMS AND EVENTS
  *   Functions ending in _async enqueue work on `stream` (the last argument) and return without
