@@ -261,10 +261,13 @@ int ctl_off_stat(ctl_ctx *ctx, int argc, char **argv) {
   }
   e8s_close(o.st);
   if (r) return ctl_off_store_error(ctx, r, "stats");
+  /* tokens, raw bytes and bpe as e8kvd's GetStats computes them (daemon/kvd_rpc_admin.c) */
+  double bpe = o.ns.raw_bytes ? (double)o.ns.used_bytes * 8.0 / (double)(o.ns.raw_bytes / 2) : 0.0;
   json_t *j = json_pack(
-      "{s:{s:s,s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:n,s:n}", "namespace",
-      "namespace_name", o.ns.name, "chunks", (json_int_t)o.ns.chunks, "sessions",
-      (json_int_t)sessions, "stored_bytes", (json_int_t)o.ns.used_bytes, "store",
+      "{s:{s:s,s:I,s:I,s:I,s:I,s:I,s:f},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:n,s:n}",
+      "namespace", "namespace_name", o.ns.name, "chunks", (json_int_t)o.ns.chunks, "sessions",
+      (json_int_t)sessions, "stored_bytes", (json_int_t)o.ns.used_bytes, "tokens",
+      (json_int_t)o.ns.tokens, "raw_fp16_bytes", (json_int_t)o.ns.raw_bytes, "bpe", bpe, "store",
       "capacity_bytes", (json_int_t)s.capacity_bytes, "used_bytes", (json_int_t)s.used_bytes,
       "disk_bytes", (json_int_t)s.disk_bytes, "chunks", (json_int_t)s.chunks, "sessions",
       (json_int_t)s.sessions, "namespaces", (json_int_t)s.namespaces, "segments",

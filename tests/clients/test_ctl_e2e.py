@@ -324,6 +324,10 @@ class E2E(unittest.TestCase):
             self.assertEqual(on, off, args)
         j, _ = ctl("stat", offline=True)
         self.assertEqual(j["namespace"]["namespace_name"], "default")
+        on, _ = ctl("stat")    # the namespace's figures agree (offline printed "tokens: -")
+        for k in ("chunks", "sessions", "stored_bytes", "tokens", "raw_fp16_bytes", "bpe"):
+            self.assertEqual(j["namespace"][k], on["namespace"][k], k)
+        self.assertGreater(j["namespace"]["tokens"], 0)
         j, _ = ctl("ls", "--namespace", "team", offline=True)
         self.assertEqual(sorted(s["name"] for s in j["sessions"]), ["mine", "s1-team"])
         ctl("ls", "--namespace", "nobody", offline=True, expect=NOT_FOUND)
