@@ -25,10 +25,13 @@
  *   stream_deadline_ms for its whole life (default 1 h). A call to an address
  *   where nothing listens fails at once with E8KV_UNAVAILABLE (no waiting for
  *   the daemon to appear: gRPC's wait-for-ready is off). Where something listens
- *   but never answers (a stopped or hung daemon, another program), a call fails
- *   at its deadline with E8KV_DEADLINE_EXCEEDED, or after gRPC's 20 s connect
- *   timeout with E8KV_UNAVAILABLE, whichever comes first; both messages name the
- *   address (and the deadline that passed).
+ *   but never answers (a stopped or hung daemon, another program), a unary call
+ *   fails at its deadline with E8KV_DEADLINE_EXCEEDED, naming the address and the
+ *   deadline: a connection attempt may take deadline_ms (as given at open) + 1 s,
+ *   at least gRPC's default 20 s, so it outlasts the call. A stream fails at
+ *   stream_deadline_ms or when that attempt times out (E8KV_UNAVAILABLE), whichever
+ *   comes first; a call made while the client waits to reconnect after a failed
+ *   attempt (at most 1 s, below) fails at once with E8KV_UNAVAILABLE.
  *   After a lost connection (a daemon restart) the client tries to reconnect
  *   at most 1 s apart (gRPC's default backoff grows to 2 min), so calls work
  *   again within about a second of the daemon serving again.

@@ -97,8 +97,18 @@ e8kv_status e8kv_client_open(const e8kv_options *o, e8kv_client **out, e8kv_erro
     grpc_shutdown();
     return s;
   }
-  grpc_arg args[5];
+  grpc_arg args[6];
   size_t nargs = 0;
+  /* A connection attempt outlives a unary call (deadline_ms at open, plus 1 s; at least gRPC's
+   * default 20 s): with gRPC's 20 s alone a call to a stopped or hung daemon failed before its
+   * documented deadline (30 s by default) with "connection attempt timed out before receiving
+   * SETTINGS frame"; now such a call ends at its deadline (DEADLINE_EXCEEDED, naming it). gRPC
+   * takes this key as its minimum connect timeout. */
+  uint64_t connect_ms = (uint64_t)(o->deadline_ms ? o->deadline_ms : 30000) + 1000;
+  if (connect_ms < 20000) connect_ms = 20000;
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+  args[nargs++].value.integer = connect_ms > INT32_MAX ? INT32_MAX : (int)connect_ms;
   /* Reconnect within KVC_RECONNECT_MAX_MS of a restarted daemon: gRPC's default backoff
    * grows to 120 s, so after an outage of a minute calls kept failing (UNAVAILABLE, no
    * connection attempt) for tens of seconds after e8kvd was back. */

@@ -464,6 +464,27 @@ class E2E(unittest.TestCase):
         self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
         self.assertIn("1000 ms deadline", p.stderr)
 
+    def test_12f_hung_daemon_fails_at_the_deadline_not_grpc_connect_timeout(self):
+        """A SIGSTOPped daemon (or any peer that accepts and never answers) failed every call
+        at gRPC's 20 s connect timeout ("timed out before receiving SETTINGS frame"), not at
+        the deadline README documents; libe8kv gives the connection attempt the deadline."""
+        import socket
+        path = os.path.join(TMP, "silent3.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(64)
+        try:
+            t0 = time.monotonic()
+            p = subprocess.run([CTL, "--timeout", "21s", "-a", "unix:" + path, "health"],
+                               capture_output=True, text=True, timeout=90)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+            os.unlink(path)
+        self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
+        self.assertIn("21000 ms deadline", p.stderr)
+        self.assertGreater(took, 20.5)
+
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
         # A session of its own shape, written last: its chunk is the newest record of the
