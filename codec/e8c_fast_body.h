@@ -703,6 +703,67 @@ int64_t FN(e8c_fast_quantize_layer)(e8c_ctx *ctx, const e8c_layer_geom *g,
 #ifdef __AVX2__
 /* e8c_pack.c's head_fast with AVX2: one 8-block per step.  Same result:
  * returns nonzero if a symbol is 255 or a value is out of range. */
+/* e8c_head_points for n a multiple of 16, two 8-blocks per register in
+ * 16-bit lanes.  No lane wraps before the verdict is known: S of a valid
+ * frame is within [-16384, 16383]; a decoded R is within [-128, 127]
+ * (symbols < 255; 255 marks the frame bad), so S = R, R + M (|M| <= 16384,
+ * checked by the caller) and R + S_prev with S_prev in range stay inside
+ * int16, and once an S leaves the range the verdict is bad already.  The
+ * range check is head_points' |P| < 2^15 on P = 2 S + c (lanes 0-6: S in
+ * [-16384, 16383]) and P_7 = 2 (2 S_7 + par) + c (S_7 in [-8192, 8191]),
+ * as bounds on S. */
+static uint32_t FN(head_points16)(const uint8_t *restrict cs, const uint8_t *restrict hs, uint32_t Q,
+                                  uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
+                                  size_t b0, int16_t *restrict p2)
+{
+    int16_t prev[E8C_MAX_HEAD_DIM], M16[E8C_MAX_HEAD_DIM];
+    for (uint32_t j = 0; j < n; j++) { prev[j] = 0; M16[j] = mode == 3 ? (int16_t)M[j] : 0; }
+    /* bytes 0-6 of the 14 coordinates, the first half, bytes 7-13, the second half */
+    const __m128i order = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 14, 7, 8, 9, 10, 11, 12, 13, 15);
+    const __m256i one = _mm256_set1_epi16(1), v255 = _mm256_set1_epi16(255);
+    const __m256i mul = _mm256_setr_epi16(2, 2, 2, 2, 2, 2, 2, 4, 2, 2, 2, 2, 2, 2, 2, 4);
+    const __m256i lo = _mm256_setr_epi16(-16384, -16384, -16384, -16384, -16384, -16384, -16384, -8192,
+                                         -16384, -16384, -16384, -16384, -16384, -16384, -16384, -8192);
+    const __m256i hi = _mm256_setr_epi16(16383, 16383, 16383, 16383, 16383, 16383, 16383, 8191,
+                                         16383, 16383, 16383, 16383, 16383, 16383, 16383, 8191);
+    /* P - mul S by coset c and parity par of each of the two blocks:
+     * c in lanes 0-7, 2 par more in lane 7 (index c0 | par0 << 1 | c1 << 2 | par1 << 3) */
+    int16_t addv[16][16];
+    for (int k = 0; k < 16; k++)
+        for (int l = 0; l < 16; l++) {
+            int blk = l >> 3, c = (k >> (2 * blk)) & 1, par = (k >> (2 * blk + 1)) & 1;
+            addv[k][l] = (int16_t)(c + ((l & 7) == 7 ? 2 * par : 0));
+        }
+    __m256i bad = _mm256_setzero_si256();
+    size_t blk = b0, k = 0;
+    for (uint32_t t = 0; t < Q; t++)
+        for (uint32_t j = 0; j < n; j += 16, k += 2, blk += 2) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(cs + 7 * k)); /* 14 used; cs holds n bytes per 7 */
+            uint16_t h2;
+            memcpy(&h2, hs + k, 2);
+            b = _mm_shuffle_epi8(_mm_insert_epi16(b, h2, 7), order);
+            __m256i z = _mm256_cvtepu8_epi16(b);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi16(z, v255));
+            __m256i S = _mm256_xor_si256(_mm256_srli_epi16(z, 1), _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(z, one)));
+            if (mode == 2) {
+                S = _mm256_add_epi16(S, _mm256_loadu_si256((const __m256i *)(prev + j)));
+                _mm256_storeu_si256((__m256i *)(prev + j), S);
+            } else if (mode == 3) {
+                S = _mm256_add_epi16(S, _mm256_loadu_si256((const __m256i *)(M16 + j)));
+            }
+            bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi16(lo, S) , _mm256_cmpgt_epi16(S, hi)));
+            /* parities of S_0..S_6 of each block (low bit of each lane, as the high byte's top bit) */
+            uint32_t m = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(S, 15));
+            uint32_t par0 = (uint32_t)__builtin_popcount(m & 0x2AAAu) & 1;
+            uint32_t par1 = (uint32_t)__builtin_popcount(m & 0x2AAA0000u) & 1;
+            uint32_t c0 = (cos_bits[blk >> 3] >> (blk & 7)) & 1, c1 = (cos_bits[(blk + 1) >> 3] >> ((blk + 1) & 7)) & 1;
+            __m256i P = _mm256_add_epi16(_mm256_mullo_epi16(S, mul),
+                                         _mm256_loadu_si256((const __m256i *)addv[c0 | par0 << 1 | c1 << 2 | par1 << 3]));
+            _mm256_storeu_si256((__m256i *)(p2 + 8 * k), P);
+        }
+    return (uint32_t)!_mm256_testz_si256(bad, bad);
+}
+
 uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict hs, uint32_t Q,
                              uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
                              size_t b0, int32_t *restrict prev, int16_t *restrict p2);
@@ -710,6 +771,7 @@ uint32_t FN(e8c_head_points)(const uint8_t *restrict cs, const uint8_t *restrict
                              uint32_t n, uint8_t mode, const int32_t *M, const uint8_t *cos_bits,
                              size_t b0, int32_t *restrict prev, int16_t *restrict p2)
 {
+    if (n % 16 == 0) return FN(head_points16)(cs, hs, Q, n, mode, M, cos_bits, b0, p2);
     const __m256i one = _mm256_set1_epi32(1), v255 = _mm256_set1_epi32(255);
     const __m256i shifts = _mm256_setr_epi32(1, 1, 1, 1, 1, 1, 1, 2);
     const __m256i pmin = _mm256_set1_epi32(-32768), pmax = _mm256_set1_epi32(32767);

@@ -122,6 +122,12 @@ void e8c_scale4_avx2(const float *y, uint32_t n, float step, uint16_t sc[4]); /*
  * and coordinate/half symbols (e8c_fast_body.h; e8c_pack and tests) */
 uint32_t e8c_pack_head_avx2(const int16_t *p2, uint32_t Q, uint32_t n, uint32_t forced, int32_t *S,
                             int32_t *M, uint8_t *cs, uint8_t *hs, int *esc);
+/* the decoder's inverse for a frame without escapes: points of one head
+ * from its symbols (cs: readable n bytes per 8-block of 7); nonzero if a
+ * symbol is 255 or a point leaves int16 (e8c_fast_body.h; e8c_unpack) */
+uint32_t e8c_head_points_avx2(const uint8_t *cs, const uint8_t *hs, uint32_t Q, uint32_t n,
+                              uint8_t mode, const int32_t *M, const uint8_t *cos_bits, size_t b0,
+                              int32_t *prev, int16_t *p2);
 void e8c_ref_dequantize_vec(uint16_t scale, const int16_t *p2, uint32_t n,
                             float *y);
 

@@ -15,9 +15,6 @@
 #include "codec/e8c_internal.h"
 
 /* AVX2 build of head_fast (e8c_fast_body.h), for backend 3 */
-uint32_t e8c_head_points_avx2(const uint8_t *cs, const uint8_t *hs, uint32_t Q, uint32_t n,
-                              uint8_t mode, const int32_t *M, const uint8_t *cos_bits, size_t b0,
-                              int32_t *prev, int16_t *p2);
 
 static uint32_t zz(int64_t v) { return v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1); }
 static int64_t unzz(uint64_t z) { return (z & 1) ? -(int64_t)(z >> 1) - 1 : (int64_t)(z >> 1); }

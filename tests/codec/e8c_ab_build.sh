@@ -11,7 +11,7 @@ objs=""
 tmp=$(mktemp -d)
 for f in "$tree"/codec/*.c; do
     b=$(basename "$f" .c); x=""
-    case $b in e8c_fast_avx2) x="-mavx2 -mf16c";; e8c_rans32_avx2) x="-mavx2";; esac
+    case $b in e8c_fast_avx2) x="-mavx2 -mf16c -falign-loops=32";; e8c_rans32_avx2) x="-mavx2";; esac
     cc $cf $x -c "$f" -o "$tmp/$b.o"
     objs="$objs $tmp/$b.o"
 done

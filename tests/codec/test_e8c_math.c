@@ -378,6 +378,75 @@ static void test_pack_head_equals_spec(void **state)
     assert_true(tiesdone); /* modes 1 and 3 tied at least once */
 }
 
+/* The AVX2 points-from-symbols of one head (e8c_head_points; 16-bit lanes
+ * where head_dim % 16 == 0) against FORMAT.md 5.2's inverse written out
+ * here: same points, and the same verdict on 255 symbols and on points
+ * that leave int16 (drifting deltas, means at the limits, half
+ * coordinates near +-8192). */
+static void test_head_points_equals_spec(void **state)
+{
+    (void)state;
+    if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (head_points is AVX2 code)");
+    static const uint32_t dims[] = {16, 48, 64, 128, 8, 24, 80};
+    e8t_rng r = {616};
+    enum { QM = 200, NM = 128 };
+    static uint8_t cs[QM * NM], hs[QM * NM / 8 + 16], cos[QM * NM / 64 + 16];
+    static int16_t got[QM * NM], want[QM * NM];
+    static int32_t prev[NM];
+    int32_t M[NM];
+    int nbad = 0, ngood = 0;
+    for (int k = 0; k < 12000; k++) {
+        uint32_t n = dims[k % 7], Q = 1 + (uint32_t)(e8t_u64(&r) % QM);
+        uint8_t mode = (uint8_t)(1 + (k / 7) % 3);
+        int kind = (k / 21) % 4; /* 0 small, 1 drift, 2 means at the limits, 3 rare 255 */
+        size_t nb = (size_t)Q * n / 8;
+        for (size_t i = 0; i < nb * 7 + 16; i++) cs[i] = (uint8_t)(e8t_u64(&r) % (kind == 1 ? 255 : 9));
+        for (size_t i = 0; i < nb + 2; i++) hs[i] = (uint8_t)(e8t_u64(&r) % (kind == 1 ? 255 : 9));
+        if (kind == 3) { cs[e8t_u64(&r) % (nb * 7)] = 255; }
+        if (kind == 1 && k % 2) /* one direction: deltas drift out of range */
+            for (size_t i = 0; i < nb * 7; i++) cs[i] &= 0xFE;
+        for (size_t i = 0; i < nb / 8 + 2; i++) cos[i] = (uint8_t)e8t_u64(&r);
+        uint32_t jl = (uint32_t)(e8t_u64(&r) % n); /* kind 2: one column's mean at a limit */
+        if (k % 2) jl |= 7; /* often a half column */
+        for (uint32_t j = 0; j < n; j++) {
+            int32_t lim = j % 8 == 7 ? 8192 : 16384;
+            /* symbols < 9 give R in [-4, 4]: these means put the column's
+             * extreme exactly at the limit or one past it */
+            static const int32_t edge[4] = {3, 4, -4, -5};
+            int32_t e = edge[e8t_u64(&r) % 4];
+            M[j] = kind == 2 && j == jl ? (e > 0 ? -lim + e : lim + e) : (int32_t)(e8t_u64(&r) % 41) - 20;
+        }
+        /* the spec: S from zigzag, the mode's undo, q_7 = 2 S_7 + parity, P = 2 q + c, |P| < 2^15 */
+        int bad = 0;
+        int64_t pv[NM] = {0};
+        for (size_t b = 0; b < nb; b++) {
+            uint32_t j0 = (uint32_t)(b * 8 % n);
+            int64_t S[8], par = 0;
+            for (int i = 0; i < 8; i++) {
+                uint32_t z = i < 7 ? cs[7 * b + i] : hs[b];
+                bad |= z == 255;
+                int64_t v = (z & 1) ? -(int64_t)(z >> 1) - 1 : (int64_t)(z >> 1);
+                if (mode == 2) { v += pv[j0 + i]; pv[j0 + i] = v; }
+                else if (mode == 3) v += M[j0 + i];
+                S[i] = v;
+            }
+            int c = (cos[b / 8] >> (b % 8)) & 1;
+            for (int i = 0; i < 7; i++) par += S[i];
+            for (int i = 0; i < 8; i++) {
+                int64_t q = i < 7 ? S[i] : 2 * S[7] + (par & 1), P = 2 * q + c;
+                bad |= P < -32768 || P > 32767;
+                want[8 * b + i] = (int16_t)P;
+            }
+        }
+        uint32_t v = e8c_head_points_avx2(cs, hs, Q, n, mode, M, cos, 0, prev, got);
+        assert_int_equal(v != 0, bad);
+        if (!bad) assert_memory_equal(got, want, 2 * nb * 8);
+        nbad += bad;
+        ngood += !bad;
+    }
+    assert_true(nbad > 100 && ngood > 100);
+}
+
 /* Removal undoes the model's rotation: rotate with the HF formula in f64
  * (split-half), remove with the codec, compare with the pre-RoPE key. */
 static void test_rope_removal_matches_hf(void **state)
@@ -409,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_e8_fast_equals_ref),
         cmocka_unit_test(test_scale4_equals_ref),
         cmocka_unit_test(test_pack_head_equals_spec),
+        cmocka_unit_test(test_head_points_equals_spec),
         cmocka_unit_test(test_hadamard_orthonormal),
         cmocka_unit_test(test_sincos_vs_libm),
         cmocka_unit_test(test_rope_inv_freq),
