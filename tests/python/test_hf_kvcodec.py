@@ -353,3 +353,40 @@ def test_hf_auto_decision_is_the_library_rule_with_the_forward_over_the_cache(ti
     hf.prefill(tiny, r.input_ids, r.attention_mask, decider=r.decider)
     assert [n for n, _ in d.prefills] == [72, 72]
     client.deciders.clear()
+
+
+def test_hf_restore_miss_under_another_fingerprint_says_so(tiny, client):
+    """A restore under another model_id (or chunk_tokens) than the store's matched nothing and
+    said "chunks of N tokens match whole, so a stored short last chunk matches only the same
+    tokens": about chunking, not the fingerprint that differs (user trial, finding 10)."""
+    p = ids_of(40, 12)
+    cache = hf.prefill(tiny, p[None])[1]
+    fp_a = hf.model_fingerprint(tiny, model_id="miss-store-A")
+    assert hf.store_prefix(client, tiny, p, cache, fingerprint=fp_a,
+                           chunk_tokens=C)[0]["chunks_written"] == 3
+    assert hf.restore_prefix(client, tiny, p, fingerprint=fp_a, chunk_tokens=C,
+                             policy="restore").n_cached == 39     # one left to compute
+    fp_b = hf.model_fingerprint(tiny, model_id="miss-restore-B")
+    fpid_b = bytes(client.lookup(fp_b, p.tolist(), chunk_tokens=C).fingerprint_id).hex()
+    r = hf.restore_prefix(client, tiny, p, fingerprint=fp_b, chunk_tokens=C, policy="restore")
+    assert r.decision == "miss" and r.n_cached == 0
+    for want in ("nothing stored for this fingerprint", fpid_b[:16], "'miss-restore-B'",
+                 "different model_id, preset/codec or model config than at store time gives "
+                 "a different fingerprint", "chunks of 16 tokens"):
+        assert want in r.reason, (want, r.reason)
+    assert "short last chunk" not in r.reason, r.reason
+    r = hf.restore_prefix(client, tiny, p, fingerprint=fp_a, chunk_tokens=8, policy="restore")
+    assert r.decision == "miss" and "a different chunk_tokens different chunks" in r.reason
+    assert "chunks of 8 tokens" in r.reason, r.reason
+
+
+def test_hf_store_prefix_without_a_cache_names_the_argument(tiny, client):
+    """store_prefix(client, model, ids, None) failed with "'NoneType' object is not
+    iterable" (user trial, finding 12); nothing is stored."""
+    fp = hf.model_fingerprint(tiny, model_id="store-no-cache")
+    p = ids_of(20, 13)
+    for bad, why in ((None, "is None"), (42, "is a int, not a KV cache"),
+                     (hf.new_cache(tiny, []), "is an empty DynamicCache")):
+        with pytest.raises(TypeError, match=r"past_key_values \(4th argument\) " + why):
+            hf.store_prefix(client, tiny, p, bad, fingerprint=fp, chunk_tokens=C)
+    assert client.lookup(fp, p.tolist(), chunk_tokens=C).matched_tokens == 0

@@ -2,7 +2,8 @@
 
 This module mirrors the C header one to one and does nothing else; e8kv.codec is the Python
 API on top. The library is found, in order, at $E8KV_LIB (a path to libe8codec.so), then at
-$E8KV_BUILD/lib/libe8codec.so, then in the checkout's build/lib/. tests/python/
+$E8KV_BUILD/lib/libe8codec.so, then in the checkout's build/lib/ (when this package lies in
+a checkout; a pip-installed one needs E8KV_BUILD or E8KV_LIB). tests/python/
 test_codec_abi.py compiles a C program against the header and checks every struct's size and
 field offsets against the declarations here, so a header change that is not mirrored fails.
 """
@@ -136,10 +137,21 @@ OPTIONAL = {
 _lib = None
 
 
+def checkout_build_lib(name: str):
+    """build/lib/name of the e8kv checkout this package lies in (clients/python/e8kv), or None
+    for a package installed elsewhere (pip), whose parent directories mean nothing."""
+    here = Path(__file__).resolve().parent
+    root = here.parents[2] if len(here.parents) > 2 else None
+    if (root is not None and here.parent.name == "python" and here.parents[1].name == "clients"
+            and (root / "Makefile").is_file()):
+        return root / "build" / "lib" / name
+    return None
+
+
 def find_library(name: str, env_var: str, first=()) -> str:
     """Path of our shared library `name`: $env_var if set (it must exist), else the first file
-    found among `first`, $E8KV_BUILD/lib/name and the repository's build/lib/name; raises
-    OSError naming every place looked at."""
+    found among `first`, $E8KV_BUILD/lib/name and, in a checkout, its build/lib/name; raises
+    OSError naming every place looked at and the variables that would find it."""
     env = os.environ.get(env_var)
     if env:
         if not os.path.isfile(env):
@@ -148,13 +160,21 @@ def find_library(name: str, env_var: str, first=()) -> str:
     cands = list(first)
     if os.environ.get("E8KV_BUILD"):
         cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / name)
-    cands.append(Path(__file__).resolve().parents[3] / "build" / "lib" / name)
+    own = checkout_build_lib(name)
+    if own is not None:
+        cands.append(own)
     cands = list(dict.fromkeys(Path(c).resolve() for c in cands))   # each place once
     for c in cands:
         if c.is_file():
             return str(c)
-    raise OSError(f"{name} not found: set {env_var} to its path, or build it with "
-                  "`make` (looked at " + ", ".join(str(c) for c in cands) + ")")
+    msg = (f"{name} not found: set E8KV_BUILD to the build directory of an e8kv checkout "
+           f"(`make` builds {name} there) or {env_var} to the path of {name}")
+    if own is None:
+        msg += (f"; this e8kv package ({Path(__file__).resolve().parent}) is not inside a "
+                "checkout, so no build directory is known without them")
+    if cands:
+        msg += " (looked at " + ", ".join(str(c) for c in cands) + ")"
+    raise OSError(msg)
 
 
 def library_path() -> str:

@@ -148,12 +148,15 @@ def library_path():
     cands = []
     if os.environ.get("E8KV_BUILD"):
         cands.append(Path(os.environ["E8KV_BUILD"]) / "lib" / "libe8codec_cuda.so")
-    cands.append(Path(__file__).resolve().parents[3] / "build" / "lib" / "libe8codec_cuda.so")
+    own = L.checkout_build_lib("libe8codec_cuda.so")
+    if own is not None:
+        cands.append(own)
     for c in cands:
         if c.is_file():
             return str(c)
     raise OSError("libe8codec_cuda.so not found (needs a build with nvcc: bench/e2e/e2e.mk); "
-                  "set E8KV_CUDA_LIB (looked at " + ", ".join(map(str, cands)) + ")")
+                  "set E8KV_CUDA_LIB to its path or E8KV_BUILD to the build directory"
+                  + (" (looked at " + ", ".join(map(str, cands)) + ")" if cands else ""))
 
 
 def _cu():

@@ -360,9 +360,9 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     again, up to STORE_ATTEMPTS times, then e8kv.Aborted.
     """
     _check_chunk_tokens(chunk_tokens)
+    layers = _store_cache_layers(past_key_values)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
     ids, mask, rows = _rows(input_ids, attention_mask)
-    layers = cache_layers(past_key_values)
     if len(layers) != fp.n_layers:
         raise ValueError(f"cache has {len(layers)} layers, the model {fp.n_layers}")
     k0 = layers[0][0]
@@ -394,6 +394,24 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
         return result
     finally:
         coder.close()
+
+
+def _store_cache_layers(cache):
+    """cache_layers of store_prefix's past_key_values, or a TypeError naming the argument (a
+    None cache used to fail with "'NoneType' object is not iterable")."""
+    why = "is None" if cache is None else f"is a {type(cache).__name__}, not a KV cache"
+    if cache is not None:
+        try:
+            layers = cache_layers(cache)
+            if layers and all(torch.is_tensor(k) and torch.is_tensor(v) for k, v in layers):
+                return layers
+            if all(k is None or (torch.is_tensor(k) and k.numel() == 0) for k, _ in layers):
+                why = f"is an empty {type(cache).__name__} (no tokens)"
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+            pass
+    raise TypeError(f"store_prefix: past_key_values (4th argument) {why}: pass the prefill's "
+                    "cache (a DynamicCache: out.past_key_values of a forward with "
+                    "use_cache=True, or the cache e8kv.hf.prefill returns)")
 
 
 def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_metadata):
@@ -695,9 +713,7 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
 
     if n == 0:
         if any(lk.matched_tokens == 0 for lk in lks):
-            why = (f"nothing stored for this fingerprint (model_id {fp.model_id!r}) matches the "
-                   f"start of the prompt: chunks of {chunk_tokens} tokens match whole, so a "
-                   "stored short last chunk matches only the same tokens, not a longer prompt")
+            why = _nothing_stored(fp, lks, chunk_tokens)
         else:
             why = "the stored prefix is the whole 1-token prompt: one token must stay to compute"
         return result(new_cache(model, []), 0, "miss", why)
@@ -776,6 +792,20 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     else:
         reason = d.reason
     return result(cache, n, "restore", reason)
+
+
+def _nothing_stored(fp, lks, chunk_tokens):
+    """The miss reason when a row's Lookup matched no chunk at all: most often the restore's
+    fingerprint (or chunk size) is not the store's."""
+    fpid = bytes(next(lk for lk in lks if lk.matched_tokens == 0).fingerprint_id).hex()[:16]
+    preset = fp.codec.preset if fp.HasField("codec") and fp.codec.preset else "default"
+    return (f"nothing stored for this fingerprint matches the start of the prompt "
+            f"(fingerprint id {fpid}..., model_id {fp.model_id!r}, preset {preset}, chunks of "
+            f"{chunk_tokens} tokens): a different model_id, preset/codec or model config than "
+            "at store time gives a different fingerprint, and a different chunk_tokens "
+            "different chunks; store and restore must use the same. With those equal, the "
+            "prompt's first chunk is not stored (never stored, evicted, or stored with fewer "
+            "tokens: chunks match whole)")
 
 
 def _arrange(ids, mask, rows, n):
