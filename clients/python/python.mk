@@ -20,5 +20,6 @@ TEST_CMDS += "$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider
 # The demo builds what it loads and refuses raw KV transfers (tests/demo/test_demo_guard.sh).
 TEST_CMDS += "tests/demo/test_demo_guard.sh $(E8KV_VENV)/bin/python"
 
-demo: $(PY_NEEDS)
+# e8kvctl too (a dozen small files beyond what the demo loads): the README's next steps use it.
+demo: $(PY_NEEDS) $(BUILD)/bin/e8kvctl
 	$(PY_ENV) $(PYTHON) demo/e8kv_demo.py --build $(BUILD)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # tests/demo/test_demo_guard.sh PYTHON: `make demo` measures the E8-compressed path only.
-#  1. `make demo` builds everything the demo loads (e8kvd, libe8codec.so, libe8kv.so):
-#     a dry run into an empty build directory must link libe8kv.so.
+#  1. `make demo` builds everything the demo loads (e8kvd, libe8codec.so, libe8kv.so), and
+#     e8kvctl, which the README uses next: a dry run into an empty build directory links them.
 #  2. Without libe8kv.so the demo exits 1 with a message saying it will not fall back to
 #     raw KV transfers (it used to warn and send raw KV), before loading any model.
 # Needs torch (the demo imports it): about 30 s on a loaded machine.
@@ -12,7 +12,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 make -n demo BUILD="$tmp/b" > "$tmp/dry" 2>&1
-for f in "$tmp/b/lib/libe8kv.so" "$tmp/b/lib/libe8codec.so" "$tmp/b/bin/e8kvd"; do
+for f in "$tmp/b/lib/libe8kv.so" "$tmp/b/lib/libe8codec.so" "$tmp/b/bin/e8kvd" \
+         "$tmp/b/bin/e8kvctl"; do
   if ! grep -q -- "-o $f\b" "$tmp/dry"; then
     echo "FAIL: make demo does not build $f"; fail=1
   fi
