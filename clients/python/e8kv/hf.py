@@ -804,8 +804,8 @@ def _nothing_stored(fp, lks, chunk_tokens):
             f"{chunk_tokens} tokens): a different model_id, preset/codec or model config than "
             "at store time gives a different fingerprint, and a different chunk_tokens "
             "different chunks; store and restore must use the same. With those equal, the "
-            "prompt's first chunk is not stored (never stored, evicted, or stored with fewer "
-            "tokens: chunks match whole)")
+            "prompt's first chunk is not stored (never stored, evicted, purged, or stored with "
+            "fewer tokens: chunks match whole)")
 
 
 def _arrange(ids, mask, rows, n):
