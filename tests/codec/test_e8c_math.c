@@ -208,7 +208,7 @@ static void test_rope_roundtrip_all_variants(void **state)
  * are equally far: |delta| ~ 0) and at integers (the guard), each moved
  * by a few ulp, plus Gaussian vectors; scales with every 3-bit mantissa.
  * Both the fast path and the fallback must be taken (counted). */
-static void test_e8_fast_equals_ref(void **state)
+static void test_e8_fast_avx2_equals_ref(void **state)
 {
     (void)state;
     if (!e8c_cpu_has_avx2()) { /* the baseline build runs the reference per block */
@@ -260,7 +260,7 @@ static void test_e8_fast_equals_ref(void **state)
  * sums near a rounding midpoint of the 3-bit code) against the reference,
  * on vectors scaled so that rms * step sits at a midpoint, moved by up to
  * a few 2^-20 (inside and outside the margin), and on plain ones. */
-static void test_scale4_equals_ref(void **state)
+static void test_scale4_avx2_equals_ref(void **state)
 {
     (void)state;
     if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (scale4 is AVX2 code)");
@@ -299,7 +299,7 @@ static void test_scale4_equals_ref(void **state)
  * (modes 1 and 3 tie: the lower wins) and forced modes. */
 static uint32_t zzs(int64_t v) { return v >= 0 ? (uint32_t)(2 * v) : (uint32_t)(-2 * v - 1); }
 
-static void test_pack_head_equals_spec(void **state)
+static void test_pack_head_avx2_equals_spec(void **state)
 {
     (void)state;
     if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (pack_head is AVX2 code)");
@@ -383,7 +383,7 @@ static void test_pack_head_equals_spec(void **state)
  * here: same points, and the same verdict on 255 symbols and on points
  * that leave int16 (drifting deltas, means at the limits, half
  * coordinates near +-8192). */
-static void test_head_points_equals_spec(void **state)
+static void test_head_points_avx2_equals_spec(void **state)
 {
     (void)state;
     if (!e8c_cpu_has_avx2()) fail_msg("this test needs an AVX2 CPU (head_points is AVX2 code)");
@@ -475,10 +475,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e8_nearest_brute_force),
-        cmocka_unit_test(test_e8_fast_equals_ref),
-        cmocka_unit_test(test_scale4_equals_ref),
-        cmocka_unit_test(test_pack_head_equals_spec),
-        cmocka_unit_test(test_head_points_equals_spec),
+        cmocka_unit_test(test_e8_fast_avx2_equals_ref),
+        cmocka_unit_test(test_scale4_avx2_equals_ref),
+        cmocka_unit_test(test_pack_head_avx2_equals_spec),
+        cmocka_unit_test(test_head_points_avx2_equals_spec),
         cmocka_unit_test(test_hadamard_orthonormal),
         cmocka_unit_test(test_sincos_vs_libm),
         cmocka_unit_test(test_rope_inv_freq),
