@@ -104,7 +104,8 @@ const ctl_cmd ctl_commands[] = {
      "bytes, bits per element (all stored bytes x 8 / (2 x layers x kv_heads x\n"
      "head_dim x tokens)), ratio to fp16, and when it was created and last used.",
      NULL, ctl_on_show, ctl_off_show},
-    {"rm", "SESSION...", 1, 64, "delete sessions (--purge: and their chunks)",
+    {"rm", "SESSION...", 1, 64,
+     "delete sessions; their KV stays reusable until evicted (--purge: deleted too)",
      "Deletes sessions. Without --purge their chunks stay stored as prefix-cache\n"
      "entries until LRU eviction: a restore of the same tokens still finds them.\n"
      "With --purge each chunk of the session that nothing pins any more is deleted\n"
