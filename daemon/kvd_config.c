@@ -351,7 +351,9 @@ kvd_config_action kvd_config_parse(kvd_config *cfg, int argc, char **argv, FILE 
     fprintf(err, "e8kvd: unexpected argument '%s' (see --help)\n", argv[optind]);
     return KVD_CONFIG_EXIT_ERR;
   }
-  return check_cross(cfg, err) == 0 ? KVD_CONFIG_RUN : KVD_CONFIG_EXIT_ERR;
+  if (check_cross(cfg, err) == 0) return KVD_CONFIG_RUN;
+  kvd_config_free(cfg); /* the --listen addresses split before the bad one */
+  return KVD_CONFIG_EXIT_ERR;
 }
 
 void kvd_config_free(kvd_config *cfg) {

@@ -61,7 +61,8 @@ typedef enum kvd_config_action {
 } kvd_config_action;
 
 /* Parses argv into cfg (defaults first) and checks bounds and cross-field rules (TLS needs
- * both files, at least one listen address). Prints help/errors to out/err. */
+ * both files, at least one listen address). Prints help/errors to out/err. After
+ * KVD_CONFIG_RUN release cfg with kvd_config_free; after an error it holds nothing to free. */
 kvd_config_action kvd_config_parse(kvd_config *cfg, int argc, char **argv, FILE *out, FILE *err);
 
 /* Writes the table for `--help` (plain text) or as Markdown (README section). */
