@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import grpc
+import pytest
 import numpy as np
 from grpc_tools import protoc
 
@@ -116,6 +117,15 @@ class Daemon:
         if rm:
             shutil.rmtree(self.dir, ignore_errors=True)
         return rc
+
+
+@pytest.fixture
+def daemon():
+    """A fresh e8kvd per test; the test fails if it died meanwhile or did not stop cleanly."""
+    d = Daemon()
+    yield d
+    assert d.alive(), "e8kvd died during the test:\n" + d.text()
+    assert d.stop() == 0
 
 
 def fingerprint(layers=2, heads=2, dim=64, theta=10000.0, model="adv/model", preset="K3V2",

@@ -18,18 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
-from advlib import (C, Daemon, code_of, fingerprint, get_all, kv, kvg, put_msgs, raw_header,
-                    raw_kv, tmpdir)
+from advlib import (C, Daemon, code_of, daemon, fingerprint, get_all, kv, kvg, put_msgs,  # noqa: F401
+                    raw_header, raw_kv, tmpdir)
 
 CT = 16
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon()
-    yield d
-    assert d.alive(), "e8kvd died during the test:\n" + d.text()
-    assert d.stop() == 0
 
 
 def ld(field, b):

@@ -4,17 +4,10 @@ the chunks stay as prefix-cache entries. With purge_chunks the chunks that nothi
 are deleted too; chunks another session lists, or a lookup lease holds, are kept and counted."""
 import pytest
 
-from advlib import C, Daemon, code_of, fingerprint, kv, put_msgs, raw_header, raw_kv
+from advlib import (C, code_of, daemon, fingerprint, kv, put_msgs,  # noqa: F401
+                    raw_header, raw_kv)
 
 CT = 16
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon()
-    yield d
-    assert d.alive(), "e8kvd died during the test:\n" + d.text()
-    assert d.stop() == 0
 
 
 def chunks_of(toks, seed):
