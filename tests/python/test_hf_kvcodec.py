@@ -5,6 +5,7 @@ A tiny random Llama (2 layers, 1 KV head, head_dim 32) keeps these fast; the GPU
 (e8kv.cuda.CudaCodec) has the same interface and is run by bench/e2e on the device.
 """
 import copy
+import logging
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ import e8kv
 import e8kv.hf as hf
 from e8kv import codec
 from e8kv.kvcodec import CpuKVCodec
+
+from conftest import Daemon
 
 C = 16
 
@@ -390,3 +393,91 @@ def test_hf_store_prefix_without_a_cache_names_the_argument(tiny, client):
         with pytest.raises(TypeError, match=r"past_key_values \(4th argument\) " + why):
             hf.store_prefix(client, tiny, p, bad, fingerprint=fp, chunk_tokens=C)
     assert client.lookup(fp, p.tolist(), chunk_tokens=C).matched_tokens == 0
+
+
+def flip_payload_byte(data_dir, key):
+    """Flips one payload byte of the stored record of chunk ``key`` in its segment file (the
+    record header, 192 bytes, holds the key at offset 16: store/store_int.h)."""
+    for seg in sorted((data_dir / "segments").glob("*.seg")):
+        with open(seg, "r+b") as f:
+            b = f.read()
+            at = b.find(bytes(key))
+            if at < 0:
+                continue
+            hdr = at - 16
+            assert b[hdr:hdr + 4] == b"E8SR", (seg, hdr)
+            at = hdr + 192 + 200             # past the frame's header and fingerprint
+            f.seek(at)
+            f.write(bytes([b[at] ^ 0x40]))
+            return
+    raise AssertionError(f"chunk {bytes(key).hex()} is in no segment file")
+
+
+def test_hf_restore_after_a_chunk_turns_out_corrupt_restores_the_prefix_before_it(
+        tiny, tmp_path, caplog):
+    """A chunk found corrupt during the fetch (e8kvd: DATA_LOSS, then quarantined) made
+    restore_prefix raise e8kv.DataLoss, which the README's engine pattern (catching
+    Unavailable) does not expect (adversarial tester, session 5). Now it looks up again once
+    and restores the whole chunks before the lost one, saying so; a second loss: a miss."""
+    d = Daemon(tmp_path, "--segment-bytes", "4M")
+    try:
+        with e8kv.Client(d.address, timeout=60) as c:
+            fp = hf.model_fingerprint(tiny, model_id="restore-corrupt")
+            p = ids_of(80, 21)                               # 5 chunks of 16
+            cache = hf.prefill(tiny, p[None])[1]
+            keys = hf.store_prefix(c, tiny, p, cache, fingerprint=fp,
+                                   chunk_tokens=C)[0]["chunk_keys"]
+            assert len(keys) == 5
+            q = torch.cat([p, ids_of(5, 22)])
+            clean = hf.restore_prefix(c, tiny, q, fingerprint=fp, chunk_tokens=C,
+                                      policy="restore")
+            assert clean.n_cached == 80
+            clean = hf.cache_layers(clean.cache)
+
+            def check(r, n):
+                assert r.decision == "restore" and r.n_cached == n, (r.decision, r.reason)
+                assert "corrupt (e8kv.DataLoss, quarantined by the daemon)" in r.reason
+                assert "looked up again" in r.reason, r.reason
+                assert r.input_ids.shape == (1, 85)
+                for (k, v), (kc, vc) in zip(hf.cache_layers(r.cache), clean):
+                    assert k.shape[2] == n                   # bit for bit the stored KV
+                    assert torch.equal(k, kc[:, :, :n]) and torch.equal(v, vc[:, :, :n])
+
+            # chunk 2 (tokens 32..47) corrupt: chunks 0 and 1 restored (libe8kv's C fetch)
+            flip_payload_byte(d.dir / "data", keys[2])
+            with caplog.at_level(logging.WARNING, logger=hf.log.name):
+                r = hf.restore_prefix(c, tiny, q, fingerprint=fp, chunk_tokens=C,
+                                      policy="restore")
+            check(r, 32)
+            assert r.timings["fetch"] == "libe8kv e8kv_fetch (C)"
+            assert any("looking up again" in m for m in caplog.messages), caplog.messages
+            # chunk 1 corrupt, fetched by grpcio: chunk 0 restored
+            flip_payload_byte(d.dir / "data", keys[1])
+            c.native_fetcher = lambda *a, **k: None
+            r = hf.restore_prefix(c, tiny, q, fingerprint=fp, chunk_tokens=C,
+                                  policy="restore")
+            del c.native_fetcher
+            check(r, 16)
+            assert r.timings["fetch"] == "grpcio"
+            # a chunk lost again on the second try: nothing restored, never a partial cache
+            real = hf._FetchRows
+
+            class Losing(real):
+                def batch(self, most):
+                    raise e8kv.NotFound(grpc.StatusCode.NOT_FOUND, "chunk 0: not found",
+                                        "GetChunks")
+            hf._FetchRows = Losing
+            try:
+                r = hf.restore_prefix(c, tiny, q, fingerprint=fp, chunk_tokens=C,
+                                      policy="restore")
+            finally:
+                hf._FetchRows = real
+            assert r.decision == "miss" and r.n_cached == 0 and r.cache.get_seq_length() == 0
+            for want in ("gone since the Lookup (e8kv.NotFound", "chunk 0: not found",
+                         "looked up again, and then", "nothing restored"):
+                assert want in r.reason, (want, r.reason)
+            assert torch.equal(r.input_ids, q[None])
+            assert c.lookup(fp, q.tolist(), chunk_tokens=C).matched_tokens == 16
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.logs()

@@ -516,7 +516,7 @@ def _check_session_prefix(client, fp, session, tokens, keys, F, S, C):
 class Restored(tuple):
     """(cache, n_cached_tokens), plus attributes:
 
-    decision: "restore" | "recompute" | "miss" (nothing stored); reason: why, in words;
+    decision: "restore" | "recompute" | "miss" (nothing stored, or lost twice); reason: why;
     input_ids / attention_mask: what to give generate() or forward() with this cache
     (cached tokens first, then each row's padding, then the rest; use position_ids from
     the mask); cache_kwarg: "cache" or "past_key_values"; timings: seconds and rates
@@ -675,6 +675,10 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     measured load-or-recompute decision of the module doc, "Load or recompute"; for a batch
     its token counts are those of all rows together), "restore" (always restore what is stored), "recompute"
     (look up only). With decision "recompute" or "miss" the cache is empty and n_cached 0.
+    A chunk the fetch finds corrupt (e8kv.DataLoss: e8kvd quarantines it) or gone (NotFound:
+    evicted or purged since the Lookup) raises nothing: a warning is logged, the lookup is
+    done again once (it now stops before that chunk) and the shorter prefix restored into
+    new tensors, ``.reason`` saying so; a chunk lost again gives decision "miss".
 
     Data path: the cache tensors are allocated once, at their final size, on the model's
     device; chunks are fetched by ``fetch_streams`` concurrent GetChunks calls (separate
@@ -696,103 +700,149 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
             raise ValueError(f"row {b} has no tokens (all padding)")
     device = next(model.parameters()).device
     dt = [t for t, v in _TORCH_DTYPES.items() if v[0] == fp.source_dtype][0]
-    t0 = time.perf_counter()
-    lks = [client.lookup(fp, tokens, chunk_tokens=chunk_tokens) for tokens, _ in rows]
-    t_lookup = time.perf_counter() - t0
-    # Every row gets the same number of cached tokens; each keeps >= 1 token to compute.
-    n = max(0, min(min(lk.matched_tokens, len(tok) - 1) for lk, (tok, _) in zip(lks, rows)))
-    timings = dict(lookup_s=t_lookup)
 
-    def result(cache, n_cached, decision, reason):
-        new_ids, new_mask = _arrange(ids, mask, rows, n_cached)
-        log.info("restore_prefix: %s (%s)", decision, reason)
-        return Restored(cache, n_cached, decision=decision, reason=reason, input_ids=new_ids,
-                        attention_mask=new_mask, cache_kwarg=cache_kwarg(model),
-                        timings=timings, fingerprint=fp,
+    def attempt(lost):
+        """One lookup and fetch; lost: None, or what the previous attempt's fetch lost."""
+        t0 = time.perf_counter()
+        lks = [client.lookup(fp, tokens, chunk_tokens=chunk_tokens) for tokens, _ in rows]
+        t_lookup = time.perf_counter() - t0
+        # Every row gets the same number of cached tokens; each keeps >= 1 token to compute.
+        n = max(0, min(min(lk.matched_tokens, len(tok) - 1) for lk, (tok, _) in zip(lks, rows)))
+        timings = dict(lookup_s=t_lookup)
+
+        def result(cache, n_cached, decision, reason):
+            if lost:
+                reason = f"{lost}; {reason}"
+            new_ids, new_mask = _arrange(ids, mask, rows, n_cached)
+            log.info("restore_prefix: %s (%s)", decision, reason)
+            return Restored(cache, n_cached, decision=decision, reason=reason, input_ids=new_ids,
+                            attention_mask=new_mask, cache_kwarg=cache_kwarg(model),
+                            timings=timings, fingerprint=fp,
+                            decider=decider_for(client, model, fp))
+
+        if n == 0:
+            if any(lk.matched_tokens == 0 for lk in lks):
+                why = _nothing_stored(fp, lks, chunk_tokens)
+            else:
+                why = ("the stored prefix is the whole 1-token prompt: one token must stay to "
+                       "compute")
+            return result(new_cache(model, []), 0, "miss", why)
+        dec = decider_for(client, model, fp)
+        if policy == "recompute":
+            return result(new_cache(model, []), 0, "recompute", "policy=recompute")
+        if policy == "auto" and not dec.prefills:
+            calibrate(client, model, (chunk_tokens,), fp)
+        # the batch's tokens: B rows of n cached tokens each, and every row's remaining ones
+        n_all, rest = len(rows) * n, sum(len(tok) - n for tok, _ in rows)
+        per_tok = dec.restore_per_token_s()
+        decided = policy == "restore" or per_tok is not None
+        d = None
+        if policy == "auto" and decided:
+            d = dec.decide(t_lookup, n_all, rest, per_tok)
+            timings.update(predicted_restore_s=d.restore_s, predicted_recompute_s=d.recompute_s)
+            if not d.restore:
+                return result(new_cache(model, []), 0, "recompute", d.reason)
+        coder = _Coder(fp, kv_codec, None)
+        try:
+            use_codec = coder.agree(lks[0].fingerprint_id, fp.model_id)
+            need = [_needed(lk, n) for lk in lks]
+            G = max(got for _, got in need)
+            shape = (len(rows), fp.n_kv_heads, G, fp.head_dim)
+            kv = [(torch.empty(shape, dtype=dt, device=device),
+                   torch.empty(shape, dtype=dt, device=device)) for _ in range(fp.n_layers)]
+            t1 = time.perf_counter()
+            fetched = 0
+            nf = client.native_fetcher(fetch_streams) if use_codec else None
+            for b, (keys, got) in enumerate(need):
+                views = [(k[b], v[b]) for k, v in kv]
+                try:
+                    run = _FetchRows(client, nf, keys, fetch_streams, use_codec, dt,
+                                     lks[b].fingerprint_id)
+                except (errors.DataLoss, errors.NotFound) as e:
+                    raise _ChunkLost(b, lks[b].matched_tokens, e) from e
+                try:
+                    while True:
+                        try:
+                            batch = run.batch(DECODE_BATCH if decided else 1)
+                        except (errors.DataLoss, errors.NotFound) as e:
+                            raise _ChunkLost(b, lks[b].matched_tokens, e) from e
+                        if not batch:
+                            break
+                        if use_codec:
+                            fetched += coder.kvc.decode_chunks_into(batch, views, pos_offset=0)
+                        else:
+                            fetched += sum(_copy_raw(c, views, fp, dt) for c in batch)
+                        if not decided:     # first restore ever: decide from its first chunk
+                            decided = True
+                            if use_codec:
+                                coder.kvc.synchronize()
+                            _sync(device)
+                            d = dec.decide(t_lookup, n_all, rest,
+                                           (time.perf_counter() - t1) / fetched)
+                            timings.update(predicted_restore_s=d.restore_s,
+                                           predicted_recompute_s=d.recompute_s)
+                            if not d.restore:
+                                dec.add_restore(fetched, time.perf_counter() - t1)
+                                return result(new_cache(model, []), 0, "recompute",
+                                              d.reason + " (first chunk timed)")
+                finally:
+                    if use_codec:           # the decode may read the fetch buffer until then
+                        coder.kvc.synchronize()
+                    run.close()
+            timings["fetch"] = "libe8kv e8kv_fetch (C)" if nf is not None else "grpcio"
+            if use_codec:
+                coder.kvc.synchronize()
+        finally:
+            coder.close()
+        if G > n:
+            kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
+        cache = new_cache(model, kv)
+        dt_restore = time.perf_counter() - t1
+        dec.add_restore(fetched, dt_restore)
+        timings.update(restore_s=dt_restore, restore_tok_s=fetched / dt_restore,
+                       fetch_streams=fetch_streams,
+                       codec=getattr(coder.kvc, "name", type(coder.kvc).__name__)
+                       if use_codec else "raw (daemon decodes)")
+        if policy == "restore":
+            reason = "policy=restore"
+        else:
+            reason = d.reason
+        return result(cache, n, "restore", reason)
+
+
+    try:
+        return attempt(None)
+    except _ChunkLost as e:
+        # The daemon quarantined a corrupt chunk (DataLoss) or it left the store (evicted,
+        # purged: NotFound) after the Lookup matched it: the next Lookup stops before it.
+        log.warning("restore_prefix: %s; looking up again", e)
+        first = e
+    try:
+        return attempt(f"{first}; looked up again")
+    except _ChunkLost as e:
+        log.warning("restore_prefix: looked up again, and then %s; restoring nothing", e)
+        new_ids, new_mask = _arrange(ids, mask, rows, 0)
+        return Restored(new_cache(model, []), 0, decision="miss",
+                        reason=f"{first}; looked up again, and then {e}: nothing restored",
+                        input_ids=new_ids, attention_mask=new_mask,
+                        cache_kwarg=cache_kwarg(model), timings={}, fingerprint=fp,
                         decider=decider_for(client, model, fp))
 
-    if n == 0:
-        if any(lk.matched_tokens == 0 for lk in lks):
-            why = _nothing_stored(fp, lks, chunk_tokens)
-        else:
-            why = "the stored prefix is the whole 1-token prompt: one token must stay to compute"
-        return result(new_cache(model, []), 0, "miss", why)
-    dec = decider_for(client, model, fp)
-    if policy == "recompute":
-        return result(new_cache(model, []), 0, "recompute", "policy=recompute")
-    if policy == "auto" and not dec.prefills:
-        calibrate(client, model, (chunk_tokens,), fp)
-    # the batch's tokens: B rows of n cached tokens each, and every row's remaining ones
-    n_all, rest = len(rows) * n, sum(len(tok) - n for tok, _ in rows)
-    per_tok = dec.restore_per_token_s()
-    decided = policy == "restore" or per_tok is not None
-    d = None
-    if policy == "auto" and decided:
-        d = dec.decide(t_lookup, n_all, rest, per_tok)
-        timings.update(predicted_restore_s=d.restore_s, predicted_recompute_s=d.recompute_s)
-        if not d.restore:
-            return result(new_cache(model, []), 0, "recompute", d.reason)
-    coder = _Coder(fp, kv_codec, None)
-    try:
-        use_codec = coder.agree(lks[0].fingerprint_id, fp.model_id)
-        need = [_needed(lk, n) for lk in lks]
-        G = max(got for _, got in need)
-        shape = (len(rows), fp.n_kv_heads, G, fp.head_dim)
-        kv = [(torch.empty(shape, dtype=dt, device=device),
-               torch.empty(shape, dtype=dt, device=device)) for _ in range(fp.n_layers)]
-        t1 = time.perf_counter()
-        fetched = 0
-        nf = client.native_fetcher(fetch_streams) if use_codec else None
-        for b, (keys, got) in enumerate(need):
-            views = [(k[b], v[b]) for k, v in kv]
-            run = _FetchRows(client, nf, keys, fetch_streams, use_codec, dt,
-                             lks[b].fingerprint_id)
-            try:
-                while True:
-                    batch = run.batch(DECODE_BATCH if decided else 1)
-                    if not batch:
-                        break
-                    if use_codec:
-                        fetched += coder.kvc.decode_chunks_into(batch, views, pos_offset=0)
-                    else:
-                        fetched += sum(_copy_raw(c, views, fp, dt) for c in batch)
-                    if not decided:     # first restore ever: decide from its first chunk
-                        decided = True
-                        if use_codec:
-                            coder.kvc.synchronize()
-                        _sync(device)
-                        d = dec.decide(t_lookup, n_all, rest,
-                                       (time.perf_counter() - t1) / fetched)
-                        timings.update(predicted_restore_s=d.restore_s,
-                                       predicted_recompute_s=d.recompute_s)
-                        if not d.restore:
-                            dec.add_restore(fetched, time.perf_counter() - t1)
-                            return result(new_cache(model, []), 0, "recompute",
-                                          d.reason + " (first chunk timed)")
-            finally:
-                if use_codec:           # the decode may read the fetch buffer until then
-                    coder.kvc.synchronize()
-                run.close()
-        timings["fetch"] = "libe8kv e8kv_fetch (C)" if nf is not None else "grpcio"
-        if use_codec:
-            coder.kvc.synchronize()
-    finally:
-        coder.close()
-    if G > n:
-        kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
-    cache = new_cache(model, kv)
-    dt_restore = time.perf_counter() - t1
-    dec.add_restore(fetched, dt_restore)
-    timings.update(restore_s=dt_restore, restore_tok_s=fetched / dt_restore,
-                   fetch_streams=fetch_streams,
-                   codec=getattr(coder.kvc, "name", type(coder.kvc).__name__)
-                   if use_codec else "raw (daemon decodes)")
-    if policy == "restore":
-        reason = "policy=restore"
-    else:
-        reason = d.reason
-    return result(cache, n, "restore", reason)
 
+class _ChunkLost(Exception):
+    """A fetch of restore_prefix lost a chunk that its Lookup had matched (DataLoss: corrupt,
+    now quarantined; NotFound: evicted or purged meanwhile)."""
+
+    def __init__(self, row, matched, err):
+        super().__init__(row, matched, err)
+        self.row, self.matched, self.err = row, matched, err
+
+    def __str__(self):
+        what = "corrupt (e8kv.DataLoss, quarantined by the daemon)" \
+            if isinstance(self.err, errors.DataLoss) else \
+            "gone since the Lookup (e8kv.NotFound: evicted or purged)"
+        return (f"a chunk of row {self.row}'s stored prefix ({self.matched} tokens matched) was "
+                f"{what}: {self.err.message}")
 
 def _nothing_stored(fp, lks, chunk_tokens):
     """The miss reason when a row's Lookup matched no chunk at all: most often the restore's
