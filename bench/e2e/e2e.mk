@@ -60,6 +60,6 @@ bench-e2e: $(if $(E2E_BUNDLE),,$(E2E_NEEDS))
 	bench/e2e/run.sh "$(if $(E2E_BUNDLE),$(E2E_BUNDLE),$(BUILD))" build/bench $(E2E_ARGS)
 
 # CPU test: a tiny Llama through e8kvd (unix socket and TCP), CPU codec, the decision included.
-TEST_CMDS += "bench/e2e/run.sh $(BUILD) $(BUILD)/e2e-test --cpu-test"
+TEST_CMDS += "$(SAN_PY)bench/e2e/run.sh $(BUILD) $(BUILD)/e2e-test --cpu-test"
 # e8kv.cuda's host-side parts (chunk container, item records) on the CPU
-TEST_CMDS += "PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/python/gen E8KV_LIB=$(abspath $(BUILD))/lib/libe8codec.so $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider bench/e2e/test_e2e_cuda_glue.py"
+TEST_CMDS += "$(SAN_PY)PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/python/gen E8KV_LIB=$(abspath $(BUILD))/lib/libe8codec.so $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider bench/e2e/test_e2e_cuda_glue.py"

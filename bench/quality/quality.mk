@@ -15,8 +15,8 @@ QUALITY_ARGS := --out $(BUILD)/bench/quality.json --plot $(BUILD)/bench/quality_
 bench-quality: $(BUILD)/lib/libe8codec.so
 	$(QUALITY_ENV) $(PYTHON) -m bench.quality.run $(if $(QUICK),--quick) $(QUALITY_ARGS)
 
-TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_codec_abi.py tests/python/test_codec_roundtrip.py tests/python/test_codec_fixture.py tests/python/test_codec_baselines.py"
-TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m bench.quality.run --quick $(QUALITY_ARGS)"
+TEST_CMDS += "$(SAN_PY)$(QUALITY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_codec_abi.py tests/python/test_codec_roundtrip.py tests/python/test_codec_fixture.py tests/python/test_codec_baselines.py"
+TEST_CMDS += "$(SAN_PY)$(QUALITY_ENV) $(PYTHON) -m bench.quality.run --quick $(QUALITY_ARGS)"
 
 # The full run on the GPU machine (bench/quality/device-run.sh, README "Full run on the GPU"):
 # libe8codec.so with the two libraries it needs that the machine may lack (libzstd, libisal;
@@ -36,4 +36,4 @@ quality-bundle: $(BUILD)/lib/libe8codec.so
 	du -sh $(BUILD)/bundle
 
 # The device run's code path (torch codecs, worker threads, batched scoring) on the CPU, tiny.
-TEST_CMDS += "$(QUALITY_ENV) $(PYTHON) -m bench.quality.fastrun --device cpu --windows 1 --prefix 64 --continuation 8 --probes 1 --workers 2 --zstd22-windows 1 --strict-bytes --model-cache $(BUILD)/cache/smollm2-f32 --out $(BUILD)/bench/fastrun-cpu/quality.json --plot $(BUILD)/bench/fastrun-cpu/quality_rd.png"
+TEST_CMDS += "$(SAN_PY)$(QUALITY_ENV) $(PYTHON) -m bench.quality.fastrun --device cpu --windows 1 --prefix 64 --continuation 8 --probes 1 --workers 2 --zstd22-windows 1 --strict-bytes --model-cache $(BUILD)/cache/smollm2-f32 --out $(BUILD)/bench/fastrun-cpu/quality.json --plot $(BUILD)/bench/fastrun-cpu/quality_rd.png"

@@ -15,7 +15,7 @@ PY_ENV := PYTHONPATH=$(CURDIR)/clients/python E8KV_PY_GEN=$(abspath $(BUILD))/py
 # Literal paths: daemon/daemon.mk and codec/codec.mk are included after this fragment.
 PY_NEEDS := $(BUILD)/bin/e8kvd $(BUILD)/lib/libe8codec.so $(BUILD)/lib/libe8kv.so
 
-TEST_CMDS += "$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/python/test_codec_*' tests/python"
+TEST_CMDS += "$(SAN_PY)$(PY_ENV) $(E8KV_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/python/test_codec_*' tests/python"
 
 # The demo builds what it loads and refuses raw KV transfers (tests/demo/test_demo_guard.sh).
 TEST_CMDS += "tests/demo/test_demo_guard.sh $(E8KV_VENV)/bin/python"
