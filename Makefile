@@ -21,9 +21,10 @@ PYTHON  ?= $(E8KV_VENV)/bin/python
 # SAN_PY: put first (no space after it) on a test command that starts Python which loads our
 # libraries through ctypes; empty in a normal build. Python is not ASan-built, so under
 # `make asan` (which sets SAN_PY_ENV; SAN_PY is it plus one space) the ASan runtime is preloaded
-# (it must come first in the initial library list) and leak detection is off for that process
-# tree (CPython leaks by design at exit; an e8kvd the tests start inherits this). C test
-# programs and the commands without SAN_PY keep LeakSanitizer on.
+# (it must come first in the initial library list; libstdc++ with it, or ASan's __cxa_throw
+# interceptor finds no real one and aborts at the first C++ exception, e.g. in matplotlib), and
+# leak detection is off for that process tree (CPython leaks by design at exit; an e8kvd the
+# tests start inherits this). C test programs and commands without SAN_PY keep LeakSanitizer on.
 SAN_PY_ENV ?=
 SAN_PY  := $(if $(SAN_PY_ENV),$(SAN_PY_ENV) )
 export E8KV_VENV ?= $(HOME)/.cache/e8kv-venv
@@ -78,7 +79,7 @@ test: all
 asan:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g" \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  SAN_PY_ENV="LD_PRELOAD=$(shell $(CC) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0" test
+	  SAN_PY_ENV="LD_PRELOAD=$(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libstdc++.so.6) ASAN_OPTIONS=detect_leaks=0" test
 
 # ThreadSanitizer build (targets that opt in through TSAN_TEST_BINS).
 tsan:
