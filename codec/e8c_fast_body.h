@@ -922,12 +922,7 @@ static uint32_t FN(pack_head16)(const int16_t *restrict p2, uint32_t Q, uint32_t
     /* the xor of sum16 took 32768 from every u16: add it back */
     int64_t bias = (int64_t)Q * n * 32768;
     c1 += bias; c2 += bias; c3 += bias;
-    uint32_t mode = forced;
-    if (forced == E8C_DECOR_AUTO) {
-        mode = 1;
-        if (c2 < c1) mode = 2;
-        if (c3 < (mode == 2 ? c2 : c1)) mode = 3;
-    }
+    uint32_t mode = e8c_decor_pick(forced, (uint64_t)c1, (uint64_t)c2, (uint64_t)c3);
     memset(prow, 0, sizeof(int16_t) * n);
     __m256i big = _mm256_setzero_si256();
     const __m256i lim = _mm256_set1_epi16(254);
@@ -1025,12 +1020,7 @@ uint32_t FN(e8c_pack_head)(const int16_t *restrict p2, uint32_t Q, uint32_t n, u
                                                                _mm256_loadu_si256((const __m256i *)(M + j)))));
         c3 += FN(hsum32)(a3);
     }
-    uint32_t mode = forced;
-    if (forced == E8C_DECOR_AUTO) {
-        mode = 1;
-        if (c2 < c1) mode = 2;
-        if (c3 < (mode == 2 ? c2 : c1)) mode = 3;
-    }
+    uint32_t mode = e8c_decor_pick(forced, c1, c2, c3);
     memset(prow, 0, sizeof(int32_t) * n);
     __m256i big = _mm256_setzero_si256();
     const __m256i lim = _mm256_set1_epi32(254);

@@ -93,6 +93,18 @@ static inline uint32_t e8c_get16(const uint8_t *p) { return (uint32_t)p[0] | ((u
 static inline uint32_t e8c_get32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
 static inline uint64_t e8c_get64(const uint8_t *p) { return (uint64_t)e8c_get32(p) | ((uint64_t)e8c_get32(p + 4) << 32); }
 
+/* FORMAT.md 5.2: the decorrelation mode of a stream from the three costs (sums of zigzagged
+ * integers of modes 1 raw, 2 delta, 3 mean); E8C_DECOR_AUTO takes the first smallest, any
+ * other value is forced. One rule for the reference and the fast paths. */
+static inline uint32_t e8c_decor_pick(uint32_t forced, uint64_t c1, uint64_t c2, uint64_t c3)
+{
+    if (forced != E8C_DECOR_AUTO) return forced;
+    uint32_t mode = 1;
+    if (c2 < c1) mode = 2;
+    if (c3 < (mode == 2 ? c2 : c1)) mode = 3;
+    return mode;
+}
+
 /* fingerprint helpers (e8c_fingerprint.c) */
 int e8c_layer_protected(const e8c_fingerprint *fp, uint32_t layer);
 

@@ -172,7 +172,6 @@ static inline uint32_t zz32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(
  * Row-major passes so the inner loops vectorize. */
 static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, int32_t *M)
 {
-    uint64_t cost[4] = {0, 0, 0, 0};
     int64_t col[E8C_MAX_HEAD_DIM];
     for (uint32_t j = 0; j < n; j++) col[j] = 0;
     for (uint32_t t = 0; t < Q; t++)
@@ -194,12 +193,7 @@ static uint8_t decorrelate(int32_t *S, uint32_t Q, uint32_t n, uint32_t forced, 
         }
         c1 += a1; c2 += a2; c3 += a3;
     }
-    cost[1] = c1; cost[2] = c2; cost[3] = c3;
-    uint8_t mode = (uint8_t)forced;
-    if (forced == E8C_DECOR_AUTO) {
-        mode = 1;
-        for (uint8_t k = 2; k <= 3; k++) if (cost[k] < cost[mode]) mode = k;
-    }
+    uint8_t mode = (uint8_t)e8c_decor_pick(forced, c1, c2, c3);
     if (mode == 2)
         for (size_t i = (size_t)Q * n; i-- > n;) S[i] -= S[i - n];
     else if (mode == 3)
