@@ -114,6 +114,14 @@ static int put_session(tu_env *env, int i, uint8_t key[32]) {
   return e8s_session_write(env->st, env->ns, nm, &chg);
 }
 
+/* Deletes session "s<i>" (it must exist) and marks it no longer kept. */
+static void delete_session(tu_env *env, int i, int acked[]) {
+  char nm[32];
+  name_of(nm, sizeof nm, i);
+  assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
+  acked[i] = 0;
+}
+
 /* Fills the disk; acked[i] = 1 for sessions stored. Returns how many were; failed_key gets the
  * key of the first failed put. */
 static int fill(tu_env *env, uint8_t (*keys)[32], int *acked, int *n_tried) {
@@ -261,10 +269,7 @@ static void test_full_disk_failed_compact_leaves_nothing(void **state) {
   assert_true(ok > 20);
   for (int i = 1; i < n; i += 2) {
     if (!acked[i]) continue;
-    char nm[32];
-    name_of(nm, sizeof nm, i);
-    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
-    acked[i] = 0;
+    delete_session(env, i, acked);
   }
   uint8_t key[32];
   int e = put_session(env, 5000, key);
@@ -325,10 +330,7 @@ static void test_full_disk_put_compacts_mostly_dead_segment(void **state) {
   assert_true(ok > 100);
   for (int i = 0; i < 60; i++) { /* a segment holds 63 of these */
     if (i % 30 == 0 || !acked[i]) continue;
-    char nm[32];
-    name_of(nm, sizeof nm, i);
-    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
-    acked[i] = 0;
+    delete_session(env, i, acked);
   }
   uint8_t key[32];
   int e = put_session(env, 5000, key);
@@ -364,10 +366,7 @@ static void test_full_disk_every_other_deleted_takes_puts(void **state) {
   int deleted = 0;
   for (int i = 1; i < n; i += 2) {
     if (!acked[i]) continue;
-    char nm[32];
-    name_of(nm, sizeof nm, i);
-    assert_int_equal(e8s_session_delete(env->st, env->ns, nm), E8S_OK);
-    acked[i] = 0;
+    delete_session(env, i, acked);
     deleted++;
   }
   int e = put_session(env, 5000, nkeys[0]);
