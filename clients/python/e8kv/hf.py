@@ -30,9 +30,21 @@ Limits. Dynamic-NTK models whose prefill went past original_max_position_embeddi
 frequencies that depend on the prefill's length; chunks are encoded with the stored
 sequence's length as that length (exact for that prefill; a chunk stored by an earlier,
 shorter request keeps that request's length). A fingerprint's recent window likewise
-keeps the last tokens of the stored sequence raw. Sliding-
-window and hybrid (linear-attention) caches are not handled: every layer must be a full
-attention layer holding every token.
+keeps the last tokens of the stored sequence raw.
+
+Sliding-window attention (Mistral's ``sliding_window``, Gemma / Qwen2 layers whose
+``layer_types`` say "sliding_attention"). transformers' own cache for such a layer (a
+DynamicSlidingWindowLayer) keeps only the last window - 1 tokens, while a chunk holds the KV
+of every token. So for these models the caches of this module keep every token of every
+layer (a DynamicCache made without the model config): :func:`prefill`'s, the cache a
+restore returns, and an empty one from :func:`new_cache`. The window still applies: the
+model builds its attention mask from the config, so the logits are those of the windowed
+cache (tests/python/test_hf_sliding_window.py checks it, bit for bit); the memory is that of
+a full-attention cache of the same length. ``store_prefix`` refuses, before storing
+anything, a windowed cache that no longer holds every token of ``input_ids`` (the model's
+own cache past the window) and says what to do. Layers without K/V of every token (hybrid
+models: linear attention, state-space, convolution layers, chunked attention, KV shared
+between layers) are refused by store and restore alike: recompute those models' prefill.
 
 Padding. With ``attention_mask`` (batch [B, T], left or right padding), each row's pad
 positions are dropped before anything is chunked: pad tokens never enter a chunk key or
@@ -79,8 +91,8 @@ import torch
 from . import errors
 from .decide import Decider
 from .client import ChunkIn
-from .hfmodel import (_TORCH_DTYPES, _text_config, load_gguf, model_fingerprint,  # noqa: F401
-                      rope_config)
+from .hfmodel import (_TORCH_DTYPES, _check_kv_layers, _has_sliding, _text_config,  # noqa: F401
+                      layer_types, load_gguf, model_fingerprint, rope_config)
 from .v1 import kvstore_pb2 as pb
 
 log = logging.getLogger("e8kv.hf")
@@ -113,24 +125,18 @@ def cache_layers(cache):
 
 
 def new_cache(model, layers):
-    """A DynamicCache holding ``layers`` = [(K, V)] ([B, H, T, D] each).
+    """A DynamicCache holding ``layers`` = [(K, V)] ([B, H, T, D] each); for a model with
+    sliding-window layers one that keeps every token (module doc, "Sliding-window").
 
     The tensors become the cache's own, not copied, where this transformers version keeps
     them in DynamicCache.layers as plain DynamicLayer objects (transformers >= 4.56; checked
     with the installed 5.x); otherwise (other layer types, older versions) they go in
     through update(), which copies each once. The next forward appends to them (update()
     concatenates), so views of a larger allocation are fine."""
-    from transformers import DynamicCache
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:
-        cache = DynamicCache()
+    cache = _empty_cache(model)
     if layers and _adopt(cache, layers):
         return cache
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:
-        cache = DynamicCache()
+    cache = _empty_cache(model)
     for i, (k, v) in enumerate(layers):
         cache.update(k, v, i)
     return cache
@@ -154,6 +160,39 @@ def _adopt(cache, layers):
     return cache.get_seq_length() == layers[0][0].shape[2] and own[0].keys is layers[0][0]
 
 
+def _empty_cache(model):
+    """An empty DynamicCache for model: with the model config (its layer types), except for
+    a model with sliding-window layers, whose cache here keeps every token (module doc)."""
+    from transformers import DynamicCache
+    if _has_sliding(model):
+        return DynamicCache()
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def _check_holds_every_token(cache, layers, n, kwarg):
+    """ValueError unless every layer of the cache holds at least n tokens; for a windowed
+    layer (transformers' DynamicSlidingWindowLayer past its window) it says what to do."""
+    own = getattr(cache, "layers", None)
+    for i, (k, _) in enumerate(layers):
+        if k.shape[2] >= n:
+            continue
+        w = getattr(own[i], "sliding_window", None) if own is not None else None
+        if w is None:
+            raise ValueError(f"cache layer {i} holds {k.shape[2]} tokens, input_ids {n}")
+        raise ValueError(
+            f"store_prefix: cache layer {i} is a sliding-window layer (a sliding window of {w} "
+            f"tokens: transformers' {type(own[i]).__name__} keeps only the last {w - 1}) and "
+            f"holds the last {k.shape[2]} of the {n} tokens of input_ids: e8kv stores the KV "
+            "of every token, and this cache no longer has the older ones. Prefill with "
+            "e8kv.hf.prefill (its cache keeps every token; the window stays in the attention "
+            f"mask, same logits), or give your own forward {kwarg}=transformers.DynamicCache() "
+            "(no config: every layer keeps every token); a prompt within the window is "
+            "stored from the windowed cache as it is")
+
+
 def positions_from_mask(attention_mask):
     """position_ids that number each row's real tokens 0, 1, ... (pads get 0)."""
     pos = attention_mask.long().cumsum(-1) - 1
@@ -167,7 +206,10 @@ def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
     real tokens sit at positions 0..n-1 whatever its padding; returns (logits [B, T, vocab],
     cache). ``decider`` (an e8kv.decide.Decider, e.g. a Restored's ``.decider``): the forward
     is timed (the device synchronized) and recorded there: as a prefill of B x T tokens over
-    an empty cache, else as the forward of B x T tokens over a cache of its length."""
+    an empty cache, else as the forward of B x T tokens over a cache of its length. For a
+    model with sliding-window layers the cache keeps every token (module doc)."""
+    if cache is None and _has_sliding(model):
+        cache = _empty_cache(model)
     kw = {cache_kwarg(model): cache} if cache is not None else {}
     past = cache.get_seq_length() if cache is not None else 0
     if attention_mask is not None:
@@ -360,6 +402,7 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     again, up to STORE_ATTEMPTS times, then e8kv.Aborted.
     """
     _check_chunk_tokens(chunk_tokens)
+    _check_kv_layers(model, "store_prefix")
     layers = _store_cache_layers(past_key_values)
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
     ids, mask, rows = _rows(input_ids, attention_mask)
@@ -369,8 +412,7 @@ def store_prefix(client, model, input_ids, past_key_values, session=None, *,
     if k0.shape[0] != ids.shape[0] or k0.shape[1] != fp.n_kv_heads or k0.shape[3] != fp.head_dim:
         raise ValueError(f"cache layer 0 K shape {tuple(k0.shape)} does not fit batch "
                          f"{ids.shape[0]}, {fp.n_kv_heads} KV heads, head_dim {fp.head_dim}")
-    if k0.shape[2] < ids.shape[1]:
-        raise ValueError(f"cache holds {k0.shape[2]} tokens, input_ids {ids.shape[1]}")
+    _check_holds_every_token(past_key_values, layers, ids.shape[1], cache_kwarg(model))
     sessions = [session] * len(rows) if session is None or isinstance(session, str) else session
     if len(sessions) != len(rows):
         raise ValueError(f"{len(sessions)} session names for {len(rows)} rows")
@@ -692,6 +734,7 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     if policy not in ("auto", "restore", "recompute"):
         raise ValueError(f"policy must be auto, restore or recompute, not {policy!r}")
     _check_chunk_tokens(chunk_tokens)
+    _check_kv_layers(model, "restore_prefix")
     fp = fingerprint or model_fingerprint(model, model_id=model_id, preset=preset, codec=codec)
     _check_fits(model, fp)
     ids, mask, rows = _rows(input_ids, attention_mask)
@@ -883,5 +926,5 @@ def attention_mask_all_ones(mask):
 
 __all__ = ["model_fingerprint", "rope_config", "store_prefix", "restore_prefix", "prefill",
            "calibrate", "decider_for", "Decider", "load_gguf", "cache_kwarg", "output_cache",
-           "cache_layers", "new_cache", "positions_from_mask", "Restored", "StoreResult",
-           "errors", "DEFAULT_FETCH_STREAMS"]
+           "cache_layers", "new_cache", "layer_types", "positions_from_mask", "Restored",
+           "StoreResult", "errors", "DEFAULT_FETCH_STREAMS"]

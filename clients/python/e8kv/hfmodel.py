@@ -5,8 +5,9 @@
 the full RoPE description: rope_theta, the rope_scaling / rope_parameters type with every
 parameter HF uses (linear, dynamic, yarn, llama3, longrope) and partial_rotary_factor
 (rotary_dim). HF Llama-family models rotate split-half (``rotate_half``); pass
-``rope_layout="interleaved"`` for GPT-J-style models. Everything here is re-exported by
-e8kv.hf; import it from there.
+``rope_layout="interleaved"`` for GPT-J-style models. ``layer_types`` says which decoder
+layers are full or sliding-window attention (e8kv.hf refuses models with other layers).
+Everything here is re-exported by e8kv.hf; import it from there.
 """
 import logging
 
@@ -83,6 +84,47 @@ def _default_counts():
                     "token", e)
         return {}
     return {f: getattr(d, a) for f, a in _COUNTS.items() if getattr(d, a)}
+
+
+# ----------------------------------------------------------------------------- layer types
+
+# transformers layer types whose cache holds K and V of every token (sliding: of the window)
+_KV_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def layer_types(model):
+    """The type of each decoder layer as transformers reads it from the model config:
+    "full_attention", "sliding_attention", or another (e.g. "linear_attention", "conv",
+    "chunked_attention"; "dummy" for a layer that shares another's KV)."""
+    c = _text_config(model)
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+        return list(get_layer_types_and_kwargs(c)[0])
+    except (ImportError, AttributeError, TypeError):     # transformers < 4.56
+        pass
+    types = getattr(c, "layer_types", None)
+    if types:
+        return list(types)
+    sliding = getattr(c, "sliding_window", None) is not None
+    return ["sliding_attention" if sliding else "full_attention"] * c.num_hidden_layers
+
+
+def _has_sliding(model):
+    return "sliding_attention" in layer_types(model)
+
+
+def _check_kv_layers(model, what):
+    """ValueError unless every decoder layer of model is attention with a KV cache of every
+    token (full or sliding-window): hybrid models have layers whose state is no KV."""
+    for i, t in enumerate(layer_types(model)):
+        if t not in _KV_LAYER_TYPES:
+            raise ValueError(
+                f"{what}: layer {i} of this model is a {t!r} layer (transformers layer type, "
+                f"from the model config), not attention with a KV cache of every token: e8kv "
+                f"stores and restores the K/V of {' and '.join(_KV_LAYER_TYPES)} layers "
+                "only (hybrid models with linear-attention, state-space or convolution "
+                "layers, chunked attention or KV shared between layers are not supported): "
+                "recompute this model's prefill instead")
 
 
 # ----------------------------------------------------------------------------- loading
