@@ -8,6 +8,7 @@
  * differ, so every chunk has its own key and is stored. The session is deleted
  * at the end.
  */
+#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,16 +76,62 @@ static int ctl_bench_on_chunk(void *arg, const e8kv_chunk *ch) {
   return 0;
 }
 
+/* e8kvd's --max-chunk-bytes: its default and bounds (daemon/kvd_config.c). */
+#define CTL_BENCH_CHUNK_BYTES_DEFAULT (256ull << 20)
+#define CTL_BENCH_CHUNK_BYTES_MIN (4ull << 10)
+#define CTL_BENCH_CHUNK_BYTES_MAX (16ull << 30)
+
+/* Checks the whole shape against what e8kvd and the codec accept, before anything is
+ * allocated (each flag alone is within the codec's bounds already): one chunk of fp16 KV,
+ * [L][2][H][T][D] x 2 bytes, within max_chunk (e8kvd's --max-chunk-bytes: it refuses a
+ * larger chunk, after the bench would have allocated, filled and sent it), and the
+ * session's N x T tokens within the codec's positions (e8kvd refuses a chunk past
+ * E8C_MAX_POSITION). Products are overflow-checked. 0, or a usage error naming the flag. */
+static int ctl_bench_check_shape(ctl_ctx *ctx, uint64_t L, uint64_t H, uint64_t D, uint64_t T,
+                                 uint64_t N, uint64_t max_chunk) {
+  uint64_t per_token, bytes, tokens;
+  int over = __builtin_mul_overflow(L * H * D, 4, &per_token) ||
+             __builtin_mul_overflow(per_token, T, &bytes);
+  if (over || bytes > max_chunk) {
+    uint64_t fit = max_chunk / per_token;
+    char most[160];
+    if (fit)
+      snprintf(most, sizeof most, "at most %" PRIu64 " token%s per chunk for this shape", fit,
+               fit == 1 ? "" : "s");
+    else snprintf(most, sizeof most, "not even one token fits: lower --layers, --kv-heads or --head-dim");
+    char size[32] = "more than 2^64";
+    if (!over) snprintf(size, sizeof size, "%" PRIu64, bytes);
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+                     "--chunk-tokens %" PRIu64 " at --layers %" PRIu64 " x --kv-heads %" PRIu64
+                     " x --head-dim %" PRIu64 ": one chunk is %s bytes of fp16 KV (K and V, 2 "
+                     "bytes per element), above --max-chunk-bytes %" PRIu64 " (e8kvd's "
+                     "--max-chunk-bytes, default %llu: it refuses a larger chunk; give the "
+                     "daemon's value if it differs): %s",
+                     T, L, H, D, size, max_chunk, CTL_BENCH_CHUNK_BYTES_DEFAULT, most);
+  }
+  if (__builtin_mul_overflow(N, T, &tokens) || tokens > E8C_MAX_POSITION)
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+                     "--chunks %" PRIu64 " x --chunk-tokens %" PRIu64 " tokens in one session go "
+                     "past the codec's last position (%u, E8C_MAX_POSITION; e8kvd refuses "
+                     "chunks beyond it): at most %" PRIu64 " chunks of this size",
+                     N, T, E8C_MAX_POSITION, (uint64_t)E8C_MAX_POSITION / T);
+  return 0;
+}
+
 int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  uint64_t L, H, D, T, N;
-  if (ctl_opt_u64(ctx, CTL_O_LAYERS, 32, 1, 512, &L) || ctl_opt_u64(ctx, CTL_O_KV_HEADS, 8, 1, 256, &H) ||
-      ctl_opt_u64(ctx, CTL_O_HEAD_DIM, 128, 8, 512, &D) ||
-      ctl_opt_u64(ctx, CTL_O_CHUNK_TOKENS, 256, 1, 65536, &T) ||
-      ctl_opt_u64(ctx, CTL_O_CHUNKS, 16, 1, 100000, &N))
+  uint64_t L, H, D, T, N, max_chunk;
+  if (ctl_opt_u64(ctx, CTL_O_LAYERS, 32, 1, E8C_MAX_LAYERS, &L) ||
+      ctl_opt_u64(ctx, CTL_O_KV_HEADS, 8, 1, E8C_MAX_KV_HEADS, &H) ||
+      ctl_opt_u64(ctx, CTL_O_HEAD_DIM, 128, 8, E8C_MAX_HEAD_DIM, &D) ||
+      ctl_opt_u64(ctx, CTL_O_CHUNK_TOKENS, 256, 1, E8C_MAX_TOKENS, &T) ||
+      ctl_opt_u64(ctx, CTL_O_CHUNKS, 16, 1, 100000, &N) ||
+      ctl_opt_size(ctx, CTL_O_MAX_CHUNK_BYTES, CTL_BENCH_CHUNK_BYTES_DEFAULT,
+                   CTL_BENCH_CHUNK_BYTES_MIN, CTL_BENCH_CHUNK_BYTES_MAX, &max_chunk))
     return CTL_EXIT_USAGE;
   if (D % 8) return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--head-dim must be a multiple of 8");
+  if (ctl_bench_check_shape(ctx, L, H, D, T, N, max_chunk)) return CTL_EXIT_USAGE;
   /* The fingerprint is built on the codec's side and sent with every value explicit, so
    * RAW uploads (the daemon encodes) and E8 frames (we encode) share one fingerprint id. */
   e8c_fingerprint cfp;

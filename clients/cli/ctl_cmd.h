@@ -25,6 +25,7 @@ enum {
   CTL_O_LIMIT, CTL_O_PAGE_TOKEN, CTL_O_ALL, CTL_O_MODEL, CTL_O_PREFIX, CTL_O_YES,
   CTL_O_NAME, CTL_O_REPLACE, CTL_O_LAYERS, CTL_O_KV_HEADS, CTL_O_HEAD_DIM, CTL_O_CHUNK_TOKENS,
   CTL_O_CHUNKS, CTL_O_PRESET, CTL_O_MIN_DEAD, CTL_O_MAX_BYTES, CTL_O_NO_QUARANTINE, CTL_O_CLIENT_ENCODE, CTL_O_PURGE,
+  CTL_O_MAX_CHUNK_BYTES,
   CTL_O_COUNT
 };
 
@@ -75,6 +76,10 @@ int ctl_error_e8kv(ctl_ctx *ctx, const e8kv_error *err);
  * out-of-range value prints a usage error and returns -1 (else 0). */
 int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max, uint64_t *out);
 int ctl_opt_double(ctl_ctx *ctx, int id, double deflt, double min, double max, double *out);
+/* A size in bytes, as e8kvd's size flags take it: a whole number with an optional binary
+ * unit K, M, G or T ("256M" = 256 MiB; "KiB", "MB" spellings accepted). */
+int ctl_opt_size(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max,
+                 uint64_t *out);
 /* A duration in milliseconds: a whole number with an optional unit, "ms" or "s" ("2500",
  * "2500ms", "30s"; no unit = milliseconds, as libe8kv's deadline_ms and e8kvd's *-ms flags).
  * Under min_ms (a value no call can meet) or over max_ms is a usage error that says so. */

@@ -71,6 +71,9 @@ static const ctl_optdef ctl_bench_opts[] = {
     {CTL_O_NAME, "session", 's', "NAME", NULL, "put into this session and keep it (else a throwaway one)"},
     {CTL_O_CLIENT_ENCODE, "client-encode", 0, NULL, NULL,
      "encode here with libe8codec and send E8 frames (as an engine with the codec does)"},
+    {CTL_O_MAX_CHUNK_BYTES, "max-chunk-bytes", 0, "SIZE", "256M",
+     "the daemon's --max-chunk-bytes: shapes whose chunk of fp16 KV is larger are refused before "
+     "anything is allocated (4K..16G)"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
 static const ctl_optdef ctl_verify_opts[] = {
@@ -141,7 +144,10 @@ const ctl_cmd ctl_commands[] = {
      "to encode, or E8 frames encoded here with --client-encode), gets the frames\n"
      "back, and reports tokens/s, GB/s and per-chunk latency\n"
      "percentiles. Uses a throwaway session in the namespace and deletes it, unless\n"
-     "--session names one to create and keep (e.g. sample data for export tests).",
+     "--session names one to create and keep (e.g. sample data for export tests).\n"
+     "The shape is checked first, before anything is allocated: one chunk of fp16 KV\n"
+     "(2 x layers x kv-heads x head-dim x chunk-tokens x 2 bytes) within\n"
+     "--max-chunk-bytes, and chunks x chunk-tokens within the codec's last position.",
      ctl_bench_opts, ctl_on_bench, NULL},
     {NULL, NULL, 0, 0, NULL, NULL, NULL, NULL, NULL}};
 

@@ -2,6 +2,7 @@
  * ctl_opt.c: e8kvctl option parsing with glibc getopt_long, driven by the
  * ctl_optdef tables, and --help text printed from the same tables.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -186,6 +187,32 @@ int ctl_opt_u64(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max
     return -1;
   }
   *out = x;
+  return 0;
+}
+
+int ctl_opt_size(ctl_ctx *ctx, int id, uint64_t deflt, uint64_t min, uint64_t max,
+                 uint64_t *out) {
+  const char *v = ctx->opt[id];
+  if (!v) { *out = deflt; return 0; }
+  char *end;
+  errno = 0;
+  unsigned long long x = strtoull(v, &end, 10);
+  unsigned shift = 0;
+  const char *units = "KMGT", *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
+  if (u) {
+    shift = 10 * (unsigned)(u - units + 1);
+    end++;
+    if (*end == 'i') end++;
+  }
+  if (*end == 'B' || *end == 'b') end++;
+  if (errno || end == v || *v == '-' || *v == '+' || *end || x > (UINT64_MAX >> shift) ||
+      (x << shift) < min || (x << shift) > max) {
+    ctl_error(ctx, CTL_EXIT_USAGE, "usage",
+              "--%s: \"%s\" is not a size in [%" PRIu64 ", %" PRIu64 "] bytes (a whole number, "
+              "optionally with K, M, G or T: \"256M\")", ctl_opt_name(id), v, min, max);
+    return -1;
+  }
+  *out = (uint64_t)x << shift;
   return 0;
 }
 

@@ -149,6 +149,43 @@ class E2E(unittest.TestCase):
         self.assertGreater(b["client_encode_tokens_per_s"], 0)
         ctl("bench", "--session", "mine", "--chunks", "1", *SHAPE, token=USER)  # namespace team
 
+    def test_04a_bench_refuses_oversized_shapes_before_allocating(self):
+        """Each flag was checked alone, so --layers 512 --kv-heads 256 --head-dim 512
+        --chunk-tokens 65536 (a 16 TiB chunk) passed and bench tried to allocate it ("out of
+        memory", exit 1); a 1 GiB chunk was allocated, filled and sent before e8kvd refused
+        it. Now the chunk's bytes are checked against --max-chunk-bytes (e8kvd's limit,
+        default 256 MiB) and the session's positions against the codec's, up front."""
+        before = ctl("stat")[0]["namespace"]["sessions"]
+
+        def refused(*args, names=()):
+            t0 = time.monotonic()
+            j, err = ctl("bench", *args, expect=USAGE)
+            self.assertLess(time.monotonic() - t0, 60)  # refused, not run
+            for want in names:
+                self.assertIn(want, j["error"]["message"], args)
+                self.assertIn(want, err, args)
+            return j["error"]["message"]
+
+        huge = ["--layers", "512", "--kv-heads", "256", "--head-dim", "512", "--chunk-tokens", "65536"]
+        m = refused(*huge, names=("--chunk-tokens 65536", "--max-chunk-bytes", "268435456",
+                                  "17592186044416 bytes"))
+        self.assertNotIn("out of memory", m)
+        # the default shape (32 x 8 x 128) at 8192 tokens: a 1 GiB chunk; 2048 tokens fit
+        refused("--chunk-tokens", "8192", names=("--chunk-tokens 8192", "1073741824 bytes",
+                                                 "at most 2048 tokens"))
+        # the limit follows --max-chunk-bytes (set it to e8kvd's): SHAPE's chunk is 128 KiB
+        refused("--max-chunk-bytes", "64K", *SHAPE, names=("--max-chunk-bytes 65536", "at most 32"))
+        refused("--max-chunk-bytes", "1K", *SHAPE, names=("--max-chunk-bytes",))
+        refused("--max-chunk-bytes", "17G", *SHAPE, names=("--max-chunk-bytes",))
+        refused("--max-chunk-bytes", "lots", *SHAPE, names=("--max-chunk-bytes",))
+        # no head has a position past the codec's 2^31 - 1: --chunks x --chunk-tokens
+        refused("--chunks", "100000", "--chunk-tokens", "65536", "--layers", "1", "--kv-heads", "1",
+                "--head-dim", "8", names=("--chunks 100000", "2147483647"))
+        # a whole-chunk shape within the limits still runs, at the limit exactly
+        j, _ = ctl("bench", "--chunks", "1", "--max-chunk-bytes", "128K", *SHAPE)
+        self.assertEqual(j["chunks"], 1)
+        self.assertEqual(ctl("stat")[0]["namespace"]["sessions"], before)
+
     def test_05_ls_filters_pages(self):
         j, _ = ctl("ls")
         names = [s["name"] for s in j["sessions"]]
