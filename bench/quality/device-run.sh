@@ -15,7 +15,7 @@
 #       quality-bundle), else the e2e bundle (build/e2e-dev/bundle, or .e2e-model/{1,2}/
 #       bundle.tar.xz unpacked here into build/quality-dev);
 #   the gguf Python package: already importable, else a gguf wheel from either bundle's whl/;
-#   WikiText-2: build/quality/bundle/wikitext-2-raw-test.txt.gz, else ../shared/data, else the
+#   WikiText-2: build/quality/bundle/wikitext-2-raw-test.txt.gz, else data/ (checked), else the
 #       e2e's first 256 KiB (.e2e-model/2; then fewer windows fit, and the JSON's notes say so).
 set -uo pipefail
 t0=$(date +%s.%N)
@@ -79,8 +79,8 @@ text=""
 if [ -f build/quality/bundle/wikitext-2-raw-test.txt.gz ]; then
   gzip -dc build/quality/bundle/wikitext-2-raw-test.txt.gz > "$work/wikitext-2-raw-test.txt"
   text=$work/wikitext-2-raw-test.txt
-elif [ -f ../shared/data/wikitext-2-raw-test.txt ]; then
-  text=$(cd ../shared/data && pwd)/wikitext-2-raw-test.txt
+elif python3 data/wikitext.py > "$work/wikitext-2-raw-test.txt"; then   # checked, from data/
+  text=$work/wikitext-2-raw-test.txt
 elif [ -f .e2e-model/2/wikitext-2-raw-test.txt ]; then
   text=$root/.e2e-model/2/wikitext-2-raw-test.txt
   echo "device-run: WARNING: only e2e's truncated WikiText-2 is here: fewer windows (see notes)"

