@@ -28,20 +28,30 @@ struct kvt_stream {
   grpc_byte_buffer *pending_bb;
 };
 
-kvt_conn *kvt_connect(const char *target, const char *token, long max_recv_bytes) {
+static kvt_conn *connect_args(const char *target, const char *token, long max_recv_bytes,
+                              int bdp_probe) {
   static int inited;
   if (!inited) { grpc_init(); inited = 1; }
   kvt_conn *c = calloc(1, sizeof *c);
-  grpc_arg a[2] = {
+  grpc_arg a[3] = {
       {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
        .value.integer = max_recv_bytes > 0 ? (int)max_recv_bytes : 4 * 1024 * 1024},
-      {.type = GRPC_ARG_INTEGER, .key = "grpc.use_local_subchannel_pool", .value.integer = 1}};
-  grpc_channel_args args = {2, a};
+      {.type = GRPC_ARG_INTEGER, .key = "grpc.use_local_subchannel_pool", .value.integer = 1},
+      {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0}};
+  grpc_channel_args args = {bdp_probe ? 2 : 3, a};
   grpc_channel_credentials *cr = grpc_insecure_credentials_create();
   c->ch = grpc_channel_create(target, cr, &args);
   grpc_channel_credentials_release(cr);
   if (token) snprintf(c->auth, sizeof c->auth, "Bearer %s", token);
   return c;
+}
+
+kvt_conn *kvt_connect(const char *target, const char *token, long max_recv_bytes) {
+  return connect_args(target, token, max_recv_bytes, 1);
+}
+
+kvt_conn *kvt_connect_small_window(const char *target) {
+  return connect_args(target, NULL, 0, 0);
 }
 
 void kvt_close(kvt_conn *c) {
@@ -180,6 +190,23 @@ int kvt_finish(kvt_stream *s, kvt_status *st) {
   snprintf(st->msg, sizeof st->msg, "%.*s", (int)GRPC_SLICE_LENGTH(s->details),
            (const char *)GRPC_SLICE_START_PTR(s->details));
   return st->code;
+}
+
+int kvt_ended(kvt_stream *s) {
+  if (!s->status_done) {
+    grpc_event ev = grpc_completion_queue_pluck(s->cq, (void *)2,
+                                                gpr_inf_past(GPR_CLOCK_REALTIME), NULL);
+    if (ev.type == GRPC_OP_COMPLETE) s->status_done = 1;
+  }
+  return s->status_done;
+}
+
+int kvt_wait_status(kvt_stream *s, kvt_status *st) {
+  if (!s->status_done) {
+    wait_tag(s, (void *)2);
+    s->status_done = 1;
+  }
+  return kvt_finish(s, st);
 }
 
 void kvt_cancel(kvt_stream *s) { grpc_call_cancel(s->call, NULL); }

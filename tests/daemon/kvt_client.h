@@ -26,6 +26,11 @@ typedef struct kvt_status {
 /* token: bearer token sent as `authorization: Bearer <token>` (NULL = none).
  * max_recv_bytes: receive limit of the channel (0 = gRPC default of 4 MiB). */
 kvt_conn *kvt_connect(const char *target, const char *token, long max_recv_bytes);
+/* A channel whose receive window stays at HTTP/2's 64 KiB default (BDP probing off): a reader
+ * that stops reading stalls the server after ~64 KiB on any machine. With probing on, gRPC
+ * grows the window to several MiB on a fast link, and a whole test-sized response can sit in
+ * the client's buffers before the server ever waits on it. */
+kvt_conn *kvt_connect_small_window(const char *target);
 void kvt_close(kvt_conn *c);
 
 /* Opens a call of `method` ("/pkg.Svc/Method") with a deadline timeout_ms from now. */
@@ -38,6 +43,12 @@ int kvt_close_send(kvt_stream *s);
 int kvt_recv(kvt_stream *s, uint8_t **buf, size_t *len);
 /* Waits for the status. Returns st->code. */
 int kvt_finish(kvt_stream *s, kvt_status *st);
+/* Waits for the status WITHOUT reading the messages still to come (a client that stopped
+ * reading: the status comes when the deadline passes or the server cuts the call, never
+ * because the client drained the stream in time). Returns st->code. */
+int kvt_wait_status(kvt_stream *s, kvt_status *st);
+/* 1 if the call's status has arrived (the call ended), 0 if it is still going; never blocks. */
+int kvt_ended(kvt_stream *s);
 /* Cancels the call (the client goes away). */
 void kvt_cancel(kvt_stream *s);
 void kvt_free(kvt_stream *s);

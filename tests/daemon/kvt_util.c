@@ -39,6 +39,12 @@ int kvt_daemon_init(kvt_daemon *d) {
   return 0;
 }
 
+double kvt_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -95,7 +101,9 @@ int kvt_daemon_start(kvt_daemon *d, int tcp, const char *const *extra) {
   fclose(lf);
   if (pid < 0) return -1;
   d->pid = pid;
-  for (int i = 0; i < 300; i++) { /* up to 15 s */
+  /* 60 s only bounds a hang: e8kvd is ready in well under a second on an idle machine, and
+   * 300 polls of 50 ms (the old bound, 15 s) were not much on a loaded 2-core one */
+  for (double t0 = kvt_now_s(); kvt_now_s() - t0 < 60;) {
     int ready = 0, st;
     if (read_ready(d, from, &ready) != 0 || waitpid(pid, &st, WNOHANG) == pid) {
       fprintf(stderr, "kvt: e8kvd (%s) failed to start, see %s\n", g_bin, d->log);
@@ -112,7 +120,7 @@ int kvt_daemon_start(kvt_daemon *d, int tcp, const char *const *extra) {
 int kvt_daemon_stop(kvt_daemon *d) {
   if (d->pid <= 0) return -1;
   kill(d->pid, SIGTERM);
-  for (int i = 0; i < 400; i++) { /* 20 s */
+  for (double t0 = kvt_now_s(); kvt_now_s() - t0 < 60;) { /* bounds a hang only */
     int st;
     if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
       d->pid = 0;

@@ -30,10 +30,12 @@ int kvt_daemon_init(kvt_daemon *d);
  * --listen unix:<dir>/kvd.sock[,127.0.0.1:0 if tcp], --metrics-listen 127.0.0.1:0 and the
  * extra flags (NULL-terminated). Waits for its "event=ready" line. 0 or -1. */
 int kvt_daemon_start(kvt_daemon *d, int tcp, const char *const *extra);
-/* SIGTERM and wait: returns the exit status (0 = clean), -1 on timeout (then SIGKILL). */
+/* SIGTERM and wait: returns the exit status (0 = clean), -1 after 60 s (then SIGKILL). */
 int kvt_daemon_stop(kvt_daemon *d);
 /* SIGKILL and wait. */
 void kvt_daemon_kill9(kvt_daemon *d);
+/* CLOCK_MONOTONIC in seconds (for bounds that only stop a hang; never wall time). */
+double kvt_now_s(void);
 /* Removes the temp dir. */
 void kvt_daemon_cleanup(kvt_daemon *d);
 /* Path of the e8kvd binary: $E8KVD, else <dir of this test binary>/../../bin/e8kvd. */

@@ -327,28 +327,31 @@ static kvt_stream *put_open_partial(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return s;
 }
 
-/* 1 once (within 2 s) a call holds session `name`'s write lock, 0 if none does. The probe is a
- * delete whose expectation can never match: ABORTED while locked, FAILED_PRECONDITION otherwise
- * (nothing is deleted either way). The probe takes the session lock itself for a moment, so a
- * writer whose header arrives in that moment is the one ABORTED and never holds the lock: the
- * caller then opens a new writer (open_locked_writer). That race made this test fail now and then
- * ("session w never became locked") once unary calls got their own worker pool. */
-static int wait_session_locked(kvt_conn *c, const char *name) {
+/* 1 once writer `w` holds session `name`'s write lock, 0 if `w` ended without ever holding it.
+ * The probe is a delete whose expectation can never match: ABORTED while locked,
+ * FAILED_PRECONDITION otherwise (nothing is deleted either way). The probe takes the session
+ * lock itself for a moment, so a writer whose header arrives in that moment is the one ABORTED
+ * and never holds the lock: then `w` has ended (its status came) and the caller opens a new
+ * writer (open_locked_writer). Decided by those two events, not by a count of polls (40 polls
+ * of 50 ms were not always enough on a loaded machine); 60 s only bounds a hang. */
+static int wait_session_locked(kvt_conn *c, kvt_stream *w, const char *name) {
   E8kv__V1__DeleteSessionRequest q;
   e8kv__v1__delete_session_request__init(&q);
   q.name = (char *)name;
   q.session_expect_case = E8KV__V1__DELETE_SESSION_REQUEST__SESSION_EXPECT_EXPECT_SESSION_TOKENS;
   q.expect_session_tokens = 999999999;
-  for (int i = 0; i < 40; i++) {
+  for (double t0 = kvt_now_s(); kvt_now_s() - t0 < 60;) {
     ProtobufCMessage *r = NULL;
     kvt_status st;
     int code = kvt_unary(c, KVT_SVC "DeleteSession", &q.base,
-                         &e8kv__v1__delete_session_response__descriptor, &r, &st, 5000);
+                         &e8kv__v1__delete_session_response__descriptor, &r, &st, 60000);
     if (r) protobuf_c_message_free_unpacked(r, NULL);
     if (code == 10) return 1;
     assert_int_equal(code, 9);
-    usleep(50 * 1000);
+    if (kvt_ended(w)) return 0;
+    usleep(20 * 1000);
   }
+  fail_msg("session %s: neither locked by its writer nor the writer ended in 60 s", name);
   return 0;
 }
 
@@ -357,11 +360,10 @@ static kvt_stream *open_locked_writer(kvt_conn *c, const E8kv__V1__PutHeader *h,
                                       const one_chunk *ch, const char *name) {
   for (int attempt = 0; attempt < 10; attempt++) {
     kvt_stream *s = put_open_partial(c, h, ch);
-    if (wait_session_locked(c, name)) return s;
-    kvt_cancel(s);
+    if (wait_session_locked(c, s, name)) return s;
     kvt_free(s);
   }
-  fail_msg("session %s never became locked (10 writers)", name);
+  fail_msg("session %s never became locked (10 writers, each ABORTED by the probe)", name);
   return NULL;
 }
 
@@ -390,9 +392,10 @@ static void test_bad_clients(void **state) {
   uint64_t n = 0;
   assert_int_equal(session_tokens(c, "w", &n), 0);
   assert_int_equal(n, CT);
-  /* and the lock went with it (the daemon may take a moment to see the cancellation) */
+  /* and the lock went with it (the daemon may take a moment to see the cancellation: poll
+   * for it; 60 s only bounds a hang, 100 polls of 50 ms were not much on a loaded machine) */
   int code = 10;
-  for (int i = 0; i < 100 && code == 10; i++) {
+  for (double t0 = kvt_now_s(); code == 10 && kvt_now_s() - t0 < 60;) {
     code = kvt_put(c, &h, &c1.ch, 1, 0, &r, &st);
     if (code == 10) usleep(50 * 1000);
   }
@@ -419,9 +422,12 @@ static void test_bad_clients(void **state) {
   kvt_cancel(g);
   kvt_free(g);
   /* a deadline that passes mid-call: DEADLINE_EXCEEDED, and the daemon goes on. The call
-   * cannot end in time on any machine: 8 MiB of fp32 in 4 KiB pieces, far more than the
-   * flow-control window, and the client stops reading after the first piece. (A 1 ms deadline
-   * on a small read was met now and then on a fast CI machine.) */
+   * cannot end in time on any machine: 8 MiB of fp32 in 4 KiB pieces on a channel whose
+   * receive window stays at 64 KiB (kvt_connect_small_window: gRPC's BDP probing grows it to
+   * several MiB on a fast link), and the client stops reading after the first piece and waits
+   * for the status without draining the stream. (A 1 ms deadline on a small read was met now
+   * and then on a fast CI machine; a drain after sleep(2) could beat a late deadline timer on
+   * a loaded one.) 3 s: the first piece comes within ms, > 100x margin on a loaded machine. */
   kvt_fp big;
   kvt_fp_make(&big, "test/deadline", 8, 4, 128);
   uint32_t btok[256];
@@ -441,14 +447,15 @@ static void test_bad_clients(void **state) {
   bsr.session = "deadline";
   bq.range = &bsr;
   bq.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
-  g = kvt_open(c, KVT_SVC "GetChunks", 1000);
+  kvt_conn *cs = kvt_connect_small_window(d.target);
+  g = kvt_open(cs, KVT_SVC "GetChunks", 3000);
   kvt_send(g, &bq.base);
   kvt_close_send(g);
   assert_int_equal(kvt_recv(g, &b, &len), 1);
   free(b);
-  sleep(2);
-  assert_int_equal(kvt_finish(g, &st), 4 /* DEADLINE_EXCEEDED */);
+  assert_int_equal(kvt_wait_status(g, &st), 4 /* DEADLINE_EXCEEDED */);
   kvt_free(g);
+  kvt_close(cs);
   kvt_got got[2];
   size_t ng;
   gq.max_piece_bytes = 0;
@@ -457,17 +464,36 @@ static void test_bad_clients(void **state) {
   kvt_got_free(got, ng);
   /* SIGTERM with a call in flight: the daemon waits (grace 3 s), cancels it, exits 0 */
   kvt_stream *s2 = open_locked_writer(c, &h, &c1, "w"); /* the call is in flight */
-  time_t t0 = time(NULL);
+  double t0 = kvt_now_s();
   assert_int_equal(kvt_daemon_stop(&d), 0);
-  /* well before the in-flight call's own 30 s deadline: the grace ended it, not the
-   * deadline (a bound near the 3 s grace fails on a loaded 2-core CI machine) */
-  assert_true(time(NULL) - t0 <= 20);
+  /* well before the in-flight call's own 30 s deadline: the grace (3 s) ended it, not the
+   * deadline (a bound near the 3 s grace fails on a loaded 2-core CI machine: 20 s is 6x) */
+  assert_true(kvt_now_s() - t0 < 20);
   assert_int_not_equal(kvt_finish(s2, &st), 0);
   kvt_free(s2);
   chunk_free(&c0);
   chunk_free(&c1);
   kvt_close(c);
   kvt_daemon_cleanup(&d);
+}
+
+/* Waits until the daemon serves no call but the GetStats asking (the calls before it have
+ * ended on the daemon's side, whatever the client has read of them); 60 s only bounds a hang. */
+static void wait_calls_done(kvt_conn *c) {
+  E8kv__V1__GetStatsRequest q;
+  e8kv__v1__get_stats_request__init(&q);
+  for (double t0 = kvt_now_s(); kvt_now_s() - t0 < 60; usleep(20 * 1000)) {
+    ProtobufCMessage *r = NULL;
+    kvt_status st;
+    assert_int_equal(kvt_unary(c, KVT_SVC "GetStats", &q.base,
+                               &e8kv__v1__get_stats_response__descriptor, &r, &st, 60000), 0);
+    E8kv__V1__GetStatsResponse *g = (E8kv__V1__GetStatsResponse *)r;
+    assert_non_null(g->daemon_stats);
+    uint64_t n = g->daemon_stats->calls_in_flight;
+    protobuf_c_message_free_unpacked(r, NULL);
+    if (n <= 1) return;
+  }
+  fail_msg("a call was still in flight after 60 s");
 }
 
 /* A writer that stalls and a reader that stops reading are cut at --max-call-ms. */
@@ -485,11 +511,13 @@ static void test_max_call_ms(void **state) {
   E8kv__V1__PutChunksResponse *r;
   assert_int_equal(kvt_put(c, &h, &c0.ch, 1, 0, &r, &st), 0);
   e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
-  time_t t0 = time(NULL);
+  double t0 = kvt_now_s();
   kvt_stream *s = put_open_partial(c, &h, &c0); /* and then nothing */
   assert_int_equal(kvt_finish(s, &st), 4 /* DEADLINE_EXCEEDED */);
+  /* the daemon cut it (its message, not the client's 30 s deadline), at about 1 s: a bound
+   * 10x the limit, monotonic (time() differences can be off by a whole second) */
   assert_non_null(strstr(st.msg, "--max-call-ms"));
-  assert_true(time(NULL) - t0 <= 5);
+  assert_true(kvt_now_s() - t0 < 10);
   kvt_free(s);
   /* a reader that takes one piece and then stops reading */
   kvt_fp big;
@@ -515,16 +543,26 @@ static void test_max_call_ms(void **state) {
   gq.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
   gq.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
   gq.max_piece_bytes = 4096; /* 4096 pieces: far more than the flow-control window */
-  s = kvt_open(c, KVT_SVC "GetChunks", 30000);
+  /* The reader's channel keeps a 64 KiB receive window (with gRPC's BDP probing the whole
+   * 8 MiB could be buffered on a fast machine and the call end OK before 1 s). After one piece
+   * the reader waits until the daemon has ended the call (GetStats: no other call in flight)
+   * and only then drains what was buffered and reads the status (gRPC gives the status only
+   * after the buffered messages). The old sleep(3) + drain read everything, and the call
+   * ended OK, whenever the cut came late on a loaded machine. Without the cut the call would
+   * end at the client's 30 s deadline, with gRPC's own message. */
+  kvt_conn *cs = kvt_connect_small_window(d.target);
+  s = kvt_open(cs, KVT_SVC "GetChunks", 30000);
   kvt_send(s, &gq.base);
   kvt_close_send(s);
   uint8_t *b;
   size_t len;
   assert_int_equal(kvt_recv(s, &b, &len), 1);
   free(b);
-  sleep(3);
+  wait_calls_done(c);
   assert_int_equal(kvt_finish(s, &st), 4);
+  assert_non_null(strstr(st.msg, "--max-call-ms"));
   kvt_free(s);
+  kvt_close(cs);
   /* the workers are free again */
   uint64_t n;
   assert_int_equal(session_tokens(c, "slow", &n), 0);
