@@ -79,7 +79,8 @@ class Daemon:
             self.wait_ready()
 
     def wait_ready(self):
-        for _ in range(400):
+        t0 = time.monotonic()  # 60 s only bounds a hang (400 polls were ~20 s, not much when
+        while time.monotonic() - t0 < 60:  # a loaded 2-core machine runs several daemons)
             text = self.text()
             m = re.search(r"metrics_port=(\d+)", text)
             if m:
@@ -112,7 +113,7 @@ class Daemon:
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
-            rc = self.proc.wait(timeout=30)
+            rc = self.proc.wait(timeout=60)
         self.logf.close()
         if rm:
             shutil.rmtree(self.dir, ignore_errors=True)

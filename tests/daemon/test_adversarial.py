@@ -35,7 +35,7 @@ def ld(field, b):
 
 
 def stats(stub, md=None):
-    return stub.GetStats(kv.GetStatsRequest(), timeout=10, metadata=md)
+    return stub.GetStats(kv.GetStatsRequest(), timeout=60, metadata=md)
 
 
 # ------------------------------------------------------------------ strings and metadata
@@ -47,16 +47,16 @@ def test_malformed_utf8_is_refused_and_cannot_poison_listings(daemon):
     create = daemon.channel.unary_unary("/e8kv.v1.KVStore/CreateSession")
     meta = ld(1, b"k") + ld(2, b"\xff\xfe")
     code, msg = code_of(create, ld(1, b"badmeta") + ld(2, fp.SerializeToString()) + ld(4, meta),
-                        timeout=5)
+                        timeout=60)
     assert code == C.INVALID_ARGUMENT and "UTF-8" in msg, (code, msg)
     for bad in (b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"a\xe2\x82"):
         meta = ld(1, bad) + ld(2, b"v")  # overlong, surrogate, > U+10FFFF, truncated
         code, msg = code_of(create, ld(1, b"badkey") + ld(2, fp.SerializeToString()) +
-                            ld(4, meta), timeout=5)
+                            ld(4, meta), timeout=60)
         assert code == C.INVALID_ARGUMENT and "UTF-8" in msg, (bad, code, msg)
     fpb = bytearray(fp.SerializeToString())
     fpb[fpb.find(b"adv/model")] = 0xFF
-    code, msg = code_of(create, ld(1, b"badmodel") + ld(2, bytes(fpb)), timeout=5)
+    code, msg = code_of(create, ld(1, b"badmodel") + ld(2, bytes(fpb)), timeout=60)
     assert code == C.INVALID_ARGUMENT and "model_id" in msg, (code, msg)
     # PutChunks refuses bad session_metadata from the header, before any chunk is stored
     hdr = raw_header(fp, CT, session="p", create_session=True).SerializeToString()
@@ -64,15 +64,15 @@ def test_malformed_utf8_is_refused_and_cannot_poison_listings(daemon):
     stream = daemon.channel.stream_unary("/e8kv.v1.KVStore/PutChunks")
     piece = kv.PutChunksRequest(pieces=[kv.ChunkPiece(
         token_ids=list(range(CT)), data=raw_kv(1, 2, 2, CT, 64).tobytes())]).SerializeToString()
-    code, msg = code_of(stream, iter([ld(1, hdr), piece]), timeout=5)
+    code, msg = code_of(stream, iter([ld(1, hdr), piece]), timeout=60)
     assert code == C.INVALID_ARGUMENT and "UTF-8" in msg, (code, msg)
     assert stats(s).namespace_stats.chunks == 0
     # valid multi-byte UTF-8 is fine and listings decode
     s.CreateSession(kv.CreateSessionRequest(name="ok", fingerprint=fingerprint(model="adv/é✓𝄞"),
-                                            metadata={"ключ": "値 ✓ 𝄞"}), timeout=5)
-    names = [x.name for x in s.ListSessions(kv.ListSessionsRequest(), timeout=5).sessions]
+                                            metadata={"ключ": "値 ✓ 𝄞"}), timeout=60)
+    names = [x.name for x in s.ListSessions(kv.ListSessionsRequest(), timeout=60).sessions]
     assert names == ["ok"]
-    got = s.GetSession(kv.GetSessionRequest(name="ok"), timeout=5).session
+    got = s.GetSession(kv.GetSessionRequest(name="ok"), timeout=60).session
     assert got.metadata["ключ"] == "値 ✓ 𝄞" and got.fingerprint.model_id == "adv/é✓𝄞"
 
 
@@ -82,25 +82,25 @@ def test_nul_in_strings_is_refused(daemon):
     s, fp = daemon.stub, fingerprint()
     toks = list(range(CT))
     s.PutChunks(put_msgs(raw_header(fp, CT, session="ab", create_session=True),
-                         [(toks, raw_kv(1, 2, 2, CT, 64).tobytes())]), timeout=10)
+                         [(toks, raw_kv(1, 2, 2, CT, 64).tobytes())]), timeout=60)
     other = fingerprint(model="adv/model\0v2")
     code, msg = code_of(s.Lookup, kv.LookupRequest(fingerprint=other, chunk_tokens=CT,
-                                                   token_ids=toks), timeout=5)
+                                                   token_ids=toks), timeout=60)
     assert code == C.INVALID_ARGUMENT and "'model_id' holds a NUL" in msg, (code, msg)
-    code, msg = code_of(s.GetSession, kv.GetSessionRequest(name="ab\0cd"), timeout=5)
+    code, msg = code_of(s.GetSession, kv.GetSessionRequest(name="ab\0cd"), timeout=60)
     assert code == C.INVALID_ARGUMENT and "'name' holds a NUL" in msg, (code, msg)
-    code, msg = code_of(s.DeleteSession, kv.DeleteSessionRequest(name="ab\0"), timeout=5)
+    code, msg = code_of(s.DeleteSession, kv.DeleteSessionRequest(name="ab\0"), timeout=60)
     assert code == C.INVALID_ARGUMENT, (code, msg)
     code, msg = code_of(s.CreateSession, kv.CreateSessionRequest(
-        name="m", fingerprint=fp, metadata={"k\0": "v"}), timeout=5)
+        name="m", fingerprint=fp, metadata={"k\0": "v"}), timeout=60)
     assert code == C.INVALID_ARGUMENT and "NUL" in msg, (code, msg)
     code, msg = code_of(s.PutChunks, put_msgs(raw_header(fp, CT, session="ab\0x"),
                                               [(list(range(CT, 2 * CT)),
-                                                raw_kv(2, 2, 2, CT, 64).tobytes())]), timeout=10)
+                                                raw_kv(2, 2, 2, CT, 64).tobytes())]), timeout=60)
     assert code == C.INVALID_ARGUMENT and "'session' holds a NUL" in msg, (code, msg)
-    info = s.GetSession(kv.GetSessionRequest(name="ab"), timeout=5).session
+    info = s.GetSession(kv.GetSessionRequest(name="ab"), timeout=60).session
     assert info.n_tokens == CT
-    assert [x.name for x in s.ListSessions(kv.ListSessionsRequest(), timeout=5).sessions] == ["ab"]
+    assert [x.name for x in s.ListSessions(kv.ListSessionsRequest(), timeout=60).sessions] == ["ab"]
 
 
 def test_metadata_over_the_store_bound_is_a_clear_error(daemon):
@@ -109,18 +109,18 @@ def test_metadata_over_the_store_bound_is_a_clear_error(daemon):
     s, fp = daemon.stub, fingerprint()
     meta = {f"k{i}": "v" * 4096 for i in range(64)}
     code, msg = code_of(s.CreateSession, kv.CreateSessionRequest(name="m", fingerprint=fp,
-                                                                 metadata=meta), timeout=5)
+                                                                 metadata=meta), timeout=60)
     assert code == C.INVALID_ARGUMENT and "at most 65536 in all" in msg, (code, msg)
     # PutChunks merging more metadata into a session: refused, session unchanged
     s.CreateSession(kv.CreateSessionRequest(name="m", fingerprint=fp, chunk_tokens=CT,
                                             metadata={f"a{i}": "v" * 4096 for i in range(15)}),
-                    timeout=5)
+                    timeout=60)
     more = {f"b{i}": "v" * 4096 for i in range(15)}
     raw = raw_kv(2, 2, 2, CT, 64).tobytes()
     code, msg = code_of(s.PutChunks, put_msgs(raw_header(fp, CT, session="m", session_metadata=more),
-                                              [(list(range(CT)), raw)]), timeout=10)
+                                              [(list(range(CT)), raw)]), timeout=60)
     assert code == C.INVALID_ARGUMENT and "at most 65536 in all" in msg, (code, msg)
-    info = s.GetSession(kv.GetSessionRequest(name="m"), timeout=5).session
+    info = s.GetSession(kv.GetSessionRequest(name="m"), timeout=60).session
     assert info.n_tokens == 0 and len(info.metadata) == 15
 
 
@@ -133,10 +133,10 @@ def test_list_sessions_pages_fit_default_client_limit():
     meta = {f"k{i}": "v" * 4000 for i in range(15)}
     want = sorted(f"big{i:03d}" for i in range(80))
     for n in want:
-        s.CreateSession(kv.CreateSessionRequest(name=n, fingerprint=fp, metadata=meta), timeout=5)
+        s.CreateSession(kv.CreateSessionRequest(name=n, fingerprint=fp, metadata=meta), timeout=60)
     names, token, pages = [], "", 0
     while True:
-        page = s.ListSessions(kv.ListSessionsRequest(page_token=token), timeout=10)
+        page = s.ListSessions(kv.ListSessionsRequest(page_token=token), timeout=60)
         assert page.ByteSize() <= 3 << 20
         names += [x.name for x in page.sessions]
         pages += 1
@@ -156,11 +156,11 @@ def test_hostile_requests_get_clear_errors(daemon):
     toks = list(range(100, 100 + 2 * CT))
     raws = [raw_kv(i, 2, 2, CT, 64).tobytes() for i in range(2)]
     r = s.PutChunks(put_msgs(raw_header(fp, CT, session="a", create_session=True),
-                             [(toks[:CT], raws[0]), (toks[CT:], raws[1])]), timeout=10)
+                             [(toks[:CT], raws[0]), (toks[CT:], raws[1])]), timeout=60)
     keys = list(r.chunk_keys)
     K = kv.ChunkKeys(keys=keys)
     G = lambda **kw: code_of(get_all, s, kv.GetChunksRequest(**kw))  # noqa: E731
-    Lk = lambda **kw: code_of(s.Lookup, kv.LookupRequest(**kw), timeout=20)  # noqa: E731
+    Lk = lambda **kw: code_of(s.Lookup, kv.LookupRequest(**kw), timeout=60)  # noqa: E731
     cases = [
         (Lk(fingerprint=fp, chunk_tokens=CT), C.INVALID_ARGUMENT, "empty"),
         (Lk(fingerprint=fp, chunk_tokens=CT, token_ids=list(range((1 << 20) + 1))),
@@ -185,32 +185,32 @@ def test_hostile_requests_get_clear_errors(daemon):
          C.INVALID_ARGUMENT, "beyond"),
         (G(range=kv.SessionRange(session="a", start_token=2 ** 64 - 1)), C.INVALID_ARGUMENT,
          "beyond"),
-        (code_of(s.GetSession, kv.GetSessionRequest(name="a" * 256), timeout=5),
+        (code_of(s.GetSession, kv.GetSessionRequest(name="a" * 256), timeout=60),
          C.INVALID_ARGUMENT, "1..255"),
-        (code_of(s.ListSessions, kv.ListSessionsRequest(page_size=1001), timeout=5),
+        (code_of(s.ListSessions, kv.ListSessionsRequest(page_size=1001), timeout=60),
          C.INVALID_ARGUMENT, "1000"),
-        (code_of(s.AppendSession, kv.AppendSessionRequest(name="zz", token_ids=[1]), timeout=5),
+        (code_of(s.AppendSession, kv.AppendSessionRequest(name="zz", token_ids=[1]), timeout=60),
          C.NOT_FOUND, "zz"),
         (code_of(s.AppendSession, kv.AppendSessionRequest(name="a", token_ids=[7] * CT),
-                 timeout=5), C.NOT_FOUND, "not stored"),
-        (code_of(s.DeleteSession, kv.DeleteSessionRequest(name="zz"), timeout=5),
+                 timeout=60), C.NOT_FOUND, "not stored"),
+        (code_of(s.DeleteSession, kv.DeleteSessionRequest(name="zz"), timeout=60),
          C.NOT_FOUND, "zz"),
     ]
     for theta, dim, layers in ((float("nan"), 64, 2), (-1.0, 64, 2), (10000.0, 12, 2),
                                (10000.0, 64, 0), (10000.0, 64, 513)):
         bad = fingerprint(theta=theta, dim=dim, layers=layers)
         cases.append((code_of(s.CreateSession, kv.CreateSessionRequest(name="m", fingerprint=bad),
-                              timeout=5), C.INVALID_ARGUMENT, "fingerprint"))
+                              timeout=60), C.INVALID_ARGUMENT, "fingerprint"))
     for i, ((code, msg), want, word) in enumerate(cases):
         assert code == want and word in msg, (i, code, msg, want, word)
     for meth in ("Lookup", "GetSession", "CreateSession", "ListSessions", "DeleteSession",
                  "AppendSession", "GetStats", "Verify", "Compact"):
         for junk in (b"\xff", b"\x0a\x05abc", bytes(random.Random(meth).randbytes(64))):
             code, msg = code_of(daemon.channel.unary_unary(f"/e8kv.v1.KVStore/{meth}"), junk,
-                                timeout=5)
+                                timeout=60)
             assert code == C.INVALID_ARGUMENT and "malformed" in msg, (meth, junk, code, msg)
     # nothing of that changed the stored state
-    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=5)
+    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=60)
     assert lk.matched_tokens == 2 * CT and list(lk.chunk_keys) == keys
     assert stats(s).namespace_stats.chunks == 2
 
@@ -220,17 +220,17 @@ def test_lying_frames_and_raw_sizes_store_nothing(daemon):
     toks = list(range(CT))
     raw = raw_kv(1, 2, 2, CT, 64).tobytes()
     r = s.PutChunks(put_msgs(raw_header(fp, CT, session="fr", create_session=True),
-                             [(toks, raw)]), timeout=10)
+                             [(toks, raw)]), timeout=60)
     frame = bytes(get_all(s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=r.chunk_keys)))[0]["data"])
     before = stats(s).namespace_stats
     other = list(range(500, 500 + CT))
     F = lambda data, t=other, **kw: code_of(s.PutChunks, put_msgs(kv.PutHeader(  # noqa: E731
         fingerprint=fp, chunk_tokens=CT, encoding=kv.ENCODING_E8_FRAME, **kw), [(t, data)],
-        piece=1000), timeout=10)
+        piece=1000), timeout=60)
     bad = [F(frame[:-1]), F(frame + b"\0"), F(b""), F(frame, t=other[:-1]),
            F(frame, parent_key=r.chunk_keys[0]), F(b"\0" * len(frame)),
            code_of(s.PutChunks, put_msgs(kv.PutHeader(fingerprint=fingerprint(model="adv/x"),
-                   chunk_tokens=CT, encoding=kv.ENCODING_E8_FRAME), [(other, frame)]), timeout=10)]
+                   chunk_tokens=CT, encoding=kv.ENCODING_E8_FRAME), [(other, frame)]), timeout=60)]
     rng = random.Random(7)
     for off in [0, 4, 10, 20, 30, 62, 100] + [rng.randrange(len(frame)) for _ in range(8)]:
         b = bytearray(frame)
@@ -240,14 +240,14 @@ def test_lying_frames_and_raw_sizes_store_nothing(daemon):
                      (kv.DTYPE_FP32, raw), (kv.DTYPE_BF16, raw[:-1])):
         bad.append(code_of(s.PutChunks, put_msgs(kv.PutHeader(
             fingerprint=fp, chunk_tokens=CT, encoding=kv.ENCODING_RAW, raw_dtype=dt),
-            [(other, data)]), timeout=10))
+            [(other, data)]), timeout=60))
     nan = np.full((2, 2, 2, CT, 64), np.nan, dtype=np.float16).tobytes()
-    bad.append(code_of(s.PutChunks, put_msgs(raw_header(fp, CT), [(other, nan)]), timeout=10))
+    bad.append(code_of(s.PutChunks, put_msgs(raw_header(fp, CT), [(other, nan)]), timeout=60))
     for i, (code, msg) in enumerate(bad):
         assert code == C.INVALID_ARGUMENT, (i, code, msg)
     after = stats(s).namespace_stats
     assert (after.chunks, after.stored_bytes) == (before.chunks, before.stored_bytes)
-    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=other), timeout=5)
+    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=other), timeout=60)
     assert lk.matched_tokens == 0
 
 
@@ -256,22 +256,22 @@ def test_fingerprints_never_mix(daemon):
     toks = list(range(7, 7 + 2 * CT))
     s.PutChunks(put_msgs(raw_header(fp, CT), [(toks[:CT], raw_kv(3, 2, 2, CT, 64).tobytes()),
                                               (toks[CT:], raw_kv(4, 2, 2, CT, 64).tobytes())]),
-                timeout=10)
+                timeout=60)
     others = [fingerprint(dim=128), fingerprint(theta=10000.5), fingerprint(model="adv/y"),
               fingerprint(layout=kv.ROPE_LAYOUT_INTERLEAVED), fingerprint(preset="K4V4"),
               fingerprint(heads=1), fingerprint(layers=3)]
     for f2 in others:
-        lk = s.Lookup(kv.LookupRequest(fingerprint=f2, chunk_tokens=CT, token_ids=toks), timeout=5)
+        lk = s.Lookup(kv.LookupRequest(fingerprint=f2, chunk_tokens=CT, token_ids=toks), timeout=60)
         assert lk.matched_tokens == 0 and not lk.chunk_keys
     for ct in (CT - 1, CT * 2, 256):
-        lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=ct, token_ids=toks), timeout=5)
+        lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=ct, token_ids=toks), timeout=60)
         assert lk.matched_tokens == 0
-    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=5)
+    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=60)
     assert lk.matched_tokens == 2 * CT
     # one token changed in the second chunk: only the first chunk matches
     t2 = toks[:]
     t2[CT + 3] += 1
-    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=t2), timeout=5)
+    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=t2), timeout=60)
     assert lk.matched_tokens == CT
 
 
@@ -310,7 +310,7 @@ def test_decoded_size_is_bounded():
     toks = list(range(n))
     zeros = np.zeros((2, 2, 2, n, 64), np.float16).tobytes()  # 1 MiB raw fp16
     d = Daemon(data=data)
-    r = d.stub.PutChunks(put_msgs(raw_header(fp, n), [(toks, zeros)]), timeout=20)
+    r = d.stub.PutChunks(put_msgs(raw_header(fp, n), [(toks, zeros)]), timeout=60)
     frame = bytes(get_all(d.stub, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=r.chunk_keys)))[0]
                   ["data"])
     assert d.stop(rm=False) == 0
@@ -321,7 +321,7 @@ def test_decoded_size_is_bounded():
         # the frame itself is small enough to be uploaded again under the low limit
         again = s.PutChunks(put_msgs(kv.PutHeader(fingerprint=fp, chunk_tokens=n,
                                                   encoding=kv.ENCODING_E8_FRAME),
-                                     [(toks, frame)]), timeout=20)
+                                     [(toks, frame)]), timeout=60)
         assert again.chunks_deduplicated == 1
         K = kv.ChunkKeys(keys=r.chunk_keys)
         code, msg = code_of(get_all, s, kv.GetChunksRequest(keys=K, encoding=kv.ENCODING_RAW,
@@ -345,17 +345,17 @@ def test_eviction_never_takes_pinned_or_leased_chunks():
         ptoks = list(range(10 ** 6, 10 ** 6 + 4 * CT))
         s.PutChunks(put_msgs(raw_header(fp, CT, session="pinned", create_session=True),
                              [(ptoks[i * CT:(i + 1) * CT], raw_kv(i, 2, 2, CT, 64).tobytes())
-                              for i in range(4)]), timeout=10)
+                              for i in range(4)]), timeout=60)
         first = list(range(CT))
         s.PutChunks(put_msgs(raw_header(fp, CT), [(first, raw_kv(99, 2, 2, CT, 64).tobytes())]),
-                    timeout=10)
+                    timeout=60)
         lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=first),
-                      timeout=5)
+                      timeout=60)
         assert lk.matched_tokens == CT and lk.lease
         for i in range(1, 60):  # unpinned cache entries, 4x the budget
             toks = list(range(i * CT * 10, i * CT * 10 + CT))
             s.PutChunks(put_msgs(raw_header(fp, CT), [(toks, raw_kv(i, 2, 2, CT, 64).tobytes())]),
-                        timeout=10)
+                        timeout=60)
         st = stats(s).store_stats
         assert st.evictions > 20 and st.live_bytes <= 200 << 10
         assert get_all(s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=lk.chunk_keys),
@@ -367,7 +367,7 @@ def test_eviction_never_takes_pinned_or_leased_chunks():
             toks = list(range(5 * 10 ** 6 + i * CT, 5 * 10 ** 6 + (i + 1) * CT))
             codes.append(code_of(s.PutChunks, put_msgs(
                 raw_header(fp, CT, session=f"p{i}", create_session=True),
-                [(toks, raw_kv(i, 2, 2, CT, 64).tobytes())]), timeout=10))
+                [(toks, raw_kv(i, 2, 2, CT, 64).tobytes())]), timeout=60))
         refused = [m for c, m in codes if c != C.OK]
         assert refused and all("pinned" in m for m in refused), codes
         assert all(c == C.RESOURCE_EXHAUSTED for c, _ in codes if c != C.OK)
@@ -376,8 +376,8 @@ def test_eviction_never_takes_pinned_or_leased_chunks():
             assert get_all(s, kv.GetChunksRequest(range=kv.SessionRange(session=f"p{i}")))
         for i in sorted(set(range(40)) - set(ok)):  # refused: the session was not created
             assert code_of(s.GetSession, kv.GetSessionRequest(name=f"p{i}"),
-                           timeout=5)[0] == C.NOT_FOUND
-        assert s.Verify(kv.VerifyRequest(), timeout=10).corrupt_records == 0
+                           timeout=60)[0] == C.NOT_FOUND
+        assert s.Verify(kv.VerifyRequest(), timeout=60).corrupt_records == 0
     finally:
         assert d.stop() == 0
 
@@ -398,13 +398,13 @@ def test_namespaces_isolated_with_stolen_keys_and_leases():
         toks = list(range(CT))
         raw = raw_kv(1, 2, 2, CT, 64).tobytes()
         r = s.PutChunks(put_msgs(raw_header(fp, CT, session="sa", create_session=True),
-                                 [(toks, raw)]), timeout=10, metadata=A)
+                                 [(toks, raw)]), timeout=60, metadata=A)
         key = r.chunk_keys[0]
         lka = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks),
-                       timeout=5, metadata=A)
+                       timeout=60, metadata=A)
         assert lka.matched_tokens == CT
         lkb = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks),
-                       timeout=5, metadata=B)
+                       timeout=60, metadata=B)
         assert lkb.matched_tokens == 0
         cases = [
             (code_of(get_all, s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=[key])), metadata=B),
@@ -415,29 +415,29 @@ def test_namespaces_isolated_with_stolen_keys_and_leases():
                                                      release_lease=lka.lease), metadata=B),
              C.INVALID_ARGUMENT),
             (code_of(s.PutChunks, put_msgs(raw_header(fp, CT, parent_key=key), [(toks, raw)]),
-                     timeout=5, metadata=B), C.NOT_FOUND),
+                     timeout=60, metadata=B), C.NOT_FOUND),
             (code_of(s.AppendSession, kv.AppendSessionRequest(name="sa", token_ids=toks),
-                     timeout=5, metadata=B), C.NOT_FOUND),
-            (code_of(s.Verify, kv.VerifyRequest(), timeout=5, metadata=A), C.PERMISSION_DENIED),
-            (code_of(s.Compact, kv.CompactRequest(), timeout=5, metadata=B), C.PERMISSION_DENIED),
-            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=5), C.UNAUTHENTICATED),
-            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=5,
+                     timeout=60, metadata=B), C.NOT_FOUND),
+            (code_of(s.Verify, kv.VerifyRequest(), timeout=60, metadata=A), C.PERMISSION_DENIED),
+            (code_of(s.Compact, kv.CompactRequest(), timeout=60, metadata=B), C.PERMISSION_DENIED),
+            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=60), C.UNAUTHENTICATED),
+            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=60,
                      metadata=[("authorization", "Bearer ")]), C.UNAUTHENTICATED),
-            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=5,
+            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=60,
                      metadata=[("authorization", "Bearer tokenAAAAAAAAAAAAAAAA ")]),
              C.UNAUTHENTICATED),
-            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=5,
+            (code_of(s.GetStats, kv.GetStatsRequest(), timeout=60,
                      metadata=[("authorization", "tokenAAAAAAAAAAAAAAAA")]), C.UNAUTHENTICATED),
         ]
         for i, ((code, msg), want) in enumerate(cases):
             assert code == want, (i, code, msg)
         # B storing the same tokens gets its own key and its own chunk
         rb = s.PutChunks(put_msgs(raw_header(fp, CT), [(toks, raw_kv(9, 2, 2, CT, 64).tobytes())]),
-                         timeout=10, metadata=B)
+                         timeout=60, metadata=B)
         assert rb.chunks_stored == 1 and rb.chunk_keys[0] != key
         st = stats(s, B).namespace_stats
         assert st.namespace_name == "nsB" and st.chunks == 1 and st.sessions == 0
-        assert not s.ListSessions(kv.ListSessionsRequest(), timeout=5, metadata=B).sessions
+        assert not s.ListSessions(kv.ListSessionsRequest(), timeout=60, metadata=B).sessions
         ga = get_all(s, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=[key])), metadata=A)
         assert ga[0]["tokens"] == toks
     finally:
@@ -452,7 +452,7 @@ def test_stream_cut_midway_leaves_session_as_it_was(daemon):
     toks = list(range(4 * CT))
     chunks = [(toks[i * CT:(i + 1) * CT], raw_kv(i, 2, 2, CT, 64).tobytes()) for i in range(4)]
     s.PutChunks(put_msgs(raw_header(fp, CT, session="cut", create_session=True), chunks[:1]),
-                timeout=10)
+                timeout=60)
     for cut_after in (1, 3, 6, 9):  # messages sent before the client goes away
         def gen():
             for i, m in enumerate(put_msgs(raw_header(fp, CT, session="cut",
@@ -461,11 +461,11 @@ def test_stream_cut_midway_leaves_session_as_it_was(daemon):
                 if i == cut_after:
                     raise RuntimeError("client gone")  # grpcio cancels the call
                 yield m
-        code, _ = code_of(s.PutChunks, gen(), timeout=10)
+        code, _ = code_of(s.PutChunks, gen(), timeout=60)
         # ABORTED: the call before is still releasing the session's write lock
         assert code in (C.CANCELLED, C.UNKNOWN, C.ABORTED), code
         info = s.GetSession(kv.GetSessionRequest(name="cut", include_chunk_keys=True),
-                            timeout=5).session
+                            timeout=60).session
         assert info.n_tokens == CT and len(info.chunk_keys) == 1 and "x" not in info.metadata
     # a call cut by its deadline, the same
     def slow():
@@ -473,19 +473,21 @@ def test_stream_cut_midway_leaves_session_as_it_was(daemon):
             if i == 2:
                 time.sleep(1.5)
             yield m
-    for _ in range(50):  # the cancelled call before may hold the session's lock a few ms
+    t0 = time.monotonic()
+    while True:  # the cancelled call before may hold the session's lock a few ms
         code = code_of(s.PutChunks, slow(), timeout=1)[0]
-        if code != C.ABORTED:
+        if code != C.ABORTED or time.monotonic() - t0 > 60:
             break
         time.sleep(0.05)
     assert code == C.DEADLINE_EXCEEDED, code
-    assert s.GetSession(kv.GetSessionRequest(name="cut"), timeout=5).session.n_tokens == CT
-    for _ in range(50):
+    assert s.GetSession(kv.GetSessionRequest(name="cut"), timeout=60).session.n_tokens == CT
+    t0 = time.monotonic()
+    while True:  # the call cut by its deadline may hold the lock until the daemon sees it
         try:
-            r = s.PutChunks(put_msgs(raw_header(fp, CT, session="cut"), chunks[1:]), timeout=10)
+            r = s.PutChunks(put_msgs(raw_header(fp, CT, session="cut"), chunks[1:]), timeout=60)
             break
         except grpc.RpcError as e:
-            assert e.code() == C.ABORTED, e
+            assert e.code() == C.ABORTED and time.monotonic() - t0 < 60, e
             time.sleep(0.1)
     assert r.session.n_tokens == 4 * CT
 
@@ -504,7 +506,7 @@ def test_same_key_written_concurrently_with_different_bytes(daemon):
         def gen():
             barrier.wait()
             yield from put_msgs(raw_header(fp, CT), [(toks, raws[i].tobytes())], piece=3000)
-        return stub.PutChunks(gen(), timeout=20)
+        return stub.PutChunks(gen(), timeout=60)
 
     with ThreadPoolExecutor(n) as ex:
         rs = list(ex.map(one, range(n)))
@@ -517,13 +519,18 @@ def test_same_key_written_concurrently_with_different_bytes(daemon):
     dec = np.frombuffer(bytes(got[0]["data"]), np.float16).astype(np.float32)
     errs = sorted(float(np.sqrt(((dec - r.astype(np.float32).ravel()) ** 2).mean())) for r in raws)
     assert errs[0] < 0.1 < errs[1], errs  # close to exactly one writer's KV
-    v = s.Verify(kv.VerifyRequest(), timeout=10)
+    v = s.Verify(kv.VerifyRequest(), timeout=60)
     assert v.records_checked == 1 and v.corrupt_records == 0
 
 
 def test_idle_streams_do_not_block_other_calls():
     """--threads PutChunks streams that send a header and wait used to hold every worker:
-    Lookup, GetStats and even Health/Check hung until --max-call-ms."""
+    Lookup, GetStats and even Health/Check hung until --max-call-ms. Decided by events, not by
+    time: the unary calls are made once both stream workers provably hold an idle stream
+    (GetStats counts them in flight) and must all be answered before the streams are released
+    (release is set only after them; with the bug they would wait for it and hit their own
+    deadline). The old checks (0.5 s for the streams to start, 15 calls in < 5 s, 3 s
+    deadlines) raced the clock on a loaded machine."""
     d = Daemon(extra=["--threads=2", "--unary-threads=2"])
     release = threading.Event()
     try:
@@ -535,25 +542,28 @@ def test_idle_streams_do_not_block_other_calls():
             def gen():
                 yield kv.PutChunksRequest(header=raw_header(fp, CT, session=f"idle{i}",
                                                             create_session=True))
-                release.wait(20)
-            return code_of(stub.PutChunks, gen(), timeout=30)
+                release.wait(120)
+            return code_of(stub.PutChunks, gen(), timeout=180)
 
         with ThreadPoolExecutor(3) as ex:
             futs = [ex.submit(idle, i) for i in range(3)]  # one more than --threads
-            time.sleep(0.5)
-            t0 = time.time()
+            t0 = time.monotonic()  # both stream workers busy: 2 streams + this GetStats
+            while d.stub.GetStats(kv.GetStatsRequest(), timeout=60).daemon_stats \
+                    .calls_in_flight < 3:
+                assert time.monotonic() - t0 < 60, "the idle streams never reached a worker"
+                time.sleep(0.02)
             for _ in range(5):
-                d.stub.GetStats(kv.GetStatsRequest(), timeout=3)
+                d.stub.GetStats(kv.GetStatsRequest(), timeout=60)
                 d.stub.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=[1]),
-                              timeout=3)
-                d.stub.ListSessions(kv.ListSessionsRequest(), timeout=3)
-            assert time.time() - t0 < 5
+                              timeout=60)
+                d.stub.ListSessions(kv.ListSessionsRequest(), timeout=60)
             health = d.channel.unary_unary("/grpc.health.v1.Health/Check")
-            assert health(b"", timeout=3) == b"\x08\x01"  # SERVING
+            assert health(b"", timeout=60) == b"\x08\x01"  # SERVING
+            assert not any(f.done() for f in futs)  # the streams were idle all along
             release.set()
             codes = [f.result()[0] for f in futs]
         assert codes == [C.OK] * 3, codes  # each stream made its (empty) session
-        assert len(d.stub.ListSessions(kv.ListSessionsRequest(), timeout=5).sessions) == 3
+        assert len(d.stub.ListSessions(kv.ListSessionsRequest(), timeout=60).sessions) == 3
     finally:
         release.set()
         assert d.stop() == 0
@@ -561,8 +571,12 @@ def test_idle_streams_do_not_block_other_calls():
 
 def test_stalled_stream_frees_its_worker_after_stall_ms():
     """An uploader that stops sending held its stream worker for all of --max-call-ms (10 min
-    by default); --stall-ms bounds one wait on the peer."""
-    d = Daemon(extra=["--threads=1", "--stall-ms=1000"])
+    by default); --stall-ms bounds one wait on the peer. The stalled uploader waits on an event
+    set only after its call ended (not on an 8 s sleep), the steady one keeps 10x inside the
+    limit, and the reader that stops reading is checked once the daemon ended its call (a
+    drain after sleep(3) read everything, and the call ended OK, when the cut came late)."""
+    d = Daemon(extra=["--threads=1", "--stall-ms=2000"])
+    gate = threading.Event()
     try:
         fp = fingerprint()
         toks = list(range(2 * CT))
@@ -572,42 +586,53 @@ def test_stalled_stream_frees_its_worker_after_stall_ms():
         def stalled():
             yield kv.PutChunksRequest(header=raw_header(fp, CT, session="st",
                                                         create_session=True))
-            time.sleep(8)
+            gate.wait(120)  # set after the call ended: only the daemon can end it
             yield from list(put_msgs(raw_header(fp, CT), chunks))[1:]
-        t0 = time.time()
-        code, msg = code_of(d.stub.PutChunks, stalled(), timeout=20)
+        t0 = time.monotonic()
+        code, msg = code_of(d.stub.PutChunks, stalled(), timeout=60)
+        took = time.monotonic() - t0
+        gate.set()
         assert code == C.DEADLINE_EXCEEDED and "--stall-ms" in msg, (code, msg)
-        assert time.time() - t0 < 7
-        assert code_of(d.stub.GetSession, kv.GetSessionRequest(name="st"), timeout=5)[0] == \
+        assert took < 20, took  # at ~2 s: 10x the limit, far from the client's 60 s
+        assert code_of(d.stub.GetSession, kv.GetSessionRequest(name="st"), timeout=60)[0] == \
             C.NOT_FOUND
 
-        def steady():  # slow but never 1 s without a message: served
+        def steady():  # slow (19 messages, ~3.8 s) but never 2 s without one: served
             for m in put_msgs(raw_header(fp, CT, session="st", create_session=True), chunks,
-                              piece=6000):
-                time.sleep(0.4)
+                              piece=1000):
+                time.sleep(0.2)
                 yield m
-        for _ in range(50):  # the stalled call may still hold the session's lock a moment
-            code, msg = code_of(d.stub.PutChunks, steady(), timeout=20)
-            if code != C.ABORTED:
+        t0 = time.monotonic()
+        while True:  # the stalled call may still hold the session's lock a moment
+            code, msg = code_of(d.stub.PutChunks, steady(), timeout=60)
+            if code != C.ABORTED or time.monotonic() - t0 > 60:
                 break
             time.sleep(0.1)
         assert code == C.OK, (code, msg)
-        assert d.stub.GetSession(kv.GetSessionRequest(name="st"), timeout=5).session.n_tokens \
+        assert d.stub.GetSession(kv.GetSessionRequest(name="st"), timeout=60).session.n_tokens \
             == 2 * CT
-        # a reader that stops reading (8 MiB decoded in 64 KiB pieces, past the flow window)
+        # a reader that stops reading (8 MiB decoded in 64 KiB pieces): on a channel whose
+        # receive window stays at 64 KiB (BDP probing grows it to MiBs on a fast machine)
         big, n = fingerprint(layers=8, heads=4, dim=128), 256
         r = d.stub.PutChunks(put_msgs(raw_header(big, n), [(list(range(n)),
                                                             raw_kv(3, 8, 4, n, 128).tobytes())]),
-                             timeout=30)
-        it = d.stub.GetChunks(kv.GetChunksRequest(
-            keys=kv.ChunkKeys(keys=r.chunk_keys), encoding=kv.ENCODING_RAW, dtype=kv.DTYPE_FP32,
-            max_piece_bytes=65536), timeout=30)
-        next(it)
-        time.sleep(3)
-        code, msg = code_of(list, it)
+                             timeout=60)
+        with grpc.insecure_channel("unix:" + d.sock,
+                                   options=[("grpc.http2.bdp_probe", 0)]) as small:
+            it = kvg.KVStoreStub(small).GetChunks(kv.GetChunksRequest(
+                keys=kv.ChunkKeys(keys=r.chunk_keys), encoding=kv.ENCODING_RAW,
+                dtype=kv.DTYPE_FP32, max_piece_bytes=65536), timeout=60)
+            next(it)
+            t0 = time.monotonic()  # until the daemon ended it (only this GetStats in flight)
+            while d.stub.GetStats(kv.GetStatsRequest(), timeout=60).daemon_stats \
+                    .calls_in_flight > 1:
+                assert time.monotonic() - t0 < 60, "the stopped reader's call never ended"
+                time.sleep(0.02)
+            code, msg = code_of(list, it)  # what was buffered, then the daemon's status
         assert code == C.DEADLINE_EXCEEDED and "--stall-ms" in msg, (code, msg)
         assert get_all(d.stub, kv.GetChunksRequest(keys=kv.ChunkKeys(keys=r.chunk_keys)))
     finally:
+        gate.set()
         assert d.stop() == 0
 
 
@@ -633,16 +658,23 @@ def test_sigkill_during_concurrent_writes_keeps_every_acked_chunk():
                 try:
                     r = stub.PutChunks(put_msgs(raw_header(fp, CT, session=name,
                                                            create_session=True), chunks,
-                                                piece=4000), timeout=10)
+                                                piece=4000), timeout=60)
                 except grpc.RpcError:
                     return
                 with lock:
                     acked[name] = (toks, list(r.chunk_keys))
 
+        before = len(acked)
         ts = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
         for t in ts:
             t.start()
-        time.sleep(0.4 + rng.random())
+        # kill once this round has acks (a fixed 0.4-1.4 s got too few puts done on a loaded
+        # machine for the final count), then at a random point of the writes
+        t0 = time.monotonic()
+        while len(acked) < before + 4:
+            assert time.monotonic() - t0 < 60, f"round {rnd}: {len(acked) - before} acks in 60 s"
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.5)
         d.kill9()
         stop.set()
         for t in ts:
@@ -653,9 +685,9 @@ def test_sigkill_during_concurrent_writes_keeps_every_acked_chunk():
                 got = get_all(d.stub, kv.GetChunksRequest(range=kv.SessionRange(session=name)))
                 assert [g["tokens"] for g in got] == [toks[:CT], toks[CT:]], name
                 lk = d.stub.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT,
-                                                    token_ids=toks, no_lease=True), timeout=5)
+                                                    token_ids=toks, no_lease=True), timeout=60)
                 assert list(lk.chunk_keys) == keys, name
-            v = d.stub.Verify(kv.VerifyRequest(), timeout=20)
+            v = d.stub.Verify(kv.VerifyRequest(), timeout=60)
             assert v.corrupt_records == 0
             # acked sessions, plus at most one per writer committed just before the kill
             assert len(acked) <= stats(d.stub).store_stats.sessions <= len(acked) + 3
@@ -698,7 +730,7 @@ def fill_disk(d, fp):
         toks = list(range(i * 1000, i * 1000 + 64))
         code, msg = code_of(d.stub.PutChunks, put_msgs(
             raw_header(fp, 64, session=f"s{i}", create_session=True),
-            [(toks, raw_kv(i, 2, 2, 64, 64).tobytes())]), timeout=10)
+            [(toks, raw_kv(i, 2, 2, 64, 64).tobytes())]), timeout=60)
         if code == C.OK:
             acked.append(i)
             continue
@@ -721,7 +753,7 @@ def test_full_disk_is_an_error_and_loses_nothing():
         for i in acked:
             got = get_all(d.stub, kv.GetChunksRequest(range=kv.SessionRange(session=f"s{i}")))
             assert got[0]["tokens"] == list(range(i * 1000, i * 1000 + 64))
-        v = d.stub.Verify(kv.VerifyRequest(), timeout=20)
+        v = d.stub.Verify(kv.VerifyRequest(), timeout=60)
         assert v.corrupt_records == 0 and v.records_checked >= len(acked)
         d.kill9()
         d = Daemon(data=data, wrap=h.wrap)  # restart on the same full disk
@@ -730,7 +762,7 @@ def test_full_disk_is_an_error_and_loses_nothing():
         lk = d.stub.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=64,
                                             token_ids=list(range(acked[-1] * 1000,
                                                                  acked[-1] * 1000 + 64))),
-                           timeout=5)
+                           timeout=60)
         assert lk.matched_tokens == 64
         # the disk grows (an operator freed space): writes work again, no restart needed
         import subprocess
@@ -738,9 +770,9 @@ def test_full_disk_is_an_error_and_loses_nothing():
         for i in range(3):
             toks = list(range(7 * 10 ** 6 + i * 64, 7 * 10 ** 6 + (i + 1) * 64))
             d.stub.PutChunks(put_msgs(raw_header(fp, 64, session=f"g{i}", create_session=True),
-                                      [(toks, raw_kv(i, 2, 2, 64, 64).tobytes())]), timeout=10)
-        d.stub.DeleteSession(kv.DeleteSessionRequest(name=f"s{acked[0]}"), timeout=5)
-        assert d.stub.Verify(kv.VerifyRequest(), timeout=20).corrupt_records == 0
+                                      [(toks, raw_kv(i, 2, 2, 64, 64).tobytes())]), timeout=60)
+        d.stub.DeleteSession(kv.DeleteSessionRequest(name=f"s{acked[0]}"), timeout=60)
+        assert d.stub.Verify(kv.VerifyRequest(), timeout=60).corrupt_records == 0
         assert d.stop(rm=False) == 0
     finally:
         h.close()
@@ -758,12 +790,12 @@ def test_full_disk_space_can_be_freed_by_deleting():
         acked = fill_disk(d, fp)
         for i in acked[: len(acked) // 2]:
             code, msg = code_of(d.stub.DeleteSession, kv.DeleteSessionRequest(name=f"s{i}"),
-                                timeout=5)
+                                timeout=60)
             assert code == C.OK, (i, code, msg)
-        d.stub.Compact(kv.CompactRequest(min_dead_fraction=0.1), timeout=20)
+        d.stub.Compact(kv.CompactRequest(min_dead_fraction=0.1), timeout=60)
         toks = list(range(999000, 999064))
         d.stub.PutChunks(put_msgs(raw_header(fp, 64), [(toks, raw_kv(5, 2, 2, 64, 64).tobytes())]),
-                         timeout=10)
+                         timeout=60)
         assert d.stop(rm=False) == 0
     finally:
         h.close()
@@ -784,7 +816,7 @@ def test_full_disk_new_data_dir_is_an_error():
                                  " true"], check=True)
         r = subprocess.run(h.wrap + [E8KVD, f"--data-dir={mnt}/data",
                                      f"--listen=unix:{base}/sock", "--metrics-listen="],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=60)
         out = r.stdout + r.stderr
         assert r.returncode == 1, (r.returncode, out)
         assert "disk full" in out and f"{mnt}/data" in out, out
@@ -801,7 +833,7 @@ def test_metrics_endpoint_survives_junk():
         assert d.metrics_port > 0
 
         def http(raw):
-            with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) as so:
+            with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=60) as so:
                 so.sendall(raw)
                 try:
                     return so.recv(64)
@@ -812,9 +844,9 @@ def test_metrics_endpoint_survives_junk():
         assert http(b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 414")
         assert http(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n") \
             .startswith(b"HTTP/1.1 431")
-        with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) as so:
+        with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=60) as so:
             so.sendall(b"\x00\xff\x16\x03\x01garbage")  # left hanging: must not block others
             assert http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
-        assert d.stub.GetStats(kv.GetStatsRequest(), timeout=5).namespace_stats.namespace_name
+        assert d.stub.GetStats(kv.GetStatsRequest(), timeout=60).namespace_stats.namespace_name
     finally:
         assert d.stop() == 0
