@@ -192,6 +192,8 @@ int kvt_finish(kvt_stream *s, kvt_status *st) {
   return st->code;
 }
 
+int kvt_hang_ms(int timeout_ms) { return timeout_ms < 60000 ? 60000 : timeout_ms; }
+
 int kvt_ended(kvt_stream *s) {
   if (!s->status_done) {
     grpc_event ev = grpc_completion_queue_pluck(s->cq, (void *)2,
@@ -238,7 +240,7 @@ void kvt_free(kvt_stream *s) {
 int kvt_unary(kvt_conn *c, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, kvt_status *st,
               int timeout_ms) {
-  kvt_stream *s = kvt_open(c, method, timeout_ms);
+  kvt_stream *s = kvt_open(c, method, kvt_hang_ms(timeout_ms));
   *resp = NULL;
   uint8_t *b = NULL;
   size_t n = 0;

@@ -53,8 +53,13 @@ int kvt_ended(kvt_stream *s);
 void kvt_cancel(kvt_stream *s);
 void kvt_free(kvt_stream *s);
 
+/* A deadline that only bounds a hang: timeout_ms, at least 60 s. kvt_unary and kvt_get use it:
+ * no test expects them to hit their deadline, and a 5 s one could on a loaded machine (a test
+ * of a deadline opens its stream with kvt_open and an exact timeout). */
+int kvt_hang_ms(int timeout_ms);
+
 /* Unary helper: sends req, decodes the reply with desc into *resp (NULL on error; free with
- * protobuf_c_message_free_unpacked). Returns the status code. */
+ * protobuf_c_message_free_unpacked). Returns the status code. timeout_ms: see kvt_hang_ms. */
 int kvt_unary(kvt_conn *c, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, kvt_status *st,
               int timeout_ms);

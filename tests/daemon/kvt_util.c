@@ -291,7 +291,7 @@ int kvt_put(kvt_conn *c, const E8kv__V1__PutHeader *h, const kvt_chunk *chunks, 
 
 int kvt_get(kvt_conn *c, const E8kv__V1__GetChunksRequest *rq, kvt_got *out, size_t max,
             size_t *n_out, kvt_status *st, int timeout_ms) {
-  kvt_stream *s = kvt_open(c, KVT_SVC "GetChunks", timeout_ms);
+  kvt_stream *s = kvt_open(c, KVT_SVC "GetChunks", kvt_hang_ms(timeout_ms));
   *n_out = 0;
   int bad = 0;
   if (kvt_send(s, &rq->base) == 0 && kvt_close_send(s) == 0) {

@@ -84,6 +84,7 @@ typedef struct kvt_got {
   uint8_t key[32];
   int encoding;           /* E8kv__V1__Encoding of the answer */
 } kvt_got;
+/* GetChunks, every piece read and assembled; timeout_ms: at least 60 s (kvt_hang_ms). */
 int kvt_get(kvt_conn *c, const E8kv__V1__GetChunksRequest *rq, kvt_got *out, size_t max,
             size_t *n_out, kvt_status *st, int timeout_ms);
 void kvt_got_free(kvt_got *g, size_t n);
