@@ -141,9 +141,12 @@ static void test_unknown_method(void **state) {
     ProtobufCMessage *r;
     kvt_status st;
     assert_int_equal(kvt_unary(g_c, paths[i], &rq.base, &e8kv__v1__get_stats_response__descriptor,
-                               &r, &st, 20000), 12 /* UNIMPLEMENTED */);
+                               &r, &st, 120000), 12 /* UNIMPLEMENTED */);
     assert_non_null(strstr(st.msg, "unknown method"));
-    assert_true(now_s() - t0 < 2.0); /* at once, not at the deadline */
+    /* at once, not at the deadline: 20 s is 6x below the 120 s deadline and far above an
+     * answer on a loaded machine (2 s against a 20 s deadline raced a loaded machine's
+     * scheduler) */
+    assert_true(now_s() - t0 < 20.0);
   }
 }
 
@@ -755,7 +758,9 @@ static void test_daemon_dies_with_its_starter(void **state) {
   char path[64], line[256];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)d.pid);
   int dead = 0;
-  for (int i = 0; i < 100 && !dead; i++) { /* 5 s */
+  /* the kernel kills it at once; 60 s only bounds a hang (100 polls of 50 ms = 5 s were not
+   * much for a loaded machine to tear down a process with a mapped store) */
+  for (double t0 = now_s(); !dead && now_s() - t0 < 60;) {
     FILE *f = fopen(path, "r");
     char *rp = f ? strrchr(fgets(line, sizeof line, f) ? line : "", ')') : NULL;
     dead = !f || (rp && (rp[2] == 'Z' || rp[2] == 'X')); /* gone, or a zombie of init */
