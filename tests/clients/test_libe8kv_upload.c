@@ -183,6 +183,12 @@ static void test_upload_stores_the_bytes(void **state) {
   kvt_daemon_cleanup(&d);
 }
 
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
 static void test_upload_errors(void **state) {
   (void)state;
   kvt_daemon d;
@@ -198,7 +204,9 @@ static void test_upload_errors(void **state) {
   e8kv_upload *u;
   assert_int_equal(e8kv_upload_start(c, &h, 0, &u, &err), E8KV_OK);
   e8kv_status st = E8KV_OK;
-  for (int tries = 0; tries < 500 && !st; tries++) { /* up to ~5 s */
+  /* until the daemon's refusal reaches the uploader; 60 s only bounds a hang (500 polls of
+   * 10 ms were ~5 s, not much on a loaded machine) */
+  for (double t0 = now_s(); !st && now_s() - t0 < 60;) {
     st = e8kv_upload_add(u, ch.tokens, CT, ch.frame[0], ch.len[0], NULL, 0, &err);
     if (!st) usleep(10000);
   }
@@ -254,11 +262,6 @@ static void test_upload_errors(void **state) {
   kvt_daemon_cleanup(&d);
 }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
 
 static void test_upload_daemon_gone_mid_stream(void **state) {
   (void)state;
@@ -275,7 +278,7 @@ static void test_upload_daemon_gone_mid_stream(void **state) {
   assert_int_equal(e8kv_upload_add(u, ch.tokens, CT, ch.frame[0], ch.len[0], NULL, 0, &err),
                    E8KV_OK);
   size_t sent = 0;
-  for (int tries = 0; tries < 1000 && sent < 1; tries++) {
+  for (double t0 = now_s(); sent < 1 && now_s() - t0 < 60;) { /* bounds a hang only */
     e8kv_upload_stats(u, NULL, &sent, NULL);
     if (sent < 1) usleep(10000);
   }
