@@ -38,6 +38,11 @@ void e8s_test_segment_start(unsigned long long offset);
  * that bound or on a larger file system (segments too big to compact on a full disk). */
 void e8s_test_uncapped_segments(int on);
 
+/* on = 1: the store acts as on a file system without hole punching (FALLOC_FL_PUNCH_HOLE
+ * refused): dead records give their disk back only when their segment is emptied or
+ * compacted (store_punch.c). */
+void e8s_test_no_punch(int on);
+
 /* Faults injected since the last e8s_test_fault_set. */
 unsigned e8s_test_fault_hits(void);
 

@@ -14,6 +14,7 @@
  * most one piece. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "store/store_int.h"
 
@@ -241,21 +242,61 @@ static int compact_fit(e8s_store *st, const cand *c, e8s_compact_report *rep, in
   return e;
 }
 
-void store_compact_for_room(e8s_store *st, uint64_t need) {
-  if (st->readonly) return;
+/* Bytes of blocks segment id's file holds (0 if it cannot be stat'ed). */
+static uint64_t file_blocks(e8s_store *st, uint64_t id) {
+  char *p = store_seg_path(st, id);
+  struct stat sb;
+  uint64_t b = p && stat(p, &sb) == 0 ? (uint64_t)sb.st_blocks * 512 : 0;
+  free(p);
+  return b;
+}
+
+uint64_t store_compact_for_room(e8s_store *st, uint64_t need) {
+  if (st->readonly) return 0;
   cand *cs;
   size_t n;
-  if (list_candidates(st, 0.01, &cs, &n) != E8S_OK) return;
+  if (list_candidates(st, 0.01, &cs, &n) != E8S_OK) return 0;
   if (n) qsort(cs, n, sizeof *cs, by_live); /* cs is NULL when n is 0 */
   e8s_compact_report rep = {0};
+  uint64_t skipped = 0;
   for (size_t i = 0, done = 0; i < n && done < 4 && store_space_room(st) < need; i++) {
     int fit;
     uint64_t nd, r;
+    if (file_blocks(st, cs[i].id) <= cs[i].live + COMPACT_SLACK / 2)
+      continue; /* a copy gains nothing: its dead blocks were given back (store_punch.c) */
     if (compact_fit(st, &cs[i], &rep, &fit, &nd, &r) != E8S_OK) break;
     done += fit;
-    if (!fit) break; /* the next ones have more live records */
+    if (!fit) { /* the next ones have more live records */
+      skipped = nd;
+      break;
+    }
   }
   free(cs);
+  return skipped;
+}
+
+/* Compacts the candidates cs[0..n) that fit, in order; counts the skipped ones, and what the
+ * first skipped one needed and found free. */
+static int compact_pass(e8s_store *st, const cand *cs, size_t n, e8s_compact_report *rep,
+                        e8s_progress_fn fn, void *ctx, size_t *skipped, uint64_t *need0,
+                        uint64_t *room0) {
+  int e = E8S_OK;
+  *skipped = 0;
+  for (size_t i = 0; i < n && !e; i++) {
+    uint64_t before = rep->bytes_moved, need, r;
+    int fit;
+    e = compact_fit(st, &cs[i], rep, &fit, &need, &r);
+    if (e) break;
+    if (!fit) { /* its copies do not fit on the disk now: the later ones have more */
+      if (!(*skipped)++) *need0 = need, *room0 = r;
+      continue;
+    }
+    rep->segments_compacted++;
+    uint64_t moved = rep->bytes_moved - before;
+    rep->bytes_reclaimed += cs[i].end > moved ? cs[i].end - moved : 0;
+    if (fn && fn(ctx, i + 1, n)) break;
+  }
+  return e;
 }
 
 int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
@@ -270,27 +311,25 @@ int e8s_compact(e8s_store *st, double min_dead_ratio, e8s_compact_report *rep,
   if (!e && n) qsort(cs, n, sizeof *cs, by_live); /* emptiest first: the most room for the least copying */
   size_t skipped = 0;
   uint64_t need0 = 0, room0 = 0;
-  for (size_t i = 0; i < n && !e; i++) {
-    uint64_t before = rep->bytes_moved, need, r;
-    int fit;
-    e = compact_fit(st, &cs[i], rep, &fit, &need, &r);
-    if (e) break;
-    if (!fit) { /* its copies do not fit on the disk now: the later ones have more */
-      if (!skipped++) need0 = need, room0 = r;
-      continue;
-    }
-    rep->segments_compacted++;
-    uint64_t moved = rep->bytes_moved - before;
-    rep->bytes_reclaimed += cs[i].end > moved ? cs[i].end - moved : 0;
-    if (fn && fn(ctx, i + 1, n)) break;
+  if (!e) e = compact_pass(st, cs, n, rep, fn, ctx, &skipped, &need0, &room0);
+  if (!e && skipped && !rep->segments_compacted) {
+    /* a full disk: give the dead records' blocks back (store_punch.c), then try again */
+    uint64_t punched = store_space_punch(st);
+    rep->bytes_reclaimed += punched;
+    if (punched) e = compact_pass(st, cs, n, rep, fn, ctx, &skipped, &need0, &room0);
+    if (!e && punched && !rep->segments_compacted) skipped = 0; /* space came back anyway */
   }
   free(cs);
   if (!e && skipped && !rep->segments_compacted)
     e = store_err(E8S_ERR_NOSPC, "compact: disk full: the emptiest segment's live records need "
-                  "%llu bytes, %llu free (with the index reserve lent but %llu bytes); delete "
+                  "%llu bytes, %llu free (with the index reserve lent but %llu bytes)%s; delete "
                   "sessions (the next put evicts their chunks) or free disk space",
                   (unsigned long long)need0, (unsigned long long)room0,
-                  (unsigned long long)(st->ix_reserve / 4));
+                  (unsigned long long)(st->ix_reserve / 4),
+                  atomic_load(&st->punch_off) || store_fault_no_punch()
+                      ? "; this file system does not punch holes: deleted chunks give space "
+                        "back only with their whole segment"
+                      : "");
   return e;
 }
 

@@ -88,6 +88,12 @@ void e8s_test_uncapped_segments(int on) { atomic_store(&uncapped, on); }
 
 int store_fault_uncapped_segments(void) { return atomic_load(&uncapped); }
 
+static _Atomic int no_punch;
+
+void e8s_test_no_punch(int on) { atomic_store(&no_punch, on); }
+
+int store_fault_no_punch(void) { return atomic_load(&no_punch); }
+
 unsigned long long e8s_test_replayed_at_open(struct e8s_store *st) {
   return st->replayed_at_open;
 }

@@ -69,6 +69,7 @@ int store_fault_index_lost(void);     /* 1: the put's commit is dropped but repo
 void store_fault_crash_after_sync(void); /* SIGKILLs the process if that fault is due */
 uint64_t store_fault_segment_start(void); /* first record offset of a new segment */
 int store_fault_uncapped_segments(void);  /* 1: segment_bytes is not bounded at open */
+int store_fault_no_punch(void);           /* 1: act as a file system without hole punching */
 
 /* ---------------------------------------------------------------- io engines */
 typedef struct store_iow {
@@ -259,6 +260,7 @@ struct e8s_store {
   _Atomic uint64_t ix_alloc_end; /* the data file is allocated up to here, bytes */
   _Atomic int ix_short;      /* the reserve could not be refilled: the disk is full */
   _Atomic int ix_lent;       /* a compaction borrows the reserve (store_space_lend) */
+  _Atomic int punch_off;     /* the file system refused hole punching (store_punch.c) */
 
   _Atomic uint64_t tick;     /* logical LRU clock */
   uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */
@@ -348,6 +350,12 @@ int store_seg_reserve(e8s_store *st, store_lane *l, uint64_t bytes, store_seg **
                       uint64_t *off);
 /* Writer: stop appending to the current segment (after a write or fsync failure). */
 void store_seg_seal_active(e8s_store *st, store_lane *l);
+/* Punches the whole file-system blocks inside the byte ranges gaps[0..n) ([start, end)) of
+ * segment id's file (store_punch.c says when that is safe), under seg_mu, unless a reader holds
+ * the segment (then 2, nothing done) or it is active, pending or retired (then 1). *freed =
+ * bytes of blocks given back. 0, 1, 2, -EOPNOTSUPP (no hole punching here) or -errno. */
+int store_seg_punch(e8s_store *st, uint64_t id, const uint64_t (*gaps)[2], size_t n,
+                    uint64_t *freed);
 /* 1 if segment id is being appended or holds pending records: not to be dropped/compacted. */
 int store_seg_busy(e8s_store *st, uint64_t id);
 /* pending +1 / -1 (with a reference) on a segment the pipeline wrote to. */
@@ -475,8 +483,15 @@ uint64_t store_space_lend(e8s_store *st, uint64_t need);
 void store_space_lend_end(e8s_store *st);
 /* Full-disk admission's last step (store_compact.c): compacts sealed segments with dead bytes,
  * emptiest first, each only when its live records fit (store_space_lend), until `need` bytes
- * are free or none fits; at most a few segments. */
-void store_compact_for_room(e8s_store *st, uint64_t need);
+ * are free or none fits; at most a few segments. Returns the bytes the first segment that did
+ * not fit needed (0 if none was skipped). */
+uint64_t store_compact_for_room(e8s_store *st, uint64_t need);
+/* Full disk (store_punch.c): punches the blocks of dead records out of sealed segments after
+ * flushing the index; returns the bytes given back to the file system (0 where hole punching
+ * is refused: then never again for this open). No lock held by the caller. */
+uint64_t store_space_punch(e8s_store *st);
+/* 1 if the index (a fresh read transaction) still points key at rec's segment and offset. */
+int store_index_points_at(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec);
 /* E8S_ERR_NOSPC while the index reserve cannot be kept (before sessions grow), else E8S_OK. */
 int store_space_grow_ok(e8s_store *st);
 

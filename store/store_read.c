@@ -66,6 +66,25 @@ int e8s_chunk_stat(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
   return e;
 }
 
+/* With ch's segment held: the index must still point at ch->rec. A reader whose transaction
+ * began before a removal or a compaction's move would otherwise read a range that may have
+ * been punched since (store_punch.c: never while the segment is held). E8S_OK with ch->seg
+ * set: it does; E8S_OK with ch->seg released and NULL: it moved, look again; else the error
+ * (NOTFOUND: evicted meanwhile; DATALOSS: quarantined), segment released. */
+static int still_there(e8s_store *st, uint32_t ns_id, e8s_chunk *ch) {
+  MDB_txn *txn;
+  store_chunk_val v;
+  int e = store_rtxn_begin(st, &txn);
+  if (e == E8S_OK) {
+    e = find(txn, st, ns_id, ch->key, &v);
+    store_rtxn_end(st, txn);
+  }
+  if (e == E8S_OK && v.seg_id == ch->rec.seg_id && v.offset == ch->rec.offset) return E8S_OK;
+  store_seg_release(st, ch->seg);
+  ch->seg = NULL;
+  return e;
+}
+
 int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES],
                    e8s_chunk **out, e8s_chunk_info *info) {
   if (!st || !key || !out) return store_err(E8S_ERR_INVAL, "chunk_open: NULL argument");
@@ -90,6 +109,10 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
     seg_gone = !ch->seg;
     if (seg_gone) e = store_err(E8S_ERR_NOTFOUND, "chunk's segment %llu is gone",
                                 (unsigned long long)ch->rec.seg_id);
+    else if ((e = still_there(st, ns_id, ch)) != E8S_OK || !ch->seg) {
+      if (e) break;
+      e = store_err(E8S_ERR_NOTFOUND, "chunk moved while it was opened");
+    }
   }
   /* the index still points into a segment file that is not there: the bytes are lost */
   if (seg_gone && e == E8S_ERR_NOTFOUND && store_seg_lost(st, key, &ch->rec)) {
@@ -118,6 +141,10 @@ int e8s_chunk_read(e8s_chunk *ch, void *buf, uint64_t cap) {
                      (unsigned long long)cap, (unsigned long long)ch->rec.payload_bytes);
   uint32_t found = 0;
   int e = store_seg_read_from(ch->seg, &ch->rec, ch->key, buf, &found);
+  if (e == E8S_ERR_DATALOSS && !store_index_points_at(st, ch->key, &ch->rec))
+    /* read-only opener: the writer evicted or moved it meanwhile and gave the blocks back */
+    return store_err(E8S_ERR_NOTFOUND, "chunk was evicted or moved while it was read; look "
+                     "it up again");
   if (e == E8S_ERR_DATALOSS) {
     atomic_fetch_add(&st->c_crc_failures, 1);
     char msg[512];

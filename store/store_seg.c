@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "store/store_int.h"
@@ -182,17 +183,63 @@ static int create_segment(e8s_store *st, store_lane *l) {
  * their own writes fail ENOSPC though the space was free (seen on a full disk: a
  * compaction's copy of 3 to 7 records failed at its first). */
 #define STORE_PREALLOC_STEP (64ull << 20)
+
+/* 1 on a nearly full disk: allocating `bytes` ahead would leave less than the index reserve
+ * free, i.e. take the blocks the reserve needs to be refilled after a compaction lent it or a
+ * delete used it (the store would stay "short" and refuse puts with the space sitting unused
+ * at the end of the active segment). */
+static int tight(e8s_store *st, uint64_t bytes) {
+  if (atomic_load(&st->ix_short)) return 1;
+  struct statvfs v;
+  if (statvfs(st->segdir, &v) != 0) return 0;
+  return (uint64_t)v.f_bavail * v.f_frsize < bytes + atomic_load(&st->ix_reserve);
+}
 static void prealloc(e8s_store *st, store_lane *l, uint64_t need) {
   uint64_t from = l->wprealloc > l->wpos ? l->wprealloc : l->wpos;
   uint64_t to = from + STORE_PREALLOC_STEP;
   if (to > st->seg_bytes) to = st->seg_bytes;
   if (to < need) to = need;
+  if (!l->wpre_off && tight(st, to - from)) l->wpre_off = 1;
   if (!l->wpre_off && fallocate(l->wseg->fd, 0, (off_t)from, (off_t)(to - from)) == 0) {
     l->wprealloc = to;
     return;
   }
   l->wpre_off = 1;
   l->wprealloc = need;
+}
+
+int store_seg_punch(e8s_store *st, uint64_t id, const uint64_t (*gaps)[2], size_t n,
+                    uint64_t *freed) {
+  *freed = 0;
+  pthread_mutex_lock(&st->seg_mu); /* a reader acquires the segment before or after, not during */
+  store_seg *s = find(st, id);
+  int rc = 1;
+  if (s && (s->retired || s->pending > 0 || active(st, s))) goto out;
+  if (s && s->refs > 0) { /* a reader inside a read: the caller may try again */
+    rc = 2;
+    goto out;
+  }
+  char *p = store_seg_path(st, id);
+  int fd = p ? open(p, O_WRONLY | O_CLOEXEC) : -1;
+  free(p);
+  struct stat sb;
+  if (fd < 0) goto out;
+  if (fstat(fd, &sb) != 0) goto out_fd;
+  uint64_t bs = sb.st_blksize > 0 ? (uint64_t)sb.st_blksize : 4096, before = (uint64_t)sb.st_blocks;
+  rc = 0;
+  for (size_t i = 0; i < n && !rc; i++) {
+    uint64_t a = (gaps[i][0] + bs - 1) / bs * bs, b = gaps[i][1] / bs * bs;
+    if (a >= b) continue;
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a, (off_t)(b - a)) != 0)
+      rc = errno == EOPNOTSUPP || errno == ENOSYS ? -EOPNOTSUPP : -errno;
+  }
+  if (fstat(fd, &sb) == 0 && before > (uint64_t)sb.st_blocks)
+    *freed = (before - (uint64_t)sb.st_blocks) * 512;
+out_fd:
+  close(fd);
+out:
+  pthread_mutex_unlock(&st->seg_mu);
+  return rc;
 }
 
 int store_seg_busy(e8s_store *st, uint64_t id) {

@@ -280,36 +280,53 @@ static void evict_for_disk(e8s_store *st, uint64_t need) {
   }
 }
 
-int store_space_admit(e8s_store *st, uint64_t bytes) {
-  if (!bytes) return E8S_OK;
-  uint64_t r = room(st);
-  if (!atomic_load(&st->ix_short) && r >= bytes) return E8S_OK;
-  pthread_mutex_lock(&st->wlock); /* maybe space came back (deletes, another process) */
+static void refill_locked(e8s_store *st) {
+  pthread_mutex_lock(&st->wlock);
   store_space_refill(st);
   pthread_mutex_unlock(&st->wlock);
-  r = room(st);
-  if (atomic_load(&st->ix_short) || r < bytes) {
-    uint64_t need = r < bytes ? bytes - r : 0;
-    evict_for_disk(st, need + st->ix_reserve);
-    r = room(st);
-  }
-  if (atomic_load(&st->ix_short) || r < bytes) {
-    /* evicted, but no segment file became empty: compact the emptiest ones that fit */
-    store_compact_for_room(st, bytes + st->ix_reserve);
-    pthread_mutex_lock(&st->wlock);
-    store_space_refill(st);
-    pthread_mutex_unlock(&st->wlock);
-    r = room(st);
-  }
+}
+
+/* 1 if `bytes` of records can be written now: the index is not short and the room covers
+ * them plus ADMIT_SLACK, two 4 KiB blocks: a record that starts a new segment takes the
+ * header's block too, one that does not fit in the active segment's allocated tail leaves the
+ * tail's partial block behind (measured: a 16576-byte record in a new segment takes 20480). */
+#define ADMIT_SLACK (8ull << 10)
+static int fits(e8s_store *st, uint64_t bytes, uint64_t *r) {
+  *r = room(st);
+  return !atomic_load(&st->ix_short) && (*r == UINT64_MAX || *r >= bytes + ADMIT_SLACK);
+}
+
+int store_space_admit(e8s_store *st, uint64_t bytes) {
+  if (!bytes) return E8S_OK;
+  uint64_t r;
+  if (fits(st, bytes, &r)) return E8S_OK;
+  refill_locked(st); /* maybe space came back (deletes, another process) */
+  if (fits(st, bytes, &r)) return E8S_OK;
+  /* 1. evict unpinned chunks until segment files that became empty give the bytes back */
+  evict_for_disk(st, bytes + ADMIT_SLACK - (r < bytes + ADMIT_SLACK ? r : 0) + st->ix_reserve);
+  if (fits(st, bytes, &r)) return E8S_OK;
+  /* 2. no file became empty: compact the emptiest segments whose copy fits (whole segments
+   *    come back) */
+  uint64_t seg_need = store_compact_for_room(st, bytes + ADMIT_SLACK + st->ix_reserve);
+  refill_locked(st);
+  if (fits(st, bytes, &r)) return E8S_OK;
+  /* 3. none fits (segments too large for what is free, or too live to be worth a copy): give
+   *    the dead records' blocks back where they lie (store_punch.c) */
+  if (store_space_punch(st)) refill_locked(st);
+  if (fits(st, bytes, &r)) return E8S_OK;
+  char why[256] = "";
+  if (seg_need && (atomic_load(&st->punch_off) || store_fault_no_punch()))
+    snprintf(why, sizeof why, "; this file system does not punch holes, so deleted chunks "
+             "give space back only with their whole segment: the emptiest one's live records "
+             "(%llu bytes) do not fit to be compacted", (unsigned long long)seg_need);
   if (atomic_load(&st->ix_short))
     return store_err(E8S_ERR_NOSPC, "disk full: the index keeps its last %llu bytes for "
-                     "deletes; delete sessions or free disk space",
-                     (unsigned long long)st->ix_reserve);
-  if (r < bytes)
-    return store_err(E8S_ERR_NOSPC, "disk full: %llu bytes to write, %llu free; delete "
-                     "sessions or free disk space", (unsigned long long)bytes,
-                     (unsigned long long)r);
-  return E8S_OK;
+                     "deletes (%llu bytes free)%s; delete sessions or free disk space",
+                     (unsigned long long)st->ix_reserve,
+                     (unsigned long long)(r == UINT64_MAX ? 0 : r), why);
+  return store_err(E8S_ERR_NOSPC, "disk full: %llu bytes to write need %llu free, %llu are%s; "
+                   "delete sessions or free disk space", (unsigned long long)bytes,
+                   (unsigned long long)(bytes + ADMIT_SLACK), (unsigned long long)r, why);
 }
 
 int store_space_grow_ok(e8s_store *st) {

@@ -37,7 +37,7 @@ void store_quarantine(e8s_store *st, const uint8_t key[32], const store_chunk_va
   else free(c.retire.ids);
 }
 
-static int index_points_at(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec) {
+int store_index_points_at(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec) {
   MDB_txn *txn;
   if (store_rtxn_begin(st, &txn)) return 0;
   store_chunk_val v;
@@ -48,12 +48,12 @@ static int index_points_at(e8s_store *st, const uint8_t key[32], const store_chu
 }
 
 int store_seg_lost(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec) {
-  if (!index_points_at(st, key, rec)) return 0;
+  if (!store_index_points_at(st, key, rec)) return 0;
   char *p = store_seg_path(st, rec->seg_id);
   struct stat sb;
   int missing = p && stat(p, &sb) != 0 && errno == ENOENT;
   free(p);
-  return missing && index_points_at(st, key, rec);
+  return missing && store_index_points_at(st, key, rec);
 }
 
 int store_scan_page(e8s_store *st, const uint8_t *after, scan_item *out, size_t max,
@@ -122,6 +122,8 @@ int e8s_verify(e8s_store *st, e8s_verify_report *rep, e8s_progress_fn fn, void *
         r = E8S_ERR_DATALOSS; /* its segment file is missing: "unreadable" (found = stored) */
         found = it->rec.crc;
       }
+      if (r == E8S_ERR_DATALOSS && !store_index_points_at(st, it->key, &it->rec))
+        r = E8S_ERR_NOTFOUND; /* evicted or moved since the scan (its blocks may be punched) */
       if (r == E8S_ERR_DATALOSS) {
         rep->newly_quarantined++;
         atomic_fetch_add(&st->c_crc_failures, 1);
