@@ -63,7 +63,8 @@ class Daemon:
         self.logf = open(self.log, "w")
         self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
         self.port = 0
-        for _ in range(300):
+        t0 = time.monotonic()  # 60 s only bounds a hang (300 polls, ~15 s, raced a loaded machine)
+        while time.monotonic() - t0 < 60:
             text = open(self.log).read()
             m = re.search(r"event=listen addr=127\.0\.0\.1:0 port=(\d+)", text)
             if m:
@@ -79,7 +80,7 @@ class Daemon:
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=20)
+        rc = self.proc.wait(timeout=60)
         self.logf.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc
@@ -119,7 +120,7 @@ def put_stream(pb, header, chunks, piece=1 << 20):
                 token_ids=toks if off == 0 else [], data=part, more=more)])
 
 
-def get_chunks(stub, pb, request, timeout=30):
+def get_chunks(stub, pb, request, timeout=60):
     out = {}
     for r in stub.GetChunks(request, timeout=timeout):
         c = out.setdefault(r.chunk_index, {"data": bytearray(), "tokens": list(r.token_ids),
@@ -133,12 +134,12 @@ def test_health(pb, daemon):
     ch = grpc.insecure_channel(daemon.target())
     h = pb.hg.HealthStub(ch)
     for svc in ("", "e8kv.v1.KVStore"):
-        assert h.Check(pb.h.HealthCheckRequest(service=svc), timeout=5).status == \
+        assert h.Check(pb.h.HealthCheckRequest(service=svc), timeout=60).status == \
             pb.h.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as e:
-        h.Check(pb.h.HealthCheckRequest(service="nope.Service"), timeout=5)
+        h.Check(pb.h.HealthCheckRequest(service="nope.Service"), timeout=60)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
-    w = h.Watch(pb.h.HealthCheckRequest(service=""), timeout=5)
+    w = h.Watch(pb.h.HealthCheckRequest(service=""), timeout=60)
     assert next(w).status == pb.h.HealthCheckResponse.SERVING
     w.cancel()
     ch.close()
@@ -154,11 +155,11 @@ def test_raw_roundtrip_and_frames(pb, daemon):
     hdr = pb.kv.PutHeader(fingerprint=fp, chunk_tokens=CT, encoding=pb.kv.ENCODING_RAW,
                           raw_dtype=pb.kv.DTYPE_FP16, session="py/raw", create_session=True)
     r = stub.PutChunks(put_stream(pb, hdr, [(toks[:CT], raws[0].tobytes()),
-                                            (toks[CT:], raws[1].tobytes())], piece=10000), timeout=30)
+                                            (toks[CT:], raws[1].tobytes())], piece=10000), timeout=60)
     assert r.chunks_stored == 2 and r.tokens == 2 * CT and r.session.n_tokens == 2 * CT
     assert r.raw_fp16_bytes == 2 * raws[0].nbytes and 0 < r.stored_bytes < r.raw_fp16_bytes
     lk = stub.Lookup(pb.kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks + [1, 2, 3]),
-                     timeout=5)
+                     timeout=60)
     assert lk.matched_tokens == 2 * CT and list(lk.chunk_keys) == list(r.chunk_keys)
     got = get_chunks(stub, pb, pb.kv.GetChunksRequest(
         range=pb.kv.SessionRange(session="py/raw"), encoding=pb.kv.ENCODING_RAW))
@@ -177,7 +178,7 @@ def test_raw_roundtrip_and_frames(pb, daemon):
     hdr2 = pb.kv.PutHeader(fingerprint=fp, chunk_tokens=CT, encoding=pb.kv.ENCODING_E8_FRAME,
                            session="py/copy", create_session=True)
     r2 = stub.PutChunks(put_stream(pb, hdr2, [(f["tokens"], bytes(f["data"])) for f in frames]),
-                        timeout=30)
+                        timeout=60)
     assert r2.chunks_deduplicated == 2 and list(r2.chunk_keys) == list(r.chunk_keys)
     again = get_chunks(stub, pb, pb.kv.GetChunksRequest(range=pb.kv.SessionRange(session="py/copy")))
     assert [bytes(a["data"]) for a in again] == [bytes(f["data"]) for f in frames]
@@ -207,39 +208,40 @@ def test_sessions(pb, daemon):
     stub = pb.kvg.KVStoreStub(grpc.insecure_channel(daemon.target()))
     fp = fingerprint(pb)
     c = stub.CreateSession(pb.kv.CreateSessionRequest(name="py/s1", fingerprint=fp, chunk_tokens=64,
-                                                      metadata={"k": "v"}), timeout=5)
+                                                      metadata={"k": "v"}), timeout=60)
     assert c.created and c.session.metadata["k"] == "v"
     with pytest.raises(grpc.RpcError) as e:
-        stub.CreateSession(pb.kv.CreateSessionRequest(name="py/s1", fingerprint=fp), timeout=5)
+        stub.CreateSession(pb.kv.CreateSessionRequest(name="py/s1", fingerprint=fp), timeout=60)
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
     names, token = [], ""
     while True:
         page = stub.ListSessions(pb.kv.ListSessionsRequest(page_size=1, page_token=token,
-                                                           name_prefix="py/"), timeout=5)
+                                                           name_prefix="py/"), timeout=60)
         names += [s.name for s in page.sessions]
         token = page.next_page_token
         if not token:
             break
     assert "py/s1" in names and names == sorted(names)
-    stub.DeleteSession(pb.kv.DeleteSessionRequest(name="py/s1"), timeout=5)
+    stub.DeleteSession(pb.kv.DeleteSessionRequest(name="py/s1"), timeout=60)
     with pytest.raises(grpc.RpcError) as e:
-        stub.GetSession(pb.kv.GetSessionRequest(name="py/s1"), timeout=5)
+        stub.GetSession(pb.kv.GetSessionRequest(name="py/s1"), timeout=60)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_refusals(pb, daemon):
     ch = grpc.insecure_channel(daemon.target())
-    t0 = time.time()
+    t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
-        ch.unary_unary("/e8kv.v1.KVStore/NoSuchMethod")(b"", timeout=20)
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and time.time() - t0 < 2
+        ch.unary_unary("/e8kv.v1.KVStore/NoSuchMethod")(b"", timeout=120)
+    # at once, not at the deadline: 6x below it (< 2 s against 20 s raced a loaded machine)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and time.monotonic() - t0 < 20
     with pytest.raises(grpc.RpcError) as e:
-        ch.unary_unary("/e8kv.v1.KVStore/Lookup")(b"\x0a\xff\xff\xff\xff\x0f\x01", timeout=5)
+        ch.unary_unary("/e8kv.v1.KVStore/Lookup")(b"\x0a\xff\xff\xff\xff\x0f\x01", timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     stub = pb.kvg.KVStoreStub(ch)
     bad = fingerprint(pb, dim=12)
     with pytest.raises(grpc.RpcError) as e:
-        stub.Lookup(pb.kv.LookupRequest(fingerprint=bad, token_ids=[1]), timeout=5)
+        stub.Lookup(pb.kv.LookupRequest(fingerprint=bad, token_ids=[1]), timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "head_dim" in e.value.details()
 
 
@@ -259,12 +261,12 @@ def test_tls_and_tokens(pb):
         creds = grpc.ssl_channel_credentials(root_certificates=open(cert, "rb").read())
         ch = grpc.secure_channel(f"localhost:{d.port}", creds)
         h = pb.hg.HealthStub(ch)
-        assert h.Check(pb.h.HealthCheckRequest(), timeout=10).status == pb.h.HealthCheckResponse.SERVING
+        assert h.Check(pb.h.HealthCheckRequest(), timeout=60).status == pb.h.HealthCheckResponse.SERVING
         stub = pb.kvg.KVStoreStub(ch)
         with pytest.raises(grpc.RpcError) as e:
-            stub.GetStats(pb.kv.GetStatsRequest(), timeout=5)
+            stub.GetStats(pb.kv.GetStatsRequest(), timeout=60)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        st = stub.GetStats(pb.kv.GetStatsRequest(), timeout=5,
+        st = stub.GetStats(pb.kv.GetStatsRequest(), timeout=60,
                            metadata=[("authorization", "Bearer python-token-0123456789")])
         assert st.namespace_stats.namespace_name == "py-ns" and not st.HasField("store_stats")
         plain = grpc.insecure_channel(f"127.0.0.1:{d.port}")
@@ -280,11 +282,11 @@ def test_watch_sees_shutdown(pb):
     daemon still exits 0."""
     d = Daemon()
     ch = grpc.insecure_channel(d.target())
-    w = pb.hg.HealthStub(ch).Watch(pb.h.HealthCheckRequest(service="e8kv.v1.KVStore"), timeout=20)
+    w = pb.hg.HealthStub(ch).Watch(pb.h.HealthCheckRequest(service="e8kv.v1.KVStore"), timeout=60)
     assert next(w).status == pb.h.HealthCheckResponse.SERVING
     d.proc.send_signal(signal.SIGTERM)
     assert next(w).status == pb.h.HealthCheckResponse.NOT_SERVING
-    assert d.proc.wait(timeout=20) == 0
+    assert d.proc.wait(timeout=60) == 0
     d.proc.send_signal = lambda s: None  # already stopped
     assert d.stop() == 0
     ch.close()
