@@ -10,6 +10,14 @@ bins=(); cmds=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do bins+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 while [ $# -gt 0 ]; do cmds+=("$1"); shift; done
+# The tests' daemons listen on unix sockets under $TMPDIR (kvt, advlib, pytest's tmp_path):
+# a socket path holds 107 bytes, and pytest's own tmp_path adds ~65 to TMPDIR. A long TMPDIR
+# (a CI workspace) made every such test fail to start its daemon: use /tmp then, and say so.
+tmpdir=${TMPDIR:-}
+if [ "${#tmpdir}" -gt 24 ]; then
+  echo "run-tests.sh: TMPDIR=$TMPDIR is too long for unix socket paths; using /tmp"
+  export TMPDIR=/tmp
+fi
 pass=0; fail=0; failed=()
 run() {
   local name=$1; shift
