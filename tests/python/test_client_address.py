@@ -145,8 +145,8 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
     import threading
     d = tempfile.mkdtemp(prefix="e8kv-reconnect-")
     path = os.path.join(d, "s.sock")
-    c = e8kv.Client("unix:" + path, timeout=1)
-    t0 = time.monotonic()
+    c = e8kv.Client("unix:" + path, timeout=10)  # the outage's calls fail at once, long
+    t0 = time.monotonic()                         # before 10 s (1 s raced a loaded machine)
     while time.monotonic() - t0 < 15:            # the outage: calls keep failing at once
         with pytest.raises(e8kv.Unavailable):
             c.health()
@@ -169,7 +169,7 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
     th.start()
     t1 = time.monotonic()
     try:
-        while time.monotonic() - t1 < 8:
+        while time.monotonic() - t1 < 12:  # ~12 attempts at e8kv's 1 s (gRPC's: <= 3)
             try:
                 c.health(timeout=0.5)
             except e8kv.E8kvError:
@@ -182,7 +182,7 @@ def test_reconnect_attempts_stay_at_most_a_second_apart():
         s.close()
         os.unlink(path)
         os.rmdir(d)
-    assert len(accepts) >= 4, f"{len(accepts)} connection attempts in 8 s (default: <= 2)"
+    assert len(accepts) >= 4, f"{len(accepts)} connection attempts in 12 s (default: <= 3)"
 
 
 def test_plaintext_client_at_a_closing_server_hints_at_tls():
