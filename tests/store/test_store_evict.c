@@ -125,7 +125,9 @@ static void sleep_ms(long ms) {
 
 static void test_lease_expiry(void **state) {
   tu_env *env = *state;
-  env->cfg.lease_ms = 1500; /* margin for a loaded machine between lookup and put */
+  /* the lease must outlive the steps from the lookup to the "both leased" put and to the
+   * release below: 4 s is 100x what they take on a loaded machine (1.5 s was a stall away) */
+  env->cfg.lease_ms = 4000;
   with_capacity(env, 2);
   uint32_t tok[2 * CT];
   tu_tokens(tok, 2 * CT, 60);
@@ -137,7 +139,7 @@ static void test_lease_expiry(void **state) {
   assert_int_equal(res.n_chunks, 2);
   assert_true(res.lease_id != 0);
   assert_int_equal(put1(env, 0, k[0]), E8S_ERR_FULL); /* both leased */
-  sleep_ms(1600);
+  sleep_ms(4100); /* past the lease, whatever the machine: a sleep never ends early */
   assert_int_equal(put1(env, 0, k[0]), E8S_OK); /* lease expired: evictable */
   assert_false(present(env, chain[0]));
   assert_int_equal(e8s_lease_release(env->st, res.lease_id), E8S_ERR_NOTFOUND);
