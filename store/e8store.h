@@ -116,7 +116,8 @@
  *   transaction at a time. Puts use group commit and a three-stage pipeline (store_put.c):
  *   calls that arrive while a group is being written queue up and the next group takes them
  *   all (up to 64 calls, a quarter of the budget), so N concurrent callers share one io_uring
- *   submission, one fdatasync per segment and one LMDB commit; and while group n waits for its
+ *   submission, one fdatasync per segment and one LMDB commit (and groups of a lane that wait
+ *   for its fdatasync share the next one); and while group n waits for its
  *   fdatasync or its LMDB commit, group n+1 is already being written, into a second active
  *   segment (two write lanes: two groups' fdatasyncs in flight at once), and groups that wait
  *   for the LMDB stage together share one commit; a group that reaches the LMDB stage while

@@ -52,9 +52,12 @@ unsigned e8s_test_fault_hits(void);
  * sync = fdatasync stage (excluding the wait for its turn); index = LMDB stage (waiting for the
  * writer mutex, plan, insert, commit). groups = groups led (data stages), group_calls = calls
  * in them, index_commits = LMDB transactions of the index stage (groups waiting for it are
- * merged into one). */
+ * merged into one), syncs = sync stages that called fdatasync, syncs_covered = sync stages
+ * that did not need to (an fdatasync of their segment that began after their writes had
+ * succeeded: store_wpipe.c). */
 typedef struct e8s_test_put_times {
-  unsigned long long prep_ns, write_ns, sync_ns, index_ns, groups, group_calls, index_commits;
+  unsigned long long prep_ns, write_ns, sync_ns, index_ns, groups, group_calls, index_commits,
+      syncs, syncs_covered;
 } e8s_test_put_times;
 struct e8s_store;
 void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out);

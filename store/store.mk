@@ -64,3 +64,17 @@ bench-store: $(STORE_BENCH)
 	@mkdir -p build/bench
 	$(STORE_BENCH) $(BUILD)/bench/store-data $(if $(QUICK),128,512) 8 \
 	  build/bench/store.json $(STORE_BENCH_ENGINE) 2 $(if $(QUICK),1,5) bench/store/store.fio
+
+# make bench-store-small [W=16] [N=200] [R=4096]: W writers each putting N records of R bytes
+# one per call (many small groups: what group commit and sync coalescing are for), fresh store
+# in $(BUILD)/bench/store-small; one line on stdout.
+STORE_BENCH_SMALL := $(BUILD)/bench/bench_store_small
+$(STORE_BENCH_SMALL): $(BUILD)/obj/tests/store/bench_store_small.o $(STORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) $^ -o $@ $(STORE_LDLIBS)
+
+bench-store-small: $(STORE_BENCH_SMALL)
+	rm -rf $(BUILD)/bench/store-small
+	$(STORE_BENCH_SMALL) $(BUILD)/bench/store-small $(or $(W),16) $(or $(N),200) $(or $(R),4096)
+	rm -rf $(BUILD)/bench/store-small
+.PHONY: bench-store-small

@@ -106,4 +106,6 @@ void e8s_test_put_times_get(struct e8s_store *st, e8s_test_put_times *out) {
   out->groups = atomic_load(&st->n_groups);
   out->group_calls = atomic_load(&st->n_group_calls);
   out->index_commits = atomic_load(&st->n_index_commits);
+  out->syncs = atomic_load(&st->n_syncs);
+  out->syncs_covered = atomic_load(&st->n_syncs_covered);
 }

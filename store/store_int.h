@@ -205,6 +205,10 @@ typedef struct store_lane {
   uint64_t serving;          /* sync_mu: ticket whose fdatasyncs run now */
   store_io *io, *sio;        /* data stage's and sync stage's io engines (same kind) */
   int led;                   /* gc_mu: a put group's data stage holds the lane */
+  _Atomic uint64_t written;  /* every ticket below this one has its writes complete (dlock
+                                writes it after taking a ticket; the sync stage reads it) */
+  uint64_t cov_seg, cov_upto; /* sync_mu: an fdatasync of segment cov_seg that succeeded began
+                                after the writes of every ticket below cov_upto completed */
   _Atomic uint64_t ahead;    /* wprealloc - wpos: allocated room left in wseg (dlock writes;
                                 read without it by store_space_admit) */
 } store_lane;
@@ -227,7 +231,7 @@ struct e8s_store {
                                     engine reported by e8s_io_engine_used */
   uint64_t next_seg_id;      /* seg_mu */
   _Atomic uint64_t t_prep_ns, t_write_ns, t_sync_ns, t_index_ns, n_groups, n_group_calls,
-      n_index_commits;
+      n_index_commits, n_syncs, n_syncs_covered;
 
   pthread_mutex_t gc_mu;     /* group commit queue of e8s_put calls (store_put.c) */
   pthread_cond_t gc_cv;

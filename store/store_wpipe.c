@@ -12,7 +12,14 @@
  * while this one waits for the disk.
  *
  * Sync stage (the lane's sync_mu, in ticket order): one fdatasync per touched segment through the sync
- * io engine. Serialising the fdatasyncs of one file matters for errors: Linux reports a
+ * io engine, unless an fdatasync of the same (single) segment that succeeded began after this
+ * batch's writes had completed: batches that finished their data stage while an earlier one's
+ * fdatasync ran share the next one (sync coalescing; `make bench-store-small`, 4 KiB puts of
+ * one record, A/B against the build without it alternating 6 rounds on this 2-core VM's
+ * virtio ext4 disk at load 4-6: 16 writers x1.32 median puts/s (x1.11..x1.84), 8 writers
+ * x1.25 (x0.90..x1.55); one writer cannot share and is unchanged). The data stage publishes `written` (all tickets
+ * below it have their writes complete) after taking its ticket; the sync stage reads it before
+ * it calls fdatasync, so every ticket below it is covered by that call. Serialising the fdatasyncs of one file matters for errors: Linux reports a
  * writeback error to one fdatasync only, and pages are shared between neighbouring records
  * (records are not page aligned), so a failure is recorded on the segment (sync_failed) and
  * every later sync stage fails the records it has in that segment. The index stage belongs to
@@ -104,6 +111,7 @@ static uint64_t wp_write(e8s_store *st, int lane, store_wrec *r, size_t n, int a
   /* a failed write leaves the segment's tail unknown: cut it, seal it, append elsewhere */
   if (failed) cut_after_failure(st, l, r, map, nw, seg0, pos0, all, failed);
   uint64_t ticket = l->next_ticket++;
+  atomic_store(&l->written, l->next_ticket);
   pthread_mutex_unlock(&l->dlock);
   free(w);
   free(map);
@@ -143,7 +151,20 @@ void store_wp_sync(e8s_store *st, int lane, uint64_t ticket, store_wrec *r, size
     }
     if (seg_slot(segs, nf, r[i].seg) == nf) segs[nf] = r[i].seg, fds[nf++] = r[i].seg->fd;
   }
-  if (nf) l->sio->ops->sync_batch(l->sio, fds, res, nf);
+  /* Covered: an fdatasync of this one segment that began after this batch's writes completed
+   * has succeeded (another batch's, while this one waited for its turn): the bytes are on disk
+   * already, a second flush would only wait for the device again. */
+  int covered = nf == 1 && segs[0]->id == l->cov_seg && ticket < l->cov_upto;
+  if (covered) {
+    res[0] = 0;
+    atomic_fetch_add(&st->n_syncs_covered, 1);
+  } else if (nf) {
+    uint64_t upto = atomic_load(&l->written); /* writes of the tickets below are complete */
+    l->sio->ops->sync_batch(l->sio, fds, res, nf);
+    atomic_fetch_add(&st->n_syncs, 1);
+    l->cov_upto = 0;
+    if (nf == 1 && !res[0]) l->cov_seg = segs[0]->id, l->cov_upto = upto;
+  }
   for (size_t f = 0; f < nf; f++)
     if (res[f]) store_seg_set_sync_failed(st, segs[f]);
   for (size_t i = 0; i < n; i++) {

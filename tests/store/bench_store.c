@@ -242,11 +242,13 @@ static store_out store_run(const char *data, size_t n, size_t batch, int pw, int
 static void print_times(const char *what, const e8s_test_put_times *p, double gbps, size_t n) {
   double wall = (double)n * REC / (gbps * 1e9) * 1e3;
   printf("  %-10s per GiB: prep (CRC, digests) %6.1f ms | data stage %6.1f | fdatasync %6.1f | "
-         "LMDB stage %6.1f | wall %6.1f ms; %llu groups of %.2f calls, %llu LMDB commits\n", what,
+         "LMDB stage %6.1f | wall %6.1f ms; %llu groups of %.2f calls, %llu LMDB commits, "
+         "%llu fdatasyncs (%llu covered by another's)\n", what,
          (double)p->prep_ns / 1e6 * 1024 / (double)n, (double)p->write_ns / 1e6 * 1024 / (double)n,
          (double)p->sync_ns / 1e6 * 1024 / (double)n, (double)p->index_ns / 1e6 * 1024 / (double)n,
          wall * 1024 / (double)n, p->groups,
-         p->groups ? (double)p->group_calls / (double)p->groups : 0, p->index_commits);
+         p->groups ? (double)p->group_calls / (double)p->groups : 0, p->index_commits, p->syncs,
+         p->syncs_covered);
 }
 
 static double median(const double *v, int n) {
