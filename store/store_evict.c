@@ -153,6 +153,7 @@ int store_chunk_relocate(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
                          store_chunk_val *v, uint64_t seg_id, uint64_t off,
                          uint64_t *retire_out) {
   uint64_t bytes = store_rec_bytes(v->payload_bytes), old = v->seg_id;
+  atomic_fetch_add(&st->dead_gen, 1); /* the old place is dead: a punch pass has work */
   int empty = 0, e = seg_account(txn, st, seg_id, off, bytes, +1, &empty);
   if (!e) e = seg_account(txn, st, old, v->offset, bytes, -1, &empty);
   if (!e) e = seg_maybe_drop(txn, st, old, empty, retire_out);
@@ -173,6 +174,7 @@ int store_chunk_insert(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
 int store_chunk_remove(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
                        const store_chunk_val *v, int quarantine, uint32_t found_crc,
                        uint64_t *retire_out) {
+  atomic_fetch_add(&st->dead_gen, 1); /* its record is dead: a punch pass has work */
   int empty = 0, e = store_del(txn, st->db_chunks, key, 32);
   if (!e && v->refs == 0) e = lru_del(txn, st, key, v);
   if (!e) e = account(txn, st, v, -1, &empty);

@@ -265,6 +265,9 @@ struct e8s_store {
   _Atomic int ix_short;      /* the reserve could not be refilled: the disk is full */
   _Atomic int ix_lent;       /* a compaction borrows the reserve (store_space_lend) */
   _Atomic int punch_off;     /* the file system refused hole punching (store_punch.c) */
+  _Atomic uint64_t dead_gen;  /* bumped when a record may have become dead or its segment
+                                 punchable (chunk removed or moved, segment sealed or done) */
+  _Atomic uint64_t punched_gen; /* dead_gen of the last punch pass that missed nothing */
 
   _Atomic uint64_t tick;     /* logical LRU clock */
   uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */

@@ -122,7 +122,8 @@ static int snapshot(e8s_store *st, pseg *segs, size_t ns, pext **out, size_t *n)
 }
 
 /* Dead ranges of segment s given its live extents x[0..n) (sorted by offset); punches them. */
-static uint64_t punch_segment(e8s_store *st, const pseg *s, const pext *x, size_t n) {
+static uint64_t punch_segment(e8s_store *st, const pseg *s, const pext *x, size_t n,
+                              int *missed) {
   uint64_t(*gaps)[2] = malloc((n + 1) * sizeof *gaps);
   if (!gaps) return 0;
   size_t ng = 0;
@@ -142,16 +143,25 @@ static uint64_t punch_segment(e8s_store *st, const pseg *s, const pext *x, size_
     nanosleep(&(struct timespec){0, 200000}, NULL);
   }
   if (rc == -EOPNOTSUPP) atomic_store(&st->punch_off, 1);
+  if (rc) *missed = 1; /* a reader held it, it became busy, or an error: look again later */
   free(gaps);
   return freed;
 }
 
 uint64_t store_space_punch(e8s_store *st) {
   if (st->readonly || atomic_load(&st->punch_off) || store_fault_no_punch()) return 0;
+  /* nothing became dead since a pass that missed nothing (a full disk refusing every put of
+   * a client that retries would otherwise scan the index and flush it at every put). Read
+   * under the writer mutex: every removal counted is committed before the snapshot. */
+  pthread_mutex_lock(&st->wlock);
+  uint64_t gen = atomic_load(&st->dead_gen);
+  pthread_mutex_unlock(&st->wlock);
+  if (gen == atomic_load(&st->punched_gen)) return 0;
   pseg *segs = NULL;
   pext *x = NULL;
   size_t ns = 0, nx = 0;
   uint64_t freed = 0;
+  int missed = 0;
   int e = idle_segments(st, &segs, &ns);
   if (!e && ns) {
     qsort(segs, ns, sizeof *segs, by_id);
@@ -169,10 +179,12 @@ uint64_t store_space_punch(e8s_store *st) {
       while (j < nx && x[j].seg < segs[i].id) j++;
       size_t k = j;
       while (k < nx && x[k].seg == segs[i].id) k++;
-      if (segs[i].end > STORE_SEG_HDR_BYTES) freed += punch_segment(st, &segs[i], x + j, k - j);
+      if (segs[i].end > STORE_SEG_HDR_BYTES)
+        freed += punch_segment(st, &segs[i], x + j, k - j, &missed);
       j = k;
     }
   }
+  if (!e && !missed) atomic_store(&st->punched_gen, gen);
   free(segs);
   free(x);
   return freed;

@@ -115,6 +115,7 @@ void store_seg_seal_active(e8s_store *st, store_lane *l) {
   pthread_mutex_lock(&st->seg_mu);
   store_seg *s = l->wseg;
   l->wseg = NULL;
+  atomic_fetch_add(&st->dead_gen, 1); /* sealed: its dead records may be punched now */
   /* the fd stays open for readers; a sealed segment with nothing indexed is removed
    * by recovery at the next open (its file is not in the index) */
   if (s && s->retired && s->refs == 0) drop(st, s);
@@ -259,7 +260,7 @@ void store_seg_pending_add(e8s_store *st, store_seg *s) {
 
 void store_seg_pending_done(e8s_store *st, store_seg *s) {
   pthread_mutex_lock(&st->seg_mu);
-  s->pending--;
+  if (--s->pending == 0 && !active(st, s)) atomic_fetch_add(&st->dead_gen, 1);
   if (--s->refs == 0 && s->retired && !active(st, s)) drop(st, s);
   pthread_mutex_unlock(&st->seg_mu);
 }

@@ -156,6 +156,7 @@ int store_space_open(e8s_store *st) {
   store_space_sizes(total, st->cfg.index_reserve_bytes, st->cfg.segment_bytes, &r,
                     &st->ix_reserve_max, &st->seg_bytes);
   atomic_store(&st->ix_reserve, r);
+  atomic_store(&st->punched_gen, UINT64_MAX); /* dead records of before the open: one pass */
   if (store_fault_uncapped_segments()) st->seg_bytes = st->cfg.segment_bytes;
   if (st->readonly) return E8S_OK;
   MDB_stat ms;
