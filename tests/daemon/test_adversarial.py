@@ -339,7 +339,10 @@ def test_decoded_size_is_bounded():
 
 
 def test_eviction_never_takes_pinned_or_leased_chunks():
-    d = Daemon(extra=["--capacity-bytes=200K", "--segment-bytes=1M"])
+    # the lookup's lease must outlive the 59 puts after it: 10 min, not the 30 s default
+    # (59 fdatasync'ed puts take ~1 s here, but a slow loaded disk is another matter)
+    d = Daemon(extra=["--capacity-bytes=200K", "--segment-bytes=1M",
+                      "--lookup-lease-ms=600000"])
     try:
         s, fp = d.stub, fingerprint()
         ptoks = list(range(10 ** 6, 10 ** 6 + 4 * CT))
