@@ -43,7 +43,7 @@ class Daemon:
             [str(e8kvd_path()), "--data-dir", str(self.dir / "data"), "--listen", self.address,
              "--metrics-listen", "", "--threads", "4", *args],
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # bounds a hang only
         with e8kv.Client(self.address, timeout=5) as c:
             while True:
                 if self.proc.poll() is not None:
@@ -54,7 +54,7 @@ class Daemon:
                 except e8kv.E8kvError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"e8kvd not serving after 30 s: {self.logs()}")
+                    raise RuntimeError(f"e8kvd not serving after 60 s: {self.logs()}")
                 time.sleep(0.05)
 
     def logs(self):

@@ -171,7 +171,7 @@ def test_errors_carry_status_and_message(client):
     with pytest.raises(ValueError):                               # neither keys nor session
         next(client.get_chunks(None))
     with pytest.raises(e8kv.Unavailable):
-        e8kv.Client("unix:/nonexistent/e8kvd.sock", timeout=2).lookup(fp, [1])
+        e8kv.Client("unix:/nonexistent/e8kvd.sock", timeout=30).lookup(fp, [1])
 
 
 def test_namespaces_and_tokens(tmp_path):
