@@ -178,7 +178,7 @@ static void test_limits_and_malformed(void **state) {
   /* a message over --max-message-bytes: RESOURCE_EXHAUSTED naming both sizes */
   size_t big = 2 << 20;
   uint8_t *junk = calloc(1, big);
-  kvt_stream *s = kvt_open(c, KVT_SVC "PutChunks", 5000);
+  kvt_stream *s = kvt_open(c, KVT_SVC "PutChunks", 60000);
   kvt_send_raw(s, junk, big);
   kvt_close_send(s);
   assert_int_equal(kvt_finish(s, &st), 8);
@@ -189,13 +189,13 @@ static void test_limits_and_malformed(void **state) {
   free(junk);
   /* malformed protobuf bytes */
   static const uint8_t garbage[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
-  s = kvt_open(c, KVT_SVC "Lookup", 5000);
+  s = kvt_open(c, KVT_SVC "Lookup", 60000);
   kvt_send_raw(s, garbage, sizeof garbage);
   kvt_close_send(s);
   assert_int_equal(kvt_finish(s, &st), 3);
   assert_non_null(strstr(st.msg, "malformed"));
   kvt_free(s);
-  s = kvt_open(c, KVT_SVC "PutChunks", 5000);
+  s = kvt_open(c, KVT_SVC "PutChunks", 60000);
   kvt_send_raw(s, garbage, sizeof garbage);
   kvt_close_send(s);
   assert_int_equal(kvt_finish(s, &st), 3);
