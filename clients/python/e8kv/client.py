@@ -399,21 +399,43 @@ class Client:
                     max_message_bytes=c["max_message_bytes"])
             return nf
 
-    def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, timeout=None):
-        """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse."""
+    def lookup(self, fingerprint, token_ids, *, chunk_tokens=0, no_lease=False, timeout=None):
+        """Lookup: the longest stored prefix of ``token_ids``; returns LookupResponse.
+
+        Unless ``no_lease``, the matched chunks are pinned under ``.lease`` for ``.lease_ms``
+        (e8kvd's --lookup-lease-ms, 30 s): eviction cannot take them, and neither can a
+        DeleteSession with purge_chunks. End it as soon as the chunks are read: pass it as
+        ``release_lease=`` to the (last) get_chunks, or call :meth:`release_lease`. A lookup
+        that only asks what is stored passes ``no_lease=True``."""
         req = pb.LookupRequest(fingerprint=as_fingerprint(fingerprint), chunk_tokens=chunk_tokens,
-                               token_ids=[int(t) for t in token_ids])
+                               token_ids=[int(t) for t in token_ids], no_lease=no_lease)
         return self._call("Lookup", req, timeout)
 
+    def release_lease(self, lookup, *, timeout=None):
+        """Ends the lease of ``lookup`` (a LookupResponse) now; returns whether it had one.
+        The .proto has no call of its own for this: it is a GetChunks of the first matched
+        chunk's first layer (frames as stored, a few KB) carrying release_lease, which e8kvd
+        ends whatever the read's outcome (a chunk gone meanwhile: NotFound, ignored here)."""
+        if not lookup.lease or not lookup.chunk_keys:
+            return False
+        try:
+            for _ in self.get_chunk_pieces([lookup.chunk_keys[0]], layer_begin=0, layer_end=1,
+                                           release_lease=lookup.lease, timeout=timeout):
+                pass
+        except errors.NotFound:
+            pass
+        return True
+
     def _get_request(self, keys, session, start_token, end_token, layer_begin, layer_end,
-                     encoding, dtype, max_piece_bytes, expect_fingerprint_id):
+                     encoding, dtype, max_piece_bytes, expect_fingerprint_id, release_lease):
         if (keys is None) == (not session):
             raise ValueError("give exactly one of keys= or session=")
         req = pb.GetChunksRequest(
             layer_begin=layer_begin, layer_end=layer_end,
             encoding=_enum(encoding, ENCODINGS, "encoding"),
             dtype=_enum(dtype, DTYPES, "dtype") if dtype is not None else 0,
-            max_piece_bytes=max_piece_bytes, expect_fingerprint_id=expect_fingerprint_id)
+            max_piece_bytes=max_piece_bytes, expect_fingerprint_id=expect_fingerprint_id,
+            release_lease=release_lease)
         if keys is not None:
             req.keys.keys.extend(keys)
         else:
@@ -424,12 +446,13 @@ class Client:
 
     def get_chunk_pieces(self, keys=None, *, session="", start_token=0, end_token=0,
                          layer_begin=0, layer_end=0, encoding="e8", dtype=None,
-                         max_piece_bytes=0, expect_fingerprint_id=b"",
+                         max_piece_bytes=0, expect_fingerprint_id=b"", release_lease=b"",
                          timeout=None) -> Iterator:
-        """GetChunks as the daemon streams it: an iterator of GetChunksResponse pieces."""
+        """GetChunks as the daemon streams it: an iterator of GetChunksResponse pieces.
+        ``release_lease``: a LookupResponse.lease that e8kvd ends when this call ends."""
         req = self._get_request(keys, session, start_token, end_token, layer_begin,
                                 layer_end, encoding, dtype, max_piece_bytes,
-                                expect_fingerprint_id)
+                                expect_fingerprint_id, release_lease)
         stream = None
         deadline = self._deadline(timeout, stream=True)
         try:
@@ -539,9 +562,12 @@ class Client:
             if not token:
                 return
 
-    def delete_session(self, name, *, expect_session_tokens=None, timeout=None):
-        """DeleteSession; returns DeleteSessionResponse (.chunks_unpinned)."""
-        req = pb.DeleteSessionRequest(name=name)
+    def delete_session(self, name, *, expect_session_tokens=None, purge_chunks=False,
+                       timeout=None):
+        """DeleteSession; returns DeleteSessionResponse (.chunks_unpinned; with
+        ``purge_chunks``: .chunks_purged, and .chunks_kept that something still pins:
+        another session, a read, a lookup's unexpired lease)."""
+        req = pb.DeleteSessionRequest(name=name, purge_chunks=purge_chunks)
         if expect_session_tokens is not None:
             req.expect_session_tokens = expect_session_tokens
         return self._call("DeleteSession", req, timeout)

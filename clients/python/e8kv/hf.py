@@ -460,7 +460,7 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_m
     n = len(tokens)
     if n == 0:
         raise ValueError(f"row {b} has no tokens (all padding)")
-    lk = client.lookup(fp, tokens, chunk_tokens=C)
+    lk = client.lookup(fp, tokens, chunk_tokens=C, no_lease=True)   # asks only: no pins
     counts, keys, M = list(lk.chunk_token_counts), list(lk.chunk_keys), lk.matched_tokens
     use_codec = coder.agree(lk.fingerprint_id, fp.model_id)
     full = 0                                   # leading matched chunks that are full
@@ -509,10 +509,17 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_m
             yield ChunkIn(tokens[s:s + m],
                           t.view(torch.int16).numpy() if dt == torch.bfloat16 else t.numpy())
     with _stale_as_aborted(client, session, put_kw.get("expect_session_tokens")):
-        r = client.put_chunks(fp, encoded() if use_codec else raw(),
-                              encoding="e8" if use_codec else "raw",
-                              raw_dtype=None if use_codec else _TORCH_DTYPES[dt][1],
-                              chunk_tokens=C, **put_kw)
+        try:
+            r = client.put_chunks(fp, encoded() if use_codec else raw(),
+                                  encoding="e8" if use_codec else "raw",
+                                  raw_dtype=None if use_codec else _TORCH_DTYPES[dt][1],
+                                  chunk_tokens=C, **put_kw)
+        except errors.NotFound as e:
+            # the lookup pins nothing (no_lease): a parent chunk evicted or purged since is
+            # the same case as a session changed meanwhile: look up again (store_prefix)
+            if put_kw.get("parent_key") and "parent_key" in e.message:
+                raise errors.Aborted(e.code, e.message, e.method) from e
+            raise
     return dict(tokens=n, chunks_written=r.chunks_stored, chunks_deduplicated=r.chunks_deduplicated,
                 stored_bytes=r.stored_bytes, chunk_keys=keys[:start // C] + list(r.chunk_keys),
                 skipped_tokens=start)
@@ -546,7 +553,7 @@ def _check_session_prefix(client, fp, session, tokens, keys, F, S, C):
     if S <= len(tokens) and S - S % C <= F:
         want = keys[:S // C]
         if S % C:
-            lk = client.lookup(fp, tokens[:S], chunk_tokens=C)
+            lk = client.lookup(fp, tokens[:S], chunk_tokens=C, no_lease=True)
             want = list(lk.chunk_keys) if lk.matched_tokens == S else None
     if want is None or have != want:
         raise ValueError(f"session {session!r} holds {S} tokens that are not a prefix of this "
@@ -745,10 +752,23 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
     dt = [t for t, v in _TORCH_DTYPES.items() if v[0] == fp.source_dtype][0]
 
     def attempt(lost):
-        """One lookup and fetch; lost: None, or what the previous attempt's fetch lost."""
-        t0 = time.perf_counter()
-        lks = [client.lookup(fp, tokens, chunk_tokens=chunk_tokens) for tokens, _ in rows]
-        t_lookup = time.perf_counter() - t0
+        """One lookup and fetch; lost: None, or what the previous attempt's fetch lost. The
+        lookups' leases end when it does, however it ends (_release_leases)."""
+        lks = []
+        try:
+            t0 = time.perf_counter()
+            for tokens, _ in rows:      # policy=recompute only asks: nothing to pin
+                lks.append(client.lookup(fp, tokens, chunk_tokens=chunk_tokens,
+                                         no_lease=policy == "recompute"))
+            r = fetch(lost, lks, time.perf_counter() - t0)
+        except BaseException as e:
+            _release_leases(client, lks, e)
+            raise
+        _release_leases(client, lks, None)
+        return r
+
+    def fetch(lost, lks, t_lookup):
+        """The restore from lookups lks (made in t_lookup s)."""
         # Every row gets the same number of cached tokens; each keeps >= 1 token to compute.
         n = max(0, min(min(lk.matched_tokens, len(tok) - 1) for lk, (tok, _) in zip(lks, rows)))
         timings = dict(lookup_s=t_lookup)
@@ -870,6 +890,24 @@ def restore_prefix(client, model, input_ids, *, attention_mask=None,
                         input_ids=new_ids, attention_mask=new_mask,
                         cache_kwarg=cache_kwarg(model), timings={}, fingerprint=fp,
                         decider=decider_for(client, model, fp))
+
+
+def _release_leases(client, lks, err):
+    """Ends the leases of restore_prefix's lookups lks (Client.release_lease), so that the
+    chunks it read or skipped are not pinned for e8kvd's --lookup-lease-ms (30 s) after it
+    returns: meanwhile a DeleteSession with purge_chunks kept them all ("kept: a lookup
+    lease holds them"), and once the session was gone nothing could purge them. Skipped
+    after ``err`` e8kv.Unavailable (daemon down or not answering: the release would wait
+    for its deadline too; the leases run out by themselves); a failed release is logged."""
+    if isinstance(err, (errors.Unavailable, errors.DeadlineExceeded)):
+        return
+    t = client.timeout
+    for lk in lks:
+        try:
+            client.release_lease(lk, timeout=min(t, 10.0) if t else 10.0)
+        except errors.E8kvError as e:
+            log.warning("restore_prefix: could not end a lookup's lease (it runs out after "
+                        "%d ms): %s", lk.lease_ms, e)
 
 
 class _ChunkLost(Exception):
