@@ -29,14 +29,20 @@
  * 8 MiB of puts). Segments written before (or on a larger file system) keep their size.
 
  * Admission of a put (store_space_admit, before its data stage): the file system's free bytes
- * plus what the write lanes have allocated ahead must cover the call's record bytes; if not,
- * or if the index is short, unpinned chunks are evicted in LRU order (as a budget would) until
- * segment files that became empty give the bytes back, then the check is made again; if no
- * segment became empty, the emptiest sealed segments whose live records fit are compacted
- * (store_compact_for_room: the index reserve but its last quarter is lent for the copies,
- * store_space_lend); a put that still does not fit fails E8S_ERR_NOSPC without writing. A put admitted on a disk that
- * fills meanwhile (other writers, other processes) still gets ENOSPC from its write or its
- * fdatasync: E8S_ERR_NOSPC, nothing of it visible.
+ * plus what the write lanes have allocated ahead must cover the call's record bytes plus
+ * ADMIT_SLACK; if not, or if the index is short, unpinned chunks are evicted in LRU order (as a
+ * budget would) until segment files that became empty give the bytes back, then the check is
+ * made again; if no segment became empty, the emptiest sealed segments whose live records fit
+ * are compacted (store_compact_for_room: the index reserve but its last quarter is lent for
+ * the copies, store_space_lend; a segment whose copy would gain no block is skipped); if that
+ * is not enough either (segments too large to copy on this disk, or too live), the dead
+ * records' whole blocks are given back where they lie (store_space_punch, store_punch.c); a
+ * put that still does not fit fails E8S_ERR_NOSPC without writing, saying what it needs and
+ * what is free (and, on a file system without hole punching, why deleting did not help). A
+ * put admitted on a disk that fills meanwhile (other writers, other processes) still gets
+ * ENOSPC from its write or its fdatasync: E8S_ERR_NOSPC, nothing of it visible. Active
+ * segments are not allocated ahead where that would leave less free than the index reserve
+ * (store_seg.c: the lent reserve must come back after a compaction).
  *
  * Index files at open (store_space_prealloc, before mdb_env_open): LMDB ftruncates its lock file
  * (sparse) and writes it through a shared mmap, so a page of it with no block behind it is a

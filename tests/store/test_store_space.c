@@ -505,7 +505,7 @@ static void test_full_disk_big_segments_every_other_deleted_takes_puts(void **st
  * deleted session frees about one record: the put that follows succeeds, or fails
  * E8S_ERR_NOSPC saying "disk full", the bytes it needs and those free, and leaves nothing
  * visible. Then every eighth session deleted (every segment still 7/8 live, 128 KiB segments):
- * the puts that follow store at least 2/5 as many sessions again (measured 15-23 of 27-28:
+ * the puts that follow store at least 2/5 as many sessions again (measured 14-23 of 27-28:
  * compaction of the emptiest segments, then the dead records' whole blocks given back;
  * before: 5 of 27, the index reserve could not be refilled). Verify finds every chunk sound;
  * every kept session and every new one reads back, also after a reopen. */
