@@ -268,6 +268,9 @@ struct e8s_store {
   _Atomic uint64_t dead_gen;  /* bumped when a record may have become dead or its segment
                                  punchable (chunk removed or moved, segment sealed or done) */
   _Atomic uint64_t punched_gen; /* dead_gen of the last punch pass that missed nothing */
+  _Atomic uint64_t n_punches;   /* segments punched (bumped under seg_mu before it): a reader
+                                   that saw it unchanged across its look-up and its segment
+                                   acquire needs no second look (store_read.c) */
 
   _Atomic uint64_t tick;     /* logical LRU clock */
   uint64_t replayed_at_open; /* records indexed by replay at open (store_replay.c) */

@@ -68,7 +68,11 @@ int e8s_chunk_stat(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
 
 /* With ch's segment held: the index must still point at ch->rec. A reader whose transaction
  * began before a removal or a compaction's move would otherwise read a range that may have
- * been punched since (store_punch.c: never while the segment is held). E8S_OK with ch->seg
+ * been punched since (store_punch.c: never while the segment is held). Asked only when a
+ * segment was punched between the look-up and the acquire (st->n_punches moved, read before
+ * the look-up; the punch bumps it under seg_mu, which the acquire takes): a punch before the
+ * look-up gave back only ranges dead in an older snapshot, dead in the reader's too; one after
+ * the acquire skips the held segment. E8S_OK with ch->seg
  * set: it does; E8S_OK with ch->seg released and NULL: it moved, look again; else the error
  * (NOTFOUND: evicted meanwhile; DATALOSS: quarantined), segment released. */
 static int still_there(e8s_store *st, uint32_t ns_id, e8s_chunk *ch) {
@@ -99,6 +103,7 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
   store_pin_reader_add(st, key);
   int e = E8S_OK, seg_gone = 0;
   for (int attempt = 0; attempt < 4 && !ch->seg; attempt++) {
+    uint64_t punches = atomic_load(&st->n_punches);
     MDB_txn *txn;
     if ((e = store_rtxn_begin(st, &txn))) break;
     e = find(txn, st, ns_id, key, &ch->rec);
@@ -109,7 +114,8 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
     seg_gone = !ch->seg;
     if (seg_gone) e = store_err(E8S_ERR_NOTFOUND, "chunk's segment %llu is gone",
                                 (unsigned long long)ch->rec.seg_id);
-    else if ((e = still_there(st, ns_id, ch)) != E8S_OK || !ch->seg) {
+    else if (atomic_load(&st->n_punches) != punches && /* else nothing was punched since */
+             ((e = still_there(st, ns_id, ch)) != E8S_OK || !ch->seg)) {
       if (e) break;
       e = store_err(E8S_ERR_NOTFOUND, "chunk moved while it was opened");
     }

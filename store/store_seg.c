@@ -227,6 +227,7 @@ int store_seg_punch(e8s_store *st, uint64_t id, const uint64_t (*gaps)[2], size_
   if (fd < 0) goto out;
   if (fstat(fd, &sb) != 0) goto out_fd;
   uint64_t bs = sb.st_blksize > 0 ? (uint64_t)sb.st_blksize : 4096, before = (uint64_t)sb.st_blocks;
+  atomic_fetch_add(&st->n_punches, 1); /* before any block goes: readers look again */
   rc = 0;
   for (size_t i = 0; i < n && !rc; i++) {
     uint64_t a = (gaps[i][0] + bs - 1) / bs * bs, b = gaps[i][1] / bs * bs;
