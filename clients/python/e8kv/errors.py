@@ -7,6 +7,12 @@ Every failed call raises an :class:`E8kvError` subclass that carries the gRPC st
         client.get_session("chat-42")
     except e8kv.NotFound as e:
         print(e.code, e.message)      # StatusCode.NOT_FOUND  session 'chat-42' not found
+
+``DeadlineExceeded`` is a subclass of ``Unavailable``: e8kvd did not answer within the call's
+deadline (stopped, hung, overloaded), which for the caller is the same as not reachable.
+An engine's one ``except e8kv.Unavailable:`` (fall back to computing the prefill) covers a
+daemon that is down and one that hangs; give the client a short ``timeout=`` so that the
+fallback comes quickly. ``except e8kv.DeadlineExceeded`` still tells the two apart.
 """
 import grpc
 
@@ -30,7 +36,7 @@ class Unauthenticated(E8kvError): pass          # noqa: E701  missing or wrong b
 class PermissionDenied(E8kvError): pass         # noqa: E701
 class ResourceExhausted(E8kvError): pass        # noqa: E701  message or store too large, disk full
 class Unavailable(E8kvError): pass              # noqa: E701  daemon not reachable
-class DeadlineExceeded(E8kvError): pass         # noqa: E701
+class DeadlineExceeded(Unavailable): pass       # noqa: E701  no answer in time (module doc)
 class Unimplemented(E8kvError): pass            # noqa: E701
 class DataLoss(E8kvError): pass                 # noqa: E701  CRC mismatch on a stored record
 class Internal(E8kvError): pass                 # noqa: E701

@@ -9,6 +9,11 @@
     cache, n_cached = r                                            # DynamicCache, tokens
     out = model.generate(r.input_ids, attention_mask=r.attention_mask, **{r.cache_kwarg: cache})
 
+Errors. store_prefix and restore_prefix raise e8kv.Unavailable when e8kvd is down,
+unreachable or does not answer in time (e8kv.DeadlineExceeded is a subclass): an engine
+catches it and prefills from scratch. Give the engine's Client a short ``timeout=`` (and
+``stream_timeout=`` for the chunk transfers) so that a hung daemon costs that much.
+
 What is stored. The KV cache of each row is cut into chunks of ``chunk_tokens`` tokens
 (DESIGN.md); a chunk key is the daemon's chain hash of the model fingerprint and the token
 ids, so a later request that shares a prefix finds it with Lookup. ``store_prefix`` looks
@@ -899,7 +904,7 @@ def _release_leases(client, lks, err):
     lease holds them"), and once the session was gone nothing could purge them. Skipped
     after ``err`` e8kv.Unavailable (daemon down or not answering: the release would wait
     for its deadline too; the leases run out by themselves); a failed release is logged."""
-    if isinstance(err, (errors.Unavailable, errors.DeadlineExceeded)):
+    if isinstance(err, errors.Unavailable):         # DeadlineExceeded too (a subclass)
         return
     t = client.timeout
     for lk in lks:
