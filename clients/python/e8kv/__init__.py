@@ -13,11 +13,33 @@ The gRPC stubs are generated from proto/ with grpcio-tools, never committed: by
 ``pip install clients/python`` into the wheel, or on first import in a checkout into
 ``build/python/gen`` ($E8KV_PY_GEN), see _protogen.py.
 """
+import os as _os
+import sys as _sys
 from pathlib import Path as _Path
 
 from . import _protogen
 
-_protogen.ensure_in_tree(_Path(__file__).parent, __path__)
+_NEEDS = ("grpc", "grpc_tools", "grpc_health", "google")    # grpcio, grpcio-tools, protobuf
+
+
+def _missing(e):
+    """The ModuleNotFoundError of a missing dependency, naming the virtual environment that
+    has them (a system python gave only "No module named 'grpc_tools'")."""
+    venv = _os.environ.get("E8KV_VENV") or "~/.cache/e8kv-venv"
+    return ModuleNotFoundError(
+        f"e8kv needs the Python package of module {e.name!r}, which {_sys.executable} does "
+        f"not have. Run e8kv with the project's virtual environment: $E8KV_VENV/bin/python "
+        f"(here {venv}/bin/python), made by `make deps` (tools/deps.sh, "
+        f"tools/requirements.txt); or pip install clients/python into your own", name=e.name)
+
+
+try:
+    import grpc as _grpc  # noqa: F401
+    _protogen.ensure_in_tree(_Path(__file__).parent, __path__)
+except ModuleNotFoundError as _e:
+    if (_e.name or "").split(".")[0] in _NEEDS:
+        raise _missing(_e) from _e
+    raise
 
 from .v1 import kvstore_pb2 as pb  # noqa: E402
 from .errors import (E8kvError, InvalidArgument, NotFound, AlreadyExists,  # noqa: E402,F401
