@@ -131,6 +131,7 @@ static void *maint_main(void *arg) {
     for (int i = 0; i < 20 && !g_stop_maint; i++) nanosleep(&(struct timespec){0, 100000000}, NULL);
     int rc = e8s_maintain(app->store);
     if (rc != E8S_OK) KVD_WARN("maintain", "error=%s", e8s_error_name(rc));
+    kvd_purge_run(app->purge, app->store); /* purges whose lease ended or expired */
   }
   return NULL;
 }
@@ -188,7 +189,7 @@ int main(int argc, char **argv) {
   int maint_started = 0, rc = 1, port = 0;
   if (kvd_auth_load(cfg.tokens_file, &app.auth, err, sizeof err) != 0) goto out;
   if (open_store(&app, err, sizeof err) != 0) goto out;
-  if (!(app.commit = kvd_commit_create(app.store))) {
+  if (!(app.commit = kvd_commit_create(app.store)) || !(app.purge = kvd_purge_create())) {
     snprintf(err, sizeof err, "out of memory");
     goto out;
   }
@@ -223,6 +224,7 @@ out:
   kvd_server_destroy(app.server);
   if (app.metrics) kvd_metrics_free(app.metrics);
   kvd_commit_free(app.commit);
+  kvd_purge_free(app.purge);
   e8s_close(app.store);
   kvd_auth_free(app.auth);
   kvd_config_free(&cfg);

@@ -372,6 +372,10 @@ void kvd_rpc_get_chunks(kvd_app *app, kvd_call *call, const kvd_principal *who,
     for (size_t i = 0; i < n; i++)
       if (kvd_call_check(call, st) != 0 || get_one(&g, i, keys[i], st) != 0) break;
   if (lease) e8s_lease_release(app->store, lease); /* expired already: NOTFOUND, no matter */
+  /* this call's read pins and lease ended: a purge waiting for them need not wait for the
+   * maintenance thread */
+  if (app->purge && kvd_purge_pending(app->purge, who->ns_id))
+    kvd_purge_run(app->purge, app->store);
   if (owned) free(keys);
   for (size_t i = 0; i < sizeof g.pool / sizeof g.pool[0]; i++) kvd_buf_unref(g.pool[i]);
   e8c_ctx_free(g.ctx);

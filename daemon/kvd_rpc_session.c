@@ -271,17 +271,35 @@ out:
   e8kv__v1__list_sessions_request__free_unpacked(rq, NULL);
 }
 
+/* A chunk purge found pinned (BUSY): kept for good when a session lists it; else a read or a
+ * lookup lease holds it, and it goes to the pending list (kvd_purge.h), to be deleted when that
+ * ends. 1 when pending, 0 when a session keeps it, -1 (INTERNAL in st) when the list is full. */
+static int purge_later(kvd_app *app, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES],
+                       kvd_status *st) {
+  e8s_chunk_info ci;
+  if (e8s_chunk_stat(app->store, ns_id, key, &ci) == E8S_OK && ci.session_refs > 0) return 0;
+  if (kvd_purge_defer(app->purge, ns_id, key) == 0) return 1;
+  kvd_fail(st, KVD_INTERNAL, "%zu chunks already wait to be purged when their lookup leases "
+           "end: retry after --lookup-lease-ms", kvd_purge_pending(app->purge, 0));
+  return -1;
+}
+
 /* DeleteSession's purge_chunks: deletes each chunk of the (just deleted) session s that
  * nothing pins now; a pinned one (BUSY: another session, a read, a lookup lease) is counted as
- * kept, one already gone (evicted meanwhile) as neither. Another store error fails the call,
- * saying how far it got (the session is deleted by then). */
+ * kept, and as pending when only a read or a lease holds it (deleted when that ends, see
+ * purge_later); one already gone (evicted meanwhile) as neither. Another store error fails the
+ * call, saying how far it got (the session is deleted by then). */
 static int purge_chunks(kvd_app *app, uint32_t ns_id, const kvd_sess *s,
                         E8kv__V1__DeleteSessionResponse *r, kvd_status *st) {
   for (uint64_t i = 0; i < s->info.n_chunks; i++) {
     int e = e8s_chunk_delete(app->store, ns_id, s->keys[i]);
     if (e == E8S_OK) r->chunks_purged++;
-    else if (e == E8S_ERR_BUSY) r->chunks_kept++;
-    else if (e != E8S_ERR_NOTFOUND) {
+    else if (e == E8S_ERR_BUSY) {
+      r->chunks_kept++;
+      int later = purge_later(app, ns_id, s->keys[i], st);
+      if (later < 0) return -1;
+      r->chunks_pending += (uint32_t)later;
+    } else if (e != E8S_ERR_NOTFOUND) {
       char what[E8S_NAME_MAX + 160];
       snprintf(what, sizeof what, "session '%s' deleted, %u of its %llu chunks purged, then "
                "purge chunk %llu", s->info.name, r->chunks_purged,
@@ -290,8 +308,8 @@ static int purge_chunks(kvd_app *app, uint32_t ns_id, const kvd_sess *s,
       return -1;
     }
   }
-  KVD_INFO("session_purged", "ns=%u chunks_purged=%u chunks_kept=%u", ns_id, r->chunks_purged,
-           r->chunks_kept);
+  KVD_INFO("session_purged", "ns=%u chunks_purged=%u chunks_kept=%u chunks_pending=%u", ns_id,
+           r->chunks_purged, r->chunks_kept, r->chunks_pending);
   return 0;
 }
 
@@ -330,4 +348,53 @@ out:
   if (locked) kvd_session_unlock(app, who->ns_id, rq->name);
   if (s.meta) kvd_sess_free(&s);
   e8kv__v1__delete_session_request__free_unpacked(rq, NULL);
+}
+
+/* PurgeUnlisted's pinned chunks: each goes to the pending list (a full list fails the call). */
+typedef struct unlisted_ctx {
+  kvd_app *app;
+  uint32_t ns_id;
+  uint64_t pending;
+  int full;
+} unlisted_ctx;
+
+static void unlisted_held(void *vc, const uint8_t key[E8S_KEY_BYTES]) {
+  unlisted_ctx *c = vc;
+  if (kvd_purge_defer(c->app->purge, c->ns_id, key) == 0) c->pending++;
+  else c->full = 1;
+}
+
+void kvd_rpc_purge_unlisted(kvd_app *app, kvd_call *call, const kvd_principal *who,
+                            kvd_status *st) {
+  E8kv__V1__PurgeUnlistedRequest *rq = (E8kv__V1__PurgeUnlistedRequest *)kvd_recv_request(
+      call, &e8kv__v1__purge_unlisted_request__descriptor, st);
+  if (!rq) return;
+  e8kv__v1__purge_unlisted_request__free_unpacked(rq, NULL);
+  unlisted_ctx c = {.app = app, .ns_id = who->ns_id};
+  e8s_purge_report rep;
+  int e = e8s_purge_unlisted(app->store, who->ns_id, unlisted_held, &c, &rep);
+  KVD_INFO("purge_unlisted", "ns=%u chunks_purged=%llu bytes_purged=%llu chunks_pending=%llu "
+           "error=%s", who->ns_id, (unsigned long long)rep.chunks_purged,
+           (unsigned long long)rep.bytes_purged, (unsigned long long)c.pending,
+           e == E8S_OK ? "none" : e8s_error_name(e));
+  if (e != E8S_OK) {
+    char what[128];
+    snprintf(what, sizeof what, "purge unlisted chunks (%llu purged before the error)",
+             (unsigned long long)rep.chunks_purged);
+    kvd_status_from_store(st, e, what);
+    return;
+  }
+  if (c.full) {
+    kvd_fail(st, KVD_INTERNAL, "%llu chunks purged; %llu more are held by lookup leases and "
+             "too many purges already wait for leases to end: retry after --lookup-lease-ms",
+             (unsigned long long)rep.chunks_purged,
+             (unsigned long long)(rep.chunks_held - c.pending));
+    return;
+  }
+  E8kv__V1__PurgeUnlistedResponse r;
+  e8kv__v1__purge_unlisted_response__init(&r);
+  r.chunks_purged = rep.chunks_purged;
+  r.bytes_purged = rep.bytes_purged;
+  r.chunks_pending = c.pending;
+  if (kvd_call_send(call, &r.base) != 0) kvd_call_check(call, st);
 }

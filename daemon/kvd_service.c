@@ -26,7 +26,8 @@
   X("DeleteSession", KVD_RPC_UNARY, kvd_rpc_delete_session)             \
   X("GetStats", KVD_RPC_UNARY, kvd_rpc_get_stats)                       \
   X("Verify", KVD_RPC_UNARY, kvd_rpc_verify)                            \
-  X("Compact", KVD_RPC_UNARY, kvd_rpc_compact)
+  X("Compact", KVD_RPC_UNARY, kvd_rpc_compact)                          \
+  X("PurgeUnlisted", KVD_RPC_UNARY, kvd_rpc_purge_unlisted)
 
 KVD_RPCS(RPC)
 

@@ -24,6 +24,7 @@
 #include "daemon/kvd_config.h"
 #include "daemon/kvd_grpc.h"
 #include "daemon/kvd_metrics.h"
+#include "daemon/kvd_purge.h"
 #include "daemon/kvd_status.h"
 #include "store/e8store.h"
 
@@ -36,6 +37,7 @@ typedef struct kvd_app {
   kvd_auth *auth;
   kvd_metrics *metrics;
   kvd_server *server;
+  kvd_purge *purge;                   /* purges waiting for a read or lease to end */
   double started;                     /* CLOCK_MONOTONIC seconds at start */
   pthread_mutex_t locks_mu;           /* guards the session write locks below */
   struct {
@@ -83,5 +85,6 @@ void kvd_rpc_delete_session(kvd_app *, kvd_call *, const kvd_principal *, kvd_st
 void kvd_rpc_get_stats(kvd_app *, kvd_call *, const kvd_principal *, kvd_status *);
 void kvd_rpc_verify(kvd_app *, kvd_call *, const kvd_principal *, kvd_status *);
 void kvd_rpc_compact(kvd_app *, kvd_call *, const kvd_principal *, kvd_status *);
+void kvd_rpc_purge_unlisted(kvd_app *, kvd_call *, const kvd_principal *, kvd_status *);
 
 #endif

@@ -402,6 +402,23 @@ int e8s_get(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES], voi
 /* Removes an unpinned chunk now. Errors: NOTFOUND, BUSY (pinned), READONLY. */
 int e8s_chunk_delete(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]);
 
+/* What e8s_purge_unlisted did. */
+typedef struct e8s_purge_report {
+  uint64_t chunks_purged; /* chunks deleted */
+  uint64_t bytes_purged;  /* their record bytes (header + payload), now dead bytes */
+  uint64_t chunks_held;   /* unlisted chunks a reader or an unexpired lookup lease pins: kept */
+} e8s_purge_report;
+typedef void (*e8s_key_fn)(void *ctx, const uint8_t key[E8S_KEY_BYTES]);
+/* Deletes every chunk of namespace ns_id that no session lists (prefix-cache entries: chunks of
+ * sessions deleted without purging, puts without a session), each as e8s_chunk_delete would.
+ * A chunk a reader or an unexpired lookup lease pins is kept and passed to held(ctx, key) (held
+ * may be NULL), so that the caller can delete it once that pin ends. Runs in write transactions
+ * of at most 1024 chunks, so puts interleave; a chunk put or unlisted meanwhile may or may not
+ * be seen. rep (may be NULL) counts what was done, also when an error stops it partway (what
+ * was committed stays deleted). Errors: INVAL (ns_id 0), READONLY, NOMEM, index errors. */
+int e8s_purge_unlisted(e8s_store *st, uint32_t ns_id, e8s_key_fn held, void *ctx,
+                       e8s_purge_report *rep);
+
 /* ---------------------------------------------------------------- sessions */
 typedef struct e8s_session_info {
   uint32_t ns_id;

@@ -180,6 +180,9 @@ e8kv_status e8kv_list_sessions(e8kv_client *c, const E8kv__V1__ListSessionsReque
                                E8kv__V1__ListSessionsResponse **out, e8kv_error *err);
 e8kv_status e8kv_delete_session(e8kv_client *c, const E8kv__V1__DeleteSessionRequest *req,
                                 E8kv__V1__DeleteSessionResponse **out, e8kv_error *err);
+/* Deletes the caller's namespace's chunks that no session lists (`e8kvctl gc`). */
+e8kv_status e8kv_purge_unlisted(e8kv_client *c, const E8kv__V1__PurgeUnlistedRequest *req,
+                                E8kv__V1__PurgeUnlistedResponse **out, e8kv_error *err);
 e8kv_status e8kv_get_stats(e8kv_client *c, E8kv__V1__GetStatsResponse **out, e8kv_error *err);
 /* Admin calls (need an admin token when the daemon has a tokens file). */
 e8kv_status e8kv_verify(e8kv_client *c, const E8kv__V1__VerifyRequest *req,

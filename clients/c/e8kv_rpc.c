@@ -29,6 +29,8 @@ KVC_UNARY_FN(e8kv_list_sessions, "ListSessions", E8kv__V1__ListSessionsRequest,
              E8kv__V1__ListSessionsResponse, e8kv__v1__list_sessions_response__descriptor)
 KVC_UNARY_FN(e8kv_delete_session, "DeleteSession", E8kv__V1__DeleteSessionRequest,
              E8kv__V1__DeleteSessionResponse, e8kv__v1__delete_session_response__descriptor)
+KVC_UNARY_FN(e8kv_purge_unlisted, "PurgeUnlisted", E8kv__V1__PurgeUnlistedRequest,
+             E8kv__V1__PurgeUnlistedResponse, e8kv__v1__purge_unlisted_response__descriptor)
 KVC_UNARY_FN(e8kv_verify, "Verify", E8kv__V1__VerifyRequest, E8kv__V1__VerifyResponse,
              e8kv__v1__verify_response__descriptor)
 KVC_UNARY_FN(e8kv_compact, "Compact", E8kv__V1__CompactRequest, E8kv__V1__CompactResponse,

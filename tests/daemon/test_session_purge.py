@@ -1,10 +1,15 @@
 """DeleteSession's purge_chunks (e8kvctl rm --purge). A new user deleted a session for privacy
 (2026-11-29) and a restore of the same prompt still found its KV: DeleteSession only unpins,
 the chunks stay as prefix-cache entries. With purge_chunks the chunks that nothing else pins
-are deleted too; chunks another session lists, or a lookup lease holds, are kept and counted."""
+are deleted too; chunks another session lists are kept and counted. Chunks only a read or a
+lookup lease holds are deleted as soon as that ends (session 6: a restore's 30 s lease made
+`rm --purge` purge nothing, and nothing could purge those chunks later); PurgeUnlisted
+(`e8kvctl gc`) deletes whatever no session lists."""
+import time
+
 import pytest
 
-from advlib import (C, code_of, daemon, fingerprint, kv, put_msgs,  # noqa: F401
+from advlib import (C, Daemon, code_of, daemon, fingerprint, kv, put_msgs,  # noqa: F401
                     raw_header, raw_kv)
 
 CT = 16
@@ -55,13 +60,94 @@ def test_delete_keeps_chunks_and_purge_deletes_what_nothing_else_pins(daemon):
     assert code == C.NOT_FOUND, (code, msg)
 
 
-def test_purge_keeps_chunks_a_lookup_lease_holds(daemon):
+def lookup_leased(s, fp, toks):
+    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=10)
+    assert lk.matched_tokens == len(toks) and len(lk.lease) == 16
+    return lk
+
+
+def release(s, lk):
+    """GetChunks of the leased keys with release_lease: the read and the lease end with it."""
+    return list(s.GetChunks(kv.GetChunksRequest(keys=kv.ChunkKeys(keys=list(lk.chunk_keys)),
+                                                release_lease=lk.lease), timeout=30))
+
+
+def wait_chunks(s, want, limit_s=90):
+    """Polls the chunk count until it is `want` (the bound only stops a hang)."""
+    t0 = time.monotonic()
+    while n_chunks(s) != want and time.monotonic() - t0 < limit_s:
+        time.sleep(0.2)
+    return n_chunks(s)
+
+
+def test_purge_of_leased_chunks_happens_when_the_lease_is_released(daemon):
     s, fp = daemon.stub, fingerprint()
     toks = list(range(2 * CT))
     put_session(s, fp, "leased", chunks_of(toks, 7))
-    lk = s.Lookup(kv.LookupRequest(fingerprint=fp, chunk_tokens=CT, token_ids=toks), timeout=10)
-    assert lk.matched_tokens == 2 * CT
+    lk = lookup_leased(s, fp, toks)
     r = s.DeleteSession(kv.DeleteSessionRequest(name="leased", purge_chunks=True), timeout=10)
-    assert (r.chunks_purged, r.chunks_kept) == (0, 2)
+    assert (r.chunks_purged, r.chunks_kept, r.chunks_pending) == (0, 2, 2)
     code, _ = code_of(s.GetSession, kv.GetSessionRequest(name="leased"), timeout=10)
     assert code == C.NOT_FOUND
+    assert n_chunks(s) == 2                       # the lease (30 s by default) still holds them
+    assert len(release(s, lk)) >= 2               # the restore that held the lease finishes
+    # GetChunks runs the pending purges of its namespace before it ends: no waiting needed
+    assert n_chunks(s) == 0 and matched(s, fp, toks) == 0
+
+
+def test_purge_of_leased_chunks_happens_when_the_lease_expires():
+    d = Daemon(extra=["--lookup-lease-ms=1000"])
+    try:
+        s, fp = d.stub, fingerprint()
+        toks = list(range(3 * CT))
+        put_session(s, fp, "x", chunks_of(toks, 3))
+        lookup_leased(s, fp, toks)                # never released: a client that died
+        r = s.DeleteSession(kv.DeleteSessionRequest(name="x", purge_chunks=True), timeout=10)
+        # the lease may already have expired on a slow machine: then purged at once
+        assert r.chunks_purged + r.chunks_pending == 3 and r.chunks_kept == r.chunks_pending
+        assert wait_chunks(s, 0) == 0             # the maintenance thread, after expiry
+        assert matched(s, fp, toks) == 0
+        assert d.alive()
+    finally:
+        assert d.stop() == 0
+
+
+def test_pending_purge_spares_a_chunk_a_session_lists_again(daemon):
+    s, fp = daemon.stub, fingerprint()
+    toks = list(range(2 * CT))
+    put_session(s, fp, "first", chunks_of(toks, 9))
+    lk = lookup_leased(s, fp, toks)
+    r = s.DeleteSession(kv.DeleteSessionRequest(name="first", purge_chunks=True), timeout=10)
+    assert r.chunks_pending == 2
+    put_session(s, fp, "again", chunks_of(toks, 9))   # the same KV stored into a new session
+    release(s, lk)
+    assert n_chunks(s) == 2 and matched(s, fp, toks) == 2 * CT
+    r = s.DeleteSession(kv.DeleteSessionRequest(name="again", purge_chunks=True), timeout=10)
+    assert (r.chunks_purged, r.chunks_pending) == (2, 0) and n_chunks(s) == 0
+
+
+def test_purge_unlisted_deletes_what_no_session_lists(daemon):
+    s, fp = daemon.stub, fingerprint()
+    kept = list(range(2 * CT))
+    put_session(s, fp, "kept", chunks_of(kept, 0))
+    dropped = list(range(500, 500 + 3 * CT))
+    put_session(s, fp, "dropped", chunks_of(dropped, 20))
+    s.DeleteSession(kv.DeleteSessionRequest(name="dropped"), timeout=10)   # no purge: cached
+    loose = list(range(900, 900 + 2 * CT))
+    s.PutChunks(put_msgs(raw_header(fp, CT), chunks_of(loose, 40)), timeout=10)  # no session
+    leased = list(range(1300, 1300 + CT))
+    s.PutChunks(put_msgs(raw_header(fp, CT), chunks_of(leased, 60)), timeout=10)
+    lk = lookup_leased(s, fp, leased)
+    assert n_chunks(s) == 8
+    r = s.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)
+    assert (r.chunks_purged, r.chunks_pending) == (5, 1) and r.bytes_purged > 0
+    assert n_chunks(s) == 3
+    assert matched(s, fp, dropped) == 0 and matched(s, fp, loose) == 0
+    assert matched(s, fp, kept) == 2 * CT
+    got = s.GetSession(kv.GetSessionRequest(name="kept"), timeout=10).session
+    assert got.n_chunks == 2
+    release(s, lk)
+    assert n_chunks(s) == 2 and matched(s, fp, leased) == 0
+    r = s.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)    # nothing left to purge
+    assert (r.chunks_purged, r.chunks_pending, r.bytes_purged) == (0, 0, 0)
+    assert n_chunks(s) == 2

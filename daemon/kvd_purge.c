@@ -1,0 +1,108 @@
+/* kvd_purge.c: the pending purge list (see kvd_purge.h). A plain array under a mutex: the
+ * list is short-lived (entries last at most a lease, 30 s by default) and is scanned whole by
+ * every run anyway. */
+#include "daemon/kvd_purge.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/kvd_log.h"
+
+typedef struct purge_ent {
+  uint32_t ns_id;
+  uint8_t key[E8S_KEY_BYTES];
+} purge_ent;
+
+struct kvd_purge {
+  pthread_mutex_t mu;
+  purge_ent *ents;
+  size_t n, cap;
+  pthread_mutex_t run_mu; /* one run at a time (its deletes happen outside mu) */
+};
+
+kvd_purge *kvd_purge_create(void) {
+  kvd_purge *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_mutex_init(&p->run_mu, NULL);
+  return p;
+}
+
+void kvd_purge_free(kvd_purge *p) {
+  if (!p) return;
+  pthread_mutex_destroy(&p->mu);
+  pthread_mutex_destroy(&p->run_mu);
+  free(p->ents);
+  free(p);
+}
+
+static int ent_is(const purge_ent *e, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]) {
+  return e->ns_id == ns_id && memcmp(e->key, key, E8S_KEY_BYTES) == 0;
+}
+
+int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]) {
+  int rc = 0;
+  pthread_mutex_lock(&p->mu);
+  for (size_t i = 0; i < p->n; i++)
+    if (ent_is(&p->ents[i], ns_id, key)) goto out;
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? 2 * p->cap : 64;
+    if (cap > KVD_PURGE_MAX) cap = KVD_PURGE_MAX;
+    purge_ent *e = cap > p->cap ? realloc(p->ents, cap * sizeof *e) : NULL;
+    if (!e) { rc = -1; goto out; }
+    p->ents = e;
+    p->cap = cap;
+  }
+  p->ents[p->n].ns_id = ns_id;
+  memcpy(p->ents[p->n].key, key, E8S_KEY_BYTES);
+  p->n++;
+out:
+  pthread_mutex_unlock(&p->mu);
+  return rc;
+}
+
+/* 1: forget it (deleted, gone, or a session lists it); 0: keep it pending. */
+static int try_one(e8s_store *st, const purge_ent *e, size_t *deleted) {
+  int rc = e8s_chunk_delete(st, e->ns_id, e->key);
+  if (rc == E8S_OK) { (*deleted)++; return 1; }
+  if (rc == E8S_ERR_NOTFOUND) return 1;
+  if (rc != E8S_ERR_BUSY) return 0; /* READONLY, IO...: try again next run */
+  e8s_chunk_info ci;
+  return e8s_chunk_stat(st, e->ns_id, e->key, &ci) == E8S_OK && ci.session_refs > 0;
+}
+
+size_t kvd_purge_run(kvd_purge *p, e8s_store *st) {
+  size_t deleted = 0;
+  pthread_mutex_lock(&p->run_mu);
+  pthread_mutex_lock(&p->mu);
+  size_t n = p->n;
+  purge_ent *snap = n ? malloc(n * sizeof *snap) : NULL;
+  if (snap) memcpy(snap, p->ents, n * sizeof *snap);
+  pthread_mutex_unlock(&p->mu);
+  if (!snap) goto out;
+  char *forget = calloc(n, 1);
+  if (!forget) { free(snap); goto out; }
+  for (size_t i = 0; i < n; i++) forget[i] = (char)try_one(st, &snap[i], &deleted);
+  /* drop the forgotten ones; entries deferred meanwhile were appended after the first n */
+  pthread_mutex_lock(&p->mu);
+  size_t w = 0;
+  for (size_t i = 0; i < p->n; i++)
+    if (i >= n || !forget[i]) p->ents[w++] = p->ents[i];
+  p->n = w;
+  pthread_mutex_unlock(&p->mu);
+  free(forget);
+  free(snap);
+  if (deleted) KVD_INFO("purge_pending_done", "chunks_purged=%zu still_pending=%zu", deleted, w);
+out:
+  pthread_mutex_unlock(&p->run_mu);
+  return deleted;
+}
+
+size_t kvd_purge_pending(kvd_purge *p, uint32_t ns_id) {
+  size_t k = 0;
+  pthread_mutex_lock(&p->mu);
+  for (size_t i = 0; i < p->n; i++) k += !ns_id || p->ents[i].ns_id == ns_id;
+  pthread_mutex_unlock(&p->mu);
+  return k;
+}

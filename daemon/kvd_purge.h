@@ -1,0 +1,41 @@
+/* kvd_purge.h: purges that wait for a read or a lookup lease to end.
+ *
+ * DeleteSession with purge_chunks and PurgeUnlisted delete every chunk nothing pins at once.
+ * A chunk that no session lists but a read (GetChunks) or an unexpired lookup lease still
+ * holds cannot be deleted yet (the store's pin rule); it goes to this pending list, and
+ * kvd_purge_run (from the daemon's maintenance thread, every 2 s, and after each call that
+ * releases a lease) deletes it once that pin has ended - a lease at the latest lease_ms after
+ * its Lookup. A pending chunk that a session lists meanwhile (a new put of the same tokens into
+ * a session) is dropped from the list and kept: sessions pin for good. The list lives in the
+ * daemon's memory only: after a restart the leases are gone as well, and PurgeUnlisted
+ * (`e8kvctl gc`) deletes such chunks.
+ *
+ * Thread safety: all functions may be called from any thread.
+ */
+#ifndef KVD_PURGE_H
+#define KVD_PURGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/e8store.h"
+
+/* At most this many pending chunks (2^20, the store's default lease cap); past it
+ * kvd_purge_defer fails and the caller reports an error rather than forgetting a purge. */
+#define KVD_PURGE_MAX ((size_t)1 << 20)
+
+typedef struct kvd_purge kvd_purge;
+
+kvd_purge *kvd_purge_create(void); /* NULL: out of memory */
+void kvd_purge_free(kvd_purge *p);  /* NULL is a no-op */
+/* Remembers chunk `key` of namespace ns_id for deletion once unpinned (a key already pending
+ * is not added twice). 0, or -1 when the list is full or out of memory. */
+int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]);
+/* Tries each pending chunk: deleted or gone -> forgotten; a session lists it -> forgotten
+ * (kept); still held by a read or lease -> stays pending; another store error -> stays
+ * pending. Returns the number deleted now. */
+size_t kvd_purge_run(kvd_purge *p, e8s_store *st);
+/* Pending chunks now (of namespace ns_id; 0 = all namespaces). */
+size_t kvd_purge_pending(kvd_purge *p, uint32_t ns_id);
+
+#endif
