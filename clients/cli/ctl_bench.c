@@ -262,9 +262,12 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
     else stored = gr->session ? gr->session->stored_bytes : 0;
     e8kv_msg_free(gr);
   }
-  /* The throwaway session goes whatever happened (it may not exist if the first put failed). */
+  /* The throwaway session goes whatever happened (it may not exist if the first put failed),
+   * and its chunks with it: random KV never deduplicates, so a kept chunk would only fill the
+   * store (16 chunks of the default shape: 79 MiB per run). */
   E8kv__V1__DeleteSessionRequest dreq = E8KV__V1__DELETE_SESSION_REQUEST__INIT;
   dreq.name = session;
+  dreq.purge_chunks = 1;
   E8kv__V1__DeleteSessionResponse *dr = NULL;
   e8kv_error derr;
   e8kv_status ds = ctx->opt[CTL_O_NAME] ? E8KV_OK : e8kv_delete_session(ctx->client, &dreq, &dr, &derr);

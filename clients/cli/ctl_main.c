@@ -111,11 +111,14 @@ const ctl_cmd ctl_commands[] = {
      "delete sessions; their KV stays reusable until evicted (--purge: deleted too)",
      "Deletes sessions. Without --purge their chunks stay stored as prefix-cache\n"
      "entries until LRU eviction: a restore of the same tokens still finds them.\n"
-     "With --purge each chunk of the session that nothing pins any more is deleted\n"
-     "too, so no lookup or restore finds it again; chunks another session lists, or\n"
-     "a read or a lookup lease (--lookup-lease-ms of e8kvd) holds, are kept and\n"
-     "counted. Deleted records stay on disk as dead bytes until `e8kvctl compact`\n"
-     "rewrites their segments (or a segment empties and is deleted).",
+     "With --purge each chunk of the session is deleted too, so no lookup or restore\n"
+     "finds it again, except chunks another session lists (kept and counted). A\n"
+     "chunk a running restore still reads or holds under its lookup lease is deleted\n"
+     "by the daemon as soon as that ends (within --lookup-lease-ms of e8kvd, 30 s by\n"
+     "default), unless a session lists it by then. Deleted records stay on disk as\n"
+     "dead bytes until `e8kvctl compact` rewrites their segments (or a segment\n"
+     "empties and is deleted). `e8kvctl gc` deletes chunks of sessions removed\n"
+     "without --purge.",
      ctl_rm_opts, ctl_on_rm, NULL},
     {"verify", NULL, 0, 0, "CRC scan of every record; lists quarantined records",
      "Reads every stored record and checks its CRC32C. Records that fail are\n"
@@ -126,6 +129,13 @@ const ctl_cmd ctl_commands[] = {
      "Asks the daemon to compact: live records of mostly-dead segments are copied\n"
      "out and the segments freed. Prints bytes reclaimed.",
      ctl_compact_opts, ctl_on_compact, NULL},
+    {"gc", NULL, 0, 0, "delete every chunk no session lists (prefix-cache entries)",
+     "Deletes each chunk of the namespace that no session lists: chunks of sessions\n"
+     "deleted without --purge, and chunks put without a session. Sessions keep all\n"
+     "of theirs. A chunk a running restore still reads or holds under its lookup\n"
+     "lease is deleted by the daemon when that ends (counted as pending). The\n"
+     "deleted records are dead bytes until `e8kvctl compact`.",
+     NULL, ctl_on_gc, NULL},
     {"export", "SESSION FILE", 2, 2, "write a session to a portable single file",
      "Writes the session (fingerprint, metadata, every chunk's token ids and encoded\n"
      "frames) to FILE in the e8kv export format (clients/cli/EXPORT.md): header\n"
@@ -143,8 +153,9 @@ const ctl_cmd ctl_commands[] = {
      "Puts --chunks chunks of random KV of the given shape (raw fp16 for the daemon\n"
      "to encode, or E8 frames encoded here with --client-encode), gets the frames\n"
      "back, and reports tokens/s, GB/s and per-chunk latency\n"
-     "percentiles. Uses a throwaway session in the namespace and deletes it, unless\n"
-     "--session names one to create and keep (e.g. sample data for export tests).\n"
+     "percentiles. Uses a throwaway session in the namespace and deletes it with its\n"
+     "chunks (as rm --purge), unless --session names one to create and keep (e.g.\n"
+     "sample data for export tests).\n"
      "The shape is checked first, before anything is allocated: one chunk of fp16 KV\n"
      "(2 x layers x kv-heads x head-dim x chunk-tokens x 2 bytes) within\n"
      "--max-chunk-bytes, and chunks x chunk-tokens within the codec's last position.",

@@ -114,6 +114,18 @@ int ctl_on_show(ctl_ctx *ctx, int argc, char **argv) {
   return CTL_EXIT_OK;
 }
 
+/* One line of `rm --purge` (text output). */
+static void ctl_rm_purged_line(const char *name, long long purged, long long kept,
+                               long long pending) {
+  printf("deleted %s and purged %lld chunks", name, purged);
+  if (pending)
+    printf("; %lld more are deleted when the read or lookup lease holding them ends (within "
+           "--lookup-lease-ms of e8kvd, 30 s by default)", pending);
+  if (kept > pending)
+    printf("; %lld kept: another session lists them", kept - pending);
+  printf("\n");
+}
+
 int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
   json_t *done = json_array();
   int rc = CTL_EXIT_OK;
@@ -136,6 +148,7 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
     if (e && req.purge_chunks) {
       json_object_set_new(e, "chunks_purged", json_integer(r->chunks_purged));
       json_object_set_new(e, "chunks_kept", json_integer(r->chunks_kept));
+      json_object_set_new(e, "chunks_pending", json_integer(r->chunks_pending));
     }
     json_array_append_new(done, e);
     e8kv_msg_free(r);
@@ -150,10 +163,9 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
       const char *name = json_string_value(json_object_get(e, "name"));
       long long unpinned = json_integer_value(json_object_get(e, "chunks_unpinned"));
       if (json_object_get(e, "chunks_purged"))
-        printf("deleted %s and purged %lld chunks (%lld kept: another session, a read or a "
-               "lookup lease holds them)\n", name,
-               (long long)json_integer_value(json_object_get(e, "chunks_purged")),
-               (long long)json_integer_value(json_object_get(e, "chunks_kept")));
+        ctl_rm_purged_line(name, json_integer_value(json_object_get(e, "chunks_purged")),
+                           json_integer_value(json_object_get(e, "chunks_kept")),
+                           json_integer_value(json_object_get(e, "chunks_pending")));
       else
         printf("deleted %s (%lld chunks unpinned, still restorable until evicted; --purge "
                "deletes them)\n", name, unpinned);
@@ -161,6 +173,36 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
     json_decref(done);
   }
   return rc;
+}
+
+int ctl_on_gc(ctl_ctx *ctx, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  E8kv__V1__PurgeUnlistedRequest req = E8KV__V1__PURGE_UNLISTED_REQUEST__INIT;
+  E8kv__V1__PurgeUnlistedResponse *r = NULL;
+  e8kv_error err;
+  e8kv_client_set_deadline_ms(ctx->client, 3600000); /* a large namespace takes a while */
+  if (e8kv_purge_unlisted(ctx->client, &req, &r, &err)) return ctl_error_e8kv(ctx, &err);
+  json_t *o = json_pack("{s:I,s:I,s:I}", "chunks_purged", (json_int_t)r->chunks_purged,
+                        "bytes_purged", (json_int_t)r->bytes_purged, "chunks_pending",
+                        (json_int_t)r->chunks_pending);
+  e8kv_msg_free(r);
+  if (!o) return ctl_nomem(ctx);
+  static const ctl_col cols[] = {
+      {"chunks_purged", "chunks purged", CTL_F_INT, 0},
+      {"bytes_purged", "bytes purged", CTL_F_BYTES, 0},
+      {"chunks_pending", "pending (lease)", CTL_F_INT, 0},
+      {NULL, NULL, CTL_F_STR, 0}};
+  if (ctx->json) {
+    ctl_out_json(stdout, o);
+  } else {
+    ctl_out_fields(stdout, cols, o);
+    if (json_integer_value(json_object_get(o, "chunks_pending")))
+      printf("(pending chunks are held by a read or a lookup lease; the daemon deletes them "
+             "when it ends,\n within --lookup-lease-ms of e8kvd, 30 s by default)\n");
+  }
+  json_decref(o);
+  return CTL_EXIT_OK;
 }
 
 /* Prints a verify result (online and offline share it); exit 6 when corrupt records exist. */

@@ -14,6 +14,7 @@ int ctl_on_show(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_verify(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_compact(ctl_ctx *ctx, int argc, char **argv);
+int ctl_on_gc(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_export(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_import(ctl_ctx *ctx, int argc, char **argv);
 int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv);
