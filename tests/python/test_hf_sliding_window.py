@@ -83,7 +83,7 @@ def test_hf_sliding_store_from_the_models_own_cache_past_the_window_is_refused(n
 def test_hf_sliding_prefill_keeps_every_token_with_the_models_logits(name):
     model = MODELS[name]()
     p = ids_of(20, 3)
-    logits, cache = hf.prefill(model, p[None])
+    logits, cache = hf.prefill(model, p[None], logits_to_keep=0)
     assert cache.get_seq_length() == 20
     assert all(k.shape[2] == 20 for k, _ in hf.cache_layers(cache))
     assert torch.equal(logits, model(input_ids=p[None]).logits)
@@ -123,7 +123,7 @@ def test_hf_sliding_restore_past_the_window_is_the_models_own_kv(name, client):
     assert torch.equal(out, full)
     # next turn: the remaining tokens over a restored cache, then stored from that cache
     rs = hf.restore_prefix(client, model, q, fingerprint=fp, chunk_tokens=C, policy="restore")
-    logits, grown = hf.prefill(model, rs.input_ids[:, 28:], cache=rs.cache)
+    logits, grown = hf.prefill(model, rs.input_ids[:, 28:], cache=rs.cache, logits_to_keep=0)
     assert torch.allclose(logits, model(input_ids=q[None]).logits[:, 28:], atol=1e-5)
     r = hf.store_prefix(client, model, q, grown, fingerprint=fp, chunk_tokens=C)[0]
     assert r["skipped_tokens"] == 28 and r["chunks_written"] == 2

@@ -204,12 +204,30 @@ def positions_from_mask(attention_mask):
     return pos.masked_fill(attention_mask == 0, 0)
 
 
+def _logits_kw(model, logits_to_keep):
+    """The forward keyword that limits the logits to the last ``logits_to_keep`` positions
+    (0 = all): transformers' logits_to_keep (>= 4.50) or num_logits_to_keep; {} when the
+    model has neither (prefill then slices the full logits)."""
+    if not logits_to_keep:
+        return {}
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: int(logits_to_keep)}
+    return {}
+
+
 @torch.no_grad()
-def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
+def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None,
+            logits_to_keep=1):
     """One forward over ``input_ids`` ([B, T]) after ``cache`` (None = empty), with position
     ids from ``attention_mask`` ([B, cached + T], covering the cache too) so that each row's
-    real tokens sit at positions 0..n-1 whatever its padding; returns (logits [B, T, vocab],
-    cache). ``decider`` (an e8kv.decide.Decider, e.g. a Restored's ``.decider``): the forward
+    real tokens sit at positions 0..n-1 whatever its padding; returns (logits
+    [B, min(logits_to_keep, T), vocab] of the last positions, cache). ``logits_to_keep``:
+    1 (default) computes only the last position's logits, which is what an engine's prefill
+    needs for the next token (all T positions in fp32 are T x vocab x 4 bytes: 1.6 GB at 8K
+    tokens for SmolLM2's 49152-token vocabulary, and the LM head's time); 0 = every
+    position (teacher forcing, perplexity). ``decider`` (an e8kv.decide.Decider, e.g. a Restored's ``.decider``): the forward
     is timed (the device synchronized) and recorded there: as a prefill of B x T tokens over
     an empty cache, else as the forward of B x T tokens over a cache of its length. For a
     model with sliding-window layers the cache keeps every token (module doc)."""
@@ -224,7 +242,7 @@ def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
         dev = next(model.parameters()).device
         _sync(dev)
         t0 = time.perf_counter()
-    out = model(input_ids=input_ids, use_cache=True, **kw)
+    out = model(input_ids=input_ids, use_cache=True, **kw, **_logits_kw(model, logits_to_keep))
     if decider is not None:
         _sync(dev)
         s = time.perf_counter() - t0
@@ -233,7 +251,10 @@ def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None):
             decider.add_forward(n, past, s)
         else:
             decider.add_prefill(n, s)
-    return out.logits, output_cache(out)
+    logits = out.logits
+    if logits_to_keep and logits.shape[1] > logits_to_keep:    # a model without the keyword
+        logits = logits[:, -int(logits_to_keep):]
+    return logits, output_cache(out)
 
 
 def _sync(device):
@@ -608,14 +629,16 @@ def decider_for(client, model, fingerprint=None):
 @torch.no_grad()
 def calibrate(client, model, lengths=(DEFAULT_CHUNK_TOKENS,), fingerprint=None, repeat=1):
     """Times prefills of random tokens of each length (the fastest of ``repeat`` runs, after
-    one untimed warm-up forward) into the model's Decider; returns {length: seconds}. Three
+    one untimed warm-up forward) into the model's Decider; returns {length: seconds}. Each is
+    :func:`prefill`'s forward as an engine runs it (the last position's logits only). Three
     lengths or more let the decision fit prefill time against length (attention's quadratic
     term) instead of scaling the nearest one linearly."""
     dec = decider_for(client, model, fingerprint)
     vocab = _text_config(model).vocab_size
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
-    model(input_ids=torch.randint(0, vocab, (1, 8), generator=g).to(dev), use_cache=True)
+    model(input_ids=torch.randint(0, vocab, (1, 8), generator=g).to(dev), use_cache=True,
+          **_logits_kw(model, 1))
     out = {}
     for n in lengths:
         ids = torch.randint(0, vocab, (1, int(n)), generator=g).to(dev)
