@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "codec/e8codec.h"
+#include "daemon/kvd_listen.h"
 #include "daemon/kvd_log.h"
 #include "daemon/kvd_service.h"
 #include "store/e8store.h"
@@ -136,12 +137,28 @@ static void *maint_main(void *arg) {
   return NULL;
 }
 
+/* What can be checked before anything is created: each unix socket's directory and path (the
+ * bind checks them again) and the TLS files. A start refused here leaves no --data-dir behind
+ * (a new user's trial: a typo in the socket directory created ./e8kv-data all the same). */
+static int precheck(const kvd_config *c, char **cert, char **key, char *err, size_t cap) {
+  for (int i = 0; i < c->n_listen; i++) {
+    const char *a = c->listen_addrs[i];
+    if (strncmp(a, "unix:", 5) != 0) continue;
+    char why[512];
+    if (kvd_listen_unix_check(a + 5 + (strncmp(a, "unix://", 7) == 0 ? 2 : 0), why,
+                              sizeof why) != 0) {
+      snprintf(err, cap, "cannot listen on '%s': %s", a, why);
+      return -1;
+    }
+  }
+  if (*c->tls_cert &&
+      (!(*cert = slurp(c->tls_cert, err, cap)) || !(*key = slurp(c->tls_key, err, cap))))
+    return -1;
+  return 0;
+}
+
 static int start_server(kvd_app *app, char **cert, char **key, char *err, size_t cap) {
   const kvd_config *c = app->cfg;
-  if (*c->tls_cert) {
-    if (!(*cert = slurp(c->tls_cert, err, cap)) || !(*key = slurp(c->tls_key, err, cap)))
-      return -1;
-  }
   size_t n;
   const kvd_method *m = kvd_service_methods(&n);
   kvd_server_opts o = {
@@ -188,6 +205,7 @@ int main(int argc, char **argv) {
   pthread_t maint;
   int maint_started = 0, rc = 1, port = 0;
   if (kvd_auth_load(cfg.tokens_file, &app.auth, err, sizeof err) != 0) goto out;
+  if (precheck(&cfg, &cert, &key, err, sizeof err) != 0) goto out;
   if (open_store(&app, err, sizeof err) != 0) goto out;
   if (!(app.commit = kvd_commit_create(app.store)) || !(app.purge = kvd_purge_create())) {
     snprintf(err, sizeof err, "out of memory");

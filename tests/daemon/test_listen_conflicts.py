@@ -106,6 +106,18 @@ def test_unix_socket_in_a_missing_directory_says_so(sockdir):
     assert not os.path.exists(f"{d}/run"), "e8kvd created the socket's directory"
 
 
+def test_a_start_refused_for_its_socket_or_tls_files_creates_no_data_dir(sockdir):
+    """A new user's trial: a wrong socket directory was refused, but ./e8kv-data was created."""
+    d = sockdir
+    for bad in ([f"--listen=unix:{d}/run/e8kv/e8kvd.sock"],
+                ["--listen=127.0.0.1:0", f"--tls-cert={d}/none.pem", f"--tls-key={d}/none.key"]):
+        data = os.path.join(d, "data")
+        r = subprocess.run([E8KVD, f"--data-dir={data}", "--metrics-listen=", "--threads=2", *bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0, f"e8kvd started with {bad}"
+        assert not os.path.exists(data), f"a refused start ({bad}) created --data-dir:\n{r.stderr}"
+
+
 def test_unix_socket_path_that_is_a_regular_file_is_refused_and_kept(sockdir):
     d = sockdir
     with open(f"{d}/e8kvd.sock", "w") as f:
