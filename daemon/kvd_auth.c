@@ -150,7 +150,9 @@ int kvd_auth_check(const kvd_auth *a, const char *value, size_t len, kvd_princip
     return 0;
   }
   if (!value) {
-    kvd_fail(st, KVD_UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata");
+    kvd_fail(st, KVD_UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata: this "
+             "e8kvd has a --tokens-file; give the client a token from it (e8kvctl --token-file "
+             "FILE or $E8KV_TOKEN, libe8kv e8kv_options.token, e8kv.Client(address, token=...))");
     return -1;
   }
   if (len < 7 || strncasecmp(value, "Bearer ", 7) != 0) {

@@ -128,7 +128,9 @@ class E2E(unittest.TestCase):
     def test_03_auth(self):
         j, err = ctl("ls", token="wrong-token", expect=AUTH)
         self.assertEqual(j["error"]["code"], "UNAUTHENTICATED")
-        ctl("stat", token=None, expect=AUTH)
+        j, err = ctl("stat", token=None, expect=AUTH)
+        for what in ("--token-file", "$E8KV_TOKEN"):   # the error says how to give one
+            self.assertIn(what, j["error"]["message"])
         j, _ = ctl("verify", token=USER, expect=AUTH)  # admin only
         self.assertEqual(j["error"]["code"], "PERMISSION_DENIED")
 
