@@ -16,6 +16,11 @@ KVC_LIB      := $(BUILD)/lib/libe8kv.a
 KVC_SO       := $(BUILD)/lib/libe8kv.so
 KVC_PC       := $(BUILD)/lib/pkgconfig/e8kv.pc
 KVC_PKGS     := grpc libprotobuf-c libzstd libisal libcrypto
+# e8kv.pc: the headers need protobuf-c's (the API is its generated messages): public. The rest
+# (gRPC with its ~80 abseil libraries, zstd, isa-l, libcrypto, libe8codec.a) is inside
+# libe8kv.so, so a shared link names only -le8kv; a static link takes them with --static.
+KVC_PC_PUBLIC  := libprotobuf-c
+KVC_PC_PRIVATE := grpc libzstd libisal libcrypto
 # libe8codec (codec/codec.mk builds it; installed beside libe8kv).
 KVC_CODEC    := $(BUILD)/lib/libe8codec.a
 PREFIX       ?= /usr/local
@@ -40,8 +45,9 @@ $(KVC_SO): $(KVC_OBJS) $(KVC_CODEC)
 # install writes one for the PREFIX it installs to.
 kvc_pc_text = printf '%s\n' 'prefix=$(1)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
   'Name: e8kv' 'Description: C client of e8kvd, the compressed KV-cache store (e8kv.v1)' \
-  'Version: 0.1.0' 'Requires: $(KVC_PKGS)' 'Cflags: -I$${includedir}/e8kv -I$${includedir}/e8kv/gen' \
-  'Libs: -L$${libdir} -le8kv -le8codec -lm'
+  'Version: 0.1.0' 'Requires: $(KVC_PC_PUBLIC)' 'Requires.private: $(KVC_PC_PRIVATE)' \
+  'Cflags: -I$${includedir}/e8kv -I$${includedir}/e8kv/gen' \
+  'Libs: -L$${libdir} -le8kv' 'Libs.private: -le8codec -lm'
 
 $(KVC_PC): clients/c/client.mk
 	@mkdir -p $(dir $@)

@@ -33,8 +33,16 @@ pkg-config --exists e8kv
 cc -std=c11 $san -o "$tmp/prog" "$tmp/prog.c" $(pkg-config --cflags --libs e8kv)
 out=$(LD_LIBRARY_PATH="$tmp/usr/lib" "$tmp/prog")   # linked against libe8kv.so
 echo "installed libe8kv works from pkg-config: $out"
-# the static archives too (pkg-config's libs with libe8kv.a and libe8codec.a named)
-libs=$(pkg-config --libs e8kv | sed -e "s|-le8kv|$tmp/usr/lib/libe8kv.a|" -e "s|-le8codec|$tmp/usr/lib/libe8codec.a|")
+# a shared link names libe8kv and protobuf-c only (a new user's trial: ~80 gRPC/abseil libraries
+# were listed, all of them already inside libe8kv.so)
+shared=$(pkg-config --libs e8kv)
+echo "pkg-config --libs e8kv: $shared"
+if echo "$shared" | grep -Eq -- '-l(grpc|absl|gpr|e8codec|zstd|isal)'; then
+  echo "FAIL: pkg-config --libs e8kv lists libraries private to libe8kv.so" >&2; exit 1
+fi
+# the static archives too (pkg-config --static: Libs.private and Requires.private; libe8kv.a and
+# libe8codec.a named)
+libs=$(pkg-config --static --libs e8kv | sed -e "s|-le8kv|$tmp/usr/lib/libe8kv.a|" -e "s|-le8codec|$tmp/usr/lib/libe8codec.a|")
 cc -std=c11 $san -o "$tmp/prog-static" "$tmp/prog.c" $(pkg-config --cflags e8kv) $libs
 "$tmp/prog-static" >/dev/null
 # C++ engines include the same header (extern "C" throughout)
