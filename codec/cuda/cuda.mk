@@ -86,3 +86,17 @@ else
 test-gpu bench-gpu gpu-bundle:
 	@echo "$@: nvcc not found: the CUDA codec is not built on this machine" >&2; exit 1
 endif
+
+# CPU-only, with or without nvcc (runs in make test and CI): a C emulation of the quantize
+# kernel's fast E8 path (e8cu_fastq.cuh) against the reference e8c_ref_e8_block.
+ifdef E8C_LIB
+E8CU_EMUL_BIN := $(BUILD)/tests/gpu/test_e8cu_emul
+TEST_BINS     += $(E8CU_EMUL_BIN)
+
+$(E8CU_EMUL_BIN): $(BUILD)/obj/tests/gpu/cpu/test_e8cu_emul.o $(E8C_TEST_HELP) $(E8C_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) -o $@ $< $(E8C_TEST_HELP) $(E8C_LDLIBS) $(call pc_libs,cmocka) -lm
+
+# every fp32 operation rounds once, as on the device (no contraction into fma)
+$(BUILD)/obj/tests/gpu/cpu/test_e8cu_emul.o: CFLAGS_tests += -ffp-contract=off -fno-fast-math
+endif
