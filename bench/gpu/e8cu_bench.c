@@ -24,6 +24,7 @@
  * Writes --out FILE (JSON, keys fixed by issue 8, plus quant_sweep) and prints a table.
  */
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,25 +138,58 @@ static double time_quant(e8cu_ctx *gpu, int dir, size_t n, const e8cu_item *item
     return t;
 }
 
+/* Sets (on = 1) or clears the environment of one sweep entry: "NAME=VALUE", several joined
+ * by '+', or "default" (nothing set: the default kernels again, for a same-neighbourhood
+ * baseline). */
+static void sweep_env(const char *spec, int on)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", spec);
+    if (!strcmp(buf, "default")) return;
+    for (char *save = NULL, *kv = strtok_r(buf, "+", &save); kv; kv = strtok_r(NULL, "+", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) { fprintf(stderr, "sweep: bad entry '%s' (NAME=VALUE[+NAME=VALUE], or default)\n", spec); exit(2); }
+        *eq = 0;
+        if (on) setenv(kv, eq + 1, 1);
+        else unsetenv(kv);
+    }
+}
+
 /* --sweep: the quantization stage again under each kernel tuning knob of codec/cuda (residency
  * of the fast and general kernels, the general kernels alone, one 8-block per lane, the fast
  * kernel's fp32-capable loads, waves of blocks per launch of the fast quantize kernel, plain
- * launches instead of overlapping ones). Every
+ * launches instead of overlapping ones, session 6's levers off one at a time and together),
+ * or the entries of --sweep-knobs (space-separated). Every
  * setting's qbatch and decoded cache must equal the default's byte for byte (the knobs change
- * speed only); returns [{"env", "quant_encode_GBps", "quant_decode_GBps", "identical"}]. */
+ * speed only); enc_only (--sweep-enc-only, for encode-side knobs): the qbatch alone, no decode
+ * (quant_decode_GBps 0). Returns [{"env", "quant_encode_GBps", "quant_decode_GBps", "identical"}]. */
 static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, const e8cu_item *oitems,
                            e8cu_qmeta *meta, void *d_q, size_t qbytes, void *d_out, size_t bytes,
-                           int reps, cudaStream_t st)
+                           int reps, cudaStream_t st, const char *only, int enc_only)
 {
-    static const char *const knobs[][2] = {
-        {"E8CU_FAST_Q_MINBLOCKS", "2"}, {"E8CU_FAST_Q_MINBLOCKS", "3"}, {"E8CU_FAST_Q_MINBLOCKS", "4"},
-        {"E8CU_FAST_DQ_MINBLOCKS", "2"}, {"E8CU_FAST_DQ_MINBLOCKS", "3"}, {"E8CU_FAST_DQ_MINBLOCKS", "4"},
-        {"E8CU_FAST", "0"}, {"E8CU_NARROW", "1"}, {"E8CU_W16", "0"},
-        {"E8CU_Q_GRID", "1"}, {"E8CU_Q_GRID", "4"}, {"E8CU_Q_GRID", "16"}, {"E8CU_PDL", "0"},
+    static const char *const knobs[] = {
+        "E8CU_FAST_Q_MINBLOCKS=2", "E8CU_FAST_Q_MINBLOCKS=3", "E8CU_FAST_Q_MINBLOCKS=4",
+        "E8CU_FAST_DQ_MINBLOCKS=2", "E8CU_FAST_DQ_MINBLOCKS=3", "E8CU_FAST_DQ_MINBLOCKS=4",
+        "E8CU_FAST=0", "E8CU_NARROW=1", "E8CU_W16=0",
+        "E8CU_Q_GRID=1", "E8CU_Q_GRID=4", "E8CU_Q_GRID=16", "E8CU_PDL=0",
+        "E8CU_KEYFIX=0", "E8CU_SPREAD=0", "E8CU_KEYFIX=0+E8CU_SPREAD=0",
     };
+    const char *list[64];
+    size_t nk = 0;
+    char obuf[1024];
+    if (only) {
+        snprintf(obuf, sizeof obuf, "%s", only);
+        for (char *save = NULL, *e = strtok_r(obuf, " ", &save); e && nk < 64; e = strtok_r(NULL, " ", &save)) list[nk++] = e;
+    } else {
+        for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++) list[nk++] = knobs[k];
+    }
     const double gb = (double)bytes / 1e9;
     unsigned char *ref_q = malloc(qbytes), *ref_o = malloc(bytes), *buf = malloc(bytes > qbytes ? bytes : qbytes);
     if (!ref_q || !ref_o || !buf) { fprintf(stderr, "sweep: out of host memory\n"); exit(1); }
+    /* both buffers filled with 0xa5 first, here and before each entry: an entry whose kernels
+     * left bytes unwritten cannot pass (bytes no kernel writes, if any, read 0xa5 in both) */
+    CK(cudaMemset(d_q, 0xa5, qbytes));
+    CK(cudaMemset(d_out, 0xa5, bytes));
     RC(gpu, e8cu_quantize_async(gpu, n, items, meta, d_q, qbytes, NULL, st));
     CK(cudaStreamSynchronize(st));
     CK(cudaMemcpy(ref_q, d_q, qbytes, cudaMemcpyDeviceToHost));
@@ -164,21 +198,24 @@ static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, cons
     CK(cudaMemcpy(ref_o, d_out, bytes, cudaMemcpyDeviceToHost));
     json_t *arr = json_array();
     printf("%-28s %10s %10s %10s\n", "sweep (env)", "q enc GB/s", "q dec GB/s", "bytes");
-    for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++) {
-        setenv(knobs[k][0], knobs[k][1], 1);
+    for (size_t k = 0; k < nk; k++) {
+        CK(cudaMemset(d_q, 0xa5, qbytes));
+        sweep_env(list[k], 1);
         double te = time_quant(gpu, 0, n, items, oitems, meta, d_q, qbytes, reps, st);
         CK(cudaMemcpy(buf, d_q, qbytes, cudaMemcpyDeviceToHost));
         int same = !memcmp(buf, ref_q, qbytes);
-        double td = time_quant(gpu, 1, n, items, oitems, meta, d_q, qbytes, reps, st);
-        CK(cudaMemcpy(buf, d_out, bytes, cudaMemcpyDeviceToHost));
-        same = same && !memcmp(buf, ref_o, bytes);
-        unsetenv(knobs[k][0]);
-        char env[64];
-        snprintf(env, sizeof env, "%s=%s", knobs[k][0], knobs[k][1]);
-        printf("%-28s %10.1f %10.1f %10s\n", env, gb / te, gb / td, same ? "identical" : "DIFFER");
-        json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:b}", "env", env, "quant_encode_GBps", gb / te,
+        double td = INFINITY;
+        if (!enc_only) {
+            CK(cudaMemset(d_out, 0xa5, bytes));
+            td = time_quant(gpu, 1, n, items, oitems, meta, d_q, qbytes, reps, st);
+            CK(cudaMemcpy(buf, d_out, bytes, cudaMemcpyDeviceToHost));
+            same = same && !memcmp(buf, ref_o, bytes);
+        }
+        sweep_env(list[k], 0);
+        printf("%-28s %10.1f %10.1f %10s\n", list[k], gb / te, gb / td, same ? "identical" : "DIFFER");
+        json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:b}", "env", list[k], "quant_encode_GBps", gb / te,
                                              "quant_decode_GBps", gb / td, "identical", same));
-        if (!same) { fprintf(stderr, "sweep: %s changes the bytes\n", env); exit(1); }
+        if (!same) { fprintf(stderr, "sweep: %s changes the bytes\n", list[k]); exit(1); }
     }
     free(ref_q);
     free(ref_o);
@@ -190,13 +227,21 @@ int main(int argc, char **argv)
 {
     const char *out = "build/bench/gpu.json";
     int reps = 5, chunk = 256, quant_only = 0, sweep = 0;
+    const char *sweep_only = NULL;
+    int sweep_enc_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quant-only")) quant_only = 1;
         else if (!strcmp(argv[i], "--sweep")) sweep = 1;
-        else { fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS] [--quant-only] [--sweep]\n"); return 2; }
+        else if (!strcmp(argv[i], "--sweep-knobs") && i + 1 < argc) { sweep = 1; sweep_only = argv[++i]; }
+        else if (!strcmp(argv[i], "--sweep-enc-only")) sweep_enc_only = 1;
+        else {
+            fprintf(stderr, "usage: e8cu_bench [--out FILE] [--reps N] [--chunk TOKENS] [--quant-only] [--sweep] "
+                            "[--sweep-knobs 'NAME=V[+NAME=V] ... | default'] [--sweep-enc-only]\n");
+            return 2;
+        }
     }
     if (reps < 1 || chunk < 1 || T_ % chunk) { fprintf(stderr, "bad --reps/--chunk\n"); return 2; }
     struct cudaDeviceProp prop;
@@ -320,7 +365,7 @@ int main(int argc, char **argv)
         tv[r] = ms * 1e-3;
     }
     double t_qdec = median(tv + 2, reps);
-    json_t *jsweep = sweep ? quant_sweep(gpu, n, items, oitems, meta, d_q, qbytes, d_out, bytes, reps, st) : NULL;
+    json_t *jsweep = sweep ? quant_sweep(gpu, n, items, oitems, meta, d_q, qbytes, d_out, bytes, reps, st, sweep_only, sweep_enc_only) : NULL;
     if (quant_only) {
         double gb = (double)bytes / 1e9;
         printf("quant only: d2d %.1f GB/s, quant encode %.1f GB/s (%.0f%%), quant decode %.1f GB/s (%.0f%%)\n",
