@@ -69,34 +69,6 @@ __device__ __forceinline__ e8cu_vec e8cu_locate(const e8cu_launch &L, uint64_t v
     return r;
 }
 
-/* What the loop body needs of a vector, for E8CU_LV_SPREAD: its item, its index h·n_q + j in
- * the item's scales (< 2^31: fast launches have n_vec < 2^31), its RoPE table row and source. */
-struct e8cu_vloc {
-    const char *src;
-    uint32_t item, oq, rrow;
-};
-
-__device__ __forceinline__ e8cu_vloc e8cu_locate_loc(const e8cu_launch &L, uint64_t v)
-{
-    const e8cu_vec r = e8cu_locate(L, v);
-    const e8cu_kitem &it = L.items[r.item];
-    e8cu_vloc o;
-    o.src = r.src;
-    o.item = (uint32_t)r.item;
-    o.oq = r.h * it.n_q + r.j;
-    o.rrow = it.rope_row + r.tok;
-    return o;
-}
-
-/* The quantize kernel's levers of session 6 (template LV), each with an environment knob that
- * selects the previous code (E8CU_<NAME>=0, e8cu_launch_q_fast): KEYFIX: the E8 parity fix-up
- * by integer keys (e8cu_e8_fast); SPREAD: the per-vector lookup spread over the group's lanes
- * (each lane locates one of the next P vectors of the group, the loop takes slot k by
- * shuffles), instead of every lane locating every vector. Results are identical. */
-#define E8CU_LV_KEYFIX 1
-#define E8CU_LV_SPREAD 2
-#define E8CU_LV_ALL 3
-
 /* Load of 8-block b of a vector at src, and its conversion to fp32. DT: 0 any dtype (two
  * 16-byte words per block held, fp32 possible), 1 or 2: every item of the launch is fp16 or
  * bf16 (one word, a conversion without a dtype test). */
@@ -171,7 +143,7 @@ __device__ __forceinline__ uint16_t e8cu_scale_exact(const float x[NB][8], doubl
     return e8cu_scale_code(rms, step);
 }
 
-template <int P, int NB, int MB, bool FAST, int DT = 0, int LV = E8CU_LV_ALL>
+template <int P, int NB, int MB, bool FAST, int DT = 0, bool KEYFIX = true>
 __global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 {
@@ -193,24 +165,10 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
     if (FAST) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 
     /* software pipeline: the next vector's bytes are requested before this one is processed */
-    constexpr bool SP = FAST && (LV & E8CU_LV_SPREAD) != 0;
     uint64_t v = (uint64_t)blockIdx.x * gpb + grp;
     uint4 nraw[NB][DT ? 1 : 2]; /* DT: every item 16-bit, one 16-byte load per 8-block */
     e8cu_vec nv = {0, 0, 0, 0, nullptr};
-    /* SP: lane l of the group holds where vector vb + l·stride lives (batch slot l; vb: the
-     * batch's first vector), and slot k is the group's current vector */
-    e8cu_vloc my = {nullptr, 0, 0, 0};
-    int k = 0;
-    if (SP) {
-        const uint64_t vl = v + (uint64_t)lane * stride;
-        if (vl < L.n_vec) my = e8cu_locate_loc(L, vl);
-        const char *ns = (const char *)__shfl_sync(gmask, (unsigned long long)my.src, 0, P);
-        const uint32_t ni = __shfl_sync(gmask, my.item, 0, P);
-        if (v < L.n_vec) {
-#pragma unroll
-            for (int s = 0; s < NB; s++) e8cu_ldv<DT>(ns, lane + P * s, DT ? 0u : (uint32_t)L.items[ni].dtype, nraw[s]);
-        }
-    } else if (v < L.n_vec) {
+    if (v < L.n_vec) {
         nv = e8cu_locate(L, v);
 #pragma unroll
         for (int s = 0; s < NB; s++)
@@ -218,13 +176,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                 e8cu_ldv<DT>(nv.src, lane + P * s, L.items[nv.item].dtype, nraw[s]);
     }
     for (; v < L.n_vec; v += stride) {
-        e8cu_vec cv = nv;
-        uint32_t oq = 0, rrow = 0;
-        if (SP) {
-            cv.item = (int)__shfl_sync(gmask, my.item, k, P);
-            oq = __shfl_sync(gmask, my.oq, k, P);
-            rrow = __shfl_sync(gmask, my.rrow, k, P);
-        }
+        const e8cu_vec cv = nv;
         const e8cu_kitem &it = L.items[cv.item];
         float x[NB][8];
         int bad = 0;
@@ -242,24 +194,12 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
             }
         }
         if (v + stride < L.n_vec) {
-            if (SP) {
-                if (++k == P) { /* the group's next P vectors, one per lane */
-                    k = 0;
-                    const uint64_t vl = v + stride + (uint64_t)lane * stride;
-                    if (vl < L.n_vec) my = e8cu_locate_loc(L, vl);
-                }
-                const char *ns = (const char *)__shfl_sync(gmask, (unsigned long long)my.src, k, P);
-                const e8cu_kitem &nt = L.items[__shfl_sync(gmask, my.item, k, P)];
+            nv = e8cu_locate(L, v + stride);
+            const e8cu_kitem &nt = L.items[nv.item];
 #pragma unroll
-                for (int s = 0; s < NB; s++) e8cu_ldv<DT>(ns, lane + P * s, DT ? 0u : (uint32_t)nt.dtype, nraw[s]);
-            } else {
-                nv = e8cu_locate(L, v + stride);
-                const e8cu_kitem &nt = L.items[nv.item];
-#pragma unroll
-                for (int s = 0; s < NB; s++)
-                    if (FAST || lane + P * s < R)
-                        e8cu_ldv<DT>(nv.src, lane + P * s, nt.dtype, nraw[s]);
-            }
+            for (int s = 0; s < NB; s++)
+                if (FAST || lane + P * s < R)
+                    e8cu_ldv<DT>(nv.src, lane + P * s, nt.dtype, nraw[s]);
         }
         if (!FAST && bad) {
 #pragma unroll
@@ -272,7 +212,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         }
 
         if (L.rope_on && it.kind == E8C_K) {
-            size_t row = (size_t)(SP ? rrow : it.rope_row + cv.tok) * (L.rotary_dim / 2);
+            size_t row = (size_t)(it.rope_row + cv.tok) * (L.rotary_dim / 2);
             e8cu_rope<P, NB, FAST>(x, lane, gbase, gmask, L, L.rope_cos + row, L.rope_sin + row, 0, smf);
         }
 
@@ -326,9 +266,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
             for (int m = 1; m < P; m <<= 1) T += __shfl_xor_sync(gmask, T, m);
             Tq = T;
             fastsc = e8cu_scale_fast(T, inv_n, step, &sc);
-            if (!fastsc) /* SP: the source located again (rare) rather than kept in registers */
-                e8cu_check_vec<P, NB>(L, cv.item, SP ? e8cu_locate(L, v).src : cv.src,
-                                      SP ? (uint64_t)oq : (uint64_t)cv.h * it.n_q + cv.j, lane);
+            if (!fastsc) e8cu_check_vec<P, NB>(L, cv.item, cv.src, (uint64_t)cv.h * it.n_q + cv.j, lane);
         }
         if (!fastsc) sc = e8cu_scale_exact<P, NB, FAST>(x, sm, lane, gbase, gmask, L, step);
         const e8cu_div D = e8cu_div_init(e8cu_bf16_to_f32(sc));
@@ -337,8 +275,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
         e8cu_e8thr th = {0.0f, 0.0f};
         if (FAST && fastsc) th = e8cu_e8_thresholds(1.01f * (Tq * rsqrtf(Tq)) * D.r);
 
-        const size_t vq = SP ? (size_t)oq : (size_t)cv.h * it.n_q + cv.j;
-        int16_t *p2 = (int16_t *)(L.q + it.off_points2) + vq * n;
+        int16_t *p2 = (int16_t *)(L.q + it.off_points2) + ((size_t)cv.h * it.n_q + cv.j) * n;
         /* all blocks' fast paths first, fallbacks after: the blocks' E8 searches are
          * independent, so their long dependency chains can interleave */
         uint32_t w[NB][4];
@@ -356,7 +293,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                     const float q0 = __fmul_rn(x[s][i], D.r);
                     t[i] = __fmaf_rn(__fmaf_rn(-q0, D.sf, x[s][i]), D.r, q0);
                 }
-                ok[s] = e8cu_e8_fast<(LV & E8CU_LV_KEYFIX) != 0>(t, th, w[s]);
+                ok[s] = e8cu_e8_fast<KEYFIX>(t, th, w[s]);
             }
         }
 #pragma unroll
@@ -381,7 +318,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                 *(uint4 *)(p2 + 8 * b) = make_uint4(w[s][0], w[s][1], w[s][2], w[s][3]);
             }
         }
-        if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[vq] = sc;
+        if (lane == 0) ((uint16_t *)(L.q + it.off_scales))[(size_t)cv.h * it.n_q + cv.j] = sc;
     }
     /* a block ends only after the previous kernel of the stream has completed (and its
      * writes are visible): so this launch completes after it, and whatever the stream runs
@@ -484,7 +421,7 @@ static cudaError_t e8cu_launch_pdl(void (*k)(const e8cu_launch), unsigned grid, 
     return cudaGetLastError();
 }
 
-template <int P, int NB, int MB, bool FAST = false, int DT = 0, int LV = E8CU_LV_ALL>
+template <int P, int NB, int MB, bool FAST = false, int DT = 0, bool KEYFIX = true>
 static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
@@ -503,32 +440,18 @@ static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int 
     uint64_t cap = (uint64_t)sms * MB * waves;
     unsigned grid = (unsigned)(need < cap ? need : cap);
     /* only the fast kernels end with griddepcontrol.wait */
-    return e8cu_launch_pdl(e8cu_quantize_kernel<P, NB, MB, FAST, DT, LV>, grid, smem, stream, FAST && e8cu_pdl_next, L);
+    return e8cu_launch_pdl(e8cu_quantize_kernel<P, NB, MB, FAST, DT, KEYFIX>, grid, smem, stream, FAST && e8cu_pdl_next, L);
 }
 
-/* The session-6 levers switched off by the environment (E8CU_KEYFIX=0, E8CU_SPREAD=0: the
- * previous code, for same-run A/B measurements; results are identical): the kernels of the
- * bench's shape (P = 8: head_dim 128, 3 blocks per SM) exist in every combination; other
- * shapes always use both levers. */
-static int e8cu_lv_env(void)
-{
-    int lv = E8CU_LV_ALL;
-    const char *a = getenv("E8CU_KEYFIX"), *b = getenv("E8CU_SPREAD");
-    if (a && *a == '0') lv &= ~E8CU_LV_KEYFIX;
-    if (b && *b == '0') lv &= ~E8CU_LV_SPREAD;
-    return lv;
-}
-
+/* E8CU_KEYFIX=0: the fast kernel of the bench's shape (P = 8: head_dim 128, 3 blocks per SM)
+ * with session 5's parity fix-up (a float max and a chain of compares) instead of the integer
+ * keys (e8cu_e8_fast), for same-run A/B measurements; results are identical. */
 template <int P, int MB, int DT>
 static cudaError_t e8cu_launch_q_lv(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
-    if (P == 8 && MB == 3) {
-        switch (e8cu_lv_env()) {
-        case 0: return e8cu_launch_q<P, 2, MB, true, DT, 0>(L, stream, sms);
-        case E8CU_LV_KEYFIX: return e8cu_launch_q<P, 2, MB, true, DT, E8CU_LV_KEYFIX>(L, stream, sms);
-        case E8CU_LV_SPREAD: return e8cu_launch_q<P, 2, MB, true, DT, E8CU_LV_SPREAD>(L, stream, sms);
-        default: break;
-        }
+    if constexpr (P == 8 && MB == 3) {
+        const char *k = getenv("E8CU_KEYFIX");
+        if (k && *k == '0') return e8cu_launch_q<P, 2, MB, true, DT, false>(L, stream, sms);
     }
     return e8cu_launch_q<P, 2, MB, true, DT>(L, stream, sms);
 }
