@@ -172,7 +172,7 @@ static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, cons
         "E8CU_FAST_DQ_MINBLOCKS=2", "E8CU_FAST_DQ_MINBLOCKS=3", "E8CU_FAST_DQ_MINBLOCKS=4",
         "E8CU_FAST=0", "E8CU_NARROW=1", "E8CU_W16=0",
         "E8CU_Q_GRID=1", "E8CU_Q_GRID=4", "E8CU_Q_GRID=16", "E8CU_PDL=0",
-        "E8CU_KEYFIX=0", "E8CU_SPREAD=0", "E8CU_KEYFIX=0+E8CU_SPREAD=0",
+        "E8CU_KEYFIX=0", "E8CU_CREGS=0", "E8CU_KEYFIX=0+E8CU_CREGS=0",
     };
     const char *list[64];
     size_t nk = 0;

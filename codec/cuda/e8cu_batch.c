@@ -181,6 +181,12 @@ static void launch_common(const e8cu_ctx *ctx, e8cu_launch *L, void *d_q)
     L->src_dtype = fp->src_dtype;
     memcpy(L->bh_log2, ctx->bh_log2, sizeof L->bh_log2);
     memcpy(L->bh_gain, ctx->bh_gain, sizeof L->bh_gain);
+    if (L->pow2) { /* the fast kernels read these as launch constants, not registers */
+        uint32_t lg = 0;
+        while ((8u << lg) < fp->head_dim) lg++;
+        L->inv_n = 1.0f / (float)fp->head_dim;
+        L->gain_n = ctx->bh_gain[lg];
+    }
     memcpy(L->sgn_bits, ctx->sgn_bits, sizeof L->sgn_bits);
     L->vb_shift = 0xff;
 }

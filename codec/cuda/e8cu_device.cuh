@@ -270,9 +270,12 @@ __device__ __forceinline__ float e8cu_flip(float x, uint32_t mask, int i)
 /* BH on a group's vector: in-thread strides 1, 2, 4; cross-lane strides 8·m (m < P); for
  * NB = 2 the stride 8·P between slots; then the block gain. Lanes past the vector (b >= R)
  * hold zeros and take part in the shuffles only. FULL: the caller guarantees one BH block
- * of P·NB 8-blocks (a power-of-two head_dim of exactly P·NB 8-blocks: the fast kernels). */
-template <int P, int NB, bool FULL = false>
-__device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask, const e8cu_hconst<NB> &hc)
+ * of P·NB 8-blocks (a power-of-two head_dim of exactly P·NB 8-blocks: the fast kernels).
+ * CGAIN (with FULL): the gain is gain_n, the caller's launch constant (e8cu_launch.gain_n), which
+ * the compiler reads from the constant bank instead of keeping hc.gain in registers. */
+template <int P, int NB, bool FULL = false, bool CGAIN = false>
+__device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask, const e8cu_hconst<NB> &hc,
+                                        float gain_n = 0.0f)
 {
 #pragma unroll
     for (int s = 0; s < NB; s++) {
@@ -320,7 +323,7 @@ __device__ __forceinline__ void e8cu_bh(float x[NB][8], int lane, unsigned gmask
 #pragma unroll
     for (int s = 0; s < NB; s++) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * hc.gain[s];
+        for (int i = 0; i < 8; i++) x[s][i] = x[s][i] * (CGAIN ? gain_n : hc.gain[s]);
     }
 }
 

@@ -54,6 +54,8 @@ typedef struct e8cu_launch {
     const float *rope_cos2;      /* decode of raw keys at new positions: tables at the stored */
     const float *rope_sin2;      /* positions (rope_row2), NULL otherwise */
     float k_step, v_step;        /* lattice steps (FORMAT §4) */
+    float inv_n;                 /* pow2: 1/head_dim (exact); gain_n: pow2, the gain of one BH */
+    float gain_n;                /* block of the whole vector (bh_gain[log2 R]); else 0 */
     uint32_t head_dim;           /* n */
     uint32_t n_kv_heads;         /* H */
     uint32_t R;                  /* n / 8 */
