@@ -158,7 +158,7 @@ static void sweep_env(const char *spec, int on)
 /* --sweep: the quantization stage again under each kernel tuning knob of codec/cuda (residency
  * of the fast and general kernels, the general kernels alone, one 8-block per lane, the fast
  * kernel's fp32-capable loads, waves of blocks per launch of the fast quantize kernel, plain
- * launches instead of overlapping ones, session 6's levers off one at a time and together),
+ * launches instead of overlapping ones, launch constants in registers (session 5's kernel)),
  * or the entries of --sweep-knobs (space-separated). Every
  * setting's qbatch and decoded cache must equal the default's byte for byte (the knobs change
  * speed only); enc_only (--sweep-enc-only, for encode-side knobs): the qbatch alone, no decode
@@ -172,7 +172,7 @@ static json_t *quant_sweep(e8cu_ctx *gpu, size_t n, const e8cu_item *items, cons
         "E8CU_FAST_DQ_MINBLOCKS=2", "E8CU_FAST_DQ_MINBLOCKS=3", "E8CU_FAST_DQ_MINBLOCKS=4",
         "E8CU_FAST=0", "E8CU_NARROW=1", "E8CU_W16=0",
         "E8CU_Q_GRID=1", "E8CU_Q_GRID=4", "E8CU_Q_GRID=16", "E8CU_PDL=0",
-        "E8CU_KEYFIX=0", "E8CU_CREGS=0", "E8CU_KEYFIX=0+E8CU_CREGS=0",
+        "E8CU_CREGS=0",
     };
     const char *list[64];
     size_t nk = 0;

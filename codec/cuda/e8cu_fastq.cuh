@@ -118,7 +118,6 @@ __device__ __forceinline__ float e8cu_sgn1(float a, uint32_t one)
     return __uint_as_float(r);
 }
 
-template <bool KEYFIX = true>
 __device__ __forceinline__ int e8cu_e8_fast(const float t[8], const e8cu_e8thr &th, uint32_t w[4])
 {
     float d[8];
@@ -155,38 +154,15 @@ __device__ __forceinline__ int e8cu_e8_fast(const float t[8], const e8cu_e8thr &
     }
     const bool odd = c ? odd1 : odd0;
     const uint32_t one = 0x3f800000u;
-    if (KEYFIX) {
-        /* the first largest |dd_i| by integer keys: key_i = bits(dd_i)·8 + 7 - i (mod 2^32;
-         * the sign bit and the two top exponent bits shift out). For |dd| in [2^-63, 2) the
-         * top three bits of bits(dd) are 001 (sign dropped), so the key is bits(|dd|)·8 -
-         * 2^32 + 7 - i: ordered as |dd|, then ties to the smaller i; and 0 (either sign)
-         * gives 7 - i, below every other key. Every |dd_i| here is 0 or >= 2^-25 (the
-         * chosen residual is t - rint(t) with mn >= guard >= 2^-22, or RN(t - 0.5) - its
-         * rint, a multiple of 2^-25 for |t - 0.5| < 1 and of 2^-23 above), and <= 0.5: so
-         * the largest key is the reference's first largest |residual| (e8c_ref.c d8_cand:
-         * strict > from i = 0). One max over 8 integers instead of a float max and a serial
-         * chain of 8 compares (tests/gpu/cpu/test_e8cu_emul.c checks the rule on the host). */
-        uint32_t key[8];
+    const float mxc = fmaxf(fmaxf(fmaxf(fabsf(dd[0]), fabsf(dd[1])), fmaxf(fabsf(dd[2]), fabsf(dd[3]))),
+                            fmaxf(fmaxf(fabsf(dd[4]), fabsf(dd[5])), fmaxf(fabsf(dd[6]), fabsf(dd[7]))));
+    bool done = !odd;
 #pragma unroll
-        for (int i = 0; i < 8; i++) key[i] = __float_as_uint(dd[i]) * 8u + (uint32_t)(7 - i);
-        const uint32_t kmax = max(max(max(key[0], key[1]), max(key[2], key[3])),
-                                  max(max(key[4], key[5]), max(key[6], key[7])));
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const bool hit = odd && key[i] == kmax;
-            hm[i] = hit ? __fadd_rn(hm[i], e8cu_sgn1(dd[i], one)) : hm[i];
-        }
-    } else {
-        const float mxc = fmaxf(fmaxf(fmaxf(fabsf(dd[0]), fabsf(dd[1])), fmaxf(fabsf(dd[2]), fabsf(dd[3]))),
-                                fmaxf(fmaxf(fabsf(dd[4]), fabsf(dd[5])), fmaxf(fabsf(dd[6]), fabsf(dd[7]))));
-        bool done = !odd;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const bool eq = fabsf(dd[i]) == mxc;
-            const bool hit = eq && !done;
-            done = done || eq;
-            hm[i] = hit ? __fadd_rn(hm[i], e8cu_sgn1(dd[i], one)) : hm[i];
-        }
+    for (int i = 0; i < 8; i++) {
+        const bool eq = fabsf(dd[i]) == mxc;
+        const bool hit = eq && !done;
+        done = done || eq;
+        hm[i] = hit ? __fadd_rn(hm[i], e8cu_sgn1(dd[i], one)) : hm[i];
     }
     const uint32_t k = (uint32_t)c - 2u * E8CU_RMAGIC_BITS; /* points2 = 2·(bits - MB) + c */
 #pragma unroll

@@ -143,7 +143,7 @@ __device__ __forceinline__ uint16_t e8cu_scale_exact(const float x[NB][8], doubl
     return e8cu_scale_code(rms, step);
 }
 
-template <int P, int NB, int MB, bool FAST, int DT = 0, bool KEYFIX = true, bool CREGS = true>
+template <int P, int NB, int MB, bool FAST, int DT = 0, bool CREGS = true>
 __global__ void __launch_bounds__(E8CU_THREADS, MB)
 e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
 {
@@ -297,7 +297,7 @@ e8cu_quantize_kernel(const __grid_constant__ e8cu_launch L)
                     const float q0 = __fmul_rn(x[s][i], D.r);
                     t[i] = __fmaf_rn(__fmaf_rn(-q0, D.sf, x[s][i]), D.r, q0);
                 }
-                ok[s] = e8cu_e8_fast<KEYFIX>(t, th, w[s]);
+                ok[s] = e8cu_e8_fast(t, th, w[s]);
             }
         }
 #pragma unroll
@@ -425,7 +425,7 @@ static cudaError_t e8cu_launch_pdl(void (*k)(const e8cu_launch), unsigned grid, 
     return cudaGetLastError();
 }
 
-template <int P, int NB, int MB, bool FAST = false, int DT = 0, bool KEYFIX = true, bool CREGS = true>
+template <int P, int NB, int MB, bool FAST = false, int DT = 0, bool CREGS = true>
 static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     size_t smem = (size_t)(E8CU_THREADS / P) * P * NB * 8 * sizeof(double);
@@ -444,24 +444,18 @@ static cudaError_t e8cu_launch_q(const e8cu_launch *L, cudaStream_t stream, int 
     uint64_t cap = (uint64_t)sms * MB * waves;
     unsigned grid = (unsigned)(need < cap ? need : cap);
     /* only the fast kernels end with griddepcontrol.wait */
-    return e8cu_launch_pdl(e8cu_quantize_kernel<P, NB, MB, FAST, DT, KEYFIX, CREGS>, grid, smem, stream, FAST && e8cu_pdl_next, L);
+    return e8cu_launch_pdl(e8cu_quantize_kernel<P, NB, MB, FAST, DT, CREGS>, grid, smem, stream, FAST && e8cu_pdl_next, L);
 }
 
-/* Session 6's levers of the fast quantize kernel, each switched off by the environment for
- * same-run A/B measurements (results are identical): E8CU_KEYFIX=0: session 5's parity fix-up
- * (a float max and a chain of compares) instead of the integer keys (e8cu_e8_fast);
- * E8CU_CREGS=0: 1/n and the Hadamard gain in registers instead of launch constants. Only the
- * bench's shape (P = 8: head_dim 128, 3 blocks per SM) has the variants; with both off it is
- * session 5's kernel. */
+/* E8CU_CREGS=0: the fast kernel of the bench's shape (P = 8: head_dim 128, 3 blocks per SM)
+ * with 1/n and the Hadamard gain in registers, i.e. session 5's kernel, for same-run A/B
+ * measurements; results are identical. */
 template <int P, int MB, int DT>
 static cudaError_t e8cu_launch_q_lv(const e8cu_launch *L, cudaStream_t stream, int sms)
 {
     if constexpr (P == 8 && MB == 3) {
-        const char *k = getenv("E8CU_KEYFIX"), *c = getenv("E8CU_CREGS");
-        const bool kf = !(k && *k == '0'), cr = !(c && *c == '0');
-        if (!kf && !cr) return e8cu_launch_q<P, 2, MB, true, DT, false, false>(L, stream, sms);
-        if (!kf) return e8cu_launch_q<P, 2, MB, true, DT, false, true>(L, stream, sms);
-        if (!cr) return e8cu_launch_q<P, 2, MB, true, DT, true, false>(L, stream, sms);
+        const char *c = getenv("E8CU_CREGS");
+        if (c && *c == '0') return e8cu_launch_q<P, 2, MB, true, DT, false>(L, stream, sms);
     }
     return e8cu_launch_q<P, 2, MB, true, DT>(L, stream, sms);
 }

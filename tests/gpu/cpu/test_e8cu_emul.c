@@ -5,18 +5,15 @@
  *
  * The emulation follows the device code operation by operation in fp32 (each
  * C operation rounds once: compiled with -ffp-contract=off, SSE arithmetic;
- * the device's explicit fma are fmaf). It checks the session-6 rule for the
- * parity fix-up: the coordinate to round the other way is the one with the
- * largest integer key bits(dd_i)·8 + 7 - i (mod 2^32), instead of the first
- * of the largest |dd_i| found by a chain of float compares. Both are run on
- * every block; wherever the fast path says it decided (its filter passed),
- * both must give the reference's points, bit for bit. The data sits at the
- * decision points: half- and quarter-integers and integers moved by a few
- * ulp, ties between coordinates (equal |residual| with either sign), tiny
- * values, powers of two ± ulps, and Gaussian blocks of several widths.
- * A second test checks the key order itself on the values the fast path can
- * produce (0 and [2^-25, 0.5], either sign) against |a| > |b| with ties to
- * the smaller index.
+ * the device's explicit fma are fmaf): the coset decided from one rounding
+ * with a proven bound, the chosen candidate recomputed, the parity fix-up on
+ * the first largest |residual|. Wherever the fast path says it decided (its
+ * filter passed), its points must be the reference's, bit for bit. The data
+ * sits at the decision points: half- and quarter-integers and integers moved
+ * by a few ulp, ties between coordinates (equal |residual| with either sign),
+ * tiny values, powers of two ± ulps, and Gaussian blocks of several widths.
+ * (Session 6 also checked here a fix-up by integer keys, bits(dd)·8 + 7 - i;
+ * it was exact but not faster on the H200: bench/gpu/NOTES.md.)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,9 +48,9 @@ static float bitsf(uint32_t u)
 /* copysign(1, a) as the device's e8cu_sgn1 (the sign bit of a) */
 static float sgn1(float a) { return bitsf((fbits(a) & 0x80000000u) | 0x3f800000u); }
 
-/* e8cu_e8_fast with thresholds e8cu_e8_thresholds(mt); keyfix selects the rule.
- * Returns the filter's verdict; p2 is the fast path's point (garbage when 0). */
-static int emu_e8_fast(const float t[8], float mt, int keyfix, int16_t p2[8])
+/* e8cu_e8_fast with thresholds e8cu_e8_thresholds(mt). Returns the filter's verdict; p2 is
+ * the fast path's point (garbage when 0). */
+static int emu_e8_fast(const float t[8], float mt, int16_t p2[8])
 {
     const float tau = fmaf(mt, 0x1p-20f, 0x1p-17f + 0x1p-20f);
     const float guard = fmaf(mt, 0x1p-22f, 0x1p-22f);
@@ -84,23 +81,13 @@ static int emu_e8_fast(const float t[8], float mt, int keyfix, int16_t p2[8])
         dd[i] = wv - (hm[i] - RMAGIC);
     }
     const int odd = c ? odd1 : odd0;
-    if (keyfix) {
-        uint32_t key[8], kmax = 0;
-        for (int i = 0; i < 8; i++) {
-            key[i] = fbits(dd[i]) * 8u + (uint32_t)(7 - i);
-            kmax = key[i] > kmax ? key[i] : kmax;
-        }
-        for (int i = 0; i < 8; i++)
-            if (odd && key[i] == kmax) hm[i] = hm[i] + sgn1(dd[i]);
-    } else {
-        float mxc = 0.0f;
-        for (int i = 0; i < 8; i++) mxc = fmaxf(mxc, fabsf(dd[i]));
-        int done = !odd;
-        for (int i = 0; i < 8; i++) {
-            const int eq = fabsf(dd[i]) == mxc;
-            if (eq && !done) hm[i] = hm[i] + sgn1(dd[i]);
-            done = done || eq;
-        }
+    float mxc = 0.0f;
+    for (int i = 0; i < 8; i++) mxc = fmaxf(mxc, fabsf(dd[i]));
+    int done = !odd;
+    for (int i = 0; i < 8; i++) {
+        const int eq = fabsf(dd[i]) == mxc;
+        if (eq && !done) hm[i] = hm[i] + sgn1(dd[i]);
+        done = done || eq;
     }
     const uint32_t k = (uint32_t)c - 2u * RMAGIC_BITS;
     for (int i = 0; i < 8; i++) p2[i] = (int16_t)(uint16_t)(2u * fbits(hm[i]) + k);
@@ -161,41 +148,35 @@ static void gen_block(e8t_rng *r, int mode, float t[8])
     }
 }
 
-static void test_keyfix_equals_ref(void **state)
+static void test_fast_path_equals_ref(void **state)
 {
     (void)state;
     e8t_rng r = {0x5eed6e8c0deULL};
     const int modes = 7;
     const long per_mode = 300000;
-    long decided[7] = {0}, fallback = 0, chain_diff = 0;
+    long decided[7] = {0}, fallback = 0;
     for (int mode = 0; mode < modes; mode++) {
         for (long b = 0; b < per_mode; b++) {
             float t[8], mt = 0.0f;
-            int16_t ref[8], pk[8], pc[8];
+            int16_t ref[8], pk[8];
             gen_block(&r, mode, t);
             for (int i = 0; i < 8; i++) mt = fmaxf(mt, fabsf(t[i]));
             /* the kernel's bound is >= max|t| (1.01·sqrt(T~)/sf): use both the tight one
              * and a loose one */
             if (b & 1) mt = mt * 1.5f + 1.0f;
             e8c_ref_e8_block(t, ref);
-            const int ok = emu_e8_fast(t, mt, 1, pk);
-            const int okc = emu_e8_fast(t, mt, 0, pc);
-            assert_int_equal(ok, okc);
-            if (!ok) { fallback++; continue; }
+            if (!emu_e8_fast(t, mt, pk)) { fallback++; continue; }
             decided[mode]++;
-            if (memcmp(pc, pk, sizeof pk)) chain_diff++;
             if (memcmp(ref, pk, sizeof pk)) {
-                fprintf(stderr, "mode %d block %ld: fast path (integer keys) differs from the reference\n", mode, b);
-                for (int i = 0; i < 8; i++)
-                    fprintf(stderr, "  t[%d] = %a: ref %d key %d chain %d\n", i, (double)t[i], ref[i], pk[i], pc[i]);
+                fprintf(stderr, "kind %d block %ld: the fast path differs from the reference\n", mode, b);
+                for (int i = 0; i < 8; i++) fprintf(stderr, "  t[%d] = %a: ref %d fast %d\n", i, (double)t[i], ref[i], pk[i]);
                 fail();
             }
-            assert_memory_equal(ref, pc, sizeof pc);
         }
     }
     long total = 0;
     for (int mode = 0; mode < modes; mode++) total += decided[mode];
-    printf("fast E8 path, integer-key fix-up: %ld blocks decided, all equal to e8c_ref_e8_block; "
+    printf("fast E8 path (C emulation): %ld blocks decided, all equal to e8c_ref_e8_block; "
            "%ld left to the exact rule; decided per kind:", total, fallback);
     for (int mode = 0; mode < modes; mode++) printf(" %ld", decided[mode]);
     printf("\n");
@@ -203,41 +184,12 @@ static void test_keyfix_equals_ref(void **state)
      * reach the fallback: else the test proves nothing */
     for (int mode = 0; mode < modes; mode++) assert_true(decided[mode] > per_mode / 1000);
     assert_true(fallback > 1000);
-    assert_int_equal(chain_diff, 0);
-}
-
-/* The key order against |a| > |b| (ties: the smaller index first) on the values the fast
- * path's chosen residual can take: 0 and magnitudes in [2^-25, 0.5], either sign. */
-static void test_key_order(void **state)
-{
-    (void)state;
-    e8t_rng r = {0x0dde5eedULL};
-    const uint32_t lo = fbits(0x1p-25f), hi = fbits(0.5f);
-    long n = 0;
-    for (long k = 0; k < 2000000; k++) {
-        float v[2];
-        for (int s = 0; s < 2; s++) {
-            const uint64_t u = e8t_u64(&r);
-            uint32_t m = (u & 15) == 0 ? 0u : lo + (uint32_t)((u >> 8) % (hi - lo + 1));
-            if ((u & 48) == 0 && s == 1) m = fbits(fabsf(v[0])); /* equal magnitudes */
-            v[s] = bitsf(m | ((u >> 6) & 1 ? 0x80000000u : 0u));
-        }
-        const int i = (int)(e8t_u64(&r) % 8);
-        int j = (int)(e8t_u64(&r) % 7);
-        j += j >= i;
-        const uint32_t ki = fbits(v[0]) * 8u + (uint32_t)(7 - i), kj = fbits(v[1]) * 8u + (uint32_t)(7 - j);
-        const int want = fabsf(v[0]) > fabsf(v[1]) || (fabsf(v[0]) == fabsf(v[1]) && i < j);
-        assert_int_equal(ki > kj, want);
-        n++;
-    }
-    printf("integer fix-up keys: %ld pairs ordered as |residual|, ties to the first index\n", n);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_key_order),
-        cmocka_unit_test(test_keyfix_equals_ref),
+        cmocka_unit_test(test_fast_path_equals_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,7 +22,7 @@ for t in test_e8cu_kernels test_e8cu_codec test_e8cu_groups test_e8cu_entropy; d
   step "$t" 40 $B/bin/$t
 done
 step "e8cu_bench --sweep-knobs" 60 $B/bin/e8cu_bench --out $OUT/gpu.json --sweep-enc-only \
-  --sweep-knobs "${KNOBS:-E8CU_KEYFIX=0+E8CU_SPREAD=0 E8CU_KEYFIX=0 E8CU_SPREAD=0 default}"
+  --sweep-knobs "${KNOBS:-E8CU_CREGS=0 default E8CU_CREGS=0 default}"
 M=smsp__inst_executed.sum,smsp__thread_inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__cycles_active.avg,gpu__time_duration.sum,smsp__inst_executed_pipe_alu.sum,smsp__inst_executed_pipe_fma.sum,smsp__inst_executed_pipe_fmaheavy.sum,smsp__inst_executed_pipe_lsu.sum,smsp__inst_executed_pipe_uniform.sum,smsp__inst_executed_pipe_xu.sum,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_shared_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active
 step "ncu (launch 9, default)" 30 ncu --clock-control none -k regex:e8cu_quantize_kernel -s 8 -c 1 --metrics $M $B/bin/e8cu_bench --quant-only --reps 1 --out /tmp/n1.json
 echo "=== total $((SECONDS - t0)) s" >>$L
