@@ -227,9 +227,10 @@ def prefill(model, input_ids, attention_mask=None, cache=None, *, decider=None,
     1 (default) computes only the last position's logits, which is what an engine's prefill
     needs for the next token (all T positions in fp32 are T x vocab x 4 bytes: 1.6 GB at 8K
     tokens for SmolLM2's 49152-token vocabulary, and the LM head's time); 0 = every
-    position (teacher forcing, perplexity). ``decider`` (an e8kv.decide.Decider, e.g. a Restored's ``.decider``): the forward
-    is timed (the device synchronized) and recorded there: as a prefill of B x T tokens over
-    an empty cache, else as the forward of B x T tokens over a cache of its length. For a
+    position (teacher forcing, perplexity). ``decider`` (an e8kv.decide.Decider, e.g. a
+    Restored's ``.decider``): the forward is timed (the device synchronized) and recorded
+    there: as a prefill of B x T tokens over an empty cache, else as the forward of B x T
+    tokens over a cache of its length. For a
     model with sliding-window layers the cache keeps every token (module doc)."""
     if cache is None and _has_sliding(model):
         cache = _empty_cache(model)
