@@ -22,7 +22,7 @@ LIBS += $(STORE_LIB)
 STORE_TEST_DIR   := $(BUILD)/tests/store
 STORE_TEST_UTIL  := $(BUILD)/obj/tests/store/store_test_util.o
 STORE_TEST_NAMES := test_store_basic test_store_evict test_store_fault test_store_concurrency test_store_crash \
-                    test_store_space
+                    test_store_space test_store_purge
 STORE_TESTS      := $(addprefix $(STORE_TEST_DIR)/,$(STORE_TEST_NAMES))
 STORE_TEST_OBJS  := $(patsubst %,$(BUILD)/obj/tests/store/%.o,$(STORE_TEST_NAMES)) $(STORE_TEST_UTIL)
 

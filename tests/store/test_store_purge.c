@@ -1,0 +1,108 @@
+/* test_store_purge.c: e8s_purge_unlisted (store_purge.c), the store side of PurgeUnlisted /
+ * `e8kvctl gc`: deletes every chunk of one namespace that no session lists, across several
+ * write transactions (1024 chunks each), keeping (and reporting once each) the chunks a lookup
+ * lease holds, and never touching session-listed chunks or another namespace. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/store/store_test_util.h"
+
+#define CT 4           /* tokens per chunk */
+#define PB 64          /* payload bytes */
+#define CHAINS 6
+#define PER_CHAIN 450  /* 2700 chunks: three batches of 1024 */
+
+typedef struct held_log {
+  uint8_t (*keys)[32];
+  size_t n, cap;
+} held_log;
+
+static void on_held(void *ctx, const uint8_t key[E8S_KEY_BYTES]) {
+  held_log *h = ctx;
+  assert_true(h->n < h->cap);
+  memcpy(h->keys[h->n++], key, 32);
+}
+
+static uint64_t ns_chunks(tu_env *env, uint32_t ns_id) {
+  e8s_ns_info ni;
+  assert_int_equal(e8s_ns_get_by_id(env->st, ns_id, &ni), E8S_OK);
+  return ni.chunks;
+}
+
+static void test_purge_unlisted(void **state) {
+  tu_env *env = *state;
+  static uint32_t tok[CHAINS][PER_CHAIN * CT];
+  static uint8_t keys[CHAINS][PER_CHAIN][32];
+  for (uint32_t c = 0; c < CHAINS; c++) {
+    tu_tokens(tok[c], PER_CHAIN * CT, 10 + c);
+    assert_int_equal(tu_put_chain(env, tok[c], PER_CHAIN, CT, 1000 * c, PB, keys[c]), E8S_OK);
+  }
+  /* another namespace with chunks of its own: untouched */
+  e8s_ns_info other;
+  uint8_t salt2[32];
+  for (int i = 0; i < 32; i++) salt2[i] = (uint8_t)(i + 99);
+  assert_int_equal(e8s_ns_create(env->st, "other", salt2, 0, &other), E8S_OK);
+  uint32_t ns1 = env->ns;
+  uint8_t salt1[32];
+  memcpy(salt1, env->salt, 32);
+  env->ns = other.id;
+  memcpy(env->salt, salt2, 32);
+  assert_int_equal(tu_put_chain(env, tok[0], 20, CT, 7, PB, NULL), E8S_OK);
+  env->ns = ns1;
+  memcpy(env->salt, salt1, 32);
+  /* chain 0's first 100 chunks are listed by a session; chunks 0..149 leased by a lookup */
+  assert_int_equal(e8s_session_create(env->st, ns1, "s", env->fp, NULL, 0, 0), E8S_OK);
+  assert_int_equal(e8s_session_append(env->st, ns1, "s", (const uint8_t(*)[32])keys[0], 100),
+                   E8S_OK);
+  static uint8_t got[150][32];
+  e8s_lookup_result lr;
+  assert_int_equal(e8s_lookup(env->st, ns1, env->fp, tok[0], 150 * CT, CT, E8S_LOOKUP_PIN, got,
+                              150, &lr), E8S_OK);
+  assert_int_equal(lr.n_chunks, 150);
+  assert_int_equal(ns_chunks(env, ns1), CHAINS * PER_CHAIN);
+
+  held_log h = {calloc(CHAINS * PER_CHAIN, 32), 0, CHAINS * PER_CHAIN};
+  e8s_purge_report rep;
+  assert_int_equal(e8s_purge_unlisted(env->st, ns1, on_held, &h, &rep), E8S_OK);
+  assert_int_equal(rep.chunks_purged, CHAINS * PER_CHAIN - 150);
+  assert_int_equal(rep.chunks_held, 50);
+  assert_int_equal(rep.bytes_purged % rep.chunks_purged, 0);
+  assert_true(rep.bytes_purged >= rep.chunks_purged * PB);
+  /* each held chunk once: exactly chain 0's chunks 100..149 */
+  assert_int_equal(h.n, 50);
+  for (size_t i = 0; i < h.n; i++) {
+    int found = 0;
+    for (int j = 100; j < 150; j++) found += memcmp(h.keys[i], keys[0][j], 32) == 0;
+    assert_int_equal(found, 1);
+    for (size_t k = 0; k < i; k++) assert_memory_not_equal(h.keys[i], h.keys[k], 32);
+  }
+  assert_int_equal(ns_chunks(env, ns1), 150);
+  assert_int_equal(ns_chunks(env, other.id), 20);
+  for (int j = 0; j < 100; j++) assert_int_equal(tu_check(env, keys[0][j], j, PB), E8S_OK);
+  assert_int_equal(tu_check(env, keys[1][0], 1000, PB), E8S_ERR_NOTFOUND);
+
+  /* the lease ends: the rest goes; the session keeps its 100 */
+  assert_int_equal(e8s_lease_release(env->st, lr.lease_id), E8S_OK);
+  h.n = 0;
+  assert_int_equal(e8s_purge_unlisted(env->st, ns1, on_held, &h, &rep), E8S_OK);
+  assert_int_equal(rep.chunks_purged, 50);
+  assert_int_equal(rep.chunks_held, 0);
+  assert_int_equal(h.n, 0);
+  assert_int_equal(ns_chunks(env, ns1), 100);
+  /* nothing left to do; then the session goes and its chunks become unlisted */
+  assert_int_equal(e8s_purge_unlisted(env->st, ns1, NULL, NULL, &rep), E8S_OK);
+  assert_int_equal(rep.chunks_purged, 0);
+  assert_int_equal(e8s_session_delete(env->st, ns1, "s"), E8S_OK);
+  assert_int_equal(e8s_purge_unlisted(env->st, ns1, NULL, NULL, NULL), E8S_OK);
+  assert_int_equal(ns_chunks(env, ns1), 0);
+  assert_int_equal(ns_chunks(env, other.id), 20);
+  assert_int_equal(e8s_purge_unlisted(env->st, 0, NULL, NULL, &rep), E8S_ERR_INVAL);
+  free(h.keys);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_purge_unlisted, tu_setup, tu_teardown),
+  };
+  return TU_RUN_BOTH("store_purge", tests);
+}
