@@ -57,6 +57,7 @@ typedef struct put_state {
   uint64_t batch_bytes;
   uint8_t (*keys)[E8S_KEY_BYTES];
   size_t n_keys, cap_keys;
+  size_t n_pinned;                    /* keys[0..n_pinned) read-pinned until the call ends */
   uint32_t stored, dedup;
   uint64_t tokens_total, stored_bytes;
 } put_state;
@@ -256,8 +257,16 @@ static int put_flush(put_state *s, kvd_status *st) {
     recs[i].payload_bytes = r->payload_bytes;
     recs[i].raw_bytes = raw_fp16_bytes(s, r->n_tokens); /* NamespaceStats.raw_fp16_bytes */
   }
-  int rc = kvd_commit_put(s->app->commit, s->who->ns_id, s->fp.id, recs, s->n_batch);
   size_t first = s->n_keys - s->n_batch;
+  /* a session put lists its chunks only at the end (put_session_commit): pinned before they
+   * are stored, a purge (PurgeUnlisted, a pending one) or eviction meanwhile keeps them */
+  int rc = s->has_session
+               ? e8s_keys_pin(s->app->store, (const uint8_t(*)[E8S_KEY_BYTES])s->keys + first,
+                              s->n_batch)
+               : E8S_OK;
+  if (rc == E8S_OK && s->has_session) s->n_pinned = s->n_keys;
+  if (rc == E8S_OK)
+    rc = kvd_commit_put(s->app->commit, s->who->ns_id, s->fp.id, recs, s->n_batch);
   for (size_t i = 0; rc == E8S_OK && i < s->n_batch; i++) {
     if (recs[i].existed) s->dedup++;
     else { s->stored++; s->stored_bytes += recs[i].payload_bytes; }
@@ -492,6 +501,7 @@ static void put_reply(put_state *s, kvd_status *st) {
 static void put_free(put_state *s) {
   put_batch_clear(s);
   free(s->batch);
+  e8s_keys_unpin(s->app->store, (const uint8_t(*)[E8S_KEY_BYTES])s->keys, s->n_pinned);
   free(s->keys);
   free(s->tokens);
   free(s->buf);

@@ -396,6 +396,14 @@ int e8s_chunk_open(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
 int e8s_chunk_read(e8s_chunk *ch, void *buf, uint64_t cap);
 /* Releases the read pin. NULL is a no-op. */
 void e8s_chunk_close(e8s_chunk *ch);
+/* Read pins on keys[0..n) without opening anything, stored or not (a pin of a key not stored yet
+ * holds the chunk from the moment a put stores it): e8s_chunk_delete, e8s_purge_unlisted and
+ * eviction keep a pinned chunk. For a writer that stores chunks first and lists them in a session
+ * later (e8kvd's PutChunks): without it a purge in between deletes them and the session write
+ * fails NOTFOUND. Release each with e8s_keys_unpin (pins count: pinning twice needs two). Thread
+ * safe. Errors: INVAL, NOMEM (nothing pinned then). */
+int e8s_keys_pin(e8s_store *st, const uint8_t (*keys)[E8S_KEY_BYTES], size_t n);
+void e8s_keys_unpin(e8s_store *st, const uint8_t (*keys)[E8S_KEY_BYTES], size_t n);
 /* open + read + close. *payload_bytes receives the size (also on RANGE). */
 int e8s_get(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES], void *buf,
             uint64_t cap, uint64_t *payload_bytes);

@@ -58,6 +58,26 @@ void store_pin_reader_drop(e8s_store *st, const uint8_t key[32]) {
   pthread_mutex_unlock(&st->pin_mu);
 }
 
+int e8s_keys_pin(e8s_store *st, const uint8_t (*keys)[E8S_KEY_BYTES], size_t n) {
+  if (!st || (n && !keys)) return store_err(E8S_ERR_INVAL, "keys_pin: NULL argument");
+  pthread_mutex_lock(&st->pin_mu);
+  size_t i = 0;
+  for (; i < n; i++) {
+    store_pin *p = pin_find(st, keys[i], 1);
+    if (!p) break;
+    p->readers++;
+  }
+  pthread_mutex_unlock(&st->pin_mu);
+  if (i == n) return E8S_OK;
+  e8s_keys_unpin(st, keys, i);
+  return store_err(E8S_ERR_NOMEM, "keys_pin: no memory");
+}
+
+void e8s_keys_unpin(e8s_store *st, const uint8_t (*keys)[E8S_KEY_BYTES], size_t n) {
+  if (!st || !keys) return;
+  for (size_t i = 0; i < n; i++) store_pin_reader_drop(st, keys[i]);
+}
+
 int store_pin_is_pinned(e8s_store *st, const uint8_t key[32], uint64_t now_ms) {
   pthread_mutex_lock(&st->pin_mu);
   store_pin *p = pin_find(st, key, 0);

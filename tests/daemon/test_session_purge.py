@@ -151,3 +151,61 @@ def test_purge_unlisted_deletes_what_no_session_lists(daemon):
     r = s.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)    # nothing left to purge
     assert (r.chunks_purged, r.chunks_pending, r.bytes_purged) == (0, 0, 0)
     assert n_chunks(s) == 2
+
+
+def paused_put(s, fp, name, first, rest, gate, results):
+    """A session put whose stream stops after `first` (stored in batches meanwhile) until gate
+    is set; results gets ('ok', response) or ('err', code, details)."""
+    def msgs():
+        yield from put_msgs(raw_header(fp, CT, session=name, create_session=True), first)
+        gate.wait(120)
+        for m in put_msgs(raw_header(fp, CT), rest):
+            if m.HasField("header"):
+                continue
+            yield m
+    try:
+        results.append(("ok", s.PutChunks(msgs(), timeout=180)))
+    except Exception as e:  # grpc.RpcError
+        results.append(("err", e.code(), e.details()))
+
+
+def wait_until(cond, limit_s=60):
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < limit_s:
+        time.sleep(0.1)
+    return cond()
+
+
+def test_purge_unlisted_spares_the_chunks_of_a_session_put_in_flight():
+    """Adversarial (session 6): a session put stores its chunks batch by batch and lists them
+    only when the stream ends; a PurgeUnlisted (or a pending purge) in between deleted the
+    stored batches, and the put then failed NOT_FOUND 'session_append: chunk 0 not stored'."""
+    import threading
+    d = Daemon(extra=["--put-batch-bytes=64K"])
+    try:
+        s, fp = d.stub, fingerprint()
+        toks = list(range(48 * CT))
+        chunks = chunks_of(toks, 11)
+        gate, res = threading.Event(), []
+        t = threading.Thread(target=paused_put, args=(s, fp, "big", chunks[:40], chunks[40:],
+                                                      gate, res))
+        t.start()
+        try:
+            assert wait_until(lambda: n_chunks(s) > 0)   # a batch is stored, not yet listed
+            r = s.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)
+            assert r.chunks_purged == 0, r
+        finally:
+            gate.set()
+            t.join(200)
+        assert res and res[0][0] == "ok", res
+        assert res[0][1].session.n_chunks == 48
+        keys = s.GetSession(kv.GetSessionRequest(name="big", include_chunk_keys=True),
+                            timeout=10).session.chunk_keys
+        assert len(keys) == 48
+        assert len(list(s.GetChunks(kv.GetChunksRequest(keys=kv.ChunkKeys(keys=list(keys))),
+                                    timeout=60))) >= 48
+        assert matched(s, fp, toks) == 48 * CT
+        r = s.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)  # pins ended with the put
+        assert (r.chunks_purged, r.chunks_pending) == (0, 0) and n_chunks(s) == 48
+    finally:
+        assert d.stop() == 0
