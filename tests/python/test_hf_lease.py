@@ -100,3 +100,35 @@ def test_hf_lease_store_extending_a_session_then_purge_purges_every_chunk(tiny, 
                     chunk_tokens=C, fingerprint=fp)
     r = client.delete_session("extend", purge_chunks=True)
     assert (r.chunks_purged, r.chunks_kept) == (4, 0), (r.chunks_purged, r.chunks_kept)
+
+
+def test_hf_store_into_a_session_when_its_looked_up_chunks_go_meanwhile(tiny, client):
+    """Adversarial (session 6): store_prefix(session=) appends the chunks its lookup found
+    stored (AppendSession) instead of sending them again; that lookup pins nothing now, so an
+    `e8kvctl gc` (PurgeUnlisted), a pending purge or eviction may delete those unlisted chunks
+    before the append. store_prefix then raised NotFound ('tokens [0, 12) of the session are
+    not stored'); now it looks up again and sends what is missing, as after a session changed
+    meanwhile."""
+    from e8kv.v1 import kvstore_pb2 as pb
+    fp = hf.model_fingerprint(tiny, model_id="lease-gone")
+    ids = ids_of(N, 11)
+    cache = hf.prefill(tiny, ids[None])[1]
+    hf.store_prefix(client, tiny, ids, cache, chunk_tokens=C, fingerprint=fp)  # no session
+    real, calls = client.lookup, []
+
+    def lookup_then_gc(*a, **kw):
+        r = real(*a, **kw)
+        if not calls:   # the first look-up of store_prefix: the chunks go right after it
+            calls.append(r.matched_tokens)
+            client._call("PurgeUnlisted", pb.PurgeUnlistedRequest())
+        return r
+    client.lookup = lookup_then_gc
+    try:
+        r = hf.store_prefix(client, tiny, ids, cache, session="gone", chunk_tokens=C,
+                            fingerprint=fp)
+    finally:
+        del client.lookup
+    assert calls == [N]
+    assert r[0]["chunks_written"] == 3
+    assert client.get_session("gone").n_tokens == N
+    purge_takes_all(client, "gone")

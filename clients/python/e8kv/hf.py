@@ -504,7 +504,14 @@ def _store_row(client, fp, layers, b, tokens, cols, session, C, coder, session_m
         _check_session_prefix(client, fp, session, tokens, keys, F, S, C)
         if S % C == 0 and S < M:           # stored chunks the session lacks: no data to send
             with _stale_as_aborted(client, session, S):
-                client.append_session(session, tokens[S:M], expect_session_tokens=S)
+                try:
+                    client.append_session(session, tokens[S:M], expect_session_tokens=S)
+                except errors.NotFound as e:
+                    # the lookup pins nothing (no_lease): chunks it found that a purge or
+                    # eviction took since are the same case as a session changed meanwhile
+                    if "are not stored" in e.message:
+                        raise errors.Aborted(e.code, e.message, e.method) from e
+                    raise
             S = M
         if S == n:
             return done(n)
