@@ -80,6 +80,8 @@ def main():
     fp = e8kv.hf.model_fingerprint(model, model_id="tiny" if a.tiny else
                                    "HuggingFaceTB/SmolLM2-135M-Instruct")
     with e8kv.Client(a.address, timeout=a.timeout, stream_timeout=10 * a.timeout) as client:
+        # engine start: time prefills for policy="auto" (else its first restore does it)
+        e8kv.hf.calibrate(client, model, lengths=(32, 64), fingerprint=fp)
         for i, prompt in enumerate(PROMPTS, 1):
             ids = encode(prompt)
             t0 = time.perf_counter()
