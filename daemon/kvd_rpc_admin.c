@@ -51,6 +51,7 @@ void kvd_rpc_get_stats(kvd_app *app, kvd_call *call, const kvd_principal *who,
   ns.stored_bytes = ni.used_bytes;
   ns.tokens = ni.tokens;
   ns.raw_fp16_bytes = ni.raw_bytes; /* PutChunks gives each chunk's fp16 K+V size */
+  ns.chunks_purge_pending = app->purge ? kvd_purge_pending(app->purge, who->ns_id) : 0;
   /* bits per stored KV element: an fp16 element is 2 bytes */
   ns.bpe = ni.raw_bytes ? (double)ni.used_bytes * 8.0 / (double)(ni.raw_bytes / 2) : 0.0;
   E8kv__V1__GetStatsResponse r;

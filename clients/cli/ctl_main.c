@@ -54,7 +54,10 @@ static const ctl_optdef ctl_ls_opts[] = {
 
 static const ctl_optdef ctl_rm_opts[] = {
     {CTL_O_PURGE, "purge", 0, NULL, NULL,
-     "also delete the session's chunks that no other session pins (no restore finds them)"},
+     "also delete the session's chunks that no other session lists (no restore finds them)"},
+    {CTL_O_WAIT, "wait", 0, "SECONDS", "no wait",
+     "with --purge: return only when no purge of the namespace waits for a read or lookup "
+     "lease any more (exit 1 if some still do after SECONDS, 1..3600)"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
 static const ctl_optdef ctl_import_opts[] = {

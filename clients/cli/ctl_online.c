@@ -5,6 +5,7 @@
  * and prints it as JSON or for people.
  */
 #include <string.h>
+#include <time.h>
 
 #include "clients/cli/ctl_exit.h"
 #include "clients/cli/ctl_pbjson.h"
@@ -126,7 +127,30 @@ static void ctl_rm_purged_line(const char *name, long long purged, long long kep
   printf("\n");
 }
 
+/* rm --purge --wait: polls GetStats until no purge of the namespace waits for a read or a
+ * lease (NamespaceStats.chunks_purge_pending), at most `secs`. Sets *pending to what is left
+ * (0 when done); returns an exit code (a failed GetStats). */
+static int ctl_rm_wait(ctl_ctx *ctx, uint64_t secs, uint64_t *pending, double *waited) {
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    E8kv__V1__GetStatsResponse *r = NULL;
+    e8kv_error err;
+    if (e8kv_get_stats(ctx->client, &r, &err)) return ctl_error_e8kv(ctx, &err);
+    *pending = r->namespace_stats ? r->namespace_stats->chunks_purge_pending : 0;
+    e8kv_msg_free(r);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    *waited = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+    if (*pending == 0 || *waited >= (double)secs) return CTL_EXIT_OK;
+    nanosleep(&(struct timespec){0, 250000000}, NULL);
+  }
+}
+
 int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
+  uint64_t wait_s = 0;
+  if (ctl_opt_u64(ctx, CTL_O_WAIT, 0, 1, 3600, &wait_s)) return CTL_EXIT_USAGE;
+  if (wait_s && !ctx->opt[CTL_O_PURGE])
+    return ctl_error(ctx, CTL_EXIT_USAGE, "usage", "--wait needs --purge");
   json_t *done = json_array();
   int rc = CTL_EXIT_OK;
   for (int i = 0; i < argc && rc == CTL_EXIT_OK; i++) {
@@ -153,8 +177,18 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
     json_array_append_new(done, e);
     e8kv_msg_free(r);
   }
+  uint64_t left = 0;
+  double waited = 0;
+  if (wait_s && (rc = ctl_rm_wait(ctx, wait_s, &left, &waited)) != CTL_EXIT_OK) {
+    json_decref(done);
+    return rc;
+  }
   if (ctx->json) {
     json_t *o = json_pack("{s:o}", "deleted", done);
+    if (wait_s) {
+      json_object_set_new(o, "purge_pending", json_integer((json_int_t)left));
+      json_object_set_new(o, "waited_s", json_real(waited));
+    }
     ctl_out_json(stdout, o);
     json_decref(o);
   } else {
@@ -171,6 +205,12 @@ int ctl_on_rm(ctl_ctx *ctx, int argc, char **argv) {
                "deletes them)\n", name, unpinned);
     }
     json_decref(done);
+    if (wait_s && !left) printf("no purge waits for a lease any more (waited %.1f s)\n", waited);
+  }
+  if (left) {
+    fprintf(stderr, "e8kvctl: %llu chunks still wait for a read or lookup lease to end after "
+            "%.0f s; e8kvd deletes them when it does\n", (unsigned long long)left, waited);
+    return CTL_EXIT_FAILURE;
   }
   return rc;
 }

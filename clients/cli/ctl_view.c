@@ -80,6 +80,7 @@ const ctl_col ctl_cols_stat[] = {
     {"namespace.tokens", "tokens", CTL_F_INT, 0},
     {"namespace.stored_bytes", "stored", CTL_F_BYTES, 0},
     {"namespace.raw_fp16_bytes", "as fp16", CTL_F_BYTES, 0},
+    {"namespace.chunks_purge_pending", "purge pending", CTL_F_INT, 0},
     {"namespace.bpe", "bits per element", CTL_F_FLOAT, 0},
     {"hit_rate", "lookup hit rate", CTL_F_PCT, 0},
     {"store.used_bytes", "store used", CTL_F_BYTES, 0},

@@ -453,6 +453,14 @@ class E2E(unittest.TestCase):
         ctl("export", "s1", os.path.join(TMP, "s1-after-gc.e8x"))
         j, _ = ctl("gc")                           # only the pending ones can be left
         self.assertLessEqual(j["chunks_purged"] + j["chunks_pending"], pending)
+        # rm --purge --wait: returns once no purge of the namespace waits for a lease (gc's
+        # pending ones from test_00's 30 s leases, if they are still there)
+        ctl("bench", "--session", "waited", "--chunks", "1", *SHAPE)
+        j, _ = ctl("rm", "--purge", "--wait", "120", "waited")
+        self.assertEqual((j["deleted"][0]["chunks_purged"], j["purge_pending"]), (1, 0))
+        self.assertEqual(ctl("stat")[0]["namespace"]["chunks_purge_pending"], 0)
+        ctl("rm", "--wait", "5", "s1", expect=USAGE)      # --wait needs --purge
+        ctl("show", "s1")                                # and nothing was deleted
         out, _ = ctl("gc", json_out=False)
         self.assertIn("chunks purged", out)
 

@@ -34,6 +34,10 @@ def n_chunks(s):
     return s.GetStats(kv.GetStatsRequest(), timeout=10).namespace_stats.chunks
 
 
+def pending(s):
+    return s.GetStats(kv.GetStatsRequest(), timeout=10).namespace_stats.chunks_purge_pending
+
+
 def test_delete_keeps_chunks_and_purge_deletes_what_nothing_else_pins(daemon):
     s, fp = daemon.stub, fingerprint()
     toks = list(range(3 * CT))
@@ -90,9 +94,10 @@ def test_purge_of_leased_chunks_happens_when_the_lease_is_released(daemon):
     code, _ = code_of(s.GetSession, kv.GetSessionRequest(name="leased"), timeout=10)
     assert code == C.NOT_FOUND
     assert n_chunks(s) == 2                       # the lease (30 s by default) still holds them
+    assert pending(s) == 2
     assert len(release(s, lk)) >= 2               # the restore that held the lease finishes
     # GetChunks runs the pending purges of its namespace before it ends: no waiting needed
-    assert n_chunks(s) == 0 and matched(s, fp, toks) == 0
+    assert n_chunks(s) == 0 and matched(s, fp, toks) == 0 and pending(s) == 0
 
 
 def test_purge_of_leased_chunks_happens_when_the_lease_expires():
@@ -106,6 +111,7 @@ def test_purge_of_leased_chunks_happens_when_the_lease_expires():
         # the lease may already have expired on a slow machine: then purged at once
         assert r.chunks_purged + r.chunks_pending == 3 and r.chunks_kept == r.chunks_pending
         assert wait_chunks(s, 0) == 0             # the maintenance thread, after expiry
+        assert pending(s) == 0
         assert matched(s, fp, toks) == 0
         assert d.alive()
     finally:
