@@ -415,14 +415,15 @@ class Client:
         """Ends the lease of ``lookup`` (a LookupResponse) now; returns whether it had one.
         The .proto has no call of its own for this: it is a GetChunks of the first matched
         chunk's first layer (frames as stored, a few KB) carrying release_lease, which e8kvd
-        ends whatever the read's outcome (a chunk gone meanwhile: NotFound, ignored here)."""
+        ends whatever the read's outcome (a chunk gone or corrupt meanwhile: NotFound or
+        DataLoss, ignored here: the lease ended all the same)."""
         if not lookup.lease or not lookup.chunk_keys:
             return False
         try:
             for _ in self.get_chunk_pieces([lookup.chunk_keys[0]], layer_begin=0, layer_end=1,
                                            release_lease=lookup.lease, timeout=timeout):
                 pass
-        except errors.NotFound:
+        except (errors.NotFound, errors.DataLoss):
             pass
         return True
 
