@@ -426,6 +426,14 @@ typedef void (*e8s_key_fn)(void *ctx, const uint8_t key[E8S_KEY_BYTES]);
  * was committed stays deleted). Errors: INVAL (ns_id 0), READONLY, NOMEM, index errors. */
 int e8s_purge_unlisted(e8s_store *st, uint32_t ns_id, e8s_key_fn held, void *ctx,
                        e8s_purge_report *rep);
+/* e8s_chunk_delete of each (ns_ids[i], keys[i]), up to 1024 per write transaction (one index
+ * commit each instead of one per chunk). results[i]: E8S_OK (deleted), E8S_ERR_NOTFOUND, or
+ * E8S_ERR_BUSY (pinned; session_refs[i], when session_refs is not NULL, says how many
+ * sessions list it: 0 = only a read or a lookup lease holds it). Returns E8S_OK, or the error
+ * that stopped it (READONLY, NOMEM, index errors): results of the chunks it did not reach are
+ * that error. */
+int e8s_chunks_delete(e8s_store *st, const uint32_t *ns_ids, const uint8_t (*keys)[E8S_KEY_BYTES],
+                      size_t n, int *results, uint32_t *session_refs);
 
 /* ---------------------------------------------------------------- sessions */
 typedef struct e8s_session_info {

@@ -104,3 +104,55 @@ int e8s_purge_unlisted(e8s_store *st, uint32_t ns_id, e8s_key_fn held, void *ctx
   free(c.held);
   return e;
 }
+
+/* ---------------------------------------------------------------- e8s_chunks_delete */
+typedef struct mdel_ctx {
+  const uint32_t *ns;
+  const uint8_t (*keys)[32];
+  size_t n;
+  int *res;
+  uint32_t *refs;
+  store_retire_list rs;
+} mdel_ctx;
+
+static int mdel_fn(e8s_store *st, MDB_txn *txn, void *vc) {
+  mdel_ctx *c = vc;
+  c->rs.n = 0;
+  uint64_t now = store_mono_ms();
+  for (size_t i = 0; i < c->n; i++) {
+    store_chunk_val v;
+    int e = store_chunk_get(txn, st, c->keys[i], &v);
+    if (e == E8S_OK && v.ns_id != c->ns[i]) e = E8S_ERR_NOTFOUND;
+    if (c->refs) c->refs[i] = e == E8S_OK ? v.refs : 0;
+    if (e == E8S_OK && (v.refs || store_pin_is_pinned(st, c->keys[i], now))) e = E8S_ERR_BUSY;
+    c->res[i] = e;
+    if (e == E8S_ERR_NOTFOUND || e == E8S_ERR_BUSY) continue;
+    if (e) return e;
+    uint64_t retire;
+    if ((e = store_chunk_remove(txn, st, c->keys[i], &v, 0, 0, &retire)) ||
+        (e = store_retire_add(&c->rs, retire)))
+      return e;
+  }
+  return E8S_OK;
+}
+
+int e8s_chunks_delete(e8s_store *st, const uint32_t *ns_ids, const uint8_t (*keys)[E8S_KEY_BYTES],
+                      size_t n, int *results, uint32_t *session_refs) {
+  if (!st || (n && (!ns_ids || !keys || !results)))
+    return store_err(E8S_ERR_INVAL, "chunks_delete: NULL argument");
+  int e = E8S_OK;
+  mdel_ctx c = {0};
+  for (size_t at = 0; at < n && e == E8S_OK; at += PURGE_BATCH) {
+    c.ns = ns_ids + at;
+    c.keys = keys + at;
+    c.n = n - at < PURGE_BATCH ? n - at : PURGE_BATCH;
+    c.res = results + at;
+    c.refs = session_refs ? session_refs + at : NULL;
+    e = store_wtxn_run(st, mdel_fn, &c);
+    if (e == E8S_OK) store_retire_apply(st, &c.rs); /* frees and resets the list */
+    else
+      for (size_t i = at; i < n; i++) results[i] = e; /* this batch was rolled back */
+  }
+  free(c.rs.ids);
+  return e;
+}

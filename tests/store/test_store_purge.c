@@ -100,9 +100,71 @@ static void test_purge_unlisted(void **state) {
   free(h.keys);
 }
 
+/* e8s_chunks_delete (the daemon's pending purges, many chunks per write transaction) and
+ * e8s_keys_pin (a session put pins its chunks from before they are stored until it lists
+ * them): 1500 chunks (two transactions) of which a session lists 100, a lease holds 50, keys
+ * pinned 30 (also one never stored, pinned before its put), 20 are of another namespace. */
+static void test_chunks_delete_and_keys_pin(void **state) {
+  tu_env *env = *state;
+  enum { N = 1500 };
+  static uint32_t tok[N * CT];
+  static uint8_t keys[N + 1][32];
+  static uint32_t ns[N + 1], refs[N + 1];
+  static int res[N + 1];
+  tu_tokens(tok, N * CT, 77);
+  assert_int_equal(tu_put_chain(env, tok, N, CT, 0, PB, keys), E8S_OK);
+  assert_int_equal(e8s_session_create(env->st, env->ns, "s", env->fp, NULL, 0, 0), E8S_OK);
+  assert_int_equal(e8s_session_append(env->st, env->ns, "s", (const uint8_t(*)[32])keys, 100),
+                   E8S_OK);
+  static uint8_t got[150][32];
+  e8s_lookup_result lr;
+  assert_int_equal(e8s_lookup(env->st, env->ns, env->fp, tok, 150 * CT, CT, E8S_LOOKUP_PIN, got,
+                              150, &lr), E8S_OK);
+  /* keys 150..179 pinned, and a key not stored yet (a put about to store it) */
+  uint32_t more[CT];
+  tu_tokens(more, CT, 78);
+  uint8_t fresh[32];
+  assert_int_equal(e8s_chunk_key(env->salt, env->fp, keys[N - 1], more, CT, fresh), E8S_OK);
+  memcpy(keys[N], fresh, 32);
+  assert_int_equal(e8s_keys_pin(env->st, (const uint8_t(*)[32])keys + 150, 30), E8S_OK);
+  assert_int_equal(e8s_keys_pin(env->st, (const uint8_t(*)[32])keys + N, 1), E8S_OK);
+  e8s_put_rec r = {0};
+  memcpy(r.key, fresh, 32);
+  memcpy(r.parent, keys[N - 1], 32);
+  static uint8_t pay[PB];
+  r.tokens = more, r.n_tokens = CT, r.payload = pay, r.payload_bytes = PB;
+  assert_int_equal(e8s_put(env->st, env->ns, env->fp, &r, 1), E8S_OK);
+  for (int i = 0; i <= N; i++) ns[i] = i >= 1000 && i < 1020 ? env->ns + 1 : env->ns;
+  assert_int_equal(e8s_chunks_delete(env->st, ns, (const uint8_t(*)[32])keys, N + 1, res, refs),
+                   E8S_OK);
+  for (int i = 0; i <= N; i++) {
+    int want = i < 180 || i == N ? E8S_ERR_BUSY
+               : i >= 1000 && i < 1020 ? E8S_ERR_NOTFOUND : E8S_OK;
+    if (res[i] != want) fail_msg("chunk %d: %d, expected %d", i, res[i], want);
+    if (want == E8S_ERR_BUSY) assert_int_equal(refs[i], i < 100 ? 1 : 0);
+  }
+  assert_int_equal(ns_chunks(env, env->ns), 180 + 20 + 1);
+  /* pins end: the same call deletes what only they held; gone ones are NOTFOUND */
+  e8s_keys_unpin(env->st, (const uint8_t(*)[32])keys + 150, 30);
+  e8s_keys_unpin(env->st, (const uint8_t(*)[32])keys + N, 1);
+  assert_int_equal(e8s_lease_release(env->st, lr.lease_id), E8S_OK);
+  for (int i = 0; i <= N; i++) ns[i] = env->ns;
+  assert_int_equal(e8s_chunks_delete(env->st, ns, (const uint8_t(*)[32])keys, N + 1, res, NULL),
+                   E8S_OK);
+  for (int i = 0; i <= N; i++) {
+    int want = i < 100 ? E8S_ERR_BUSY : i < 180 || i == N || (i >= 1000 && i < 1020)
+                                            ? E8S_OK : E8S_ERR_NOTFOUND;
+    if (res[i] != want) fail_msg("again, chunk %d: %d, expected %d", i, res[i], want);
+  }
+  assert_int_equal(ns_chunks(env, env->ns), 100);
+  for (int j = 0; j < 100; j++) assert_int_equal(tu_check(env, keys[j], j, PB), E8S_OK);
+  assert_int_equal(e8s_chunks_delete(env->st, ns, NULL, 1, res, NULL), E8S_ERR_INVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_purge_unlisted, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_chunks_delete_and_keys_pin, tu_setup, tu_teardown),
   };
   return TU_RUN_BOTH("store_purge", tests);
 }
