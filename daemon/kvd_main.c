@@ -240,6 +240,14 @@ out:
   }
   if (maint_started) { g_stop_maint = 1; pthread_join(maint, NULL); }
   kvd_server_destroy(app.server);
+  /* no call runs any more and the leases die with the process: purges that waited for a lease
+   * happen now (the pending list is in memory only; a restart would keep those chunks) */
+  if (rc == 0 && app.purge && kvd_purge_pending(app.purge, 0)) {
+    e8s_leases_end(app.store);
+    size_t done = kvd_purge_run(app.purge, app.store);
+    KVD_INFO("purge_at_stop", "chunks_purged=%zu still_pending=%zu", done,
+             kvd_purge_pending(app.purge, 0));
+  }
   if (app.metrics) kvd_metrics_free(app.metrics);
   kvd_commit_free(app.commit);
   kvd_purge_free(app.purge);

@@ -7,8 +7,9 @@
  * releases a lease) deletes it once that pin has ended - a lease at the latest lease_ms after
  * its Lookup. A pending chunk that a session lists meanwhile (a new put of the same tokens into
  * a session) is dropped from the list and kept: sessions pin for good. The list lives in the
- * daemon's memory only: after a restart the leases are gone as well, and PurgeUnlisted
- * (`e8kvctl gc`) deletes such chunks.
+ * daemon's memory only: a clean stop ends the leases and runs the list before the store closes
+ * (kvd_main.c); after a crash the leases are gone as well, and PurgeUnlisted (`e8kvctl gc`)
+ * deletes such chunks.
  *
  * Thread safety: all functions may be called from any thread.
  */

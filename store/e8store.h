@@ -362,6 +362,9 @@ int e8s_lookup(e8s_store *st, uint32_t ns_id, const uint8_t fp_id[E8S_KEY_BYTES]
 /* Releases a lookup lease before it expires. Unknown, expired or capped-out (ended early by
  * the lease caps) ids: E8S_ERR_NOTFOUND. */
 int e8s_lease_release(e8s_store *st, uint64_t lease_id);
+/* Ends every lookup lease now, for a process about to close the store (its leases die with it;
+ * e8kvd's clean stop, so that purges waiting for them can run first). */
+void e8s_leases_end(e8s_store *st);
 
 /* ---------------------------------------------------------------- get */
 typedef struct e8s_chunk_info {

@@ -200,6 +200,10 @@ void store_lease_expire(e8s_store *st, uint64_t now_ms) {
   pthread_mutex_unlock(&st->pin_mu);
 }
 
+void e8s_leases_end(e8s_store *st) {
+  if (st) store_lease_expire(st, UINT64_MAX);
+}
+
 void store_pin_free(e8s_store *st) {
   while (st->leases) {
     store_lease *l = st->leases;

@@ -215,3 +215,29 @@ def test_purge_unlisted_spares_the_chunks_of_a_session_put_in_flight():
         assert (r.chunks_purged, r.chunks_pending) == (0, 0) and n_chunks(s) == 48
     finally:
         assert d.stop() == 0
+
+
+def test_pending_purge_happens_at_a_clean_stop():
+    """Adversarial (session 6): pending purges lived only in the daemon's memory, so a plain
+    restart (SIGTERM, e.g. an upgrade) while a lease held purged chunks kept them for good
+    (`rm --purge --wait` had said nothing was pending any more once the new process answered).
+    At a clean stop no call runs and the leases die with the process: the purges happen then."""
+    d = Daemon(extra=["--lookup-lease-ms=600000"])
+    d2 = None
+    try:
+        s, fp = d.stub, fingerprint()
+        toks = list(range(3 * CT))
+        put_session(s, fp, "held", chunks_of(toks, 21))
+        put_session(s, fp, "other", chunks_of(list(range(700, 700 + CT)), 22))
+        lookup_leased(s, fp, toks)                # a client that never released it
+        r = s.DeleteSession(kv.DeleteSessionRequest(name="held", purge_chunks=True), timeout=10)
+        assert r.chunks_pending == 3
+        assert d.stop(rm=False) == 0
+        d2 = Daemon(data=d.data)
+        s = d2.stub
+        assert n_chunks(s) == 1 and matched(s, fp, toks) == 0
+        assert s.GetSession(kv.GetSessionRequest(name="other"), timeout=10).session.n_chunks == 1
+    finally:
+        if d2:
+            assert d2.stop() == 0
+        d.stop()
