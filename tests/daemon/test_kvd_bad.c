@@ -367,6 +367,37 @@ static kvt_stream *open_locked_writer(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return NULL;
 }
 
+/* Puts session `session` (created): one chunk of 256 tokens (seed) of raw fp16 KV for model
+ * `model` (8 layers, 4 KV heads, head_dim 128), 8 MiB when read as fp32. *q (over *sr) gets a
+ * GetChunks request for it: raw fp32 in 4 KiB pieces, far more than a flow-control window. */
+static void put_big_session(kvt_conn *c, const char *model, const char *session, uint32_t seed,
+                            E8kv__V1__GetChunksRequest *q, E8kv__V1__SessionRange *sr) {
+  kvt_fp big;
+  kvt_fp_make(&big, model, 8, 4, 128);
+  uint32_t tok[256];
+  kvt_tokens(tok, 256, seed, 0);
+  size_t rl;
+  uint16_t *raw = kvt_kv_make(&big, 256, seed, &rl);
+  kvt_chunk ch = {tok, 256, (uint8_t *)raw, rl};
+  E8kv__V1__PutHeader h = header(&big, session, 1);
+  h.chunk_tokens = 256;
+  h.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+  h.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
+  E8kv__V1__PutChunksResponse *r;
+  kvt_status st;
+  assert_int_equal(kvt_put(c, &h, &ch, 1, 0, &r, &st), 0);
+  e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
+  free(raw);
+  e8kv__v1__get_chunks_request__init(q);
+  e8kv__v1__session_range__init(sr);
+  sr->session = (char *)session;
+  q->selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
+  q->range = sr;
+  q->encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+  q->dtype = E8KV__V1__DTYPE__DTYPE_FP32;
+  q->max_piece_bytes = 4096;
+}
+
 static void test_bad_clients(void **state) {
   (void)state;
   kvt_daemon d;
@@ -428,25 +459,9 @@ static void test_bad_clients(void **state) {
    * for the status without draining the stream. (A 1 ms deadline on a small read was met now
    * and then on a fast CI machine; a drain after sleep(2) could beat a late deadline timer on
    * a loaded one.) 3 s: the first piece comes within ms, > 100x margin on a loaded machine. */
-  kvt_fp big;
-  kvt_fp_make(&big, "test/deadline", 8, 4, 128);
-  uint32_t btok[256];
-  kvt_tokens(btok, 256, 43, 0);
-  size_t brl;
-  uint16_t *braw = kvt_kv_make(&big, 256, 43, &brl);
-  kvt_chunk bch = {btok, 256, (uint8_t *)braw, brl};
-  E8kv__V1__PutHeader hb = header(&big, "deadline", 1);
-  hb.chunk_tokens = 256;
-  hb.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-  hb.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
-  assert_int_equal(kvt_put(c, &hb, &bch, 1, 0, &r, &st), 0);
-  e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
-  free(braw);
-  E8kv__V1__GetChunksRequest bq = gq;
-  E8kv__V1__SessionRange bsr = sr;
-  bsr.session = "deadline";
-  bq.range = &bsr;
-  bq.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
+  E8kv__V1__GetChunksRequest bq;
+  E8kv__V1__SessionRange bsr;
+  put_big_session(c, "test/deadline", "deadline", 43, &bq, &bsr);
   kvt_conn *cs = kvt_connect_small_window(d.target);
   g = kvt_open(cs, KVT_SVC "GetChunks", 3000);
   kvt_send(g, &bq.base);
@@ -520,29 +535,9 @@ static void test_max_call_ms(void **state) {
   assert_true(kvt_now_s() - t0 < 10);
   kvt_free(s);
   /* a reader that takes one piece and then stops reading */
-  kvt_fp big;
-  kvt_fp_make(&big, "test/slow-reader", 8, 4, 128);
-  uint32_t tok[256];
-  kvt_tokens(tok, 256, 42, 0);
-  size_t rl;
-  uint16_t *raw = kvt_kv_make(&big, 256, 42, &rl);
-  kvt_chunk ch = {tok, 256, (uint8_t *)raw, rl};
-  E8kv__V1__PutHeader hb = header(&big, "slow-read", 1);
-  hb.chunk_tokens = 256;
-  hb.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-  hb.raw_dtype = E8KV__V1__DTYPE__DTYPE_FP16;
-  assert_int_equal(kvt_put(c, &hb, &ch, 1, 0, &r, &st), 0);
-  e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
-  E8kv__V1__GetChunksRequest gq;
+  E8kv__V1__GetChunksRequest gq; /* 4096 pieces: far more than the flow-control window */
   E8kv__V1__SessionRange sr;
-  e8kv__v1__get_chunks_request__init(&gq);
-  e8kv__v1__session_range__init(&sr);
-  sr.session = "slow-read";
-  gq.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
-  gq.range = &sr;
-  gq.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-  gq.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
-  gq.max_piece_bytes = 4096; /* 4096 pieces: far more than the flow-control window */
+  put_big_session(c, "test/slow-reader", "slow-read", 42, &gq, &sr);
   /* The reader's channel keeps a 64 KiB receive window (with gRPC's BDP probing the whole
    * 8 MiB could be buffered on a fast machine and the call end OK before 1 s). After one piece
    * the reader waits until the daemon has ended the call (GetStats: no other call in flight)
@@ -567,7 +562,6 @@ static void test_max_call_ms(void **state) {
   uint64_t n;
   assert_int_equal(session_tokens(c, "slow", &n), 0);
   assert_int_equal(n, CT);
-  free(raw);
   chunk_free(&c0);
   kvt_close(c);
   assert_int_equal(kvt_daemon_stop(&d), 0);
