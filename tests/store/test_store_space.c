@@ -155,6 +155,26 @@ static int fill(tu_env *env, uint8_t (*keys)[32], int *acked, int *n_tried) {
   return n_ok;
 }
 
+/* Fills the disk of 1 MiB segments (use_big_segments) as fill does; more than min_ok sessions
+ * must be stored. Returns how many were. */
+static int fill_big(tu_env *env, uint8_t (*keys)[32], int *acked, int *n_tried, int min_ok) {
+  use_big_segments(env);
+  int ok = fill(env, keys, acked, n_tried);
+  assert_true(ok > min_ok);
+  return ok;
+}
+
+/* Deletes every other stored session (s1, s3, ... of the first n, on the full disk); how many. */
+static int delete_every_other(tu_env *env, int *acked, int n) {
+  int deleted = 0;
+  for (int i = 1; i < n; i += 2) {
+    if (!acked[i]) continue;
+    delete_session(env, i, acked);
+    deleted++;
+  }
+  return deleted;
+}
+
 static void check_kept(tu_env *env, uint8_t (*keys)[32], const int *acked, int n, int from) {
   for (int i = from; i < n; i++) {
     e8s_chunk_info ci;
@@ -287,13 +307,8 @@ static void test_full_disk_failed_compact_leaves_nothing(void **state) {
   static int acked[MAX_PUTS];
   int n;
   e8s_test_no_punch(1); /* else the dead records' blocks come back and Compact finds room */
-  use_big_segments(env);
-  int ok = fill(env, keys, acked, &n);
-  assert_true(ok > 20);
-  for (int i = 1; i < n; i += 2) {
-    if (!acked[i]) continue;
-    delete_session(env, i, acked);
-  }
+  fill_big(env, keys, acked, &n, 20);
+  delete_every_other(env, acked, n);
   uint8_t key[32];
   int e = put_session(env, 5000, key);
   if (e != E8S_ERR_NOSPC || !strstr(e8s_last_error_detail(), "does not punch holes"))
@@ -352,9 +367,7 @@ static void test_full_disk_put_compacts_mostly_dead_segment(void **state) {
   static uint8_t keys[MAX_PUTS][32];
   static int acked[MAX_PUTS];
   int n;
-  use_big_segments(env);
-  int ok = fill(env, keys, acked, &n);
-  assert_true(ok > 100);
+  fill_big(env, keys, acked, &n, 100);
   for (int i = 0; i < 60; i++) { /* a segment holds 63 of these */
     if (i % 30 == 0 || !acked[i]) continue;
     delete_session(env, i, acked);
@@ -390,12 +403,7 @@ static void test_full_disk_every_other_deleted_takes_puts(void **state) {
   seg_sum sz = seg_files(env); /* 4 MiB disk: a 256 KiB reserve, so segments of 128 KiB */
   if (sz.largest > (128u << 10))
     fail_msg("a segment file of %llu bytes on a 4 MiB disk (at most 128 KiB)", sz.largest);
-  int deleted = 0;
-  for (int i = 1; i < n; i += 2) {
-    if (!acked[i]) continue;
-    delete_session(env, i, acked);
-    deleted++;
-  }
+  int deleted = delete_every_other(env, acked, n);
   int e = put_session(env, 5000, nkeys[0]);
   if (e) fail_msg("put after deleting every other session (%d of %d): %s (%s)", deleted, ok,
                   e8s_error_name(e), e8s_last_error_detail());
@@ -466,18 +474,11 @@ static void test_full_disk_big_segments_every_other_deleted_takes_puts(void **st
   static uint8_t keys[MAX_PUTS][32], nkeys[MAX_PUTS][32];
   static int acked[MAX_PUTS];
   int n;
-  use_big_segments(env);
-  int ok = fill(env, keys, acked, &n);
-  assert_true(ok > 100);
+  int ok = fill_big(env, keys, acked, &n, 100);
   seg_sum sz = seg_files(env);
   if (sz.largest < (512u << 10))
     fail_msg("largest segment %llu bytes: the old 1 MiB geometry is not in force", sz.largest);
-  int deleted = 0;
-  for (int i = 1; i < n; i += 2) {
-    if (!acked[i]) continue;
-    delete_session(env, i, acked);
-    deleted++;
-  }
+  int deleted = delete_every_other(env, acked, n);
   int e = put_session(env, 5000, nkeys[0]);
   if (e) fail_msg("put after deleting every other session (%d of %d) of 1 MiB segments: %s (%s)",
                   deleted, ok, e8s_error_name(e), e8s_last_error_detail());
@@ -593,11 +594,8 @@ static void test_full_disk_reads_while_punching(void **state) {
   static uint8_t keys[MAX_PUTS][32], nkeys[MAX_PUTS][32];
   static int acked[MAX_PUTS];
   int n;
-  use_big_segments(env);
-  int ok = fill(env, keys, acked, &n);
-  assert_true(ok > 100);
-  for (int i = 1; i < n; i += 2)
-    if (acked[i]) delete_session(env, i, acked);
+  fill_big(env, keys, acked, &n, 100);
+  delete_every_other(env, acked, n);
   reader_arg a = {.env = env, .keys = keys, .acked = acked, .n = n};
   pthread_t th[2];
   for (int t = 0; t < 2; t++) assert_int_equal(pthread_create(&th[t], NULL, reader_main, &a), 0);
@@ -657,11 +655,8 @@ static void test_full_disk_kill_while_punching(void **state) {
   static int acked[MAX_PUTS];
   static acked_msg got[200];
   int n;
-  use_big_segments(env);
-  int ok = fill(env, keys, acked, &n);
-  assert_true(ok > 100);
-  for (int i = 1; i < n; i += 2)
-    if (acked[i]) delete_session(env, i, acked);
+  fill_big(env, keys, acked, &n, 100);
+  delete_every_other(env, acked, n);
   const char *ks = getenv("E8S_SPACE_KILLS");
   int kills = ks && atoi(ks) > 0 ? atoi(ks) : 12, prev = 0, total = 0, killed = 0;
   unsigned seed = (unsigned)time(NULL);
