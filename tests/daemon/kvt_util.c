@@ -336,6 +336,16 @@ void kvt_got_free(kvt_got *g, size_t n) {
   }
 }
 
+int kvt_stats(kvt_conn *c, E8kv__V1__GetStatsResponse **resp, kvt_status *st) {
+  E8kv__V1__GetStatsRequest q;
+  e8kv__v1__get_stats_request__init(&q);
+  ProtobufCMessage *m = NULL;
+  int code = kvt_unary(c, KVT_SVC "GetStats", &q.base, &e8kv__v1__get_stats_response__descriptor,
+                       &m, st, 60000);
+  *resp = (E8kv__V1__GetStatsResponse *)m;
+  return code;
+}
+
 char *kvt_http_get(int port, const char *path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};

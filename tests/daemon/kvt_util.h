@@ -89,6 +89,10 @@ int kvt_get(kvt_conn *c, const E8kv__V1__GetChunksRequest *rq, kvt_got *out, siz
             size_t *n_out, kvt_status *st, int timeout_ms);
 void kvt_got_free(kvt_got *g, size_t n);
 
+/* GetStats of c's namespace (a 60 s deadline: kvt_hang_ms). *resp: the answer (free with
+ * e8kv__v1__get_stats_response__free_unpacked), NULL on error. Returns the status code. */
+int kvt_stats(kvt_conn *c, E8kv__V1__GetStatsResponse **resp, kvt_status *st);
+
 /* HTTP GET of the metrics page on 127.0.0.1:port; malloc'ed body or NULL. */
 char *kvt_http_get(int port, const char *path);
 

@@ -148,16 +148,12 @@ static void test_auth_namespaces(void **state) {
   assert_int_equal(kvt_unary(b, KVT_SVC "Verify", &vq.base,
                              &e8kv__v1__verify_response__descriptor, &vr, &st, 5000), 0);
   protobuf_c_message_free_unpacked(vr, NULL);
-  E8kv__V1__GetStatsRequest sq;
-  e8kv__v1__get_stats_request__init(&sq);
-  ProtobufCMessage *sr;
-  assert_int_equal(kvt_unary(a, KVT_SVC "GetStats", &sq.base,
-                             &e8kv__v1__get_stats_response__descriptor, &sr, &st, 5000), 0);
-  E8kv__V1__GetStatsResponse *s = (E8kv__V1__GetStatsResponse *)sr;
+  E8kv__V1__GetStatsResponse *s;
+  assert_int_equal(kvt_stats(a, &s, &st), 0);
   assert_string_equal(s->namespace_stats->namespace_name, "tenant-a");
   assert_int_equal(s->namespace_stats->chunks, 1);
   assert_null(s->store_stats);
-  protobuf_c_message_free_unpacked(sr, NULL);
+  e8kv__v1__get_stats_response__free_unpacked(s, NULL);
   chunk_free(&c);
   kvt_close(none); kvt_close(bad); kvt_close(a); kvt_close(b);
   assert_int_equal(kvt_daemon_stop(&d), 0);
@@ -495,17 +491,13 @@ static void test_bad_clients(void **state) {
 /* Waits until the daemon serves no call but the GetStats asking (the calls before it have
  * ended on the daemon's side, whatever the client has read of them); 60 s only bounds a hang. */
 static void wait_calls_done(kvt_conn *c) {
-  E8kv__V1__GetStatsRequest q;
-  e8kv__v1__get_stats_request__init(&q);
   for (double t0 = kvt_now_s(); kvt_now_s() - t0 < 60; usleep(20 * 1000)) {
-    ProtobufCMessage *r = NULL;
+    E8kv__V1__GetStatsResponse *g;
     kvt_status st;
-    assert_int_equal(kvt_unary(c, KVT_SVC "GetStats", &q.base,
-                               &e8kv__v1__get_stats_response__descriptor, &r, &st, 60000), 0);
-    E8kv__V1__GetStatsResponse *g = (E8kv__V1__GetStatsResponse *)r;
+    assert_int_equal(kvt_stats(c, &g, &st), 0);
     assert_non_null(g->daemon_stats);
     uint64_t n = g->daemon_stats->calls_in_flight;
-    protobuf_c_message_free_unpacked(r, NULL);
+    e8kv__v1__get_stats_response__free_unpacked(g, NULL);
     if (n <= 1) return;
   }
   fail_msg("a call was still in flight after 60 s");

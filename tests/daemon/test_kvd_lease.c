@@ -203,18 +203,15 @@ static void test_layer_frames(void **state) {
 
 static void test_stats_and_bounded_verify(void **state) {
   (void)state;
-  E8kv__V1__GetStatsRequest sq;
-  e8kv__v1__get_stats_request__init(&sq);
-  ProtobufCMessage *m = NULL;
+  E8kv__V1__GetStatsResponse *sr;
   kvt_status st;
-  assert_int_equal(kvt_unary(g_c, KVT_SVC "GetStats", &sq.base,
-                             &e8kv__v1__get_stats_response__descriptor, &m, &st, 10000), 0);
-  E8kv__V1__GetStatsResponse *sr = (E8kv__V1__GetStatsResponse *)m;
+  assert_int_equal(kvt_stats(g_c, &sr, &st), 0);
   assert_non_null(sr->store_stats);
   assert_int_equal(sr->store_stats->namespaces, 1); /* open mode: "default" */
   uint64_t chunks = sr->store_stats->chunks;
   assert_true(chunks >= 2);
-  protobuf_c_message_free_unpacked(m, NULL);
+  e8kv__v1__get_stats_response__free_unpacked(sr, NULL);
+  ProtobufCMessage *m = NULL;
   E8kv__V1__VerifyRequest vq;
   e8kv__v1__verify_request__init(&vq);
   vq.max_bytes = 1; /* the first record reaches the bound */
