@@ -70,6 +70,17 @@ def lookup_leased(s, fp, toks):
     return lk
 
 
+def leased_then_purged(s, fp, name, n, seed):
+    """Stores n chunks (seed) in session `name`, leases them by a Lookup (a restore under way)
+    and deletes the session with purge_chunks: (its tokens, the Lookup, DeleteSession's
+    response)."""
+    toks = list(range(n * CT))
+    put_session(s, fp, name, chunks_of(toks, seed))
+    lk = lookup_leased(s, fp, toks)
+    r = s.DeleteSession(kv.DeleteSessionRequest(name=name, purge_chunks=True), timeout=10)
+    return toks, lk, r
+
+
 def release(s, lk):
     """GetChunks of the leased keys with release_lease: the read and the lease end with it."""
     return list(s.GetChunks(kv.GetChunksRequest(keys=kv.ChunkKeys(keys=list(lk.chunk_keys)),
@@ -86,10 +97,7 @@ def wait_chunks(s, want, limit_s=90):
 
 def test_purge_of_leased_chunks_happens_when_the_lease_is_released(daemon):
     s, fp = daemon.stub, fingerprint()
-    toks = list(range(2 * CT))
-    put_session(s, fp, "leased", chunks_of(toks, 7))
-    lk = lookup_leased(s, fp, toks)
-    r = s.DeleteSession(kv.DeleteSessionRequest(name="leased", purge_chunks=True), timeout=10)
+    toks, lk, r = leased_then_purged(s, fp, "leased", 2, 7)
     assert (r.chunks_purged, r.chunks_kept, r.chunks_pending) == (0, 2, 2)
     code, _ = code_of(s.GetSession, kv.GetSessionRequest(name="leased"), timeout=10)
     assert code == C.NOT_FOUND
@@ -104,10 +112,7 @@ def test_purge_of_leased_chunks_happens_when_the_lease_expires():
     d = Daemon(extra=["--lookup-lease-ms=1000"])
     try:
         s, fp = d.stub, fingerprint()
-        toks = list(range(3 * CT))
-        put_session(s, fp, "x", chunks_of(toks, 3))
-        lookup_leased(s, fp, toks)                # never released: a client that died
-        r = s.DeleteSession(kv.DeleteSessionRequest(name="x", purge_chunks=True), timeout=10)
+        toks, _, r = leased_then_purged(s, fp, "x", 3, 3)  # never released: a client that died
         # the lease may already have expired on a slow machine: then purged at once
         assert r.chunks_purged + r.chunks_pending == 3 and r.chunks_kept == r.chunks_pending
         assert wait_chunks(s, 0) == 0             # the maintenance thread, after expiry
@@ -120,10 +125,7 @@ def test_purge_of_leased_chunks_happens_when_the_lease_expires():
 
 def test_pending_purge_spares_a_chunk_a_session_lists_again(daemon):
     s, fp = daemon.stub, fingerprint()
-    toks = list(range(2 * CT))
-    put_session(s, fp, "first", chunks_of(toks, 9))
-    lk = lookup_leased(s, fp, toks)
-    r = s.DeleteSession(kv.DeleteSessionRequest(name="first", purge_chunks=True), timeout=10)
+    toks, lk, r = leased_then_purged(s, fp, "first", 2, 9)
     assert r.chunks_pending == 2
     put_session(s, fp, "again", chunks_of(toks, 9))   # the same KV stored into a new session
     release(s, lk)
