@@ -1,4 +1,5 @@
-"""Fixtures of the Python tests: a real e8kvd on a temporary directory, and SmolLM2.
+"""Fixtures of the Python tests: a real e8kvd on a temporary directory, a tiny random Llama
+and SmolLM2.
 
 e8kvd is $E8KVD, else $E8KV_BUILD/bin/e8kvd, else build/bin/e8kvd of the checkout (`make`
 builds it; `make test` passes E8KV_BUILD). A missing daemon or model is a test failure with
@@ -87,6 +88,18 @@ def daemon(tmp_path_factory):
 def client(daemon):
     with e8kv.Client(daemon.address, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A tiny random Llama (2 layers, 2 heads, 1 KV head, head_dim 32, vocab 64; seed 0, eval
+    mode, no download): one per test module."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=32, intermediate_size=64, vocab_size=64, max_position_embeddings=256)).eval()
 
 
 # --------------------------------------------------------------------------- SmolLM2

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import e8kv
 import e8kv.hf as hf
@@ -21,25 +20,17 @@ from conftest import Daemon
 C = 4
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=32, intermediate_size=64, vocab_size=64, max_position_embeddings=256)).eval()
-
-
 @pytest.fixture
-def hung(tmp_path, tiny):
+def hung(tmp_path, tiny_llama):
     """(address, fingerprint, stored ids): a daemon holding 12 tokens, then SIGSTOPped;
     SIGCONT and a clean stop after the test."""
     d = Daemon(tmp_path)
     try:
-        fp = hf.model_fingerprint(tiny, model_id="hung")
+        fp = hf.model_fingerprint(tiny_llama, model_id="hung")
         ids = torch.arange(12) % 64
         with e8kv.Client(d.address, timeout=60) as c:
-            hf.store_prefix(c, tiny, ids, hf.prefill(tiny, ids[None])[1], chunk_tokens=C,
-                            fingerprint=fp)
+            hf.store_prefix(c, tiny_llama, ids, hf.prefill(tiny_llama, ids[None])[1],
+                            chunk_tokens=C, fingerprint=fp)
         d.proc.send_signal(signal.SIGSTOP)
         yield d.address, fp, ids
     finally:
@@ -64,27 +55,27 @@ def engine_step(client, model, fp, ids):
         return "fallback", logits[:, -1]
 
 
-def test_hf_hung_daemon_restore_falls_back_per_the_readme(hung, tiny):
+def test_hf_hung_daemon_restore_falls_back_per_the_readme(hung, tiny_llama):
     address, fp, ids = hung
     prompt = torch.cat([ids, torch.tensor([5, 6, 7])])
     with e8kv.Client(address, timeout=1.0) as c:
         t0 = time.monotonic()
-        decision, logits = engine_step(c, tiny, fp, prompt)
+        decision, logits = engine_step(c, tiny_llama, fp, prompt)
         took = time.monotonic() - t0
     assert decision == "fallback"
     assert took < 60, took          # a hang bound only: 2 calls of a 1 s deadline
     with torch.no_grad():
-        want = tiny(input_ids=prompt[None]).logits[:, -1]
+        want = tiny_llama(input_ids=prompt[None]).logits[:, -1]
     torch.testing.assert_close(logits, want)
 
 
-def test_hf_hung_daemon_errors_are_unavailable(hung, tiny):
+def test_hf_hung_daemon_errors_are_unavailable(hung, tiny_llama):
     address, fp, ids = hung
     with e8kv.Client(address, timeout=1.0) as c:
         with pytest.raises(e8kv.Unavailable) as ei:
-            hf.restore_prefix(c, tiny, ids, chunk_tokens=C, fingerprint=fp)
+            hf.restore_prefix(c, tiny_llama, ids, chunk_tokens=C, fingerprint=fp)
         assert isinstance(ei.value, e8kv.DeadlineExceeded)     # still told apart
         assert "no answer from e8kvd" in ei.value.message, ei.value.message
         with pytest.raises(e8kv.Unavailable):
-            hf.store_prefix(c, tiny, ids, hf.prefill(tiny, ids[None])[1], chunk_tokens=C,
-                            fingerprint=fp)
+            hf.store_prefix(c, tiny_llama, ids, hf.prefill(tiny_llama, ids[None])[1],
+                            chunk_tokens=C, fingerprint=fp)
