@@ -364,10 +364,13 @@ static kvt_stream *open_locked_writer(kvt_conn *c, const E8kv__V1__PutHeader *h,
 }
 
 /* Puts session `session` (created): one chunk of 256 tokens (seed) of raw fp16 KV for model
- * `model` (8 layers, 4 KV heads, head_dim 128), 8 MiB when read as fp32. *q (over *sr) gets a
- * GetChunks request for it: raw fp32 in 4 KiB pieces, far more than a flow-control window. */
-static void put_big_session(kvt_conn *c, const char *model, const char *session, uint32_t seed,
-                            E8kv__V1__GetChunksRequest *q, E8kv__V1__SessionRange *sr) {
+ * `model` (8 layers, 4 KV heads, head_dim 128), 8 MiB when read as fp32. Then a reader that
+ * stops reading: GetChunks of it (raw fp32 in 4 KiB pieces, far more than a flow-control
+ * window) on a new channel to `target` with a 64 KiB receive window (*cs, kvt_connect_small_window;
+ * close it after the stream) and a deadline of timeout_ms; the first piece read. The stream. */
+static kvt_stream *big_session_reader(kvt_conn *c, const char *model, const char *session,
+                                      uint32_t seed, const char *target, int timeout_ms,
+                                      kvt_conn **cs) {
   kvt_fp big;
   kvt_fp_make(&big, model, 8, 4, 128);
   uint32_t tok[256];
@@ -384,14 +387,25 @@ static void put_big_session(kvt_conn *c, const char *model, const char *session,
   assert_int_equal(kvt_put(c, &h, &ch, 1, 0, &r, &st), 0);
   e8kv__v1__put_chunks_response__free_unpacked(r, NULL);
   free(raw);
-  e8kv__v1__get_chunks_request__init(q);
-  e8kv__v1__session_range__init(sr);
-  sr->session = (char *)session;
-  q->selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
-  q->range = sr;
-  q->encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-  q->dtype = E8KV__V1__DTYPE__DTYPE_FP32;
-  q->max_piece_bytes = 4096;
+  E8kv__V1__GetChunksRequest q;
+  E8kv__V1__SessionRange sr;
+  e8kv__v1__get_chunks_request__init(&q);
+  e8kv__v1__session_range__init(&sr);
+  sr.session = (char *)session;
+  q.selection_case = E8KV__V1__GET_CHUNKS_REQUEST__SELECTION_RANGE;
+  q.range = &sr;
+  q.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
+  q.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
+  q.max_piece_bytes = 4096;
+  *cs = kvt_connect_small_window(target);
+  kvt_stream *g = kvt_open(*cs, KVT_SVC "GetChunks", timeout_ms);
+  kvt_send(g, &q.base);
+  kvt_close_send(g);
+  uint8_t *b;
+  size_t len;
+  assert_int_equal(kvt_recv(g, &b, &len), 1);
+  free(b);
+  return g;
 }
 
 static void test_bad_clients(void **state) {
@@ -455,15 +469,8 @@ static void test_bad_clients(void **state) {
    * for the status without draining the stream. (A 1 ms deadline on a small read was met now
    * and then on a fast CI machine; a drain after sleep(2) could beat a late deadline timer on
    * a loaded one.) 3 s: the first piece comes within ms, > 100x margin on a loaded machine. */
-  E8kv__V1__GetChunksRequest bq;
-  E8kv__V1__SessionRange bsr;
-  put_big_session(c, "test/deadline", "deadline", 43, &bq, &bsr);
-  kvt_conn *cs = kvt_connect_small_window(d.target);
-  g = kvt_open(cs, KVT_SVC "GetChunks", 3000);
-  kvt_send(g, &bq.base);
-  kvt_close_send(g);
-  assert_int_equal(kvt_recv(g, &b, &len), 1);
-  free(b);
+  kvt_conn *cs;
+  g = big_session_reader(c, "test/deadline", "deadline", 43, d.target, 3000, &cs);
   assert_int_equal(kvt_wait_status(g, &st), 4 /* DEADLINE_EXCEEDED */);
   kvt_free(g);
   kvt_close(cs);
@@ -526,25 +533,16 @@ static void test_max_call_ms(void **state) {
   assert_non_null(strstr(st.msg, "--max-call-ms"));
   assert_true(kvt_now_s() - t0 < 10);
   kvt_free(s);
-  /* a reader that takes one piece and then stops reading */
-  E8kv__V1__GetChunksRequest gq; /* 4096 pieces: far more than the flow-control window */
-  E8kv__V1__SessionRange sr;
-  put_big_session(c, "test/slow-reader", "slow-read", 42, &gq, &sr);
-  /* The reader's channel keeps a 64 KiB receive window (with gRPC's BDP probing the whole
+  /* a reader that takes one piece and then stops reading (4096 pieces: far more than the
+   * flow-control window). The reader's channel keeps a 64 KiB receive window (with gRPC's BDP probing the whole
    * 8 MiB could be buffered on a fast machine and the call end OK before 1 s). After one piece
    * the reader waits until the daemon has ended the call (GetStats: no other call in flight)
    * and only then drains what was buffered and reads the status (gRPC gives the status only
    * after the buffered messages). The old sleep(3) + drain read everything, and the call
    * ended OK, whenever the cut came late on a loaded machine. Without the cut the call would
    * end at the client's 30 s deadline, with gRPC's own message. */
-  kvt_conn *cs = kvt_connect_small_window(d.target);
-  s = kvt_open(cs, KVT_SVC "GetChunks", 30000);
-  kvt_send(s, &gq.base);
-  kvt_close_send(s);
-  uint8_t *b;
-  size_t len;
-  assert_int_equal(kvt_recv(s, &b, &len), 1);
-  free(b);
+  kvt_conn *cs;
+  s = big_session_reader(c, "test/slow-reader", "slow-read", 42, d.target, 30000, &cs);
   wait_calls_done(c);
   assert_int_equal(kvt_finish(s, &st), 4);
   assert_non_null(strstr(st.msg, "--max-call-ms"));
