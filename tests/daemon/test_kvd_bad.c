@@ -363,6 +363,19 @@ static kvt_stream *open_locked_writer(kvt_conn *c, const E8kv__V1__PutHeader *h,
   return NULL;
 }
 
+/* Opens GetChunks with q on c (deadline timeout_ms) and reads the first piece: the stream. */
+static kvt_stream *get_first_piece(kvt_conn *c, const E8kv__V1__GetChunksRequest *q,
+                                   int timeout_ms) {
+  kvt_stream *g = kvt_open(c, KVT_SVC "GetChunks", timeout_ms);
+  kvt_send(g, &q->base);
+  kvt_close_send(g);
+  uint8_t *b;
+  size_t len;
+  assert_int_equal(kvt_recv(g, &b, &len), 1);
+  free(b);
+  return g;
+}
+
 /* Puts session `session` (created): one chunk of 256 tokens (seed) of raw fp16 KV for model
  * `model` (8 layers, 4 KV heads, head_dim 128), 8 MiB when read as fp32. Then a reader that
  * stops reading: GetChunks of it (raw fp32 in 4 KiB pieces, far more than a flow-control
@@ -398,14 +411,7 @@ static kvt_stream *big_session_reader(kvt_conn *c, const char *model, const char
   q.dtype = E8KV__V1__DTYPE__DTYPE_FP32;
   q.max_piece_bytes = 4096;
   *cs = kvt_connect_small_window(target);
-  kvt_stream *g = kvt_open(*cs, KVT_SVC "GetChunks", timeout_ms);
-  kvt_send(g, &q.base);
-  kvt_close_send(g);
-  uint8_t *b;
-  size_t len;
-  assert_int_equal(kvt_recv(g, &b, &len), 1);
-  free(b);
-  return g;
+  return get_first_piece(*cs, &q, timeout_ms);
 }
 
 static void test_bad_clients(void **state) {
@@ -453,13 +459,7 @@ static void test_bad_clients(void **state) {
   gq.range = &sr;
   gq.max_piece_bytes = 4096;
   gq.encoding = E8KV__V1__ENCODING__ENCODING_RAW;
-  kvt_stream *g = kvt_open(c, KVT_SVC "GetChunks", 30000);
-  kvt_send(g, &gq.base);
-  kvt_close_send(g);
-  uint8_t *b;
-  size_t len;
-  assert_int_equal(kvt_recv(g, &b, &len), 1);
-  free(b);
+  kvt_stream *g = get_first_piece(c, &gq, 30000);
   kvt_cancel(g);
   kvt_free(g);
   /* a deadline that passes mid-call: DEADLINE_EXCEEDED, and the daemon goes on. The call
