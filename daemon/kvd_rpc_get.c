@@ -346,10 +346,18 @@ void kvd_rpc_get_chunks(kvd_app *app, kvd_call *call, const kvd_principal *who,
   uint8_t(*keys)[E8S_KEY_BYTES] = NULL;
   size_t n = 0;
   int owned = 0;
+  /* the lease first: it ends with the call whatever the outcome, a refused field included
+   * (e8kv.Client.release_lease relies on that) */
+  uint64_t lease = 0;
+  if (rq->release_lease.len &&
+      kvd_lease_parse(who->ns_id, rq->release_lease.data, rq->release_lease.len, &lease) != 0)
+    kvd_fail(st, KVD_INVALID, "release_lease is not a lease Lookup gave this namespace (%zu "
+                              "bytes; leases are %d bytes and die with the daemon process)",
+             rq->release_lease.len, KVD_LEASE_TOKEN_BYTES);
   uint64_t lim = app->cfg->max_message_bytes - 64 * 1024;
   g.piece = rq->max_piece_bytes ? rq->max_piece_bytes : (uint32_t)app->cfg->get_piece_bytes;
   if (rq->encoding == E8KV__V1__ENCODING__ENCODING_RAW) g.raw = 1;
-  else if (rq->encoding != E8KV__V1__ENCODING__ENCODING_UNSPECIFIED &&
+  else if (st->code == KVD_OK && rq->encoding != E8KV__V1__ENCODING__ENCODING_UNSPECIFIED &&
            rq->encoding != E8KV__V1__ENCODING__ENCODING_E8_FRAME)
     kvd_fail(st, KVD_INVALID, "unknown encoding %d", rq->encoding);
   if (st->code == KVD_OK && (g.piece < 4096 || g.piece > lim))
@@ -362,12 +370,6 @@ void kvd_rpc_get_chunks(kvd_app *app, kvd_call *call, const kvd_principal *who,
   if (st->code == KVD_OK && rq->expect_fingerprint_id.len &&
       rq->expect_fingerprint_id.len != E8C_ID_SIZE)
     kvd_fail(st, KVD_INVALID, "expect_fingerprint_id must be %u bytes", E8C_ID_SIZE);
-  uint64_t lease = 0;
-  if (st->code == KVD_OK && rq->release_lease.len &&
-      kvd_lease_parse(who->ns_id, rq->release_lease.data, rq->release_lease.len, &lease) != 0)
-    kvd_fail(st, KVD_INVALID, "release_lease is not a lease Lookup gave this namespace (%zu "
-                              "bytes; leases are %d bytes and die with the daemon process)",
-             rq->release_lease.len, KVD_LEASE_TOKEN_BYTES);
   if (st->code == KVD_OK && get_select(&g, &keys, &n, &owned, st) == 0)
     for (size_t i = 0; i < n; i++)
       if (kvd_call_check(call, st) != 0 || get_one(&g, i, keys[i], st) != 0) break;

@@ -108,6 +108,22 @@ def test_purge_of_leased_chunks_happens_when_the_lease_is_released(daemon):
     assert n_chunks(s) == 0 and matched(s, fp, toks) == 0 and pending(s) == 0
 
 
+@pytest.mark.parametrize("bad", [dict(max_piece_bytes=100), dict(encoding=99),
+                                 dict(dtype=1), dict(expect_fingerprint_id=b"x")])
+def test_get_chunks_refused_for_a_bad_field_still_ends_its_release_lease(daemon, bad):
+    """e8kv.Client.release_lease relies on "e8kvd ends the lease whatever the read's outcome":
+    a GetChunks refused before reading (a bad field) ended nothing, so the lease (30 s) kept
+    the purged chunks."""
+    s, fp = daemon.stub, fingerprint()
+    toks, lk, r = leased_then_purged(s, fp, "refused", 2, 11)
+    assert r.chunks_pending == 2 and n_chunks(s) == 2
+    rq = kv.GetChunksRequest(keys=kv.ChunkKeys(keys=list(lk.chunk_keys)),
+                             release_lease=lk.lease, **bad)
+    code, msg = code_of(s.GetChunks, rq, timeout=30)
+    assert code == C.INVALID_ARGUMENT, (code, msg)
+    assert n_chunks(s) == 0 and pending(s) == 0 and matched(s, fp, toks) == 0
+
+
 def test_purge_of_leased_chunks_happens_when_the_lease_expires():
     d = Daemon(extra=["--lookup-lease-ms=1000"])
     try:
