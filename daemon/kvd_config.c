@@ -99,6 +99,12 @@ static const kvd_crow g_table[] = {
     {"lookup-lease-ms", CT_U32, OFF(lookup_lease_ms), 0, "ms", "30000", 100, 3600000, NULL,
      "How long a Lookup pins the chunks it matched (so a GetChunks that follows cannot lose "
      "them to eviction), unless GetChunks' release_lease ends the lease sooner."},
+    {"max-purge-pending", CT_U32, OFF(max_purge_pending), 0, "chunks", "262144", 1, 16777216,
+     NULL,
+     "Most chunks of one namespace that may wait for a read or a lookup lease to end before "
+     "they are purged (DeleteSession purge_chunks, PurgeUnlisted); past it such a purge fails "
+     "with RESOURCE_EXHAUSTED. Per namespace, so one tenant cannot fill another's; 36 bytes "
+     "each."},
     {"io-engine", CT_STR, OFF(io_engine), CAP(io_engine), "engine", "auto", 0, 0,
      "auto|uring|pwrite", "Store write engine: io_uring, pwrite+fdatasync, or auto (io_uring "
      "when the kernel allows it)."},

@@ -48,6 +48,7 @@ typedef struct kvd_config {
   uint32_t max_call_ms;           /* hard limit on one call's duration */
   uint32_t stall_ms;              /* longest wait on the peer within a call */
   uint32_t lookup_lease_ms;       /* lifetime of a Lookup's pins (store lease) */
+  uint32_t max_purge_pending;     /* pending purges per namespace (kvd_purge.h) */
   char io_engine[16];             /* auto | uring | pwrite */
 } kvd_config;
 

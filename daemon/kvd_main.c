@@ -207,7 +207,8 @@ int main(int argc, char **argv) {
   if (kvd_auth_load(cfg.tokens_file, &app.auth, err, sizeof err) != 0) goto out;
   if (precheck(&cfg, &cert, &key, err, sizeof err) != 0) goto out;
   if (open_store(&app, err, sizeof err) != 0) goto out;
-  if (!(app.commit = kvd_commit_create(app.store)) || !(app.purge = kvd_purge_create())) {
+  if (!(app.commit = kvd_commit_create(app.store)) ||
+      !(app.purge = kvd_purge_create(cfg.max_purge_pending))) {
     snprintf(err, sizeof err, "out of memory");
     goto out;
   }

@@ -18,12 +18,14 @@ struct kvd_purge {
   pthread_mutex_t mu;
   purge_ent *ents;
   size_t n, cap;
+  size_t max_per_ns;      /* kvd_purge_create's bound */
   pthread_mutex_t run_mu; /* one run at a time (its deletes happen outside mu) */
 };
 
-kvd_purge *kvd_purge_create(void) {
+kvd_purge *kvd_purge_create(size_t max_per_ns) {
   kvd_purge *p = calloc(1, sizeof *p);
   if (!p) return NULL;
+  p->max_per_ns = max_per_ns ? max_per_ns : 1;
   pthread_mutex_init(&p->mu, NULL);
   pthread_mutex_init(&p->run_mu, NULL);
   return p;
@@ -37,6 +39,8 @@ void kvd_purge_free(kvd_purge *p) {
   free(p);
 }
 
+size_t kvd_purge_limit(const kvd_purge *p) { return p->max_per_ns; }
+
 static int ent_is(const purge_ent *e, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]) {
   return e->ns_id == ns_id && memcmp(e->key, key, E8S_KEY_BYTES) == 0;
 }
@@ -44,13 +48,19 @@ static int ent_is(const purge_ent *e, uint32_t ns_id, const uint8_t key[E8S_KEY_
 int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]) {
   int rc = 0;
   pthread_mutex_lock(&p->mu);
-  for (size_t i = 0; i < p->n; i++)
+  size_t mine = 0;
+  for (size_t i = 0; i < p->n; i++) {
     if (ent_is(&p->ents[i], ns_id, key)) goto out;
+    mine += p->ents[i].ns_id == ns_id;
+  }
+  if (mine >= p->max_per_ns) {
+    rc = KVD_PURGE_FULL;
+    goto out;
+  }
   if (p->n == p->cap) {
     size_t cap = p->cap ? 2 * p->cap : 64;
-    if (cap > KVD_PURGE_MAX) cap = KVD_PURGE_MAX;
     purge_ent *e = cap > p->cap ? realloc(p->ents, cap * sizeof *e) : NULL;
-    if (!e) { rc = -1; goto out; }
+    if (!e) { rc = KVD_PURGE_NOMEM; goto out; }
     p->ents = e;
     p->cap = cap;
   }

@@ -271,14 +271,28 @@ out:
   e8kv__v1__list_sessions_request__free_unpacked(rq, NULL);
 }
 
+/* Why kvd_purge_defer failed (rc), in st: the namespace's --max-purge-pending share is full
+ * (RESOURCE_EXHAUSTED) or out of memory. `done` says what the call did before. */
+static void purge_full(kvd_app *app, int rc, const char *done, kvd_status *st) {
+  if (rc == KVD_PURGE_FULL)
+    kvd_fail(st, KVD_RESOURCE, "%s; this namespace already has %zu chunks waiting to be purged "
+             "when a read or a lookup lease ends, the --max-purge-pending limit: retry after "
+             "--lookup-lease-ms", done, kvd_purge_limit(app->purge));
+  else
+    kvd_fail(st, KVD_RESOURCE, "%s; out of memory adding to the pending purges", done);
+}
+
 /* A chunk purge found pinned (BUSY) by a read or a lookup lease only (no session lists it):
- * it goes to the pending list (kvd_purge.h), to be deleted when that ends. 0, or -1 (INTERNAL
- * in st) when the list is full. */
-static int purge_later(kvd_app *app, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES],
-                       kvd_status *st) {
-  if (kvd_purge_defer(app->purge, ns_id, key) == 0) return 0;
-  kvd_fail(st, KVD_INTERNAL, "%zu chunks already wait to be purged when their lookup leases "
-           "end: retry after --lookup-lease-ms", kvd_purge_pending(app->purge, 0));
+ * it goes to the pending list (kvd_purge.h), to be deleted when that ends. 0, or -1
+ * (RESOURCE_EXHAUSTED in st) when the namespace's share of the list is full. */
+static int purge_later(kvd_app *app, uint32_t ns_id, const kvd_sess *s, uint32_t purged,
+                       const uint8_t key[E8S_KEY_BYTES], kvd_status *st) {
+  int rc = kvd_purge_defer(app->purge, ns_id, key);
+  if (rc == 0) return 0;
+  char done[E8S_NAME_MAX + 96];
+  snprintf(done, sizeof done, "session '%s' deleted, %u of its %llu chunks purged",
+           s->info.name, purged, (unsigned long long)s->info.n_chunks);
+  purge_full(app, rc, done, st);
   return -1;
 }
 
@@ -301,13 +315,16 @@ static int purge_chunks(kvd_app *app, uint32_t ns_id, const kvd_sess *s,
   }
   for (size_t i = 0; i < n; i++) ns[i] = ns_id;
   e8s_chunks_delete(app->store, ns, (const uint8_t(*)[E8S_KEY_BYTES])s->keys, n, res, refs);
+  uint32_t purged = 0; /* by e8s_chunks_delete, whatever fails below */
+  for (size_t i = 0; i < n; i++) purged += res[i] == E8S_OK;
   for (size_t i = 0; i < n && rc == 0; i++) {
     int e = res[i];
     if (e == E8S_OK) r->chunks_purged++;
     else if (e == E8S_ERR_BUSY) {
       r->chunks_kept++;
       if (refs[i] == 0) { /* only a read or a lease holds it */
-        if ((rc = purge_later(app, ns_id, s->keys[i], st)) == 0) r->chunks_pending++;
+        if ((rc = purge_later(app, ns_id, s, purged, s->keys[i], st)) == 0)
+          r->chunks_pending++;
       }
     } else if (e != E8S_ERR_NOTFOUND) {
       char what[E8S_NAME_MAX + 160];
@@ -368,13 +385,14 @@ typedef struct unlisted_ctx {
   kvd_app *app;
   uint32_t ns_id;
   uint64_t pending;
-  int full;
+  int full; /* kvd_purge_defer's first error */
 } unlisted_ctx;
 
 static void unlisted_held(void *vc, const uint8_t key[E8S_KEY_BYTES]) {
   unlisted_ctx *c = vc;
-  if (kvd_purge_defer(c->app->purge, c->ns_id, key) == 0) c->pending++;
-  else c->full = 1;
+  int rc = c->full ? c->full : kvd_purge_defer(c->app->purge, c->ns_id, key);
+  if (rc == 0) c->pending++;
+  else c->full = rc;
 }
 
 void kvd_rpc_purge_unlisted(kvd_app *app, kvd_call *call, const kvd_principal *who,
@@ -398,10 +416,11 @@ void kvd_rpc_purge_unlisted(kvd_app *app, kvd_call *call, const kvd_principal *w
     return;
   }
   if (c.full) {
-    kvd_fail(st, KVD_INTERNAL, "%llu chunks purged; %llu more are held by lookup leases and "
-             "too many purges already wait for leases to end: retry after --lookup-lease-ms",
-             (unsigned long long)rep.chunks_purged,
-             (unsigned long long)(rep.chunks_held - c.pending));
+    char done[160];
+    snprintf(done, sizeof done, "%llu chunks purged, %llu put to wait for their read or lookup "
+             "lease, %llu more held so", (unsigned long long)rep.chunks_purged,
+             (unsigned long long)c.pending, (unsigned long long)(rep.chunks_held - c.pending));
+    purge_full(app, c.full, done, st);
     return;
   }
   E8kv__V1__PurgeUnlistedResponse r;

@@ -5,12 +5,13 @@ are deleted too; chunks another session lists are kept and counted. Chunks only 
 lookup lease holds are deleted as soon as that ends (session 6: a restore's 30 s lease made
 `rm --purge` purge nothing, and nothing could purge those chunks later); PurgeUnlisted
 (`e8kvctl gc`) deletes whatever no session lists."""
+import os
 import time
 
 import pytest
 
 from advlib import (C, Daemon, code_of, daemon, fingerprint, kv, put_msgs,  # noqa: F401
-                    raw_header, raw_kv)
+                    raw_header, raw_kv, tmpdir)
 
 CT = 16
 
@@ -148,6 +149,57 @@ def test_pending_purge_spares_a_chunk_a_session_lists_again(daemon):
     assert n_chunks(s) == 2 and matched(s, fp, toks) == 2 * CT
     r = s.DeleteSession(kv.DeleteSessionRequest(name="again", purge_chunks=True), timeout=10)
     assert (r.chunks_purged, r.chunks_pending) == (2, 0) and n_chunks(s) == 0
+
+
+class Tenant:
+    """A stub whose every call carries one bearer token (one namespace)."""
+
+    def __init__(self, stub, token):
+        self.stub, self.md = stub, [("authorization", "Bearer " + token)]
+
+    def __getattr__(self, name):
+        fn = getattr(self.stub, name)
+        return lambda *a, **kw: fn(*a, metadata=self.md, **kw)
+
+
+def test_one_namespace_full_of_pending_purges_leaves_the_others_theirs():
+    """Pending purges were one list of 2^20 for all namespaces: one tenant that filled it made
+    every other tenant's purges of leased chunks fail for a lease time (~30 s). Now each
+    namespace has --max-purge-pending of its own, and the error names that limit."""
+    tf = os.path.join(tmpdir(), "tokens")
+    with open(tf, "w") as f:
+        f.write("tokenAAAAAAAAAAAAAAAA nsA\ntokenBBBBBBBBBBBBBBBB nsB\n")
+    d = Daemon(extra=[f"--tokens-file={tf}", "--max-purge-pending=2",
+                      "--lookup-lease-ms=600000"])   # the leases outlast the test
+    try:
+        fp = fingerprint()
+        a = Tenant(d.stub, "tokenAAAAAAAAAAAAAAAA")
+        b = Tenant(d.stub, "tokenBBBBBBBBBBBBBBBB")
+        toks = list(range(3 * CT))
+        put_session(a, fp, "big", chunks_of(toks, 5))
+        lk = lookup_leased(a, fp, toks)
+        code, msg = code_of(a.DeleteSession,
+                            kv.DeleteSessionRequest(name="big", purge_chunks=True), timeout=10)
+        assert code == C.RESOURCE_EXHAUSTED, (code, msg)
+        assert "--max-purge-pending" in msg and "2 chunks" in msg, msg
+        assert code_of(a.GetSession, kv.GetSessionRequest(name="big"), timeout=10)[0] == \
+            C.NOT_FOUND                               # deleted, as the message says
+        assert pending(a) == 2 and n_chunks(a) == 3
+        # the third chunk: PurgeUnlisted finds it held by the lease, and A's share is full
+        code, msg = code_of(a.PurgeUnlisted, kv.PurgeUnlistedRequest(), timeout=30)
+        assert code == C.RESOURCE_EXHAUSTED and "--max-purge-pending" in msg, (code, msg)
+
+        _, _, r = leased_then_purged(b, fp, "other", 2, 8)   # B is not held up by A
+        assert (r.chunks_purged, r.chunks_pending) == (0, 2)
+        assert pending(b) == 2 and pending(a) == 2
+
+        release(a, lk)                                # A's restore ends: its share empties
+        assert pending(a) == 0 and n_chunks(a) == 1
+        r = a.PurgeUnlisted(kv.PurgeUnlistedRequest(), timeout=30)
+        assert (r.chunks_purged, r.chunks_pending) == (1, 0) and n_chunks(a) == 0
+        assert pending(b) == 2 and n_chunks(b) == 2
+    finally:
+        assert d.stop() == 0
 
 
 def test_purge_unlisted_deletes_what_no_session_lists(daemon):
