@@ -197,6 +197,43 @@ def test_namespaces_and_tokens(tmp_path):
         assert d.stop() == 0
 
 
+def test_purge_wrappers_delete_session_pending_and_purge_unlisted(tmp_path):
+    """purge_unlisted, purge_pending and delete_session's chunks_pending (session 6: the RPCs
+    and fields existed but e8kv.Client had no way to reach PurgeUnlisted or the pending count),
+    and the ResourceExhausted of a full --max-purge-pending."""
+    d = Daemon(tmp_path, "--max-purge-pending", "1", "--lookup-lease-ms", "600000")
+    try:
+        with e8kv.Client(d.address, timeout=30) as c:
+            fp = fingerprint("purge")
+            leased = list(range(100, 100 + 2 * C))
+            put_raw(c, fp, leased, kv(2 * C, 1), session="py/leased", create_session=True)
+            lk = c.lookup(fp, leased, chunk_tokens=C)        # a restore under way: 2 leased
+            with pytest.raises(e8kv.ResourceExhausted) as ei:  # room for 1 pending only
+                c.delete_session("py/leased", purge_chunks=True)
+            assert "--max-purge-pending" in ei.value.message
+            assert c.purge_pending() == 1
+            c.release_lease(lk)                               # the restore ends
+            assert c.purge_pending() == 0
+            assert c.get_stats().namespace_stats.chunks == 1  # the one that found no room
+            r = c.purge_unlisted()
+            assert (r.chunks_purged, r.chunks_pending) == (1, 0) and r.bytes_purged > 0
+
+            put_raw(c, fp, leased, kv(2 * C, 1), session="py/again", create_session=True)
+            loose = list(range(900, 900 + C))
+            put_raw(c, fp, loose, kv(C, 2))                  # no session
+            lk = c.lookup(fp, leased[:C], chunk_tokens=C)    # leases py/again's first chunk
+            r = c.delete_session("py/again", purge_chunks=True)
+            assert (r.chunks_purged, r.chunks_kept, r.chunks_pending) == (1, 1, 1)
+            assert c.purge_pending() == 1
+            r = c.purge_unlisted()                           # the loose one; the leased is
+            assert (r.chunks_purged, r.chunks_pending) == (1, 1)  # pending already
+            c.release_lease(lk)
+            assert c.purge_pending() == 0 and c.get_stats().namespace_stats.chunks == 0
+            assert c.lookup(fp, leased, chunk_tokens=C, no_lease=True).matched_tokens == 0
+    finally:
+        assert d.stop() == 0
+
+
 def test_deadlines_checked_infinity_is_none(daemon):
     """A deadline is seconds > 0 or None. Infinity (and past libe8kv's uint32 milliseconds)
     is no deadline: grpcio made every call fail at once as DEADLINE_EXCEEDED, and the C upload

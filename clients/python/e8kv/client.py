@@ -566,16 +566,42 @@ class Client:
     def delete_session(self, name, *, expect_session_tokens=None, purge_chunks=False,
                        timeout=None):
         """DeleteSession; returns DeleteSessionResponse (.chunks_unpinned; with
-        ``purge_chunks``: .chunks_purged, and .chunks_kept that something still pins:
-        another session, a read, a lookup's unexpired lease)."""
+        ``purge_chunks``: .chunks_purged, .chunks_kept that something still pins: another
+        session, a read, a lookup's unexpired lease, and .chunks_pending, those of the kept
+        that only a read or a lease holds: e8kvd deletes them when that ends, at the latest
+        ``e8kvd --lookup-lease-ms`` (30 s) later; :meth:`purge_pending` counts what is left).
+        Errors: NotFound (no such session), FailedPrecondition (``expect_session_tokens``
+        differs), ResourceExhausted (the namespace already has ``e8kvd --max-purge-pending``
+        chunks waiting: the session is deleted, the message says how many chunks were purged;
+        retry the purge with :meth:`purge_unlisted` once leases end)."""
         req = pb.DeleteSessionRequest(name=name, purge_chunks=purge_chunks)
         if expect_session_tokens is not None:
             req.expect_session_tokens = expect_session_tokens
         return self._call("DeleteSession", req, timeout)
 
+    def purge_unlisted(self, timeout=None):
+        """PurgeUnlisted (``e8kvctl gc``): deletes every chunk of the caller's namespace that
+        no session lists (left by ``delete_session`` without ``purge_chunks``, or put without a
+        session); sessions and their chunks are untouched. Returns PurgeUnlistedResponse:
+        .chunks_purged (chunks), .bytes_purged (their record bytes; dead space in segments
+        until Compact), .chunks_pending (chunks a read or a lookup lease holds: deleted when
+        that ends, as in ``delete_session``). Errors: ResourceExhausted (the namespace
+        already has ``e8kvd --max-purge-pending`` chunks waiting; what was purged stays
+        purged), another E8kvError for a store error (the message counts what was purged)."""
+        return self._call("PurgeUnlisted", pb.PurgeUnlistedRequest(), timeout)
+
+    def purge_pending(self, timeout=None):
+        """Chunks of the caller's namespace that a purge (``delete_session(purge_chunks=True)``,
+        :meth:`purge_unlisted`) left waiting for a read or a lookup lease to end: an int, 0
+        when none (GetStats' namespace_stats.chunks_purge_pending; ``purge pending`` in
+        ``e8kvctl stat``). They go at the latest ``e8kvd --lookup-lease-ms`` after their
+        Lookup, or at a clean daemon stop."""
+        return int(self.get_stats(timeout).namespace_stats.chunks_purge_pending)
+
     # ------------------------------------------------------------------ admin
     def get_stats(self, timeout=None):
-        """GetStats; returns GetStatsResponse."""
+        """GetStats; returns GetStatsResponse (.namespace_stats: the caller's namespace,
+        chunks_purge_pending included; .store_stats for admins)."""
         return self._call("GetStats", pb.GetStatsRequest(), timeout)
 
     def verify(self, *, quarantine=False, max_bytes=0, timeout=None):
