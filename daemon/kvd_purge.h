@@ -30,21 +30,23 @@ typedef struct kvd_purge kvd_purge;
 /* A list that holds at most max_per_ns (>= 1) pending chunks per namespace (--max-purge-pending):
  * past it kvd_purge_defer fails and the caller reports an error rather than forgetting a
  * purge. The bound is per namespace so that one tenant filling its share cannot make another
- * tenant's purges fail (session 6: one shared list of 2^20 could). Memory: 36 bytes per
- * pending chunk, at most namespaces x max_per_ns of them. NULL: out of memory. */
+ * tenant's purges fail (session 6: one shared list of 2^20 could). Memory: 36-72 bytes per
+ * pending chunk in the list plus 16-32 in its hash index, at most namespaces x max_per_ns of
+ * them. NULL: out of memory. */
 kvd_purge *kvd_purge_create(size_t max_per_ns);
 void kvd_purge_free(kvd_purge *p);  /* NULL is a no-op */
 /* The max_per_ns given to kvd_purge_create. */
 size_t kvd_purge_limit(const kvd_purge *p);
 /* Remembers chunk `key` of namespace ns_id for deletion once unpinned (a key already pending
- * is not added twice). 0, KVD_PURGE_FULL when namespace ns_id has kvd_purge_limit chunks
- * pending already, KVD_PURGE_NOMEM when out of memory. */
+ * is not added twice). O(1) on average (a hash index: n chunks of one purge cost O(n)).
+ * 0, KVD_PURGE_FULL when namespace ns_id has kvd_purge_limit chunks pending already,
+ * KVD_PURGE_NOMEM when out of memory. */
 int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]);
 /* Tries each pending chunk: deleted or gone -> forgotten; a session lists it -> forgotten
  * (kept); still held by a read or lease -> stays pending; another store error -> stays
  * pending. Returns the number deleted now. */
 size_t kvd_purge_run(kvd_purge *p, e8s_store *st);
-/* Pending chunks now (of namespace ns_id; 0 = all namespaces). */
+/* Pending chunks now (of namespace ns_id; 0 = all namespaces). O(1). */
 size_t kvd_purge_pending(kvd_purge *p, uint32_t ns_id);
 
 #endif
