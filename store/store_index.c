@@ -167,13 +167,13 @@ int store_index_sync(e8s_store *st) {
   return rc ? store_err_mdb(rc, "sync") : E8S_OK;
 }
 
-int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx) {
+static int run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx, int touches) {
   if (st->readonly) return store_err(E8S_ERR_READONLY, "store opened read-only");
   for (;;) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) return store_err_mdb(rc, "write txn_begin");
-    int e = store_touch_flush(st, txn);
+    int e = touches ? store_touch_flush(st, txn) : E8S_OK;
     if (e == E8S_OK) e = fn(st, txn, ctx);
     if (e == E8S_OK) e = store_txn_commit(st, txn);
     else mdb_txn_abort(txn);
@@ -183,10 +183,22 @@ int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx) {
   }
 }
 
+int store_wtxn_run_locked(e8s_store *st, store_wtxn_fn fn, void *ctx) {
+  return run_locked(st, fn, ctx, 1);
+}
+
 int store_wtxn_run(e8s_store *st, store_wtxn_fn fn, void *ctx) {
   if (st->readonly) return store_err(E8S_ERR_READONLY, "store opened read-only");
   pthread_mutex_lock(&st->wlock);
   int e = store_wtxn_run_locked(st, fn, ctx);
+  pthread_mutex_unlock(&st->wlock);
+  return e;
+}
+
+int store_wtxn_run_untouched(e8s_store *st, store_wtxn_fn fn, void *ctx) {
+  if (st->readonly) return store_err(E8S_ERR_READONLY, "store opened read-only");
+  pthread_mutex_lock(&st->wlock);
+  int e = run_locked(st, fn, ctx, 0);
   pthread_mutex_unlock(&st->wlock);
   return e;
 }

@@ -289,6 +289,10 @@ void store_rtxn_end(e8s_store *st, MDB_txn *txn);
  * fn returns E8S_OK to commit, an error to abort, or STORE_MAPFULL_RETRY. */
 typedef int (*store_wtxn_fn)(e8s_store *st, MDB_txn *txn, void *ctx);
 int store_wtxn_run(e8s_store *st, store_wtxn_fn fn, void *ctx);
+/* store_wtxn_run without the pending LRU touches (reads' ticks, up to STORE_TOUCH_MAX chunk
+ * updates that the next transaction applies): for session deletes, whose transaction must fit
+ * in the index reserve on a full disk; the touches stay for the next write. */
+int store_wtxn_run_untouched(e8s_store *st, store_wtxn_fn fn, void *ctx);
 /* Read-write open: fills tokens/raw_bytes of namespaces stored before they existed. */
 int store_ns_upgrade(e8s_store *st);
 /* The same, with wlock already held by the caller. */
@@ -416,6 +420,9 @@ int store_chunk_relocate(MDB_txn *txn, e8s_store *st, const uint8_t key[32],
                          uint64_t *retire_out);
 /* Changes session refs by delta (+1/-1), moving it out of / into the LRU. */
 int store_chunk_ref(MDB_txn *txn, e8s_store *st, const uint8_t key[32], int delta);
+/* Drops the session refs that deletes in steps left pending (store_session.c: after a crash,
+ * or a step that failed); E8S_OK when none is left. */
+int store_session_unref_pending(e8s_store *st);
 /* Evicts LRU unpinned chunks (of ns_id, or of the store if ns_id == 0) until `need` bytes are
  * freed. *freed gets the bytes freed. Segment ids to retire are appended to rs. */
 typedef struct store_retire_list { uint64_t *ids; size_t n, cap; } store_retire_list;
@@ -477,9 +484,16 @@ void store_space_refill(e8s_store *st);
 /* A failed mdb_txn_commit: E8S_ERR_NOSPC (detail says disk full) when the file system has no
  * room (LMDB reports a short write as EIO), else the usual mapping. */
 int store_space_commit_err(e8s_store *st, int mdb_rc);
-/* Admission of a put of `bytes` record bytes (no lock held): E8S_OK, or E8S_ERR_NOSPC after
- * evicting unpinned chunks did not free enough disk. */
+/* Admission of a put that writes `bytes` to disk (records plus STORE_IX_CHUNK_BYTES of index
+ * growth per new chunk; no lock held): E8S_OK, or E8S_ERR_NOSPC after evicting unpinned chunks
+ * did not free enough disk. */
+#define STORE_IX_CHUNK_BYTES 1536u /* measured ~1.1 KB of index file per one-token chunk */
+#define STORE_IX_TXN_BYTES (64u << 10) /* new pages of one commit: copied B-tree paths */
 int store_space_admit(e8s_store *st, uint64_t bytes);
+/* A full disk during a delete (store_session.c): evicts unpinned chunks in LRU order until
+ * segment files that became empty give back an index reserve's bytes (their index entries go
+ * too, so the index has free pages again); 1 if any chunk was evicted. No lock held. */
+int store_space_evict_room(e8s_store *st);
 /* Bytes that can be written now: the file system's free bytes plus what the write lanes have
  * allocated ahead. */
 uint64_t store_space_room(e8s_store *st);
@@ -502,8 +516,9 @@ uint64_t store_compact_for_room(e8s_store *st, uint64_t need);
 uint64_t store_space_punch(e8s_store *st);
 /* 1 if the index (a fresh read transaction) still points key at rec's segment and offset. */
 int store_index_points_at(e8s_store *st, const uint8_t key[32], const store_chunk_val *rec);
-/* E8S_ERR_NOSPC while the index reserve cannot be kept (before sessions grow), else E8S_OK. */
-int store_space_grow_ok(e8s_store *st);
+/* E8S_ERR_NOSPC while the index reserve cannot be kept, or the disk has less than `bytes` (the
+ * session value's growth) outside it (before sessions grow), else E8S_OK. */
+int store_space_grow_ok(e8s_store *st, uint64_t bytes);
 
 /* Reads up to max chunk records in key order after `after` (exclusive; NULL = first). */
 typedef struct scan_item { uint8_t key[32]; store_chunk_val rec; } scan_item;

@@ -132,6 +132,7 @@ static int open_inner(e8s_store *st) {
                      STORE_FORMAT);
   if (!st->readonly && !format && (e = store_wtxn_run(st, set_format, NULL))) return e;
   if (!st->readonly && (e = store_replay(st))) return e;
+  if (!st->readonly && (e = store_session_unref_pending(st))) return e; /* deletes cut off */
   if (!st->readonly && (e = store_ns_upgrade(st))) return e;
   if (!st->readonly) {
     st->touches = malloc(STORE_TOUCH_MAX * sizeof *st->touches);

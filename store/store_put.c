@@ -599,30 +599,42 @@ static int group_commit(e8s_store *st, put_ctx *c) {
   return c->rc;
 }
 
-/* Record bytes of the call's records whose key is not stored yet (what a put would write). */
-static uint64_t fresh_bytes(e8s_store *st, put_ctx *c) {
+/* Disk bytes a put of n new chunks of `bytes` record bytes needs: the records plus the index
+ * growth (STORE_IX_CHUNK_BYTES each: chunk, LRU and session entries with LMDB's page overhead;
+ * STORE_IX_TXN_BYTES for the put's commit and as much for the session write that lists the
+ * chunks), so that what the index writes never comes out of its reserve (store_space.c). */
+static uint64_t disk_need(uint64_t bytes, uint64_t n) {
+  return n ? bytes + n * STORE_IX_CHUNK_BYTES + 2 * STORE_IX_TXN_BYTES : bytes;
+}
+
+/* Disk bytes of the call's records whose key is not stored yet (what a put would write). */
+static uint64_t fresh_need(e8s_store *st, put_ctx *c) {
   MDB_txn *txn;
-  if (store_rtxn_begin(st, &txn) != E8S_OK) return c->bytes;
-  uint64_t b = 0;
+  if (store_rtxn_begin(st, &txn) != E8S_OK) return disk_need(c->bytes, c->n);
+  uint64_t b = 0, n = 0;
   for (size_t i = 0; i < c->n; i++) {
     store_chunk_val v;
     if (c->r[i].result == E8S_OK && c->it[i].dup_of < 0 &&
         store_chunk_get(txn, st, c->r[i].key, &v) != E8S_OK)
-      b += c->it[i].bytes;
+      b += c->it[i].bytes, n++;
   }
   store_rtxn_end(st, txn);
-  return b;
+  return disk_need(b, n);
 }
 
 /* Full-disk admission (store_space.c): the call's records fail E8S_ERR_NOSPC before anything
- * is written when the disk cannot take them. Records already stored are not counted. */
+ * is written when the disk cannot take them and the index growth they bring. Records already
+ * stored are not counted. */
 static int admit(e8s_store *st, put_ctx *c) {
-  int e = store_space_admit(st, c->bytes);
+  uint64_t n_ok = 0;
+  for (size_t i = 0; i < c->n; i++) n_ok += c->r[i].result == E8S_OK && c->it[i].dup_of < 0;
+  uint64_t need = disk_need(c->bytes, n_ok);
+  int e = store_space_admit(st, need);
   if (e == E8S_ERR_NOSPC) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", e8s_last_error_detail());
-    uint64_t fresh = fresh_bytes(st, c);
-    e = fresh < c->bytes ? store_space_admit(st, fresh) : store_err(e, "%s", msg);
+    uint64_t fresh = fresh_need(st, c);
+    e = fresh < need ? store_space_admit(st, fresh) : store_err(e, "%s", msg);
   }
   if (e == E8S_OK) return E8S_OK;
   for (size_t i = 0; i < c->n; i++)

@@ -17,6 +17,11 @@ static int sess_key(uint32_t ns_id, const char *name, uint8_t k[4 + E8S_NAME_MAX
   return E8S_OK;
 }
 
+/* Disk a session write of n keys may take outside the index reserve: its 32-byte keys, twice
+ * (the value is copied on write; the old copy's pages are reused only after the commit), and
+ * the B-tree paths its commit copies. */
+#define SESS_GROW(n) ((uint64_t)(n) * 64 + STORE_IX_TXN_BYTES)
+
 typedef struct sess_ctx {
   uint32_t ns_id;
   const char *name;
@@ -114,7 +119,7 @@ int e8s_session_create(e8s_store *st, uint32_t ns_id, const char *name,
                      meta_bytes, E8S_META_MAX);
   sess_ctx c = {.ns_id = ns_id, .name = name, .fp = fp_id, .meta = meta,
                 .meta_bytes = meta_bytes, .flags = flags};
-  int g = store_space_grow_ok(st); /* before the index grows on a full disk */
+  int g = store_space_grow_ok(st, meta_bytes + SESS_GROW(0)); /* before the index grows */
   if (g) return g;
   return store_wtxn_run(st, create_fn, &c);
 }
@@ -171,7 +176,7 @@ int e8s_session_append(e8s_store *st, uint32_t ns_id, const char *name,
                        const uint8_t (*keys)[E8S_KEY_BYTES], size_t n_keys) {
   if (!st || (!keys && n_keys)) return store_err(E8S_ERR_INVAL, "session_append: NULL");
   sess_ctx c = {.ns_id = ns_id, .name = name, .keys = keys, .n_keys = n_keys};
-  int g = store_space_grow_ok(st); /* before the index grows on a full disk */
+  int g = store_space_grow_ok(st, SESS_GROW(n_keys)); /* before the index grows */
   if (g) return g;
   return store_wtxn_run(st, append_fn, &c);
 }
@@ -309,7 +314,7 @@ int e8s_session_write(e8s_store *st, uint32_t ns_id, const char *name,
                  .expect = chg->expect_chunks, .keep = chg->keep_chunks,
                  .create = chg->create != 0};
   if (chg->create || chg->n_keys) { /* the index grows: not on a full disk */
-    int g = store_space_grow_ok(st);
+    int g = store_space_grow_ok(st, chg->meta_bytes + SESS_GROW(chg->n_keys));
     if (g) return g;
   }
   return store_wtxn_run(st, write_fn, &w);
@@ -329,10 +334,129 @@ static int delete_fn(e8s_store *st, MDB_txn *txn, void *vc) {
   return e ? e : store_del(txn, st->db_sess, k, kl);
 }
 
+/* A delete in steps (a large session, or one whose single transaction did not fit on a full
+ * disk): one transaction removes the session and keeps its chain as pending unref pieces in
+ * the meta table ('U' + be64 id + be32 piece: up to DEL_PIECE keys each); then each step drops
+ * the refs of the first m keys of one piece and deletes or cuts the piece, m halved down to 1
+ * while a step's commit fails E8S_ERR_NOSPC. So the session goes at once (to readers as in one
+ * transaction), every transaction stays small enough for the index reserve, and a crash in
+ * between leaves pieces that the next open (store_session_unref_pending) finishes: a chunk's
+ * refs never drop while a session lists it, and never stay for a session that is gone. */
+#define DEL_PIECE 1024
+#define UNREF_KEY_BYTES 13
+
+typedef struct move_ctx { sess_ctx c; uint64_t id; } move_ctx;
+
+static int move_fn(e8s_store *st, MDB_txn *txn, void *vc) {
+  move_ctx *m = vc;
+  uint8_t k[4 + E8S_NAME_MAX], uk[UNREF_KEY_BYTES];
+  size_t kl, vl;
+  int e = sess_key(m->c.ns_id, m->c.name, k, &kl);
+  if (e) return e;
+  store_sess_hdr h;
+  uint8_t *val;
+  if ((e = load(txn, st, k, kl, &h, &val, &vl))) return e;
+  const uint8_t *keys = val + sizeof h + h.meta_bytes;
+  uk[0] = 'U';
+  store_be64(uk + 1, m->id);
+  for (uint64_t at = 0, p = 0; at < h.n_chunks && !e; at += DEL_PIECE, p++) {
+    uint64_t n = h.n_chunks - at < DEL_PIECE ? h.n_chunks - at : DEL_PIECE;
+    store_be32(uk + 9, (uint32_t)p);
+    e = store_put(txn, st->db_meta, uk, sizeof uk, keys + 32 * at, (size_t)n * 32);
+  }
+  free(val);
+  return e ? e : store_del(txn, st->db_sess, k, kl);
+}
+
+typedef struct unref_ctx { size_t step; int found, drop; store_retire_list rs; } unref_ctx;
+
+/* Drops one session ref of key; with u->drop (a full disk) a chunk left with no ref and no pin
+ * is removed at once rather than entering the LRU: its index entries and record give room
+ * back instead of taking more (the LRU entries of every chunk a delete unpins would grow the
+ * index by about as much as the reserve holds). */
+static int unref_one(MDB_txn *txn, e8s_store *st, unref_ctx *u, const uint8_t key[32]) {
+  store_chunk_val v;
+  if (!u->drop || store_chunk_get(txn, st, key, &v) != E8S_OK || v.refs != 1 ||
+      store_pin_is_pinned(st, key, store_mono_ms()))
+    return store_chunk_ref(txn, st, key, -1);
+  uint64_t retire = 0;
+  int e = store_chunk_remove(txn, st, key, &v, 0, 0, &retire);
+  return e ? e : store_retire_add(&u->rs, retire);
+}
+
+/* Drops the refs of the first u->step keys of the first pending piece; u->found = 0 if none. */
+static int unref_step_fn(e8s_store *st, MDB_txn *txn, void *vc) {
+  unref_ctx *u = vc;
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn, st->db_meta, &cur);
+  if (rc) return store_err_mdb(rc, "cursor meta");
+  uint8_t first[1] = {'U'}, uk[UNREF_KEY_BYTES];
+  MDB_val k = {1, first}, v;
+  rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  u->found = rc == 0 && k.mv_size == sizeof uk && ((uint8_t *)k.mv_data)[0] == 'U';
+  if (!u->found || v.mv_size % 32) {
+    mdb_cursor_close(cur);
+    if (!u->found) return rc == 0 || rc == MDB_NOTFOUND ? E8S_OK : store_err_mdb(rc, "get unref");
+    return store_err(E8S_ERR_CORRUPT, "pending unref piece of %zu bytes", v.mv_size);
+  }
+  memcpy(uk, k.mv_data, sizeof uk);
+  size_t n = v.mv_size / 32, m = u->step < n ? u->step : n;
+  uint8_t *rest = malloc(v.mv_size + 1);
+  if (!rest) {
+    mdb_cursor_close(cur);
+    return E8S_ERR_NOMEM;
+  }
+  memcpy(rest, v.mv_data, v.mv_size); /* the value's pages may move as the txn writes */
+  mdb_cursor_close(cur);
+  int e = E8S_OK;
+  for (size_t i = 0; i < m && !e; i++) e = unref_one(txn, st, u, rest + 32 * i);
+  if (!e) e = m == n ? store_del(txn, st->db_meta, uk, sizeof uk)
+                     : store_put(txn, st->db_meta, uk, sizeof uk, rest + 32 * m, (n - m) * 32);
+  free(rest);
+  return e;
+}
+
+int store_session_unref_pending(e8s_store *st) {
+  unref_ctx u = {.step = DEL_PIECE, .found = 1};
+  while (u.found) {
+    u.drop = atomic_load(&st->ix_short) != 0;
+    int e = store_wtxn_run_untouched(st, unref_step_fn, &u);
+    if (e == E8S_OK) store_retire_apply(st, &u.rs); /* frees the list */
+    else free(u.rs.ids);
+    u.rs = (store_retire_list){0};
+    if (e == E8S_ERR_NOSPC && (store_space_evict_room(st) || u.step > 1)) {
+      /* too many new index pages for what is left: the chunks unpinned so far make room (they
+       * are cache entries now), else smaller steps */
+      if (u.step > 1) u.step /= 2;
+      u.found = 1;
+      continue;
+    }
+    if (e) return e;
+  }
+  return E8S_OK;
+}
+
 int e8s_session_delete(e8s_store *st, uint32_t ns_id, const char *name) {
   if (!st) return store_err(E8S_ERR_INVAL, "session_delete: NULL");
-  sess_ctx c = {.ns_id = ns_id, .name = name};
-  return store_wtxn_run(st, delete_fn, &c);
+  move_ctx m = {.c = {.ns_id = ns_id, .name = name}};
+  store_sess_hdr h;
+  uint8_t k[4 + E8S_NAME_MAX];
+  size_t kl;
+  MDB_txn *txn;
+  int e = sess_key(ns_id, name, k, &kl);
+  if (!e && !(e = store_rtxn_begin(st, &txn))) {
+    e = load(txn, st, k, kl, &h, NULL, NULL);
+    store_rtxn_end(st, txn);
+  }
+  if (e) return e;
+  if (h.n_chunks <= DEL_PIECE) { /* one transaction, unless it does not fit on a full disk */
+    e = store_wtxn_run_untouched(st, delete_fn, &m.c);
+    if (e != E8S_ERR_NOSPC) return e;
+  }
+  m.id = atomic_fetch_add(&st->tick, 1) + 1;
+  e = store_wtxn_run_untouched(st, move_fn, &m);
+  if (e == E8S_ERR_NOSPC && store_space_evict_room(st)) e = store_wtxn_run_untouched(st, move_fn, &m);
+  return e ? e : store_session_unref_pending(st);
 }
 
 int e8s_session_list(e8s_store *st, uint32_t ns_id, const e8s_session_filter *filter,

@@ -270,14 +270,15 @@ static uint64_t files_bytes(e8s_store *st, const store_retire_list *rs) {
 
 /* Evicts LRU unpinned chunks until segment files that became empty give back `need` bytes, or
  * nothing is left to evict. Each step is its own (durable) commit into the index reserve. */
-static void evict_for_disk(e8s_store *st, uint64_t need) {
-  uint64_t back = 0;
+static uint64_t evict_for_disk(e8s_store *st, uint64_t need) {
+  uint64_t back = 0, freed = 0;
   for (int step = 0; step < 256 && back < need; step++) {
     evict_ctx c = {.need = need};
-    int e = store_wtxn_run(st, evict_fn, &c);
+    int e = store_wtxn_run_untouched(st, evict_fn, &c);
+    freed += e ? 0 : c.freed;
     if (e || c.freed == 0) {
       free(c.rs.ids);
-      return;
+      return freed;
     }
     back += files_bytes(st, &c.rs);
     store_retire_apply(st, &c.rs);
@@ -285,7 +286,10 @@ static void evict_for_disk(e8s_store *st, uint64_t need) {
     store_space_refill(st);
     pthread_mutex_unlock(&st->wlock);
   }
+  return freed;
 }
+
+int store_space_evict_room(e8s_store *st) { return evict_for_disk(st, st->ix_reserve) > 0; }
 
 static void refill_locked(e8s_store *st) {
   pthread_mutex_lock(&st->wlock);
@@ -331,17 +335,23 @@ int store_space_admit(e8s_store *st, uint64_t bytes) {
                      "deletes (%llu bytes free)%s; delete sessions or free disk space",
                      (unsigned long long)st->ix_reserve,
                      (unsigned long long)(r == UINT64_MAX ? 0 : r), why);
-  return store_err(E8S_ERR_NOSPC, "disk full: %llu bytes to write need %llu free, %llu are%s; "
+  return store_err(E8S_ERR_NOSPC, "disk full: %llu bytes to write (records and index) need %llu free, %llu are%s; "
                    "delete sessions or free disk space", (unsigned long long)bytes,
                    (unsigned long long)(bytes + ADMIT_SLACK), (unsigned long long)r, why);
 }
 
-int store_space_grow_ok(e8s_store *st) {
-  if (!atomic_load(&st->ix_short)) return E8S_OK;
+int store_space_grow_ok(e8s_store *st, uint64_t bytes) {
+  uint64_t r = room(st);
+  if (!atomic_load(&st->ix_short) && r >= bytes) return E8S_OK;
   pthread_mutex_lock(&st->wlock);
   store_space_refill(st);
   pthread_mutex_unlock(&st->wlock);
-  if (!atomic_load(&st->ix_short)) return E8S_OK;
+  r = room(st);
+  if (!atomic_load(&st->ix_short) && r >= bytes) return E8S_OK;
+  if (!atomic_load(&st->ix_short))
+    return store_err(E8S_ERR_NOSPC, "disk full: the session's index entry grows by %llu bytes, "
+                     "%llu are free; delete sessions or free disk space",
+                     (unsigned long long)bytes, (unsigned long long)r);
   return store_err(E8S_ERR_NOSPC, "disk full: the index keeps its last %llu bytes for deletes; "
                    "delete sessions or free disk space", (unsigned long long)st->ix_reserve);
 }

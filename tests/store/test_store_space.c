@@ -67,11 +67,11 @@ typedef struct space_env {
   char mnt[200];
 } space_env;
 
-static int setup(void **state) {
+static int setup_sized(void **state, const char *size_opt) {
   space_env *s = calloc(1, sizeof *s);
   assert_non_null(s);
   tu_mkdtemp(s->mnt, sizeof s->mnt);
-  if (mount("tmpfs", s->mnt, "tmpfs", 0, "size=4m") != 0) fail_msg("mount tmpfs: %s", strerror(errno));
+  if (mount("tmpfs", s->mnt, "tmpfs", 0, size_opt) != 0) fail_msg("mount tmpfs: %s", strerror(errno));
   tu_env *env = &s->env;
   snprintf(env->dir, sizeof env->dir, "%s/data", s->mnt);
   tu_config(env);
@@ -87,6 +87,9 @@ static int setup(void **state) {
   *state = s;
   return 0;
 }
+
+static int setup(void **state) { return setup_sized(state, "size=4m"); }
+static int setup_16m(void **state) { return setup_sized(state, "size=16m"); }
 
 static int teardown(void **state) {
   space_env *s = *state;
@@ -716,6 +719,110 @@ static void test_full_disk_kill_while_punching(void **state) {
   assert_true(killed * 4 >= kills); /* most children store more than 40 before NOSPC */
 }
 
+/* An index-heavy store: chunks of one token and IX_CHUNK_BYTES bytes, so the index (LMDB) grows
+ * about as much per chunk as the segments do. Sessions of n chunks are put until the disk
+ * refuses one, which must be refused by admission (not by a failed index commit, not with an
+ * index reserve used up by the puts before); then sessions of n/10, ... 1 chunks until even one
+ * chunk is refused. Then deleting every stored session must succeed on that full disk (a user
+ * makes room by deleting), every acknowledged session reads back whole before its delete, and
+ * a put after the deletes is admitted again. */
+#define IX_CHUNK_BYTES 256u
+#define IX_SEED_STRIDE 4096u
+#define IX_MAX_SESSIONS 200
+
+typedef struct ix_session { uint32_t n; uint8_t (*keys)[32]; } ix_session;
+
+static int put_ix_session(tu_env *env, int i, ix_session *x) {
+  uint32_t *toks = malloc(x->n * sizeof *toks);
+  x->keys = malloc(x->n * 32);
+  assert_true(toks && x->keys);
+  tu_tokens(toks, x->n, 7000u + (uint32_t)i);
+  int e = tu_put_chain(env, toks, x->n, 1, (uint32_t)i * IX_SEED_STRIDE, IX_CHUNK_BYTES, x->keys);
+  free(toks);
+  if (e) return e;
+  char nm[32];
+  snprintf(nm, sizeof nm, "ix%d", i);
+  e8s_session_change chg = {.create = 1, .fp_id = env->fp,
+                            .keys = (const uint8_t(*)[32])x->keys, .n_keys = x->n};
+  return e8s_session_write(env->st, env->ns, nm, &chg);
+}
+
+static void check_ix_session(tu_env *env, int i, const ix_session *x) {
+  char nm[32];
+  snprintf(nm, sizeof nm, "ix%d", i);
+  e8s_session_info si;
+  int e = e8s_session_get(env->st, env->ns, nm, &si, NULL, 0, NULL, 0);
+  if (e) fail_msg("session %s: %s (%s)", nm, e8s_error_name(e), e8s_last_error_detail());
+  assert_int_equal(si.n_chunks, x->n);
+  for (uint32_t c = 0; c < x->n; c++) {
+    e = tu_check(env, x->keys[c], (uint32_t)i * IX_SEED_STRIDE + c, IX_CHUNK_BYTES);
+    if (e) fail_msg("session %s chunk %u: %s (%s)", nm, c, e8s_error_name(e),
+                    e8s_last_error_detail());
+  }
+}
+
+static void index_heavy_delete(void **state, uint32_t chunks_per_session) {
+  space_env *s = *state;
+  tu_env *env = &s->env;
+  static ix_session xs[IX_MAX_SESSIONS];
+  static int acked[IX_MAX_SESSIONS];
+  memset(acked, 0, sizeof acked);
+  uint32_t n = chunks_per_session;
+  int stored = 0, i;
+  for (i = 0; i < IX_MAX_SESSIONS - 1; i++) {
+    xs[i].n = n;
+    int e = put_ix_session(env, i, &xs[i]);
+    if (e == E8S_OK) {
+      acked[i] = 1, stored++;
+      continue;
+    }
+    if (e != E8S_ERR_NOSPC)
+      fail_msg("session put %d on a full disk: %s (%s), want E8S_ERR_NOSPC", i,
+               e8s_error_name(e), e8s_last_error_detail());
+    const char *d = e8s_last_error_detail();
+    /* refused by admission, before the index grew into its reserve (not a failed commit, not
+     * a reserve that an admitted put's index pages had used up) */
+    if (n == chunks_per_session && (strstr(d, "commit") || strstr(d, "keeps its last")))
+      fail_msg("after %d sessions of %u chunks, the puts took the index reserve: %s", stored,
+               n, d);
+    if (n == 1) break;
+    n = n / 10 ? n / 10 : 1;
+  }
+  if (i == IX_MAX_SESSIONS - 1) fail_msg("a 16 MiB disk took %d sessions", i);
+  assert_true(stored >= 2);
+  unsigned long long free_full = disk_free(env);
+  fprintf(stderr, "index-heavy: %d sessions stored (first %u chunks), %llu bytes free\n", stored,
+          chunks_per_session, free_full);
+  /* every acknowledged session reads back, then its delete commits on the full disk */
+  for (int k = 0; k < i; k++) {
+    if (!acked[k]) continue;
+    check_ix_session(env, k, &xs[k]);
+    char nm[32];
+    snprintf(nm, sizeof nm, "ix%d", k);
+    int e = e8s_session_delete(env->st, env->ns, nm);
+    if (e) fail_msg("delete %s (%u chunks) on a full disk (%llu bytes free): %s (%s)", nm,
+                    xs[k].n, free_full, e8s_error_name(e), e8s_last_error_detail());
+  }
+  /* the deletes made room: a new session of half the first size is admitted again (the
+   * index file keeps its size: admission counts new index pages as if none were free in it) */
+  ix_session *last = &xs[IX_MAX_SESSIONS - 1];
+  last->n = chunks_per_session / 2;
+  int e = put_ix_session(env, IX_MAX_SESSIONS - 1, last);
+  if (e) fail_msg("put after deleting every session: %s (%s)", e8s_error_name(e),
+                  e8s_last_error_detail());
+  check_ix_session(env, IX_MAX_SESSIONS - 1, last);
+  assert_verify_clean(env);
+  for (int k = 0; k < IX_MAX_SESSIONS; k++) free(xs[k].keys), xs[k].keys = NULL;
+}
+
+/* sessions of 1500 chunks: each delete fits one transaction of the reserve */
+static void test_full_disk_index_heavy_delete(void **state) { index_heavy_delete(state, 1500); }
+
+/* sessions of 3000 chunks: one transaction of the delete would need more than the reserve */
+static void test_full_disk_index_heavy_delete_big(void **state) {
+  index_heavy_delete(state, 3000);
+}
+
 /* Child: opens a new store in dir; exit 0 if it failed E8S_ERR_NOSPC naming dir, else 3. */
 static void open_new_child(const char *dir) {
   tu_env env;
@@ -792,6 +899,7 @@ int main(void) {
             strerror(errno));
     return 1;
   }
+  if (getenv("E8_TEST_FILTER")) cmocka_set_test_filter(getenv("E8_TEST_FILTER")); /* one test */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_full_disk_delete_frees, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_reopen_then_delete, setup, teardown),
@@ -807,6 +915,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_full_disk_reads_while_punching, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk_kill_while_punching, setup, teardown),
       cmocka_unit_test(test_full_disk_open_new),
+      cmocka_unit_test_setup_teardown(test_full_disk_index_heavy_delete, setup_16m, teardown),
+      cmocka_unit_test_setup_teardown(test_full_disk_index_heavy_delete_big, setup_16m,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_lock_file_allocated, setup, teardown),
   };
   return TU_RUN_BOTH("store_space", tests);
