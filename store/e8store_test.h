@@ -24,8 +24,12 @@ typedef enum e8s_fault {
                                  and the put reports success: what a power loss does to the
                                  last lazy (MDB_NOMETASYNC) commit; replay at the next open
                                  must bring its records back */
-  E8S_FAULT_CRASH_AFTER_SYNC  /* the process SIGKILLs itself after a put group's segment
+  E8S_FAULT_CRASH_AFTER_SYNC, /* the process SIGKILLs itself after a put group's segment
                                  fdatasync, before its LMDB stage */
+  E8S_FAULT_CRASH_IN_DELETE   /* the process SIGKILLs itself after a transaction of a session
+                                 delete in steps (store_session.c: the move of the chain into
+                                 pending pieces, or a step dropping refs); the next open must
+                                 finish it */
 } e8s_fault;
 
 void e8s_test_fault_set(e8s_fault kind, unsigned skip, unsigned count);

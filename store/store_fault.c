@@ -73,6 +73,11 @@ void store_fault_crash_after_sync(void) {
   if (fire(E8S_FAULT_CRASH_AFTER_SYNC, E8S_FAULT_CRASH_AFTER_SYNC, &k)) raise(SIGKILL);
 }
 
+void store_fault_crash_in_delete(void) {
+  int k;
+  if (fire(E8S_FAULT_CRASH_IN_DELETE, E8S_FAULT_CRASH_IN_DELETE, &k)) raise(SIGKILL);
+}
+
 static _Atomic unsigned long long seg_start;
 
 void e8s_test_segment_start(unsigned long long offset) { atomic_store(&seg_start, offset); }

@@ -67,6 +67,7 @@ int store_fault_map_full(void);       /* 1 if the commit must act as MDB_MAP_FUL
 int store_fault_uring_setup(void);    /* -EPERM */
 int store_fault_index_lost(void);     /* 1: the put's commit is dropped but reported done */
 void store_fault_crash_after_sync(void); /* SIGKILLs the process if that fault is due */
+void store_fault_crash_in_delete(void);  /* SIGKILLs the process if that fault is due */
 uint64_t store_fault_segment_start(void); /* first record offset of a new segment */
 int store_fault_uncapped_segments(void);  /* 1: segment_bytes is not bounded at open */
 int store_fault_no_punch(void);           /* 1: act as a file system without hole punching */

@@ -421,6 +421,7 @@ int store_session_unref_pending(e8s_store *st) {
   while (u.found) {
     u.drop = atomic_load(&st->ix_short) != 0;
     int e = store_wtxn_run_untouched(st, unref_step_fn, &u);
+    if (e == E8S_OK) store_fault_crash_in_delete();
     if (e == E8S_OK) store_retire_apply(st, &u.rs); /* frees the list */
     else free(u.rs.ids);
     u.rs = (store_retire_list){0};
@@ -456,6 +457,7 @@ int e8s_session_delete(e8s_store *st, uint32_t ns_id, const char *name) {
   m.id = atomic_fetch_add(&st->tick, 1) + 1;
   e = store_wtxn_run_untouched(st, move_fn, &m);
   if (e == E8S_ERR_NOSPC && store_space_evict_room(st)) e = store_wtxn_run_untouched(st, move_fn, &m);
+  if (!e) store_fault_crash_in_delete();
   return e ? e : store_session_unref_pending(st);
 }
 

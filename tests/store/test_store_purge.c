@@ -2,8 +2,14 @@
  * `e8kvctl gc`: deletes every chunk of one namespace that no session lists, across several
  * write transactions (1024 chunks each), keeping (and reporting once each) the chunks a lookup
  * lease holds, and never touching session-listed chunks or another namespace. */
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "store/e8store_test.h"
 
 #include "tests/store/store_test_util.h"
 
@@ -161,10 +167,76 @@ static void test_chunks_delete_and_keys_pin(void **state) {
   assert_int_equal(e8s_chunks_delete(env->st, ns, NULL, 1, res, NULL), E8S_ERR_INVAL);
 }
 
+/* A session of more than 1024 chunks is deleted in steps (store_session.c): one transaction
+ * removes it and keeps its chain as pending pieces, then each step drops refs. A process
+ * killed after `skip` of those transactions must leave nothing pinned by the gone session once
+ * the store is opened again: every chunk only it listed is deletable (refs 0), the chunks
+ * another session shares keep exactly that one ref, and that session reads back. */
+#define DEL_CHUNKS 2600 /* three pieces of 1024 */
+static void delete_killed_after(tu_env *env, unsigned skip) {
+  static uint32_t tok[DEL_CHUNKS * CT];
+  static uint8_t keys[DEL_CHUNKS][32];
+  static uint32_t nss[DEL_CHUNKS], refs[DEL_CHUNKS];
+  static int res[DEL_CHUNKS];
+  tu_tokens(tok, DEL_CHUNKS * CT, 77 + skip);
+  assert_int_equal(tu_put_chain(env, tok, DEL_CHUNKS, CT, 5000, PB, keys), E8S_OK);
+  e8s_session_change big = {.create = 1, .fp_id = env->fp,
+                            .keys = (const uint8_t(*)[32])keys, .n_keys = DEL_CHUNKS};
+  assert_int_equal(e8s_session_write(env->st, env->ns, "big", &big), E8S_OK);
+  e8s_session_change keep = big;
+  keep.n_keys = 10;
+  assert_int_equal(e8s_session_write(env->st, env->ns, "keep", &keep), E8S_OK);
+  e8s_close(env->st);
+  env->st = NULL;
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    e8s_store *st;
+    if (e8s_open(&env->cfg, &st) != E8S_OK) _exit(3);
+    e8s_test_fault_set(E8S_FAULT_CRASH_IN_DELETE, skip, 1);
+    e8s_session_delete(st, env->ns, "big");
+    _exit(4); /* the fault did not fire */
+  }
+  int ws = 0;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  if (!WIFSIGNALED(ws) || WTERMSIG(ws) != SIGKILL)
+    fail_msg("the delete was not killed (exit %d)", WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+  assert_int_equal(e8s_open(&env->cfg, &env->st), E8S_OK); /* finishes the pending pieces */
+  e8s_session_info si;
+  assert_int_equal(e8s_session_get(env->st, env->ns, "big", &si, NULL, 0, NULL, 0),
+                   E8S_ERR_NOTFOUND);
+  assert_int_equal(e8s_session_get(env->st, env->ns, "keep", &si, NULL, 0, NULL, 0), E8S_OK);
+  assert_int_equal(si.n_chunks, 10);
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(tu_check(env, keys[i], 5000 + (uint32_t)i, PB), E8S_OK);
+  for (int i = 0; i < DEL_CHUNKS; i++) nss[i] = env->ns;
+  assert_int_equal(e8s_chunks_delete(env->st, nss, (const uint8_t(*)[32])keys, DEL_CHUNKS, res,
+                                     refs), E8S_OK);
+  for (int i = 0; i < DEL_CHUNKS; i++) {
+    if (i < 10) {
+      assert_int_equal(res[i], E8S_ERR_BUSY);
+      assert_int_equal(refs[i], 1);
+    } else if (res[i] != E8S_OK) {
+      fail_msg("chunk %d of the deleted session (killed after %u transactions): %s, %u refs", i,
+               skip + 1, e8s_error_name(res[i]), refs[i]);
+    }
+  }
+}
+
+static void test_session_delete_killed_after_move(void **state) { delete_killed_after(*state, 0); }
+static void test_session_delete_killed_after_a_step(void **state) {
+  delete_killed_after(*state, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_purge_unlisted, tu_setup, tu_teardown),
       cmocka_unit_test_setup_teardown(test_chunks_delete_and_keys_pin, tu_setup, tu_teardown),
+      cmocka_unit_test_setup_teardown(test_session_delete_killed_after_move, tu_setup,
+                                      tu_teardown),
+      cmocka_unit_test_setup_teardown(test_session_delete_killed_after_a_step, tu_setup,
+                                      tu_teardown),
   };
   return TU_RUN_BOTH("store_purge", tests);
 }
