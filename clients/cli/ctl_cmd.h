@@ -47,6 +47,7 @@ typedef struct ctl_ctx {
   int progress;                 /* draw progress bars (stdout is a terminal, no --json) */
   int mode;                     /* CTL_MODE_ONLINE or CTL_MODE_OFFLINE (--data-dir) */
   e8kv_client *client;          /* online mode, opened before run */
+  int health;                   /* the command is health (its own default --timeout) */
 } ctl_ctx;
 
 typedef struct ctl_cmd {

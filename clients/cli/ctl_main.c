@@ -21,6 +21,9 @@
 /* --timeout below this is refused: no call to any daemon completes in it ("--timeout 3" meant
  * 3 ms and then blamed the daemon, found by a new user). */
 #define CTL_MIN_TIMEOUT_MS 100
+/* health's default deadline (without --timeout): a liveness probe of a hung daemon (stopped,
+ * deadlocked) should say so in seconds, not after the 30 s of the other commands. */
+#define CTL_HEALTH_TIMEOUT_MS 5000
 
 const ctl_optdef ctl_global_opts[] = {
     {CTL_O_ADDR, "addr", 'a', "ADDR", "$E8KV_ADDR or " CTL_DEFAULT_ADDR,
@@ -32,7 +35,7 @@ const ctl_optdef ctl_global_opts[] = {
     {CTL_O_DATA_DIR, "data-dir", 'd', "DIR", NULL,
      "offline: read this data directory (read-only) instead of asking a daemon"},
     {CTL_O_JSON, "json", 'j', NULL, NULL, "print the result as JSON (for scripts)"},
-    {CTL_O_TIMEOUT, "timeout", 0, "DURATION", "30s",
+    {CTL_O_TIMEOUT, "timeout", 0, "DURATION", "30s; health: 5s",
      "deadline of each unary call: 2500ms, 30s, or a number = milliseconds (at least 100ms)"},
     {CTL_O_TLS, "tls", 0, NULL, NULL, "use TLS with the system's root certificates"},
     {CTL_O_TLS_CA, "tls-ca", 0, "FILE", NULL, "use TLS, trusting the PEM roots in FILE"},
@@ -58,6 +61,12 @@ static const ctl_optdef ctl_rm_opts[] = {
     {CTL_O_WAIT, "wait", 0, "SECONDS", "no wait",
      "with --purge: return only when no purge of the namespace waits for a read or lookup "
      "lease any more (exit 1 if some still do after SECONDS, 1..3600)"},
+    {0, NULL, 0, NULL, NULL, NULL}};
+
+static const ctl_optdef ctl_health_opts[] = {
+    {CTL_O_WAIT, "wait", 0, "DURATION", "no wait",
+     "ask again (every 200 ms) until the daemon is SERVING or DURATION has passed (30s, "
+     "2500ms; at most 1 h): for scripts that start e8kvd and use it at once"},
     {0, NULL, 0, NULL, NULL, NULL}};
 
 static const ctl_optdef ctl_import_opts[] = {
@@ -94,8 +103,10 @@ static const ctl_optdef ctl_compact_opts[] = {
 const ctl_cmd ctl_commands[] = {
     {"health", NULL, 0, 0, "is the daemon serving (grpc.health.v1)",
      "Asks the daemon's standard gRPC health service whether it is SERVING.\n"
-     "Exit 0 when serving, 3 when it is not reachable or not serving.",
-     NULL, ctl_on_health, NULL},
+     "Exit 0 when serving, 3 when it is not reachable or not serving (with --wait:\n"
+     "still not, when DURATION has passed), 4 when the token is refused. Each\n"
+     "call's deadline is 5 s unless --timeout says otherwise.",
+     ctl_health_opts, ctl_on_health, NULL},
     {"stat", NULL, 0, 0, "usage, capacity, hit rate, chunks, sessions, namespaces",
      "Store-wide figures: bytes used and capacity, chunks, sessions, namespaces,\n"
      "lookup hit rate (online), and bits per element of what is stored.",
@@ -246,7 +257,8 @@ static int ctl_open_client(ctl_ctx *ctx) {
   o.tls_key_file = ctx->opt[CTL_O_TLS_KEY];
   o.tls_server_name = ctx->opt[CTL_O_TLS_NAME];
   uint64_t ms;
-  if (ctl_opt_ms(ctx, CTL_O_TIMEOUT, 30000, CTL_MIN_TIMEOUT_MS, 86400000, &ms)) {
+  if (ctl_opt_ms(ctx, CTL_O_TIMEOUT, ctx->health ? CTL_HEALTH_TIMEOUT_MS : 30000,
+                 CTL_MIN_TIMEOUT_MS, 86400000, &ms)) {
     free(token);
     return CTL_EXIT_USAGE;
   }
@@ -312,6 +324,7 @@ int main(int argc, char **argv) {
                      cmd->args ? cmd->args : "", cmd->name);
   ctx.progress = !ctx.json && !ctx.opt[CTL_O_NO_PROGRESS] && isatty(STDOUT_FILENO);
   ctx.mode = ctx.opt[CTL_O_DATA_DIR] ? CTL_MODE_OFFLINE : CTL_MODE_ONLINE;
+  ctx.health = cmd->run_online == ctl_on_health;
   int rc;
   if (ctx.mode == CTL_MODE_OFFLINE) {
     if (!cmd->run_offline)

@@ -16,12 +16,43 @@ static int ctl_nomem(ctl_ctx *ctx) {
   return ctl_error(ctx, CTL_EXIT_FAILURE, "nomem", "out of memory");
 }
 
+static uint64_t ctl_now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+/* health --wait: one more try is worth it after a failure of this kind (nothing listens
+ * yet, the daemon is still starting, a call timed out); a refused token is not. */
+static int ctl_health_retryable(e8kv_status s) {
+  return s == E8KV_UNAVAILABLE || s == E8KV_DEADLINE_EXCEEDED;
+}
+
 int ctl_on_health(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
+  uint64_t wait_ms, timeout_ms;
+  if (ctl_opt_ms(ctx, CTL_O_WAIT, 0, 0, 3600000, &wait_ms)) return CTL_EXIT_USAGE;
+  if (ctl_opt_ms(ctx, CTL_O_TIMEOUT, 5000, 0, 86400000, &timeout_ms)) return CTL_EXIT_USAGE;
+  const uint64_t end = ctl_now_ms() + wait_ms;
   e8kv_error err;
+  e8kv_status s;
   int serving = 0;
-  if (e8kv_health_check(ctx->client, "", &serving, &err)) return ctl_error_e8kv(ctx, &err);
+  for (;;) {
+    s = e8kv_health_check(ctx->client, "", &serving, &err);
+    if (s == E8KV_OK && serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+      break;
+    if (s != E8KV_OK && !ctl_health_retryable(s)) break;
+    uint64_t now = ctl_now_ms();
+    if (now >= end) break;
+    uint64_t left = end - now, nap = left < 200 ? left : 200;
+    struct timespec ts = {(time_t)(nap / 1000), (long)(nap % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    /* The last tries end by the end of --wait, not a whole deadline later (at least 100 ms). */
+    left = end > ctl_now_ms() ? end - ctl_now_ms() : 0;
+    if (left < timeout_ms) e8kv_client_set_deadline_ms(ctx->client, left < 100 ? 100 : (uint32_t)left);
+  }
+  if (s) return ctl_error_e8kv(ctx, &err);
   const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(
       &grpc__health__v1__health_check_response__serving_status__descriptor, serving);
   const char *name = ev ? ev->name : "UNKNOWN";

@@ -571,6 +571,60 @@ class E2E(unittest.TestCase):
         self.assertIn("21000 ms deadline", p.stderr)
         self.assertGreater(took, 20.5)
 
+    def test_12g_health_wait(self):
+        """README's first-try block starts e8kvd in the background and runs health at once:
+        health --wait retries until the daemon serves (here: one started after health began)
+        and fails with exit 3 when nothing serves by the end of DURATION."""
+        d = tempfile.mkdtemp(prefix="wait-", dir=TMP)
+        sock = os.path.join(d, "late.sock")
+        env = dict(os.environ, E8KV_TOKEN=ADMIN)
+        waiter = subprocess.Popen([CTL, "-a", "unix:" + sock, "--json", "health", "--wait", "120s"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        late = None
+        try:
+            time.sleep(1.0)
+            self.assertIsNone(waiter.poll(), "health --wait returned before any daemon existed")
+            log = open(os.path.join(d, "e8kvd.log"), "w")
+            late = subprocess.Popen([os.path.join(BUILD, "bin", "e8kvd"),
+                                     "--data-dir=" + os.path.join(d, "data"),
+                                     "--listen=unix:" + sock, "--threads=1"], stdout=log, stderr=log)
+            out, err = waiter.communicate(timeout=150)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait()
+            if late:
+                late.send_signal(signal.SIGTERM)
+                late.wait(timeout=60)
+        self.assertEqual(waiter.returncode, OK, err)
+        self.assertTrue(json.loads(out)["serving"])
+        # Nothing ever listens: exit 3 once the duration has passed (not before).
+        t0 = time.monotonic()
+        j, err = ctl("health", "--wait", "1500ms", addr="unix:" + os.path.join(d, "none.sock"),
+                     expect=UNREACHABLE)
+        self.assertGreaterEqual(time.monotonic() - t0, 1.4)
+        self.assertEqual(j["error"]["code"], "UNAVAILABLE")
+        ctl("health", "--wait", "5x", expect=USAGE, json_out=False)
+        self.assertIn("--wait DURATION", subprocess.run([CTL, "health", "--help"],
+                                                         capture_output=True, text=True).stdout)
+
+    def test_12h_health_default_deadline(self):
+        """A hung daemon (here: a socket that accepts and never answers, as a SIGSTOPped
+        e8kvd) fails health at its 5 s default deadline, not the 30 s of other commands."""
+        import socket
+        path = os.path.join(TMP, "silent4.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(64)
+        try:
+            p = subprocess.run([CTL, "-a", "unix:" + path, "health"],
+                               capture_output=True, text=True, timeout=90)
+        finally:
+            s.close()
+            os.unlink(path)
+        self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
+        self.assertIn("5000 ms deadline", p.stderr)
+
     def test_13_corrupted_record(self):
         """A payload byte flipped on disk: verify finds it (exit 6), reads say DATA_LOSS."""
         # A session of its own shape, written last: its chunk is the newest record of the
