@@ -109,7 +109,9 @@ const ctl_cmd ctl_commands[] = {
      ctl_health_opts, ctl_on_health, NULL},
     {"stat", NULL, 0, 0, "usage, capacity, hit rate, chunks, sessions, namespaces",
      "Store-wide figures: bytes used and capacity, chunks, sessions, namespaces,\n"
-     "lookup hit rate (online), and bits per element of what is stored.",
+     "lookup hit rate (online), and bits per element of the namespace on disk: every\n"
+     "live chunk, listed by a session or not, each record with its 192-byte header\n"
+     "(so a little above the frames-only bpe of `show` and `ls`).",
      NULL, ctl_on_stat, ctl_off_stat},
     {"ls", NULL, 0, 0, "list sessions of a namespace (paginated; filter by model, name prefix)",
      "Lists sessions of the namespace, one page at a time (--limit, --page-token),\n"
@@ -117,9 +119,10 @@ const ctl_cmd ctl_commands[] = {
      "\"next_page_token\" in --json output).",
      ctl_ls_opts, ctl_on_ls, ctl_off_ls},
     {"show", "SESSION", 1, 1, "one session: fingerprint, tokens, chunks, bytes, bpe",
-     "Shows one session: model fingerprint, tokens, chunks, codec preset, stored\n"
-     "bytes, bits per element (all stored bytes x 8 / (2 x layers x kv_heads x\n"
-     "head_dim x tokens)), ratio to fp16, and when it was created and last used.",
+     "Shows one session: model fingerprint, tokens, chunks, codec preset, bytes of\n"
+     "its encoded frames, bits per element of those frames (frame bytes x 8 / (2 x\n"
+     "layers x kv_heads x head_dim x tokens); record headers not counted: `stat`\n"
+     "counts them), ratio to fp16, and when it was created and last used.",
      NULL, ctl_on_show, ctl_off_show},
     {"rm", "SESSION...", 1, 64,
      "delete sessions; their KV stays reusable until evicted (--purge: deleted too)",

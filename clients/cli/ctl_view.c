@@ -1,6 +1,12 @@
 /*
  * ctl_view.c: session view (derived figures) and the column specs of the
  * human output of ls, show, stat and verify.
+ *
+ * Two bpe figures, labelled so: a session's (ls, show) counts its chunks' encoded frames
+ * (SessionInfo.stored_bytes: payloads only; a chunk two sessions list counts in both); the
+ * namespace's (stat) counts every live chunk of the namespace, listed or not, as stored on
+ * disk: each record with its 192-byte header (NamespaceStats.stored_bytes). On small chunks
+ * the header is a few percent, so the two differ even for a namespace of one session.
  */
 #include <stdio.h>
 #include <string.h>
@@ -46,7 +52,7 @@ json_t *ctl_view_session(const E8kv__V1__SessionInfo *s) {
 const ctl_col ctl_cols_ls[] = {
     {"name", "SESSION", CTL_F_STR, 1},       {"model_id", "MODEL", CTL_F_STR, 1},
     {"n_tokens", "TOKENS", CTL_F_INT, 0},    {"n_chunks", "CHUNKS", CTL_F_INT, 0},
-    {"stored_bytes", "STORED", CTL_F_BYTES, 0}, {"bpe", "BPE", CTL_F_FLOAT, 2},
+    {"stored_bytes", "STORED", CTL_F_BYTES, 0}, {"bpe", "BPE(FRAMES)", CTL_F_FLOAT, 2},
     {"updated_unix_ms", "UPDATED", CTL_F_TIME, 2}, {NULL, NULL, CTL_F_STR, 0}};
 
 const ctl_col ctl_cols_show[] = {
@@ -64,9 +70,9 @@ const ctl_col ctl_cols_show[] = {
     {"chunk_tokens", "chunk tokens", CTL_F_INT, 0},
     {"n_tokens", "tokens", CTL_F_INT, 0},
     {"n_chunks", "chunks", CTL_F_INT, 0},
-    {"stored_bytes", "stored", CTL_F_BYTES, 0},
+    {"stored_bytes", "stored (frames)", CTL_F_BYTES, 0},
     {"raw_fp16_bytes", "as fp16", CTL_F_BYTES, 0},
-    {"bpe", "bits per element", CTL_F_FLOAT, 0},
+    {"bpe", "bits per element (frames)", CTL_F_FLOAT, 0},
     {"ratio_to_fp16", "ratio to fp16", CTL_F_FLOAT, 0},
     {"created_unix_ms", "created", CTL_F_TIME, 0},
     {"updated_unix_ms", "updated", CTL_F_TIME, 0},
@@ -78,10 +84,10 @@ const ctl_col ctl_cols_stat[] = {
     {"namespace.sessions", "sessions", CTL_F_INT, 0},
     {"namespace.chunks", "chunks", CTL_F_INT, 0},
     {"namespace.tokens", "tokens", CTL_F_INT, 0},
-    {"namespace.stored_bytes", "stored", CTL_F_BYTES, 0},
+    {"namespace.stored_bytes", "stored (on disk, with record headers)", CTL_F_BYTES, 0},
     {"namespace.raw_fp16_bytes", "as fp16", CTL_F_BYTES, 0},
     {"namespace.chunks_purge_pending", "purge pending", CTL_F_INT, 0},
-    {"namespace.bpe", "bits per element", CTL_F_FLOAT, 0},
+    {"namespace.bpe", "bits per element (on disk, with record headers)", CTL_F_FLOAT, 0},
     {"hit_rate", "lookup hit rate", CTL_F_PCT, 0},
     {"store.used_bytes", "store used", CTL_F_BYTES, 0},
     {"store.capacity_bytes", "store capacity", CTL_F_LIMIT, 0},

@@ -238,7 +238,7 @@ class E2E(unittest.TestCase):
         self.assertEqual(j["error"]["code"], "NOT_FOUND")
         self.assertIn("nope", err)
         out, _ = ctl("show", "s1", json_out=False)  # the human form has the same figures
-        self.assertIn("bits per element:", out)
+        self.assertIn("bits per element (frames):", out)
         self.assertIn("K3V2", out)
 
     def test_07_stat(self):
@@ -589,6 +589,8 @@ class E2E(unittest.TestCase):
                                      "--data-dir=" + os.path.join(d, "data"),
                                      "--listen=unix:" + sock, "--threads=1"], stdout=log, stderr=log)
             out, err = waiter.communicate(timeout=150)
+            if waiter.returncode == OK:  # a namespace of one session: its two bpe figures
+                self._two_bpe_figures("unix:" + sock)
         finally:
             if waiter.poll() is None:
                 waiter.kill()
@@ -607,6 +609,22 @@ class E2E(unittest.TestCase):
         ctl("health", "--wait", "5x", expect=USAGE, json_out=False)
         self.assertIn("--wait DURATION", subprocess.run([CTL, "health", "--help"],
                                                          capture_output=True, text=True).stdout)
+
+    def _two_bpe_figures(self, addr):
+        """show/ls bpe counts the session's frames; stat's counts the namespace's records on
+        disk, each with its 192-byte header (README "e8kvctl"); the human output says which."""
+        ctl("bench", "--session", "x", "--layers", "2", "--kv-heads", "1", "--head-dim", "64",
+            "--chunk-tokens", "32", "--chunks", "3", addr=addr)
+        sh, _ = ctl("show", "x", addr=addr)
+        st, _ = ctl("stat", addr=addr)
+        ns = st["namespace"]
+        self.assertEqual(ns["chunks"], sh["n_chunks"])
+        self.assertEqual(ns["stored_bytes"], sh["stored_bytes"] + 192 * sh["n_chunks"])
+        self.assertGreater(ns["bpe"], sh["bpe"])
+        out, _ = ctl("stat", addr=addr, json_out=False)
+        self.assertIn("bits per element (on disk, with record headers):", out)
+        out, _ = ctl("ls", addr=addr, json_out=False)
+        self.assertIn("BPE(FRAMES)", out)
 
     def test_12h_health_default_deadline(self):
         """A hung daemon (here: a socket that accepts and never answers, as a SIGSTOPped
