@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "codec/e8codec.h"
 #include "daemon/kvd_listen.h"
@@ -121,6 +122,28 @@ static void on_call_done(void *ctx, int method, const char *path, const kvd_stat
   }
 }
 
+/* Pending purges live in memory only (kvd_purge.h): a crash loses them and their chunks stay
+ * stored. The list's marker file, left behind by such a crash, makes this start say so (a
+ * warning naming the remedy) instead of the loss going unseen; then the new list takes it. */
+static int purge_marker(kvd_app *app, char *err, size_t cap) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/e8kvd-purge-pending", app->cfg->data_dir);
+  if (access(path, F_OK) == 0) {
+    char q[600];
+    KVD_WARN("purges_lost", "marker=%s msg=%s", path,
+             kvd_log_quote("the previous e8kvd stopped (a crash, kill -9) while chunk purges "
+                           "waited for a lease or a read: those chunks were not deleted; "
+                           "`e8kvctl gc` in each namespace that purged deletes them", q,
+                           sizeof q));
+    if (unlink(path) != 0) KVD_WARN("purge_marker", "path=%s error=%s", path, strerror(errno));
+  }
+  if (kvd_purge_set_marker(app->purge, path) != 0) {
+    snprintf(err, cap, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
 static unsigned in_flight(const void *ctx) {
   const kvd_app *app = ctx;
   return app->server ? kvd_server_in_flight(app->server) : 0;
@@ -212,6 +235,7 @@ int main(int argc, char **argv) {
     snprintf(err, sizeof err, "out of memory");
     goto out;
   }
+  if (purge_marker(&app, err, sizeof err) != 0) goto out;
   size_t n_methods;
   kvd_service_methods(&n_methods);
   app.metrics = kvd_metrics_create(kvd_service_method_names(), n_methods);

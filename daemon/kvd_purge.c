@@ -11,9 +11,12 @@
  * both tables from it (O(n), as the run itself). */
 #include "daemon/kvd_purge.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon/kvd_log.h"
 
@@ -40,6 +43,8 @@ struct kvd_purge {
   size_t nnsc, nsc_used;
   size_t max_per_ns;      /* kvd_purge_create's bound */
   pthread_mutex_t run_mu; /* one run at a time (its deletes happen outside mu) */
+  char *marker;           /* kvd_purge_set_marker's path, or NULL */
+  int marked;             /* the marker file exists (under mu) */
 };
 
 kvd_purge *kvd_purge_create(size_t max_per_ns) {
@@ -58,7 +63,34 @@ void kvd_purge_free(kvd_purge *p) {
   free(p->ents);
   free(p->idx);
   free(p->nsc);
+  free(p->marker);
   free(p);
+}
+
+int kvd_purge_set_marker(kvd_purge *p, const char *path) {
+  free(p->marker);
+  p->marker = path ? strdup(path) : NULL;
+  return path && !p->marker ? -1 : 0;
+}
+
+/* Under mu: the marker file made to exist (list not empty) or not (empty), as far as the file
+ * system lets it; a failure is logged and tried again at the next change. */
+static void marker_sync(kvd_purge *p) {
+  if (!p->marker || (p->n != 0) == p->marked) return;
+  if (p->n) {
+    static const char text[] = "e8kvd had chunk purges pending (kvd_purge.h); if e8kvd is not "
+                               "running, they were lost: `e8kvctl gc` deletes those chunks\n";
+    int fd = open(p->marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    int ok = fd >= 0 && write(fd, text, sizeof text - 1) == (ssize_t)(sizeof text - 1) &&
+             fsync(fd) == 0;
+    if (fd >= 0) close(fd);
+    if (ok) p->marked = 1;
+    else KVD_WARN("purge_marker", "path=%s error=%s", p->marker, strerror(errno));
+  } else if (unlink(p->marker) == 0 || errno == ENOENT) {
+    p->marked = 0;
+  } else {
+    KVD_WARN("purge_marker", "path=%s error=%s", p->marker, strerror(errno));
+  }
 }
 
 size_t kvd_purge_limit(const kvd_purge *p) { return p->max_per_ns; }
@@ -160,6 +192,7 @@ int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
   ns_count *c = nsc_slot(p, ns_id);
   if (!c->used) c->used = 1, c->ns_id = ns_id, p->nsc_used++;
   c->count++;
+  marker_sync(p);
 out:
   pthread_mutex_unlock(&p->mu);
   return rc;
@@ -207,6 +240,7 @@ size_t kvd_purge_run(kvd_purge *p, e8s_store *st) {
     idx_rebuild(p, slots_for(w));
     nsc_rebuild(p, slots_for(p->nsc_used));
   }
+  marker_sync(p);
   pthread_mutex_unlock(&p->mu);
   free(forget);
   free(snap);

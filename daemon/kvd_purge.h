@@ -9,7 +9,7 @@
  * a session) is dropped from the list and kept: sessions pin for good. The list lives in the
  * daemon's memory only: a clean stop ends the leases and runs the list before the store closes
  * (kvd_main.c); after a crash the leases are gone as well, and PurgeUnlisted (`e8kvctl gc`)
- * deletes such chunks.
+ * deletes such chunks; the marker file (kvd_purge_set_marker) makes the next start say so.
  *
  * Thread safety: all functions may be called from any thread.
  */
@@ -48,5 +48,13 @@ int kvd_purge_defer(kvd_purge *p, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTE
 size_t kvd_purge_run(kvd_purge *p, e8s_store *st);
 /* Pending chunks now (of namespace ns_id; 0 = all namespaces). O(1). */
 size_t kvd_purge_pending(kvd_purge *p, uint32_t ns_id);
+
+/* The marker of pending purges: a file (path copied) that exists while the list is not empty.
+ * kvd_purge_defer creates it, with fsync, when it adds to an empty list (once per such
+ * transition); kvd_purge_run removes it when the list is empty again. A crash (kill -9) leaves
+ * it behind, so the next e8kvd can tell the operator that purges were lost and `e8kvctl gc` is
+ * due (kvd_main.c). A crash in the instant between a defer and the file's creation goes
+ * unseen. Call once, before any defer. 0, or -1 when out of memory. */
+int kvd_purge_set_marker(kvd_purge *p, const char *path);
 
 #endif
