@@ -253,7 +253,8 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
     ctl_prog_add(&prog, 1);
   }
   ctl_prog_end(&prog);
-  /* bpe from the session's stored bytes: every byte the store keeps for its chunks. */
+  /* bpe from the session's stored bytes: its chunks' encoded frames, as `show` (record
+   * headers not counted: `stat` counts them, ctl_view.c). */
   if (!rc) {
     E8kv__V1__GetSessionRequest gq = E8KV__V1__GET_SESSION_REQUEST__INIT;
     gq.name = session;
@@ -309,7 +310,7 @@ int ctl_on_bench(ctl_ctx *ctx, int argc, char **argv) {
           {"put_raw_fp16_gb_per_s", "put GB/s (fp16 KV)", CTL_F_FLOAT, 0},
           {"get_encoded_gb_per_s", "get GB/s (encoded)", CTL_F_FLOAT, 0},
           {"get_raw_fp16_equiv_gb_per_s", "get GB/s (fp16 equiv)", CTL_F_FLOAT, 0},
-          {"bpe", "bits per element", CTL_F_FLOAT, 0},
+          {"bpe", "bpe (frames)", CTL_F_FLOAT, 0},
           {"put_p50_ms", "put p50 ms", CTL_F_FLOAT, 0},
           {"put_p99_ms", "put p99 ms", CTL_F_FLOAT, 0},
           {"get_p50_ms", "get p50 ms", CTL_F_FLOAT, 0},

@@ -238,7 +238,7 @@ class E2E(unittest.TestCase):
         self.assertEqual(j["error"]["code"], "NOT_FOUND")
         self.assertIn("nope", err)
         out, _ = ctl("show", "s1", json_out=False)  # the human form has the same figures
-        self.assertIn("bits per element (frames):", out)
+        self.assertIn("bpe (frames):", out)
         self.assertIn("K3V2", out)
 
     def test_07_stat(self):
@@ -622,7 +622,7 @@ class E2E(unittest.TestCase):
         self.assertEqual(ns["stored_bytes"], sh["stored_bytes"] + 192 * sh["n_chunks"])
         self.assertGreater(ns["bpe"], sh["bpe"])
         out, _ = ctl("stat", addr=addr, json_out=False)
-        self.assertIn("bits per element (on disk, with record headers):", out)
+        self.assertIn("bpe (on disk, with record headers):", out)
         out, _ = ctl("ls", addr=addr, json_out=False)
         self.assertIn("BPE(FRAMES)", out)
 
