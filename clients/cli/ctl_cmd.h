@@ -48,6 +48,7 @@ typedef struct ctl_ctx {
   int mode;                     /* CTL_MODE_ONLINE or CTL_MODE_OFFLINE (--data-dir) */
   e8kv_client *client;          /* online mode, opened before run */
   int health;                   /* the command is health (its own default --timeout) */
+  uint64_t deadline_ms;         /* online: the unary deadline the client was opened with */
 } ctl_ctx;
 
 typedef struct ctl_cmd {

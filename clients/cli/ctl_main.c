@@ -266,6 +266,7 @@ static int ctl_open_client(ctl_ctx *ctx) {
     return CTL_EXIT_USAGE;
   }
   o.deadline_ms = (uint32_t)ms;
+  ctx->deadline_ms = ms;
   e8kv_error err;
   e8kv_status s = e8kv_client_open(&o, &ctx->client, &err);
   free(token);

@@ -31,9 +31,8 @@ static int ctl_health_retryable(e8kv_status s) {
 int ctl_on_health(ctl_ctx *ctx, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  uint64_t wait_ms, timeout_ms;
+  uint64_t wait_ms, timeout_ms = ctx->deadline_ms;
   if (ctl_opt_ms(ctx, CTL_O_WAIT, 0, 0, 3600000, &wait_ms)) return CTL_EXIT_USAGE;
-  if (ctl_opt_ms(ctx, CTL_O_TIMEOUT, 5000, 0, 86400000, &timeout_ms)) return CTL_EXIT_USAGE;
   const uint64_t end = ctl_now_ms() + wait_ms;
   e8kv_error err;
   e8kv_status s;
