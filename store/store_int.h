@@ -430,6 +430,14 @@ typedef struct store_retire_list { uint64_t *ids; size_t n, cap; } store_retire_
 int store_evict(MDB_txn *txn, e8s_store *st, uint32_t ns_id, uint64_t need, uint64_t *freed,
                 store_retire_list *rs);
 int store_retire_add(store_retire_list *rs, uint64_t id);
+/* Removes chunk `key` of namespace ns_id unless a session lists it or a pin (reader, lease,
+ * put in flight) holds it at now_ms: E8S_OK (its segment, if retired, added to rs),
+ * E8S_ERR_NOTFOUND (none, or another namespace's), E8S_ERR_BUSY; *refs_out (if set): its
+ * session refs (0 when not found). Sets no error message: the callers word their own. Shared
+ * by e8s_chunk_delete and e8s_chunks_delete. */
+int store_chunk_delete_unpinned(MDB_txn *txn, e8s_store *st, uint32_t ns_id,
+                                const uint8_t key[32], uint64_t now_ms, uint32_t *refs_out,
+                                store_retire_list *rs);
 void store_retire_apply(e8s_store *st, store_retire_list *rs); /* after commit; frees list */
 int store_ns_load(MDB_txn *txn, e8s_store *st, uint32_t ns_id, store_ns_val *v);
 int store_ns_store(MDB_txn *txn, e8s_store *st, uint32_t ns_id, const store_ns_val *v);

@@ -120,18 +120,10 @@ static int mdel_fn(e8s_store *st, MDB_txn *txn, void *vc) {
   c->rs.n = 0;
   uint64_t now = store_mono_ms();
   for (size_t i = 0; i < c->n; i++) {
-    store_chunk_val v;
-    int e = store_chunk_get(txn, st, c->keys[i], &v);
-    if (e == E8S_OK && v.ns_id != c->ns[i]) e = E8S_ERR_NOTFOUND;
-    if (c->refs) c->refs[i] = e == E8S_OK ? v.refs : 0;
-    if (e == E8S_OK && (v.refs || store_pin_is_pinned(st, c->keys[i], now))) e = E8S_ERR_BUSY;
+    int e = store_chunk_delete_unpinned(txn, st, c->ns[i], c->keys[i], now,
+                                        c->refs ? &c->refs[i] : NULL, &c->rs);
     c->res[i] = e;
-    if (e == E8S_ERR_NOTFOUND || e == E8S_ERR_BUSY) continue;
-    if (e) return e;
-    uint64_t retire;
-    if ((e = store_chunk_remove(txn, st, c->keys[i], &v, 0, 0, &retire)) ||
-        (e = store_retire_add(&c->rs, retire)))
-      return e;
+    if (e && e != E8S_ERR_NOTFOUND && e != E8S_ERR_BUSY) return e;
   }
   return E8S_OK;
 }

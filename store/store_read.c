@@ -254,20 +254,30 @@ typedef struct del_ctx {
   store_retire_list retire;
 } del_ctx;
 
+int store_chunk_delete_unpinned(MDB_txn *txn, e8s_store *st, uint32_t ns_id,
+                                const uint8_t key[32], uint64_t now_ms, uint32_t *refs_out,
+                                store_retire_list *rs) {
+  store_chunk_val v;
+  int e = store_chunk_get(txn, st, key, &v);
+  if (e == E8S_OK && v.ns_id != ns_id) e = E8S_ERR_NOTFOUND;
+  if (refs_out) *refs_out = e == E8S_OK ? v.refs : 0;
+  if (e) return e;
+  if (v.refs || store_pin_is_pinned(st, key, now_ms)) return E8S_ERR_BUSY;
+  uint64_t retire;
+  if ((e = store_chunk_remove(txn, st, key, &v, 0, 0, &retire))) return e;
+  return store_retire_add(rs, retire);
+}
+
 static int del_fn(e8s_store *st, MDB_txn *txn, void *vc) {
   del_ctx *c = vc;
-  store_chunk_val v;
-  int e = store_chunk_get(txn, st, c->key, &v);
-  if (e == E8S_OK && v.ns_id != c->ns_id) e = E8S_ERR_NOTFOUND;
-  if (e == E8S_ERR_NOTFOUND) return store_err(e, "chunk_delete: not found");
-  if (e) return e;
-  if (v.refs || store_pin_is_pinned(st, c->key, store_mono_ms()))
-    return store_err(E8S_ERR_BUSY, "chunk_delete: pinned (%u sessions, or a reader/lease)",
-                     v.refs);
-  uint64_t retire;
-  e = store_chunk_remove(txn, st, c->key, &v, 0, 0, &retire);
   c->retire.n = 0;
-  return e ? e : store_retire_add(&c->retire, retire);
+  uint32_t refs;
+  int e = store_chunk_delete_unpinned(txn, st, c->ns_id, c->key, store_mono_ms(), &refs,
+                                      &c->retire);
+  if (e == E8S_ERR_NOTFOUND) return store_err(e, "chunk_delete: not found");
+  if (e == E8S_ERR_BUSY)
+    return store_err(e, "chunk_delete: pinned (%u sessions, or a reader/lease)", refs);
+  return e;
 }
 
 int e8s_chunk_delete(e8s_store *st, uint32_t ns_id, const uint8_t key[E8S_KEY_BYTES]) {
