@@ -66,6 +66,25 @@ def ctl(*args, token=ADMIN, addr=None, expect=OK, json_out=True, offline=False):
     return p.stdout, p.stderr
 
 
+def run_against_silent_socket(name, args, timeout):
+    """Runs e8kvctl ARGS (without -a) against a unix socket that accepts and never answers
+    (a hung e8kvd, as a SIGSTOPped one); returns (CompletedProcess, seconds it took, path)."""
+    import socket
+    path = os.path.join(TMP, name)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(64)
+    try:
+        t0 = time.monotonic()
+        p = subprocess.run([CTL] + args[:-1] + ["-a", "unix:" + path, args[-1]],
+                           capture_output=True, text=True, timeout=timeout)
+        took = time.monotonic() - t0
+    finally:
+        s.close()
+        os.unlink(path)
+    return p, took, path
+
+
 def start_daemon():
     global DAEMON, METRICS_PORT
     tokens = os.path.join(TMP, "tokens")
@@ -505,19 +524,7 @@ class E2E(unittest.TestCase):
 
     def test_12d_silent_address_deadline(self):
         """Something listens but never answers: exit 3 at --timeout, naming address + deadline."""
-        import socket
-        path = os.path.join(TMP, "silent.sock")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        s.listen(64)
-        try:
-            t0 = time.monotonic()
-            p = subprocess.run([CTL, "--timeout", "1500", "-a", "unix:" + path, "stat"],
-                               capture_output=True, text=True, timeout=60)
-            took = time.monotonic() - t0
-        finally:
-            s.close()
-            os.unlink(path)
+        p, took, path = run_against_silent_socket("silent.sock", ["--timeout", "1500", "stat"], 60)
         self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
         self.assertLess(took, 10)
         self.assertIn("unix:" + path, p.stderr)
@@ -536,17 +543,7 @@ class E2E(unittest.TestCase):
             ctl("--timeout", good, "health", json_out=False)
         self.assertIn("--timeout DURATION", subprocess.run([CTL, "--help"], capture_output=True,
                                                             text=True).stdout)
-        import socket
-        path = os.path.join(TMP, "silent2.sock")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        s.listen(64)
-        try:
-            p = subprocess.run([CTL, "--timeout", "1s", "-a", "unix:" + path, "stat"],
-                               capture_output=True, text=True, timeout=60)
-        finally:
-            s.close()
-            os.unlink(path)
+        p, _, _ = run_against_silent_socket("silent2.sock", ["--timeout", "1s", "stat"], 60)
         self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
         self.assertIn("1000 ms deadline", p.stderr)
 
@@ -554,19 +551,7 @@ class E2E(unittest.TestCase):
         """A SIGSTOPped daemon (or any peer that accepts and never answers) failed every call
         at gRPC's 20 s connect timeout ("timed out before receiving SETTINGS frame"), not at
         the deadline README documents; libe8kv gives the connection attempt the deadline."""
-        import socket
-        path = os.path.join(TMP, "silent3.sock")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        s.listen(64)
-        try:
-            t0 = time.monotonic()
-            p = subprocess.run([CTL, "--timeout", "21s", "-a", "unix:" + path, "health"],
-                               capture_output=True, text=True, timeout=90)
-            took = time.monotonic() - t0
-        finally:
-            s.close()
-            os.unlink(path)
+        p, took, _ = run_against_silent_socket("silent3.sock", ["--timeout", "21s", "health"], 90)
         self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
         self.assertIn("21000 ms deadline", p.stderr)
         self.assertGreater(took, 20.5)
@@ -629,17 +614,7 @@ class E2E(unittest.TestCase):
     def test_12h_health_default_deadline(self):
         """A hung daemon (here: a socket that accepts and never answers, as a SIGSTOPped
         e8kvd) fails health at its 5 s default deadline, not the 30 s of other commands."""
-        import socket
-        path = os.path.join(TMP, "silent4.sock")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        s.listen(64)
-        try:
-            p = subprocess.run([CTL, "-a", "unix:" + path, "health"],
-                               capture_output=True, text=True, timeout=90)
-        finally:
-            s.close()
-            os.unlink(path)
+        p, _, _ = run_against_silent_socket("silent4.sock", ["health"], 90)
         self.assertEqual(p.returncode, UNREACHABLE, p.stderr)
         self.assertIn("5000 ms deadline", p.stderr)
 
